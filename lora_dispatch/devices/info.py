@@ -1,0 +1,154 @@
+"""Describe the device a computation runs on: platform, name, arch, compute units, warp size."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform as _platform
+from dataclasses import dataclass
+
+import torch
+
+PLATFORMS: tuple[str, ...] = ("cuda", "rocm", "xla", "cpu")
+
+__all__ = ["DeviceInfo", "PLATFORMS", "current", "describe"]
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the registry knows about one device.
+
+    Attributes
+    ----------
+    platform : str
+        ``cuda``, ``rocm``, ``xla`` or ``cpu``.
+    device : torch.device
+    name : str
+        Marketing name (``NVIDIA H100 80GB HBM3``, ``AMD Instinct MI300X``, ``TPU v5e``, CPU model).
+    arch : str
+        ``sm_90``, ``gfx942``, the XLA device kind, or the CPU machine (``x86_64``).
+    compute_units : int
+        SMs (CUDA), CUs (ROCm), cores (TPU chip / CPU).
+    warp_size : int
+        32 on NVIDIA, 64 on CDNA (ROCm), 1 where it does not apply.
+    capability : tuple of int or None
+        CUDA compute capability.
+    memory_bytes : int or None
+    """
+
+    platform: str
+    device: torch.device
+    name: str
+    arch: str
+    compute_units: int
+    warp_size: int
+    capability: tuple[int, int] | None = None
+    memory_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.platform not in PLATFORMS:
+            raise ValueError(f"platform must be one of {PLATFORMS}, got {self.platform!r}")
+
+    @property
+    def family(self) -> str:
+        """Short device family used to pick kernel configs (``h100``, ``a100``, ``mi300``, ...)."""
+        name = self.name.lower()
+        for key in ("h200", "h100", "h800", "h20", "gh200", "a100", "a800", "l40", "mi300", "mi250"):
+            if key in name:
+                return {"gh200": "h100", "h800": "h100", "a800": "a100"}.get(key, key)
+        if self.platform == "rocm" and self.arch.startswith("gfx94"):
+            return "mi300"
+        return self.arch
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return _platform.processor() or _platform.machine() or "cpu"
+
+
+def _describe_gpu(dev: torch.device) -> DeviceInfo:
+    props = torch.cuda.get_device_properties(dev)
+    if torch.version.hip is not None:
+        arch = getattr(props, "gcnArchName", "") or "gfx"
+        return DeviceInfo(
+            platform="rocm",
+            device=dev,
+            name=props.name,
+            arch=arch.split(":")[0],
+            compute_units=props.multi_processor_count,
+            warp_size=getattr(props, "warp_size", 64),
+            capability=None,
+            memory_bytes=props.total_memory,
+        )
+    return DeviceInfo(
+        platform="cuda",
+        device=dev,
+        name=props.name,
+        arch=f"sm_{props.major}{props.minor}",
+        compute_units=props.multi_processor_count,
+        warp_size=getattr(props, "warp_size", 32),
+        capability=(props.major, props.minor),
+        memory_bytes=props.total_memory,
+    )
+
+
+def _describe_xla(dev: torch.device) -> DeviceInfo:
+    kind = "xla"
+    cores = 1
+    try:  # pragma: no cover - needs torch_xla
+        import torch_xla.core.xla_model as xm
+
+        kind = str(xm.xla_device_hw(dev))
+        try:
+            import torch_xla.runtime as xr
+
+            cores = int(xr.global_runtime_device_count())
+            attrs = xr.global_runtime_device_attributes()
+            if attrs and "device_kind" in attrs[0]:
+                kind = str(attrs[0]["device_kind"])
+        except Exception:
+            pass
+    except Exception:
+        pass
+    return DeviceInfo("xla", dev, name=kind, arch=kind, compute_units=cores, warp_size=1)
+
+
+@functools.cache
+def describe(device: torch.device) -> DeviceInfo:
+    """:class:`DeviceInfo` for ``device`` (cached)."""
+    if device.type == "cuda":
+        return _describe_gpu(device)
+    if device.type == "xla":
+        return _describe_xla(device)
+    if device.type == "cpu":
+        return DeviceInfo(
+            "cpu", device, name=_cpu_name(), arch=_platform.machine() or "cpu",
+            compute_units=os.cpu_count() or 1, warp_size=1,
+        )
+    raise ValueError(f"unsupported device type {device.type!r} (expected cuda, xla or cpu)")
+
+
+def _default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def current(device: torch.device | str | int | None = None) -> DeviceInfo:
+    """Describe ``device``, or the default accelerator (CUDA/ROCm, else CPU) when ``None``.
+
+    XLA devices are described when passed explicitly (``torch_xla``'s device).
+    """
+    if device is None:
+        dev = _default_device()
+    else:
+        dev = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return describe(dev)
