@@ -1,0 +1,1 @@
+"""Benchmark harness shared by ``benchmarks/*.py`` and ``lora-dispatch bench``."""

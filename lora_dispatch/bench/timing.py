@@ -1,0 +1,188 @@
+"""Timing primitives and result records for the benchmarks.
+
+GPU time uses CUDA events (``triton.testing.do_bench``, median) or CUDA-graph replay; host
+time is the median wall time of issuing calls back to back without synchronizing each one.
+On the CPU, GPU time falls back to synchronous wall time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "env_record",
+    "copy_bandwidth_gbs",
+    "gpu_time_us",
+    "graph_time_us",
+    "host_time_us",
+    "result_path",
+    "write_json",
+    "format_table",
+]
+
+
+def _git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+            text=True, timeout=5,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+            capture_output=True, text=True, timeout=5,
+        )
+        if out.returncode == 0:
+            return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get("LORA_DISPATCH_COMMIT", "unknown")
+
+
+def env_record(device: torch.device | None = None) -> dict[str, Any]:
+    """Device, versions, commit and date for a result file."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    dev = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+    else:
+        name = platform.processor() or platform.machine()
+    return {
+        "device": name,
+        "device_type": dev.type,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "hip": torch.version.hip,
+        "python": platform.python_version(),
+        "commit": _git_commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gpu_time_us(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 25,
+                rep_ms: float = 100) -> float:
+    """Median device time of ``fn`` in microseconds (CUDA events via ``do_bench``)."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return 1e3 * do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+    return host_time_us(lambda: fn(), device, n=20, sync_each=True)
+
+
+def graph_time_us(fn: Callable[[], Any], device: torch.device, inner: int = 20,
+                  reps: int = 30) -> float | None:
+    """Median device time per call of ``fn`` replayed from a CUDA graph of ``inner`` calls."""
+    if device.type != "cuda":
+        return None
+    s = torch.cuda.Stream(device)
+    s.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(inner):
+            fn()
+    for _ in range(3):
+        g.replay()
+    torch.cuda.synchronize(device)
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / inner)
+    del g
+    return statistics.median(times)
+
+
+def host_time_us(fn: Callable[[], Any], device: torch.device, n: int = 200, rounds: int = 7,
+                 sync_each: bool = False) -> float:
+    """Median host wall time per call of ``fn`` over ``rounds`` rounds of ``n`` calls."""
+    for _ in range(min(n, 20)):
+        fn()
+    _sync(device)
+    per = []
+    for _ in range(rounds):
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            fn()
+            if sync_each:
+                _sync(device)
+        t1 = time.perf_counter_ns()
+        _sync(device)
+        per.append((t1 - t0) / n / 1e3)
+    return statistics.median(per)
+
+
+def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float | None:
+    """Measured device-to-device copy bandwidth (bytes read + written per second), GB/s."""
+    if device.type != "cuda":
+        return None
+    n = nbytes // 4
+    a = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+    b = torch.empty_like(a)
+    us = gpu_time_us(lambda: b.copy_(a), device)
+    del a, b
+    return 2 * nbytes / (us * 1e-6) / 1e9
+
+
+def result_path(kind: str, device_name: str, directory: str | Path = "benchmarks/results") -> Path:
+    """``<directory>/<kind>-<device>-<date>.json`` with a file-name-safe device name."""
+    safe = "".join(c if c.isalnum() else "-" for c in device_name).strip("-").lower()
+    while "--" in safe:
+        safe = safe.replace("--", "-")
+    date = _dt.date.today().isoformat()
+    return Path(directory) / f"{kind}-{safe}-{date}.json"
+
+
+def write_json(path: str | Path, meta: dict[str, Any], rows: Sequence[dict[str, Any]]) -> Path:
+    """Write ``{**meta, "rows": rows}`` to ``path`` (directories created)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps({**meta, "rows": list(rows)}, indent=1, default=str) + "\n")
+    return p
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Plain-text table of ``rows`` restricted to ``columns`` (floats to 3 significant digits)."""
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    body = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c)
+              for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(b, widths, strict=True)) for b in body]
+    return "\n".join(lines)
