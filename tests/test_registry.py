@@ -1,0 +1,145 @@
+"""Device registry: simulated platforms, backend selection, forced-backend errors, logged fallbacks."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import lora_dispatch as ld
+from lora_dispatch import devices
+from lora_dispatch.devices import Backend, BackendUnavailableError, DeviceInfo
+from lora_dispatch.devices import registry as reg
+
+H100 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA H100 80GB HBM3", "sm_90", 132, 32, (9, 0))
+A100 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA A100-SXM4-80GB", "sm_80", 108, 32, (8, 0))
+MI300X = DeviceInfo("rocm", torch.device("cuda", 0), "AMD Instinct MI300X", "gfx942", 304, 64)
+TPU = DeviceInfo("xla", torch.device("xla", 0), "TPU v5 lite", "TPU v5 lite", 4, 1)
+CPU = DeviceInfo("cpu", torch.device("cpu"), "Some CPU", "x86_64", 2, 1)
+
+
+def _triton_ok() -> bool:
+    try:
+        import triton  # noqa: F401
+
+        import lora_dispatch.kernels.triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _torch_xla_ok() -> bool:
+    try:
+        import torch_xla  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("info", [H100, A100, MI300X], ids=["h100", "a100", "mi300x"])
+def test_gpus_pick_triton(info):
+    sel = devices.select(info, torch.bfloat16)
+    assert sel.name == ("triton" if _triton_ok() else "reference")
+
+
+def test_families():
+    assert H100.family == "h100" and A100.family == "a100" and MI300X.family == "mi300"
+    assert MI300X.warp_size == 64
+    assert DeviceInfo("rocm", torch.device("cuda"), "AMD Radeon", "gfx942", 1, 64).family == "mi300"
+    assert CPU.family == "x86_64"
+
+
+def test_cpu_picks_reference_even_with_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert devices.select(CPU).name == "reference"
+
+
+def test_tpu_selection_and_logged_fallback(caplog):
+    reg._logged.clear()
+    with caplog.at_level(logging.WARNING, logger="lora_dispatch"):
+        sel = devices.select(TPU)
+        devices.select(TPU)
+    if _torch_xla_ok():
+        assert sel.name == "xla"
+    else:
+        assert sel.name == "reference"
+        msgs = [r.getMessage() for r in caplog.records if "'xla' unavailable" in r.getMessage()]
+        assert len(msgs) == 1, "the fallback is logged exactly once"
+        assert "torch_xla is not installed" in msgs[0]
+        assert "xla: torch_xla is not installed" in sel.reason
+
+
+def test_forced_backend_errors(monkeypatch):
+    monkeypatch.setenv("LORA_DISPATCH_BACKEND", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET"):
+        devices.select(CPU)
+    monkeypatch.setenv("LORA_DISPATCH_BACKEND", "xla")
+    if not _torch_xla_ok():
+        with pytest.raises(BackendUnavailableError, match="torch_xla"):
+            devices.select(TPU)
+    monkeypatch.setenv("LORA_DISPATCH_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="LORA_DISPATCH_BACKEND='nonsense'"):
+        devices.select(CPU)
+    monkeypatch.setenv("LORA_DISPATCH_BACKEND", "reference")
+    sel = devices.select(H100)
+    assert sel.name == "reference" and sel.forced and "forced" in sel.reason
+
+
+def test_forced_backend_error_surfaces_from_ops(monkeypatch):
+    monkeypatch.setenv("LORA_DISPATCH_BACKEND", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    devices.reset()
+    w = ld.LoRAWeights(1, 8, 4, 2, dtype=torch.float32)
+    b = ld.LoRABatch.from_token_adapters([0])
+    with pytest.raises(BackendUnavailableError):
+        ld.add_lora(torch.zeros(1, 4), torch.zeros(1, 8), w, b)
+
+
+def test_backend_validation():
+    with pytest.raises(ValueError, match="lower-case"):
+        Backend("Bad Name", "m", frozenset({"cpu"}), 0)
+    with pytest.raises(ValueError, match="platforms"):
+        Backend("x", "m", frozenset({"gpu"}), 0)
+    with pytest.raises(ValueError, match="dtypes"):
+        Backend("x", "m", frozenset({"cpu"}), 0, dtypes=frozenset({torch.int8}))
+    with pytest.raises(TypeError, match="priority"):
+        Backend("x", "m", frozenset({"cpu"}), "high")
+    with pytest.raises(ValueError, match="already registered"):
+        devices.register(devices.get("reference"))
+
+
+def test_shape_limits_and_custom_backend(monkeypatch):
+    b = Backend("limited", "lora_dispatch.kernels.reference", frozenset({"cpu"}), 1000,
+                max_rank=16, dtypes=frozenset({torch.float32}))
+    monkeypatch.setitem(reg._REGISTRY, "limited", b)
+    devices.reset()
+    assert devices.select(CPU, torch.float32, max_rank=16).name == "limited"
+    assert devices.select(CPU, torch.float32, max_rank=32).name == "reference"
+    assert devices.select(CPU, torch.float16, max_rank=8).name == "reference"
+    assert "max_rank 32 > 16" in devices.select(CPU, torch.float32, max_rank=32).reason
+
+
+def test_selection_cached_on_weights_until_reset(monkeypatch):
+    from lora_dispatch.ops import selection
+
+    w = ld.LoRAWeights(1, 8, 4, 2, dtype=torch.float32)
+    assert selection(w).name == "reference"
+    monkeypatch.setenv("LORA_DISPATCH_BACKEND", "nonsense")
+    assert selection(w).name == "reference"  # cached
+    devices.reset()
+    with pytest.raises(ValueError):
+        selection(w)
+
+
+def test_current_and_info():
+    d = devices.current("cpu")
+    assert d.platform == "cpu" and d.compute_units >= 1
+    info = ld.info("cpu")
+    for key in ("platform", "device", "backend", "backend_reason", "torch", "triton", "launcher",
+                "backends"):
+        assert key in info
+    assert info["backend"] == "reference"
+    assert set(info["backends"]) >= {"reference", "triton", "xla"}
+    assert info["backends"]["reference"]["runs_here"]
