@@ -1,0 +1,190 @@
+"""Per-device kernel configurations for the Triton backend.
+
+Configs are keyed on :attr:`DeviceInfo.family` (``h100``, ``h200``, ``a100``, ``mi300``, ...)
+and on the problem size: the token-count bucket ``T``, the reduction width ``K`` (shrink) or
+output width ``N`` (expand), the padded shrink width ``S * max_rank`` and the dtype.
+
+H100 / H200 were measured with :mod:`lora_dispatch.bench.kernels`; A100 and MI300 use the
+same schedules with their own occupancy (compute units, 64-wide wavefronts on CDNA); any
+other device gets a heuristic from its compute-unit count.
+
+The lookups are pure functions of hashable arguments and are memoized; the Triton backend
+caches the resulting launch plans per shape, so nothing here runs on the hot path.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from .info import DeviceInfo
+
+__all__ = [
+    "ShrinkConfig",
+    "ExpandConfig",
+    "FusedConfig",
+    "shrink_config",
+    "expand_config",
+    "fused_config",
+    "fused_max_tokens",
+    "next_pow2",
+]
+
+
+@dataclass(frozen=True)
+class ShrinkConfig:
+    """Segmented ``x @ A^T``: tokens per tile, rank columns, K step, K splits, launch knobs."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
+class ExpandConfig:
+    """Segmented ``y @ B^T`` added into the output: tokens, columns, rank step, launch knobs."""
+
+    block_m: int
+    block_n: int
+    block_r: int
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
+class FusedConfig:
+    """Single-launch shrink + expand for small batches (each program recomputes its ``y``)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two ``>= n`` (1 for ``n <= 1``)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+_MEASURED = frozenset({"h100", "h200"})
+
+
+def _units(info: DeviceInfo) -> int:
+    return max(info.compute_units, 1)
+
+
+def _warps(warp: int, warps: int) -> int:
+    """Warps per program; CDNA wavefronts are 64 wide, so halve (at least 1)."""
+    if warp >= 64:
+        return max(1, warps // 2)
+    return warps
+
+
+def _stages(platform: str, family: str, stages: int) -> int:
+    """Software-pipelining depth (ROCm's stream-pipeliner wants 2; Ampere at most 4)."""
+    if platform == "rocm":
+        return 2 if stages > 1 else 1
+    if family == "a100" or family.startswith("sm_8"):
+        return min(stages, 4)
+    return stages
+
+
+def _token_bucket(t: int) -> int:
+    for b in (1, 16, 64, 256, 1024):
+        if t <= b:
+            return b
+    return 4096
+
+
+@functools.lru_cache(maxsize=4096)
+def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k: int,
+                   n_rank: int, t: int, itemsize: int) -> ShrinkConfig:
+    block_n = max(16, min(next_pow2(n_rank), 64 if tb >= 1024 else 128))
+    if tb <= 16:
+        block_m, block_k, warps, stages = 16, 256, 4, 3
+    elif tb <= 64:
+        block_m, block_k, warps, stages = 16, 256, 4, 3
+    elif tb <= 256:
+        block_m, block_k, warps, stages = 32, 128, 4, 3
+    else:
+        block_m, block_k, warps, stages = 64, 128, 4, 3
+        if block_n >= 128:
+            block_m = 32
+    if itemsize == 4:
+        block_k = min(block_k, 64)
+    block_k = min(block_k, max(16, next_pow2(k)))
+    tiles = -(-t // block_m)
+    programs = tiles * max(1, -(-n_rank // block_n))
+    split = 1
+    target = 2 * units
+    while programs * split * 2 <= target and k // (split * 2) >= 2 * block_k:
+        split *= 2
+    return ShrinkConfig(block_m, block_n, block_k, split, _warps(warp, warps),
+                        _stages(platform, family, stages))
+
+
+def shrink_config(info: DeviceInfo, t: int, k: int, n_rank: int, itemsize: int) -> ShrinkConfig:
+    """Config for a shrink of ``t`` tokens, width ``k``, padded rank width ``n_rank = S * R``.
+
+    ``split_k`` grows until the grid fills about two waves of the device (decode batches
+    have few tiles; prefill needs no split).
+    """
+    return _shrink_config(info.family, info.platform, _units(info), info.warp_size,
+                          _token_bucket(t), k, n_rank, t, itemsize)
+
+
+@functools.lru_cache(maxsize=4096)
+def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n: int,
+                   max_rank: int, itemsize: int) -> ExpandConfig:
+    block_r = max(16, min(next_pow2(max_rank), 64))
+    if tb <= 16:
+        block_m, block_n, warps, stages = 16, 64, 4, 2
+    elif tb <= 64:
+        block_m, block_n, warps, stages = 16, 128, 4, 2
+    elif tb <= 256:
+        block_m, block_n, warps, stages = 32, 128, 4, 2
+    else:
+        block_m, block_n, warps, stages = 64, 128, 4, 2
+    if itemsize == 4:
+        block_n = min(block_n, 64)
+    block_n = min(block_n, max(16, next_pow2(n)))
+    return ExpandConfig(block_m, block_n, block_r, _warps(warp, warps), _stages(platform, family, stages))
+
+
+def expand_config(info: DeviceInfo, t: int, n: int, max_rank: int, itemsize: int) -> ExpandConfig:
+    """Config for an expand of ``t`` tokens into ``n`` output columns from rank ``max_rank``."""
+    return _expand_config(info.family, info.platform, _units(info), info.warp_size,
+                          _token_bucket(t), n, max_rank, itemsize)
+
+
+@functools.lru_cache(maxsize=1024)
+def _fused_config(family: str, platform: str, units: int, warp: int, k: int, n: int,
+                  max_rank: int, itemsize: int) -> FusedConfig:
+    block_k = 64 if itemsize == 4 or max_rank > 64 else 128
+    block_k = min(block_k, max(16, next_pow2(k)))
+    block_n = 128 if n >= 4096 else 64
+    block_n = min(block_n, max(16, next_pow2(n)))
+    return FusedConfig(16, block_n, block_k, _warps(warp, 4), _stages(platform, family, 3))
+
+
+def fused_config(info: DeviceInfo, k: int, n: int, max_rank: int, itemsize: int) -> FusedConfig:
+    """Config of the single-launch decode kernel."""
+    return _fused_config(info.family, info.platform, _units(info), info.warp_size, k, n,
+                         max_rank, itemsize)
+
+
+def fused_max_tokens(info: DeviceInfo, num_slots: int, max_rank: int) -> int:
+    """Largest ``T`` for which ``add_lora`` uses the fused single launch (0 = never).
+
+    Every fused program recomputes its tile's shrink, so the redundant ``A`` reads grow with
+    the number of tiles; it pays only for a handful of decode tokens.
+    """
+    if info.platform == "cpu":
+        return 0
+    if info.family in _MEASURED:
+        return 1 if max_rank > 64 else 4
+    return 1

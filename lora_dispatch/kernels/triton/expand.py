@@ -1,0 +1,89 @@
+"""Segmented expand kernel: ``out[t, off_i + n] += y[i, t, :r] @ B_i[s, n, :r]^T``.
+
+Grid ``(NB * tiles,)`` over ``NB`` column blocks (fastest) times tiles. The column blocks tile every slice separately
+(``sum_i cdiv(out_i, BN)`` of them), so slices of different widths and offsets (q/k/v,
+gate/up) share one launch and no block straddles two slices. Each program reads its tile's
+``y`` rows (summing ``SPLIT`` partial products of a split-K shrink), the slot's ``B`` block
+up to the slot's rank, and read-add-writes ``out`` in its own dtype. Tiles without a slot,
+empty slots and tokens past ``T`` are skipped.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._jit import fast_launch
+
+__all__ = ["expand_kernel", "slice_block"]
+
+
+@triton.jit
+def slice_block(bounds_ptr, pid_n, S: tl.constexpr, BN: tl.constexpr):
+    """Slice index, first column and end column of column block ``pid_n``."""
+    sl = pid_n * 0
+    c0 = pid_n * 0
+    c1 = pid_n * 0
+    first = pid_n * 0
+    for i in tl.static_range(S):
+        lo = tl.load(bounds_ptr + i)
+        hi = tl.load(bounds_ptr + i + 1)
+        nb = (hi - lo + BN - 1) // BN
+        hit = (pid_n >= first) & (pid_n < first + nb)
+        sl = tl.where(hit, i, sl)
+        c0 = tl.where(hit, lo + (pid_n - first) * BN, c0)
+        c1 = tl.where(hit, hi, c1)
+        first += nb
+    return sl, c0, c1
+
+
+@fast_launch
+@triton.jit
+def expand_kernel(
+    y_ptr, b_ptr, out_ptr, ranks_ptr, bounds_ptr, tok_ptr, tiles_ptr,
+    T, L, NT, N, NB,
+    stride_yp, stride_ys, stride_yt, stride_yr, stride_om, stride_on,
+    S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr, SPLIT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, PREC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_n = pid % NB
+    pid_m = pid // NB
+    tile = tiles_ptr + TILE * 3 * NT + pid_m
+    slot = tl.load(tile)
+    if (slot < 0) | (slot >= L):
+        return
+    rank = tl.load(ranks_ptr + slot)
+    if rank == 0:
+        return
+    start = tl.load(tile + NT)
+    end = tl.load(tile + 2 * NT)
+    sl, c0, c1 = slice_block(bounds_ptr, pid_n, S, BN)
+
+    offs_m = start + tl.arange(0, BM)  # [BM]
+    tok = tl.load(tok_ptr + offs_m, mask=offs_m < end, other=T)  # [BM]
+    m_mask = (tok >= 0) & (tok < T)  # [BM]
+    tok64 = tl.where(m_mask, tok, 0).to(tl.int64)  # [BM]
+    offs_n = c0 + tl.arange(0, BN)  # [BN]
+    n_mask = offs_n < c1  # [BN]
+    offs_r = tl.arange(0, BR)  # [BR]
+
+    y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + offs_r[None, :] * stride_yr
+    b_ptrs = (b_ptr + slot.to(tl.int64) * N * R
+              + offs_n[None, :].to(tl.int64) * R + offs_r[:, None])  # [BR, BN]
+    acc = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
+    for r0 in range(0, rank, BR):
+        r_mask = (offs_r + r0) < rank  # [BR]
+        ym = m_mask[:, None] & r_mask[None, :]  # [BM, BR]
+        yb = tl.load(y_ptrs, mask=ym, other=0.0).to(tl.float32)  # [BM, BR]
+        for p in tl.static_range(1, SPLIT):
+            yb += tl.load(y_ptrs + p * stride_yp, mask=ym, other=0.0).to(tl.float32)
+        bb = tl.load(b_ptrs, mask=r_mask[:, None] & n_mask[None, :], other=0.0)  # [BR, BN]
+        acc += tl.dot(yb.to(bb.dtype), bb, input_precision=PREC)  # [BM, BN]
+        y_ptrs += BR * stride_yr
+        b_ptrs += BR
+
+    o_ptrs = out_ptr + tok64[:, None] * stride_om + offs_n[None, :] * stride_on  # [BM, BN]
+    mask = m_mask[:, None] & n_mask[None, :]  # [BM, BN]
+    o = tl.load(o_ptrs, mask=mask, other=0.0)  # [BM, BN]
+    tl.store(o_ptrs, (o.to(tl.float32) + acc).to(o.dtype), mask=mask)

@@ -1,0 +1,272 @@
+"""Host side of the Triton backend: launch plans cached per weights and shape, then launches.
+
+A *plan* holds everything about a launch that depends only on static shapes (the weights'
+layout, ``T``, the output dtype): block sizes, grid, constexprs, output strides. Plans are
+built once (configs from :mod:`lora_dispatch.devices.configs`) and cached on the
+:class:`~lora_dispatch.weights.LoRAWeights` object (or, for the ``WeightsView`` used inside
+``torch.compile``, in a module table keyed by the layout). A call then allocates its output,
+reads the strides of ``x`` / ``base_out`` and launches: no host reads of device data, grids
+from static maxima only, so every path is CUDA-graph capturable.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from lora_dispatch.batch import tile_index
+from lora_dispatch.devices import configs
+from lora_dispatch.devices.info import describe
+
+from .expand import expand_kernel
+from .fused import fused_kernel
+from .shrink import shrink_kernel
+
+__all__ = ["shrink", "expand", "add_lora", "add_lora_two_pass", "add_lora_fused", "plan_for"]
+
+PREC = "ieee"
+
+
+class ShrinkPlan(NamedTuple):
+    grid: tuple[int, int]
+    nb: int
+    k_split: int
+    split: int
+    meta: dict
+
+
+class ExpandPlan(NamedTuple):
+    grid: tuple[int]
+    nb: int
+    meta: dict
+
+
+class AddPlan(NamedTuple):
+    fused: ShrinkPlan | ExpandPlan | None
+    shrink: ShrinkPlan | None
+    expand: ExpandPlan | None
+
+
+_VIEW_PLANS: dict[tuple, dict] = {}
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _plans(w) -> dict:
+    d = getattr(w, "__dict__", None)
+    if d is not None:
+        plans = d.get("_triton_plans")
+        if plans is None:
+            plans = d["_triton_plans"] = {}
+        return plans
+    key = (w.device, w.dtype, w.num_slots, w.num_slices, w.max_rank, w.in_features,
+           w.out_features)
+    plans = _VIEW_PLANS.get(key)
+    if plans is None:
+        plans = _VIEW_PLANS[key] = {}
+    return plans
+
+
+def _tiles(t: int, block_m: int, num_slots: int) -> int:
+    return _cdiv(t, block_m) + min(t, num_slots)
+
+
+def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None) -> ShrinkPlan:
+    info = describe(w.device)
+    k, s, r = w.in_features, w.num_slices, w.max_rank
+    cfg = configs.shrink_config(info, t, k, s * r, w.lora_a.element_size())
+    split = cfg.split_k if split_k is None else split_k
+    k_split = _cdiv(_cdiv(k, split), cfg.block_k) * cfg.block_k
+    split = _cdiv(k, k_split)
+    nb = _cdiv(s * r, cfg.block_n)
+    meta = dict(
+        S=s, R=r, TILE=tile_index(cfg.block_m), BM=cfg.block_m, BN=cfg.block_n,
+        BK=cfg.block_k, EVEN_K=(k % k_split == 0), ATOMIC=atomic and split > 1, PREC=PREC,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return ShrinkPlan((nb * _tiles(t, cfg.block_m, w.num_slots), split), nb, k_split, split, meta)
+
+
+def _expand_plan(w, t: int, split: int) -> ExpandPlan:
+    info = describe(w.device)
+    cfg = configs.expand_config(info, t, w.total_out, w.max_rank, w.lora_b.element_size())
+    nb = sum(_cdiv(o, cfg.block_n) for o in w.out_features)
+    meta = dict(
+        S=w.num_slices, R=w.max_rank, TILE=tile_index(cfg.block_m), SPLIT=split,
+        BM=cfg.block_m, BN=cfg.block_n, BR=cfg.block_r, PREC=PREC,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta)
+
+
+def _fused_plan(w, t: int) -> ExpandPlan:
+    info = describe(w.device)
+    cfg = configs.fused_config(info, w.in_features, w.total_out, w.max_rank,
+                               w.lora_a.element_size())
+    nb = sum(_cdiv(o, cfg.block_n) for o in w.out_features)
+    meta = dict(
+        S=w.num_slices, R=w.max_rank, TILE=tile_index(cfg.block_m), BM=cfg.block_m,
+        BN=cfg.block_n, BK=cfg.block_k, BR=max(16, configs.next_pow2(w.max_rank)),
+        EVEN_K=(w.in_features % cfg.block_k == 0), PREC=PREC,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta)
+
+
+def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = None):
+    """The cached launch plan of ``op`` (``shrink``, ``expand``, ``add``) for ``t`` tokens.
+
+    ``mode`` (``add`` only) forces ``fused`` or ``two_pass``; by default the fused single
+    launch is used up to :func:`~lora_dispatch.devices.configs.fused_max_tokens` tokens.
+    ``split_k`` overrides the configured number of K splits of the shrink.
+    """
+    plans = _plans(w)
+    key = (op, t, mode, split_k)
+    plan = plans.get(key)
+    if plan is not None:
+        return plan
+    if op == "shrink":
+        plan = _shrink_plan(w, t, atomic=True, split_k=split_k)
+    elif op == "expand":
+        plan = _expand_plan(w, t, 1)
+    elif op == "add":
+        info = describe(w.device)
+        use_fused = mode == "fused" or (
+            mode is None and t <= configs.fused_max_tokens(info, w.num_slots, w.max_rank))
+        if use_fused:
+            plan = AddPlan(_fused_plan(w, t), None, None)
+        else:
+            sp = _shrink_plan(w, t, atomic=False, split_k=split_k)
+            plan = AddPlan(None, sp, _expand_plan(w, t, sp.split))
+    else:
+        raise ValueError(f"op must be 'shrink', 'expand' or 'add', got {op!r}")
+    plans[key] = plan
+    return plan
+
+
+def _launch_shrink(p: ShrinkPlan, x, w, batch, y, t: int) -> None:
+    tm = batch.tile_map
+    shrink_kernel[p.grid](
+        x, w.lora_a, y, w.ranks, w.scalings, batch.sorted_tokens, tm,
+        t, w.in_features, w.num_slots, tm.shape[2], p.k_split, p.nb,
+        x.stride(0), x.stride(1), y.stride(0), y.stride(1), y.stride(2),
+        **p.meta,
+    )
+
+
+def _launch_expand(p: ExpandPlan, y, w, batch, out, t: int) -> None:
+    tm = batch.tile_map
+    expand_kernel[p.grid](
+        y, w.lora_b, out, w.ranks, w.slice_bounds, batch.sorted_tokens, tm,
+        t, w.num_slots, tm.shape[2], w.total_out, p.nb,
+        y.stride(0), y.stride(1), y.stride(2), y.stride(3), out.stride(0), out.stride(1),
+        **p.meta,
+    )
+
+
+def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tensor:
+    """Segmented shrink of every slice in one launch.
+
+    Parameters
+    ----------
+    x : Tensor [T, K]
+        Layer input (any strides), dtype of the weights.
+    w : LoRAWeights or WeightsView
+    batch : LoRABatch or BatchView
+
+    split_k : int, optional
+        Override the configured number of K splits (accumulated with float32 atomics).
+
+    Returns
+    -------
+    Tensor [num_slices, T, max_rank] float32
+        ``c[s, i] * x[t] @ A_i[s, :r]^T`` in ``[:, t, :r]``, zeros elsewhere.
+    """
+    t = x.shape[0]
+    y = torch.zeros((w.num_slices, t, w.max_rank), dtype=torch.float32, device=x.device)
+    if t:
+        p = plan_for("shrink", w, t, None, split_k)
+        _launch_shrink(p, x, w, batch, y.unsqueeze(0), t)
+    return y
+
+
+def expand(y: torch.Tensor, w, batch, base_out: torch.Tensor) -> None:
+    """Segmented expand of every slice in one launch, added into ``base_out``.
+
+    Parameters
+    ----------
+    y : Tensor [num_slices, T, max_rank]
+        Shrink output (float32, or float16 / bfloat16), any strides.
+    w : LoRAWeights or WeightsView
+    batch : LoRABatch or BatchView
+    base_out : Tensor [T, sum(out_features)]
+        Updated in place (any strides, float16 / bfloat16 / float32); rows of tokens
+        without an adapter are not touched.
+    """
+    t = base_out.shape[0]
+    if t:
+        _launch_expand(plan_for("expand", w, t), y.unsqueeze(0), w, batch, base_out, t)
+
+
+def add_lora_two_pass(base_out: torch.Tensor, x: torch.Tensor, w, batch,
+                      split_k: int | None = None) -> None:
+    """``add_lora`` as a split-K shrink into a workspace and an expand summing the splits."""
+    t = x.shape[0]
+    if t:
+        _two_pass(plan_for("add", w, t, "two_pass", split_k), base_out, x, w, batch, t)
+
+
+def add_lora_fused(base_out: torch.Tensor, x: torch.Tensor, w, batch) -> None:
+    """``add_lora`` as one fused launch (each program recomputes its tile's shrink)."""
+    t = x.shape[0]
+    if t:
+        _fused(plan_for("add", w, t, "fused").fused, base_out, x, w, batch, t)
+
+
+def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
+    sp = p.shrink
+    ws = torch.empty((sp.split, w.num_slices, t, w.max_rank), dtype=torch.float32,
+                     device=x.device)
+    _launch_shrink(sp, x, w, batch, ws, t)
+    _launch_expand(p.expand, ws, w, batch, base_out, t)
+
+
+def _fused(p: ExpandPlan, base_out, x, w, batch, t: int) -> None:
+    tm = batch.tile_map
+    fused_kernel[p.grid](
+        x, w.lora_a, w.lora_b, base_out, w.ranks, w.scalings, w.slice_bounds,
+        batch.sorted_tokens, tm,
+        t, w.in_features, w.num_slots, tm.shape[2], w.total_out, p.nb,
+        x.stride(0), x.stride(1), base_out.stride(0), base_out.stride(1),
+        **p.meta,
+    )
+
+
+def add_lora(base_out: torch.Tensor, x: torch.Tensor, w, batch) -> None:
+    """``base_out += expand(shrink(x))`` for every slice.
+
+    Small decode batches (``T <= fused_max_tokens``) take one fused launch; otherwise a
+    split-K shrink writes per-split partial products to a workspace (no zero fill, no
+    atomics) and the expand sums them while reading.
+
+    Parameters
+    ----------
+    base_out : Tensor [T, sum(out_features)]
+        Updated in place.
+    x : Tensor [T, K]
+    w : LoRAWeights or WeightsView
+    batch : LoRABatch or BatchView
+    """
+    t = x.shape[0]
+    if not t:
+        return
+    p = _plans(w).get(("add", t, None, None))
+    if p is None:
+        p = plan_for("add", w, t)
+    if p.fused is not None:
+        _fused(p.fused, base_out, x, w, batch, t)
+    else:
+        _two_pass(p, base_out, x, w, batch, t)
