@@ -143,3 +143,23 @@ def test_current_and_info():
     assert info["backend"] == "reference"
     assert set(info["backends"]) >= {"reference", "triton", "xla"}
     assert info["backends"]["reference"]["runs_here"]
+
+
+def test_configs_per_device_family():
+    from lora_dispatch.devices import configs
+
+    unknown = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA L4", "sm_89", 58, 32, (8, 9))
+    for info in (H100, A100, MI300X, unknown):
+        dec = configs.shrink_config(info, 1, 4096, 48, 2)
+        pre = configs.shrink_config(info, 8192, 4096, 48, 2)
+        assert dec.split_k > 1, "decode shrink must split K to fill the device"
+        assert pre.split_k == 1
+        assert pre.block_m >= dec.block_m
+        e = configs.expand_config(info, 8192, 6144, 64, 2)
+        assert e.block_r >= 16 and e.block_n >= 16
+    h, m, a = (configs.shrink_config(i, 64, 4096, 48, 2) for i in (H100, MI300X, A100))
+    assert m.num_warps == max(1, h.num_warps // 2), "64-wide wavefronts on CDNA"
+    assert m.num_stages <= 2 and a.num_stages <= 4
+    # more compute units -> at least as much split-K at decode
+    assert configs.shrink_config(MI300X, 1, 4096, 48, 2).split_k >= \
+        configs.shrink_config(unknown, 1, 4096, 48, 2).split_k
