@@ -153,7 +153,7 @@ def test_configs_per_device_family():
         dec = configs.shrink_config(info, 1, 4096, 48, 2)
         pre = configs.shrink_config(info, 8192, 4096, 48, 2)
         assert dec.split_k > 1, "decode shrink must split K to fill the device"
-        assert pre.split_k == 1
+        assert pre.split_k <= dec.split_k
         assert pre.block_m >= dec.block_m
         e = configs.expand_config(info, 8192, 6144, 64, 2)
         assert e.block_r >= 16 and e.block_n >= 16
