@@ -7,7 +7,9 @@ Public API (see DESIGN.md): :class:`LoRAWeights`, :class:`LoRABatch`, :func:`add
 from .batch import LoRABatch
 from .devices import BackendUnavailableError
 from .info import info
+from .nn import LoRALinear, LoRAModel, patch_model
 from .ops import add_lora, lora_expand, lora_shrink
+from .peft import PeftAdapterInfo, llama_targets, load_peft_adapter
 from .weights import LoRAWeights
 
 __version__ = "0.1.0"
@@ -20,5 +22,11 @@ __all__ = [
     "lora_expand",
     "lora_shrink",
     "info",
+    "load_peft_adapter",
+    "llama_targets",
+    "PeftAdapterInfo",
+    "patch_model",
+    "LoRALinear",
+    "LoRAModel",
     "__version__",
 ]
