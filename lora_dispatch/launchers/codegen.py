@@ -1,0 +1,159 @@
+"""Source generation for one kernel's launch and key functions.
+
+The generated module defines
+
+``_fl_launch(_fl_grid, <kernel params>, *, num_warps=, num_stages=, num_ctas=, **_fl_opts)``
+    the hot path: guards, key, cache lookup, grid, stream, compiled launcher call;
+``_fl_key(<kernel params>, *, num_warps=, num_stages=, num_ctas=, **_fl_opts)``
+    the same key expression, returned (for tests and :meth:`FastLauncher.key`);
+``_fl_state()``
+    the global state Triton folds into its options (snapshot taken at build time);
+``_fl_entry(kernel)``
+    what is stored per variant: ``(run, function, packed_metadata, kernel)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .spec import plan_key
+from .versions import Adapter, UnsupportedTriton
+
+__all__ = ["OPTION_KEYWORDS", "build_source"]
+
+#: Launch options taken as explicit keyword-only parameters (cheaper than ``**kwargs``).
+OPTION_KEYWORDS = ("num_warps", "num_stages", "num_ctas")
+
+
+class _NotSet:
+    """Marker for an option keyword that was not passed."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<not set>"
+
+
+NOT_SET = _NotSet()
+
+
+def _signature(jit: Any) -> list[inspect.Parameter]:
+    params = list(jit.signature.parameters.values())
+    for p in params:
+        if p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD:
+            raise UnsupportedTriton(f"parameter {p.name!r} is {p.kind.description}")
+        if p.name.startswith("_fl_"):
+            raise UnsupportedTriton(f"parameter name {p.name!r} clashes with generated names")
+    return params
+
+
+def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
+                 single_device: bool = True) -> tuple[str, dict[str, Any]]:
+    """Generate the launch / key functions of ``jit`` for one Triton release and backend.
+
+    Parameters
+    ----------
+    jit : JITFunction
+    adapter : Adapter
+    backend : object
+        Backend object for Triton's exact specialisation helpers.
+    inline : bool
+        Inline tensor / int key parts (CUDA); False routes them through Triton (HIP).
+    single_device : bool
+        One visible device: skip the current-device query, use one dict.
+
+    Returns
+    -------
+    source : str
+    namespace : dict
+        Globals for ``exec`` (device / stream / callback helpers are added by the caller).
+    """
+    sig = _signature(jit)
+    plan = plan_key(jit, adapter, backend, inline=inline)
+    ns: dict[str, Any] = dict(plan.namespace)
+    ns.update(adapter.runtime_namespace(jit))
+    ns["_fl_NS"] = NOT_SET
+    ns["_fl_launch_entry"] = adapter.launch_entry
+    names = [p.name for p in sig]
+    opts = [o for o in OPTION_KEYWORDS if o not in names]
+
+    head = []
+    for p in sig:
+        if p.default is inspect.Parameter.empty:
+            head.append(p.name)
+        else:
+            ns[f"_fl_d_{p.name}"] = p.default
+            head.append(f"{p.name}=_fl_d_{p.name}")
+    tail = (["*"] + [f"{o}=_fl_NS" for o in opts] if opts else []) + ["**_fl_opts"]
+    params_src = ", ".join(head + tail)
+    key_items = plan.parts + opts + ["(tuple(_fl_opts.items()) if _fl_opts else ())"]
+    key_src = "(\n        " + ",\n        ".join(key_items) + ",\n    )"
+    all_args = ", ".join(names)
+    args_tuple = f"({all_args},)" if names else "()"
+    by_name = {kp.name: kp for kp in jit.params}
+    launch_names = [n for n in names if adapter.passes_constexprs or not by_name[n].is_constexpr]
+    launch_args = "".join(f", {n}" for n in launch_names)
+    meta_dict = "{" + ", ".join(f"{n!r}: {n}" for n in names) + "}"
+    kw_src = f"_fl_kw(_fl_opts{''.join(', ' + o for o in opts)})"
+
+    state_checks = []
+    for i, expr in enumerate(adapter.state_exprs):
+        ns[f"_fl_S{i}"] = eval(expr, ns)  # snapshot: the fast path requires these objects
+        state_checks.append(f"{expr} is not _fl_S{i}")
+    guard = " or ".join(["_fl_jit.pre_run_hooks", f"not {adapter.hooks_idle_expr}"]
+                        + state_checks)
+    if single_device:
+        dev_src = "    _fl_dev = 0\n    _fl_e = _fl_cache.get(_fl_k)\n"
+    else:
+        dev_src = ("    _fl_dev = _fl_getdev()\n"
+                   "    _fl_e = _fl_caches.get(_fl_dev, _fl_EMPTY).get(_fl_k)\n")
+
+    lines = [
+        f"# fast_launch for {getattr(jit.fn, '__qualname__', '?')} "
+        f"(Triton {adapter.version[0]}.{adapter.version[1]}, "
+        f"{'inline CUDA keys' if inline else 'Triton specialisation helpers'})",
+        f"def _fl_launch(_fl_grid, {params_src}):",
+        f"    if {guard}:",
+        f"        return _fl_plain(_fl_grid, {args_tuple}, {kw_src})",
+        f"    _fl_k = {key_src}",
+        dev_src.rstrip("\n"),
+        "    if _fl_e is None:",
+        f"        return _fl_miss(_fl_grid, _fl_k, _fl_dev, {args_tuple}, {kw_src})",
+        "    if _fl_jit.used_global_vals:",
+        "        _fl_check_globals()",
+        "    _fl_hit()",
+        "    if _fl_grid.__class__ is not tuple and callable(_fl_grid):",
+        f"        _fl_grid = _fl_grid({meta_dict})",
+        "    _fl_gl = len(_fl_grid)",
+        "    _fl_run, _fl_fn, _fl_md, _fl_kernel = _fl_e",
+        "    _fl_run(_fl_grid[0], _fl_grid[1] if _fl_gl > 1 else 1, "
+        "_fl_grid[2] if _fl_gl > 2 else 1,",
+        f"            _fl_stream(_fl_dev), _fl_fn, _fl_md, None, None, None{launch_args})",
+        "    return _fl_kernel",
+        "",
+        "",
+        f"def _fl_key({params_src}):",
+        f"    return {key_src}",
+        "",
+        "",
+        f"def _fl_kw(_fl_opts{''.join(', ' + o for o in opts)}):",
+        "    _fl_d = {}",
+    ]
+    for o in opts:
+        lines.append(f"    if {o} is not _fl_NS:")
+        lines.append(f"        _fl_d[{o!r}] = {o}")
+    lines += [
+        "    _fl_d.update(_fl_opts)",
+        "    return _fl_d",
+        "",
+        "",
+        "def _fl_state():",
+        "    return (" + "".join(f"{e}, " for e in adapter.state_exprs) + ")",
+        "",
+        "",
+        "def _fl_entry(kernel):",
+        "    return (*_fl_launch_entry(kernel), kernel)",
+        "",
+    ]
+    return "\n".join(lines), ns

@@ -1,0 +1,388 @@
+"""``fast_launch``: a code-generated launcher for ``@triton.jit`` kernels.
+
+``kernel[grid](*args, **options)`` through :class:`FastLauncher` computes a specialisation
+key with inline expressions (see :mod:`.spec`), looks it up in its own per-device dict and,
+on a hit, calls the compiled kernel's launcher directly. A miss runs Triton's own
+``JITFunction.run`` once (which compiles and launches) and stores the CompiledKernel it
+returns under the key. Anything unusual (launch hooks installed, ``pre_run_hooks``, changed
+debug / instrumentation state, autotuners, the interpreter, unknown Triton releases) takes
+Triton's own path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import weakref
+from collections import namedtuple
+from functools import partial
+from typing import Any
+
+from .codegen import build_source
+from .versions import Adapter, UnsupportedTriton, get_adapter
+
+__all__ = [
+    "CacheInfo",
+    "FastLauncher",
+    "fast_launch",
+    "launcher_mode",
+    "set_launcher_mode",
+]
+
+logger = logging.getLogger("lora_dispatch.launchers")
+
+CacheInfo = namedtuple("CacheInfo", ["hits", "misses", "variants", "fallbacks", "path"])
+
+_ENV_VAR = "LORA_DISPATCH_LAUNCHER"
+_MODES = ("fast", "triton")
+_mode: str | None = None
+_live: weakref.WeakSet = weakref.WeakSet()
+_logged: set[str] = set()
+_log_lock = threading.Lock()
+
+
+def _log_once(reason: str, level: int = logging.WARNING) -> None:
+    with _log_lock:
+        if reason in _logged:
+            return
+        _logged.add(reason)
+    logger.log(level, "fast_launch falls back to Triton's own launch path: %s", reason)
+
+
+def launcher_mode() -> str:
+    """The launch mode: ``"fast"`` (default) or ``"triton"`` (plain ``JITFunction`` launches).
+
+    Read once from ``LORA_DISPATCH_LAUNCHER``; :func:`set_launcher_mode` overrides it.
+
+    Returns
+    -------
+    str
+    """
+    global _mode
+    if _mode is None:
+        value = os.environ.get(_ENV_VAR, "fast").strip().lower() or "fast"
+        if value not in _MODES:
+            _log_once(f"{_ENV_VAR}={value!r} is not one of {_MODES}; using 'fast'")
+            value = "fast"
+        _mode = value
+    return _mode
+
+
+def set_launcher_mode(mode: str | None) -> str:
+    """Override the launch mode for every fast_launch kernel, live and future.
+
+    Parameters
+    ----------
+    mode : {"fast", "triton"} or None
+        None re-reads ``LORA_DISPATCH_LAUNCHER``.
+
+    Returns
+    -------
+    str
+        The mode now in force.
+    """
+    global _mode
+    if mode is not None and mode not in _MODES:
+        raise ValueError(f"launcher mode must be one of {_MODES}, not {mode!r}")
+    _mode = mode
+    current = launcher_mode()
+    for launcher in list(_live):
+        launcher._fl_set_plain(current == "triton")
+    return current
+
+
+def _is_plain_jit(obj: Any) -> bool:
+    try:
+        from triton.runtime.jit import JITFunction
+    except Exception:  # pragma: no cover - no triton
+        return False
+    return isinstance(obj, JITFunction)
+
+
+class FastLauncher:
+    """Wraps one ``@triton.jit`` function; ``launcher[grid](...)`` launches it.
+
+    Attribute access falls through to the wrapped object (``.fn``, ``.__name__``,
+    ``.run``, ``.warmup`` ...).
+
+    Parameters
+    ----------
+    jit : JITFunction, Autotuner, Heuristics or InterpretedFunction
+        What ``@triton.jit`` (possibly under ``triton.autotune`` / ``triton.heuristics``)
+        produced. Anything but a plain JITFunction is launched through its own path.
+    """
+
+    def __init__(self, jit: Any) -> None:
+        self._fl_jit = jit
+        self._fl_lock = threading.RLock()
+        self._fl_caches: dict[int, dict] = {}
+        self._fl_hits = itertools.count()
+        self._fl_misses = 0
+        self._fl_fallbacks = 0
+        self._fl_reason: str | None = None
+        self._fl_source: str | None = None
+        self._fl_ns: dict[str, Any] | None = None
+        self._fl_adapter: Adapter | None = None
+        self._fl_force_plain = launcher_mode() == "triton"
+        self._fl_launch = self._fl_bootstrap
+        self.__doc__ = getattr(jit, "__doc__", None)
+        self.__module__ = getattr(jit, "__module__", __name__)
+        self.__wrapped__ = jit
+        if os.environ.get("TRITON_INTERPRET", "0") == "1" or type(jit).__name__ == (
+            "InterpretedFunction"
+        ):
+            self._fl_reason = "TRITON_INTERPRET=1: the interpreter launches the kernel"
+            logger.debug("fast_launch(%s): %s", _name(jit), self._fl_reason)
+        elif not _is_plain_jit(jit):
+            self._fl_reason = (
+                f"{type(jit).__name__} (autotune / heuristics) is launched through its own path"
+            )
+            logger.debug("fast_launch(%s): %s", _name(jit), self._fl_reason)
+        self._fl_plain = self._fl_force_plain or self._fl_reason is not None
+        _live.add(self)
+
+    # ---------------------------------------------------------------- launching
+    def __getitem__(self, grid: Any):
+        if self._fl_plain:
+            return self._fl_jit[grid]
+        return partial(self._fl_launch, grid)
+
+    def _fl_set_plain(self, plain: bool) -> None:
+        self._fl_force_plain = plain
+        self._fl_plain = plain or self._fl_reason is not None
+
+    def _fl_bootstrap(self, grid: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._fl_lock:
+            if self._fl_launch == self._fl_bootstrap and self._fl_reason is None:
+                try:
+                    self._fl_build()
+                except Exception as exc:  # unexpected internals: plain Triton, one log line
+                    self._fl_reason = f"{type(exc).__name__}: {exc}"
+                    _log_once(self._fl_reason)
+                    self._fl_plain = True
+        if self._fl_reason is not None:
+            return self._fl_jit[grid](*args, **kwargs)
+        return self._fl_launch(grid, *args, **kwargs)
+
+    def _fl_build(self, backend: Any = None, device_setup: bool = True) -> None:
+        """Generate and compile the launch function for the installed Triton."""
+        adapter = get_adapter()
+        is_cuda = True
+        if backend is None:
+            backend, is_cuda = _current_backend(self._fl_jit, adapter)
+        dev_ns = _device_namespace() if device_setup else {"single": True}
+        source, ns = build_source(self._fl_jit, adapter, backend, inline=is_cuda,
+                                  single_device=dev_ns["single"])
+        ns.update({k: v for k, v in dev_ns.items() if k != "single"})
+        if dev_ns["single"]:
+            ns["_fl_cache"] = self._fl_caches.setdefault(0, {})
+        ns["_fl_caches"] = self._fl_caches
+        ns["_fl_EMPTY"] = {}
+        ns["_fl_hit"] = self._fl_hits.__next__
+        ns["_fl_miss"] = self._fl_on_miss
+        ns["_fl_plain"] = self._fl_on_plain
+        ns["_fl_check_globals"] = partial(_check_globals, self._fl_jit)
+        code = compile(source, f"<fast_launch {_name(self._fl_jit)}>", "exec")
+        exec(code, ns)
+        self._fl_adapter = adapter
+        self._fl_source = source
+        self._fl_ns = ns
+        self._fl_state0 = ns["_fl_state"]()
+        self._fl_launch = ns["_fl_launch"]
+
+    def _fl_on_plain(self, grid: Any, args: tuple, kwargs: dict) -> Any:
+        self._fl_fallbacks += 1
+        return self._fl_jit.run(*args, grid=grid, warmup=False, **kwargs)
+
+    def _fl_on_miss(self, grid: Any, key: tuple, dev: int, args: tuple, kwargs: dict) -> Any:
+        jit = self._fl_jit
+        with self._fl_lock:
+            kernel = jit.run(*args, grid=grid, warmup=False, **kwargs)
+            self._fl_misses += 1
+            if kernel is None or hasattr(kernel, "result"):  # skipped by a hook / async compile
+                return kernel
+            if self._fl_ns is None or self._fl_ns["_fl_state"]() != self._fl_state0:
+                return kernel
+            try:
+                entry = self._fl_ns["_fl_entry"](kernel)
+            except Exception as exc:
+                _log_once(f"cannot take the launcher of {_name(jit)}: {type(exc).__name__}: {exc}")
+                return kernel
+            self._fl_caches.setdefault(dev, {})[key] = entry
+        return kernel
+
+    # ---------------------------------------------------------------- introspection
+    def key(self, *args: Any, **kwargs: Any) -> tuple:
+        """The fast-launch key for a call (what the cache is indexed by); for tests.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            As for ``launcher[grid](...)``.
+
+        Returns
+        -------
+        tuple
+        """
+        if self._fl_ns is None:
+            raise RuntimeError("launcher not built yet; call build_for_tests() or launch once")
+        return self._fl_ns["_fl_key"](*args, **kwargs)
+
+    def build_for_tests(self, backend: Any) -> FastLauncher:
+        """Generate the launcher without a GPU, specialising with ``backend`` (tests only).
+
+        Parameters
+        ----------
+        backend : object
+            A Triton backend object (see :func:`.versions.reference_backend`).
+
+        Returns
+        -------
+        FastLauncher
+            ``self``.
+        """
+        inline = "HIP" not in type(backend).__name__ and "HIP" not in getattr(
+            backend, "__name__", ""
+        )
+        adapter = get_adapter()
+        source, ns = build_source(self._fl_jit, adapter, backend, inline=inline,
+                                  single_device=True)
+        ns.update(_cpu_device_namespace())
+        ns["_fl_cache"] = self._fl_caches.setdefault(0, {})
+        ns["_fl_caches"] = self._fl_caches
+        ns["_fl_EMPTY"] = {}
+        ns["_fl_hit"] = self._fl_hits.__next__
+        ns["_fl_miss"] = self._fl_on_miss
+        ns["_fl_plain"] = self._fl_on_plain
+        ns["_fl_check_globals"] = partial(_check_globals, self._fl_jit)
+        exec(compile(source, f"<fast_launch {_name(self._fl_jit)}>", "exec"), ns)
+        self._fl_adapter, self._fl_source, self._fl_ns = adapter, source, ns
+        self._fl_state0 = ns["_fl_state"]()
+        self._fl_launch = ns["_fl_launch"]
+        return self
+
+    @property
+    def launcher_source(self) -> str:
+        """Source of the generated launch / key functions (generated on demand)."""
+        if self._fl_source is not None:
+            return self._fl_source
+        if self._fl_reason is not None:
+            return f"# fast path disabled: {self._fl_reason}\n"
+        from .versions import reference_backend
+
+        source, _ = build_source(self._fl_jit, get_adapter(), reference_backend("cuda"),
+                                 inline=True, single_device=True)
+        return source
+
+    @property
+    def fast_path_reason(self) -> str | None:
+        """Why launches take Triton's own path (None when the fast path is active)."""
+        if self._fl_force_plain:
+            return f"{_ENV_VAR}=triton"
+        return self._fl_reason
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses, stored variants and plain-path fallbacks of this launcher.
+
+        Returns
+        -------
+        CacheInfo
+            ``path`` is ``"fast"``, ``"triton"`` (mode override) or ``"delegate"``.
+        """
+        hits = self._fl_hits.__reduce__()[1][0]
+        variants = sum(len(c) for c in list(self._fl_caches.values()))
+        path = "triton" if self._fl_force_plain else "delegate" if self._fl_reason else "fast"
+        return CacheInfo(hits, self._fl_misses, variants, self._fl_fallbacks, path)
+
+    def cache_clear(self) -> None:
+        """Forget stored variants (Triton's own cache is untouched)."""
+        with self._fl_lock:
+            for cache in self._fl_caches.values():
+                cache.clear()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_fl_"):
+            raise AttributeError(name)
+        return getattr(self._fl_jit, name)
+
+    def __repr__(self) -> str:
+        return f"fast_launch({self._fl_jit!r})"
+
+
+def _name(jit: Any) -> str:
+    fn = getattr(jit, "fn", None)
+    return getattr(fn, "__qualname__", None) or getattr(jit, "__name__", repr(jit))
+
+
+def _check_globals(jit: Any) -> None:
+    missing = object()
+    for (name, _), (val, globals_dict) in jit.used_global_vals.items():
+        new = globals_dict.get(name, missing)
+        if new != val:
+            raise RuntimeError(
+                f"Global variable {name} has changed since we compiled this kernel, "
+                f"from {val} to {new}"
+            )
+
+
+def _current_backend(jit: Any, adapter: Adapter) -> tuple[Any, bool]:
+    from triton.compiler.compiler import make_backend
+    from triton.runtime import driver
+
+    target = driver.active.get_current_target()
+    backend = None
+    if adapter.version >= (3, 3):
+        device = driver.active.get_current_device()
+        entry = jit.device_caches[device]
+        backend = entry[-2]
+    if backend is None or not hasattr(backend, "parse_options"):
+        backend = make_backend(target)
+    return backend, target.backend == "cuda"
+
+
+def _device_namespace() -> dict[str, Any]:
+    from triton.runtime import driver
+
+    drv = driver.active
+    get_device = drv.get_current_device
+    get_stream = drv.get_current_stream
+    single = False
+    try:
+        import torch
+
+        if get_device is torch.cuda.current_device and hasattr(torch._C, "_cuda_getDevice"):
+            get_device = torch._C._cuda_getDevice
+        single = torch.cuda.device_count() == 1
+    except Exception:  # pragma: no cover - torch-free drivers
+        pass
+    return {"single": single, "_fl_getdev": get_device, "_fl_stream": get_stream}
+
+
+def _cpu_device_namespace() -> dict[str, Any]:
+    return {"_fl_getdev": lambda: 0, "_fl_stream": lambda dev: 0}
+
+
+def fast_launch(jit: Any) -> FastLauncher:
+    """Decorate a ``@triton.jit`` function with the fast launcher.
+
+    Parameters
+    ----------
+    jit : JITFunction (or Autotuner / Heuristics / InterpretedFunction)
+        Put ``@fast_launch`` above ``@triton.jit`` (and above ``triton.autotune`` /
+        ``triton.heuristics`` if used; those keep their own launch path).
+
+    Returns
+    -------
+    FastLauncher
+        ``launcher[grid](*args, **options)`` has the semantics of ``jit[grid](...)``.
+    """
+    if isinstance(jit, FastLauncher):
+        return jit
+    if not hasattr(jit, "__getitem__"):
+        raise TypeError(f"fast_launch expects a @triton.jit function, got {type(jit).__name__}")
+    return FastLauncher(jit)
+
+
+__all__ += ["UnsupportedTriton"]
