@@ -86,6 +86,39 @@ def _check_base_out(base_out: object, w: LoRAWeights, t: int) -> None:
         raise TypeError(f"base_out must be one of {SUPPORTED_DTYPES}, got {base_out.dtype}")
 
 
+_is_compiling = torch.compiler.is_compiling
+_Tensor = torch.Tensor
+
+
+def _fast_ok(base_out: object, x: object, w: object, batch: object) -> bool:
+    """Every check of :func:`add_lora` at once, for the common valid call (no messages).
+
+    ``False`` sends the call through the detailed validators, which raise the error.
+    """
+    if type(x) is not _Tensor or type(base_out) is not _Tensor:
+        return False
+    if type(w) is not LoRAWeights or type(batch) is not LoRABatch:
+        return False
+    xs = x.shape
+    if len(xs) != 2:
+        return False
+    t, k = xs
+    dev = w.device
+    ms = batch.max_slot
+    return (
+        k == w.in_features
+        and x.dtype is w.dtype
+        and base_out.shape == (t, w.total_out)
+        and base_out.dtype in SUPPORTED_DTYPES
+        and x.device == dev
+        and base_out.device == dev
+        and batch.device == dev
+        and batch.num_tokens <= t <= batch.capacity
+        and (ms is None or ms < w.num_slots)
+        and t > 0
+    )
+
+
 def _validate(x: object, w: object, batch: object, compiling: bool) -> int:
     _check_objects(w, batch)
     t = _check_x(x, w)
@@ -120,13 +153,17 @@ def add_lora(
     Tensor
         ``base_out``.
     """
-    compiling = torch.compiler.is_compiling()
-    t = _validate(x, w, batch, compiling)
-    _check_base_out(base_out, w, t)
-    if compiling:
+    if _is_compiling():
+        t = _validate(x, w, batch, True)
+        _check_base_out(base_out, w, t)
         torch.ops.lora_dispatch.add_lora(base_out, x, *_weight_args(w), *_batch_args(batch))
-    elif t:
+    elif _fast_ok(base_out, x, w, batch):
         _impl(w).add_lora(base_out, x, w, batch)
+    else:
+        t = _validate(x, w, batch, False)
+        _check_base_out(base_out, w, t)
+        if t:
+            _impl(w).add_lora(base_out, x, w, batch)
     return base_out
 
 
