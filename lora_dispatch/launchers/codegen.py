@@ -101,7 +101,8 @@ def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
     for i, expr in enumerate(adapter.state_exprs):
         ns[f"_fl_S{i}"] = eval(expr, ns)  # snapshot: the fast path requires these objects
         state_checks.append(f"{expr} is not _fl_S{i}")
-    guard = " or ".join(["_fl_jit.pre_run_hooks", f"not {adapter.hooks_idle_expr}"]
+    ns["_fl_prh"] = jit.pre_run_hooks  # Triton only ever appends to this list
+    guard = " or ".join(["_fl_prh", f"not {adapter.hooks_idle_expr}"]
                         + state_checks)
     if single_device:
         dev_src = "    _fl_dev = 0\n    _fl_e = _fl_cache.get(_fl_k)\n"

@@ -11,7 +11,8 @@ alignment, i.e. not in ``do_not_specialize_on_alignment``):
 ============================  ==============================================================
 argument                      key part (CUDA backend)
 ============================  ==============================================================
-``torch.Tensor`` (exactly)    ``(t.dtype, not t.data_ptr() & 15)`` if S and A, else ``t.dtype``
+``torch.Tensor`` (exactly)    ``t.dtype`` if aligned (or not S or not A), else
+                              ``(t.dtype, "misaligned")`` (one object per dtype, memoised)
 ``int`` in int32 range, != 1  ``not n & 15`` if S and A, else ``True``
 ``int`` in int32 range, any   ``True`` if not S (1 is not special then)
 ``float``                     the marker ``"<float>"``
@@ -40,6 +41,17 @@ __all__ = ["FLOAT_MARK", "KeyPlan", "ParamInfo", "plan_key"]
 
 #: Key part of every Python float argument (Triton types them all as fp32, unspecialised).
 FLOAT_MARK = "<float>"
+
+class _Misaligned(dict):
+    """``dtype -> (dtype, "misaligned")``: the key part of a tensor whose pointer is not a
+    multiple of 16 (aligned tensors use the bare dtype: no tuple to build or hash)."""
+
+    def __missing__(self, dtype: Any) -> tuple:
+        value = self[dtype] = (dtype, "misaligned")
+        return value
+
+
+_MISALIGNED = _Misaligned()
 
 _I32_MIN = -(2**31)
 _I32_MAX = 2**31 - 1
@@ -109,7 +121,10 @@ def _generic_expr(p: ParamInfo, sk: str, inline_tensor: bool, inline_int: bool) 
     n = p.name
     chain: list[tuple[str, str]] = []  # (value, condition)
     if inline_tensor:
-        tval = f"({n}.dtype, not {n}.data_ptr() & 15)" if p.specialize and p.align else f"{n}.dtype"
+        if p.specialize and p.align:
+            tval = f"({n}.dtype if not {n}.data_ptr() & 15 else _fl_MIS[{n}.dtype])"
+        else:
+            tval = f"{n}.dtype"
         tensor = (tval, f"{n}.__class__ is _fl_T")
     if inline_int:
         rng = f"{_I32_MIN} <= {n} <= {_I32_MAX}"
@@ -157,7 +172,8 @@ def plan_key(jit: Any, adapter: Adapter, backend: Any, inline: bool = True) -> K
     import torch
 
     infos = _param_infos(jit, adapter)
-    ns: dict[str, Any] = {"_fl_T": torch.Tensor, "_fl_FLOAT": FLOAT_MARK, "_fl_repr": repr}
+    ns: dict[str, Any] = {"_fl_T": torch.Tensor, "_fl_FLOAT": FLOAT_MARK, "_fl_repr": repr,
+                          "_fl_MIS": _MISALIGNED}
     parts: list[str] = []
     by_num = {kp.num: kp for kp in jit.params}
     for p in infos:

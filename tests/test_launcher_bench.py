@@ -1,0 +1,131 @@
+"""CPU benchmarks of the Python half of a launch (no GPU needed).
+
+* ``triton``: what ``JITFunction.run`` does per call before launching: its generated
+  binder, the cache key (``compute_cache_key`` in 3.5+, string keys before) and the kernel
+  cache lookup.
+* ``fast_key``: fast_launch's generated key function plus its dict lookup.
+* ``fast_hit``: the whole generated hit path (guards, key, lookup, grid, stream, call) with a
+  no-op standing in for the compiled kernel's launcher.
+
+Runs once as a test under the default ``--benchmark-disable``; time it with
+``pytest tests/test_launcher_bench.py --benchmark-enable`` (``ci/launcher_versions.sh`` with
+``LORA_DISPATCH_BENCH=1`` does it per Triton release).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
+
+from lora_dispatch.launchers.fast import FastLauncher  # noqa: E402
+from lora_dispatch.launchers.versions import get_adapter, reference_backend  # noqa: E402
+
+ADAPTER = get_adapter()
+
+
+@triton.jit
+def k4(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    pass
+
+
+@triton.jit
+def k10(x_ptr, y_ptr, z_ptr, w_ptr, n, m, stride, scale, BLOCK: tl.constexpr,
+        ACT: tl.constexpr):
+    pass
+
+
+@triton.jit
+def k20(a_ptr, b_ptr, c_ptr, d_ptr, e_ptr, f_ptr, m, n, k, sa0, sa1, sb0, sb1, sc0, sc1,
+        scale, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr):
+    pass
+
+
+_buf = torch.empty(1 << 12, dtype=torch.float16)
+
+
+def _args(n_args: int) -> tuple[tuple, dict]:
+    t = _buf
+    if n_args == 4:
+        return (t, t, 4096), {"BLOCK": 256}
+    if n_args == 10:
+        return (t, t, t, t, 4096, 128, 4096, 0.5), {"BLOCK": 256, "ACT": 1}
+    return ((t, t, t, t, t, t, 128, 4096, 4096, 4096, 1, 4096, 1, 4096, 1, 0.5),
+            {"BM": 64, "BN": 64, "BK": 32, "ACT": 0})
+
+
+KERNELS = {4: k4, 10: k10, 20: k20}
+
+
+def _triton_per_call(jit, backend):
+    """Triton's binder + cache key + kernel-cache lookup, as ``JITFunction.run`` does."""
+    from triton.runtime import jit as jitmod
+
+    v = ADAPTER.version
+    if v >= (3, 2):
+        binder = jitmod.create_function_from_signature(jit.signature, jit.params, backend)
+    else:
+        binder = jitmod.create_function_from_signature(jit.signature, jit.params)
+    kernel_cache: dict = {}
+    key_cache: dict = {}
+    if v >= (3, 5):
+        compute = jitmod.compute_cache_key
+
+        def per_call(*args, **kwargs):
+            kwargs["debug"] = False
+            _, spec, options = binder(*args, **kwargs)
+            return kernel_cache.get(compute(key_cache, spec, options))
+    elif v >= (3, 3):
+        def per_call(*args, **kwargs):
+            kwargs["debug"] = False
+            _, spec, options = binder(*args, **kwargs)
+            return kernel_cache.get(str(spec) + str(options))
+    else:
+        def per_call(*args, **kwargs):
+            kwargs["debug"] = False
+            _, sig_and_spec, constexpr_vals, _, excess = binder(*args, **kwargs)
+            return kernel_cache.get("".join(sig_and_spec) + str((constexpr_vals, excess)))
+    return per_call
+
+
+def _fast(jit):
+    launcher = FastLauncher(jit).build_for_tests(reference_backend("cuda"))
+    args, kwargs = _args(len(jit.params))
+    key = launcher.key(*args, **kwargs)
+    noop = lambda *a: None  # noqa: E731 - stands in for the compiled launcher
+    launcher._fl_caches[0][key] = (noop, 0, (4, 1, 0), None)
+    return launcher
+
+
+@pytest.mark.parametrize("n_args", [4, 10, 20])
+def test_bench_triton_bind_and_key(benchmark, n_args: int) -> None:
+    jit = KERNELS[n_args]
+    per_call = _triton_per_call(jit, reference_backend("cuda"))
+    args, kwargs = _args(n_args)
+    benchmark.group = f"python-half-{n_args}-args"
+    benchmark(lambda: per_call(*args, **kwargs))
+
+
+@pytest.mark.parametrize("n_args", [4, 10, 20])
+def test_bench_fast_key_and_lookup(benchmark, n_args: int) -> None:
+    launcher = _fast(KERNELS[n_args])
+    args, kwargs = _args(n_args)
+    key_fn = launcher._fl_ns["_fl_key"]
+    cache = launcher._fl_caches[0]
+    benchmark.group = f"python-half-{n_args}-args"
+    assert cache.get(key_fn(*args, **kwargs)) is not None
+    benchmark(lambda: cache.get(key_fn(*args, **kwargs)))
+
+
+@pytest.mark.parametrize("n_args", [4, 10, 20])
+def test_bench_fast_hit_path(benchmark, n_args: int) -> None:
+    launcher = _fast(KERNELS[n_args])
+    args, kwargs = _args(n_args)
+    grid = (128,)
+    benchmark.group = f"python-half-{n_args}-args"
+    before = launcher.cache_info().hits
+    launcher[grid](*args, **kwargs)
+    assert launcher.cache_info().hits == before + 1
+    benchmark(lambda: launcher[grid](*args, **kwargs))
