@@ -99,24 +99,42 @@ def _describe_gpu(dev: torch.device) -> DeviceInfo:
 
 
 def _describe_xla(dev: torch.device) -> DeviceInfo:
-    kind = "xla"
-    cores = 1
-    try:  # pragma: no cover - needs torch_xla
-        import torch_xla.core.xla_model as xm
+    """Describe an XLA device through ``torch_xla`` (a bare ``xla`` entry without it).
 
-        kind = str(xm.xla_device_hw(dev))
+    ``name``: the PJRT device kind (``TPU v5 lite``) or ``XLA CPU (<cpu model>)``;
+    ``arch``: the device kind (``TPU v5 lite``, ``cpu``); ``compute_units``: cores of the
+    chip (TPU) or of the host (PJRT CPU client).
+    """
+    try:
+        import torch_xla.core.xla_model as xm
+    except ImportError:
+        return DeviceInfo("xla", dev, name="xla", arch="xla", compute_units=1, warp_size=1)
+    real = str(dev if dev.index is not None else torch.device("xla", 0))
+    hw, kind, cores, memory = "xla", "xla", 1, None
+    try:
+        hw = str(xm.xla_device_hw(real))  # TPU, CPU, CUDA, NEURON
+        kind = hw
+        kind = str(xm.xla_device_kind(real)) or hw  # "TPU v5 lite", "cpu"
+    except Exception:  # pragma: no cover - old torch_xla or runtime not started
+        pass
+    if hw.upper() == "CPU":
+        name = f"XLA CPU ({_cpu_name()})"
+        cores = os.cpu_count() or 1
+    else:
+        name = kind if hw.lower() in kind.lower() else f"{hw} {kind}".strip()
         try:
             import torch_xla.runtime as xr
 
-            cores = int(xr.global_runtime_device_count())
-            attrs = xr.global_runtime_device_attributes()
-            if attrs and "device_kind" in attrs[0]:
-                kind = str(attrs[0]["device_kind"])
-        except Exception:
+            attrs = xr.runtime_device_attributes(real)
+            cores = int(attrs.get("num_cores", 1)) or 1
+        except Exception:  # pragma: no cover - depends on the runtime
             pass
-    except Exception:
+    try:
+        memory = int(xm.get_memory_info(real)["bytes_limit"])
+    except Exception:  # CPU client: "GetAllocatorStats is not supported"
         pass
-    return DeviceInfo("xla", dev, name=kind, arch=kind, compute_units=cores, warp_size=1)
+    return DeviceInfo("xla", dev, name=name, arch=kind, compute_units=cores, warp_size=1,
+                      memory_bytes=memory)
 
 
 @functools.cache
