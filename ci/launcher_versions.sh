@@ -53,7 +53,8 @@ for version in "$@"; do
     fi
     echo "== triton $version"
     if "$venv/bin/python" -m pytest -q -p no:cacheprovider \
-            tests/test_launcher_spec.py tests/test_launcher_bench.py "${bench_args[@]}"; then
+            tests/test_launcher_spec.py tests/test_launcher_fast.py tests/test_launcher_bench.py \
+            "${bench_args[@]}"; then
         summary+=("triton $version: ok")
     else
         summary+=("triton $version: FAILED")
