@@ -278,3 +278,17 @@ def test_interpreter_functions_are_delegated() -> None:
     launcher = fast_launch(InterpretedFunction(k_add.fn))
     assert launcher.cache_info().path == "delegate"
     assert "TRITON_INTERPRET" in launcher.fast_path_reason
+
+
+def test_lean_path_relays_kernels_without_a_direct_c_entry(monkeypatch) -> None:
+    set_launcher_mode("fast")
+    fake = FakeTriton(k_add)
+    monkeypatch.setattr(k_add, "run", fake, raising=False)
+    launcher = FastLauncher(k_add).build_for_tests(reference_backend("cuda"), lean=True)
+    assert ("lean C launch" in launcher.launcher_source) == ADAPTER.lean_capable
+    x = torch.empty(64, dtype=torch.float32)
+    launcher[(3,)](x, x, 64, 0.5, BLOCK=16)
+    launcher[(3,)](x, x, 64, 0.5, BLOCK=16)
+    (call,) = fake.kernels[0].calls
+    assert call[:9] == (3, 1, 1, 0, 1000, (4, 1, 0), None, None, None)
+    assert call[9:] == _expected_launch_args(x, x, 64, 0.5, 16, 0)

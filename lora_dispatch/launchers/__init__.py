@@ -16,7 +16,9 @@ from .fast import (
     UnsupportedTriton,
     fast_launch,
     launcher_mode,
+    lean_launch_enabled,
     set_launcher_mode,
+    set_lean_launch,
 )
 from .versions import SUPPORTED, get_adapter
 
@@ -28,5 +30,7 @@ __all__ = [
     "fast_launch",
     "get_adapter",
     "launcher_mode",
+    "lean_launch_enabled",
     "set_launcher_mode",
+    "set_lean_launch",
 ]

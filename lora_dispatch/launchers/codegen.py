@@ -49,7 +49,7 @@ def _signature(jit: Any) -> list[inspect.Parameter]:
 
 
 def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
-                 single_device: bool = True) -> tuple[str, dict[str, Any]]:
+                 single_device: bool = True, lean: bool = False) -> tuple[str, dict[str, Any]]:
     """Generate the launch / key functions of ``jit`` for one Triton release and backend.
 
     Parameters
@@ -62,6 +62,9 @@ def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
         Inline tensor / int key parts (CUDA); False routes them through Triton (HIP).
     single_device : bool
         One visible device: skip the current-device query, use one dict.
+    lean : bool
+        Call the C launch entry point directly (3.5 / 3.6 CUDA, see
+        :meth:`Adapter.lean_entry`) instead of the compiled kernel's ``run``.
 
     Returns
     -------
@@ -74,7 +77,8 @@ def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
     ns: dict[str, Any] = dict(plan.namespace)
     ns.update(adapter.runtime_namespace(jit))
     ns["_fl_NS"] = NOT_SET
-    ns["_fl_launch_entry"] = adapter.launch_entry
+    lean = lean and adapter.lean_capable
+    ns["_fl_launch_entry"] = adapter.lean_entry if lean else adapter.launch_entry
     names = [p.name for p in sig]
     opts = [o for o in OPTION_KEYWORDS if o not in names]
 
@@ -113,7 +117,8 @@ def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
     lines = [
         f"# fast_launch for {getattr(jit.fn, '__qualname__', '?')} "
         f"(Triton {adapter.version[0]}.{adapter.version[1]}, "
-        f"{'inline CUDA keys' if inline else 'Triton specialisation helpers'})",
+        f"{'inline CUDA keys' if inline else 'Triton specialisation helpers'}"
+        f"{', lean C launch' if lean else ''})",
         f"def _fl_launch(_fl_grid, {params_src}):",
         f"    if {guard}:",
         f"        return _fl_plain(_fl_grid, {args_tuple}, {kw_src})",
@@ -127,10 +132,18 @@ def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
         "    if _fl_grid.__class__ is not tuple and callable(_fl_grid):",
         f"        _fl_grid = _fl_grid({meta_dict})",
         "    _fl_gl = len(_fl_grid)",
+    ] + ([
+        "    _fl_run, _fl_fn, _fl_md, _fl_coop, _fl_pdl, _fl_kernel = _fl_e",
+        "    _fl_run(_fl_grid[0], _fl_grid[1] if _fl_gl > 1 else 1, "
+        "_fl_grid[2] if _fl_gl > 2 else 1,",
+        "            _fl_stream(_fl_dev), _fl_fn, _fl_coop, _fl_pdl, None, None, _fl_md,",
+        f"            None, None, None{launch_args})",
+    ] if lean else [
         "    _fl_run, _fl_fn, _fl_md, _fl_kernel = _fl_e",
         "    _fl_run(_fl_grid[0], _fl_grid[1] if _fl_gl > 1 else 1, "
         "_fl_grid[2] if _fl_gl > 2 else 1,",
         f"            _fl_stream(_fl_dev), _fl_fn, _fl_md, None, None, None{launch_args})",
+    ]) + [
         "    return _fl_kernel",
         "",
         "",

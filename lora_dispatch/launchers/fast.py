@@ -28,7 +28,9 @@ __all__ = [
     "FastLauncher",
     "fast_launch",
     "launcher_mode",
+    "lean_launch_enabled",
     "set_launcher_mode",
+    "set_lean_launch",
 ]
 
 logger = logging.getLogger("lora_dispatch.launchers")
@@ -36,6 +38,8 @@ logger = logging.getLogger("lora_dispatch.launchers")
 CacheInfo = namedtuple("CacheInfo", ["hits", "misses", "variants", "fallbacks", "path"])
 
 _ENV_VAR = "LORA_DISPATCH_LAUNCHER"
+_LEAN_ENV = "LORA_DISPATCH_LEAN"
+_lean: bool | None = None
 _MODES = ("fast", "triton")
 _mode: str | None = None
 _live: weakref.WeakSet = weakref.WeakSet()
@@ -90,6 +94,36 @@ def set_launcher_mode(mode: str | None) -> str:
     current = launcher_mode()
     for launcher in list(_live):
         launcher._fl_set_plain(current == "triton")
+    return current
+
+
+def lean_launch_enabled() -> bool:
+    """Whether new launchers call the C launch entry directly (Triton 3.5 / 3.6, CUDA).
+
+    Read once from ``LORA_DISPATCH_LEAN`` (``1`` / ``0``); see :func:`set_lean_launch`.
+    """
+    global _lean
+    if _lean is None:
+        _lean = os.environ.get(_LEAN_ENV, "0").strip() not in ("0", "", "false", "no")
+    return _lean
+
+
+def set_lean_launch(enabled: bool | None) -> bool:
+    """Turn the lean launch path on / off (None: re-read ``LORA_DISPATCH_LEAN``).
+
+    Live launchers are rebuilt on their next launch (their stored variants are dropped;
+    Triton's own cache keeps the compiled kernels).
+
+    Returns
+    -------
+    bool
+        The setting now in force.
+    """
+    global _lean
+    _lean = enabled
+    current = lean_launch_enabled()
+    for launcher in list(_live):
+        launcher._fl_reset()
     return current
 
 
@@ -153,6 +187,15 @@ class FastLauncher:
         self._fl_force_plain = plain
         self._fl_plain = plain or self._fl_reason is not None
 
+    def _fl_reset(self) -> None:
+        with self._fl_lock:
+            if self._fl_reason is None and self._fl_ns is not None:
+                self._fl_ns = None
+                self._fl_source = None
+                self._fl_launch = self._fl_bootstrap
+                for cache in self._fl_caches.values():
+                    cache.clear()
+
     def _fl_bootstrap(self, grid: Any, *args: Any, **kwargs: Any) -> Any:
         with self._fl_lock:
             if self._fl_launch == self._fl_bootstrap and self._fl_reason is None:
@@ -174,7 +217,8 @@ class FastLauncher:
             backend, is_cuda = _current_backend(self._fl_jit, adapter)
         dev_ns = _device_namespace() if device_setup else {"single": True}
         source, ns = build_source(self._fl_jit, adapter, backend, inline=is_cuda,
-                                  single_device=dev_ns["single"])
+                                  single_device=dev_ns["single"],
+                                  lean=is_cuda and lean_launch_enabled())
         ns.update({k: v for k, v in dev_ns.items() if k != "single"})
         if dev_ns["single"]:
             ns["_fl_cache"] = self._fl_caches.setdefault(0, {})
@@ -230,13 +274,15 @@ class FastLauncher:
             raise RuntimeError("launcher not built yet; call build_for_tests() or launch once")
         return self._fl_ns["_fl_key"](*args, **kwargs)
 
-    def build_for_tests(self, backend: Any) -> FastLauncher:
+    def build_for_tests(self, backend: Any, lean: bool = False) -> FastLauncher:
         """Generate the launcher without a GPU, specialising with ``backend`` (tests only).
 
         Parameters
         ----------
         backend : object
             A Triton backend object (see :func:`.versions.reference_backend`).
+        lean : bool
+            Generate the lean launch call (see :func:`set_lean_launch`).
 
         Returns
         -------
@@ -248,7 +294,7 @@ class FastLauncher:
         )
         adapter = get_adapter()
         source, ns = build_source(self._fl_jit, adapter, backend, inline=inline,
-                                  single_device=True)
+                                  single_device=True, lean=lean)
         ns.update(_cpu_device_namespace())
         ns["_fl_cache"] = self._fl_caches.setdefault(0, {})
         ns["_fl_caches"] = self._fl_caches

@@ -238,6 +238,36 @@ class Adapter:
         return run, function, packed
 
 
+    @property
+    def lean_capable(self) -> bool:
+        """3.5 / 3.6: the CUDA launcher's C entry point can be called without its Python
+        ``__call__`` (which only allocates scratch buffers, none for most kernels)."""
+        return self.version in ((3, 5), (3, 6))
+
+    def lean_entry(self, kernel: Any) -> tuple[Any, Any, Any, Any, Any]:
+        """``(launch, function, packed_metadata, cooperative, pdl)`` for the lean path.
+
+        ``launch`` is the compiled C ``launch`` when the kernel needs no global / profile
+        scratch memory (then ``CudaLauncher.__call__`` would pass ``None`` for both), else a
+        relay to ``CudaLauncher.__call__`` with the same argument layout.
+        """
+        run, function, packed = self.launch_entry(kernel)
+        launch = getattr(run, "launch", None)
+        direct = (
+            type(run).__name__ == "CudaLauncher"
+            and type(launch).__name__ == "builtin_function_or_method"
+            and getattr(run, "global_scratch_size", 1) == 0
+            and getattr(run, "profile_scratch_size", 1) == 0
+        )
+        if direct:
+            return launch, function, packed, run.launch_cooperative_grid, run.launch_pdl
+
+        def relay(gx, gy, gz, stream, fn, coop, pdl, gs, ps, md, lm, eh, xh, *args):
+            return run(gx, gy, gz, stream, fn, md, lm, eh, xh, *args)
+
+        return relay, function, packed, False, False
+
+
 def _flags(adapter: Adapter, param: Any) -> tuple[bool, bool, bool]:
     spec = not param.do_not_specialize
     align = True
