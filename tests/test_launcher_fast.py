@@ -137,14 +137,14 @@ def test_guards_fall_back_to_triton(kernel) -> None:
     launcher[(1,)](x, x, 64, 0.5, BLOCK=16)
     k_add.pre_run_hooks.clear()
     assert launcher.cache_info().fallbacks == 1 and len(fake.calls) == 2
-    old = k_add.debug
-    try:
-        k_add.debug = not old
-        launcher[(1,)](x, x, 64, 0.5, BLOCK=16)
-        if "_fl_jit.debug" in ADAPTER.state_exprs:
+    if "_fl_jit.debug" in ADAPTER.state_exprs:  # 3.2 reads TRITON_DEBUG instead
+        old = k_add.debug
+        try:
+            k_add.debug = not old
+            launcher[(1,)](x, x, 64, 0.5, BLOCK=16)
             assert launcher.cache_info().fallbacks == 2
-    finally:
-        k_add.debug = old
+        finally:
+            k_add.debug = old
     launcher[(1,)](x, x, 64, 0.5, BLOCK=16)
     assert launcher.cache_info().hits == 1
 
