@@ -40,7 +40,7 @@ from .timing import (
     write_json,
 )
 
-__all__ = ["LayerShape", "LLAMA3_8B", "TINY", "run", "plot", "main", "COLUMNS"]
+__all__ = ["LayerShape", "LLAMA3_8B", "TINY", "run", "plot", "plot_axes", "main", "COLUMNS"]
 
 DECODE_T = (1, 16, 64, 256)
 PREFILL_T = (2048, 8192)
@@ -313,8 +313,46 @@ def run(quick: bool = False, device: torch.device | str | None = None,
 
 
 # ------------------------------------------------------------------ plot
+def plot_axes(rows: Sequence[dict], ax1: Any, ax2: Any) -> bool:
+    """Draw the slowdown (``ax1``) and LoRA host-time (``ax2``) panels; False if no data."""
+    rows = [r for r in rows if r.get("gpu_lora_us") is not None]
+    if not rows:
+        return False
+    for rank, n in sorted({(r["rank"], r["adapters"]) for r in rows}):
+        sel = sorted((r for r in rows if (r["rank"], r["adapters"]) == (rank, n)),
+                     key=lambda r: r["T"])
+        ts = [r["T"] for r in sel]
+        line, = ax1.plot(ts, [r["slowdown_pct"] for r in sel], "o-",
+                         label=f"r={rank}, {n} adapters (eager)")
+        color = line.get_color()
+        if any(r.get("graph_slowdown_pct") is not None for r in sel):
+            ax1.plot(ts, [r.get("graph_slowdown_pct") for r in sel], "s--", color=color,
+                     label=f"r={rank}, {n} adapters (graph)")
+        if any(r.get("host_lora_fast_us") is not None for r in sel):
+            ax2.plot(ts, [r.get("host_lora_fast_us") for r in sel], "o-", color=color,
+                     label=f"r={rank}, {n}: fast launcher")
+            ax2.plot(ts, [r.get("host_lora_triton_us") for r in sel], "x:", color=color,
+                     label=f"r={rank}, {n}: Triton launch")
+        else:
+            ax2.plot(ts, [r.get("host_lora_us") for r in sel], "o-", color=color,
+                     label=f"r={rank}, {n}")
+    ax1.set_xscale("log", base=2)
+    ax1.set_xlabel("tokens per step (T)")
+    ax1.set_ylabel("LoRA slowdown of the layer (%)")
+    ax1.axhline(0, color="grey", lw=0.5)
+    ax1.legend(fontsize=7)
+    ax1.set_title("layer time with LoRA vs without")
+    ax2.set_xscale("log", base=2)
+    ax2.set_xlabel("tokens per step (T)")
+    ax2.set_ylabel("host time (us)")
+    ax2.set_ylim(bottom=0)
+    ax2.legend(fontsize=7)
+    ax2.set_title("host time of a layer's 4 add_lora calls")
+    return True
+
+
 def plot(rows: Sequence[dict], path: str | Path, title: str = "") -> Path | None:
-    """Slowdown % and LoRA host time vs T; ``None`` if matplotlib is missing."""
+    """Slowdown % and LoRA host time vs T; ``None`` if matplotlib is missing or no data."""
     try:
         import matplotlib
 
@@ -322,40 +360,10 @@ def plot(rows: Sequence[dict], path: str | Path, title: str = "") -> Path | None
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    rows = [r for r in rows if r.get("gpu_lora_us") is not None]
-    if not rows:
-        return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    keys = sorted({(r["rank"], r["adapters"]) for r in rows})
-    for rank, n in keys:
-        sel = sorted((r for r in rows if (r["rank"], r["adapters"]) == (rank, n)),
-                     key=lambda r: r["T"])
-        ts = [r["T"] for r in sel]
-        line, = ax1.plot(ts, [r["slowdown_pct"] for r in sel], "o-",
-                         label=f"r={rank}, {n} adapters (eager)")
-        if any(r.get("graph_slowdown_pct") is not None for r in sel):
-            ax1.plot(ts, [r.get("graph_slowdown_pct") for r in sel], "s--", color=line.get_color(),
-                     label=f"r={rank}, {n} adapters (graph)")
-        if any(r.get("host_lora_fast_us") is not None for r in sel):
-            ax2.plot(ts, [r.get("host_lora_fast_us") for r in sel], "o-", color=line.get_color(),
-                     label=f"r={rank}, {n}: fast launcher")
-            ax2.plot(ts, [r.get("host_lora_triton_us") for r in sel], "x:",
-                     color=line.get_color(), label=f"r={rank}, {n}: Triton launch")
-        else:
-            ax2.plot(ts, [r.get("host_lora_us") for r in sel], "o-", color=line.get_color(),
-                     label=f"r={rank}, {n}")
-    ax1.set_xscale("log", base=2)
-    ax1.set_xlabel("tokens per step (T)")
-    ax1.set_ylabel("LoRA slowdown of the layer (%)")
-    ax1.axhline(0, color="grey", lw=0.5)
-    ax1.legend(fontsize=7)
-    ax1.set_title("device time: layer with LoRA vs without")
-    ax2.set_xscale("log", base=2)
-    ax2.set_xlabel("tokens per step (T)")
-    ax2.set_ylabel("host time of the layer's LoRA calls (us)")
-    ax2.set_ylim(bottom=0)
-    ax2.legend(fontsize=7)
-    ax2.set_title("host time per layer (4 add_lora calls)")
+    if not plot_axes(rows, ax1, ax2):
+        plt.close(fig)
+        return None
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

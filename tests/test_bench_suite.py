@@ -1,0 +1,95 @@
+"""Smoke tests of ``lora-dispatch bench`` (suite) and the layer benchmark on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from lora_dispatch.bench import layer, suite
+
+
+@pytest.fixture
+def small(monkeypatch):
+    """Shrink the CPU sets to a couple of rows so the smoke test stays fast."""
+    real = layer.configs
+    monkeypatch.setattr(layer, "configs", lambda *a, **k: real(*a, **k)[:2])
+    monkeypatch.setattr(suite, "CPU_KERNEL_T", (1, 4))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke test")
+def test_suite_quick_cpu(tmp_path, small, capsys):
+    out = tmp_path / "suite.json"
+    png = tmp_path / "suite.png"
+    env = dict(os.environ)
+    rc = suite.main(["--quick", "--json", str(out), "--plot", str(png)])
+    assert rc == 0
+    assert dict(os.environ) == env
+    data = json.loads(out.read_text())
+    assert data["bench"] == "suite" and data["quick"] is True
+    assert data["results"]["launch"]["status"] == "skipped"
+    assert data["results"]["kernels"]["status"] == "ok"
+    assert data["results"]["layer"]["status"] == "ok"
+    benches = {r["bench"] for r in data["rows"]}
+    assert benches == {"kernels", "layer"}
+    lrows = [r for r in data["rows"] if r["bench"] == "layer"]
+    assert len(lrows) == 2
+    for r in lrows:
+        assert r["gpu_base_us"] > 0 and r["gpu_lora_us"] > 0 and r["host_lora_us"] > 0
+        assert r["backend"] == "reference" and "errors" not in r
+        assert r["slowdown_pct"] == pytest.approx(100 * (r["gpu_lora_us"] / r["gpu_base_us"] - 1))
+    krows = [r for r in data["rows"] if r["bench"] == "kernels"]
+    assert {r["op"] for r in krows} == {"shrink", "expand", "add_lora"}
+    for key in ("device", "torch", "triton", "commit", "date"):
+        assert key in data
+    captured = capsys.readouterr()
+    assert "benchmark" in captured.out and "== layer ==" in captured.out
+    assert "[3/3 layer]" in captured.err
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert png.stat().st_size > 0
+
+
+def test_suite_only_and_bad_args(tmp_path, small):
+    out = tmp_path / "s.json"
+    assert suite.main(["--only", "launch", "--json", str(out), "--device", "cpu"]) == 0
+    data = json.loads(out.read_text())
+    assert list(data["results"]) == ["launch"] and data["rows"] == []
+    with pytest.raises(SystemExit):
+        suite.main(["--only", "kernels,bogus"])
+
+
+def test_failing_section_is_reported(tmp_path, small, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("broken benchmark")
+
+    monkeypatch.setitem(suite.RUNNERS, "kernels", boom)
+    out = tmp_path / "s.json"
+    rc = suite.main(["--only", "kernels,layer", "--json", str(out), "--device", "cpu"])
+    assert rc == 1
+    data = json.loads(out.read_text())
+    assert data["results"]["kernels"]["status"] == "failed"
+    assert "broken benchmark" in data["results"]["kernels"]["note"]
+    assert data["results"]["layer"]["status"] == "ok"
+
+
+def test_layer_main_cpu(tmp_path, small):
+    out = tmp_path / "layer.json"
+    assert layer.main(["--quick", "--device", "cpu", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["bench"] == "layer" and data["shape"]["name"] == "tiny"
+    assert len(data["rows"]) == 2 and all(r["T"] in (1, 16) for r in data["rows"])
+
+
+def test_layer_token_routing():
+    assert layer.token_slots(5, 4) == [0, 1, 2, 3, 0]
+    slots = layer.token_slots(2048, 16)
+    assert slots == sorted(slots) and set(slots) == set(range(16))
+    assert layer.LLAMA3_8B.projections()["qkv"] == (4096, (4096, 1024, 1024))
+    assert layer.LLAMA3_8B.projections()["down"] == (14336, (4096,))
+    full = layer.configs(False, True)
+    assert len(full) == 2 * 2 * 6 and {c[2] for c in full} == {1, 16, 64, 256, 2048, 8192}
