@@ -112,7 +112,9 @@ def _as_slot_tensor(name: str, token_slots: object) -> torch.Tensor:
     elif isinstance(token_slots, Sequence) and not isinstance(token_slots, str):
         t = torch.tensor(list(token_slots), dtype=torch.int64)
     else:
-        raise TypeError(f"{name} must be an int Tensor or a sequence of ints, got {type(token_slots).__name__}")
+        raise TypeError(
+            f"{name} must be an int Tensor or a sequence of ints, got {type(token_slots).__name__}"
+        )
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name} must have an integer dtype, got {t.dtype}")
     if t.dim() != 1:
@@ -206,14 +208,17 @@ class LoRABatch:
         slots = _as_slot_tensor("seq_slots", seq_slots)
         if lens.numel() != slots.numel():
             raise ValueError(
-                f"seq_lens and seq_slots must have the same length, got {lens.numel()} and {slots.numel()}"
+                "seq_lens and seq_slots must have the same length, got "
+                f"{lens.numel()} and {slots.numel()}"
             )
         lens_host = lens.cpu()
         if lens_host.numel() and int(lens_host.min()) < 0:
             raise ValueError("seq_lens must be >= 0")
         if device is None:
             device = lens.device
-        token_slots = torch.repeat_interleave(slots.cpu().to(torch.int64), lens_host.to(torch.int64))
+        token_slots = torch.repeat_interleave(
+            slots.cpu().to(torch.int64), lens_host.to(torch.int64)
+        )
         dev = torch.device(device)
         batch = cls._new(dev, token_slots.numel(), is_static=False)
         batch._fill(token_slots, name="seq_slots")
@@ -271,8 +276,11 @@ class LoRABatch:
         if on_host:
             self._host_segments = _host_segments(segments)
         elif not self.is_static:
-            packed = torch.cat([segments.flatten(), t.min(0, keepdim=True).to(torch.int64)]
-                               if n else [segments.flatten()]).cpu()  # the one sync
+            packed = torch.cat(
+                [segments.flatten(), t.min(0, keepdim=True).to(torch.int64)]
+                if n
+                else [segments.flatten()]
+            ).cpu()  # the one sync
             if n and int(packed[-1]) < -1:
                 raise ValueError(f"{name} must be >= -1 (slot id or -1), got {int(packed[-1])}")
             self._host_segments = _host_segments(packed[: 3 * cap].view(3, cap))
@@ -294,7 +302,7 @@ class LoRABatch:
 
     @property
     def host_segments(self) -> tuple[tuple[int, int, int], ...] | None:
-        """``(slot, start, end)`` ranges of ``sorted_tokens`` per used slot, if known on the host."""
+        """``(slot, start, end)`` of ``sorted_tokens`` per used slot, if the host knows them."""
         return self._host_segments
 
     def __len__(self) -> int:

@@ -71,8 +71,10 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, seed: int = 0
     for s, r in enumerate(case.ranks):
         if r == 0:
             continue
-        a = [(torch.randn(r, case.in_features, generator=g) / case.in_features**0.5).to(dtype)
-             for _ in case.out_features]
+        a = [
+            (torch.randn(r, case.in_features, generator=g) / case.in_features**0.5).to(dtype)
+            for _ in case.out_features
+        ]
         b = [(torch.randn(o, r, generator=g) / r**0.5).to(dtype) for o in case.out_features]
         c = 0.5 + 0.125 * (s % 5)
         w.load(s, a, b, c)
@@ -94,17 +96,28 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, seed: int = 0
     untouched = torch.equal(out.cpu()[no_adapter], base[no_adapter])
     ok = e1 <= TOLERANCE[dtype] and e2 <= TOLERANCE[dtype] and untouched
     return {
-        "case": case.name, "dtype": str(dtype).replace("torch.", ""), "backend": selection(w).name,
-        "T": case.tokens, "K": case.in_features, "N": sum(case.out_features),
-        "add_lora_err": e1, "shrink_expand_err": e2, "untouched_ok": untouched,
-        "tol": TOLERANCE[dtype], "ms": ms, "ok": ok,
+        "case": case.name,
+        "dtype": str(dtype).replace("torch.", ""),
+        "backend": selection(w).name,
+        "T": case.tokens,
+        "K": case.in_features,
+        "N": sum(case.out_features),
+        "add_lora_err": e1,
+        "shrink_expand_err": e2,
+        "untouched_ok": untouched,
+        "tol": TOLERANCE[dtype],
+        "ms": ms,
+        "ok": ok,
     }
 
 
 def run_checks(device: torch.device | str | None = None, quick: bool = False) -> list[dict]:
     """Every case × dtype on ``device`` (default: the GPU if any, else the CPU)."""
-    dev = torch.device(device) if device is not None else (
-        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    dev = (
+        torch.device(device)
+        if device is not None
+        else (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    )
     cases = GPU_CASES if dev.type == "cuda" else CPU_CASES
     if quick:
         cases = cases[:2]

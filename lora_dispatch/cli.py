@@ -14,8 +14,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=1, default=str))
         return 0
-    print(f"platform   {data['platform']}  ({data['device']}: {data['device_name']}, "
-          f"arch {data['arch']}, {data['compute_units']} compute units, warp {data['warp_size']})")
+    print(
+        f"platform   {data['platform']}  ({data['device']}: {data['device_name']}, "
+        f"arch {data['arch']}, {data['compute_units']} compute units, warp {data['warp_size']})"
+    )
     print(f"backend    {data['backend']}  -- {data['backend_reason']}")
     print(f"torch      {data['torch']}")
     print(f"triton     {data['triton']}")
@@ -34,8 +36,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from .check import run_checks
 
     rows = run_checks(args.device, quick=args.quick)
-    cols = ["case", "dtype", "backend", "T", "K", "N", "add_lora_err", "shrink_expand_err",
-            "tol", "untouched_ok", "ms", "ok"]
+    cols = [
+        "case",
+        "dtype",
+        "backend",
+        "T",
+        "K",
+        "N",
+        "add_lora_err",
+        "shrink_expand_err",
+        "tol",
+        "untouched_ok",
+        "ms",
+        "ok",
+    ]
     print(format_table(rows, cols))
     bad = [r for r in rows if not r["ok"]]
     if args.json:
@@ -68,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", default=None, metavar="PATH")
-    sub.add_parser("bench", help="benchmark suite (see `lora-dispatch bench --help`)",
-                   add_help=False)
+    sub.add_parser(
+        "bench", help="benchmark suite (see `lora-dispatch bench --help`)", add_help=False
+    )
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "bench":
         return _cmd_bench(argv[1:])

@@ -30,7 +30,9 @@ def _launcher_mode() -> str:
         return "unknown"
 
 
-def info(device: torch.device | str | None = None, dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
+def info(
+    device: torch.device | str | None = None, dtype: torch.dtype = torch.bfloat16
+) -> dict[str, Any]:
     """Describe the platform, device, selected backend and versions.
 
     Parameters
@@ -77,6 +79,9 @@ def info(device: torch.device | str | None = None, dtype: torch.dtype = torch.bf
         "torch": torch.__version__,
         "triton": _triton_version(),
         "launcher": _launcher_mode(),
-        "env": {k: os.environ[k] for k in ("LORA_DISPATCH_BACKEND", "LORA_DISPATCH_LAUNCHER",
-                                           "TRITON_INTERPRET") if k in os.environ},
+        "env": {
+            k: os.environ[k]
+            for k in ("LORA_DISPATCH_BACKEND", "LORA_DISPATCH_LAUNCHER", "TRITON_INTERPRET")
+            if k in os.environ
+        },
     }

@@ -272,79 +272,177 @@ def _batch_args(batch: LoRABatch) -> tuple:
     return (batch.token_slots, batch.sorted_tokens, batch.tile_map)
 
 
-def _views(lora_a, lora_b, ranks, scalings, slice_bounds, out_features, token_slots,
-           sorted_tokens, tile_map):
+def _views(
+    lora_a,
+    lora_b,
+    ranks,
+    scalings,
+    slice_bounds,
+    out_features,
+    token_slots,
+    sorted_tokens,
+    tile_map,
+):
     offsets, acc = [], 0
     for o in out_features:
         offsets.append(acc)
         acc += o
     wv = WeightsView(
-        lora_a, lora_b, ranks, scalings, slice_bounds, tuple(out_features), tuple(offsets),
-        len(out_features), lora_a.shape[0], lora_b.shape[2], lora_a.shape[2], acc,
-        lora_a.dtype, lora_a.device,
+        lora_a,
+        lora_b,
+        ranks,
+        scalings,
+        slice_bounds,
+        tuple(out_features),
+        tuple(offsets),
+        len(out_features),
+        lora_a.shape[0],
+        lora_b.shape[2],
+        lora_a.shape[2],
+        acc,
+        lora_a.dtype,
+        lora_a.device,
     )
     cap = token_slots.shape[0]
     return wv, BatchView(token_slots, sorted_tokens, tile_map, cap, cap)
 
 
 def _view_impl(wv: WeightsView):
-    return _registry.select(
-        _info.describe(wv.device), wv.dtype, wv.max_rank, wv.num_slices
-    ).impl
+    return _registry.select(_info.describe(wv.device), wv.dtype, wv.max_rank, wv.num_slices).impl
 
 
 @torch.library.custom_op("lora_dispatch::add_lora", mutates_args=("base_out",))
 def _add_lora_op(
-    base_out: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
-    ranks: torch.Tensor, scalings: torch.Tensor, slice_bounds: torch.Tensor,
-    out_features: list[int], token_slots: torch.Tensor, sorted_tokens: torch.Tensor,
+    base_out: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    ranks: torch.Tensor,
+    scalings: torch.Tensor,
+    slice_bounds: torch.Tensor,
+    out_features: list[int],
+    token_slots: torch.Tensor,
+    sorted_tokens: torch.Tensor,
     tile_map: torch.Tensor,
 ) -> None:
-    wv, bv = _views(lora_a, lora_b, ranks, scalings, slice_bounds, out_features, token_slots,
-                    sorted_tokens, tile_map)
+    wv, bv = _views(
+        lora_a,
+        lora_b,
+        ranks,
+        scalings,
+        slice_bounds,
+        out_features,
+        token_slots,
+        sorted_tokens,
+        tile_map,
+    )
     if x.shape[0]:
         _view_impl(wv).add_lora(base_out, x, wv, bv)
 
 
 @_add_lora_op.register_fake
-def _(base_out, x, lora_a, lora_b, ranks, scalings, slice_bounds, out_features, token_slots,
-      sorted_tokens, tile_map) -> None:
+def _(
+    base_out,
+    x,
+    lora_a,
+    lora_b,
+    ranks,
+    scalings,
+    slice_bounds,
+    out_features,
+    token_slots,
+    sorted_tokens,
+    tile_map,
+) -> None:
     return None
 
 
 @torch.library.custom_op("lora_dispatch::lora_shrink", mutates_args=())
 def _shrink_op(
-    x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, ranks: torch.Tensor,
-    scalings: torch.Tensor, slice_bounds: torch.Tensor, out_features: list[int],
-    token_slots: torch.Tensor, sorted_tokens: torch.Tensor, tile_map: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    ranks: torch.Tensor,
+    scalings: torch.Tensor,
+    slice_bounds: torch.Tensor,
+    out_features: list[int],
+    token_slots: torch.Tensor,
+    sorted_tokens: torch.Tensor,
+    tile_map: torch.Tensor,
 ) -> torch.Tensor:
-    wv, bv = _views(lora_a, lora_b, ranks, scalings, slice_bounds, out_features, token_slots,
-                    sorted_tokens, tile_map)
+    wv, bv = _views(
+        lora_a,
+        lora_b,
+        ranks,
+        scalings,
+        slice_bounds,
+        out_features,
+        token_slots,
+        sorted_tokens,
+        tile_map,
+    )
     if not x.shape[0]:
         return torch.zeros(wv.num_slices, 0, wv.max_rank, dtype=torch.float32, device=x.device)
     return _view_impl(wv).shrink(x, wv, bv)
 
 
 @_shrink_op.register_fake
-def _(x, lora_a, lora_b, ranks, scalings, slice_bounds, out_features, token_slots,
-      sorted_tokens, tile_map):
+def _(
+    x,
+    lora_a,
+    lora_b,
+    ranks,
+    scalings,
+    slice_bounds,
+    out_features,
+    token_slots,
+    sorted_tokens,
+    tile_map,
+):
     return x.new_empty((len(out_features), x.shape[0], lora_b.shape[2]), dtype=torch.float32)
 
 
 @torch.library.custom_op("lora_dispatch::lora_expand", mutates_args=("base_out",))
 def _expand_op(
-    y: torch.Tensor, base_out: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
-    ranks: torch.Tensor, scalings: torch.Tensor, slice_bounds: torch.Tensor,
-    out_features: list[int], token_slots: torch.Tensor, sorted_tokens: torch.Tensor,
+    y: torch.Tensor,
+    base_out: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    ranks: torch.Tensor,
+    scalings: torch.Tensor,
+    slice_bounds: torch.Tensor,
+    out_features: list[int],
+    token_slots: torch.Tensor,
+    sorted_tokens: torch.Tensor,
     tile_map: torch.Tensor,
 ) -> None:
-    wv, bv = _views(lora_a, lora_b, ranks, scalings, slice_bounds, out_features, token_slots,
-                    sorted_tokens, tile_map)
+    wv, bv = _views(
+        lora_a,
+        lora_b,
+        ranks,
+        scalings,
+        slice_bounds,
+        out_features,
+        token_slots,
+        sorted_tokens,
+        tile_map,
+    )
     if y.shape[1]:
         _view_impl(wv).expand(y, wv, bv, base_out)
 
 
 @_expand_op.register_fake
-def _(y, base_out, lora_a, lora_b, ranks, scalings, slice_bounds, out_features, token_slots,
-      sorted_tokens, tile_map) -> None:
+def _(
+    y,
+    base_out,
+    lora_a,
+    lora_b,
+    ranks,
+    scalings,
+    slice_bounds,
+    out_features,
+    token_slots,
+    sorted_tokens,
+    tile_map,
+) -> None:
     return None

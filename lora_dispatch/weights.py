@@ -211,7 +211,9 @@ class LoRAWeights:
                     f"got {list(b.shape)}"
                 )
             if r < 1 or r > self.max_rank:
-                raise ValueError(f"rank of slice {i} is {r}, must be in [1, max_rank={self.max_rank}]")
+                raise ValueError(
+                    f"rank of slice {i} is {r}, must be in [1, max_rank={self.max_rank}]"
+                )
             ranks.append(r)
         rank = max(ranks)
 

@@ -45,7 +45,9 @@ def poison_empty(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(real_empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(real_like(*a, **k)))
-    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: fill(real_new(self, *a, **k)))
+    monkeypatch.setattr(
+        torch.Tensor, "new_empty", lambda self, *a, **k: fill(real_new(self, *a, **k))
+    )
     yield
 
 

@@ -24,8 +24,17 @@ def random_adapter(in_features, out_features, rank, generator=None, slice_ranks=
     return a, b
 
 
-def make_weights(num_slots, in_features, out_features, max_rank, ranks, dtype=torch.float32,
-                 device="cpu", seed=0, scalings=None):
+def make_weights(
+    num_slots,
+    in_features,
+    out_features,
+    max_rank,
+    ranks,
+    dtype=torch.float32,
+    device="cpu",
+    seed=0,
+    scalings=None,
+):
     """LoRAWeights with ``ranks[s]`` (0 = leave empty) and the adapters loaded, as loaded."""
     g = torch.Generator().manual_seed(seed)
     w = ld.LoRAWeights(num_slots, in_features, out_features, max_rank, dtype=dtype, device=device)
@@ -37,8 +46,11 @@ def make_weights(num_slots, in_features, out_features, max_rank, ranks, dtype=to
         c = 0.5 + s * 0.25 if scalings is None else scalings[s]
         w.load(s, a, b, c)
         # keep what the weights hold (rounded to dtype) for an exact-input reference
-        adapters[s] = ([t.to(dtype) if t is not None else None for t in a],
-                       [t.to(dtype) if t is not None else None for t in b], c)
+        adapters[s] = (
+            [t.to(dtype) if t is not None else None for t in a],
+            [t.to(dtype) if t is not None else None for t in b],
+            c,
+        )
     return w, adapters
 
 
@@ -76,5 +88,6 @@ def rel_err(out, base, ref_delta):
 
 
 def untouched_rows(token_slots, adapters, t):
-    return [i for i in range(t) if (int(token_slots[i]) if i < len(token_slots) else -1)
-            not in adapters]
+    return [
+        i for i in range(t) if (int(token_slots[i]) if i < len(token_slots) else -1) not in adapters
+    ]

@@ -1,4 +1,4 @@
-"""LoRABatch metadata: every routed token covered by exactly one tile of its slot, at every tile size."""
+"""LoRABatch metadata: each routed token in exactly one tile of its slot, at every tile size."""
 
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ def _check_metadata(batch, slots, num_slots):
 @given(num_slots=st.integers(1, 40), data=st.data())
 def test_tiles_cover_tokens(num_slots, data):
     slots = data.draw(st.lists(st.integers(-1, num_slots - 1), max_size=300))
-    _check_metadata(ld.LoRABatch.from_token_adapters(torch.tensor(slots, dtype=torch.int64)),
-                    slots, num_slots)
+    _check_metadata(
+        ld.LoRABatch.from_token_adapters(torch.tensor(slots, dtype=torch.int64)), slots, num_slots
+    )
 
 
 def test_static_batch_and_host_summary():

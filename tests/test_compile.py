@@ -17,10 +17,13 @@ def test_custom_ops_registered_with_fake_impls():
     from lora_dispatch.ops import _batch_args, _weight_args
 
     x = torch.randn(3, 16)
-    torch.library.opcheck(torch.ops.lora_dispatch.lora_shrink.default,
-                          (x, *_weight_args(w), *_batch_args(b)))
-    torch.library.opcheck(torch.ops.lora_dispatch.add_lora.default,
-                          (torch.randn(3, 12), x, *_weight_args(w), *_batch_args(b)))
+    torch.library.opcheck(
+        torch.ops.lora_dispatch.lora_shrink.default, (x, *_weight_args(w), *_batch_args(b))
+    )
+    torch.library.opcheck(
+        torch.ops.lora_dispatch.add_lora.default,
+        (torch.randn(3, 12), x, *_weight_args(w), *_batch_args(b)),
+    )
 
 
 def test_fullgraph_add_lora_one_compilation_for_many_batches():

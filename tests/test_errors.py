@@ -1,4 +1,4 @@
-"""Every bad input of DESIGN.md gets a ValueError/TypeError naming the argument; nothing is written."""
+"""Every bad input of DESIGN.md: ValueError/TypeError naming the argument, nothing written."""
 
 from __future__ import annotations
 
@@ -39,10 +39,16 @@ def _unchanged(base, fn, exc, match):
         (lambda w, b, x, o: (w, b, x, [1.0]), TypeError, "base_out must be a Tensor"),
         (lambda w, b, x, o: ("w", b, x, o), TypeError, "w must be a LoRAWeights"),
         (lambda w, b, x, o: (w, [0, 1, -1, 3], x, o), TypeError, "batch must be a LoRABatch"),
-        (lambda w, b, x, o: (w, ld.LoRABatch.from_token_adapters([0, 1]), x, o), ValueError,
-         "batch holds 2 tokens"),
-        (lambda w, b, x, o: (w, ld.LoRABatch.from_token_adapters([0, 1, -1, 4]), x, o),
-         ValueError, "slot 4"),
+        (
+            lambda w, b, x, o: (w, ld.LoRABatch.from_token_adapters([0, 1]), x, o),
+            ValueError,
+            "batch holds 2 tokens",
+        ),
+        (
+            lambda w, b, x, o: (w, ld.LoRABatch.from_token_adapters([0, 1, -1, 4]), x, o),
+            ValueError,
+            "slot 4",
+        ),
     ],
 )
 def test_add_lora_rejects(setup, mutate, exc, match):
@@ -74,7 +80,9 @@ def test_shrink_expand_reject(setup):
     _unchanged(base, lambda: ld.lora_expand(y[:, :, :4], w, b, base), ValueError, "y must be")
     _unchanged(base, lambda: ld.lora_expand(y.int(), w, b, base), TypeError, "y must be floating")
     _unchanged(base, lambda: ld.lora_expand(y, w, b, base[:, :10]), ValueError, "base_out")
-    _unchanged(base, lambda: ld.lora_expand(y.tolist(), w, b, base), TypeError, "y must be a Tensor")
+    _unchanged(
+        base, lambda: ld.lora_expand(y.tolist(), w, b, base), TypeError, "y must be a Tensor"
+    )
 
 
 @pytest.mark.parametrize(
@@ -85,14 +93,20 @@ def test_shrink_expand_reject(setup):
         ((0, torch.randn(4, 31), torch.randn(24, 4)), ValueError, "lora_a for slice 0"),
         ((0, torch.randn(4, 32), torch.randn(23, 4)), ValueError, "lora_b as one tensor"),
         ((0, [torch.randn(4, 32)] * 3, [torch.randn(16, 4)] * 3), ValueError, "has 3 entries"),
-        ((0, [torch.randn(4, 32)] * 2, [torch.randn(16, 4), torch.randn(8, 5)]), ValueError,
-         "lora_b for slice 1"),
+        (
+            (0, [torch.randn(4, 32)] * 2, [torch.randn(16, 4), torch.randn(8, 5)]),
+            ValueError,
+            "lora_b for slice 1",
+        ),
         ((0, torch.randn(9, 32), torch.randn(24, 9)), ValueError, "max_rank=8"),
         ((0, torch.randn(4, 32).int(), torch.randn(24, 4)), TypeError, "floating point"),
         ((0, torch.randn(32), torch.randn(24, 4)), ValueError, "must be 2-D"),
         ((0, "a", torch.randn(24, 4)), TypeError, "lora_a must be a Tensor"),
-        ((0, [torch.randn(4, 32), None], [torch.randn(16, 4), torch.randn(8, 4)]), ValueError,
-         "both be given or both None"),
+        (
+            (0, [torch.randn(4, 32), None], [torch.randn(16, 4), torch.randn(8, 4)]),
+            ValueError,
+            "both be given or both None",
+        ),
     ],
 )
 def test_load_rejects_and_writes_nothing(setup, args, exc, match):
@@ -104,8 +118,9 @@ def test_load_rejects_and_writes_nothing(setup, args, exc, match):
     assert torch.equal(w.ranks, before[2]) and w.host_ranks == before[3]
 
 
-@pytest.mark.parametrize("scaling, exc", [("x", TypeError), ([1.0], TypeError),
-                                          (float("nan"), ValueError)])
+@pytest.mark.parametrize(
+    "scaling, exc", [("x", TypeError), ([1.0], TypeError), (float("nan"), ValueError)]
+)
 def test_load_rejects_scaling(setup, scaling, exc):
     w = setup[0]
     with pytest.raises(exc, match="scaling"):
@@ -135,8 +150,11 @@ def test_weights_constructor_rejects(kwargs, exc, match):
     "fn, exc, match",
     [
         (lambda: ld.LoRABatch.from_token_adapters(torch.tensor([0.5])), TypeError, "integer dtype"),
-        (lambda: ld.LoRABatch.from_token_adapters(torch.zeros(2, 2, dtype=torch.int32)), ValueError,
-         "1-D"),
+        (
+            lambda: ld.LoRABatch.from_token_adapters(torch.zeros(2, 2, dtype=torch.int32)),
+            ValueError,
+            "1-D",
+        ),
         (lambda: ld.LoRABatch.from_token_adapters([0, -2]), ValueError, ">= -1"),
         (lambda: ld.LoRABatch.from_token_adapters("01"), TypeError, "token_slots"),
         (lambda: ld.LoRABatch.from_segments([1, 2], [0]), ValueError, "same length"),

@@ -153,8 +153,9 @@ def test_untouched_rows_keep_nan_and_bits(backend):
     base = _base(5, 16, torch.bfloat16)
     base[1] = float("nan")
     base[3, :4] = -0.0
-    out = ld.add_lora(base.clone(), _x(5, 32, torch.bfloat16), w,
-                      ld.LoRABatch.from_token_adapters(slots))
+    out = ld.add_lora(
+        base.clone(), _x(5, 32, torch.bfloat16), w, ld.LoRABatch.from_token_adapters(slots)
+    )
     assert torch.isnan(out[1]).all()
     assert torch.equal(_bits(out[3]), _bits(base[3]))
     assert torch.isfinite(out[[0, 2, 4]]).all()
@@ -194,7 +195,9 @@ def test_128_adapters(backend):
     _check_add(base, x, w, batch, adapters, slots, torch.float32)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     data=st.data(),
     num_slots=st.integers(1, 9),

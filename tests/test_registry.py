@@ -1,4 +1,4 @@
-"""Device registry: simulated platforms, backend selection, forced-backend errors, logged fallbacks."""
+"""Device registry: simulated platforms, selection, forced-backend errors, logged fallbacks."""
 
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ from lora_dispatch import devices
 from lora_dispatch.devices import Backend, BackendUnavailableError, DeviceInfo
 from lora_dispatch.devices import registry as reg
 
-H100 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA H100 80GB HBM3", "sm_90", 132, 32, (9, 0))
-A100 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA A100-SXM4-80GB", "sm_80", 108, 32, (8, 0))
+H100 = DeviceInfo(
+    "cuda", torch.device("cuda", 0), "NVIDIA H100 80GB HBM3", "sm_90", 132, 32, (9, 0)
+)
+A100 = DeviceInfo(
+    "cuda", torch.device("cuda", 0), "NVIDIA A100-SXM4-80GB", "sm_80", 108, 32, (8, 0)
+)
 MI300X = DeviceInfo("rocm", torch.device("cuda", 0), "AMD Instinct MI300X", "gfx942", 304, 64)
 TPU = DeviceInfo("xla", torch.device("xla", 0), "TPU v5 lite", "TPU v5 lite", 4, 1)
 CPU = DeviceInfo("cpu", torch.device("cpu"), "Some CPU", "x86_64", 2, 1)
@@ -111,8 +115,14 @@ def test_backend_validation():
 
 
 def test_shape_limits_and_custom_backend(monkeypatch):
-    b = Backend("limited", "lora_dispatch.kernels.reference", frozenset({"cpu"}), 1000,
-                max_rank=16, dtypes=frozenset({torch.float32}))
+    b = Backend(
+        "limited",
+        "lora_dispatch.kernels.reference",
+        frozenset({"cpu"}),
+        1000,
+        max_rank=16,
+        dtypes=frozenset({torch.float32}),
+    )
     monkeypatch.setitem(reg._REGISTRY, "limited", b)
     devices.reset()
     assert devices.select(CPU, torch.float32, max_rank=16).name == "limited"
@@ -137,8 +147,16 @@ def test_current_and_info():
     d = devices.current("cpu")
     assert d.platform == "cpu" and d.compute_units >= 1
     info = ld.info("cpu")
-    for key in ("platform", "device", "backend", "backend_reason", "torch", "triton", "launcher",
-                "backends"):
+    for key in (
+        "platform",
+        "device",
+        "backend",
+        "backend_reason",
+        "torch",
+        "triton",
+        "launcher",
+        "backends",
+    ):
         assert key in info
     assert info["backend"] == "reference"
     assert set(info["backends"]) >= {"reference", "triton", "xla"}
@@ -161,5 +179,7 @@ def test_configs_per_device_family():
     assert m.num_warps == max(1, h.num_warps // 2), "64-wide wavefronts on CDNA"
     assert m.num_stages <= 2 and a.num_stages <= 4
     # more compute units -> at least as much split-K at decode
-    assert configs.shrink_config(MI300X, 1, 4096, 48, 2).split_k >= \
-        configs.shrink_config(unknown, 1, 4096, 48, 2).split_k
+    assert (
+        configs.shrink_config(MI300X, 1, 4096, 48, 2).split_k
+        >= configs.shrink_config(unknown, 1, 4096, 48, 2).split_k
+    )

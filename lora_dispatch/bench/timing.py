@@ -36,12 +36,18 @@ def _git_commit() -> str:
     try:
         root = Path(__file__).resolve().parents[2]
         out = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
-            text=True, timeout=5,
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-            capture_output=True, text=True, timeout=5,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         if out.returncode == 0:
             return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
@@ -81,8 +87,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def gpu_time_us(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 25,
-                rep_ms: float = 100) -> float:
+def gpu_time_us(
+    fn: Callable[[], Any], device: torch.device, warmup_ms: float = 25, rep_ms: float = 100
+) -> float:
     """Median device time of ``fn`` in microseconds (CUDA events via ``do_bench``)."""
     if device.type == "cuda":
         from triton.testing import do_bench
@@ -91,8 +98,9 @@ def gpu_time_us(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 
     return host_time_us(lambda: fn(), device, n=20, sync_each=True)
 
 
-def graph_time_us(fn: Callable[[], Any], device: torch.device, inner: int = 20,
-                  reps: int = 30) -> float | None:
+def graph_time_us(
+    fn: Callable[[], Any], device: torch.device, inner: int = 20, reps: int = 30
+) -> float | None:
     """Median device time per call of ``fn`` replayed from a CUDA graph of ``inner`` calls."""
     if device.type != "cuda":
         return None
@@ -122,8 +130,13 @@ def graph_time_us(fn: Callable[[], Any], device: torch.device, inner: int = 20,
     return statistics.median(times)
 
 
-def host_time_us(fn: Callable[[], Any], device: torch.device, n: int = 200, rounds: int = 7,
-                 sync_each: bool = False) -> float:
+def host_time_us(
+    fn: Callable[[], Any],
+    device: torch.device,
+    n: int = 200,
+    rounds: int = 7,
+    sync_each: bool = False,
+) -> float:
     """Median host wall time per call of ``fn`` over ``rounds`` rounds of ``n`` calls."""
     for _ in range(min(n, 20)):
         fn()
@@ -149,7 +162,6 @@ def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float | N
     a = torch.empty(n, dtype=torch.float32, device=device).uniform_()
     b = torch.empty_like(a)
     us = gpu_time_us(lambda: b.copy_(a), device)
-    del a, b
     return 2 * nbytes / (us * 1e-6) / 1e9
 
 
@@ -181,8 +193,9 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
         return str(v)
 
     body = [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c)
-              for i, c in enumerate(columns)]
+    widths = [
+        max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(columns)
+    ]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(b, widths, strict=True)) for b in body]
     return "\n".join(lines)

@@ -90,9 +90,15 @@ class Backend:
         object.__setattr__(self, "forced_platforms", frozenset(self.forced_platforms))
         bad = (self.platforms | self.forced_platforms) - set(PLATFORMS)
         if not self.platforms or bad:
-            raise ValueError(f"backend {self.name!r}: platforms must be a non-empty subset of {PLATFORMS}, got {sorted(self.platforms)}")
+            raise ValueError(
+                f"backend {self.name!r}: platforms must be a non-empty subset of {PLATFORMS}, "
+                f"got {sorted(self.platforms)}"
+            )
         if not self.dtypes or not self.dtypes <= _ALL_DTYPES:
-            raise ValueError(f"backend {self.name!r}: dtypes must be a non-empty subset of {sorted(map(str, _ALL_DTYPES))}")
+            raise ValueError(
+                f"backend {self.name!r}: dtypes must be a non-empty subset of "
+                f"{sorted(map(str, _ALL_DTYPES))}"
+            )
         if isinstance(self.priority, bool) or not isinstance(self.priority, int):
             raise TypeError(f"backend {self.name!r}: priority must be an int")
         for lim in ("max_rank", "max_slices"):
@@ -101,8 +107,12 @@ class Backend:
                 raise ValueError(f"backend {self.name!r}: {lim} must be a positive int or None")
 
     def unsupported(
-        self, info: DeviceInfo, dtype: torch.dtype | None = None, max_rank: int | None = None,
-        num_slices: int | None = None, forced: bool = False,
+        self,
+        info: DeviceInfo,
+        dtype: torch.dtype | None = None,
+        max_rank: int | None = None,
+        num_slices: int | None = None,
+        forced: bool = False,
     ) -> str | None:
         """Why this backend cannot serve the request, or ``None`` if it can."""
         allowed = self.platforms | self.forced_platforms if forced else self.platforms
@@ -191,7 +201,8 @@ def _forced_name() -> str | None:
         return None
     if value not in _REGISTRY:
         raise ValueError(
-            f"{ENV_BACKEND}={value!r} is not a backend; expected one of {sorted(_REGISTRY)} or 'auto'"
+            f"{ENV_BACKEND}={value!r} is not a backend; "
+            f"expected one of {sorted(_REGISTRY)} or 'auto'"
         )
     return value
 
@@ -251,5 +262,9 @@ def _log_fallback(info: DeviceInfo, sel: Selection) -> None:
         _logged.add(key)
         logger.warning(
             "lora_dispatch: backend %r unavailable on %s (%s): %s; using %r",
-            name, info.platform, info.name, why, sel.name,
+            name,
+            info.platform,
+            info.name,
+            why,
+            sel.name,
         )
