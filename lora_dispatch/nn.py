@@ -98,6 +98,8 @@ class LoRAContext:
                 )
             n, s = x.shape[0], x.shape[1]
             b = LoRABatch.from_segments([s] * n, self._seq_slots, device=x.device)
+            if len(self._built) >= 16:  # e.g. a long generate() loop with varying shapes
+                self._built.clear()
             self._built[key] = b
         return b
 

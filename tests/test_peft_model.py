@@ -182,3 +182,45 @@ def test_state_dict_pair_and_adapter_name(setup):
         assert torch.equal(layer.lora.lora_a, h2.layers[name].lora.lora_a), name
         assert torch.equal(layer.lora.lora_b, h2.layers[name].lora.lora_b), name
         assert layer.lora.host_scalings == h2.layers[name].lora.host_scalings
+
+
+def test_kv_cache_decode_step(setup):
+    """A prefill then a cached decode step (new input shape) in one adapters() context."""
+    base, peft_models, paths = setup
+    model, handle = _patched(base)
+    names = list(ADAPTERS)
+    for slot, name in enumerate(names):
+        handle.load_adapter(paths[name], slot)
+    ids = torch.randint(0, VOCAB, (len(names), SEQ + 1), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        with handle.adapters(list(range(len(names)))):
+            pre = model(ids[:, :-1], use_cache=True)
+            step = model(ids[:, -1:], past_key_values=pre.past_key_values).logits
+        base_step = base(ids).logits[:, -1:]
+        for i, name in enumerate(names):
+            pm = peft_models[name]
+            p = pm(ids[:, :-1], use_cache=True)
+            ref = pm(ids[:, -1:], past_key_values=p.past_key_values).logits
+            assert _rel(step[i], ref[i], base_step[i]) <= 1e-3, name
+
+
+def test_static_batch_matches_dynamic(setup):
+    """The CUDA-graph path (LoRABatch.empty + update_) gives the same logits, on the CPU."""
+    base, _, paths = setup
+    model, handle = _patched(base)
+    for slot, name in enumerate(ADAPTERS):
+        handle.load_adapter(paths[name], slot)
+    seq_slots = [2, -1, 0, 1]
+    ids = torch.randint(0, VOCAB, (len(seq_slots), SEQ), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        with handle.adapters(seq_slots):
+            ref = model(ids).logits
+        static = handle.static_batch(len(seq_slots) * SEQ)
+        static.update_([s for s in seq_slots for _ in range(SEQ)])
+        out = model(ids).logits
+        static.update_([-1] * 3)  # refilled in place: now no adapter anywhere
+        none = model(ids).logits
+        handle.set_batch(None)
+        plain = model(ids).logits
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(none, plain, rtol=0, atol=1e-6)
