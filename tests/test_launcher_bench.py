@@ -12,8 +12,6 @@ Runs once as a test under the default ``--benchmark-disable``; time it with
 ``LORA_DISPATCH_BENCH=1`` does it per Triton release).
 """
 
-from __future__ import annotations
-
 import pytest
 
 torch = pytest.importorskip("torch")

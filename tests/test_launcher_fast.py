@@ -5,8 +5,6 @@ records its arguments, so hits, misses, grids, guards and fallbacks can be check
 GPU, under any Triton release.
 """
 
-from __future__ import annotations
-
 import logging
 import threading
 

@@ -4,8 +4,6 @@ Every case is launched both ways on the same inputs; outputs must match bit for 
 compiled kernel fast_launch used must be the very object (and hash) Triton selected.
 """
 
-from __future__ import annotations
-
 import pytest
 
 torch = pytest.importorskip("torch")

@@ -7,8 +7,6 @@ same fast key => same Triton key (safety) and same Triton key => same fast key (
 compiles). Run under several releases with ``ci/launcher_versions.sh``.
 """
 
-from __future__ import annotations
-
 import random
 
 import pytest
