@@ -45,6 +45,14 @@ _FUSE_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 _FUSED_NAME = {("q_proj", "k_proj", "v_proj"): "qkv_proj", ("gate_proj", "up_proj"): "gate_up_proj"}
 
 
+def _version(x: torch.Tensor) -> int:
+    """In-place version counter of ``x`` (inference tensors have none: -1)."""
+    try:
+        return x._version
+    except RuntimeError:
+        return -1
+
+
 class LoRAContext:
     """The current step's routing, shared by every :class:`LoRALinear` of a model.
 
@@ -212,7 +220,7 @@ class LoRALinear(nn.Module):
         call for ``x`` and serves the other slices from that result (same ``x`` object,
         unmodified) until each has been taken once."""
         if (self._pending_x is x and index in self._pending
-                and self._pending_version == x._version):
+                and self._pending_version == _version(x)):
             out = self._pending.pop(index)
             if not self._pending:
                 self._pending_x = None
@@ -223,7 +231,7 @@ class LoRALinear(nn.Module):
         out = parts.pop(index)
         self._pending = parts
         self._pending_x = x if parts else None
-        self._pending_version = x._version
+        self._pending_version = _version(x)
         return out
 
     def extra_repr(self) -> str:

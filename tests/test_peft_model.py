@@ -224,3 +224,6 @@ def test_static_batch_matches_dynamic(setup):
         plain = model(ids).logits
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
     torch.testing.assert_close(none, plain, rtol=0, atol=1e-6)
+    with torch.inference_mode(), handle.adapters(seq_slots):  # as vLLM runs models
+        inf = model(ids).logits
+    torch.testing.assert_close(inf, ref, rtol=0, atol=1e-6)
