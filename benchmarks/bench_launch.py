@@ -58,9 +58,13 @@ def _time_per_launch(fn, n: int, repeats: int, sync) -> dict:
             "repeats": repeats, "launches_per_repeat": n}
 
 
-def _kernels():
+try:  # kernels live at module level: Triton resolves ``tl`` in the function's globals
     import triton
     import triton.language as tl
+except ImportError:  # pragma: no cover - reported by main()
+    triton = None
+
+if triton is not None:
 
     @triton.jit
     def k4(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
@@ -85,8 +89,6 @@ def _kernels():
     def lora_expand(buf_ptr, b_ptr, y_ptr, tok_lora_ptr, m, n, k, sbm, sbl, sbn, sym,
                     ADD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
         pass
-
-    return k4, k10, k20, lora_shrink, lora_expand
 
 
 def _arg_sets(torch):
@@ -161,57 +163,39 @@ def _bench_kernel(jit, args, kwargs, grid, n_launch, repeats, lean_ok, torch) ->
     return row
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--json", default=None, help="output path")
-    parser.add_argument("--commit", default=None, help="git commit to record")
-    ns = parser.parse_args(argv)
+def _breakdown(arg_set, n, repeats, torch) -> dict:
+    """Cost of the pieces of a launch (10-argument kernel): stream / device queries, key."""
+    from lora_dispatch.launchers import fast_launch
 
-    try:
-        import torch
-    except ImportError:
-        print("bench_launch: torch is not installed; nothing to measure")
-        return 0
-    if not torch.cuda.is_available():
-        print("bench_launch: no CUDA / ROCm GPU available; nothing to measure")
-        return 0
-    import triton
-
-    from lora_dispatch.launchers import (
-        fast_launch,
-        get_adapter,
-        set_launcher_mode,
-        set_lean_launch,
-    )
-
-    set_launcher_mode("fast")
-    n_launch = 200 if ns.quick else 1000
-    repeats = 7 if ns.quick else 25
-    sync = torch.cuda.synchronize
-    device_name = torch.cuda.get_device_name()
-    adapter = get_adapter()
-    lean_ok = adapter.lean_capable and torch.version.hip is None
-    results: dict = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name,
-        "triton": triton.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "commit": ns.commit or _git_commit(),
-        "method": f"median over {repeats} repeats of {n_launch} back-to-back launches, "
-                  "host time (perf_counter_ns), GPU synchronised between repeats only",
-        "kernels": {},
-        "layer": {},
+    args, kwargs = arg_set
+    dev = torch.cuda.current_device()
+    drv = triton.runtime.driver.active
+    fast = fast_launch(k10)
+    fast[(1,)](*args, **kwargs)
+    key = fast._fl_ns["_fl_key"]
+    cache = fast._fl_caches.get(0) or next(iter(fast._fl_caches.values()))
+    pieces = {
+        "triton_driver_get_current_stream": lambda: drv.get_current_stream(dev),
+        "torch_current_stream_cuda_stream": lambda: torch.cuda.current_stream().cuda_stream,
+        "torch_C_getCurrentRawStream": lambda: torch._C._cuda_getCurrentRawStream(dev),
+        "torch_cuda_current_device": torch.cuda.current_device,
+        "torch_C_cuda_getDevice": getattr(torch._C, "_cuda_getDevice", lambda: 0),
+        "fast_key_only": lambda: key(*args, **kwargs),
+        "fast_key_and_lookup": lambda: cache.get(key(*args, **kwargs)),
+        "getitem_partial_only": lambda: fast[(1,)],
     }
-    k4, k10, k20, shrink, expand = _kernels()
-    arg_sets = _arg_sets(torch)
-    for n_args, jit in ((4, k4), (10, k10), (20, k20)):
-        args, kwargs = arg_sets[n_args]
-        results["kernels"][f"{n_args}_args"] = _bench_kernel(
-            jit, args, kwargs, (1,), n_launch, repeats, lean_ok, torch)
+    sync = torch.cuda.synchronize
+    return {name: _time_per_launch(fn, n, repeats, sync)["median_us"]
+            for name, fn in pieces.items()}
 
-    # ---- Llama-3-8B decoder layer: 8 LoRA launches (shrink + expand x 4 projections)
+
+def _bench_layer(n_launch, repeats, lean_ok, torch) -> dict:
+    """One Llama-3-8B decoder layer: 8 LoRA launches (shrink + expand x 4 projections)."""
+    from lora_dispatch.launchers import fast_launch, set_lean_launch
+
+    sync = torch.cuda.synchronize
+    shrink, expand = lora_shrink, lora_expand
+    layer: dict = {}
     tokens, rank, hidden, kv, inter = 256, 16, 4096, 1024, 14336
     f16 = torch.float16
     x = torch.empty(tokens, hidden, device="cuda", dtype=f16)
@@ -246,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     layer_plain()
     sync()
     n_layer = max(20, n_launch // 8)
-    results["layer"]["triton"] = _time_per_launch(layer_plain, n_layer, repeats, sync)
+    layer["triton"] = _time_per_launch(layer_plain, n_layer, repeats, sync)
     for label, lean in (("fast", False), ("fast_lean", True)):
         if lean and not lean_ok:
             continue
@@ -255,10 +239,76 @@ def main(argv: list[str] | None = None) -> int:
         layer_fast = layer_with(fast_tab)
         layer_fast()
         layer_fast()
-        results["layer"][label] = _time_per_launch(layer_fast, n_layer, repeats, sync)
-    results["layer"]["launches"] = len(launches)
-    results["layer"]["shapes"] = {"tokens": tokens, "rank": rank, **{
+        layer[label] = _time_per_launch(layer_fast, n_layer, repeats, sync)
+    layer["launches"] = len(launches)
+    layer["shapes"] = {"tokens": tokens, "rank": rank, **{
         k: {"in": i, "out": o} for k, (i, o) in projections.items()}}
+    set_lean_launch(None)
+    return layer
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--json", default=None, help="output path")
+    parser.add_argument("--commit", default=None, help="git commit to record")
+    ns = parser.parse_args(argv)
+
+    try:
+        import torch
+    except ImportError:
+        print("bench_launch: torch is not installed; nothing to measure")
+        return 0
+    if not torch.cuda.is_available():
+        print("bench_launch: no CUDA / ROCm GPU available; nothing to measure")
+        return 0
+    if triton is None:
+        print("bench_launch: triton is not installed; nothing to measure")
+        return 0
+
+    from lora_dispatch.launchers import (
+        get_adapter,
+        set_launcher_mode,
+        set_lean_launch,
+    )
+
+    set_launcher_mode("fast")
+    n_launch = 200 if ns.quick else 1000
+    repeats = 7 if ns.quick else 25
+    device_name = torch.cuda.get_device_name()
+    adapter = get_adapter()
+    lean_ok = adapter.lean_capable and torch.version.hip is None
+    results: dict = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name,
+        "triton": triton.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "commit": ns.commit or _git_commit(),
+        "method": f"median over {repeats} repeats of {n_launch} back-to-back launches, "
+                  "host time (perf_counter_ns), GPU synchronised between repeats only",
+        "kernels": {},
+        "layer": {},
+    }
+    arg_sets = _arg_sets(torch)
+    for n_args, jit in ((4, k4), (10, k10), (20, k20)):
+        args, kwargs = arg_sets[n_args]
+        try:
+            results["kernels"][f"{n_args}_args"] = _bench_kernel(
+                jit, args, kwargs, (1,), n_launch, repeats, lean_ok, torch)
+        except Exception as exc:  # keep the other measurements
+            results.setdefault("errors", []).append(f"{n_args} args: {exc!r}")
+            print(f"bench_launch: {n_args}-argument kernel failed: {exc!r}")
+    try:
+        results["breakdown"] = _breakdown(arg_sets[10], n_launch, repeats, torch)
+    except Exception as exc:
+        results.setdefault("errors", []).append(f"breakdown: {exc!r}")
+        results["breakdown"] = {}
+
+    try:
+        results["layer"] = _bench_layer(n_launch, repeats, lean_ok, torch)
+    except Exception as exc:
+        results.setdefault("errors", []).append(f"layer: {exc!r}")
+        print(f"bench_launch: layer benchmark failed: {exc!r}")
     set_lean_launch(None)
 
     # ---- report
@@ -271,13 +321,16 @@ def main(argv: list[str] | None = None) -> int:
                         for c in cols)
         print(f"{name:<22}{cells}")
     for name, row in results["kernels"].items():
+        if "fast" not in row:
+            continue
         best = min(row[c]["median_us"] for c in ("fast", "fast_lean") if c in row)
         print(f"{name}: fast/floor {row['fast']['median_us'] / row['floor']['median_us']:.3f}"
               f"  best-fast/floor {best / row['floor']['median_us']:.3f}"
               f"  triton/fast {row['triton']['median_us'] / row['fast']['median_us']:.2f}x"
               f"  triton/best-fast {row['triton']['median_us'] / best:.2f}x")
+    print("breakdown (us): " + ", ".join(f"{k} {v:.3f}" for k, v in results["breakdown"].items()))
     lay = results["layer"]
-    print(f"Llama-3-8B layer, {lay['launches']} LoRA launches, us host time: " + ", ".join(
+    print(f"Llama-3-8B layer, {lay.get('launches')} LoRA launches, us host time: " + ", ".join(
         f"{k} {v['median_us']:.1f}" for k, v in lay.items() if isinstance(v, dict)
         and "median_us" in v))
 
