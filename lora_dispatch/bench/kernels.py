@@ -1,0 +1,241 @@
+"""Kernel benchmark: shrink, expand, fused qkv / gate_up expand and add_lora.
+
+For each row: GPU time (``do_bench`` median, L2 flushed), CUDA-graph replay time per call
+(rotating over several weight / input sets so the graph does not run out of L2), host time
+per eager call, achieved GB/s from the minimal bytes (``x`` once, each used adapter's
+weights once at its real rank, the output written once and read too when adding) and the
+percentage of the device-to-device copy bandwidth measured in the same run. A few rows
+repeat with the reference backend.
+
+Run ``python benchmarks/bench_kernels.py`` (``--quick`` for a handful of small rows that
+also work on the CPU under ``TRITON_INTERPRET=1``; ``--json PATH`` to choose the output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .timing import (
+    copy_bandwidth_gbs,
+    env_record,
+    format_table,
+    gpu_time_us,
+    graph_time_us,
+    host_time_us,
+    result_path,
+    write_json,
+)
+
+__all__ = ["main", "run", "LAYERS"]
+
+LAYERS = {
+    "shrink": (4096,),
+    "expand": (4096,),
+    "qkv_expand": (4096, 1024, 1024),
+    "gate_up_expand": (14336, 14336),
+    "add_lora": (4096, 1024, 1024),
+}
+DECODE_T = (1, 16, 64, 256)
+PREFILL_T = (2048, 8192)
+COLUMNS = ("op", "backend", "dtype", "T", "rank", "adapters", "gpu_us", "graph_us", "host_us",
+           "gbs", "pct_copy", "path")
+
+
+@dataclass
+class Problem:
+    op: str
+    hidden: int
+    t: int
+    rank: int
+    adapters: int
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _outs(p: Problem) -> tuple[int, ...]:
+    return tuple(o * p.hidden // 4096 for o in LAYERS[p.op])
+
+
+def _slots(p: Problem) -> list[int]:
+    if p.t <= max(DECODE_T):
+        return [i % p.adapters for i in range(p.t)]
+    per = -(-p.t // p.adapters)
+    return [min(i // per, p.adapters - 1) for i in range(p.t)]
+
+
+def min_bytes(p: Problem) -> int:
+    """Fewest bytes the op must move (see the module docstring)."""
+    outs = _outs(p)
+    s, n = len(outs), sum(outs)
+    e = torch.tensor([], dtype=p.dtype).element_size()
+    used = min(p.adapters, p.t)
+    x = p.t * p.hidden * e
+    a = used * s * p.rank * p.hidden * e
+    b = used * n * p.rank * e
+    y = p.t * s * p.rank * 4
+    out = 2 * p.t * n * e
+    if p.op == "shrink":
+        return x + a + y
+    if p.op == "add_lora":
+        return x + a + b + out
+    return y + b + out
+
+
+def _build(p: Problem, sets: int):
+    import lora_dispatch as ld
+
+    outs = _outs(p)
+    batch = ld.LoRABatch.from_token_adapters(torch.tensor(_slots(p), device=p.device))
+    g = torch.Generator(device=p.device).manual_seed(0)
+    items = []
+    for _ in range(sets):
+        w = ld.LoRAWeights(p.adapters, p.hidden, outs, p.rank, dtype=p.dtype, device=p.device)
+        for s in range(p.adapters):
+            a = torch.randn(len(outs) * p.rank, p.hidden, generator=g, device=p.device)
+            a = list((a / p.hidden**0.5).split(p.rank))
+            b = torch.randn(sum(outs), p.rank, generator=g, device=p.device) / p.rank**0.5
+            w.load(s, a, list(b.split(list(outs))), 0.5)
+        x = torch.randn(p.t, p.hidden, generator=g, device=p.device).to(p.dtype)
+        y = torch.randn(len(outs), p.t, p.rank, generator=g, device=p.device)
+        out = torch.randn(p.t, sum(outs), generator=g, device=p.device).to(p.dtype)
+        items.append((w, x, y, out))
+    return batch, items
+
+
+def _call(p: Problem, impl, batch, item) -> Callable[[], object]:
+    w, x, y, out = item
+    if p.op == "shrink":
+        return lambda: impl.shrink(x, w, batch)
+    if p.op == "add_lora":
+        return lambda: impl.add_lora(out, x, w, batch)
+    return lambda: impl.expand(y, w, batch, out)
+
+
+def _public(p: Problem, batch, item) -> Callable[[], object]:
+    import lora_dispatch as ld
+
+    w, x, y, out = item
+    if p.op == "shrink":
+        return lambda: ld.lora_shrink(x, w, batch)
+    if p.op == "add_lora":
+        return lambda: ld.add_lora(out, x, w, batch)
+    return lambda: ld.lora_expand(y, w, batch, out)
+
+
+def _cycle(fns: list[Callable[[], object]]) -> Callable[[], object]:
+    it = itertools.cycle(fns)
+    return lambda: next(it)()
+
+
+def measure(p: Problem, backend: str, copy_bw: float | None, sets: int) -> dict:
+    """One benchmark row."""
+    import importlib
+
+    impl = importlib.import_module(f"lora_dispatch.kernels.{backend}")
+    batch, items = _build(p, sets)
+    fns = [_call(p, impl, batch, it) for it in items]
+    on_gpu = p.device.type == "cuda"
+    if on_gpu:
+        gpu = gpu_time_us(fns[0], p.device, warmup_ms=10, rep_ms=40)
+    else:
+        gpu = host_time_us(fns[0], p.device, n=1, rounds=3, sync_each=True)
+    graph = graph_time_us(_cycle(fns), p.device, inner=max(sets, 20), reps=20) if on_gpu else None
+    if backend == "triton":
+        os.environ["LORA_DISPATCH_BACKEND"] = "triton"
+        from lora_dispatch import devices
+
+        devices.reset()
+        host = host_time_us(_public(p, batch, items[0]), p.device, n=100 if on_gpu else 3,
+                            rounds=5 if on_gpu else 1)
+    else:
+        host = host_time_us(fns[0], p.device, n=20 if on_gpu else 2, rounds=3 if on_gpu else 1)
+    nbytes = min_bytes(p)
+    gbs = nbytes / (gpu * 1e-6) / 1e9
+    path = None
+    if backend == "triton" and p.op == "add_lora":
+        plan = impl.plan_for("add", items[0][0], p.t)
+        path = "fused" if plan.fused is not None else f"2pass/split{plan.shrink.split}"
+    elif backend == "triton" and p.op == "shrink":
+        path = f"split{impl.plan_for('shrink', items[0][0], p.t).split}"
+    return {
+        "op": p.op, "backend": backend, "dtype": str(p.dtype).replace("torch.", ""),
+        "hidden": p.hidden, "out_features": list(_outs(p)), "T": p.t, "rank": p.rank,
+        "adapters": p.adapters, "gpu_us": gpu, "graph_us": graph, "host_us": host,
+        "bytes": nbytes, "gbs": gbs, "pct_copy": 100 * gbs / copy_bw if copy_bw else None,
+        "path": path,
+    }
+
+
+def problems(quick: bool, device: torch.device) -> list[tuple[Problem, str]]:
+    """(problem, backend) pairs of the sweep."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float16
+    if quick:
+        hidden = 4096 if device.type == "cuda" else 128
+        rows = []
+        for op in LAYERS:
+            for t in ((16, 2048) if device.type == "cuda" else (4,)):
+                rows.append((Problem(op, hidden, t, 16, 4, dtype, device), "triton"))
+        rows.append((Problem("add_lora", hidden, 4, 16, 4, dtype, device), "reference"))
+        return rows
+    rows = []
+    for op, rank, adapters, t in itertools.product(LAYERS, (16, 64), (1, 4, 16),
+                                                   DECODE_T + PREFILL_T):
+        rows.append((Problem(op, 4096, t, rank, adapters, dtype, device), "triton"))
+    for op, t in itertools.product(LAYERS, (16, 2048)):
+        rows.append((Problem(op, 4096, t, 16, 4, dtype, device), "reference"))
+    return rows
+
+
+def run(quick: bool = False, device: torch.device | None = None,
+        log: Callable[[str], None] = print, json_path: str | None = None,
+        ) -> tuple[dict, list[dict]]:
+    """Run the sweep; returns (meta, rows). With ``json_path``, rewrites it after each row."""
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    copy_bw = copy_bandwidth_gbs(device)
+    meta = env_record(device)
+    meta["copy_gbs"] = copy_bw
+    meta["quick"] = quick
+    rows = []
+    for p, backend in problems(quick, device):
+        sets = 1 if device.type != "cuda" else max(1, min(8, (64 << 20) // max(min_bytes(p), 1)))
+        try:
+            row = measure(p, backend, copy_bw, sets)
+        except Exception as exc:  # keep the sweep going; the row records the failure
+            row = {"op": p.op, "backend": backend, "T": p.t, "rank": p.rank,
+                   "adapters": p.adapters, "error": repr(exc)[:300]}
+        rows.append(row)
+        log(format_table([row], COLUMNS).splitlines()[-1])
+        if json_path:
+            write_json(json_path, meta, rows)
+    return meta, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a handful of small rows (CPU ok)")
+    ap.add_argument("--json", default=None, help="output path (default benchmarks/results/...)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    path = args.json or result_path("kernels", env_record(device)["device"])
+    print(format_table([], COLUMNS))
+    meta, rows = run(quick=args.quick, device=device, json_path=str(path))
+    print()
+    print(format_table(rows, COLUMNS))
+    if meta.get("copy_gbs"):
+        print(f"device-to-device copy: {meta['copy_gbs']:.0f} GB/s")
+    print(f"wrote {write_json(path, meta, rows)}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Triton backend on a GPU against a float64 reference: full shape grid, views, graphs, compile."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import lora_dispatch as ld
+import lora_dispatch.devices as devices
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available():  # pragma: no cover - CPU CI
+    pytest.skip("needs a CUDA/ROCm GPU", allow_module_level=True)
+
+tk = pytest.importorskip("lora_dispatch.kernels.triton")
+
+TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-3}
+RANKS = (1, 8, 16, 24, 64, 128)
+DEV = torch.device("cuda", torch.cuda.current_device())
+
+
+@pytest.fixture(autouse=True)
+def _triton_backend(monkeypatch):
+    monkeypatch.setenv("LORA_DISPATCH_BACKEND", "triton")
+    devices.reset()
+    yield
+    devices.reset()
+
+
+def make_weights(num_adapters, k, outs, dtype, max_rank=128, seed=0, empty=(1,)):
+    """Weights with ``num_adapters + 1`` slots; ranks cycle through RANKS; ``empty`` unloaded."""
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    w = ld.LoRAWeights(num_adapters + 1, k, outs, max_rank, dtype=dtype, device=DEV)
+    for s in range(num_adapters):
+        if s in empty and num_adapters > 1:
+            continue
+        r = min(RANKS[s % len(RANKS)], max_rank)
+        a = [torch.randn(r, k, generator=g, device=DEV) / k**0.5 for _ in outs]
+        b = [torch.randn(o, r, generator=g, device=DEV) / r**0.5 for o in outs]
+        w.load(s, a, b, [0.5 + 0.25 * i + 0.1 * s for i in range(len(outs))])
+    return w
+
+
+def ref_y(x, w, slots):
+    """float64 shrink output ``[S, T, R]`` from what the weights hold."""
+    t, s_, rmax = x.shape[0], w.num_slices, w.max_rank
+    y = torch.zeros(s_, t, rmax, dtype=torch.float64, device=DEV)
+    for slot in range(w.num_slots):
+        r = w.host_ranks[slot]
+        idx = (slots[:t] == slot).nonzero().flatten()
+        if r == 0 or idx.numel() == 0:
+            continue
+        a = w.lora_a[slot, : s_ * r].double()
+        ys = (x[idx].double() @ a.T).view(-1, s_, r) * w.scalings[slot].double().view(1, s_, 1)
+        y[:, idx, :r] = ys.permute(1, 0, 2)
+    return y
+
+
+def ref_delta(y, w, slots, t):
+    delta = torch.zeros(t, w.total_out, dtype=torch.float64, device=DEV)
+    for slot in range(w.num_slots):
+        r = w.host_ranks[slot]
+        idx = (slots[:t] == slot).nonzero().flatten()
+        if r == 0 or idx.numel() == 0:
+            continue
+        for i, (off, o) in enumerate(zip(w.slice_offsets, w.out_features)):
+            b = w.lora_b[slot, off : off + o, :r].double()
+            delta[idx, off : off + o] = y[i, idx, :r].double() @ b.T
+    return delta
+
+
+def rel(got, want):
+    den = want.norm().item()
+    num = (got.double() - want).norm().item()
+    assert num == num, "NaN in output"
+    return num / den if den else num
+
+
+def random_slots(t, num_slots, gen, frac_none=0.15):
+    s = torch.randint(0, num_slots, (t,), generator=gen)
+    s[torch.rand(t, generator=gen) < frac_none] = -1
+    return s
+
+
+def check_all(w, x, base, slots, batch, dtype, out_dtype=None):
+    t = x.shape[0]
+    slots_dev = slots.to(DEV)
+    y64 = ref_y(x, w, slots_dev)
+    delta = ref_delta(y64, w, slots_dev, t)
+    has = torch.zeros(t, dtype=torch.bool, device=DEV)
+    for slot in range(w.num_slots):
+        if w.host_ranks[slot]:
+            has |= slots_dev == slot
+    tol = TOL[dtype] if out_dtype is None else max(TOL[dtype], TOL[out_dtype])
+
+    y = ld.lora_shrink(x, w, batch)
+    assert y.dtype == torch.float32 and y.shape == (w.num_slices, t, w.max_rank)
+    assert rel(y, y64) <= min(tol, 2e-3 if dtype != torch.bfloat16 else 1e-2)
+
+    variants = {
+        "public": lambda o: ld.add_lora(o, x, w, batch),
+        "two_pass": lambda o: tk.add_lora_two_pass(o, x, w, batch),
+        "shrink+expand": lambda o: ld.lora_expand(ld.lora_shrink(x, w, batch), w, batch, o),
+    }
+    if t <= 64:
+        variants["fused"] = lambda o: tk.add_lora_fused(o, x, w, batch)
+    for name, fn in variants.items():
+        out = base.clone()
+        fn(out)
+        err = rel(out.double() - base.double(), delta)
+        assert err <= tol, f"{name}: rel err {err:.3g} > {tol}"
+        assert torch.equal(out[~has], base[~has]), f"{name}: rows without adapter changed"
+
+
+CASES = [
+    # hidden, out_features, dtype, T, adapters
+    (4096, (4096, 1024, 1024), torch.float16, 1, 1),
+    (4096, (4096, 1024, 1024), torch.bfloat16, 16, 4),
+    (4096, (4096, 1024, 1024), torch.float32, 64, 16),
+    (4096, (4096, 1024, 1024), torch.bfloat16, 257, 128),
+    (4096, (4096, 1024, 1024), torch.float16, 2048, 16),
+    (4096, (4096,), torch.bfloat16, 8192, 4),
+    (5120, (5120,), torch.bfloat16, 3, 2),
+    (5120, (5120, 5120), torch.float16, 512, 32),
+    (5120, (5120,), torch.float32, 1024, 8),
+    (3584, (18944, 18944), torch.bfloat16, 33, 8),
+    (3584, (18944, 18944), torch.float16, 4096, 64),
+    (3584, (3584, 512, 512), torch.float32, 7, 128),
+    (1000, (1000, 300, 77), torch.float16, 5, 3),
+    (1000, (1000, 300, 77), torch.bfloat16, 300, 24),
+    (1000, (1000,), torch.float32, 8192, 128),
+    (4096, (14336, 14336), torch.bfloat16, 1, 16),
+]
+
+
+@pytest.mark.parametrize("hidden,outs,dtype,t,adapters", CASES)
+def test_grid(hidden, outs, dtype, t, adapters):
+    gen = torch.Generator().manual_seed(hidden + t + adapters)
+    w = make_weights(adapters, hidden, outs, dtype, seed=t)
+    x = torch.randn(t, hidden, generator=gen).to(DEV, dtype)
+    base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, dtype)
+    slots = random_slots(t, adapters + 1, gen)
+    check_all(w, x, base, slots, ld.LoRABatch.from_token_adapters(slots.to(DEV)), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("t", [1, 40, 600])
+def test_segments_and_mixed_out_dtype(dtype, t):
+    gen = torch.Generator().manual_seed(t)
+    w = make_weights(6, 4096, (4096, 1024, 1024), dtype, seed=3)
+    lens = [t // 3, t - 2 * (t // 3), t // 3]
+    seq_slots = [2, -1, 5]
+    slots = torch.repeat_interleave(torch.tensor(seq_slots), torch.tensor(lens))
+    batch = ld.LoRABatch.from_segments(lens, seq_slots, device=DEV)
+    x = torch.randn(t, 4096, generator=gen).to(DEV, dtype)
+    out_dtype = torch.float32 if dtype != torch.float32 else torch.bfloat16
+    base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, out_dtype)
+    check_all(w, x, base, slots, batch, dtype, out_dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("t", [3, 37, 1030])
+def test_misaligned_strided_views(dtype, t):
+    gen = torch.Generator().manual_seed(t)
+    k, outs = 4096, (4096, 1024, 1024)
+    w = make_weights(5, k, outs, dtype, seed=4)
+    xs = torch.randn(2 * t + 1, k + 9, generator=gen).to(DEV, dtype)
+    x = xs[1::2, 3 : 3 + k]  # odd row stride, misaligned start
+    bs = (0.5 * torch.randn(t, 3 * (sum(outs) + 5), generator=gen)).to(DEV, dtype)
+    base = bs[:, 5 : 5 + sum(outs)]  # row stride 3x, misaligned start
+    xt = torch.randn(k, t, generator=gen).to(DEV, dtype).T  # column-major x
+    slots = random_slots(t, 6, gen)
+    batch = ld.LoRABatch.from_token_adapters(slots.to(DEV))
+    check_all(w, x, base, slots, batch, dtype)
+    check_all(w, xt, base.contiguous(), slots, batch, dtype)
+
+
+def test_batch_routes_past_t_and_unknown_slots():
+    """Unchecked device-built static batch: slots past num_slots and tokens past T are skipped."""
+    gen = torch.Generator().manual_seed(0)
+    w = make_weights(3, 256, (128, 64), torch.float16, max_rank=16, seed=1)
+    batch = ld.LoRABatch.empty(64, device=DEV)
+    slots = torch.randint(-1, 9, (64,), generator=gen)
+    batch.update_(slots.to(DEV, torch.int32))  # device tensor: no host range check
+    t = 40
+    x = torch.randn(t, 256, generator=gen).to(DEV, torch.float16)
+    base = torch.randn(t, 192, generator=gen).to(DEV, torch.float16)
+    out = base.clone()
+    tk.add_lora(out, x, w, batch)
+    s = slots[:t].clone()
+    s[s >= w.num_slots] = -1
+    delta = ref_delta(ref_y(x, w, s.to(DEV)), w, s.to(DEV), t)
+    assert rel(out.double() - base.double(), delta) <= TOL[torch.float16]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_graph_replay_50_batches(dtype):
+    gen = torch.Generator().manual_seed(7)
+    cap = 96
+    w = make_weights(8, 4096, (4096, 1024, 1024), dtype, seed=5)
+    batch = ld.LoRABatch.empty(cap, device=DEV)
+    x = torch.randn(cap, 4096, generator=gen).to(DEV, dtype)
+    base = (0.5 * torch.randn(cap, w.total_out, generator=gen)).to(DEV, dtype)
+    out = base.clone()
+    ys = torch.zeros(w.num_slices, cap, w.max_rank, device=DEV)
+    out2 = base.clone()
+
+    def step():
+        out.copy_(base)
+        ld.add_lora(out, x, w, batch)
+        ys.copy_(ld.lora_shrink(x, w, batch))
+        out2.copy_(base)
+        ld.lora_expand(ys, w, batch, out2)
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        step()
+    for i in range(50):
+        n = int(torch.randint(0, cap + 1, (1,), generator=gen))
+        slots = random_slots(n, w.num_slots, gen, frac_none=0.1 * (i % 4))
+        x.copy_(torch.randn(cap, 4096, generator=gen).to(DEV, dtype))
+        batch.update_(slots if i % 2 else slots.to(DEV))
+        g.replay()
+        eager_batch = ld.LoRABatch.from_token_adapters(
+            torch.cat([slots, torch.full((cap - n,), -1, dtype=slots.dtype)]).to(DEV))
+        ref = base.clone()
+        ld.add_lora(ref, x, w, eager_batch)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+        y_ref = ld.lora_shrink(x, w, eager_batch)
+        torch.testing.assert_close(ys, y_ref, rtol=1e-5, atol=1e-5)
+        full = torch.cat([slots, torch.full((cap - n,), -1, dtype=slots.dtype)])
+        delta = ref_delta(ref_y(x, w, full.to(DEV)), w, full.to(DEV), cap)
+        assert rel(out.double() - base.double(), delta) <= TOL[dtype]
+        assert rel(out2.double() - base.double(), delta) <= TOL[dtype]
+
+
+def test_torch_compile_fullgraph():
+    gen = torch.Generator().manual_seed(11)
+    dtype = torch.bfloat16
+    w = make_weights(4, 1024, (1024, 256, 256), dtype, max_rank=64, seed=6)
+    t = 48
+    slots = random_slots(t, 5, gen)
+    batch = ld.LoRABatch.from_token_adapters(slots.to(DEV))
+    x = torch.randn(t, 1024, generator=gen).to(DEV, dtype)
+    base = torch.randn(t, w.total_out, generator=gen).to(DEV, dtype)
+
+    def layer(base_out, x):
+        out = base_out * 1.0
+        ld.add_lora(out, x, w, batch)
+        y = ld.lora_shrink(x, w, batch)
+        return out, y
+
+    compiled = torch.compile(layer, fullgraph=True)
+    out_c, y_c = compiled(base, x)
+    out_e, y_e = layer(base, x)
+    torch.testing.assert_close(out_c, out_e, rtol=0, atol=0)
+    torch.testing.assert_close(y_c, y_e, rtol=1e-5, atol=1e-5)
+    delta = ref_delta(ref_y(x, w, slots.to(DEV)), w, slots.to(DEV), t)
+    assert rel(out_c.double() - base.double(), delta) <= TOL[dtype]
+
+
+def test_backend_selected():
+    assert ld.info()["backend"] == "triton"
+    assert os.environ["LORA_DISPATCH_BACKEND"] == "triton"
