@@ -100,11 +100,20 @@ def set_launcher_mode(mode: str | None) -> str:
 def lean_launch_enabled() -> bool:
     """Whether new launchers call the C launch entry directly (Triton 3.5 / 3.6, CUDA).
 
-    Read once from ``LORA_DISPATCH_LEAN`` (``1`` / ``0``); see :func:`set_lean_launch`.
+    ``LORA_DISPATCH_LEAN=1`` / ``0`` forces it; unset, it is on for Triton 3.6 (the release
+    it was verified on, bit for bit against plain launches on an H200) and off otherwise.
+    See :func:`set_lean_launch`.
     """
     global _lean
     if _lean is None:
-        _lean = os.environ.get(_LEAN_ENV, "0").strip() not in ("0", "", "false", "no")
+        value = os.environ.get(_LEAN_ENV, "auto").strip().lower()
+        if value in ("", "auto"):
+            try:
+                _lean = get_adapter().version == (3, 6)
+            except Exception:
+                _lean = False
+        else:
+            _lean = value not in ("0", "false", "no", "off")
     return _lean
 
 
