@@ -11,6 +11,9 @@ Per row: GPU time of the layer without / with LoRA and the slowdown in % (eager,
 median; and per call replayed from a CUDA graph, with a static :meth:`LoRABatch.empty` batch),
 host time to issue one layer (base + LoRA) and its LoRA calls alone, the latter with the fast
 launcher and with plain Triton launches (``lora_dispatch.launchers.set_launcher_mode``).
+Eager GPU time is taken around each call with CUDA events, so where the host is slower than
+the GPU (small T) it includes the launch gaps an eager engine sees; the CUDA-graph columns are
+device time alone. Host times are the median issue time of one call with an idle queue.
 
 On the CPU (``--quick``, or no GPU) a scaled-down layer runs in float32 on the reference
 backend; "GPU time" is then synchronous wall time.
