@@ -93,3 +93,37 @@ def test_layer_token_routing():
     assert layer.LLAMA3_8B.projections()["down"] == (14336, (4096,))
     full = layer.configs(False, True)
     assert len(full) == 2 * 2 * 6 and {c[2] for c in full} == {1, 16, 64, 256, 2048, 8192}
+
+
+def test_launch_section_runs_script(tmp_path, monkeypatch):
+    """The launch section runs bench_launch.py via runpy and flattens its nested JSON."""
+    script = tmp_path / "bench_launch.py"
+    script.write_text(
+        "import argparse, json, os, sys\n"
+        "def main():\n"
+        "    ap = argparse.ArgumentParser()\n"
+        "    ap.add_argument('--quick', action='store_true')\n"
+        "    ap.add_argument('--json')\n"
+        "    ns = ap.parse_args()\n"
+        "    os.environ['LORA_DISPATCH_BACKEND'] = 'triton'  # must not leak\n"
+        "    print('table')\n"
+        "    json.dump({'device': 'fake', 'quick': ns.quick, 'breakdown': {'bind': 1.5},\n"
+        "               'kernels': {'4_args': {'fast': {'median_us': 4.0, 'min_us': 3.9},\n"
+        "                                      'triton': {'median_us': 8.0}}},\n"
+        "               'layer': {'fast': {'median_us': 40.0}}}, open(ns.json, 'w'))\n"
+        "    return 0\n"
+        "if __name__ == '__main__':\n"
+        "    sys.exit(main())\n"
+    )
+    monkeypatch.setattr(suite, "LAUNCH_SCRIPT", script)
+    env = dict(os.environ)
+    res = suite._launch(torch.device("cuda"), True, suite.Progress(), False)
+    assert dict(os.environ) == env
+    assert res["status"] == "ok" and res["meta"]["quick"] is True
+    assert res["meta"]["breakdown"] == {"bind": 1.5}
+    assert {(r["case"], r["mode"], r["median_us"]) for r in res["rows"]} == {
+        ("kernels/4_args", "fast", 4.0), ("kernels/4_args", "triton", 8.0), ("layer", "fast", 40.0)}
+    assert "table" in res["output"]
+    monkeypatch.setattr(suite, "LAUNCH_SCRIPT", tmp_path / "missing.py")
+    res = suite._launch(torch.device("cuda"), True, suite.Progress(), False)
+    assert res["status"] == "skipped" and "not found" in res["note"]

@@ -119,6 +119,20 @@ def _read_rows(path: Path) -> tuple[dict, list[dict]] | None:
     return None
 
 
+def _timing_rows(data: Any, path: tuple[str, ...] = ()) -> list[dict]:
+    """Flatten nested ``{...: {"median_us": ...}}`` results (bench_launch.py's JSON) to rows
+    ``{"case": "kernels/4_args", "mode": "fast", "median_us": ...}``."""
+    if not isinstance(data, dict):
+        return []
+    if "median_us" in data and path:
+        leaf = {k: v for k, v in data.items() if isinstance(v, (int, float, str))}
+        return [{"case": "/".join(path[:-1]), "mode": path[-1], **leaf}]
+    rows = []
+    for k, v in data.items():
+        rows += _timing_rows(v, (*path, str(k)))
+    return rows
+
+
 # --------------------------------------------------------------------------- sections
 def _launch(device: torch.device, quick: bool, progress: Progress, verbose: bool) -> dict:
     if device.type != "cuda":
@@ -148,6 +162,12 @@ def _launch(device: torch.device, quick: bool, progress: Progress, verbose: bool
         got = _read_rows(out)
         if got is not None:
             res["meta"], res["rows"] = got
+            if not res["rows"]:  # bench_launch.py writes nested results, not rows
+                res["rows"] = _timing_rows(res["meta"])
+                res["columns"] = ("case", "mode", "median_us", "min_us")
+                res["meta"] = {k: v for k, v in res["meta"].items() if k == "errors" or not (
+                    isinstance(v, list) or isinstance(v, dict) and any(
+                        isinstance(x, (dict, list)) for x in v.values()))}
         if code not in (0, None):
             res.update(status="failed", note=f"bench_launch.py exited with {code}")
         else:
