@@ -31,6 +31,7 @@ __all__ = [
     "lean_launch_enabled",
     "set_launcher_mode",
     "set_lean_launch",
+    "UnsupportedTriton",
 ]
 
 logger = logging.getLogger("lora_dispatch.launchers")
@@ -439,5 +440,3 @@ def fast_launch(jit: Any) -> FastLauncher:
         raise TypeError(f"fast_launch expects a @triton.jit function, got {type(jit).__name__}")
     return FastLauncher(jit)
 
-
-__all__ += ["UnsupportedTriton"]
