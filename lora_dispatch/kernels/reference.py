@@ -48,11 +48,16 @@ def _grouped_shrink_slot(x: torch.Tensor, w, slot: int, r: int, idx: torch.Tenso
 def _grouped_expand_slot(
     y: torch.Tensor, w, slot: int, r: int, idx: torch.Tensor, base_out: torch.Tensor
 ) -> None:
-    for i, (off, width) in enumerate(zip(w.slice_offsets, w.out_features)):
-        b = w.lora_b[slot, off : off + width, :r].float()  # [out_i, r]
-        delta = y[:, i] @ b.T  # [n, out_i]
-        cols = base_out[:, off : off + width]
-        cols[idx] = (cols[idx].float() + delta).to(base_out.dtype)
+    parts = [
+        y[:, i] @ w.lora_b[slot, off : off + width, :r].float().T  # [n, out_i]
+        for i, (off, width) in enumerate(zip(w.slice_offsets, w.out_features))
+    ]
+    delta = parts[0] if len(parts) == 1 else torch.cat(parts, 1)  # [n, N]
+    if base_out.dtype == torch.float32:
+        base_out.index_add_(0, idx, delta)
+    else:
+        rows = base_out.index_select(0, idx).float() + delta
+        base_out.index_copy_(0, idx.long(), rows.to(base_out.dtype))
 
 
 def _masked_shrink(x: torch.Tensor, w, batch) -> tuple[torch.Tensor, torch.Tensor]:
