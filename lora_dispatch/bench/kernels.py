@@ -92,7 +92,8 @@ def _build(p: Problem, sets: int):
     import lora_dispatch as ld
 
     outs = _outs(p)
-    batch = ld.LoRABatch.from_token_adapters(torch.tensor(_slots(p), device=p.device))
+    slots = _slots(p)
+    batch = ld.LoRABatch.from_segments([1] * len(slots), slots, device=p.device)
     g = torch.Generator(device=p.device).manual_seed(0)
     items = []
     for _ in range(sets):
@@ -198,7 +199,8 @@ def run(quick: bool = False, device: torch.device | None = None,
         ) -> tuple[dict, list[dict]]:
     """Run the sweep; returns (meta, rows). With ``json_path``, rewrites it after each row."""
     if device is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        cuda = torch.cuda.is_available()
+        device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     copy_bw = copy_bandwidth_gbs(device)
     meta = env_record(device)
     meta["copy_gbs"] = copy_bw
@@ -225,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
     path = args.json or result_path("kernels", env_record(device)["device"])
     print(format_table([], COLUMNS))
     meta, rows = run(quick=args.quick, device=device, json_path=str(path))

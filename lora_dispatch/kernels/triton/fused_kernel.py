@@ -1,6 +1,6 @@
 """Fused decode kernel: shrink and expand of a few tokens in one launch.
 
-Grid ``(NB * tiles,)`` over ``NB`` column blocks (fastest) times tiles as in :mod:`.expand`. Each program computes the rank-``r``
+Grid ``(NB * tiles,)`` over ``NB`` column blocks (fastest) times tiles as in :mod:`.expand_kernel`. Each program computes the rank-``r``
 shrink of its tile for its own slice (``x[BM, K] @ A_i[s, :r]^T``, scaled), keeps it in
 registers and multiplies it straight into its block of ``B``. The shrink is recomputed by
 every column block (``A`` comes from L2 after the first), which pays off only while the
@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ._jit import fast_launch
-from .expand import slice_block
+from .expand_kernel import slice_block
 
 __all__ = ["fused_kernel"]
 

@@ -19,9 +19,9 @@ from lora_dispatch.batch import tile_index
 from lora_dispatch.devices import configs
 from lora_dispatch.devices.info import describe
 
-from .expand import expand_kernel
-from .fused import fused_kernel
-from .shrink import shrink_kernel
+from .expand_kernel import expand_kernel
+from .fused_kernel import fused_kernel
+from .shrink_kernel import shrink_kernel
 
 __all__ = ["shrink", "expand", "add_lora", "add_lora_two_pass", "add_lora_fused", "plan_for"]
 
@@ -79,12 +79,14 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None) -> ShrinkP
     k, s, r = w.in_features, w.num_slices, w.max_rank
     cfg = configs.shrink_config(info, t, k, s * r, w.lora_a.element_size())
     split = cfg.split_k if split_k is None else split_k
-    k_split = _cdiv(_cdiv(k, split), cfg.block_k) * cfg.block_k
+    k_split = _cdiv(_cdiv(k, split), 16) * 16
+    if k_split >= cfg.block_k:
+        k_split = _cdiv(k_split, cfg.block_k) * cfg.block_k
     split = _cdiv(k, k_split)
     nb = _cdiv(s * r, cfg.block_n)
     meta = dict(
         S=s, R=r, TILE=tile_index(cfg.block_m), BM=cfg.block_m, BN=cfg.block_n,
-        BK=cfg.block_k, EVEN_K=(k % k_split == 0), ATOMIC=atomic and split > 1, PREC=PREC,
+        BK=cfg.block_k, EVEN_K=(k % k_split == 0 and k_split % cfg.block_k == 0), ATOMIC=atomic and split > 1, PREC=PREC,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ShrinkPlan((nb * _tiles(t, cfg.block_m, w.num_slots), split), nb, k_split, split, meta)
@@ -189,7 +191,7 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
     y = torch.zeros((w.num_slices, t, w.max_rank), dtype=torch.float32, device=x.device)
     if t:
         p = plan_for("shrink", w, t, None, split_k)
-        _launch_shrink(p, x, w, batch, y.unsqueeze(0), t)
+        _launch_shrink(p, x, w, batch, y.unsqueeze(0).expand(p.split, -1, -1, -1), t)
     return y
 
 

@@ -1,0 +1,367 @@
+"""Triton kernels under TRITON_INTERPRET=1 on the CPU against a float64 reference.
+
+TRITON_INTERPRET must be set before ``@triton.jit`` wraps the kernels, so it is set here,
+before the kernels are imported; if another module imported them un-interpreted first, they
+are reloaded (and the test module skips if that is impossible).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import importlib  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import lora_dispatch as ld  # noqa: E402
+import lora_dispatch.devices as devices  # noqa: E402
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
+
+_SUBMODULES = ("_jit", "shrink_kernel", "expand_kernel", "fused_kernel", "launch")
+
+
+def _interpreted(kernel) -> bool:
+    jit = getattr(kernel, "__wrapped__", kernel)  # under @fast_launch
+    return type(jit).__name__ == "InterpretedFunction"
+
+
+def _load_interpreted():
+    """The backend package with interpreter-wrapped kernels (reloading it if needed)."""
+    pkg = "lora_dispatch.kernels.triton"
+    mod = importlib.import_module(pkg)
+    if _interpreted(sys.modules[f"{pkg}.shrink_kernel"].shrink_kernel):
+        return mod
+    for name in _SUBMODULES:
+        importlib.reload(sys.modules[f"{pkg}.{name}"])
+    mod = importlib.reload(mod)
+    if not _interpreted(sys.modules[f"{pkg}.shrink_kernel"].shrink_kernel):
+        pytest.skip("lora_dispatch.kernels.triton was imported without TRITON_INTERPRET=1 "
+                    "and could not be reloaded interpreted", allow_module_level=True)
+    return mod
+
+
+tk = _load_interpreted()
+
+# bf16 is miscomputed by Triton 3.6's CPU interpreter: fp16 / fp32 only here.
+DTYPES = (torch.float16, torch.float32)
+TOL = {torch.float16: 2e-3, torch.float32: 1e-3}
+
+
+# ----------------------------------------------------------------------------- helpers
+def make_weights(ranks, k, outs, dtype, max_rank, gen, slice_ranks=None):
+    """Slots with ``ranks[s]`` (0 = left empty); ``slice_ranks`` gives per-slice ranks."""
+    w = ld.LoRAWeights(len(ranks), k, outs, max_rank, dtype=dtype)
+    for s, r in enumerate(ranks):
+        if r == 0:
+            continue
+        rs = slice_ranks(s, r) if slice_ranks else [r] * len(outs)
+        a = [torch.randn(ri, k, generator=gen) / k**0.5 if ri else None for ri in rs]
+        b = [torch.randn(o, ri, generator=gen) / max(ri, 1) ** 0.5 if ri else None
+             for o, ri in zip(outs, rs)]
+        w.load(s, a, b, [0.5 + 0.3 * i + 0.1 * s for i in range(len(outs))])
+    return w
+
+
+def ref_y(x, w, slots):
+    """float64 ``[S, T, R]`` from the stored weights; zeros where nothing contributes."""
+    t, s_ = x.shape[0], w.num_slices
+    y = torch.zeros(s_, t, w.max_rank, dtype=torch.float64)
+    for i in range(t):
+        slot = int(slots[i]) if i < len(slots) else -1
+        if slot < 0 or slot >= w.num_slots or w.host_ranks[slot] == 0:
+            continue
+        r = w.host_ranks[slot]
+        a = w.lora_a[slot, : s_ * r].double()
+        ys = (a @ x[i].double()).view(s_, r) * w.scalings[slot].double().view(s_, 1)
+        y[:, i, :r] = ys
+    return y
+
+
+def ref_delta(y, w, slots, t):
+    delta = torch.zeros(t, w.total_out, dtype=torch.float64)
+    for i in range(t):
+        slot = int(slots[i]) if i < len(slots) else -1
+        if slot < 0 or slot >= w.num_slots or w.host_ranks[slot] == 0:
+            continue
+        r = w.host_ranks[slot]
+        for j, (off, o) in enumerate(zip(w.slice_offsets, w.out_features)):
+            b = w.lora_b[slot, off : off + o, :r].double()
+            delta[i, off : off + o] = b @ y[j, i, :r].double()
+    return delta
+
+
+def rel(got, want):
+    got = got.double()
+    assert not torch.isnan(got).any(), "NaN in output (unwritten element?)"
+    den = want.norm().item()
+    num = (got - want).norm().item()
+    return num / den if den else num
+
+
+def adapter_rows(slots, w, t):
+    keep = torch.zeros(t, dtype=torch.bool)
+    for i in range(min(t, len(slots))):
+        s = int(slots[i])
+        keep[i] = 0 <= s < w.num_slots and w.host_ranks[s] > 0
+    return keep
+
+
+def check(impl_add, w, x, base, slots, batch, tol, what=""):
+    t = x.shape[0]
+    delta = ref_delta(ref_y(x, w, slots), w, slots, t)
+    out = base.clone()
+    impl_add(out, x, w, batch)
+    err = rel(out.double() - base.double(), delta)
+    assert err <= tol, f"{what}: rel err {err:.3g} > {tol}"
+    has = adapter_rows(slots, w, t)
+    assert torch.equal(out[~has], base[~has]), f"{what}: rows without adapter changed"
+
+
+def poisoned(shape, dtype, gen, scale=0.5):
+    return (scale * torch.randn(*shape, generator=gen)).to(dtype)
+
+
+ADD_IMPLS = {
+    "add_lora": lambda o, x, w, b: tk.add_lora(o, x, w, b),
+    "fused": lambda o, x, w, b: tk.add_lora_fused(o, x, w, b),
+    "two_pass": lambda o, x, w, b: tk.add_lora_two_pass(o, x, w, b),
+    "two_pass_split3": lambda o, x, w, b: tk.add_lora_two_pass(o, x, w, b, split_k=3),
+    "shrink_expand": lambda o, x, w, b: tk.expand(tk.shrink(x, w, b), w, b, o),
+}
+
+
+# ----------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", sorted(ADD_IMPLS))
+def test_add_lora_mixed_ranks_slices(dtype, impl):
+    """Mixed ranks incl. 1, slices of different widths, slot -1, an empty slot."""
+    gen = torch.Generator().manual_seed(hash((str(dtype), impl)) % 2**31)
+    outs = (48, 16, 40)
+    w = make_weights([1, 0, 8, 16, 5], 96, outs, dtype, max_rank=16, gen=gen)
+    t = 23
+    slots = torch.randint(-1, 5, (t,), generator=gen)
+    slots[:5] = torch.tensor([0, 1, -1, 2, 3])
+    x = poisoned((t, 96), dtype, gen, 1.0)
+    base = poisoned((t, sum(outs)), dtype, gen)
+    batch = ld.LoRABatch.from_token_adapters(slots)
+    check(ADD_IMPLS[impl], w, x, base, slots, batch, TOL[dtype], impl)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("split_k", [None, 1, 2, 5])
+def test_shrink_zeros_and_values(dtype, split_k, poison_empty):
+    gen = torch.Generator().manual_seed(17 + (split_k or 0))
+    w = make_weights([3, 24, 0, 1], 80, (32, 24), dtype, max_rank=32, gen=gen)
+    t = 19
+    slots = torch.randint(-1, 4, (t,), generator=gen)
+    x = poisoned((t, 80), dtype, gen, 1.0)
+    batch = ld.LoRABatch.from_token_adapters(slots)
+    y = tk.shrink(x, w, batch, split_k=split_k)
+    assert y.shape == (2, t, 32) and y.dtype == torch.float32
+    want = ref_y(x, w, slots)
+    assert rel(y, want) <= TOL[dtype]
+    assert torch.equal(y[want == 0], torch.zeros_like(y[want == 0]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_expand_fp16_y_and_mixed_out_dtype(dtype, poison_empty):
+    gen = torch.Generator().manual_seed(5)
+    outs = (40, 24, 24)
+    w = make_weights([16, 2, 9], 64, outs, dtype, max_rank=16, gen=gen)
+    t = 21
+    slots = torch.randint(-1, 3, (t,), generator=gen)
+    batch = ld.LoRABatch.from_token_adapters(slots)
+    x = poisoned((t, 64), dtype, gen, 1.0)
+    y = ref_y(x, w, slots)
+    delta = ref_delta(y, w, slots, t)
+    for y_dtype in (torch.float32, torch.float16):
+        for out_dtype in (torch.float32, torch.float16):
+            base = poisoned((t, sum(outs)), out_dtype, gen)
+            out = base.clone()
+            tk.expand(y.to(y_dtype), w, batch, out)
+            tol = max(TOL[dtype], TOL[out_dtype], 2e-3 if y_dtype == torch.float16 else 0)
+            assert rel(out.double() - base.double(), delta) <= tol
+            has = adapter_rows(slots, w, t)
+            assert torch.equal(out[~has], base[~has])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_segments_vs_tokens(dtype):
+    gen = torch.Generator().manual_seed(9)
+    outs = (32, 32)
+    w = make_weights([4, 16, 7], 64, outs, dtype, max_rank=16, gen=gen)
+    lens, seq_slots = [5, 0, 17, 3, 9], [2, 1, 0, -1, 1]
+    slots = torch.repeat_interleave(torch.tensor(seq_slots), torch.tensor(lens))
+    t = int(sum(lens))
+    x = poisoned((t, 64), dtype, gen, 1.0)
+    base = poisoned((t, 64), dtype, gen)
+    b_seg = ld.LoRABatch.from_segments(lens, seq_slots)
+    b_tok = ld.LoRABatch.from_token_adapters(slots)
+    o1, o2 = base.clone(), base.clone()
+    tk.add_lora(o1, x, w, b_seg)
+    tk.add_lora(o2, x, w, b_tok)
+    assert torch.equal(o1, o2)
+    check(ADD_IMPLS["two_pass"], w, x, base, slots, b_seg, TOL[dtype], "segments")
+
+
+def test_static_batch_refilled():
+    gen = torch.Generator().manual_seed(3)
+    dtype = torch.float16
+    w = make_weights([8, 0, 3], 64, (24, 8), dtype, max_rank=8, gen=gen)
+    cap = 24
+    batch = ld.LoRABatch.empty(cap)
+    x = poisoned((cap, 64), dtype, gen, 1.0)
+    base = poisoned((cap, 32), dtype, gen)
+    out = base.clone()
+    tk.add_lora(out, x, w, batch)  # all tokens -1: nothing changes
+    assert torch.equal(out, base)
+    for n in (cap, 7, 0, 13):
+        slots = torch.randint(-1, 3, (n,), generator=gen)
+        batch.update_(slots)
+        full = torch.cat([slots, torch.full((cap - n,), -1, dtype=slots.dtype)])
+        for name in ("add_lora", "fused", "two_pass_split3"):
+            check(ADD_IMPLS[name], w, x, base, full, batch, TOL[dtype], f"static n={n} {name}")
+        y = tk.shrink(x, w, batch)
+        assert rel(y, ref_y(x, w, full)) <= TOL[dtype]
+
+
+def test_unchecked_slots_and_tokens_past_t():
+    """A device-built static batch may name slots >= num_slots and tokens >= T: skipped."""
+    gen = torch.Generator().manual_seed(21)
+    dtype = torch.float32
+    w = make_weights([5, 16, 2], 48, (16, 16), dtype, max_rank=16, gen=gen)
+    batch = ld.LoRABatch.empty(30)
+    slots = torch.randint(-1, 3, (30,), generator=gen)
+    slots[[1, 4, 9]] = torch.tensor([7, 3, 100])
+    batch._fill(slots, name="token_slots")  # bypasses the host range check, like a device fill
+    t = 20
+    x = poisoned((t, 48), dtype, gen, 1.0)
+    base = poisoned((t, 32), dtype, gen)
+    s = slots[:t].clone()
+    s[s >= w.num_slots] = -1
+    for name in ("add_lora", "fused", "two_pass_split3", "shrink_expand"):
+        check(ADD_IMPLS[name], w, x, base, s, batch, TOL[dtype], name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_and_misaligned_views(dtype):
+    gen = torch.Generator().manual_seed(13)
+    k, outs = 72, (40, 24)
+    w = make_weights([6, 12, 1], k, outs, dtype, max_rank=16, gen=gen)
+    t = 11
+    slots = torch.randint(-1, 3, (t,), generator=gen)
+    batch = ld.LoRABatch.from_token_adapters(slots)
+    xs = poisoned((2 * t + 1, k + 5), dtype, gen, 1.0)
+    x = xs[1::2, 3 : 3 + k]  # row stride 2*(k+5), misaligned start
+    xt = poisoned((k, t), dtype, gen, 1.0).T  # column-major
+    bs = poisoned((t, 2 * 64 + 3), dtype, gen)
+    base = bs[:, 1 : 1 + 64]
+    base_t = poisoned((64, t), dtype, gen).T
+    for xv in (x, xt):
+        for bv in (base, base_t):
+            for name in ("add_lora", "fused", "two_pass_split3", "shrink_expand"):
+                b0 = bv.clone()
+                out = bv.clone()
+                ADD_IMPLS[name](out, xv, w, batch)
+                delta = ref_delta(ref_y(xv, w, slots), w, slots, t)
+                assert rel(out.double() - b0.double(), delta) <= TOL[dtype], name
+            assert torch.equal(bs[:, 0], bs[:, 0])
+
+
+def test_empty_batch_and_no_adapters():
+    gen = torch.Generator().manual_seed(1)
+    dtype = torch.float16
+    w = make_weights([4, 4], 32, (16,), dtype, max_rank=4, gen=gen)
+    x0 = torch.zeros(0, 32, dtype=dtype)
+    b0 = ld.LoRABatch.from_token_adapters(torch.zeros(0, dtype=torch.int64))
+    out0 = torch.zeros(0, 16, dtype=dtype)
+    tk.add_lora(out0, x0, w, b0)
+    tk.expand(torch.zeros(1, 0, 4), w, b0, out0)
+    assert tk.shrink(x0, w, b0).shape == (1, 0, 4)
+    t = 9
+    batch = ld.LoRABatch.from_token_adapters([-1] * t)
+    x = poisoned((t, 32), dtype, gen, 1.0)
+    base = poisoned((t, 16), dtype, gen)
+    out = base.clone()
+    tk.add_lora(out, x, w, batch)
+    assert torch.equal(out, base)
+    assert torch.equal(tk.shrink(x, w, batch), torch.zeros(1, t, 4))
+    w.unload(0)
+    w.unload(1)
+    batch = ld.LoRABatch.from_token_adapters([0, 1] * 4 + [0])
+    tk.add_lora(out, x, w, batch)
+    assert torch.equal(out, base)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_fresh_inputs(seed):
+    """Random layouts, ranks and batches (fresh each seed), every schedule."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+    dtype = DTYPES[seed % 2]
+    n_slices = int(torch.randint(1, 4, (1,), generator=gen))
+    outs = tuple(int(v) for v in torch.randint(1, 50, (n_slices,), generator=gen))
+    k = int(torch.randint(16, 140, (1,), generator=gen))
+    max_rank = int(torch.randint(1, 33, (1,), generator=gen))
+    num_slots = int(torch.randint(1, 6, (1,), generator=gen))
+    ranks = [int(v) for v in torch.randint(0, max_rank + 1, (num_slots,), generator=gen)]
+    w = make_weights(ranks, k, outs, dtype, max_rank, gen,
+                     slice_ranks=lambda s, r: [max(1, r - i) for i in range(n_slices)])
+    t = int(torch.randint(1, 40, (1,), generator=gen))
+    slots = torch.randint(-1, num_slots, (t,), generator=gen)
+    x = poisoned((t, k), dtype, gen, 1.0)
+    base = poisoned((t, sum(outs)), dtype, gen)
+    batch = ld.LoRABatch.from_token_adapters(slots)
+    for name in ("add_lora", "fused", "two_pass_split3", "shrink_expand"):
+        check(ADD_IMPLS[name], w, x, base, slots, batch, TOL[dtype], f"seed={seed} {name}")
+
+
+# ----------------------------------------------------------------------------- public API
+@pytest.fixture
+def triton_backend(monkeypatch):
+    monkeypatch.setenv("LORA_DISPATCH_BACKEND", "triton")
+    devices.reset()
+    yield
+    devices.reset()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_public_api_uses_triton(dtype, triton_backend):
+    gen = torch.Generator().manual_seed(31)
+    outs = (32, 16, 16)
+    w = make_weights([16, 1, 0, 8], 64, outs, dtype, max_rank=16, gen=gen)
+    assert ld.ops.selection(w).name == "triton"
+    assert ld.info(device="cpu", dtype=dtype)["backend"] == "triton"
+    t = 14
+    slots = torch.randint(-1, 4, (t,), generator=gen)
+    batch = ld.LoRABatch.from_token_adapters(slots)
+    x = poisoned((t, 64), dtype, gen, 1.0)
+    base = poisoned((t, 64), dtype, gen)
+    y64 = ref_y(x, w, slots)
+    delta = ref_delta(y64, w, slots, t)
+    out = base.clone()
+    assert ld.add_lora(out, x, w, batch) is out
+    assert rel(out.double() - base.double(), delta) <= TOL[dtype]
+    y = ld.lora_shrink(x, w, batch)
+    assert rel(y, y64) <= TOL[dtype]
+    out2 = base.clone()
+    ld.lora_expand(y, w, batch, out2)
+    assert rel(out2.double() - base.double(), delta) <= TOL[dtype]
+    has = adapter_rows(slots, w, t)
+    assert torch.equal(out[~has], base[~has]) and torch.equal(out2[~has], base[~has])
+
+
+def test_public_api_rejects_before_launch(triton_backend):
+    gen = torch.Generator().manual_seed(2)
+    w = make_weights([4], 32, (16,), torch.float16, max_rank=4, gen=gen)
+    batch = ld.LoRABatch.from_token_adapters([0, 0, 3])
+    x = torch.randn(3, 32).half()
+    out = torch.zeros(3, 16, dtype=torch.float16)
+    with pytest.raises(ValueError, match="slot"):
+        ld.add_lora(out, x, w, batch)
+    assert torch.equal(out, torch.zeros_like(out))
