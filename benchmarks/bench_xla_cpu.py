@@ -18,8 +18,10 @@ into its dots, so they calibrate the CPU model only; see docs/xla.md for the TPU
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -89,24 +91,68 @@ def _time_us(fn, budget_s: float, sync=None) -> float:
     return min(host_time_us(call, torch.device("cpu"), n=n, rounds=1) for _ in range(5))
 
 
+def _regret(model: xla.CostModel, rows) -> tuple[int, float]:
+    """(cases where ``model`` picks the slower formulation, summed log2 slowdown of those)."""
+    wrong, loss = 0, 0.0
+    for r in rows:
+        args = (r["T"], r["L"], r["W"])
+        pick = "bgmv" if model.bgmv(*args) <= model.masked(*args) else "masked"
+        if pick != r["faster"]:
+            wrong += 1
+            loss += abs(math.log2(r["bgmv_us"] / r["masked_us"]))
+    return wrong, loss
+
+
 def _fit(rows):
-    """Least-squares fit of time ~ c0 + model terms, per formulation; returns the constants."""
-    bg = [(r["T"] * r["W"], r["bgmv_us"]) for r in rows]
-    ms = [(r["L"] * r["W"], r["T"] * r["L"] * r["W"], r["masked_us"]) for r in rows]
-    a = np.array([[1.0, u] for u, _ in bg])
-    gather = np.linalg.lstsq(a, np.array([v for _, v in bg]), rcond=None)[0]
-    a = np.array([[1.0, u, v] for u, v, _ in ms])
-    masked = np.linalg.lstsq(a, np.array([v for _, _, v in ms]), rcond=None)[0]
-    # relative constants, gather = 1 (only ratios matter); per-call intercepts reported apart
-    g = float(gather[1])
-    return {
-        "bgmv_intercept_us": float(gather[0]),
-        "masked_intercept_us": float(masked[0]),
-        "gather_us_per_elem": g,
-        "read_us_per_elem": float(masked[1]),
-        "mac_us_per_elem": float(masked[2]),
-        "relative": {"gather": 1.0, "read": float(masked[1]) / g, "mac": float(masked[2]) / g},
-    }
+    """Cost-model constants (gather = 1) minimising the slowdown of wrong picks (grid search)."""
+    best = None
+    for read in np.logspace(-3, 1, 41):
+        for mac in np.logspace(-5, 0, 51):
+            m = xla.CostModel(gather=1.0, read=float(read), mac=float(mac))
+            wrong, loss = _regret(m, rows)
+            key = (loss, wrong, abs(math.log(read)) + abs(math.log(mac)))
+            if best is None or key < best[0]:
+                best = (key, m, wrong)
+    (loss, _, _), m, wrong = best
+    cur_wrong, cur_loss = _regret(xla.COST_MODELS[rows[0].get("model", "cpu")], rows)
+    return {"fitted": {"gather": 1.0, "read": m.read, "mac": m.mac}, "fitted_wrong": wrong,
+            "fitted_log2_loss": loss, "current_wrong": cur_wrong, "current_log2_loss": cur_loss,
+            "fitted_thresholds": {str(n): m.threshold(n) for n in (2, 4, 8, 16, 32, 64)}}
+
+
+def _report(rows, meta_extra, out_path, model_key):
+    shapes = sorted({r["shape"] for r in rows})
+    slot_counts = sorted({r["L"] for r in rows})
+    model = xla.COST_MODELS[model_key]
+    for r in rows:
+        r["model"] = model_key
+        r["chosen"] = xla.choose(r["T"], r["L"], r["K"], r["N"], r["R"], r["S"], model_key)
+    crossovers = []
+    for name in shapes:
+        for nslots in slot_counts:
+            sub = [r for r in rows if r["shape"] == name and r["L"] == nslots]
+            if not sub:
+                continue
+            first = next((r["T"] for r in sub if r["faster"] == "masked"), None)
+            thr = model.threshold(nslots)
+            crossovers.append({"shape": name, "L": nslots, "measured_first_masked_T": first,
+                               "model_threshold_T": None if math.isinf(thr) else thr})
+    fit = _fit(rows) if len(rows) >= 4 else None
+    agree = sum(r["faster"] == r["chosen"] for r in rows)
+    print()
+    print(format_table(rows, ["shape", "L", "T", "bgmv_us", "masked_us", "faster", "chosen"]))
+    print()
+    print(format_table(crossovers, ["shape", "L", "measured_first_masked_T", "model_threshold_T"]))
+    print(f"\ncost model {model_key!r} picks the measured faster formulation in "
+          f"{agree}/{len(rows)} cases")
+    if fit:
+        f = fit["fitted"]
+        print(f"best-fitting constants (gather=1): read={f['read']:.3g} mac={f['mac']:.3g} "
+              f"({fit['fitted_wrong']} wrong picks, log2 loss {fit['fitted_log2_loss']:.2f}; "
+              f"current model: {fit['current_wrong']} wrong, {fit['current_log2_loss']:.2f})")
+    meta = {**meta_extra, "cost_model": model_key, "cost_model_constants": vars(model),
+            "fit": fit, "crossovers": crossovers, "model_agrees": f"{agree}/{len(rows)}"}
+    print("wrote", write_json(out_path, meta, rows))
 
 
 def main() -> None:
@@ -115,10 +161,24 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     ap.add_argument("--budget", type=float, default=0.6, help="seconds per measurement")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
+    ap.add_argument("--shapes", default=None,
+                    help="comma-separated shape names to run (default: all of the grid)")
+    ap.add_argument("--slots", default=None, help="comma-separated slot counts L")
+    ap.add_argument("--max-t", type=int, default=None, help="largest token count")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (eager)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "xla"),
                     help="xla: torch_xla's device (PJRT_DEVICE=CPU here), compiled graphs")
+    ap.add_argument("--refit", default=None, metavar="JSON",
+                    help="re-report (choice, crossovers, fit) from a result file; no timing")
     args = ap.parse_args()
+    if args.refit:
+        data = json.loads(Path(args.refit).read_text())
+        rows = data.pop("rows")
+        keep = {k: data[k] for k in ("benchmark", "env", "mode", "threads", "dtype", "torch_xla")
+                if k in data}
+        key = "xla-cpu" if rows and rows[0].get("device") == "xla" else "cpu"
+        _report(rows, keep, args.out or args.refit, key)
+        return
     dtype = DTYPES[args.dtype]
     torch.set_num_threads(args.threads)
     dev, sync = torch.device("cpu"), None
@@ -135,6 +195,12 @@ def main() -> None:
     shapes = SHAPES_QUICK if args.quick else SHAPES_FULL
     slot_counts = (4,) if args.quick else SLOTS_FULL
     tokens = TOKENS_QUICK if args.quick else TOKENS_FULL
+    if args.shapes:
+        shapes = [s for s in SHAPES_FULL + SHAPES_QUICK if s[0] in args.shapes.split(",")]
+    if args.slots:
+        slot_counts = tuple(int(v) for v in args.slots.split(","))
+    if args.max_t:
+        tokens = tuple(t for t in tokens if t <= args.max_t)
 
     rows = []
     saved = xla.FORMULATION
@@ -159,48 +225,23 @@ def main() -> None:
                         "L": nslots, "T": t, "W": wel, "dtype": args.dtype,
                         "bgmv_us": times["bgmv"], "masked_us": times["masked"],
                         "faster": min(times, key=times.get),
-                        "chosen": xla.choose(t, nslots, k, sum(outs), rmax, len(outs), "cpu"),
                         "ratio_bgmv_over_masked": times["bgmv"] / times["masked"],
                     })
                     r = rows[-1]
                     print(f"{name:>16} L={nslots:<3} T={t:<5} bgmv {r['bgmv_us']:>10.0f} us  "
-                          f"masked {r['masked_us']:>10.0f} us  faster={r['faster']:<6} "
-                          f"chosen={r['chosen']}", flush=True)
+                          f"masked {r['masked_us']:>10.0f} us  faster={r['faster']}", flush=True)
     finally:
         xla.FORMULATION = saved
 
-    crossovers = []
-    for name, _, _, _ in shapes:
-        for nslots in slot_counts:
-            sub = [r for r in rows if r["shape"] == name and r["L"] == nslots]
-            first = next((r["T"] for r in sub if r["faster"] == "masked"), None)
-            model = xla.COST_MODELS["cpu"].threshold(nslots)
-            crossovers.append({"shape": name, "L": nslots, "measured_first_masked_T": first,
-                               "model_threshold_T": None if math.isinf(model) else model})
-    fit = _fit(rows) if len(rows) >= 4 else None
-    agree = sum(r["faster"] == r["chosen"] for r in rows)
-
-    print()
-    print(format_table(rows, ["shape", "L", "T", "bgmv_us", "masked_us", "faster", "chosen"]))
-    print()
-    print(format_table(crossovers, ["shape", "L", "measured_first_masked_T", "model_threshold_T"]))
-    print(f"\ncost model picks the measured faster formulation in {agree}/{len(rows)} cases")
-    if fit:
-        rel = fit["relative"]
-        print(f"fitted CPU constants (gather=1): read={rel['read']:.3g} mac={rel['mac']:.3g}; "
-              f"intercepts bgmv={fit['bgmv_intercept_us']:.0f} us "
-              f"masked={fit['masked_intercept_us']:.0f} us")
     meta = {"benchmark": "xla-cpu", "env": env_record(torch.device("cpu")),
             "mode": "torch_xla PJRT CPU" if args.device == "xla" else "eager CPU",
-            "threads": torch.get_num_threads(),
-            "cost_model_cpu": vars(xla.COST_MODELS["cpu"]), "fit": fit,
-            "crossovers": crossovers, "model_agrees": f"{agree}/{len(rows)}"}
+            "threads": torch.get_num_threads(), "dtype": args.dtype}
     if args.device == "xla":
         import torch_xla
 
         meta["torch_xla"] = torch_xla.__version__
     path = args.out or result_path("xla", "cpu" if args.device == "cpu" else "cpu-pjrt")
-    print("wrote", write_json(path, meta, rows))
+    _report(rows, meta, path, "xla-cpu" if args.device == "xla" else "cpu")
 
 
 if __name__ == "__main__":

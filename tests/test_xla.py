@@ -253,16 +253,22 @@ def test_formulations_agree():
 
 # --------------------------------------------------------------------------- the choice
 def test_choose_small_t_gathers_large_t_masks():
-    for platform in xla.COST_MODELS:
+    for platform, model in xla.COST_MODELS.items():
         for nslots in (2, 8, 32):
             geo = (nslots, 4096, 6144, 16, 3)
             assert xla.choose(1, *geo, platform=platform) == "bgmv"
-            assert xla.choose(8192, *geo, platform=platform) == "masked"
-            picks = [xla.choose(t, *geo, platform=platform) for t in range(1, 300)]
-            # one switch point: bgmv below it, masked above
-            switch = picks.index("masked") if "masked" in picks else len(picks)
-            assert all(p == "bgmv" for p in picks[:switch])
-            assert all(p == "masked" for p in picks[switch:])
+            picks = [xla.choose(t, *geo, platform=platform) for t in range(1, 2049)]
+            # one switch point: bgmv below it, masked above, where the model says
+            switch = picks.index("masked") + 1 if "masked" in picks else None
+            assert all(p == "bgmv" for p in picks[: (switch or 2049) - 1])
+            assert all(p == "masked" for p in picks[(switch or 2049) - 1 :])
+            thr = model.threshold(nslots)
+            if thr <= 2048:
+                assert switch is not None and switch - 1 <= thr < switch + 1, (platform, thr)
+            else:
+                assert switch is None or switch >= 2048
+        # few slots: dense wins well before prefill sizes
+        assert xla.choose(4096, 4, 4096, 6144, 16, 3, platform=platform) == "masked"
 
 
 def test_threshold_grows_with_slots():
@@ -281,10 +287,12 @@ def test_force_formulation_env(monkeypatch):
 
 
 # --------------------------------------------------------------------------- one graph per T
-def _mixes(w, nslots, k, outs, rmax, t, count, seed=0):
-    """Yield (batch, adapters) for ``count`` different adapter mixes, reloading slots."""
+def _mixes(w, nslots, k, outs, rmax, t, count, seed=0, adapters=None):
+    """Yield (batch, adapters) for ``count`` different adapter mixes, reloading slots.
+
+    ``adapters`` (what ``w`` holds, updated in place) carries over between calls."""
     g = torch.Generator().manual_seed(seed)
-    adapters = {}
+    adapters = {} if adapters is None else adapters
     for step in range(count):
         # reload one or two slots with a new rank (or empty them)
         for s in {step % nslots, (3 * step + 1) % nslots}:
@@ -354,8 +362,10 @@ def test_backend_traces_to_one_static_graph(form, monkeypatch):
 
     nslots, k, outs, rmax = 5, 24, (8, 8, 4), 6
     w = ld.LoRAWeights(nslots, k, outs, rmax, dtype=torch.bfloat16)
+    held: dict = {}
     for t in (9, 4):
-        for i, (batch, adapters, slots) in enumerate(_mixes(w, nslots, k, outs, rmax, t, 20, t)):
+        mixes = _mixes(w, nslots, k, outs, rmax, t, 20, t, held)
+        for i, (batch, adapters, slots) in enumerate(mixes):
             x = _rand((t, k), torch.bfloat16, i)
             base = _rand((t, 20), torch.bfloat16, i + 1)
             out, _ = step(base.clone(), x, w, batch)

@@ -107,12 +107,14 @@ class CostModel:
         return self.read * num_slots / margin
 
 
-#: Per XLA device kind. ``cpu`` (the PJRT CPU client, and the forced CPU backend) is fitted
-#: to ``benchmarks/results/xla-cpu-*.json``. ``tpu`` is derived from public figures (HBM
+#: Per platform. ``cpu`` (eager PyTorch, the backend forced on the CPU) is fitted to
+#: ``benchmarks/results/xla-cpu-*.json``, ``xla-cpu`` (torch_xla's PJRT CPU client) to
+#: ``benchmarks/results/xla-cpu-pjrt-*.json``. ``tpu`` is derived from public figures (HBM
 #: ~0.8-1.6 TB/s, MXU ~200-900 TFLOP/s bf16): a gathered element costs about what a read one
 #: does (XLA fuses the gather into the dot), a multiply-add ~1/300 of that. Not measured.
 COST_MODELS: dict[str, CostModel] = {
-    "cpu": CostModel(gather=1.0, read=0.5, mac=0.05),
+    "cpu": CostModel(gather=1.0, read=0.5, mac=0.025),
+    "xla-cpu": CostModel(gather=1.0, read=4.0, mac=0.04),
     "tpu": CostModel(gather=1.0, read=1.0, mac=1.0 / 300),
 }
 
@@ -121,19 +123,21 @@ _PLATFORMS: dict[torch.device, str] = {}
 
 
 def _platform_of(device: torch.device) -> str:
-    """Cost-model key of ``device``: ``tpu`` for a TPU behind XLA, else ``cpu``."""
+    """Cost-model key of ``device``: ``tpu`` for an accelerator behind XLA, ``xla-cpu`` for
+    the PJRT CPU client, ``cpu`` for eager PyTorch on the CPU (the backend forced there)."""
+    if device.type != "xla":
+        return "cpu"  # no cache write: stays constant when torch.compile traces this code
     key = _PLATFORMS.get(device)
     if key is None:
-        key = "cpu"
-        if device.type == "xla":
-            try:
-                from ..devices.info import describe
+        key = "tpu"
+        try:
+            from ..devices.info import describe
 
-                info = describe(device)
-                if "tpu" in f"{info.name} {info.arch}".lower():
-                    key = "tpu"
-            except Exception:  # pragma: no cover - defensive
-                pass
+            info = describe(device)
+            if info.arch.lower() == "cpu" or info.name.startswith("XLA CPU"):
+                key = "xla-cpu"
+        except Exception:  # pragma: no cover - defensive
+            pass
         _PLATFORMS[device] = key
     return key
 
