@@ -66,7 +66,7 @@ def _metadata(slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     valid = sorted_key != _NO_SLOT
     prev = torch.cat([sorted_key.new_full((1,), -1), sorted_key[:-1]])
     new = valid & (sorted_key != prev)
-    seg_id = torch.cumsum(new, 0) - 1  # [C]
+    seg_id = torch.cumsum(new.to(torch.int64), 0) - 1  # [C]
     dump = torch.full_like(seg_id, cap)
     counts = torch.zeros(cap + 1, dtype=torch.int64, device=dev)
     counts.scatter_add_(0, torch.where(valid, seg_id, dump), valid.to(torch.int64))

@@ -217,19 +217,23 @@ class LoRAWeights:
             ranks.append(r)
         rank = max(ranks)
 
-        a_dst = self.lora_a[slot]
-        b_dst = self.lora_b[slot]
-        a_dst.zero_()
-        b_dst.zero_()
+        # Stage the whole slot, then one fixed-shape copy per tensor (on XLA, rank-dependent
+        # slices of the device buffers would trace a new graph per rank).
+        stage = torch.device("cpu") if self.device.type == "xla" else self.device
+        a_new = torch.zeros(self.lora_a.shape[1:], dtype=self.dtype, device=stage)  # [S*R, K]
+        b_new = torch.zeros(self.lora_b.shape[1:], dtype=self.dtype, device=stage)  # [N, R]
         for i, (a, b) in enumerate(zip(a_list, b_list)):
-            if a is None or rank == 0:
+            if a is None:
                 continue
             r = a.shape[0]
-            a_dst[i * rank : i * rank + r].copy_(a)
+            a_new[i * rank : i * rank + r].copy_(a)
             off = self.slice_offsets[i]
-            b_dst[off : off + self.out_features[i], :r].copy_(b)
-        self.ranks[slot] = rank
-        self.scalings[slot] = torch.tensor(scales, dtype=torch.float32)
+            b_new[off : off + self.out_features[i], :r].copy_(b)
+        self.lora_a[slot].copy_(a_new)
+        self.lora_b[slot].copy_(b_new)
+        meta = torch.tensor([float(rank), *scales], dtype=torch.float32)
+        self.ranks[slot].copy_(meta[0].to(torch.int32))
+        self.scalings[slot].copy_(meta[1:])
         self.host_ranks[slot] = rank
         self.host_scalings[slot] = tuple(scales)
         self.version += 1
