@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a handful of small rows (CPU ok)")
     ap.add_argument("--json", default=None, help="output path (default benchmarks/results/...)")
+    ap.add_argument("--tune", action="store_true", help="time candidate configs instead")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -232,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         device = torch.device("cpu")
     path = args.json or result_path("kernels", env_record(device)["device"])
+    if args.tune:
+        rows = tune(device)
+        print(f"wrote {write_json(args.json or 'tune.json', env_record(device), rows)}")
+        return 0
     print(format_table([], COLUMNS))
     meta, rows = run(quick=args.quick, device=device, json_path=str(path))
     print()
@@ -244,3 +249,90 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+# ----------------------------------------------------------------------------- tuning
+_SHRINK_DECODE = [  # BM, BK, split, warps, stages
+    (16, 256, 1, 4, 3), (16, 256, 4, 4, 3), (16, 256, 8, 4, 3), (16, 128, 8, 4, 4),
+    (16, 128, 16, 4, 4), (16, 64, 32, 4, 4), (16, 512, 4, 4, 2), (16, 256, 16, 4, 3),
+]
+_SHRINK_PREFILL = [
+    (16, 256, 1, 4, 3), (32, 128, 1, 4, 4), (32, 256, 1, 4, 3), (64, 128, 1, 4, 4),
+    (64, 128, 1, 8, 4), (64, 256, 1, 8, 3), (32, 128, 2, 4, 4), (16, 128, 1, 4, 4),
+]
+_EXPAND_PREFILL = [  # BM, BN, warps, stages
+    (32, 128, 4, 1), (64, 128, 4, 1), (64, 128, 8, 1), (64, 256, 8, 1), (128, 128, 8, 1),
+    (32, 256, 4, 1), (128, 64, 4, 1), (16, 128, 4, 1),
+]
+_EXPAND_DECODE = [(16, 32, 4, 1), (16, 64, 4, 1), (16, 128, 4, 1), (16, 256, 4, 1),
+                  (16, 64, 2, 1)]
+_FUSED = [  # BN, BK, warps, stages
+    (32, 256, 4, 3), (64, 128, 4, 3), (64, 256, 4, 3), (128, 128, 4, 3), (128, 256, 8, 3),
+    (256, 128, 8, 3),
+]
+
+
+def tune(device: torch.device, log: Callable[[str], None] = print,
+         hidden: int = 4096) -> list[dict]:
+    """Time candidate configs of each kernel on a few key shapes (bf16, hidden 4096)."""
+    from lora_dispatch.devices import configs as C
+    from lora_dispatch.kernels.triton import launch as L
+
+    dt = torch.bfloat16
+    rows: list[dict] = []
+
+    def record(kind, p, cfg, fn, graph=False):
+        try:
+            us = gpu_time_us(fn, device, warmup_ms=5, rep_ms=25)
+            g = graph_time_us(fn, device, inner=20, reps=10) if graph else None
+        except Exception as exc:  # a config that fails to compile is skipped
+            us, g = None, None
+            log(f"{kind} {cfg} failed: {exc!r}"[:200])
+        gbs = min_bytes(p) / (us * 1e-6) / 1e9 if us else None
+        row = {"kind": kind, "op": p.op, "T": p.t, "rank": p.rank, "adapters": p.adapters,
+               "cfg": list(cfg), "gpu_us": us, "graph_us": g, "gbs": gbs}
+        rows.append(row)
+        log(f"{kind:14s} {p.op:14s} T={p.t:5d} r={p.rank:3d} {cfg} {us} {g} {gbs}")
+
+    for t, rank in [(16, 16), (64, 16), (2048, 16), (8192, 16), (8192, 64)]:
+        p = Problem("shrink", hidden, t, rank, 4, dt, device)
+        batch, items = _build(p, 1)
+        w, x, _, _ = items[0]
+        cands = _SHRINK_DECODE if t <= 64 else _SHRINK_PREFILL
+        for bm, bk, split, warps, stages in cands:
+            cfg = C.ShrinkConfig(bm, max(16, min(64, C.next_pow2(w.num_slices * w.max_rank))),
+                                 bk, split, warps, stages)
+            plan = L._shrink_plan(w, t, atomic=True, cfg=cfg)
+
+            def fn(plan=plan, w=w, x=x, batch=batch, t=t):
+                y = torch.zeros((plan.split, w.num_slices, t, w.max_rank), device=device)
+                L._launch_shrink(plan, x, w, batch, y, t)
+
+            record("shrink", p, (bm, bk, split, warps, stages), fn, graph=t <= 64)
+    for op, t in [("expand", 2048), ("expand", 8192), ("gate_up_expand", 8192),
+                  ("qkv_expand", 16), ("qkv_expand", 64)]:
+        p = Problem(op, hidden, t, 16, 4, dt, device)
+        batch, items = _build(p, 1)
+        w, _, y, out = items[0]
+        for bm, bn, warps, stages in (_EXPAND_DECODE if t <= 64 else _EXPAND_PREFILL):
+            cfg = C.ExpandConfig(bm, bn, 16, warps, stages)
+            plan = L._expand_plan(w, t, 1, cfg=cfg)
+            y4 = y.unsqueeze(0)
+            fn = (lambda plan=plan, y4=y4, w=w, batch=batch, out=out, t=t:
+                  L._launch_expand(plan, y4, w, batch, out, t))
+            record("expand", p, (bm, bn, warps, stages), fn, graph=t <= 64)
+    for t in (1, 4, 16):
+        p = Problem("add_lora", hidden, t, 16, 4, dt, device)
+        batch, items = _build(p, 1)
+        w, x, _, out = items[0]
+        for bn, bk, warps, stages in _FUSED:
+            plan = L._fused_plan(w, t, cfg=C.FusedConfig(16, bn, bk, warps, stages))
+            fn = (lambda plan=plan, x=x, w=w, batch=batch, out=out, t=t:
+                  L._fused(plan, out, x, w, batch, t))
+            record("fused", p, (bn, bk, warps, stages), fn, graph=True)
+        for split in (1, 4, 8, 16):
+            plan = L.plan_for("add", w, t, "two_pass", split)
+            fn = (lambda plan=plan, x=x, w=w, batch=batch, out=out, t=t:
+                  L._two_pass(plan, out, x, w, batch, t))
+            record("two_pass", p, (split,), fn, graph=True)
+    return rows

@@ -102,39 +102,36 @@ def _token_bucket(t: int) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k: int,
-                   n_rank: int, t: int, itemsize: int) -> ShrinkConfig:
+                   n_rank: int, t: int, itemsize: int, atomic: bool) -> ShrinkConfig:
     block_n = max(16, min(next_pow2(n_rank), 64 if tb >= 1024 else 128))
-    if tb <= 16:
-        block_m, block_k, warps, stages = 16, 256, 4, 3
-    elif tb <= 64:
+    if tb <= 64:
         block_m, block_k, warps, stages = 16, 256, 4, 3
     elif tb <= 256:
-        block_m, block_k, warps, stages = 32, 128, 4, 3
+        block_m, block_k, warps, stages = 16, 256, 4, 3
     else:
-        block_m, block_k, warps, stages = 64, 128, 4, 3
-        if block_n >= 128:
-            block_m = 32
+        block_m, block_k, warps, stages = 32, 128, 4, 4
     if itemsize == 4:
         block_k = min(block_k, 64)
     block_k = min(block_k, max(16, next_pow2(k)))
-    tiles = -(-t // block_m)
-    programs = tiles * max(1, -(-n_rank // block_n))
+    programs = (-(-t // block_m)) * max(1, -(-n_rank // block_n))
     split = 1
-    target = 2 * units
+    target = 2 * units if (atomic or tb <= 256) else units // 2
     while programs * split * 2 <= target and k // (split * 2) >= 2 * block_k:
         split *= 2
     return ShrinkConfig(block_m, block_n, block_k, split, _warps(warp, warps),
                         _stages(platform, family, stages))
 
 
-def shrink_config(info: DeviceInfo, t: int, k: int, n_rank: int, itemsize: int) -> ShrinkConfig:
+def shrink_config(info: DeviceInfo, t: int, k: int, n_rank: int, itemsize: int,
+                  atomic: bool = True) -> ShrinkConfig:
     """Config for a shrink of ``t`` tokens, width ``k``, padded rank width ``n_rank = S * R``.
 
-    ``split_k`` grows until the grid fills about two waves of the device (decode batches
-    have few tiles; prefill needs no split).
+    ``split_k`` grows until the grid fills about two waves of the device. ``atomic``: the
+    splits accumulate with atomics into a zeroed output (public shrink); otherwise each
+    split writes its own partial product that the expand sums, so prefill avoids splitting.
     """
     return _shrink_config(info.family, info.platform, _units(info), info.warp_size,
-                          _token_bucket(t), k, n_rank, t, itemsize)
+                          _token_bucket(t), k, n_rank, t, itemsize, atomic)
 
 
 @functools.lru_cache(maxsize=4096)

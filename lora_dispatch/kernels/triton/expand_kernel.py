@@ -1,7 +1,7 @@
 """Segmented expand kernel: ``out[t, off_i + n] += y[i, t, :r] @ B_i[s, n, :r]^T``.
 
-Grid ``(NB * tiles,)`` over ``NB`` column blocks (fastest) times tiles. The column blocks tile every slice separately
-(``sum_i cdiv(out_i, BN)`` of them), so slices of different widths and offsets (q/k/v,
+Grid ``(NB * tiles,)``: ``NB`` column blocks (fastest) times the batch's tiles. The column
+blocks tile every slice separately (``sum_i cdiv(out_i, BN)`` of them), so slices of different widths and offsets (q/k/v,
 gate/up) share one launch and no block straddles two slices. Each program reads its tile's
 ``y`` rows (summing ``SPLIT`` partial products of a split-K shrink), the slot's ``B`` block
 up to the slot's rank, and read-add-writes ``out`` in its own dtype. Tiles without a slot,
@@ -19,8 +19,12 @@ __all__ = ["expand_kernel", "slice_block"]
 
 
 @triton.jit
-def slice_block(bounds_ptr, pid_n, S: tl.constexpr, BN: tl.constexpr):
-    """Slice index, first column and end column of column block ``pid_n``."""
+def slice_block(bounds_ptr, pid_n, S: tl.constexpr, BN: tl.constexpr, ALIGN: tl.constexpr):
+    """Slice index, first column and end column of column block ``pid_n``.
+
+    ``ALIGN`` divides every slice offset and width (known on the host), so the output
+    accesses stay vectorized even though the bounds are loaded.
+    """
     sl = pid_n * 0
     c0 = pid_n * 0
     c1 = pid_n * 0
@@ -34,6 +38,8 @@ def slice_block(bounds_ptr, pid_n, S: tl.constexpr, BN: tl.constexpr):
         c0 = tl.where(hit, lo + (pid_n - first) * BN, c0)
         c1 = tl.where(hit, hi, c1)
         first += nb
+    c0 = tl.multiple_of(c0, ALIGN)
+    c1 = tl.multiple_of(c1, ALIGN)
     return sl, c0, c1
 
 
@@ -44,7 +50,8 @@ def expand_kernel(
     T, L, NT, N, NB,
     stride_yp, stride_ys, stride_yt, stride_yr, stride_om, stride_on,
     S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr, SPLIT: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, PREC: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, ALIGN: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_n = pid % NB
@@ -58,7 +65,7 @@ def expand_kernel(
         return
     start = tl.load(tile + NT)
     end = tl.load(tile + 2 * NT)
-    sl, c0, c1 = slice_block(bounds_ptr, pid_n, S, BN)
+    sl, c0, c1 = slice_block(bounds_ptr, pid_n, S, BN, ALIGN)
 
     offs_m = start + tl.arange(0, BM)  # [BM]
     tok = tl.load(tok_ptr + offs_m, mask=offs_m < end, other=T)  # [BM]
@@ -67,6 +74,9 @@ def expand_kernel(
     offs_n = c0 + tl.arange(0, BN)  # [BN]
     n_mask = offs_n < c1  # [BN]
     offs_r = tl.arange(0, BR)  # [BR]
+    o_ptrs = out_ptr + tok64[:, None] * stride_om + offs_n[None, :] * stride_on  # [BM, BN]
+    mask = m_mask[:, None] & n_mask[None, :]  # [BM, BN]
+    o = tl.load(o_ptrs, mask=mask, other=0.0)  # [BM, BN]
 
     y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + offs_r[None, :] * stride_yr
     b_ptrs = (b_ptr + slot.to(tl.int64) * N * R
@@ -78,12 +88,10 @@ def expand_kernel(
         yb = tl.load(y_ptrs, mask=ym, other=0.0).to(tl.float32)  # [BM, BR]
         for p in tl.static_range(1, SPLIT):
             yb += tl.load(y_ptrs + p * stride_yp, mask=ym, other=0.0).to(tl.float32)
-        bb = tl.load(b_ptrs, mask=r_mask[:, None] & n_mask[None, :], other=0.0)  # [BR, BN]
+        rb_mask = (offs_r + r0) < R  # [BR]
+        bb = tl.load(b_ptrs, mask=rb_mask[:, None] & n_mask[None, :], other=0.0)  # [BR, BN]
         acc += tl.dot(yb.to(bb.dtype), bb, input_precision=PREC)  # [BM, BN]
         y_ptrs += BR * stride_yr
         b_ptrs += BR
 
-    o_ptrs = out_ptr + tok64[:, None] * stride_om + offs_n[None, :] * stride_on  # [BM, BN]
-    mask = m_mask[:, None] & n_mask[None, :]  # [BM, BN]
-    o = tl.load(o_ptrs, mask=mask, other=0.0)  # [BM, BN]
     tl.store(o_ptrs, (o.to(tl.float32) + acc).to(o.dtype), mask=mask)

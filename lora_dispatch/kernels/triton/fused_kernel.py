@@ -1,7 +1,6 @@
 """Fused decode kernel: shrink and expand of a few tokens in one launch.
 
-Grid ``(NB * tiles,)`` over ``NB`` column blocks (fastest) times tiles as in :mod:`.expand_kernel`. Each program computes the rank-``r``
-shrink of its tile for its own slice (``x[BM, K] @ A_i[s, :r]^T``, scaled), keeps it in
+Grid ``(NB * tiles,)`` as in :mod:`.expand_kernel`. Each program computes the rank-``r`` shrink of its tile for its own slice (``x[BM, K] @ A_i[s, :r]^T``, scaled), keeps it in
 registers and multiplies it straight into its block of ``B``. The shrink is recomputed by
 every column block (``A`` comes from L2 after the first), which pays off only while the
 batch has very few tiles; :func:`lora_dispatch.devices.configs.fused_max_tokens` decides.
@@ -26,7 +25,7 @@ def fused_kernel(
     stride_xm, stride_xk, stride_om, stride_on,
     S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr,
-    EVEN_K: tl.constexpr, PREC: tl.constexpr,
+    EVEN_K: tl.constexpr, ALIGN: tl.constexpr, PREC: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_n = pid % NB
@@ -40,7 +39,7 @@ def fused_kernel(
         return
     start = tl.load(tile + NT)
     end = tl.load(tile + 2 * NT)
-    sl, c0, c1 = slice_block(bounds_ptr, pid_n, S, BN)
+    sl, c0, c1 = slice_block(bounds_ptr, pid_n, S, BN, ALIGN)
 
     offs_m = start + tl.arange(0, BM)  # [BM]
     tok = tl.load(tok_ptr + offs_m, mask=offs_m < end, other=T)  # [BM]
@@ -49,6 +48,11 @@ def fused_kernel(
     offs_r = tl.arange(0, BR)  # [BR]
     r_mask = offs_r < rank  # [BR]
     offs_k = tl.arange(0, BK)  # [BK]
+    offs_n = c0 + tl.arange(0, BN)  # [BN]
+    n_mask = offs_n < c1  # [BN]
+    o_ptrs = out_ptr + tok64[:, None] * stride_om + offs_n[None, :] * stride_on  # [BM, BN]
+    mask = m_mask[:, None] & n_mask[None, :]  # [BM, BN]
+    o = tl.load(o_ptrs, mask=mask, other=0.0)  # [BM, BN]
 
     x_ptrs = x_ptr + tok64[:, None] * stride_xm + offs_k[None, :] * stride_xk  # [BM, BK]
     a_ptrs = (a_ptr + slot.to(tl.int64) * (S * R) * K
@@ -67,14 +71,8 @@ def fused_kernel(
         a_ptrs += BK
     ya *= tl.load(scal_ptr + slot * S + sl)
 
-    offs_n = c0 + tl.arange(0, BN)  # [BN]
-    n_mask = offs_n < c1  # [BN]
     b_ptrs = (b_ptr + slot.to(tl.int64) * N * R
               + offs_n[None, :].to(tl.int64) * R + offs_r[:, None])  # [BR, BN]
-    bb = tl.load(b_ptrs, mask=r_mask[:, None] & n_mask[None, :], other=0.0)  # [BR, BN]
+    bb = tl.load(b_ptrs, mask=(offs_r < R)[:, None] & n_mask[None, :], other=0.0)  # [BR, BN]
     acc = tl.dot(ya.to(bb.dtype), bb, input_precision=PREC)  # [BM, BN]
-
-    o_ptrs = out_ptr + tok64[:, None] * stride_om + offs_n[None, :] * stride_on  # [BM, BN]
-    mask = m_mask[:, None] & n_mask[None, :]  # [BM, BN]
-    o = tl.load(o_ptrs, mask=mask, other=0.0)  # [BM, BN]
     tl.store(o_ptrs, (o.to(tl.float32) + acc).to(o.dtype), mask=mask)

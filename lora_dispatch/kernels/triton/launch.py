@@ -70,14 +70,25 @@ def _plans(w) -> dict:
     return plans
 
 
+def _align(w) -> int:
+    """Largest power of two (<= 16) dividing every slice offset and width."""
+    a = 16
+    for v in (*w.slice_offsets, *w.out_features):
+        while v % a:
+            a //= 2
+    return a
+
+
 def _tiles(t: int, block_m: int, num_slots: int) -> int:
     return _cdiv(t, block_m) + min(t, num_slots)
 
 
-def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None) -> ShrinkPlan:
-    info = describe(w.device)
+def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
+                 cfg: configs.ShrinkConfig | None = None) -> ShrinkPlan:
     k, s, r = w.in_features, w.num_slices, w.max_rank
-    cfg = configs.shrink_config(info, t, k, s * r, w.lora_a.element_size())
+    if cfg is None:
+        cfg = configs.shrink_config(describe(w.device), t, k, s * r, w.lora_a.element_size(),
+                                    atomic)
     split = cfg.split_k if split_k is None else split_k
     k_split = _cdiv(_cdiv(k, split), 16) * 16
     if k_split >= cfg.block_k:
@@ -92,27 +103,28 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None) -> ShrinkP
     return ShrinkPlan((nb * _tiles(t, cfg.block_m, w.num_slots), split), nb, k_split, split, meta)
 
 
-def _expand_plan(w, t: int, split: int) -> ExpandPlan:
-    info = describe(w.device)
-    cfg = configs.expand_config(info, t, w.total_out, w.max_rank, w.lora_b.element_size())
+def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None) -> ExpandPlan:
+    if cfg is None:
+        cfg = configs.expand_config(describe(w.device), t, w.total_out, w.max_rank,
+                                    w.lora_b.element_size())
     nb = sum(_cdiv(o, cfg.block_n) for o in w.out_features)
     meta = dict(
         S=w.num_slices, R=w.max_rank, TILE=tile_index(cfg.block_m), SPLIT=split,
-        BM=cfg.block_m, BN=cfg.block_n, BR=cfg.block_r, PREC=PREC,
+        BM=cfg.block_m, BN=cfg.block_n, BR=cfg.block_r, ALIGN=_align(w), PREC=PREC,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta)
 
 
-def _fused_plan(w, t: int) -> ExpandPlan:
-    info = describe(w.device)
-    cfg = configs.fused_config(info, w.in_features, w.total_out, w.max_rank,
-                               w.lora_a.element_size())
+def _fused_plan(w, t: int, cfg: configs.FusedConfig | None = None) -> ExpandPlan:
+    if cfg is None:
+        cfg = configs.fused_config(describe(w.device), w.in_features, w.total_out, w.max_rank,
+                                   w.lora_a.element_size())
     nb = sum(_cdiv(o, cfg.block_n) for o in w.out_features)
     meta = dict(
         S=w.num_slices, R=w.max_rank, TILE=tile_index(cfg.block_m), BM=cfg.block_m,
         BN=cfg.block_n, BK=cfg.block_k, BR=max(16, configs.next_pow2(w.max_rank)),
-        EVEN_K=(w.in_features % cfg.block_k == 0), PREC=PREC,
+        EVEN_K=(w.in_features % cfg.block_k == 0), ALIGN=_align(w), PREC=PREC,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta)

@@ -1,8 +1,8 @@
 """Segmented shrink kernel: ``y[i, t, :r] = c[s, i] * x[t] @ A_i[s, :r]^T`` for every slice.
 
-Grid ``(NB * tiles, SPLIT_K)`` with ``NB = cdiv(S * max_rank, BN)``: axis 0 walks the slot's
-packed rank rows (fastest, so the rank blocks of one token tile run together and share ``x`` in L2), then
-the batch's tiles of ``BM`` tokens of one slot (``tile_map``), axis 1 the K splits. A program
+Grid ``(NB * tiles, SPLIT_K)`` with ``NB = cdiv(S * max_rank, BN)``: axis 0 walks the
+slot's packed rank rows (fastest, so the rank blocks of one token tile run together and
+share ``x`` in L2), then the batch's tiles of ``BM`` tokens of one slot (``tile_map``), axis 1 the K splits. A program
 whose tile has no slot, an empty slot, or whose rank block starts past ``S * r`` exits at
 once, so work and bytes follow each slot's real rank.
 """
