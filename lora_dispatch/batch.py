@@ -277,7 +277,7 @@ class LoRABatch:
             self._host_segments = _host_segments(segments)
         elif not self.is_static:
             packed = torch.cat(
-                [segments.flatten(), t.min(0, keepdim=True).to(torch.int64)]
+                [segments.flatten(), t.amin(0, keepdim=True).to(torch.int64)]
                 if n
                 else [segments.flatten()]
             ).cpu()  # the one sync

@@ -199,8 +199,6 @@ def test_no_host_transfer_in_the_op(dev):
     assert after == before, (before, after)
 
 
-@pytest.mark.xfail(reason="batch._metadata: torch.cumsum(bool) stays bool on XLA, `- 1` raises",
-                   strict=False)
 def test_batch_built_on_device(dev):
     b = ld.LoRABatch.from_token_adapters(torch.tensor([0, -1, 1]).to(dev))
     assert b.device.type == "xla"
