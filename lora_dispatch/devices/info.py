@@ -13,6 +13,10 @@ PLATFORMS: tuple[str, ...] = ("cuda", "rocm", "xla", "cpu")
 
 __all__ = ["DeviceInfo", "PLATFORMS", "current", "describe"]
 
+# substrings of device names, most specific first ("gh200" contains "h200")
+_FAMILIES = ("h200", "h100", "h800", "h20", "a100", "a800", "l40", "mi300", "mi250")
+_FAMILY_ALIASES = {"h800": "h100", "a800": "a100"}
+
 
 @dataclass(frozen=True)
 class DeviceInfo:
@@ -53,9 +57,9 @@ class DeviceInfo:
     def family(self) -> str:
         """Short device family used to pick kernel configs (``h100``, ``a100``, ``mi300``, ...)."""
         name = self.name.lower()
-        for key in ("h200", "h100", "h800", "h20", "gh200", "a100", "a800", "l40", "mi300", "mi250"):
+        for key in _FAMILIES:
             if key in name:
-                return {"gh200": "h100", "h800": "h100", "a800": "a100"}.get(key, key)
+                return _FAMILY_ALIASES.get(key, key)
         if self.platform == "rocm" and self.arch.startswith("gfx94"):
             return "mi300"
         return self.arch
