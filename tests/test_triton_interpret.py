@@ -365,3 +365,50 @@ def test_public_api_rejects_before_launch(triton_backend):
     with pytest.raises(ValueError, match="slot"):
         ld.add_lora(out, x, w, batch)
     assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("cfg", [
+    (16, 16, 16, 1), (16, 16, 16, 3), (32, 32, 64, 2), (16, 64, 16, 1), (64, 16, 32, 4),
+])
+def test_expand_config_variants(cfg):
+    """Column-group loop (NCOL > 1), rank blocks smaller than max_rank, larger tiles."""
+    from lora_dispatch.devices import configs as C
+    from lora_dispatch.kernels.triton import launch as L
+
+    bm, bn, br, ncol = cfg
+    gen = torch.Generator().manual_seed(sum(cfg))
+    dtype = torch.float16
+    outs = (72, 24, 40)
+    w = make_weights([40, 3, 0, 17], 48, outs, dtype, max_rank=40, gen=gen)
+    t = 29
+    slots = torch.randint(-1, 4, (t,), generator=gen)
+    batch = ld.LoRABatch.from_token_adapters(slots)
+    x = poisoned((t, 48), dtype, gen, 1.0)
+    y = ref_y(x, w, slots)
+    delta = ref_delta(y, w, slots, t)
+    base = poisoned((t, sum(outs)), dtype, gen)
+    out = base.clone()
+    plan = L._expand_plan(w, t, 1, cfg=C.ExpandConfig(bm, bn, br, 4, 2, ncol))
+    L._launch_expand(plan, y.float().unsqueeze(0), w, batch, out, t)
+    assert rel(out.double() - base.double(), delta) <= TOL[dtype]
+    has = adapter_rows(slots, w, t)
+    assert torch.equal(out[~has], base[~has])
+
+
+@pytest.mark.parametrize("cfg", [(16, 16, 64, 5, 4, 2), (32, 32, 32, 3, 4, 3),
+                                 (64, 64, 128, 1, 4, 2)])
+def test_shrink_config_variants(cfg):
+    from lora_dispatch.devices import configs as C
+    from lora_dispatch.kernels.triton import launch as L
+
+    gen = torch.Generator().manual_seed(sum(cfg))
+    dtype = torch.float32
+    w = make_weights([40, 3, 0, 17], 200, (24, 8), dtype, max_rank=40, gen=gen)
+    t = 33
+    slots = torch.randint(-1, 4, (t,), generator=gen)
+    batch = ld.LoRABatch.from_token_adapters(slots)
+    x = poisoned((t, 200), dtype, gen, 1.0)
+    plan = L._shrink_plan(w, t, atomic=True, cfg=C.ShrinkConfig(*cfg))
+    y = torch.zeros(plan.split, 2, t, 40)
+    L._launch_shrink(plan, x, w, batch, y, t)
+    assert rel(y.sum(0), ref_y(x, w, slots)) <= TOL[dtype]

@@ -253,23 +253,18 @@ if __name__ == "__main__":  # pragma: no cover
 
 # ----------------------------------------------------------------------------- tuning
 _SHRINK_DECODE = [  # BM, BK, split, warps, stages
-    (16, 256, 1, 4, 3), (16, 256, 4, 4, 3), (16, 256, 8, 4, 3), (16, 128, 8, 4, 4),
-    (16, 128, 16, 4, 4), (16, 64, 32, 4, 4), (16, 512, 4, 4, 2), (16, 256, 16, 4, 3),
+    (16, 128, 16, 4, 4), (16, 64, 32, 4, 4), (16, 256, 8, 4, 3), (16, 128, 32, 4, 4),
 ]
 _SHRINK_PREFILL = [
-    (16, 256, 1, 4, 3), (32, 128, 1, 4, 4), (32, 256, 1, 4, 3), (64, 128, 1, 4, 4),
-    (64, 128, 1, 8, 4), (64, 256, 1, 8, 3), (32, 128, 2, 4, 4), (16, 128, 1, 4, 4),
+    (64, 128, 1, 4, 4), (16, 512, 1, 4, 3), (16, 1024, 1, 8, 2), (32, 512, 1, 8, 3),
+    (64, 256, 1, 8, 4), (32, 256, 1, 4, 4), (16, 256, 1, 4, 5), (64, 512, 1, 8, 2),
 ]
-_EXPAND_PREFILL = [  # BM, BN, warps, stages
-    (32, 128, 4, 1), (64, 128, 4, 1), (64, 128, 8, 1), (64, 256, 8, 1), (128, 128, 8, 1),
-    (32, 256, 4, 1), (128, 64, 4, 1), (16, 128, 4, 1),
+_EXPAND_PREFILL = [  # BM, BN, warps, stages, col_blocks
+    (128, 64, 4, 1, 1), (128, 64, 4, 2, 2), (128, 64, 4, 3, 4), (64, 128, 4, 2, 4),
+    (64, 64, 4, 3, 8), (32, 128, 4, 3, 4), (128, 128, 8, 2, 2), (64, 128, 4, 3, 8),
 ]
-_EXPAND_DECODE = [(16, 32, 4, 1), (16, 64, 4, 1), (16, 128, 4, 1), (16, 256, 4, 1),
-                  (16, 64, 2, 1)]
-_FUSED = [  # BN, BK, warps, stages
-    (32, 256, 4, 3), (64, 128, 4, 3), (64, 256, 4, 3), (128, 128, 4, 3), (128, 256, 8, 3),
-    (256, 128, 8, 3),
-]
+_EXPAND_DECODE = [(16, 64, 4, 1, 1), (16, 64, 4, 2, 4), (16, 128, 4, 2, 2), (16, 32, 4, 2, 4)]
+_FUSED: list[tuple[int, int, int, int]] = []
 
 
 def tune(device: torch.device, log: Callable[[str], None] = print,
@@ -302,26 +297,29 @@ def tune(device: torch.device, log: Callable[[str], None] = print,
         for bm, bk, split, warps, stages in cands:
             cfg = C.ShrinkConfig(bm, max(16, min(64, C.next_pow2(w.num_slices * w.max_rank))),
                                  bk, split, warps, stages)
-            plan = L._shrink_plan(w, t, atomic=True, cfg=cfg)
+            for atomic in ((True, False) if t <= 64 else (True,)):
+                plan = L._shrink_plan(w, t, atomic=atomic, cfg=cfg)
+                alloc = torch.zeros if atomic else torch.empty
 
-            def fn(plan=plan, w=w, x=x, batch=batch, t=t):
-                y = torch.zeros((plan.split, w.num_slices, t, w.max_rank), device=device)
-                L._launch_shrink(plan, x, w, batch, y, t)
+                def fn(plan=plan, w=w, x=x, batch=batch, t=t, alloc=alloc):
+                    y = alloc((plan.split, w.num_slices, t, w.max_rank), device=device)
+                    L._launch_shrink(plan, x, w, batch, y, t)
 
-            record("shrink", p, (bm, bk, split, warps, stages), fn, graph=t <= 64)
+                record("shrink" if atomic else "shrink_ws", p, (bm, bk, split, warps, stages),
+                       fn, graph=t <= 64)
     for op, t in [("expand", 2048), ("expand", 8192), ("gate_up_expand", 8192),
                   ("qkv_expand", 16), ("qkv_expand", 64)]:
         p = Problem(op, hidden, t, 16, 4, dt, device)
         batch, items = _build(p, 1)
         w, _, y, out = items[0]
-        for bm, bn, warps, stages in (_EXPAND_DECODE if t <= 64 else _EXPAND_PREFILL):
-            cfg = C.ExpandConfig(bm, bn, 16, warps, stages)
+        for bm, bn, warps, stages, ncol in (_EXPAND_DECODE if t <= 64 else _EXPAND_PREFILL):
+            cfg = C.ExpandConfig(bm, bn, 16, warps, stages, ncol)
             plan = L._expand_plan(w, t, 1, cfg=cfg)
             y4 = y.unsqueeze(0)
             fn = (lambda plan=plan, y4=y4, w=w, batch=batch, out=out, t=t:
                   L._launch_expand(plan, y4, w, batch, out, t))
-            record("expand", p, (bm, bn, warps, stages), fn, graph=t <= 64)
-    for t in (1, 4, 16):
+            record("expand", p, (bm, bn, warps, stages, ncol), fn, graph=t <= 64)
+    for t in (1, 64, 256):
         p = Problem("add_lora", hidden, t, 16, 4, dt, device)
         batch, items = _build(p, 1)
         w, x, _, out = items[0]
@@ -330,7 +328,7 @@ def tune(device: torch.device, log: Callable[[str], None] = print,
             fn = (lambda plan=plan, x=x, w=w, batch=batch, out=out, t=t:
                   L._fused(plan, out, x, w, batch, t))
             record("fused", p, (bn, bk, warps, stages), fn, graph=True)
-        for split in (1, 4, 8, 16):
+        for split in (2, 4, 8, 16):
             plan = L.plan_for("add", w, t, "two_pass", split)
             fn = (lambda plan=plan, x=x, w=w, batch=batch, out=out, t=t:
                   L._two_pass(plan, out, x, w, batch, t))

@@ -52,6 +52,7 @@ class ExpandConfig:
     block_r: int
     num_warps: int
     num_stages: int
+    col_blocks: int = 1
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Segmented expand kernel: ``out[t, off_i + n] += y[i, t, :r] @ B_i[s, n, :r]^T``.
 
-Grid ``(NB * tiles,)``: ``NB`` column blocks (fastest) times the batch's tiles. The column
-blocks tile every slice separately (``sum_i cdiv(out_i, BN)`` of them), so slices of different widths and offsets (q/k/v,
+Grid ``(NB * tiles,)``: ``NB`` column groups (fastest) times the batch's tiles. A group is
+``NCOL`` blocks of ``BN`` columns walked in a pipelined loop (so one program streams long
+row segments); groups tile every slice separately (``sum_i cdiv(out_i, BN * NCOL)``), so slices of different widths and offsets (q/k/v,
 gate/up) share one launch and no block straddles two slices. Each program reads its tile's
 ``y`` rows (summing ``SPLIT`` partial products of a split-K shrink), the slot's ``B`` block
 up to the slot's rank, and read-add-writes ``out`` in its own dtype. Tiles without a slot,
@@ -50,8 +51,8 @@ def expand_kernel(
     T, L, NT, N, NB,
     stride_yp, stride_ys, stride_yt, stride_yr, stride_om, stride_on,
     S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr, SPLIT: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, ALIGN: tl.constexpr,
-    PREC: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, NCOL: tl.constexpr,
+    ALIGN: tl.constexpr, PREC: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_n = pid % NB
@@ -65,33 +66,41 @@ def expand_kernel(
         return
     start = tl.load(tile + NT)
     end = tl.load(tile + 2 * NT)
-    sl, c0, c1 = slice_block(bounds_ptr, pid_n, S, BN, ALIGN)
+    sl, c0, c1 = slice_block(bounds_ptr, pid_n, S, BN * NCOL, ALIGN)
 
     offs_m = start + tl.arange(0, BM)  # [BM]
     tok = tl.load(tok_ptr + offs_m, mask=offs_m < end, other=T)  # [BM]
     m_mask = (tok >= 0) & (tok < T)  # [BM]
     tok64 = tl.where(m_mask, tok, 0).to(tl.int64)  # [BM]
-    offs_n = c0 + tl.arange(0, BN)  # [BN]
-    n_mask = offs_n < c1  # [BN]
     offs_r = tl.arange(0, BR)  # [BR]
-    o_ptrs = out_ptr + tok64[:, None] * stride_om + offs_n[None, :] * stride_on  # [BM, BN]
-    mask = m_mask[:, None] & n_mask[None, :]  # [BM, BN]
-    o = tl.load(o_ptrs, mask=mask, other=0.0)  # [BM, BN]
-
     y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + offs_r[None, :] * stride_yr
-    b_ptrs = (b_ptr + slot.to(tl.int64) * N * R
-              + offs_n[None, :].to(tl.int64) * R + offs_r[:, None])  # [BR, BN]
-    acc = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
-    for r0 in range(0, rank, BR):
-        r_mask = (offs_r + r0) < rank  # [BR]
-        ym = m_mask[:, None] & r_mask[None, :]  # [BM, BR]
+    b_base = b_ptr + slot.to(tl.int64) * N * R + offs_r[:, None]  # [BR, 1]
+    if BR >= R:
+        ym = m_mask[:, None] & (offs_r < rank)[None, :]  # [BM, BR]
         yb = tl.load(y_ptrs, mask=ym, other=0.0).to(tl.float32)  # [BM, BR]
         for p in tl.static_range(1, SPLIT):
             yb += tl.load(y_ptrs + p * stride_yp, mask=ym, other=0.0).to(tl.float32)
-        rb_mask = (offs_r + r0) < R  # [BR]
-        bb = tl.load(b_ptrs, mask=rb_mask[:, None] & n_mask[None, :], other=0.0)  # [BR, BN]
-        acc += tl.dot(yb.to(bb.dtype), bb, input_precision=PREC)  # [BM, BN]
-        y_ptrs += BR * stride_yr
-        b_ptrs += BR
+        yb = yb.to(b_ptr.dtype.element_ty)
 
-    tl.store(o_ptrs, (o.to(tl.float32) + acc).to(o.dtype), mask=mask)
+    for j in range(NCOL):
+        offs_n = c0 + j * BN + tl.arange(0, BN)  # [BN]
+        n_mask = offs_n < c1  # [BN]
+        o_ptrs = out_ptr + tok64[:, None] * stride_om + offs_n[None, :] * stride_on  # [BM, BN]
+        mask = m_mask[:, None] & n_mask[None, :]  # [BM, BN]
+        o = tl.load(o_ptrs, mask=mask, other=0.0)  # [BM, BN]
+        b_ptrs = b_base + offs_n[None, :].to(tl.int64) * R  # [BR, BN]
+        if BR >= R:
+            bb = tl.load(b_ptrs, mask=(offs_r < R)[:, None] & n_mask[None, :], other=0.0)
+            acc = tl.dot(yb, bb, input_precision=PREC)  # [BM, BN]
+        else:
+            acc = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
+            for r0 in range(0, rank, BR):
+                ym = m_mask[:, None] & ((offs_r + r0) < rank)[None, :]  # [BM, BR]
+                yr = tl.load(y_ptrs + r0 * stride_yr, mask=ym, other=0.0).to(tl.float32)
+                for p in tl.static_range(1, SPLIT):
+                    yr += tl.load(y_ptrs + r0 * stride_yr + p * stride_yp, mask=ym,
+                                  other=0.0).to(tl.float32)
+                bm_ = ((offs_r + r0) < R)[:, None] & n_mask[None, :]  # [BR, BN]
+                bb = tl.load(b_ptrs + r0, mask=bm_, other=0.0)  # [BR, BN]
+                acc += tl.dot(yr.to(bb.dtype), bb, input_precision=PREC)  # [BM, BN]
+        tl.store(o_ptrs, (o.to(tl.float32) + acc).to(o.dtype), mask=mask)

@@ -107,10 +107,11 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None)
     if cfg is None:
         cfg = configs.expand_config(describe(w.device), t, w.total_out, w.max_rank,
                                     w.lora_b.element_size())
-    nb = sum(_cdiv(o, cfg.block_n) for o in w.out_features)
+    nb = sum(_cdiv(o, cfg.block_n * cfg.col_blocks) for o in w.out_features)
     meta = dict(
         S=w.num_slices, R=w.max_rank, TILE=tile_index(cfg.block_m), SPLIT=split,
-        BM=cfg.block_m, BN=cfg.block_n, BR=cfg.block_r, ALIGN=_align(w), PREC=PREC,
+        BM=cfg.block_m, BN=cfg.block_n, BR=cfg.block_r, NCOL=cfg.col_blocks, ALIGN=_align(w),
+        PREC=PREC,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta)
