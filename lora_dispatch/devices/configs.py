@@ -105,20 +105,22 @@ def _token_bucket(t: int) -> int:
 def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k: int,
                    n_rank: int, t: int, itemsize: int, atomic: bool) -> ShrinkConfig:
     block_n = max(16, min(next_pow2(n_rank), 64 if tb >= 1024 else 128))
-    if tb <= 64:
-        block_m, block_k, warps, stages = 16, 256, 4, 3
-    elif tb <= 256:
-        block_m, block_k, warps, stages = 16, 256, 4, 3
+    if tb <= 256:
+        block_m, block_k, warps, stages = 16, 128, 4, 4
+    elif block_n >= 64:
+        block_m, block_k, warps, stages = 64, 128, 4, 4
     else:
-        block_m, block_k, warps, stages = 32, 128, 4, 4
+        block_m, block_k, warps, stages = 32, 256, 4, 4
     if itemsize == 4:
         block_k = min(block_k, 64)
     block_k = min(block_k, max(16, next_pow2(k)))
     programs = (-(-t // block_m)) * max(1, -(-n_rank // block_n))
     split = 1
-    target = 2 * units if (atomic or tb <= 256) else units // 2
+    target = 2 * units if tb <= 256 else units
     while programs * split * 2 <= target and k // (split * 2) >= 2 * block_k:
         split *= 2
+    if not atomic:  # the expand re-reads every partial product per column block
+        split = min(split, 8 if tb <= 64 else 4 if tb <= 256 else 1)
     return ShrinkConfig(block_m, block_n, block_k, split, _warps(warp, warps),
                         _stages(platform, family, stages))
 
@@ -139,18 +141,19 @@ def shrink_config(info: DeviceInfo, t: int, k: int, n_rank: int, itemsize: int,
 def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n: int,
                    max_rank: int, itemsize: int) -> ExpandConfig:
     block_r = max(16, min(next_pow2(max_rank), 64))
-    if tb <= 16:
-        block_m, block_n, warps, stages = 16, 64, 4, 2
-    elif tb <= 64:
-        block_m, block_n, warps, stages = 16, 128, 4, 2
+    if tb <= 64:
+        block_m, block_n, warps, stages, ncol = 16, 64, 4, 1, 1
     elif tb <= 256:
-        block_m, block_n, warps, stages = 32, 128, 4, 2
+        block_m, block_n, warps, stages, ncol = 32, 128, 4, 1, 1
+    elif tb <= 1024:
+        block_m, block_n, warps, stages, ncol = 32, 128, 4, 2, 2
     else:
-        block_m, block_n, warps, stages = 64, 128, 4, 2
+        block_m, block_n, warps, stages, ncol = 32, 128, 4, 3, 4
     if itemsize == 4:
         block_n = min(block_n, 64)
     block_n = min(block_n, max(16, next_pow2(n)))
-    return ExpandConfig(block_m, block_n, block_r, _warps(warp, warps), _stages(platform, family, stages))
+    return ExpandConfig(block_m, block_n, block_r, _warps(warp, warps),
+                        _stages(platform, family, stages), ncol)
 
 
 def expand_config(info: DeviceInfo, t: int, n: int, max_rank: int, itemsize: int) -> ExpandConfig:
@@ -179,10 +182,12 @@ def fused_max_tokens(info: DeviceInfo, num_slots: int, max_rank: int) -> int:
     """Largest ``T`` for which ``add_lora`` uses the fused single launch (0 = never).
 
     Every fused program recomputes its tile's shrink, so the redundant ``A`` reads grow with
-    the number of tiles; it pays only for a handful of decode tokens.
+    the number of column blocks and tiles. Measured on H200 (bf16, qkv 4096/1024/1024,
+    rank 16): the split-K two-pass path replays in 7.9 us at ``T = 1`` against 9.7 us for the
+    best fused config, and the gap widens with ``T``; so every family uses the two-pass path
+    until a device where fusion measures faster is added here.
     """
-    if info.platform == "cpu":
-        return 0
-    if info.family in _MEASURED:
-        return 1 if max_rank > 64 else 4
-    return 1
+    return _FUSED_MAX_TOKENS.get(info.family, 0)
+
+
+_FUSED_MAX_TOKENS: dict[str, int] = {"h100": 0, "h200": 0}

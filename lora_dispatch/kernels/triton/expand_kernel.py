@@ -2,11 +2,12 @@
 
 Grid ``(NB * tiles,)``: ``NB`` column groups (fastest) times the batch's tiles. A group is
 ``NCOL`` blocks of ``BN`` columns walked in a pipelined loop (so one program streams long
-row segments); groups tile every slice separately (``sum_i cdiv(out_i, BN * NCOL)``), so slices of different widths and offsets (q/k/v,
-gate/up) share one launch and no block straddles two slices. Each program reads its tile's
-``y`` rows (summing ``SPLIT`` partial products of a split-K shrink), the slot's ``B`` block
-up to the slot's rank, and read-add-writes ``out`` in its own dtype. Tiles without a slot,
-empty slots and tokens past ``T`` are skipped.
+row segments); groups tile every slice separately (``sum_i cdiv(out_i, BN * NCOL)``), so
+slices of different widths and offsets (q/k/v, gate/up) share one launch and no block
+straddles two slices. Each program reads its tile's ``y`` rows (summing ``SPLIT`` partial
+products of a split-K shrink), the slot's ``B`` block up to the slot's rank, and
+read-add-writes ``out`` in its own dtype. Tiles without a slot, empty slots and tokens past
+``T`` are skipped.
 """
 
 from __future__ import annotations

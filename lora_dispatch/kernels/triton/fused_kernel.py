@@ -1,6 +1,7 @@
 """Fused decode kernel: shrink and expand of a few tokens in one launch.
 
-Grid ``(NB * tiles,)`` as in :mod:`.expand_kernel`. Each program computes the rank-``r`` shrink of its tile for its own slice (``x[BM, K] @ A_i[s, :r]^T``, scaled), keeps it in
+Grid ``(NB * tiles,)`` as in :mod:`.expand_kernel`. Each program computes the rank-``r``
+shrink of its tile for its own slice (``x[BM, K] @ A_i[s, :r]^T``, scaled), keeps it in
 registers and multiplies it straight into its block of ``B``. The shrink is recomputed by
 every column block (``A`` comes from L2 after the first), which pays off only while the
 batch has very few tiles; :func:`lora_dispatch.devices.configs.fused_max_tokens` decides.

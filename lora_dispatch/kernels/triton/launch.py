@@ -97,7 +97,8 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
     nb = _cdiv(s * r, cfg.block_n)
     meta = dict(
         S=s, R=r, TILE=tile_index(cfg.block_m), BM=cfg.block_m, BN=cfg.block_n,
-        BK=cfg.block_k, EVEN_K=(k % k_split == 0 and k_split % cfg.block_k == 0), ATOMIC=atomic and split > 1, PREC=PREC,
+        BK=cfg.block_k, EVEN_K=(k % k_split == 0 and k_split % cfg.block_k == 0),
+        ATOMIC=atomic and split > 1, PREC=PREC,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ShrinkPlan((nb * _tiles(t, cfg.block_m, w.num_slots), split), nb, k_split, split, meta)

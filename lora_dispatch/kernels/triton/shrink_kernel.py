@@ -2,9 +2,10 @@
 
 Grid ``(NB * tiles, SPLIT_K)`` with ``NB = cdiv(S * max_rank, BN)``: axis 0 walks the
 slot's packed rank rows (fastest, so the rank blocks of one token tile run together and
-share ``x`` in L2), then the batch's tiles of ``BM`` tokens of one slot (``tile_map``), axis 1 the K splits. A program
-whose tile has no slot, an empty slot, or whose rank block starts past ``S * r`` exits at
-once, so work and bytes follow each slot's real rank.
+share ``x`` in L2), then the batch's tiles of ``BM`` tokens of one slot (``tile_map``);
+axis 1 the K splits (accumulated with float32 atomics, or written as separate partial
+products that the expand sums). A program whose tile has no slot, an empty slot, or whose
+rank block starts past ``S * r`` exits at once, so work and bytes follow each slot's rank.
 """
 
 from __future__ import annotations
