@@ -217,7 +217,38 @@ def run(quick: bool = False, device: torch.device | None = None,
         log(format_table([row], COLUMNS).splitlines()[-1])
         if json_path:
             write_json(json_path, meta, rows)
+    if device.type == "cuda" and not quick:
+        rows.extend(host_breakdown(device, log))
+        if json_path:
+            write_json(json_path, meta, rows)
     return meta, rows
+
+
+def host_breakdown(device: torch.device, log: Callable[[str], None] = print) -> list[dict]:
+    """Host time of the pieces of one eager ``add_lora`` (qkv, T = 16, rank 16, 4 adapters)."""
+    import lora_dispatch as ld
+    from lora_dispatch.kernels.triton import launch as L
+
+    p = Problem("add_lora", 4096, 16, 16, 4, torch.bfloat16, device)
+    batch, items = _build(p, 1)
+    w, x, y, out = items[0]
+    plan = L.plan_for("add", w, p.t)
+    ws = torch.empty((plan.shrink.split, w.num_slices, p.t, w.max_rank), device=device)
+    parts = {
+        "public ld.add_lora": lambda: ld.add_lora(out, x, w, batch),
+        "backend add_lora": lambda: L.add_lora(out, x, w, batch),
+        "workspace torch.empty": lambda: torch.empty(
+            (plan.shrink.split, w.num_slices, p.t, w.max_rank), device=device),
+        "shrink launch": lambda: L._launch_shrink(plan.shrink, x, w, batch, ws, p.t),
+        "expand launch": lambda: L._launch_expand(plan.expand, ws, w, batch, out, p.t),
+    }
+    rows = []
+    for name, fn in parts.items():
+        us = host_time_us(fn, device, n=200, rounds=5)
+        rows.append({"op": "host_breakdown", "backend": "triton", "part": name, "T": p.t,
+                     "host_us": us})
+        log(f"host {name:24s} {us:6.2f} us")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

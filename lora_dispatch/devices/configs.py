@@ -120,7 +120,7 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
     while programs * split * 2 <= target and k // (split * 2) >= 2 * block_k:
         split *= 2
     if not atomic:  # the expand re-reads every partial product per column block
-        split = min(split, 8 if tb <= 64 else 4 if tb <= 256 else 1)
+        split = min(split, 8 if tb <= 64 else 4 if tb <= 256 else 2 if t <= 2048 else 1)
     return ShrinkConfig(block_m, block_n, block_k, split, _warps(warp, warps),
                         _stages(platform, family, stages))
 
@@ -149,6 +149,8 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
         block_m, block_n, warps, stages, ncol = 32, 128, 4, 2, 2
     else:
         block_m, block_n, warps, stages, ncol = 32, 128, 4, 3, 4
+        if max_rank > 32:  # each tile re-reads its B block: amortize it over more rows
+            block_m = 64
     if itemsize == 4:
         block_n = min(block_n, 64)
     block_n = min(block_n, max(16, next_pow2(n)))
