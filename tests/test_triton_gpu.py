@@ -82,9 +82,9 @@ def rel(got, want):
 def token_batch(slots):
     """Device batch from per-token slots.
 
-    ``LoRABatch.from_token_adapters`` on a device tensor hits a bug in ``batch.py``
-    (``t.min(0, keepdim=True)`` returns a (values, indices) pair); until it is fixed the
-    same batch is built through ``from_segments`` with one token per sequence.
+    Checkouts before ca3001a hit a ``batch.py`` bug in ``from_token_adapters`` on a device
+    tensor (``t.min(0, keepdim=True).to``); the same batch is then built through
+    ``from_segments`` with one token per sequence.
     """
     try:
         return ld.LoRABatch.from_token_adapters(slots.to(DEV))

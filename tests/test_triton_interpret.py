@@ -1,17 +1,26 @@
 """Triton kernels under TRITON_INTERPRET=1 on the CPU against a float64 reference.
 
-TRITON_INTERPRET must be set before ``@triton.jit`` wraps the kernels, so it is set here,
-before the kernels are imported; if another module imported them un-interpreted first, they
-are reloaded (and the test module skips if that is impossible).
+TRITON_INTERPRET must be set when ``@triton.jit`` wraps the kernels, so it is set here while
+the kernels are imported (reloading them if another module imported them un-interpreted) and
+restored right after, so other test modules collected in the same process are unaffected;
+the tests set it again (``monkeypatch``) while they run.
+
+The interpreter also needs ``triton.language`` itself imported under TRITON_INTERPRET=1 (its
+``tl.zeros`` & co. are ``@triton.jit`` functions). When the whole ``tests/`` directory runs in
+one process, another module may have imported Triton first; then this module's tests are
+skipped in-process and :func:`test_interpreter_suite_in_fresh_process` runs them in a fresh
+Python process instead, so the coverage is kept.
 """
 
 from __future__ import annotations
 
 import os
 
+_PREV_INTERPRET = os.environ.get("TRITON_INTERPRET")
 os.environ["TRITON_INTERPRET"] = "1"
 
 import importlib  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 import pytest  # noqa: E402
@@ -31,6 +40,12 @@ def _interpreted(kernel) -> bool:
     return type(jit).__name__ == "InterpretedFunction"
 
 
+def _language_interpreted() -> bool:
+    import triton.language as tl
+
+    return type(tl.zeros).__name__ != "JITFunction"
+
+
 def _load_interpreted():
     """The backend package with interpreter-wrapped kernels (reloading it if needed)."""
     pkg = "lora_dispatch.kernels.triton"
@@ -46,7 +61,37 @@ def _load_interpreted():
     return mod
 
 
-tk = _load_interpreted()
+IN_PROCESS = _language_interpreted()
+try:
+    tk = _load_interpreted() if IN_PROCESS else None
+finally:
+    if _PREV_INTERPRET is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _PREV_INTERPRET
+
+
+@pytest.fixture(autouse=True)
+def _interpret_env(request, monkeypatch):
+    if not IN_PROCESS and request.node.name != "test_interpreter_suite_in_fresh_process":
+        pytest.skip("triton.language was imported without TRITON_INTERPRET=1 by another test "
+                    "module; covered by test_interpreter_suite_in_fresh_process")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    yield
+
+
+def test_interpreter_suite_in_fresh_process():
+    """Run this module in a fresh interpreter when this process cannot interpret Triton."""
+    if IN_PROCESS:
+        pytest.skip("the interpreter works in this process: the tests run here")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           os.path.abspath(__file__)]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+
 
 # bf16 is miscomputed by Triton 3.6's CPU interpreter: fp16 / fp32 only here.
 DTYPES = (torch.float16, torch.float32)
