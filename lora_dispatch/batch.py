@@ -106,6 +106,14 @@ def _host_segments(segments: torch.Tensor) -> tuple[tuple[int, int, int], ...]:
     return tuple(out)
 
 
+def _device(device: torch.device | str | None) -> torch.device:
+    """``device`` with the current CUDA index filled in (``cuda`` -> ``cuda:N``)."""
+    dev = torch.device(device if device is not None else "cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
 def _as_slot_tensor(name: str, token_slots: object) -> torch.Tensor:
     if isinstance(token_slots, torch.Tensor):
         t = token_slots
@@ -219,8 +227,7 @@ class LoRABatch:
         token_slots = torch.repeat_interleave(
             slots.cpu().to(torch.int64), lens_host.to(torch.int64)
         )
-        dev = torch.device(device)
-        batch = cls._new(dev, token_slots.numel(), is_static=False)
+        batch = cls._new(_device(device), token_slots.numel(), is_static=False)
         batch._fill(token_slots, name="seq_slots")
         return batch
 
@@ -232,9 +239,7 @@ class LoRABatch:
         """
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
             raise ValueError(f"max_tokens must be an int >= 0, got {max_tokens!r}")
-        dev = torch.device(device if device is not None else "cpu")
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
+        dev = _device(device)
         batch = cls._new(dev, max_tokens, is_static=True)
         batch.token_slots = torch.full((max_tokens,), -1, dtype=torch.int32, device=dev)
         sorted_tokens, tile_map, _ = _metadata(batch.token_slots)
