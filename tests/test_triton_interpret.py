@@ -1,23 +1,18 @@
 """Triton kernels under TRITON_INTERPRET=1 on the CPU against a float64 reference.
 
-TRITON_INTERPRET must be set when ``@triton.jit`` wraps the kernels, so it is set here while
-the kernels are imported (reloading them if another module imported them un-interpreted) and
-restored right after, so other test modules collected in the same process are unaffected;
-the tests set it again (``monkeypatch``) while they run.
-
-The interpreter also needs ``triton.language`` itself imported under TRITON_INTERPRET=1 (its
-``tl.zeros`` & co. are ``@triton.jit`` functions). When the whole ``tests/`` directory runs in
-one process, another module may have imported Triton first; then this module's tests are
-skipped in-process and :func:`test_interpreter_suite_in_fresh_process` runs them in a fresh
-Python process instead, so the coverage is kept.
+The interpreter needs TRITON_INTERPRET=1 before ``triton.language`` is first imported, and
+turning it on inside a shared pytest process would switch every later Triton test of that
+process to the interpreter. So the tests run in-process only when the process was started
+with TRITON_INTERPRET=1; otherwise they are skipped here and
+:func:`test_interpreter_suite_in_fresh_process` runs this module in a fresh Python process
+that has it set from the start, so the coverage is kept.
 """
 
 from __future__ import annotations
 
 import os
 
-_PREV_INTERPRET = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
+IN_PROCESS = os.environ.get("TRITON_INTERPRET") == "1"
 
 import importlib  # noqa: E402
 import subprocess  # noqa: E402
@@ -61,21 +56,15 @@ def _load_interpreted():
     return mod
 
 
-IN_PROCESS = _language_interpreted()
-try:
-    tk = _load_interpreted() if IN_PROCESS else None
-finally:
-    if _PREV_INTERPRET is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _PREV_INTERPRET
+IN_PROCESS = IN_PROCESS and _language_interpreted()
+tk = _load_interpreted() if IN_PROCESS else None
 
 
 @pytest.fixture(autouse=True)
 def _interpret_env(request, monkeypatch):
     if not IN_PROCESS and request.node.name != "test_interpreter_suite_in_fresh_process":
-        pytest.skip("triton.language was imported without TRITON_INTERPRET=1 by another test "
-                    "module; covered by test_interpreter_suite_in_fresh_process")
+        pytest.skip("this process was not started with TRITON_INTERPRET=1; "
+                    "covered by test_interpreter_suite_in_fresh_process")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     yield
 
