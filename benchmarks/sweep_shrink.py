@@ -1,0 +1,75 @@
+"""Sweep shrink-kernel configs on prefill shapes (GPU): BN, BM, BK, stages, warps, split-K.
+
+    python benchmarks/sweep_shrink.py [--json PATH]
+
+Times the workspace-mode shrink (the one ``add_lora`` launches) with ``do_bench`` medians and
+prints GB/s from the minimal bytes against the copy bandwidth measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+
+from lora_dispatch.bench.kernels import Problem, _build, min_bytes
+from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
+from lora_dispatch.devices import configs as C
+from lora_dispatch.devices import current
+from lora_dispatch.kernels.triton import launch as L
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--tokens", default="8192,2048")
+    ap.add_argument("--ranks", default="16,64")
+    args = ap.parse_args(argv)
+    dev = torch.device("cuda")
+    copy = copy_bandwidth_gbs(dev)
+    rows = []
+    shapes = itertools.product(map(int, args.tokens.split(",")), map(int, args.ranks.split(",")))
+    for t, rank in shapes:
+        p = Problem("shrink", 4096, t, rank, 4, torch.bfloat16, dev)
+        batch, items = _build(p, 1)
+        w, x, _, _ = items[0]
+        default = C.shrink_config(current(dev), t, 4096, w.num_slices * w.max_rank, 2, False)
+        cands = {default}
+        for bm, bn, bk, stages, warps, split in itertools.product(
+                (64, 128), (16, 64), (64, 128), (4, 6), (4, 8), (1, 2)):
+            if bn > max(16, C.next_pow2(w.num_slices * w.max_rank)):
+                continue
+            smem = stages * (bm + bn) * bk * 2
+            if smem > 200 * 1024:
+                continue
+            cands.add(C.ShrinkConfig(bm, bn, bk, split, warps, stages))
+        best = None
+        for cfg in sorted(cands, key=lambda c: (c != default, c.block_m, c.block_n, c.block_k)):
+            plan = L._shrink_plan(w, t, atomic=False, cfg=cfg)
+            y = torch.empty((plan.split, w.num_slices, t, w.max_rank), device=dev)
+
+            def fn(plan=plan, y=y, x=x, w=w, batch=batch, t=t):
+                L._launch_shrink(plan, x, w, batch, y, t)
+
+            try:
+                us = gpu_time_us(fn, dev, warmup_ms=5, rep_ms=20)
+            except Exception as exc:  # configs that fail to compile are skipped
+                print(f"T={t} r={rank} {cfg} failed: {exc!r}"[:160])
+                continue
+            gbs = min_bytes(p) / (us * 1e-6) / 1e9
+            row = dict(T=t, rank=rank, default=cfg == default, us=us, gbs=gbs,
+                       pct_copy=100 * gbs / copy, **cfg.__dict__)
+            rows.append(row)
+            if best is None or us < best["us"]:
+                best = row
+            if cfg == default:
+                print(f"T={t} r={rank} default {cfg}: {us:.1f} us {row['pct_copy']:.0f}%")
+        print(f"T={t} r={rank} best {best}")
+    if args.json:
+        write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
