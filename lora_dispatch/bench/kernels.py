@@ -143,18 +143,28 @@ def measure(p: Problem, backend: str, copy_bw: float | None, sets: int) -> dict:
     batch, items = _build(p, sets)
     fns = [_call(p, impl, batch, it) for it in items]
     on_gpu = p.device.type == "cuda"
+    dob = None
     if on_gpu:
         gpu = gpu_time_us(fns[0], p.device, warmup_ms=10, rep_ms=40)
+        dob = gpu_time_us(fns[0], p.device, warmup_ms=10, rep_ms=40, method="do_bench")
     else:
         gpu = host_time_us(fns[0], p.device, n=1, rounds=3, sync_each=True)
     graph = graph_time_us(_cycle(fns), p.device, inner=max(sets, 20), reps=20) if on_gpu else None
     if backend == "triton":
-        os.environ["LORA_DISPATCH_BACKEND"] = "triton"
         from lora_dispatch import devices
 
+        prev = os.environ.get("LORA_DISPATCH_BACKEND")
+        os.environ["LORA_DISPATCH_BACKEND"] = "triton"
         devices.reset()
-        host = host_time_us(_public(p, batch, items[0]), p.device, n=100 if on_gpu else 3,
-                            rounds=5 if on_gpu else 1)
+        try:
+            host = host_time_us(_public(p, batch, items[0]), p.device, n=100 if on_gpu else 3,
+                                rounds=5 if on_gpu else 1)
+        finally:
+            if prev is None:
+                os.environ.pop("LORA_DISPATCH_BACKEND", None)
+            else:
+                os.environ["LORA_DISPATCH_BACKEND"] = prev
+            devices.reset()
     else:
         host = host_time_us(fns[0], p.device, n=20 if on_gpu else 2, rounds=3 if on_gpu else 1)
     nbytes = min_bytes(p)
@@ -170,6 +180,8 @@ def measure(p: Problem, backend: str, copy_bw: float | None, sets: int) -> dict:
         "hidden": p.hidden, "out_features": list(_outs(p)), "T": p.t, "rank": p.rank,
         "adapters": p.adapters, "gpu_us": gpu, "graph_us": graph, "host_us": host,
         "bytes": nbytes, "gbs": gbs, "pct_copy": 100 * gbs / copy_bw if copy_bw else None,
+        "gpu_us_do_bench": dob,
+        "pct_copy_do_bench": (100 * nbytes / dob / 1e3 / copy_bw) if dob and copy_bw else None,
         "path": path,
     }
 
