@@ -97,6 +97,11 @@ def _flush_buffer(device: torch.device) -> torch.Tensor:
     return buf
 
 
+def _evict(buf: torch.Tensor) -> torch.Tensor:
+    """Read all of ``buf`` (replaces L2's contents with clean lines)."""
+    return buf.sum(dtype=torch.int64)
+
+
 def gpu_time_us(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 25,
                 rep_ms: float = 100, method: str = "clean") -> float:
     """Median device time of ``fn`` in microseconds, with a cold L2 before each call.
@@ -132,9 +137,8 @@ def gpu_time_us(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 
     n = max(5, min(1000, int(rep_ms / est_ms)))
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    sink = torch.empty((), dtype=torch.int64, device=device)
     for i in range(n):
-        torch.sum(buf, dtype=torch.int64, out=sink)
+        _evict(buf)
         starts[i].record()
         fn()
         ends[i].record()
