@@ -25,23 +25,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--tokens", default="8192,2048")
     ap.add_argument("--ranks", default="16,64")
+    ap.add_argument("--op", default="shrink", choices=("shrink", "add_lora"),
+                    help="add_lora: the fused qkv shape (S = 3 slices) that add_lora shrinks")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     copy = copy_bandwidth_gbs(dev)
     rows = []
     shapes = itertools.product(map(int, args.tokens.split(",")), map(int, args.ranks.split(",")))
     for t, rank in shapes:
-        p = Problem("shrink", 4096, t, rank, 4, torch.bfloat16, dev)
+        p = Problem(args.op, 4096, t, rank, 4, torch.bfloat16, dev)
         batch, items = _build(p, 1)
         w, x, _, _ = items[0]
         default = C.shrink_config(current(dev), t, 4096, w.num_slices * w.max_rank, 2, False)
         cands = {default}
         for bm, bn, bk, stages, warps, split in itertools.product(
-                (64, 128), (16, 64), (64, 128), (4, 6), (4, 8), (1, 2)):
+                (64, 128), (16, 64, 128, 256), (32, 64, 128), (3, 4), (4, 8), (1, 2, 4)):
             if bn > max(16, C.next_pow2(w.num_slices * w.max_rank)):
                 continue
             smem = stages * (bm + bn) * bk * 2
-            if smem > 200 * 1024:
+            if smem > 200 * 1024 or bm * bn > 128 * 128 * (warps // 4):
                 continue
             cands.add(C.ShrinkConfig(bm, bn, bk, split, warps, stages))
         best = None
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # configs that fail to compile are skipped
                 print(f"T={t} r={rank} {cfg} failed: {exc!r}"[:160])
                 continue
-            gbs = min_bytes(p) / (us * 1e-6) / 1e9
+            gbs = min_bytes(Problem("shrink", 4096, t, rank, 4, torch.bfloat16, dev)) * (
+                w.num_slices if args.op == "add_lora" else 1) / (us * 1e-6) / 1e9
             row = dict(T=t, rank=rank, default=cfg == default, us=us, gbs=gbs,
                        pct_copy=100 * gbs / copy, **cfg.__dict__)
             rows.append(row)
