@@ -13,7 +13,7 @@ import itertools
 
 import torch
 
-from lora_dispatch.bench.kernels import Problem, _build, min_bytes
+from lora_dispatch.bench.kernels import Problem, _build
 from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
 from lora_dispatch.devices import configs as C
 from lora_dispatch.devices import current
@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # configs that fail to compile are skipped
                 print(f"T={t} r={rank} {cfg} failed: {exc!r}"[:160])
                 continue
-            gbs = min_bytes(Problem("shrink", 4096, t, rank, 4, torch.bfloat16, dev)) * (
-                w.num_slices if args.op == "add_lora" else 1) / (us * 1e-6) / 1e9
+            s_, k_ = w.num_slices, w.in_features  # x once, A of the used slots, y in fp32
+            nbytes = t * k_ * 2 + min(4, t) * s_ * rank * k_ * 2 + t * s_ * rank * 4
+            gbs = nbytes / (us * 1e-6) / 1e9
             row = dict(T=t, rank=rank, default=cfg == default, us=us, gbs=gbs,
                        pct_copy=100 * gbs / copy, **cfg.__dict__)
             rows.append(row)
