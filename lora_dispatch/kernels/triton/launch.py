@@ -163,22 +163,28 @@ def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = 
     return plan
 
 
-def _launch_shrink(p: ShrinkPlan, x, w, batch, y, t: int) -> None:
+def _launch_shrink(p: ShrinkPlan, x, w, batch, y, t: int, ys: tuple | None = None) -> None:
     tm = batch.tile_map
+    xs = x.stride()
+    if ys is None:
+        ys = y.stride()
     shrink_kernel[p.grid](
         x, w.lora_a, y, w.ranks, w.scalings, batch.sorted_tokens, tm,
         t, w.in_features, w.num_slots, tm.shape[2], p.k_split, p.nb,
-        x.stride(0), x.stride(1), y.stride(0), y.stride(1), y.stride(2),
+        xs[0], xs[1], ys[0], ys[1], ys[2],
         **p.meta,
     )
 
 
-def _launch_expand(p: ExpandPlan, y, w, batch, out, t: int) -> None:
+def _launch_expand(p: ExpandPlan, y, w, batch, out, t: int, ys: tuple | None = None) -> None:
     tm = batch.tile_map
+    os_ = out.stride()
+    if ys is None:
+        ys = y.stride()
     expand_kernel[p.grid](
         y, w.lora_b, out, w.ranks, w.slice_bounds, batch.sorted_tokens, tm,
         t, w.num_slots, tm.shape[2], w.total_out, p.nb,
-        y.stride(0), y.stride(1), y.stride(2), y.stride(3), out.stride(0), out.stride(1),
+        ys[0], ys[1], ys[2], ys[3], os_[0], os_[1],
         **p.meta,
     )
 
@@ -244,10 +250,11 @@ def add_lora_fused(base_out: torch.Tensor, x: torch.Tensor, w, batch) -> None:
 
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
     sp = p.shrink
-    ws = torch.empty((sp.split, w.num_slices, t, w.max_rank), dtype=torch.float32,
-                     device=x.device)
-    _launch_shrink(sp, x, w, batch, ws, t)
-    _launch_expand(p.expand, ws, w, batch, base_out, t)
+    s, r = w.num_slices, w.max_rank
+    ws = torch.empty((sp.split, s, t, r), dtype=torch.float32, device=x.device)
+    ys = (s * t * r, t * r, r, 1)  # [SPLIT, S, T, R] contiguous
+    _launch_shrink(sp, x, w, batch, ws, t, ys)
+    _launch_expand(p.expand, ws, w, batch, base_out, t, ys)
 
 
 def _fused(p: ExpandPlan, base_out, x, w, batch, t: int) -> None:
