@@ -218,7 +218,13 @@ class LoRALinear(nn.Module):
     def slice_forward(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Output slice ``index`` for input ``x``: computes the whole fused layer on the first
         call for ``x`` and serves the other slices from that result (same ``x`` object,
-        unmodified) until each has been taken once."""
+        unmodified) until each has been taken once.
+
+        Under ``torch.compile`` the identity/version cache cannot be traced: each slice call
+        computes the fused layer and takes its slice (correct, but the q/k/v GEMM runs once
+        per slice; compile with ``patch_model(..., fuse=False)`` to avoid that)."""
+        if torch.compiler.is_compiling():
+            return self._compute(x)[..., self._offsets[index]:self._offsets[index + 1]]
         if (self._pending_x is x and index in self._pending
                 and self._pending_version == _version(x)):
             out = self._pending.pop(index)

@@ -227,3 +227,25 @@ def test_static_batch_matches_dynamic(setup):
     with torch.inference_mode(), handle.adapters(seq_slots):  # as vLLM runs models
         inf = model(ids).logits
     torch.testing.assert_close(inf, ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_torch_compile_fullgraph_patched_model(setup, fuse):
+    """A patched model traces with fullgraph=True; refilling the static batch does not recompile."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    base, _, paths = setup
+    model, handle = _patched(base, fuse=fuse)
+    for slot, name in enumerate(ADAPTERS):
+        handle.load_adapter(paths[name], slot)
+    ids = torch.randint(0, VOCAB, (4, SEQ), generator=torch.Generator().manual_seed(5))
+    static = handle.static_batch(4 * SEQ)
+    torch._dynamo.reset()
+    cnt = CompileCounterWithBackend("inductor")
+    f = torch.compile(lambda i: model(i).logits, backend=cnt, fullgraph=True)
+    with torch.no_grad():
+        for seq_slots in ([2, -1, 0, 1], [0, 0, 1, -1], [-1, -1, -1, -1]):
+            static.update_([s for s in seq_slots for _ in range(SEQ)])
+            ref = model(ids).logits
+            torch.testing.assert_close(f(ids), ref, rtol=1e-4, atol=1e-4)
+    assert cnt.frame_count == 1
