@@ -163,6 +163,12 @@ class LoRALinear(nn.Module):
         self._pending: dict[int, torch.Tensor] = {}
         self._pending_version = -1
 
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        if self.weight.device != self.lora.device:  # model.to(device) / .cuda() / .cpu()
+            self.lora.to(self.weight.device)
+        return out
+
     @classmethod
     def from_linear(
         cls, linears: nn.Linear | Sequence[nn.Linear], num_slots: int, max_rank: int,

@@ -249,6 +249,25 @@ class LoRAWeights:
         self.host_scalings[slot] = (0.0,) * self.num_slices
         self.version += 1
 
+    def to(self, device: torch.device | str) -> LoRAWeights:
+        """Move every slot to ``device`` in place (like ``nn.Module.to``); returns ``self``.
+
+        Cached backend selections and kernel plans are dropped; batches built for the old
+        device must be rebuilt (the ops reject a batch on another device).
+        """
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        if dev == self.device:
+            return self
+        for name in ("lora_a", "lora_b", "ranks", "scalings", "slice_bounds"):
+            setattr(self, name, getattr(self, name).to(dev))
+        self.device = dev
+        for cached in ("_selection", "_triton_plans"):
+            self.__dict__.pop(cached, None)
+        self.version += 1
+        return self
+
     def __repr__(self) -> str:
         loaded = sum(1 for r in self.host_ranks if r)
         return (

@@ -249,3 +249,29 @@ def test_torch_compile_fullgraph_patched_model(setup, fuse):
             ref = model(ids).logits
             torch.testing.assert_close(f(ids), ref, rtol=1e-4, atol=1e-4)
     assert cnt.frame_count == 1
+
+
+def test_model_to_moves_lora_weights(setup):
+    """model.to(device) carries the LoRA weights along (they are not module buffers)."""
+    base, _, paths = setup
+    model, handle = _patched(base)
+    handle.load_adapter(paths["attn"], 0)
+    lin = next(m for m in model.modules() if isinstance(m, LoRALinear))
+    ranks = list(lin.lora.host_ranks)
+    model.to("meta")
+    assert lin.lora.device.type == "meta"
+    assert lin.lora.lora_a.device.type == "meta" and lin.lora.ranks.device.type == "meta"
+    assert lin.lora.host_ranks == ranks
+
+
+@pytest.mark.gpu
+def test_model_cuda_after_patch(setup):
+    base, peft_models, paths = setup
+    model, handle = _patched(base)
+    handle.load_adapter(paths["attn"], 0)
+    ids = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), handle.adapters([0, -1]):
+        ref = model(ids).logits
+        model.cuda()
+        out = model(ids.cuda()).logits.cpu()
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
