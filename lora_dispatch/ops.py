@@ -265,184 +265,79 @@ class BatchView(NamedTuple):
 
 
 def _weight_args(w: LoRAWeights) -> tuple:
-    return (w.lora_a, w.lora_b, w.ranks, w.scalings, w.slice_bounds, list(w.out_features))
+    """``(weight tensors, out_features)`` as the custom ops take them."""
+    return [w.lora_a, w.lora_b, w.ranks, w.scalings, w.slice_bounds], list(w.out_features)
 
 
 def _batch_args(batch: LoRABatch) -> tuple:
-    return (batch.token_slots, batch.sorted_tokens, batch.tile_map)
+    """``(batch tensors,)`` as the custom ops take them."""
+    return ([batch.token_slots, batch.sorted_tokens, batch.tile_map],)
 
 
 def _views(
-    lora_a,
-    lora_b,
-    ranks,
-    scalings,
-    slice_bounds,
-    out_features,
-    token_slots,
-    sorted_tokens,
-    tile_map,
-):
+    weights: list[torch.Tensor], out_features: list[int], batch: list[torch.Tensor]
+) -> tuple[WeightsView, BatchView]:
+    lora_a, lora_b, ranks, scalings, slice_bounds = weights
     offsets, acc = [], 0
     for o in out_features:
         offsets.append(acc)
         acc += o
     wv = WeightsView(
-        lora_a,
-        lora_b,
-        ranks,
-        scalings,
-        slice_bounds,
-        tuple(out_features),
-        tuple(offsets),
-        len(out_features),
-        lora_a.shape[0],
-        lora_b.shape[2],
-        lora_a.shape[2],
-        acc,
-        lora_a.dtype,
-        lora_a.device,
-    )
-    cap = token_slots.shape[0]
-    return wv, BatchView(token_slots, sorted_tokens, tile_map, cap, cap)
+        lora_a, lora_b, ranks, scalings, slice_bounds, tuple(out_features), tuple(offsets),
+        len(out_features), lora_a.shape[0], lora_b.shape[2], lora_a.shape[2], acc,
+        lora_a.dtype, lora_a.device,
+    )  # fmt: skip
+    cap = batch[0].shape[0]
+    return wv, BatchView(*batch, cap, cap)
 
 
 def _view_impl(wv: WeightsView):
     return _registry.select(_info.describe(wv.device), wv.dtype, wv.max_rank, wv.num_slices).impl
 
 
+# weights = [lora_a, lora_b, ranks, scalings, slice_bounds]; batch = [token_slots,
+# sorted_tokens, tile_map]: the tensor state of LoRAWeights / LoRABatch (see _weight_args).
 @torch.library.custom_op("lora_dispatch::add_lora", mutates_args=("base_out",))
 def _add_lora_op(
-    base_out: torch.Tensor,
-    x: torch.Tensor,
-    lora_a: torch.Tensor,
-    lora_b: torch.Tensor,
-    ranks: torch.Tensor,
-    scalings: torch.Tensor,
-    slice_bounds: torch.Tensor,
-    out_features: list[int],
-    token_slots: torch.Tensor,
-    sorted_tokens: torch.Tensor,
-    tile_map: torch.Tensor,
-) -> None:
-    wv, bv = _views(
-        lora_a,
-        lora_b,
-        ranks,
-        scalings,
-        slice_bounds,
-        out_features,
-        token_slots,
-        sorted_tokens,
-        tile_map,
-    )
+    base_out: torch.Tensor, x: torch.Tensor, weights: list[torch.Tensor],
+    out_features: list[int], batch: list[torch.Tensor],
+) -> None:  # fmt: skip
+    wv, bv = _views(weights, out_features, batch)
     if x.shape[0]:
         _view_impl(wv).add_lora(base_out, x, wv, bv)
 
 
 @_add_lora_op.register_fake
-def _(
-    base_out,
-    x,
-    lora_a,
-    lora_b,
-    ranks,
-    scalings,
-    slice_bounds,
-    out_features,
-    token_slots,
-    sorted_tokens,
-    tile_map,
-) -> None:
+def _(base_out, x, weights, out_features, batch) -> None:
     return None
 
 
 @torch.library.custom_op("lora_dispatch::lora_shrink", mutates_args=())
 def _shrink_op(
-    x: torch.Tensor,
-    lora_a: torch.Tensor,
-    lora_b: torch.Tensor,
-    ranks: torch.Tensor,
-    scalings: torch.Tensor,
-    slice_bounds: torch.Tensor,
-    out_features: list[int],
-    token_slots: torch.Tensor,
-    sorted_tokens: torch.Tensor,
-    tile_map: torch.Tensor,
-) -> torch.Tensor:
-    wv, bv = _views(
-        lora_a,
-        lora_b,
-        ranks,
-        scalings,
-        slice_bounds,
-        out_features,
-        token_slots,
-        sorted_tokens,
-        tile_map,
-    )
+    x: torch.Tensor, weights: list[torch.Tensor], out_features: list[int],
+    batch: list[torch.Tensor],
+) -> torch.Tensor:  # fmt: skip
+    wv, bv = _views(weights, out_features, batch)
     if not x.shape[0]:
         return torch.zeros(wv.num_slices, 0, wv.max_rank, dtype=torch.float32, device=x.device)
     return _view_impl(wv).shrink(x, wv, bv)
 
 
 @_shrink_op.register_fake
-def _(
-    x,
-    lora_a,
-    lora_b,
-    ranks,
-    scalings,
-    slice_bounds,
-    out_features,
-    token_slots,
-    sorted_tokens,
-    tile_map,
-):
-    return x.new_empty((len(out_features), x.shape[0], lora_b.shape[2]), dtype=torch.float32)
+def _(x, weights, out_features, batch):
+    return x.new_empty((len(out_features), x.shape[0], weights[1].shape[2]), dtype=torch.float32)
 
 
 @torch.library.custom_op("lora_dispatch::lora_expand", mutates_args=("base_out",))
 def _expand_op(
-    y: torch.Tensor,
-    base_out: torch.Tensor,
-    lora_a: torch.Tensor,
-    lora_b: torch.Tensor,
-    ranks: torch.Tensor,
-    scalings: torch.Tensor,
-    slice_bounds: torch.Tensor,
-    out_features: list[int],
-    token_slots: torch.Tensor,
-    sorted_tokens: torch.Tensor,
-    tile_map: torch.Tensor,
-) -> None:
-    wv, bv = _views(
-        lora_a,
-        lora_b,
-        ranks,
-        scalings,
-        slice_bounds,
-        out_features,
-        token_slots,
-        sorted_tokens,
-        tile_map,
-    )
+    y: torch.Tensor, base_out: torch.Tensor, weights: list[torch.Tensor],
+    out_features: list[int], batch: list[torch.Tensor],
+) -> None:  # fmt: skip
+    wv, bv = _views(weights, out_features, batch)
     if y.shape[1]:
         _view_impl(wv).expand(y, wv, bv, base_out)
 
 
 @_expand_op.register_fake
-def _(
-    y,
-    base_out,
-    lora_a,
-    lora_b,
-    ranks,
-    scalings,
-    slice_bounds,
-    out_features,
-    token_slots,
-    sorted_tokens,
-    tile_map,
-) -> None:
+def _(y, base_out, weights, out_features, batch) -> None:
     return None
