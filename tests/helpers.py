@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 import lora_dispatch as ld
+from lora_dispatch.check import TOLERANCE, delta_error
 
-# ||out - ref|| / ||ref|| over the delta (DESIGN.md)
-TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-3}
+# ||out - ref|| / ||ref|| over the delta (DESIGN.md), one table for tests and `check`
+TOL = TOLERANCE
 
 
 def random_adapter(in_features, out_features, rank, generator=None, slice_ranks=None):
@@ -77,32 +78,7 @@ def naive_delta(x, out_features, adapters, token_slots):
     return delta
 
 
-_MANTISSA = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23}
-
-
-def ulp(t):
-    """float64 spacing of ``t``'s dtype at each element of ``t``."""
-    m = _MANTISSA[t.dtype]
-    tiny = torch.finfo(t.dtype).tiny
-    v = t.detach().to("cpu", torch.float64).abs().clamp(min=tiny)
-    _, e = torch.frexp(v)
-    return torch.ldexp(torch.ones_like(v), e - 1 - m)
-
-
-def rel_err(out, base, ref_delta):
-    """``||(out - base) - ref|| / ||ref||`` in float64, less the output's own rounding.
-
-    Storing ``base + delta`` in ``out``'s dtype moves each element by up to half an ulp of
-    the result, whatever the kernel does; one ulp per element is forgiven so that tiny
-    deltas on large base values do not fail on rounding alone (0 when both are zero).
-    """
-    got = out.detach().to("cpu", torch.float64) - base.detach().to("cpu", torch.float64)
-    excess = ((got - ref_delta).abs() - ulp(out)).clamp(min=0)
-    den = ref_delta.norm().item()
-    num = excess.norm().item()
-    if den == 0:
-        return num
-    return num / den
+rel_err = delta_error  # the metric of lora_dispatch.check (ulp-aware, DESIGN.md)
 
 
 def untouched_rows(token_slots, adapters, t):
