@@ -44,6 +44,13 @@ def tile_index(block_m: int) -> int:
         raise ValueError(f"block_m must be one of {TILE_SIZES}, got {block_m}") from None
 
 
+def _static_layout(capacity: int) -> tuple[int, int, int]:
+    """Offsets of ``sorted_tokens`` and ``tile_map`` and the total length (int32 elements) of
+    a static batch's single buffer; every part starts on a 16-byte boundary."""
+    up = -(-capacity // 4) * 4
+    return up, 2 * up, 2 * up + len(TILE_SIZES) * 3 * max_tiles(capacity)
+
+
 def _metadata(slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sorted token order, tile map and a packed segment summary for ``slots``.
 
@@ -159,6 +166,10 @@ class LoRABatch:
         "tile_map",
         "_host_segments",
         "max_slot",
+        "_buf",
+        "_stages",
+        "_stage_events",
+        "_next_stage",
     )
 
     def __init__(self) -> None:
@@ -241,10 +252,18 @@ class LoRABatch:
             raise ValueError(f"max_tokens must be an int >= 0, got {max_tokens!r}")
         dev = _device(device)
         batch = cls._new(dev, max_tokens, is_static=True)
-        batch.token_slots = torch.full((max_tokens,), -1, dtype=torch.int32, device=dev)
-        sorted_tokens, tile_map, _ = _metadata(batch.token_slots)
-        batch.sorted_tokens = sorted_tokens
-        batch.tile_map = tile_map
+        o1, o2, total = _static_layout(max_tokens)
+        nt = max_tiles(max_tokens)
+        # [total] int32: token_slots | sorted_tokens | tile_map, each 16-byte aligned
+        batch._buf = torch.empty(total, dtype=torch.int32, device=dev)
+        batch.token_slots = batch._buf[:max_tokens]
+        batch.sorted_tokens = batch._buf[o1 : o1 + max_tokens]
+        batch.tile_map = batch._buf[o2:].view(len(TILE_SIZES), 3, nt)
+        pin = dev.type == "cuda"
+        batch._stages = [torch.empty(total, dtype=torch.int32, pin_memory=pin) for _ in range(2)]
+        batch._stage_events = [None, None]
+        batch._next_stage = 0
+        batch._fill(torch.empty(0, dtype=torch.int32), name="token_slots")
         return batch
 
     def update_(self, token_slots: torch.Tensor | Sequence[int]) -> LoRABatch:
@@ -252,9 +271,10 @@ class LoRABatch:
 
         Positions past ``len(token_slots)`` get slot ``-1``. Buffers keep their storage, so
         graphs captured with this batch replay with the new routing. A host tensor or list
-        is processed on the host and copied without a device sync; a device tensor is
-        processed on the device without reading it back (the host summary used for
-        slot-range checks is then unknown).
+        is processed on the host and uploaded with one asynchronous copy from pinned memory
+        (the host does not wait for the GPU's queued work); a device tensor is processed on
+        the device without reading it back (the host summary used for slot-range checks is
+        then unknown).
         """
         if not self.is_static:
             raise TypeError("update_ needs a static batch from LoRABatch.empty")
@@ -294,16 +314,42 @@ class LoRABatch:
         hs = self._host_segments
         self.max_slot = max((s for s, _, _ in hs), default=-1) if hs is not None else None
         self.num_tokens = n
-        if self.is_static:
-            nb = self.device.type != "cpu"
-            self.token_slots.copy_(slots, non_blocking=nb)
-            self.sorted_tokens.copy_(sorted_tokens, non_blocking=nb)
-            self.tile_map.copy_(tile_map, non_blocking=nb)
+        if self.is_static and on_host:
+            self._upload(slots, sorted_tokens, tile_map)
+        elif self.is_static:
+            self.token_slots.copy_(slots)
+            self.sorted_tokens.copy_(sorted_tokens)
+            self.tile_map.copy_(tile_map)
         else:
             dev = self.device
             self.token_slots = slots.to(dev)
             self.sorted_tokens = sorted_tokens.to(dev)
             self.tile_map = tile_map.to(dev)
+
+    def _upload(self, slots: torch.Tensor, sorted_tokens: torch.Tensor, tile_map: torch.Tensor):
+        """One host-to-device copy of the three buffers through a pinned staging buffer.
+
+        Two staging buffers alternate; before one is rewritten, the copy that last read it
+        must have run (its event), so the host waits at most for the copy queued two
+        updates ago, never for the current stream's work.
+        """
+        i = self._next_stage
+        self._next_stage = 1 - i
+        stage, ev = self._stages[i], self._stage_events[i]
+        if ev is not None:
+            ev.synchronize()
+        cap = self.capacity
+        o1, o2, _ = _static_layout(cap)
+        stage[:cap].copy_(slots)
+        stage[o1 : o1 + cap].copy_(sorted_tokens)
+        stage[o2:].copy_(tile_map.flatten())
+        if self._buf.device.type == "cuda":
+            self._buf.copy_(stage, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record()
+            self._stage_events[i] = ev
+        else:
+            self._buf.copy_(stage)
 
     @property
     def host_segments(self) -> tuple[tuple[int, int, int], ...] | None:
