@@ -65,20 +65,7 @@ except ImportError:  # pragma: no cover - reported by main()
     triton = None
 
 if triton is not None:
-
-    @triton.jit
-    def k4(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
-        pass
-
-    @triton.jit
-    def k10(x_ptr, y_ptr, z_ptr, w_ptr, n, m, stride, scale, BLOCK: tl.constexpr,
-            ACT: tl.constexpr):
-        pass
-
-    @triton.jit
-    def k20(a_ptr, b_ptr, c_ptr, d_ptr, e_ptr, f_ptr, m, n, k, sa0, sa1, sb0, sb1, sc0, sc1,
-            scale, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr):
-        pass
+    from lora_dispatch.bench.launch_stubs import k4, k10, k20
 
     @triton.jit
     def lora_shrink(x_ptr, a_ptr, out_ptr, tok_lora_ptr, m, n, k, sxm, sxk, sal, sak, som,

@@ -24,22 +24,7 @@ from lora_dispatch.launchers.versions import get_adapter, reference_backend  # n
 ADAPTER = get_adapter()
 
 
-@triton.jit
-def k4(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
-    pass
-
-
-@triton.jit
-def k10(x_ptr, y_ptr, z_ptr, w_ptr, n, m, stride, scale, BLOCK: tl.constexpr,
-        ACT: tl.constexpr):
-    pass
-
-
-@triton.jit
-def k20(a_ptr, b_ptr, c_ptr, d_ptr, e_ptr, f_ptr, m, n, k, sa0, sa1, sb0, sb1, sc0, sc1,
-        scale, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr):
-    pass
-
+from lora_dispatch.bench.launch_stubs import k4, k10, k20  # noqa: E402
 
 _buf = torch.empty(1 << 12, dtype=torch.float16)
 

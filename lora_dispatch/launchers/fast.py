@@ -230,7 +230,16 @@ class FastLauncher:
                                   single_device=dev_ns["single"],
                                   lean=is_cuda and lean_launch_enabled())
         ns.update({k: v for k, v in dev_ns.items() if k != "single"})
-        if dev_ns["single"]:
+        self._fl_exec(source, ns, single_device=dev_ns["single"])
+        self._fl_adapter = adapter
+        self._fl_source = source
+        self._fl_ns = ns
+        self._fl_state0 = ns["_fl_state"]()
+        self._fl_launch = ns["_fl_launch"]
+
+    def _fl_exec(self, source: str, ns: dict, single_device: bool) -> None:
+        """Bind this launcher's cache and callbacks into ``ns`` and execute ``source`` there."""
+        if single_device:
             ns["_fl_cache"] = self._fl_caches.setdefault(0, {})
         ns["_fl_caches"] = self._fl_caches
         ns["_fl_EMPTY"] = {}
@@ -238,13 +247,7 @@ class FastLauncher:
         ns["_fl_miss"] = self._fl_on_miss
         ns["_fl_plain"] = self._fl_on_plain
         ns["_fl_check_globals"] = partial(_check_globals, self._fl_jit)
-        code = compile(source, f"<fast_launch {_name(self._fl_jit)}>", "exec")
-        exec(code, ns)
-        self._fl_adapter = adapter
-        self._fl_source = source
-        self._fl_ns = ns
-        self._fl_state0 = ns["_fl_state"]()
-        self._fl_launch = ns["_fl_launch"]
+        exec(compile(source, f"<fast_launch {_name(self._fl_jit)}>", "exec"), ns)
 
     def _fl_on_plain(self, grid: Any, args: tuple, kwargs: dict) -> Any:
         self._fl_fallbacks += 1
@@ -306,14 +309,7 @@ class FastLauncher:
         source, ns = build_source(self._fl_jit, adapter, backend, inline=inline,
                                   single_device=True, lean=lean)
         ns.update(_cpu_device_namespace())
-        ns["_fl_cache"] = self._fl_caches.setdefault(0, {})
-        ns["_fl_caches"] = self._fl_caches
-        ns["_fl_EMPTY"] = {}
-        ns["_fl_hit"] = self._fl_hits.__next__
-        ns["_fl_miss"] = self._fl_on_miss
-        ns["_fl_plain"] = self._fl_on_plain
-        ns["_fl_check_globals"] = partial(_check_globals, self._fl_jit)
-        exec(compile(source, f"<fast_launch {_name(self._fl_jit)}>", "exec"), ns)
+        self._fl_exec(source, ns, single_device=True)
         self._fl_adapter, self._fl_source, self._fl_ns = adapter, source, ns
         self._fl_state0 = ns["_fl_state"]()
         self._fl_launch = ns["_fl_launch"]
