@@ -5,8 +5,10 @@ Two formulations:
 - *grouped* (eager, host knows the batch's segments): one GEMM pair per used slot over that
   slot's tokens and its real rank; compute is proportional to the tokens with an adapter
   and to each slot's rank.
-- *masked* (no host information, e.g. inside ``torch.compile`` or a CUDA graph): a loop over
-  every slot with masks built on the device; never reads device data on the host.
+- *masked* (no host information, e.g. inside ``torch.compile``; a static batch, which exists
+  to be refilled between CUDA-graph replays; or any call while a CUDA stream is capturing):
+  a loop over every slot with masks built on the device, never reading device data on the
+  host, so a captured graph stays right when the batch is refilled or adapters are reloaded.
 
 Backend interface (shared by every backend): ``shrink(x, w, batch) -> y``,
 ``expand(y, w, batch, base_out)``, ``add_lora(base_out, x, w, batch)``, where ``w`` is a
@@ -20,6 +22,13 @@ from __future__ import annotations
 import torch
 
 __all__ = ["shrink", "expand", "add_lora"]
+
+
+def _grouped(x: torch.Tensor, w, batch) -> bool:
+    """Whether the host-known segments and ranks may drive this call (see module docstring)."""
+    if batch.host_segments is None or w.host_ranks is None or batch.is_static:
+        return False
+    return not (x.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def _segments(w, batch):
@@ -106,7 +115,7 @@ def shrink(x: torch.Tensor, w, batch) -> torch.Tensor:
     Tensor [num_slices, T, max_rank] float32
     """
     t = x.shape[0]
-    if batch.host_segments is None or w.host_ranks is None:
+    if not _grouped(x, w, batch):
         return _masked_shrink(x, w, batch)[0]
     y = torch.zeros(w.num_slices, t, w.max_rank, dtype=torch.float32, device=x.device)
     for slot, r, idx in _segments(w, batch):
@@ -124,7 +133,7 @@ def expand(y: torch.Tensor, w, batch, base_out: torch.Tensor) -> None:
     base_out : Tensor [T, sum(out_features)], updated in place
     """
     t = base_out.shape[0]
-    if batch.host_segments is None or w.host_ranks is None:
+    if not _grouped(y, w, batch):
         _masked_expand(y.float(), w, batch.token_slots[:t].to(torch.int64), base_out)
         return
     for slot, r, idx in _segments(w, batch):
@@ -134,7 +143,7 @@ def expand(y: torch.Tensor, w, batch, base_out: torch.Tensor) -> None:
 
 def add_lora(base_out: torch.Tensor, x: torch.Tensor, w, batch) -> None:
     """``base_out += expand(shrink(x))`` without materializing the full ``y``."""
-    if batch.host_segments is None or w.host_ranks is None:
+    if not _grouped(x, w, batch):
         y, slots = _masked_shrink(x, w, batch)
         _masked_expand(y, w, slots, base_out)
         return
