@@ -11,6 +11,8 @@ synchronised between repeats, never per launch):
   metadata and hooks precomputed (what no Python launcher can beat without going native);
 * ``fast``    - ``fast_launch`` (standard path: calls the compiled kernel's ``run``);
 * ``fast_lean`` - ``fast_launch`` with the lean C entry point (Triton 3.5 / 3.6 CUDA);
+* ``fast_native`` - ``fast_launch``'s native tier: key, lookup and ``cuLaunchKernelEx`` in
+  one C call built at first use (Triton 3.5 / 3.6 CUDA);
 * ``graph``   - CUDA-graph replay of N captured launches, host time / N.
 
 Then one Llama-3-8B decoder layer's LoRA launches (shrink + expand for qkv, o, gate_up and
@@ -119,8 +121,18 @@ def _graph_fn(launch, n, torch):
     return graph.replay
 
 
+TIERS = (("fast", "python"), ("fast_lean", "lean"), ("fast_native", "native"))
+
+
+def _set_tier(tier: str | None) -> None:
+    from lora_dispatch.launchers import set_lean_launch, set_native_launch
+
+    set_lean_launch(None if tier is None else tier != "python")
+    set_native_launch(None if tier is None else tier == "native")
+
+
 def _bench_kernel(jit, args, kwargs, grid, n_launch, repeats, lean_ok, torch) -> dict:
-    from lora_dispatch.launchers import fast_launch, set_lean_launch
+    from lora_dispatch.launchers import fast_launch
 
     sync = torch.cuda.synchronize
     row: dict = {}
@@ -130,16 +142,18 @@ def _bench_kernel(jit, args, kwargs, grid, n_launch, repeats, lean_ok, torch) ->
                                      sync)
     row["floor"] = _time_per_launch(_floor_fn(jit, compiled, grid, args, kwargs, torch),
                                     n_launch, repeats, sync)
-    for label, lean in (("fast", False), ("fast_lean", True)):
-        if lean and not lean_ok:
+    for label, tier in TIERS:
+        if tier != "python" and not lean_ok:
             continue
-        set_lean_launch(lean)
+        _set_tier(tier)
         fast = fast_launch(jit)
         assert fast[grid](*args, **kwargs) is compiled
         assert fast[grid](*args, **kwargs) is compiled
+        assert fast.launch_tier == tier, (fast.launch_tier, tier)
         row[label] = _time_per_launch(lambda f=fast: f[grid](*args, **kwargs), n_launch,
                                       repeats, sync)
         row[label]["cache_info"] = fast.cache_info()._asdict()
+    _set_tier(None)
     n_graph = 100
     replay = _graph_fn(lambda: jit[grid](*args, **kwargs), n_graph, torch)
     g = _time_per_launch(replay, max(10, n_launch // n_graph), repeats, sync)
@@ -178,7 +192,7 @@ def _breakdown(arg_set, n, repeats, torch) -> dict:
 
 def _bench_layer(n_launch, repeats, lean_ok, torch) -> dict:
     """One Llama-3-8B decoder layer: 8 LoRA launches (shrink + expand x 4 projections)."""
-    from lora_dispatch.launchers import fast_launch, set_lean_launch
+    from lora_dispatch.launchers import fast_launch
 
     sync = torch.cuda.synchronize
     shrink, expand = lora_shrink, lora_expand
@@ -218,19 +232,20 @@ def _bench_layer(n_launch, repeats, lean_ok, torch) -> dict:
     sync()
     n_layer = max(20, n_launch // 8)
     layer["triton"] = _time_per_launch(layer_plain, n_layer, repeats, sync)
-    for label, lean in (("fast", False), ("fast_lean", True)):
-        if lean and not lean_ok:
+    for label, tier in TIERS:
+        if tier != "python" and not lean_ok:
             continue
-        set_lean_launch(lean)
+        _set_tier(tier)
         fast_tab = {k: fast_launch(v) for k, v in kernels.items()}
         layer_fast = layer_with(fast_tab)
         layer_fast()
         layer_fast()
+        assert all(f.launch_tier == tier for f in fast_tab.values())
         layer[label] = _time_per_launch(layer_fast, n_layer, repeats, sync)
     layer["launches"] = len(launches)
     layer["shapes"] = {"tokens": tokens, "rank": rank, **{
         k: {"in": i, "out": o} for k, (i, o) in projections.items()}}
-    set_lean_launch(None)
+    _set_tier(None)
     return layer
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,11 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_launch: triton is not installed; nothing to measure")
         return 0
 
-    from lora_dispatch.launchers import (
-        get_adapter,
-        set_launcher_mode,
-        set_lean_launch,
-    )
+    from lora_dispatch.launchers import get_adapter, set_launcher_mode
 
     set_launcher_mode("fast")
     n_launch = 200 if ns.quick else 1000
@@ -296,12 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         results.setdefault("errors", []).append(f"layer: {exc!r}")
         print(f"bench_launch: layer benchmark failed: {exc!r}")
-    set_lean_launch(None)
+    _set_tier(None)
 
     # ---- report
     print(f"{device_name} | triton {triton.__version__} | torch {torch.__version__} | "
           f"commit {results['commit']}")
-    cols = ["triton", "floor", "fast", "fast_lean", "graph"]
+    cols = ["triton", "floor", "fast", "fast_lean", "fast_native", "graph"]
     print(f"{'us / launch (median)':<22}" + "".join(f"{c:>11}" for c in cols))
     for name, row in results["kernels"].items():
         cells = "".join(f"{row[c]['median_us']:>11.2f}" if c in row else f"{'-':>11}"
@@ -310,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in results["kernels"].items():
         if "fast" not in row:
             continue
-        best = min(row[c]["median_us"] for c in ("fast", "fast_lean") if c in row)
+        best = min(row[c]["median_us"] for c in ("fast", "fast_lean", "fast_native")
+                   if c in row)
         print(f"{name}: fast/floor {row['fast']['median_us'] / row['floor']['median_us']:.3f}"
               f"  best-fast/floor {best / row['floor']['median_us']:.3f}"
               f"  triton/fast {row['triton']['median_us'] / row['fast']['median_us']:.2f}x"

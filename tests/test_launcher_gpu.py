@@ -17,9 +17,13 @@ pytestmark = [
 
 from lora_dispatch.launchers import (  # noqa: E402
     fast_launch,
+    get_adapter,
     set_launcher_mode,
     set_lean_launch,
+    set_native_launch,
 )
+
+_TIER_OK = get_adapter().lean_capable and torch.version.hip is None
 
 
 @triton.jit
@@ -50,12 +54,18 @@ FAST_AXPB = fast_launch(_axpb)
 FAST_COPY = fast_launch(_copy_dns)
 
 
-@pytest.fixture(params=[False, True], ids=["standard", "lean"])
+@pytest.fixture(params=["python", "lean", "native"])
 def lean(request):
+    """The launch tier under test (see ``FastLauncher.launch_tier``)."""
+    tier = request.param
+    if tier != "python" and not _TIER_OK:
+        pytest.skip(f"the {tier} tier needs Triton 3.5 / 3.6 on CUDA")
     set_launcher_mode("fast")
-    set_lean_launch(request.param)
-    yield request.param
+    set_lean_launch(tier != "python")
+    set_native_launch(tier == "native")
+    yield tier
     set_lean_launch(None)
+    set_native_launch(None)
     set_launcher_mode(None)
 
 
@@ -75,6 +85,7 @@ def _both(plain_jit, fast, grid, make_args, kwargs):
     k_hit = fast[grid](*args_h, **kwargs)
     torch.cuda.synchronize()
     assert fast.cache_info().hits == before + 1, "second fast launch was not a cache hit"
+    assert fast.launch_tier in ("python", "lean", "native")
     return (args_p, args_f, args_h), (k_plain, k_miss, k_hit)
 
 
@@ -112,6 +123,53 @@ def test_matches_plain_triton_bit_for_bit(case, lean) -> None:
     k_plain, k_miss, k_hit = kernels
     assert k_miss is k_plain and k_hit is k_plain
     assert k_hit.hash == k_plain.hash
+    assert FAST_AXPB.launch_tier == lean
+
+
+def test_native_rejects_host_tensor_like_triton(lean) -> None:
+    """A CPU tensor where a CUDA one was launched raises ValueError (as Triton's launcher
+    does) instead of launching a kernel on a host pointer; nothing is written."""
+    x = torch.randn(1024, device="cuda")
+    y = torch.zeros_like(x)
+    for _ in range(2):
+        FAST_AXPB[(4,)](x, y, 1024, 0.5, 3, False, None, BLOCK=256)
+    torch.cuda.synchronize()
+    with pytest.raises(ValueError, match="cpu tensor"):
+        FAST_AXPB[(4,)](x.cpu(), y, 1024, 0.5, 3, False, None, BLOCK=256)
+    y2 = torch.zeros_like(x)
+    FAST_AXPB[(4,)](x, y2, 1024, 0.5, 3, False, None, BLOCK=256)
+    torch.cuda.synchronize()
+    assert torch.equal(y, y2)
+
+
+def test_native_graph_capture_and_many_variants(lean) -> None:
+    """Launches captured in a CUDA graph replay like plain ones; 12 variants coexist."""
+    n = 4096
+    xs = [_views(torch.float32, n, off) for off in (0, 1, 2, 3)]
+    for x in xs:
+        for block in (128, 256, 512):
+            y_p, y_f = torch.zeros_like(x), torch.zeros_like(x)
+            _axpb[(triton.cdiv(n, block),)](x, y_p, n, 0.5, 3, False, None, BLOCK=block)
+            FAST_AXPB[(triton.cdiv(n, block),)](x, y_f, n, 0.5, 3, False, None, BLOCK=block)
+            FAST_AXPB[(triton.cdiv(n, block),)](x, y_f, n, 0.5, 3, False, None, BLOCK=block)
+            torch.cuda.synchronize()
+            assert torch.equal(y_p, y_f)
+    x = xs[0]
+    y = torch.zeros_like(x)
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        with torch.cuda.graph(g, stream=s):
+            FAST_AXPB[(n // 256,)](x, y, n, 2.0, 3, True, None, BLOCK=256)
+    torch.cuda.current_stream().wait_stream(s)
+    x.copy_(torch.randn_like(x))
+    g.replay()
+    torch.cuda.synchronize()
+    ref = torch.zeros_like(x)
+    _axpb[(n // 256,)](x, ref, n, 2.0, 3, True, None, BLOCK=256)
+    torch.cuda.synchronize()
+    assert torch.equal(y, ref)
 
 
 def test_callable_grid_and_defaults(lean) -> None:

@@ -86,6 +86,8 @@ for _name in ("float8_e4m3fn", "float8_e5m2"):
 
 # Views at every element offset 0..15: data_ptr() % 16 takes all reachable values.
 VIEWS = [torch.empty(64, dtype=dt)[off:] for dt in DTYPES for off in range(16)]
+PARAMS = [torch.nn.Parameter(torch.empty(64, dtype=dt)[off:], requires_grad=False)
+          for dt in DTYPES[:4] for off in (0, 1, 8)]
 
 EDGE_INTS = [0, 1, 2, 15, 16, 17, 32, -1, -15, -16, -17, 2**31 - 16, 2**31 - 1, 2**31,
              2**31 + 16, -(2**31), -(2**31) - 1, -(2**31) - 16, 2**32, 2**63 - 16, 2**63 - 1,
@@ -96,8 +98,10 @@ CONSTEXPRS = [1, 2, 16, 64, 128, True, False, 1.0, 2.5, None, "relu", "gelu", 0,
 
 def _runtime_value(rng: random.Random):
     r = rng.random()
-    if r < 0.35:
+    if r < 0.33:
         return rng.choice(VIEWS)
+    if r < 0.35:
+        return rng.choice(PARAMS)
     if r < 0.42:
         return FakePtr(rng.randrange(0, 1 << 40), rng.choice(DTYPES))
     if r < 0.70:
@@ -279,3 +283,77 @@ def test_hip_routes_tensors_through_triton() -> None:
         pytest.skip("no AMD backend in this Triton")
     launcher = FastLauncher(k_plain).build_for_tests(reference_backend("hip"))
     assert "data_ptr() & 15" not in launcher.launcher_source
+
+
+def _native_ok() -> bool:
+    if not ADAPTER.lean_capable:
+        return False
+    from lora_dispatch.launchers import native
+
+    try:
+        native.load()
+    except native.NativeUnavailable:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _native_ok(), reason="native tier needs Triton 3.5/3.6 and a C compiler")
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_native_key_refines_triton(name: str) -> None:
+    """The C key of the native tier: equal native keys => equal Triton keys, on random calls
+    and one-parameter mutations; it must cover the common calls (tensors, ints, floats)."""
+    jit = KERNELS[name]
+    backend = reference_backend("cuda")
+    launcher = FastLauncher(jit).build_for_tests(backend, lean=True, native=True)
+    if launcher.launch_tier != "native":
+        assert name == "annotated", launcher.launcher_source.splitlines()[0]
+        return
+    ref = reference_keyer(jit, backend, ADAPTER)
+    rng = random.Random(f"native-{name}")
+    native_to_ref: dict = {}
+    covered = total = 0
+
+    def one(values):
+        nonlocal covered, total
+        args, kwargs = _as_call(rng, jit, values)
+        try:
+            r = ref(*args, **kwargs)
+            hash(r)
+        except Exception:
+            return
+        total += 1
+        n = launcher.native_key(*args, **kwargs)
+        if n is None:
+            return
+        covered += 1
+        seen = native_to_ref.setdefault(n, (r, args, kwargs))
+        assert seen[0] == r, (
+            f"native key maps to two Triton keys:\n  {seen[0]!r}\n  {r!r}\n"
+            f"calls: {_short((seen[1], seen[2]))} / {_short((args, kwargs))}")
+
+    for _ in range(N_CALLS // 4):
+        base = _values(rng, jit)
+        one(base)
+        for _ in range(4):
+            one(_mutate(rng, jit, base))
+    assert total > N_CALLS // 3
+    assert covered > total // 50, (covered, total)  # FakePtr / str / float constexprs: Python path
+    assert len(native_to_ref) > 20
+
+
+@pytest.mark.skipif(not _native_ok(), reason="native tier needs Triton 3.5/3.6 and a C compiler")
+def test_native_key_covers_typical_lora_launch() -> None:
+    """A kernel call of the shape the LoRA ops make (tensors, int strides including 1,
+    constexpr blocks, num_warps / num_stages) gets a native key; a FakePtr does not."""
+    launcher = FastLauncher(k_wide).build_for_tests(reference_backend("cuda"), lean=True,
+                                                    native=True)
+    t = torch.empty(64, dtype=torch.bfloat16)
+    args = (t, t, t[1:], t, 4096, 1, 16, 1, 4096, 17, 2**33, 0.5, t, t, None, True)
+    key = launcher.native_key(*args, BM=64, BN=32, EVEN=True, DT=None, num_warps=4,
+                              num_stages=3)
+    assert key is not None
+    assert launcher.native_key(*args, BM=64, BN=32, EVEN=True, DT=None, num_warps=8,
+                               num_stages=3) != key
+    fake = (FakePtr(0, torch.float16),) + args[1:]
+    assert launcher.native_key(*fake, BM=64, BN=32, EVEN=True, DT=None) is None
+    assert launcher.native_key(*args, BM=64, BN=32, EVEN=True, DT=None, maxnreg=128) is None

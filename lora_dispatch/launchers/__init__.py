@@ -17,8 +17,10 @@ from .fast import (
     fast_launch,
     launcher_mode,
     lean_launch_enabled,
+    native_launch_enabled,
     set_launcher_mode,
     set_lean_launch,
+    set_native_launch,
 )
 from .versions import SUPPORTED, get_adapter
 
@@ -31,6 +33,8 @@ __all__ = [
     "get_adapter",
     "launcher_mode",
     "lean_launch_enabled",
+    "native_launch_enabled",
     "set_launcher_mode",
     "set_lean_launch",
+    "set_native_launch",
 ]

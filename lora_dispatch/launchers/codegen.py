@@ -49,7 +49,8 @@ def _signature(jit: Any) -> list[inspect.Parameter]:
 
 
 def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
-                 single_device: bool = True, lean: bool = False) -> tuple[str, dict[str, Any]]:
+                 single_device: bool = True, lean: bool = False,
+                 native: bool = False) -> tuple[str, dict[str, Any]]:
     """Generate the launch / key functions of ``jit`` for one Triton release and backend.
 
     Parameters
@@ -65,6 +66,10 @@ def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
     lean : bool
         Call the C launch entry point directly (3.5 / 3.6 CUDA, see
         :meth:`Adapter.lean_entry`) instead of the compiled kernel's ``run``.
+    native : bool
+        Try the native tier first (see :mod:`.native`; implies ``inline`` and needs
+        :attr:`Adapter.lean_capable`); ``ns["_fl_nat"]`` is then the C key / variant table
+        and ``ns["_fl_nat_slots"]`` the option names that follow the parameters.
 
     Returns
     -------
@@ -100,6 +105,7 @@ def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
     launch_args = "".join(f", {n}" for n in launch_names)
     meta_dict = "{" + ", ".join(f"{n!r}: {n}" for n in names) + "}"
     kw_src = f"_fl_kw(_fl_opts{''.join(', ' + o for o in opts)})"
+    native = native and inline and adapter.lean_capable and _native_table(jit, plan, opts, ns)
 
     state_checks = []
     for i, expr in enumerate(adapter.state_exprs):
@@ -114,24 +120,51 @@ def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
         dev_src = ("    _fl_dev = _fl_getdev()\n"
                    "    _fl_e = _fl_caches.get(_fl_dev, _fl_EMPTY).get(_fl_k)\n")
 
-    lines = [
-        f"# fast_launch for {getattr(jit.fn, '__qualname__', '?')} "
-        f"(Triton {adapter.version[0]}.{adapter.version[1]}, "
-        f"{'inline CUDA keys' if inline else 'Triton specialisation helpers'}"
-        f"{', lean C launch' if lean else ''})",
-        f"def _fl_launch(_fl_grid, {params_src}):",
-        f"    if {guard}:",
-        f"        return _fl_plain(_fl_grid, {args_tuple}, {kw_src})",
-        f"    _fl_k = {key_src}",
-        dev_src.rstrip("\n"),
-        "    if _fl_e is None:",
-        f"        return _fl_miss(_fl_grid, _fl_k, _fl_dev, {args_tuple}, {kw_src})",
-        "    if _fl_jit.used_global_vals:",
-        "        _fl_check_globals()",
-        "    _fl_hit()",
+    grid_src = [
         "    if _fl_grid.__class__ is not tuple and callable(_fl_grid):",
         f"        _fl_grid = _fl_grid({meta_dict})",
         "    _fl_gl = len(_fl_grid)",
+    ]
+    if native:
+        slot_args = "".join(f", {n}" for n in names + opts)
+        dev0 = "0" if single_device else "_fl_getdev()"
+        head = [
+            "    if _fl_jit.used_global_vals:",
+            "        _fl_check_globals()",
+            *grid_src,
+            "    if not _fl_opts:",
+            f"        _fl_d0 = {dev0}",
+            "        _fl_r = _fl_natlaunch(_fl_nat, _fl_grid[0], _fl_grid[1] if _fl_gl > 1 else 1,"
+            " _fl_grid[2] if _fl_gl > 2 else 1,",
+            f"                              _fl_stream(_fl_d0), _fl_d0{slot_args})",
+            "        if _fl_r is not NotImplemented:",
+            "            return _fl_r",
+            f"    _fl_k = {key_src}",
+            dev_src.rstrip("\n"),
+            "    if _fl_e is None:",
+            f"        return _fl_miss(_fl_grid, _fl_k, _fl_dev, {args_tuple}, {kw_src})",
+            "    _fl_hit()",
+        ]
+    else:
+        head = [
+            f"    _fl_k = {key_src}",
+            dev_src.rstrip("\n"),
+            "    if _fl_e is None:",
+            f"        return _fl_miss(_fl_grid, _fl_k, _fl_dev, {args_tuple}, {kw_src})",
+            "    if _fl_jit.used_global_vals:",
+            "        _fl_check_globals()",
+            "    _fl_hit()",
+            *grid_src,
+        ]
+    tier = ", native C key + launch" if native else ", lean C launch" if lean else ""
+    lines = [
+        f"# fast_launch for {getattr(jit.fn, '__qualname__', '?')} "
+        f"(Triton {adapter.version[0]}.{adapter.version[1]}, "
+        f"{'inline CUDA keys' if inline else 'Triton specialisation helpers'}{tier})",
+        f"def _fl_launch(_fl_grid, {params_src}):",
+        f"    if {guard}:",
+        f"        return _fl_plain(_fl_grid, {args_tuple}, {kw_src})",
+        *head,
     ] + ([
         "    _fl_run, _fl_fn, _fl_md, _fl_coop, _fl_pdl, _fl_kernel = _fl_e",
         "    _fl_run(_fl_grid[0], _fl_grid[1] if _fl_gl > 1 else 1, "
@@ -171,3 +204,23 @@ def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
         "",
     ]
     return "\n".join(lines), ns
+
+
+def _native_table(jit: Any, plan: Any, opts: list[str], ns: dict[str, Any]) -> bool:
+    """Create the kernel's native key / variant table in ``ns``; False if it cannot be."""
+    from . import native
+
+    codes = native.slot_codes(plan, opts)
+    if codes is None:
+        return False
+    try:
+        mod = native.load()
+    except native.NativeUnavailable:
+        return False
+    ns["_fl_nat"] = mod.fl_new(codes, len(plan.params), native.torch_dtypes(),
+                               native.tensor_types(), NOT_SET)
+    ns["_fl_natlaunch"] = mod.fl_launch
+    ns["_fl_natkey"] = mod.fl_key
+    ns["_fl_natreg"] = mod.fl_register
+    ns["_fl_nat_slots"] = tuple(opts)
+    return True

@@ -20,6 +20,7 @@ from collections import namedtuple
 from functools import partial
 from typing import Any
 
+from . import native as _native
 from .codegen import build_source
 from .versions import Adapter, UnsupportedTriton, get_adapter
 
@@ -31,6 +32,8 @@ __all__ = [
     "lean_launch_enabled",
     "set_launcher_mode",
     "set_lean_launch",
+    "native_launch_enabled",
+    "set_native_launch",
     "UnsupportedTriton",
 ]
 
@@ -137,6 +140,26 @@ def set_lean_launch(enabled: bool | None) -> bool:
     return current
 
 
+def set_native_launch(enabled: bool | None) -> bool:
+    """Turn the native tier (C key + ``cuLaunchKernelEx``, see :mod:`.native`) on / off
+    (None: re-read ``LORA_DISPATCH_NATIVE``); live launchers are rebuilt on their next launch.
+
+    Returns
+    -------
+    bool
+        The setting now in force.
+    """
+    current = _native.set_native_launch(enabled)
+    for launcher in list(_live):
+        launcher._fl_reset()
+    return current
+
+
+def native_launch_enabled() -> bool:
+    """Whether new launchers take the native tier (see :func:`set_native_launch`)."""
+    return _native.native_launch_enabled()
+
+
 def _is_plain_jit(obj: Any) -> bool:
     try:
         from triton.runtime.jit import JITFunction
@@ -197,9 +220,14 @@ class FastLauncher:
         self._fl_force_plain = plain
         self._fl_plain = plain or self._fl_reason is not None
 
+    def _fl_clear_native(self) -> None:
+        if self._fl_ns is not None and "_fl_nat" in self._fl_ns:
+            _native.load().fl_clear(self._fl_ns["_fl_nat"])
+
     def _fl_reset(self) -> None:
         with self._fl_lock:
             if self._fl_reason is None and self._fl_ns is not None:
+                self._fl_clear_native()
                 self._fl_ns = None
                 self._fl_source = None
                 self._fl_launch = self._fl_bootstrap
@@ -228,7 +256,8 @@ class FastLauncher:
         dev_ns = _device_namespace() if device_setup else {"single": True}
         source, ns = build_source(self._fl_jit, adapter, backend, inline=is_cuda,
                                   single_device=dev_ns["single"],
-                                  lean=is_cuda and lean_launch_enabled())
+                                  lean=is_cuda and lean_launch_enabled(),
+                                  native=is_cuda and _native.native_launch_enabled())
         ns.update({k: v for k, v in dev_ns.items() if k != "single"})
         self._fl_exec(source, ns, single_device=dev_ns["single"])
         self._fl_adapter = adapter
@@ -268,6 +297,14 @@ class FastLauncher:
                 _log_once(f"cannot take the launcher of {_name(jit)}: {type(exc).__name__}: {exc}")
                 return kernel
             self._fl_caches.setdefault(dev, {})[key] = entry
+            if "_fl_nat" in self._fl_ns:
+                try:
+                    _native.register(self._fl_ns, kernel, dev, args, kwargs,
+                                     list(self._fl_jit.signature.parameters),
+                                     self._fl_adapter.scratch_params)
+                except Exception as exc:
+                    _log_once(f"native tier cannot store a variant of {_name(jit)}: "
+                              f"{type(exc).__name__}: {exc}")
         return kernel
 
     # ---------------------------------------------------------------- introspection
@@ -287,7 +324,35 @@ class FastLauncher:
             raise RuntimeError("launcher not built yet; call build_for_tests() or launch once")
         return self._fl_ns["_fl_key"](*args, **kwargs)
 
-    def build_for_tests(self, backend: Any, lean: bool = False) -> FastLauncher:
+    def native_key(self, *args: Any, **kwargs: Any) -> bytes | None:
+        """The native tier's key for a call (None: the call takes the Python path); tests.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            As for ``launcher[grid](...)``, launch options included.
+
+        Returns
+        -------
+        bytes or None
+        """
+        if self._fl_ns is None or "_fl_nat" not in self._fl_ns:
+            raise RuntimeError("no native tier (build_for_tests(native=True) or launch once)")
+        from .codegen import NOT_SET
+
+        ns = self._fl_ns
+        params = self._fl_jit.signature.parameters
+        if set(kwargs) - set(params) - set(ns["_fl_nat_slots"]):
+            return None
+        bound = self._fl_jit.signature.bind(*args, **{k: v for k, v in kwargs.items()
+                                                      if k in params})
+        bound.apply_defaults()
+        slots = tuple(bound.arguments.values()) + tuple(
+            kwargs.get(o, NOT_SET) for o in ns["_fl_nat_slots"])
+        return ns["_fl_natkey"](ns["_fl_nat"], 0, *slots)
+
+    def build_for_tests(self, backend: Any, lean: bool = False,
+                        native: bool = False) -> FastLauncher:
         """Generate the launcher without a GPU, specialising with ``backend`` (tests only).
 
         Parameters
@@ -296,6 +361,8 @@ class FastLauncher:
             A Triton backend object (see :func:`.versions.reference_backend`).
         lean : bool
             Generate the lean launch call (see :func:`set_lean_launch`).
+        native : bool
+            Generate the native tier too (needs Triton 3.5 / 3.6 and a C compiler).
 
         Returns
         -------
@@ -307,7 +374,7 @@ class FastLauncher:
         )
         adapter = get_adapter()
         source, ns = build_source(self._fl_jit, adapter, backend, inline=inline,
-                                  single_device=True, lean=lean)
+                                  single_device=True, lean=lean, native=native)
         ns.update(_cpu_device_namespace())
         self._fl_exec(source, ns, single_device=True)
         self._fl_adapter, self._fl_source, self._fl_ns = adapter, source, ns
@@ -344,13 +411,32 @@ class FastLauncher:
             ``path`` is ``"fast"``, ``"triton"`` (mode override) or ``"delegate"``.
         """
         hits = int(repr(self._fl_hits)[6:-1])  # 'count(N)': next value == calls so far
+        ns = self._fl_ns
+        if ns is not None and "_fl_nat" in ns:
+            hits += _native.load().fl_info(ns["_fl_nat"])[0]
         variants = sum(len(c) for c in list(self._fl_caches.values()))
         path = "triton" if self._fl_force_plain else "delegate" if self._fl_reason else "fast"
         return CacheInfo(hits, self._fl_misses, variants, self._fl_fallbacks, path)
 
+    @property
+    def launch_tier(self) -> str:
+        """How hits are launched: ``"native"`` (C key + ``cuLaunchKernelEx``), ``"lean"``
+        (Python key, Triton's C launch entry), ``"python"`` (Python key, compiled kernel's
+        ``run``), ``"triton"`` (mode override), ``"delegate"`` (Triton's own path) or
+        ``"unbuilt"`` (before the first launch)."""
+        if self._fl_force_plain:
+            return "triton"
+        if self._fl_reason is not None:
+            return "delegate"
+        if self._fl_source is None:
+            return "unbuilt"
+        first = self._fl_source.splitlines()[0]
+        return "native" if "native C key" in first else "lean" if "lean C" in first else "python"
+
     def cache_clear(self) -> None:
         """Forget stored variants (Triton's own cache is untouched)."""
         with self._fl_lock:
+            self._fl_clear_native()
             for cache in self._fl_caches.values():
                 cache.clear()
 

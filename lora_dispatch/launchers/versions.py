@@ -239,6 +239,12 @@ class Adapter:
 
 
     @property
+    def scratch_params(self) -> int:
+        """Trailing scratch-pointer parameters every compiled CUDA kernel takes (global
+        scratch from 3.3, profile scratch from 3.5)."""
+        return 2 if self.version >= (3, 5) else 1 if self.version >= (3, 3) else 0
+
+    @property
     def lean_capable(self) -> bool:
         """3.5 / 3.6: the CUDA launcher's C entry point can be called without its Python
         ``__call__`` (which only allocates scratch buffers, none for most kernels)."""

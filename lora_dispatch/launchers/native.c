@@ -1,0 +1,561 @@
+/* Native key + launch path of fast_launch (built at first use, see native.py).
+ *
+ * One Launcher object per kernel. A call fl_launch(launcher, gx, gy, gz, stream, dev, *slots)
+ *   1. computes the specialisation key of the slots (the kernel's parameters, then the
+ *      num_warps / num_stages / num_ctas options) as pairs of 64-bit words (tag, value),
+ *   2. finds the variant registered under that key,
+ *   3. packs the parameters by the variant's types and calls cuLaunchKernelEx,
+ * and returns the variant's CompiledKernel. It returns NotImplemented (nothing launched)
+ * whenever a slot is outside what this file keys (the Python path then handles the call
+ * exactly) or no variant is registered under the key.
+ *
+ * Key tags per slot (see codes below). The pairs mirror the inline key expressions of
+ * spec.py and refine Triton's own specialisation: equal pairs imply an equal Triton key.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <dlfcn.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cuda.h"
+
+/* slot codes */
+enum { C_SKIP = 0, C_GENERIC = 1, C_GENERIC_SA = 2, C_GENERIC_NOSPEC = 3, C_CONSTEXPR = 4,
+       C_OPTION = 5 };
+/* variant parameter types */
+enum { T_SKIP = 0, T_PTR, T_I8, T_I16, T_I32, T_I64, T_U8, T_U16, T_U32, T_U64, T_FP32,
+       T_FP64 };
+/* key tags */
+enum { G_UNSET = 0, G_TENSOR, G_INT32, G_ONE, G_BIG, G_NONE, G_FLOAT, G_BOOL, G_CINT,
+       G_CBOOL, G_CNONE, G_NOTSET };
+
+#define MAX_SLOTS 64
+
+typedef CUresult (*launch_ex_t)(const CUlaunchConfig *, CUfunction, void **, void **);
+typedef CUresult (*ctx_get_t)(CUcontext *);
+typedef CUresult (*ctx_set_t)(CUcontext);
+typedef CUresult (*dev_get_t)(CUdevice *, int);
+typedef CUresult (*retain_t)(CUcontext *, CUdevice);
+typedef CUresult (*ptr_attr_t)(void *, CUpointer_attribute, CUdeviceptr);
+typedef CUresult (*err_str_t)(CUresult, const char **);
+
+static launch_ex_t p_launch_ex;
+static ctx_get_t p_ctx_get;
+static ctx_set_t p_ctx_set;
+static dev_get_t p_dev_get;
+static retain_t p_retain;
+static ptr_attr_t p_ptr_attr;
+static err_str_t p_err_str;
+
+static PyObject *s_data_ptr, *s_dtype;
+
+typedef struct {
+    uint64_t hash;
+    uint64_t *key; /* 2 * nslots words */
+    CUfunction fn;
+    unsigned int block, grid_mult, shared;
+    int coop, pdl, n_null;
+    uint8_t *types; /* nparams */
+    PyObject *kernel;
+} Entry;
+
+typedef struct {
+    PyObject_HEAD
+    int nparams, nslots;
+    uint8_t codes[MAX_SLOTS];
+    PyObject *dtypes;       /* tuple of torch.dtype, index = key value / 2 */
+    PyObject *tensor_types; /* tuple of accepted tensor classes */
+    PyObject *not_set;      /* the option "not passed" marker */
+    Entry *entries;
+    int n_entries, cap;
+    uint64_t last_ok[MAX_SLOTS]; /* last pointer validated per slot */
+    unsigned long long hits;
+} Launcher;
+
+static void launcher_dealloc(Launcher *self) {
+    for (int i = 0; i < self->n_entries; i++) {
+        PyMem_Free(self->entries[i].key);
+        PyMem_Free(self->entries[i].types);
+        Py_XDECREF(self->entries[i].kernel);
+    }
+    PyMem_Free(self->entries);
+    Py_XDECREF(self->dtypes);
+    Py_XDECREF(self->tensor_types);
+    Py_XDECREF(self->not_set);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject LauncherType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "lora_dispatch_native.Launcher",
+    .tp_basicsize = sizeof(Launcher),
+    .tp_dealloc = (destructor)launcher_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Per-kernel native key and variant table.",
+};
+
+static int is_tensor(Launcher *self, PyObject *o) {
+    PyTypeObject *t = Py_TYPE(o);
+    Py_ssize_t n = PyTuple_GET_SIZE(self->tensor_types);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if ((PyObject *)t == PyTuple_GET_ITEM(self->tensor_types, i)) return 1;
+    return 0;
+}
+
+/* Key of one slot. Returns 1 on success, 0 when the slot is outside this keyer
+ * (the Python path takes the call), -1 with an exception set. */
+static int key_slot(Launcher *self, int code, PyObject *o, uint64_t *tag, uint64_t *val,
+                    uint64_t *ptr, int64_t *ival, double *fval) {
+    if (code == C_SKIP) {
+        *tag = G_UNSET; *val = 0;
+        return 1;
+    }
+    if (code == C_CONSTEXPR || code == C_OPTION) {
+        if (code == C_OPTION && o == self->not_set) { *tag = G_NOTSET; *val = 0; return 1; }
+        if (o == Py_None) { *tag = G_CNONE; *val = 0; return code == C_CONSTEXPR; }
+        if (PyBool_Check(o)) { *tag = G_CBOOL; *val = (o == Py_True); return 1; }
+        if (PyLong_CheckExact(o)) {
+            int overflow = 0;
+            long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+            if (overflow || (v == -1 && PyErr_Occurred())) { PyErr_Clear(); return 0; }
+            *tag = G_CINT; *val = (uint64_t)v;
+            return 1;
+        }
+        return 0;
+    }
+    /* generic parameter */
+    if (o == Py_None) { *tag = G_NONE; *val = 0; return 1; }
+    if (PyFloat_CheckExact(o)) {
+        *tag = G_FLOAT; *val = 0; *fval = PyFloat_AS_DOUBLE(o);
+        return 1;
+    }
+    if (PyBool_Check(o)) {
+        *tag = G_BOOL; *val = (o == Py_True); *ival = (o == Py_True);
+        return 1;
+    }
+    if (PyLong_CheckExact(o)) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (v == -1 && PyErr_Occurred()) { PyErr_Clear(); return 0; }
+        if (overflow > 0) {
+            unsigned long long u = PyLong_AsUnsignedLongLong(o);
+            if (u == (unsigned long long)-1 && PyErr_Occurred()) { PyErr_Clear(); return 0; }
+            *tag = G_BIG;
+            *val = 2 + (code == C_GENERIC_SA ? !(u & 15) : 0);
+            *ival = (int64_t)u;
+            return 1;
+        }
+        if (overflow < 0) return 0;
+        *ival = v;
+        if (v == 1 && code != C_GENERIC_NOSPEC) { *tag = G_ONE; *val = 0; return 1; }
+        if (v >= INT32_MIN && v <= INT32_MAX) {
+            *tag = G_INT32;
+            *val = code == C_GENERIC_SA ? !(v & 15) : 1;
+        } else {
+            *tag = G_BIG;
+            *val = code == C_GENERIC_SA ? !(v & 15) : 0;
+        }
+        return 1;
+    }
+    if (is_tensor(self, o)) {
+        PyObject *dt = PyObject_GetAttr(o, s_dtype);
+        if (!dt) return -1;
+        Py_ssize_t n = PyTuple_GET_SIZE(self->dtypes), idx = -1;
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (PyTuple_GET_ITEM(self->dtypes, i) == dt) { idx = i; break; }
+        Py_DECREF(dt);
+        if (idx < 0) return 0;
+        PyObject *p = PyObject_CallMethodNoArgs(o, s_data_ptr);
+        if (!p) return -1;
+        unsigned long long addr = PyLong_AsUnsignedLongLong(p);
+        Py_DECREF(p);
+        if (addr == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+        *ptr = addr;
+        *tag = G_TENSOR;
+        *val = 2 * (uint64_t)idx + (code == C_GENERIC_SA ? !(addr & 15) : 0);
+        return 1;
+    }
+    return 0;
+}
+
+static inline uint64_t mix(uint64_t h, uint64_t w) {
+    h ^= w + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+    return h;
+}
+
+/* Fill key[2*nslots] from slots; returns 1, 0 (unsupported) or -1 (error). */
+static int compute_key(Launcher *self, int64_t dev, PyObject *const *slots, uint64_t *key,
+                       uint64_t *hash, uint64_t *ptrs, int64_t *ivals, double *fvals) {
+    uint64_t h = mix(0x51ed270b27f3ULL, (uint64_t)dev);
+    for (int i = 0; i < self->nslots; i++) {
+        int r = key_slot(self, self->codes[i], slots[i], &key[2 * i], &key[2 * i + 1],
+                         &ptrs[i], &ivals[i], &fvals[i]);
+        if (r != 1) return r;
+        h = mix(mix(h, key[2 * i]), key[2 * i + 1]);
+    }
+    *hash = h;
+    return 1;
+}
+
+static int parse_head(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t head,
+                      Launcher **self) {
+    if (nargs < 1 || Py_TYPE(args[0]) != &LauncherType) {
+        PyErr_SetString(PyExc_TypeError, "first argument must be a native Launcher");
+        return -1;
+    }
+    *self = (Launcher *)args[0];
+    if (nargs != head + (*self)->nslots) {
+        PyErr_Format(PyExc_TypeError, "expected %zd arguments, got %zd",
+                     head + (Py_ssize_t)(*self)->nslots, nargs);
+        return -1;
+    }
+    return 0;
+}
+
+static int load_cuda(void) {
+    if (p_launch_ex) return 0;
+    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+    if (!h) {
+        PyErr_Format(PyExc_RuntimeError, "fast_launch native path: cannot load libcuda.so.1: %s",
+                     dlerror());
+        return -1;
+    }
+    p_ctx_get = (ctx_get_t)dlsym(h, "cuCtxGetCurrent");
+    p_ctx_set = (ctx_set_t)dlsym(h, "cuCtxSetCurrent");
+    p_dev_get = (dev_get_t)dlsym(h, "cuDeviceGet");
+    p_retain = (retain_t)dlsym(h, "cuDevicePrimaryCtxRetain");
+    p_ptr_attr = (ptr_attr_t)dlsym(h, "cuPointerGetAttribute");
+    p_err_str = (err_str_t)dlsym(h, "cuGetErrorString");
+    launch_ex_t lx = (launch_ex_t)dlsym(h, "cuLaunchKernelEx");
+    if (!p_ctx_get || !p_ctx_set || !p_dev_get || !p_retain || !p_ptr_attr || !p_err_str || !lx) {
+        PyErr_SetString(PyExc_RuntimeError, "fast_launch native path: libcuda lacks a symbol");
+        return -1;
+    }
+    p_launch_ex = lx;
+    return 0;
+}
+
+static PyObject *cuda_error(CUresult r, const char *what) {
+    const char *s = NULL;
+    if (p_err_str) p_err_str(r, &s);
+    PyErr_Format(PyExc_RuntimeError, "fast_launch native path: %s failed: %s (%d)", what,
+                 s ? s : "unknown error", (int)r);
+    return NULL;
+}
+
+/* fl_launch(launcher, gx, gy, gz, stream, dev, *slots) */
+static PyObject *fl_launch(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    Launcher *self;
+    if (parse_head(args, nargs, 6, &self)) return NULL;
+    long long g[3];
+    for (int i = 0; i < 3; i++) {
+        PyObject *o = args[1 + i];
+        if (!PyLong_CheckExact(o)) Py_RETURN_NOTIMPLEMENTED;
+        g[i] = PyLong_AsLongLong(o);
+        if (g[i] == -1 && PyErr_Occurred()) return NULL;
+        if (g[i] < 0 || g[i] > 0x7fffffffLL) Py_RETURN_NOTIMPLEMENTED;
+    }
+    unsigned long long stream = PyLong_AsUnsignedLongLong(args[4]);
+    if (stream == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    long long dev = PyLong_AsLongLong(args[5]);
+    if (dev == -1 && PyErr_Occurred()) return NULL;
+
+    uint64_t key[2 * MAX_SLOTS], hash, ptrs[MAX_SLOTS];
+    int64_t ivals[MAX_SLOTS];
+    double fvals[MAX_SLOTS];
+    int r = compute_key(self, dev, args + 6, key, &hash, ptrs, ivals, fvals);
+    if (r < 0) return NULL;
+    if (r == 0) Py_RETURN_NOTIMPLEMENTED;
+    Entry *e = NULL;
+    size_t kb = sizeof(uint64_t) * 2 * (size_t)self->nslots;
+    for (int i = 0; i < self->n_entries; i++) {
+        if (self->entries[i].hash == hash && !memcmp(self->entries[i].key, key, kb)) {
+            e = &self->entries[i];
+            break;
+        }
+    }
+    if (!e) Py_RETURN_NOTIMPLEMENTED;
+    if (load_cuda()) return NULL;
+
+    CUcontext ctx = NULL;
+    CUresult cr = p_ctx_get(&ctx);
+    if (cr != CUDA_SUCCESS) return cuda_error(cr, "cuCtxGetCurrent");
+    if (!ctx) {
+        CUdevice d;
+        if ((cr = p_dev_get(&d, (int)dev)) != CUDA_SUCCESS) return cuda_error(cr, "cuDeviceGet");
+        if ((cr = p_retain(&ctx, d)) != CUDA_SUCCESS)
+            return cuda_error(cr, "cuDevicePrimaryCtxRetain");
+        if ((cr = p_ctx_set(ctx)) != CUDA_SUCCESS) return cuda_error(cr, "cuCtxSetCurrent");
+    }
+
+    union { uint64_t u; int64_t i; int32_t i32; int16_t i16; int8_t i8; uint32_t u32;
+            uint16_t u16; uint8_t u8; float f; double d; } store[MAX_SLOTS + 2];
+    void *params[MAX_SLOTS + 2];
+    int np = 0;
+    for (int i = 0; i < self->nparams; i++) {
+        switch (e->types[i]) {
+        case T_SKIP:
+            continue;
+        case T_PTR:
+            if (key[2 * i] != G_TENSOR) Py_RETURN_NOTIMPLEMENTED;
+            if (ptrs[i] && ptrs[i] != self->last_ok[i]) {
+                uint64_t dp;
+                cr = p_ptr_attr(&dp, CU_POINTER_ATTRIBUTE_DEVICE_POINTER, ptrs[i]);
+                if (cr == CUDA_ERROR_INVALID_VALUE) {
+                    PyErr_Format(PyExc_ValueError,
+                                 "Pointer argument (at %d) cannot be accessed from Triton "
+                                 "(cpu tensor?)", i);
+                    return NULL;
+                }
+                if (cr != CUDA_SUCCESS) return cuda_error(cr, "cuPointerGetAttribute");
+                ptrs[i] = dp;
+                self->last_ok[i] = dp;
+            }
+            store[np].u = ptrs[i];
+            break;
+        case T_FP32: store[np].f = (float)fvals[i]; break;
+        case T_FP64: store[np].d = fvals[i]; break;
+        case T_I8: store[np].i8 = (int8_t)ivals[i]; break;
+        case T_I16: store[np].i16 = (int16_t)ivals[i]; break;
+        case T_I32: store[np].i32 = (int32_t)ivals[i]; break;
+        case T_I64: store[np].i = ivals[i]; break;
+        case T_U8: store[np].u8 = (uint8_t)ivals[i]; break;
+        case T_U16: store[np].u16 = (uint16_t)ivals[i]; break;
+        case T_U32: store[np].u32 = (uint32_t)ivals[i]; break;
+        case T_U64: store[np].u = (uint64_t)ivals[i]; break;
+        default:
+            PyErr_SetString(PyExc_SystemError, "fast_launch native path: bad type code");
+            return NULL;
+        }
+        params[np] = &store[np];
+        np++;
+    }
+    for (int j = 0; j < e->n_null; j++) {
+        store[np].u = 0;
+        params[np] = &store[np];
+        np++;
+    }
+    if (g[0] * g[1] * g[2] > 0) {
+        CUlaunchAttribute attrs[4];
+        CUlaunchConfig cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.gridDimX = (unsigned int)g[0] * e->grid_mult;
+        cfg.gridDimY = (unsigned int)g[1];
+        cfg.gridDimZ = (unsigned int)g[2];
+        cfg.blockDimX = e->block;
+        cfg.blockDimY = 1;
+        cfg.blockDimZ = 1;
+        cfg.sharedMemBytes = e->shared;
+        cfg.hStream = (CUstream)(uintptr_t)stream;
+        cfg.attrs = attrs;
+        unsigned int na = 0;
+        if (e->pdl) {
+            memset(&attrs[na], 0, sizeof attrs[na]);
+            attrs[na].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attrs[na].value.programmaticStreamSerializationAllowed = 1;
+            na++;
+        }
+        if (e->coop) {
+            memset(&attrs[na], 0, sizeof attrs[na]);
+            attrs[na].id = CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+            attrs[na].value.cooperative = 1;
+            na++;
+        }
+        if (e->grid_mult != 1) {
+            memset(&attrs[na], 0, sizeof attrs[na]);
+            attrs[na].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            attrs[na].value.clusterDim.x = e->grid_mult;
+            attrs[na].value.clusterDim.y = 1;
+            attrs[na].value.clusterDim.z = 1;
+            na++;
+            memset(&attrs[na], 0, sizeof attrs[na]);
+            attrs[na].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE;
+            attrs[na].value.clusterSchedulingPolicyPreference = CU_CLUSTER_SCHEDULING_POLICY_SPREAD;
+            na++;
+        }
+        cfg.numAttrs = na;
+        cr = p_launch_ex(&cfg, e->fn, params, NULL);
+        if (cr != CUDA_SUCCESS) return cuda_error(cr, "cuLaunchKernelEx");
+    }
+    self->hits++;
+    Py_INCREF(e->kernel);
+    return e->kernel;
+}
+
+/* fl_key(launcher, dev, *slots) -> bytes or None */
+static PyObject *fl_key(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    Launcher *self;
+    if (parse_head(args, nargs, 2, &self)) return NULL;
+    long long dev = PyLong_AsLongLong(args[1]);
+    if (dev == -1 && PyErr_Occurred()) return NULL;
+    uint64_t key[2 * MAX_SLOTS], hash, ptrs[MAX_SLOTS];
+    int64_t ivals[MAX_SLOTS];
+    double fvals[MAX_SLOTS];
+    int r = compute_key(self, dev, args + 2, key, &hash, ptrs, ivals, fvals);
+    if (r < 0) return NULL;
+    if (r == 0) Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)key,
+                                     (Py_ssize_t)(sizeof(uint64_t) * 2 * self->nslots));
+}
+
+/* fl_register(launcher, dev, key: bytes, fn: int, block, grid_mult, shared, coop, pdl,
+ *             n_null, types: bytes, kernel) */
+static PyObject *fl_register(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 12 || Py_TYPE(args[0]) != &LauncherType) {
+        PyErr_SetString(PyExc_TypeError, "fl_register takes 12 arguments");
+        return NULL;
+    }
+    Launcher *self = (Launcher *)args[0];
+    long long dev = PyLong_AsLongLong(args[1]);
+    if (dev == -1 && PyErr_Occurred()) return NULL;
+    PyObject *kb = args[2], *tb = args[10];
+    size_t klen = sizeof(uint64_t) * 2 * (size_t)self->nslots;
+    if (!PyBytes_Check(kb) || (size_t)PyBytes_GET_SIZE(kb) != klen) {
+        PyErr_SetString(PyExc_ValueError, "key must be the bytes fl_key returned");
+        return NULL;
+    }
+    if (!PyBytes_Check(tb) || PyBytes_GET_SIZE(tb) != self->nparams) {
+        PyErr_SetString(PyExc_ValueError, "types must hold one byte per kernel parameter");
+        return NULL;
+    }
+    const uint8_t *types = (const uint8_t *)PyBytes_AS_STRING(tb);
+    for (int i = 0; i < self->nparams; i++) {
+        if (types[i] > T_FP64) {
+            PyErr_SetString(PyExc_ValueError, "unknown parameter type code");
+            return NULL;
+        }
+    }
+    unsigned long long fn = PyLong_AsUnsignedLongLong(args[3]);
+    long block = PyLong_AsLong(args[4]), mult = PyLong_AsLong(args[5]);
+    long shared = PyLong_AsLong(args[6]), coop = PyLong_AsLong(args[7]);
+    long pdl = PyLong_AsLong(args[8]), n_null = PyLong_AsLong(args[9]);
+    if (PyErr_Occurred()) return NULL;
+    if (block <= 0 || mult <= 0 || shared < 0 || n_null < 0 || n_null > 2) {
+        PyErr_SetString(PyExc_ValueError, "bad launch geometry");
+        return NULL;
+    }
+    const uint64_t *key = (const uint64_t *)PyBytes_AS_STRING(kb);
+    uint64_t h = mix(0x51ed270b27f3ULL, (uint64_t)dev);
+    for (int i = 0; i < 2 * self->nslots; i++) h = mix(h, key[i]);
+    for (int i = 0; i < self->n_entries; i++)
+        if (self->entries[i].hash == h && !memcmp(self->entries[i].key, key, klen))
+            Py_RETURN_FALSE;
+    if (self->n_entries == self->cap) {
+        int cap = self->cap ? 2 * self->cap : 4;
+        Entry *ne = PyMem_Realloc(self->entries, sizeof(Entry) * (size_t)cap);
+        if (!ne) return PyErr_NoMemory();
+        self->entries = ne;
+        self->cap = cap;
+    }
+    Entry *e = &self->entries[self->n_entries];
+    e->key = PyMem_Malloc(klen);
+    e->types = PyMem_Malloc((size_t)self->nparams + 1);
+    if (!e->key || !e->types) {
+        PyMem_Free(e->key);
+        PyMem_Free(e->types);
+        return PyErr_NoMemory();
+    }
+    memcpy(e->key, key, klen);
+    memcpy(e->types, types, (size_t)self->nparams);
+    e->hash = h;
+    e->fn = (CUfunction)(uintptr_t)fn;
+    e->block = (unsigned int)block;
+    e->grid_mult = (unsigned int)mult;
+    e->shared = (unsigned int)shared;
+    e->coop = (int)coop;
+    e->pdl = (int)pdl;
+    e->n_null = (int)n_null;
+    Py_INCREF(args[11]);
+    e->kernel = args[11];
+    self->n_entries++;
+    Py_RETURN_TRUE;
+}
+
+/* fl_new(codes: bytes, nparams, dtypes: tuple, tensor_types: tuple, not_set) */
+static PyObject *fl_new(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyBytes_Check(args[0]) || !PyTuple_Check(args[2]) ||
+        !PyTuple_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "fl_new(codes: bytes, nparams, dtypes, types, not_set)");
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    long np = PyLong_AsLong(args[1]);
+    if (np == -1 && PyErr_Occurred()) return NULL;
+    if (n > MAX_SLOTS || np < 0 || np > n) {
+        PyErr_Format(PyExc_ValueError, "at most %d slots", MAX_SLOTS);
+        return NULL;
+    }
+    const uint8_t *codes = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (codes[i] > C_OPTION) {
+            PyErr_SetString(PyExc_ValueError, "unknown slot code");
+            return NULL;
+        }
+    }
+    Launcher *self = PyObject_New(Launcher, &LauncherType);
+    if (!self) return NULL;
+    self->nslots = (int)n;
+    self->nparams = (int)np;
+    memset(self->codes, 0, sizeof self->codes);
+    memcpy(self->codes, codes, (size_t)n);
+    memset(self->last_ok, 0, sizeof self->last_ok);
+    Py_INCREF(args[2]);
+    self->dtypes = args[2];
+    Py_INCREF(args[3]);
+    self->tensor_types = args[3];
+    Py_INCREF(args[4]);
+    self->not_set = args[4];
+    self->entries = NULL;
+    self->n_entries = self->cap = 0;
+    self->hits = 0;
+    return (PyObject *)self;
+}
+
+/* fl_info(launcher) -> (hits, variants) */
+static PyObject *fl_info(PyObject *mod, PyObject *arg) {
+    if (Py_TYPE(arg) != &LauncherType) {
+        PyErr_SetString(PyExc_TypeError, "expected a native Launcher");
+        return NULL;
+    }
+    Launcher *self = (Launcher *)arg;
+    return Py_BuildValue("(Ki)", self->hits, self->n_entries);
+}
+
+/* fl_clear(launcher): forget every variant */
+static PyObject *fl_clear(PyObject *mod, PyObject *arg) {
+    if (Py_TYPE(arg) != &LauncherType) {
+        PyErr_SetString(PyExc_TypeError, "expected a native Launcher");
+        return NULL;
+    }
+    Launcher *self = (Launcher *)arg;
+    for (int i = 0; i < self->n_entries; i++) {
+        PyMem_Free(self->entries[i].key);
+        PyMem_Free(self->entries[i].types);
+        Py_CLEAR(self->entries[i].kernel);
+    }
+    self->n_entries = 0;
+    memset(self->last_ok, 0, sizeof self->last_ok);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"fl_launch", (PyCFunction)(void (*)(void))fl_launch, METH_FASTCALL, "launch or NotImplemented"},
+    {"fl_key", (PyCFunction)(void (*)(void))fl_key, METH_FASTCALL, "native key bytes or None"},
+    {"fl_register", (PyCFunction)(void (*)(void))fl_register, METH_FASTCALL, "store a variant"},
+    {"fl_new", (PyCFunction)(void (*)(void))fl_new, METH_FASTCALL, "new Launcher"},
+    {"fl_info", fl_info, METH_O, "(hits, variants)"},
+    {"fl_clear", fl_clear, METH_O, "forget variants"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "lora_dispatch_native", NULL, -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit_lora_dispatch_native(void) {
+    if (PyType_Ready(&LauncherType) < 0) return NULL;
+    s_data_ptr = PyUnicode_InternFromString("data_ptr");
+    s_dtype = PyUnicode_InternFromString("dtype");
+    if (!s_data_ptr || !s_dtype) return NULL;
+    return PyModule_Create(&moddef);
+}
