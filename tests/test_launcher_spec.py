@@ -357,3 +357,40 @@ def test_native_key_covers_typical_lora_launch() -> None:
     fake = (FakePtr(0, torch.float16),) + args[1:]
     assert launcher.native_key(*fake, BM=64, BN=32, EVEN=True, DT=None) is None
     assert launcher.native_key(*args, BM=64, BN=32, EVEN=True, DT=None, maxnreg=128) is None
+
+
+@pytest.mark.skipif(not _native_ok(), reason="native tier needs Triton 3.5/3.6 and a C compiler")
+def test_native_table_lookup_without_gpu() -> None:
+    """Register / lookup logic of the C table (empty grids launch nothing, so no GPU is
+    needed): a hit returns the stored kernel, a str constexpr is compared by value, other
+    keys miss with NotImplemented, clear forgets everything."""
+    from lora_dispatch.launchers import native
+    from lora_dispatch.launchers.codegen import NOT_SET
+
+    mod = native.load()
+    codes = bytes([native.C_GENERIC_SA, native.C_GENERIC_SA, native.C_CONSTEXPR,
+                   native.C_OPTION])
+    table = mod.fl_new(codes, 3, native.torch_dtypes(), native.tensor_types(), NOT_SET)
+    t = torch.empty(64, dtype=torch.float16)
+    act = "".join(["re", "lu"])  # a str object that is not the literal's
+    slots = (t, 4096, act, 4)
+    key = mod.fl_key(table, 0, *slots)
+    kernel = object()
+    types = bytes([native.T_PTR, native.T_I32, native.T_SKIP])
+    assert mod.fl_register(table, 0, key, 1234, 128, 1, 0, 0, 0, 2, types, kernel, slots)
+    assert not mod.fl_register(table, 0, key, 1234, 128, 1, 0, 0, 0, 2, types, kernel, slots)
+    assert mod.fl_launch(table, 0, 1, 1, 0, 0, t, 4096, "relu", 4) is kernel
+    assert mod.fl_launch(table, 0, 1, 1, 0, 0, t, 4096, "gelu", 4) is NotImplemented
+    assert mod.fl_launch(table, 0, 1, 1, 0, 0, t[1:], 4096, "relu", 4) is NotImplemented
+    assert mod.fl_launch(table, 0, 1, 1, 0, 0, t, 4097, "relu", 4) is NotImplemented
+    assert mod.fl_launch(table, 0, 1, 1, 0, 1, t, 4096, "relu", 4) is NotImplemented  # device
+    assert mod.fl_launch(table, 0, 1, 1, 0, 0, t, 4096, "relu", NOT_SET) is NotImplemented
+    assert mod.fl_info(table) == (1, 1)
+    with pytest.raises(TypeError, match="expected 10 arguments, got 9"):
+        mod.fl_launch(table, 0, 1, 1, 0, 0, t, 4096, "relu")
+    with pytest.raises(ValueError, match="slots do not match"):
+        mod.fl_register(table, 0, key, 1, 128, 1, 0, 0, 0, 2, types, kernel,
+                        (t, 4096, "gelu", 4))
+    mod.fl_clear(table)
+    assert mod.fl_info(table) == (1, 0)  # hits are cumulative, variants forgotten
+    assert mod.fl_launch(table, 0, 1, 1, 0, 0, t, 4096, "relu", 4) is NotImplemented

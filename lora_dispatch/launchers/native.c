@@ -28,7 +28,7 @@ enum { T_SKIP = 0, T_PTR, T_I8, T_I16, T_I32, T_I64, T_U8, T_U16, T_U32, T_U64, 
        T_FP64 };
 /* key tags */
 enum { G_UNSET = 0, G_TENSOR, G_INT32, G_ONE, G_BIG, G_NONE, G_FLOAT, G_BOOL, G_CINT,
-       G_CBOOL, G_CNONE, G_NOTSET };
+       G_CBOOL, G_CNONE, G_NOTSET, G_CSTR };
 
 #define MAX_SLOTS 64
 
@@ -58,6 +58,7 @@ typedef struct {
     int coop, pdl, n_null;
     uint8_t *types; /* nparams */
     PyObject *kernel;
+    PyObject **strs; /* nslots: the str constexprs keyed by hash (compared on a match) */
 } Entry;
 
 typedef struct {
@@ -73,12 +74,19 @@ typedef struct {
     unsigned long long hits;
 } Launcher;
 
-static void launcher_dealloc(Launcher *self) {
-    for (int i = 0; i < self->n_entries; i++) {
-        PyMem_Free(self->entries[i].key);
-        PyMem_Free(self->entries[i].types);
-        Py_XDECREF(self->entries[i].kernel);
+static void entry_free(Entry *e, int nslots) {
+    PyMem_Free(e->key);
+    PyMem_Free(e->types);
+    Py_CLEAR(e->kernel);
+    if (e->strs) {
+        for (int i = 0; i < nslots; i++) Py_XDECREF(e->strs[i]);
+        PyMem_Free(e->strs);
+        e->strs = NULL;
     }
+}
+
+static void launcher_dealloc(Launcher *self) {
+    for (int i = 0; i < self->n_entries; i++) entry_free(&self->entries[i], self->nslots);
     PyMem_Free(self->entries);
     Py_XDECREF(self->dtypes);
     Py_XDECREF(self->tensor_types);
@@ -115,6 +123,12 @@ static int key_slot(Launcher *self, int code, PyObject *o, uint64_t *tag, uint64
         if (code == C_OPTION && o == self->not_set) { *tag = G_NOTSET; *val = 0; return 1; }
         if (o == Py_None) { *tag = G_CNONE; *val = 0; return code == C_CONSTEXPR; }
         if (PyBool_Check(o)) { *tag = G_CBOOL; *val = (o == Py_True); return 1; }
+        if (code == C_CONSTEXPR && PyUnicode_CheckExact(o)) {
+            Py_hash_t hv = PyObject_Hash(o);
+            if (hv == -1) return -1;
+            *tag = G_CSTR; *val = (uint64_t)hv;
+            return 1;
+        }
         if (PyLong_CheckExact(o)) {
             int overflow = 0;
             long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
@@ -198,6 +212,18 @@ static int compute_key(Launcher *self, int64_t dev, PyObject *const *slots, uint
     return 1;
 }
 
+static int strs_equal(const Entry *e, PyObject *const *slots, int nslots) {
+    if (!e->strs) return 1;
+    for (int i = 0; i < nslots; i++) {
+        PyObject *a = e->strs[i];
+        if (a && a != slots[i] && PyUnicode_Compare(a, slots[i]) != 0) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static int parse_head(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t head,
                       Launcher **self) {
     if (nargs < 1 || Py_TYPE(args[0]) != &LauncherType) {
@@ -270,12 +296,18 @@ static PyObject *fl_launch(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     Entry *e = NULL;
     size_t kb = sizeof(uint64_t) * 2 * (size_t)self->nslots;
     for (int i = 0; i < self->n_entries; i++) {
-        if (self->entries[i].hash == hash && !memcmp(self->entries[i].key, key, kb)) {
+        if (self->entries[i].hash == hash && !memcmp(self->entries[i].key, key, kb) &&
+            strs_equal(&self->entries[i], args + 6, self->nslots)) {
             e = &self->entries[i];
             break;
         }
     }
     if (!e) Py_RETURN_NOTIMPLEMENTED;
+    if (g[0] * g[1] * g[2] == 0) { /* empty grid: nothing to launch (as in Triton) */
+        self->hits++;
+        Py_INCREF(e->kernel);
+        return e->kernel;
+    }
     if (load_cuda()) return NULL;
 
     CUcontext ctx = NULL;
@@ -336,7 +368,7 @@ static PyObject *fl_launch(PyObject *mod, PyObject *const *args, Py_ssize_t narg
         params[np] = &store[np];
         np++;
     }
-    if (g[0] * g[1] * g[2] > 0) {
+    {
         CUlaunchAttribute attrs[4];
         CUlaunchConfig cfg;
         memset(&cfg, 0, sizeof cfg);
@@ -400,10 +432,10 @@ static PyObject *fl_key(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) 
 }
 
 /* fl_register(launcher, dev, key: bytes, fn: int, block, grid_mult, shared, coop, pdl,
- *             n_null, types: bytes, kernel) */
+ *             n_null, types: bytes, kernel, slots: tuple) */
 static PyObject *fl_register(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 12 || Py_TYPE(args[0]) != &LauncherType) {
-        PyErr_SetString(PyExc_TypeError, "fl_register takes 12 arguments");
+    if (nargs != 13 || Py_TYPE(args[0]) != &LauncherType || !PyTuple_Check(args[12])) {
+        PyErr_SetString(PyExc_TypeError, "fl_register takes 13 arguments");
         return NULL;
     }
     Launcher *self = (Launcher *)args[0];
@@ -438,8 +470,25 @@ static PyObject *fl_register(PyObject *mod, PyObject *const *args, Py_ssize_t na
     const uint64_t *key = (const uint64_t *)PyBytes_AS_STRING(kb);
     uint64_t h = mix(0x51ed270b27f3ULL, (uint64_t)dev);
     for (int i = 0; i < 2 * self->nslots; i++) h = mix(h, key[i]);
+    PyObject *slots = args[12];
+    if (PyTuple_GET_SIZE(slots) != self->nslots) {
+        PyErr_SetString(PyExc_ValueError, "slots must hold the call's parameters and options");
+        return NULL;
+    }
+    int has_str = 0;
+    for (int i = 0; i < self->nslots; i++) {
+        if (key[2 * i] == G_CSTR) {
+            PyObject *o = PyTuple_GET_ITEM(slots, i);
+            if (!PyUnicode_CheckExact(o) || (uint64_t)PyObject_Hash(o) != key[2 * i + 1]) {
+                PyErr_SetString(PyExc_ValueError, "slots do not match the key");
+                return NULL;
+            }
+            has_str = 1;
+        }
+    }
     for (int i = 0; i < self->n_entries; i++)
-        if (self->entries[i].hash == h && !memcmp(self->entries[i].key, key, klen))
+        if (self->entries[i].hash == h && !memcmp(self->entries[i].key, key, klen) &&
+            strs_equal(&self->entries[i], &PyTuple_GET_ITEM(slots, 0), self->nslots))
             Py_RETURN_FALSE;
     if (self->n_entries == self->cap) {
         int cap = self->cap ? 2 * self->cap : 4;
@@ -455,6 +504,21 @@ static PyObject *fl_register(PyObject *mod, PyObject *const *args, Py_ssize_t na
         PyMem_Free(e->key);
         PyMem_Free(e->types);
         return PyErr_NoMemory();
+    }
+    e->strs = NULL;
+    if (has_str) {
+        e->strs = PyMem_Calloc((size_t)self->nslots, sizeof(PyObject *));
+        if (!e->strs) {
+            PyMem_Free(e->key);
+            PyMem_Free(e->types);
+            return PyErr_NoMemory();
+        }
+        for (int i = 0; i < self->nslots; i++) {
+            if (key[2 * i] == G_CSTR) {
+                e->strs[i] = PyTuple_GET_ITEM(slots, i);
+                Py_INCREF(e->strs[i]);
+            }
+        }
     }
     memcpy(e->key, key, klen);
     memcpy(e->types, types, (size_t)self->nparams);
@@ -529,11 +593,7 @@ static PyObject *fl_clear(PyObject *mod, PyObject *arg) {
         return NULL;
     }
     Launcher *self = (Launcher *)arg;
-    for (int i = 0; i < self->n_entries; i++) {
-        PyMem_Free(self->entries[i].key);
-        PyMem_Free(self->entries[i].types);
-        Py_CLEAR(self->entries[i].kernel);
-    }
+    for (int i = 0; i < self->n_entries; i++) entry_free(&self->entries[i], self->nslots);
     self->n_entries = 0;
     memset(self->last_ok, 0, sizeof self->last_ok);
     Py_RETURN_NONE;

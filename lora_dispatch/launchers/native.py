@@ -8,7 +8,8 @@ object is cached under ``$LORA_DISPATCH_CACHE_DIR`` (default ``~/.cache/lora_dis
 keyed by a hash of the source, the interpreter and the header.
 
 The C key covers what the inline key of :mod:`.spec` covers (tensors of the listed dtypes,
-ints, floats, bools, None, int / bool / None constexprs and launch options); any other
+ints, floats, bools, None, int / bool / None / str constexprs and launch options; a str
+constexpr is keyed by its hash and compared by value on a match); any other
 argument makes the call return ``NotImplemented`` and the Python path handles it exactly.
 A variant is registered only when its launch needs nothing the C side does not do (no
 global / profile scratch, no tensor descriptors, no non-portable cluster size).
@@ -338,4 +339,5 @@ def register(ns: dict[str, Any], kernel: Any, dev: int, args: tuple, kwargs: dic
     function = kernel.function
     if not isinstance(function, int):
         return False
-    return bool(ns["_fl_natreg"](ns["_fl_nat"], dev, key, function, *geometry, types, kernel))
+    return bool(ns["_fl_natreg"](ns["_fl_nat"], dev, key, function, *geometry, types, kernel,
+                                 slots))
