@@ -11,6 +11,7 @@ from static maxima only, so every path is CUDA-graph capturable.
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import torch
@@ -23,7 +24,8 @@ from .expand_kernel import expand_kernel
 from .fused_kernel import fused_kernel
 from .shrink_kernel import shrink_kernel
 
-__all__ = ["shrink", "expand", "add_lora", "add_lora_two_pass", "add_lora_fused", "plan_for"]
+__all__ = ["shrink", "expand", "add_lora", "add_lora_two_pass", "add_lora_fused", "plan_for",
+           "release_workspaces", "workspace_bytes"]
 
 PREC = "ieee"
 
@@ -34,12 +36,26 @@ class ShrinkPlan(NamedTuple):
     k_split: int
     split: int
     meta: dict
+    cx: tuple  # constexprs in signature order (positional: no keyword parsing per call)
+    num_warps: int
+    num_stages: int
 
 
 class ExpandPlan(NamedTuple):
     grid: tuple[int]
     nb: int
     meta: dict
+    cx: tuple
+    num_warps: int
+    num_stages: int
+
+
+_SHRINK_CX = ("S", "R", "TILE", "BM", "BN", "BK", "EVEN_K", "ATOMIC", "PREC")
+_EXPAND_CX = ("S", "R", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "ALIGN", "PREC")
+
+
+def _split_meta(meta: dict, names: tuple[str, ...]) -> tuple:
+    return tuple(meta[n] for n in names), meta["num_warps"], meta["num_stages"]
 
 
 class AddPlan(NamedTuple):
@@ -101,7 +117,8 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
         ATOMIC=atomic and split > 1, PREC=PREC,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return ShrinkPlan((nb * _tiles(t, cfg.block_m, w.num_slots), split), nb, k_split, split, meta)
+    return ShrinkPlan((nb * _tiles(t, cfg.block_m, w.num_slots), split), nb, k_split, split, meta,
+                      *_split_meta(meta, _SHRINK_CX))
 
 
 def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None) -> ExpandPlan:
@@ -115,7 +132,8 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None)
         PREC=PREC,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta)
+    return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta,
+                      *_split_meta(meta, _EXPAND_CX))
 
 
 def _fused_plan(w, t: int, cfg: configs.FusedConfig | None = None) -> ExpandPlan:
@@ -129,7 +147,8 @@ def _fused_plan(w, t: int, cfg: configs.FusedConfig | None = None) -> ExpandPlan
         EVEN_K=(w.in_features % cfg.block_k == 0), ALIGN=_align(w), PREC=PREC,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta)
+    return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta, (),
+                      meta["num_warps"], meta["num_stages"])
 
 
 def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = None):
@@ -172,7 +191,7 @@ def _launch_shrink(p: ShrinkPlan, x, w, batch, y, t: int, ys: tuple | None = Non
         x, w.lora_a, y, w.ranks, w.scalings, batch.sorted_tokens, tm,
         t, w.in_features, w.num_slots, tm.shape[2], p.k_split, p.nb,
         xs[0], xs[1], ys[0], ys[1], ys[2],
-        **p.meta,
+        *p.cx, num_warps=p.num_warps, num_stages=p.num_stages,
     )
 
 
@@ -185,7 +204,7 @@ def _launch_expand(p: ExpandPlan, y, w, batch, out, t: int, ys: tuple | None = N
         y, w.lora_b, out, w.ranks, w.slice_bounds, batch.sorted_tokens, tm,
         t, w.num_slots, tm.shape[2], w.total_out, p.nb,
         ys[0], ys[1], ys[2], ys[3], os_[0], os_[1],
-        **p.meta,
+        *p.cx, num_warps=p.num_warps, num_stages=p.num_stages,
     )
 
 
@@ -248,10 +267,46 @@ def add_lora_fused(base_out: torch.Tensor, x: torch.Tensor, w, batch) -> None:
         _fused(plan_for("add", w, t, "fused").fused, base_out, x, w, batch, t)
 
 
+_WORKSPACES: dict[tuple[int, int, int], torch.Tensor] = {}
+_get_ident = threading.get_ident
+_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", lambda: False)
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _workspace(numel: int, x: torch.Tensor) -> torch.Tensor:
+    """A float32 buffer of at least ``numel`` elements for the add_lora partial products.
+
+    Eager GPU calls reuse one grow-only buffer per (device, current stream, thread): work
+    on one stream runs in issue order, so the next call's shrink cannot overwrite a buffer
+    an earlier expand still reads. Under CUDA-graph capture (and off the GPU) every call
+    allocates, so each captured graph owns its workspace in its private pool.
+    """
+    dev = x.get_device()
+    if dev < 0 or _raw_stream is None or _capturing():
+        return torch.empty(numel, dtype=torch.float32, device=x.device)
+    key = (dev, _raw_stream(dev), _get_ident())
+    buf = _WORKSPACES.get(key)
+    if buf is None or buf.numel() < numel:
+        grown = numel if buf is None else max(numel, 2 * buf.numel())
+        buf = _WORKSPACES[key] = torch.empty(grown, dtype=torch.float32, device=x.device)
+    return buf
+
+
+def workspace_bytes() -> int:
+    """Bytes held by the eager add_lora workspaces (one per device, stream and thread)."""
+    return sum(b.numel() * b.element_size() for b in list(_WORKSPACES.values()))
+
+
+def release_workspaces() -> None:
+    """Drop the eager add_lora workspaces (the caching allocator reuses their memory once
+    the work queued on their streams is done)."""
+    _WORKSPACES.clear()
+
+
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
     sp = p.shrink
     s, r = w.num_slices, w.max_rank
-    ws = torch.empty((sp.split, s, t, r), dtype=torch.float32, device=x.device)
+    ws = _workspace(sp.split * s * t * r, x)
     ys = (s * t * r, t * r, r, 1)  # [SPLIT, S, T, R] contiguous
     _launch_shrink(sp, x, w, batch, ws, t, ys)
     _launch_expand(p.expand, ws, w, batch, base_out, t, ys)
