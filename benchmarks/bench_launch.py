@@ -27,20 +27,10 @@ import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True, cwd=os.path.dirname(__file__))
-        return out.stdout.strip()
-    except Exception:
-        return os.environ.get("GIT_COMMIT", "unknown")
 
 
 def _time_per_launch(fn, n: int, repeats: int, sync) -> dict:
@@ -267,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_launch: triton is not installed; nothing to measure")
         return 0
 
+    from lora_dispatch.bench.timing import _git_commit as git_commit
     from lora_dispatch.launchers import get_adapter, set_launcher_mode
 
     set_launcher_mode("fast")
@@ -281,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "triton": triton.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "commit": ns.commit or _git_commit(),
+        "commit": ns.commit or git_commit(),  # LORA_DISPATCH_COMMIT, else git
         "method": f"median over {repeats} repeats of {n_launch} back-to-back launches, "
                   "host time (perf_counter_ns), GPU synchronised between repeats only",
         "kernels": {},

@@ -33,6 +33,11 @@ __all__ = [
 
 
 def _git_commit() -> str:
+    """``LORA_DISPATCH_COMMIT`` if set (copies of the tree without their own history, such
+    as a GPU machine's), else ``git rev-parse`` (``-dirty`` with uncommitted changes)."""
+    env = os.environ.get("LORA_DISPATCH_COMMIT")
+    if env:
+        return env
     try:
         root = Path(__file__).resolve().parents[2]
         out = subprocess.run(
