@@ -379,18 +379,20 @@ def test_native_table_lookup_without_gpu() -> None:
     types = bytes([native.T_PTR, native.T_I32, native.T_SKIP])
     assert mod.fl_register(table, 0, key, 1234, 128, 1, 0, 0, 0, 2, types, kernel, slots)
     assert not mod.fl_register(table, 0, key, 1234, 128, 1, 0, 0, 0, 2, types, kernel, slots)
-    assert mod.fl_launch(table, 0, 1, 1, 0, 0, t, 4096, "relu", 4) is kernel
-    assert mod.fl_launch(table, 0, 1, 1, 0, 0, t, 4096, "gelu", 4) is NotImplemented
-    assert mod.fl_launch(table, 0, 1, 1, 0, 0, t[1:], 4096, "relu", 4) is NotImplemented
-    assert mod.fl_launch(table, 0, 1, 1, 0, 0, t, 4097, "relu", 4) is NotImplemented
-    assert mod.fl_launch(table, 0, 1, 1, 0, 1, t, 4096, "relu", 4) is NotImplemented  # device
-    assert mod.fl_launch(table, 0, 1, 1, 0, 0, t, 4096, "relu", NOT_SET) is NotImplemented
+    assert mod.fl_launch(table, (0, 1, 1), 0, 0, t, 4096, "relu", 4) is kernel
+    assert mod.fl_launch(table, (0, 1, 1), 0, 0, t, 4096, "gelu", 4) is NotImplemented
+    assert mod.fl_launch(table, (0, 1, 1), 0, 0, t[1:], 4096, "relu", 4) is NotImplemented
+    assert mod.fl_launch(table, (0, 1, 1), 0, 0, t, 4097, "relu", 4) is NotImplemented
+    assert mod.fl_launch(table, (0, 1, 1), 0, 1, t, 4096, "relu", 4) is NotImplemented  # device
+    assert mod.fl_launch(table, (0, 1, 1, 1), 0, 0, t, 4096, "relu", 4) is NotImplemented
+    assert mod.fl_launch(table, [0, 1, 1], 0, 0, t, 4096, "relu", 4) is NotImplemented
+    assert mod.fl_launch(table, (0, 1, 1), 0, 0, t, 4096, "relu", NOT_SET) is NotImplemented
     assert mod.fl_info(table) == (1, 1)
-    with pytest.raises(TypeError, match="expected 10 arguments, got 9"):
-        mod.fl_launch(table, 0, 1, 1, 0, 0, t, 4096, "relu")
+    with pytest.raises(TypeError, match="expected 8 arguments, got 7"):
+        mod.fl_launch(table, (0, 1, 1), 0, 0, t, 4096, "relu")
     with pytest.raises(ValueError, match="slots do not match"):
         mod.fl_register(table, 0, key, 1, 128, 1, 0, 0, 0, 2, types, kernel,
                         (t, 4096, "gelu", 4))
     mod.fl_clear(table)
     assert mod.fl_info(table) == (1, 0)  # hits are cumulative, variants forgotten
-    assert mod.fl_launch(table, 0, 1, 1, 0, 0, t, 4096, "relu", 4) is NotImplemented
+    assert mod.fl_launch(table, (0, 1, 1), 0, 0, t, 4096, "relu", 4) is NotImplemented

@@ -1,6 +1,6 @@
 /* Native key + launch path of fast_launch (built at first use, see native.py).
  *
- * One Launcher object per kernel. A call fl_launch(launcher, gx, gy, gz, stream, dev, *slots)
+ * One Launcher object per kernel. A call fl_launch(launcher, grid, stream, dev, *slots)
  *   1. computes the specialisation key of the slots (the kernel's parameters, then the
  *      num_warps / num_stages / num_ctas options) as pairs of 64-bit words (tag, value),
  *   2. finds the variant registered under that key,
@@ -270,34 +270,38 @@ static PyObject *cuda_error(CUresult r, const char *what) {
     return NULL;
 }
 
-/* fl_launch(launcher, gx, gy, gz, stream, dev, *slots) */
+/* fl_launch(launcher, grid: tuple of 1-3 ints, stream, dev, *slots) */
 static PyObject *fl_launch(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     Launcher *self;
-    if (parse_head(args, nargs, 6, &self)) return NULL;
-    long long g[3];
-    for (int i = 0; i < 3; i++) {
-        PyObject *o = args[1 + i];
+    if (parse_head(args, nargs, 4, &self)) return NULL;
+    long long g[3] = {1, 1, 1};
+    PyObject *grid = args[1];
+    if (!PyTuple_CheckExact(grid)) Py_RETURN_NOTIMPLEMENTED;
+    Py_ssize_t gl = PyTuple_GET_SIZE(grid);
+    if (gl < 1 || gl > 3) Py_RETURN_NOTIMPLEMENTED;
+    for (Py_ssize_t i = 0; i < gl; i++) {
+        PyObject *o = PyTuple_GET_ITEM(grid, i);
         if (!PyLong_CheckExact(o)) Py_RETURN_NOTIMPLEMENTED;
         g[i] = PyLong_AsLongLong(o);
         if (g[i] == -1 && PyErr_Occurred()) return NULL;
         if (g[i] < 0 || g[i] > 0x7fffffffLL) Py_RETURN_NOTIMPLEMENTED;
     }
-    unsigned long long stream = PyLong_AsUnsignedLongLong(args[4]);
+    unsigned long long stream = PyLong_AsUnsignedLongLong(args[2]);
     if (stream == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    long long dev = PyLong_AsLongLong(args[5]);
+    long long dev = PyLong_AsLongLong(args[3]);
     if (dev == -1 && PyErr_Occurred()) return NULL;
 
     uint64_t key[2 * MAX_SLOTS], hash, ptrs[MAX_SLOTS];
     int64_t ivals[MAX_SLOTS];
     double fvals[MAX_SLOTS];
-    int r = compute_key(self, dev, args + 6, key, &hash, ptrs, ivals, fvals);
+    int r = compute_key(self, dev, args + 4, key, &hash, ptrs, ivals, fvals);
     if (r < 0) return NULL;
     if (r == 0) Py_RETURN_NOTIMPLEMENTED;
     Entry *e = NULL;
     size_t kb = sizeof(uint64_t) * 2 * (size_t)self->nslots;
     for (int i = 0; i < self->n_entries; i++) {
         if (self->entries[i].hash == hash && !memcmp(self->entries[i].key, key, kb) &&
-            strs_equal(&self->entries[i], args + 6, self->nslots)) {
+            strs_equal(&self->entries[i], args + 4, self->nslots)) {
             e = &self->entries[i];
             break;
         }
