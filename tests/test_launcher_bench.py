@@ -112,3 +112,43 @@ def test_bench_fast_hit_path(benchmark, n_args: int) -> None:
     launcher[grid](*args, **kwargs)
     assert launcher.cache_info().hits == before + 1
     benchmark(lambda: launcher[grid](*args, **kwargs))
+
+
+def _native_ok() -> bool:
+    if not ADAPTER.lean_capable:
+        return False
+    from lora_dispatch.launchers import native
+
+    try:
+        native.load()
+    except native.NativeUnavailable:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _native_ok(), reason="native tier needs Triton 3.5/3.6 and a C compiler")
+@pytest.mark.parametrize("n_args", [4, 10, 20])
+def test_bench_native_key_and_lookup(benchmark, n_args: int) -> None:
+    """The native tier's C key + variant lookup (an empty grid, so nothing is launched and
+    no GPU is needed): the counterpart of ``fast_key`` above."""
+    from lora_dispatch.launchers import native
+    from lora_dispatch.launchers.codegen import NOT_SET
+
+    jit = KERNELS[n_args]
+    launcher = FastLauncher(jit).build_for_tests(reference_backend("cuda"), lean=True,
+                                                 native=True)
+    assert launcher.launch_tier == "native"
+    args, kwargs = _args(n_args)
+    ns = launcher._fl_ns
+    bound = jit.signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    slots = tuple(bound.arguments.values()) + (NOT_SET,) * len(ns["_fl_nat_slots"])
+    key = launcher.native_key(*args, **kwargs)
+    assert key is not None
+    kernel = object()
+    types = bytes(native.T_SKIP for _ in jit.params)
+    assert ns["_fl_natreg"](ns["_fl_nat"], 0, key, 1, 128, 1, 0, 0, 0, 2, types, kernel, slots)
+    launch, table, grid = ns["_fl_natlaunch"], ns["_fl_nat"], (0,)
+    assert launch(table, grid, 0, 0, *slots) is kernel
+    benchmark.group = f"python-half-{n_args}-args"
+    benchmark(lambda: launch(table, grid, 0, 0, *slots))
