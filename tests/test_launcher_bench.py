@@ -19,6 +19,10 @@ triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
 from lora_dispatch.launchers.fast import FastLauncher  # noqa: E402
+from lora_dispatch.launchers.native import available as native_available  # noqa: E402
+
+needs_native = pytest.mark.skipif(not native_available(),
+                                  reason="native tier needs Triton 3.5/3.6 and a C compiler")
 from lora_dispatch.launchers.versions import get_adapter, reference_backend  # noqa: E402
 
 ADAPTER = get_adapter()
@@ -114,19 +118,8 @@ def test_bench_fast_hit_path(benchmark, n_args: int) -> None:
     benchmark(lambda: launcher[grid](*args, **kwargs))
 
 
-def _native_ok() -> bool:
-    if not ADAPTER.lean_capable:
-        return False
-    from lora_dispatch.launchers import native
 
-    try:
-        native.load()
-    except native.NativeUnavailable:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _native_ok(), reason="native tier needs Triton 3.5/3.6 and a C compiler")
+@needs_native
 @pytest.mark.parametrize("n_args", [4, 10, 20])
 def test_bench_native_key_and_lookup(benchmark, n_args: int) -> None:
     """The native tier's C key + variant lookup (an empty grid, so nothing is launched and

@@ -16,6 +16,10 @@ triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
 from lora_dispatch.launchers.fast import FastLauncher  # noqa: E402
+from lora_dispatch.launchers.native import available as native_available  # noqa: E402
+
+needs_native = pytest.mark.skipif(not native_available(),
+                                  reason="native tier needs Triton 3.5/3.6 and a C compiler")
 from lora_dispatch.launchers.versions import (  # noqa: E402
     get_adapter,
     reference_backend,
@@ -285,19 +289,8 @@ def test_hip_routes_tensors_through_triton() -> None:
     assert "data_ptr() & 15" not in launcher.launcher_source
 
 
-def _native_ok() -> bool:
-    if not ADAPTER.lean_capable:
-        return False
-    from lora_dispatch.launchers import native
 
-    try:
-        native.load()
-    except native.NativeUnavailable:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _native_ok(), reason="native tier needs Triton 3.5/3.6 and a C compiler")
+@needs_native
 @pytest.mark.parametrize("name", sorted(KERNELS))
 def test_native_key_refines_triton(name: str) -> None:
     """The C key of the native tier: equal native keys => equal Triton keys, on random calls
@@ -341,7 +334,7 @@ def test_native_key_refines_triton(name: str) -> None:
     assert len(native_to_ref) > 20
 
 
-@pytest.mark.skipif(not _native_ok(), reason="native tier needs Triton 3.5/3.6 and a C compiler")
+@needs_native
 def test_native_key_covers_typical_lora_launch() -> None:
     """A kernel call of the shape the LoRA ops make (tensors, int strides including 1,
     constexpr blocks, num_warps / num_stages) gets a native key; a FakePtr does not."""
@@ -359,7 +352,7 @@ def test_native_key_covers_typical_lora_launch() -> None:
     assert launcher.native_key(*args, BM=64, BN=32, EVEN=True, DT=None, maxnreg=128) is None
 
 
-@pytest.mark.skipif(not _native_ok(), reason="native tier needs Triton 3.5/3.6 and a C compiler")
+@needs_native
 def test_native_table_lookup_without_gpu() -> None:
     """Register / lookup logic of the C table (empty grids launch nothing, so no GPU is
     needed): a hit returns the stored kernel, a str constexpr is compared by value, other

@@ -341,3 +341,17 @@ def register(ns: dict[str, Any], kernel: Any, dev: int, args: tuple, kwargs: dic
         return False
     return bool(ns["_fl_natreg"](ns["_fl_nat"], dev, key, function, *geometry, types, kernel,
                                  slots))
+
+
+def available() -> bool:
+    """Whether the native tier can run with the installed Triton: a release whose launch
+    layout it knows (3.5 / 3.6) and a module that builds here (no GPU needed)."""
+    from .versions import get_adapter
+
+    try:
+        if not get_adapter().lean_capable:
+            return False
+        load()
+    except Exception:
+        return False
+    return True
