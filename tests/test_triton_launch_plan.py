@@ -32,5 +32,44 @@ def test_workspace_off_gpu_is_fresh_and_not_cached() -> None:
     a = launch._workspace(100, x)
     b = launch._workspace(100, x)
     assert a.numel() == 100 and a.dtype == torch.float32
-    assert a.data_ptr() != b.data_ptr() or a is not b
+    assert a is not b  # a fresh tensor per call, nothing kept
+    assert launch.workspace_bytes() == 0
+
+
+class _OnDevice:
+    """Stands in for a GPU tensor: ``get_device()`` says device 0, memory comes from the CPU."""
+
+    device = torch.device("cpu")
+
+    def get_device(self) -> int:
+        return 0
+
+
+def test_workspace_reused_per_stream_and_thread_and_grown(monkeypatch) -> None:
+    """The eager GPU path: one grow-only buffer per (device, stream, thread); a new stream or
+    thread gets its own; graph capture always allocates."""
+    import threading
+
+    stream = [111]
+    monkeypatch.setattr(launch, "_raw_stream", lambda dev: stream[0])
+    monkeypatch.setattr(launch, "_capturing", lambda: False)
+    launch.release_workspaces()
+    x = _OnDevice()
+    a = launch._workspace(100, x)
+    assert launch._workspace(50, x) is a and launch._workspace(100, x) is a
+    grown = launch._workspace(150, x)
+    assert grown is not a and grown.numel() >= 200  # doubles: few regrowths
+    assert launch._workspace(120, x) is grown
+    stream[0] = 222
+    other_stream = launch._workspace(10, x)
+    assert other_stream is not grown
+    box = []
+    th = threading.Thread(target=lambda: box.append(launch._workspace(10, x)))
+    th.start()
+    th.join()
+    assert box[0] is not other_stream
+    assert launch.workspace_bytes() == 4 * (grown.numel() + other_stream.numel() + box[0].numel())
+    monkeypatch.setattr(launch, "_capturing", lambda: True)
+    assert launch._workspace(10, x) is not other_stream  # capture: the graph owns its buffer
+    launch.release_workspaces()
     assert launch.workspace_bytes() == 0

@@ -157,6 +157,7 @@ def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
             "    _fl_hit()",
             *grid_src,
         ]
+    ns["_fl_tier"] = "native" if native else "lean" if lean else "python"
     tier = ", native C key + launch" if native else ", lean C launch" if lean else ""
     lines = [
         f"# fast_launch for {getattr(jit.fn, '__qualname__', '?')} "

@@ -428,10 +428,9 @@ class FastLauncher:
             return "triton"
         if self._fl_reason is not None:
             return "delegate"
-        if self._fl_source is None:
+        if self._fl_ns is None:
             return "unbuilt"
-        first = self._fl_source.splitlines()[0]
-        return "native" if "native C key" in first else "lean" if "lean C" in first else "python"
+        return self._fl_ns["_fl_tier"]
 
     def cache_clear(self) -> None:
         """Forget stored variants (Triton's own cache is untouched)."""

@@ -198,17 +198,28 @@ static inline uint64_t mix(uint64_t h, uint64_t w) {
     return h;
 }
 
-/* Fill key[2*nslots] from slots; returns 1, 0 (unsupported) or -1 (error). */
-static int compute_key(Launcher *self, int64_t dev, PyObject *const *slots, uint64_t *key,
-                       uint64_t *hash, uint64_t *ptrs, int64_t *ivals, double *fvals) {
-    uint64_t h = mix(0x51ed270b27f3ULL, (uint64_t)dev);
+/* One call's key and the values read while computing it (reused to pack parameters). */
+typedef struct {
+    uint64_t key[2 * MAX_SLOTS];
+    uint64_t hash;
+    uint64_t ptrs[MAX_SLOTS];
+    int64_t ivals[MAX_SLOTS];
+    double fvals[MAX_SLOTS];
+} KeyState;
+
+/* Fill ks from dev (args[0]) and the slots after it; returns 1, 0 (unsupported) or -1. */
+static int compute_key(Launcher *self, PyObject *const *args, KeyState *ks, long long *dev) {
+    *dev = PyLong_AsLongLong(args[0]);
+    if (*dev == -1 && PyErr_Occurred()) return -1;
+    PyObject *const *slots = args + 1;
+    uint64_t h = mix(0x51ed270b27f3ULL, (uint64_t)*dev);
     for (int i = 0; i < self->nslots; i++) {
-        int r = key_slot(self, self->codes[i], slots[i], &key[2 * i], &key[2 * i + 1],
-                         &ptrs[i], &ivals[i], &fvals[i]);
+        int r = key_slot(self, self->codes[i], slots[i], &ks->key[2 * i], &ks->key[2 * i + 1],
+                         &ks->ptrs[i], &ks->ivals[i], &ks->fvals[i]);
         if (r != 1) return r;
-        h = mix(mix(h, key[2 * i]), key[2 * i + 1]);
+        h = mix(mix(h, ks->key[2 * i]), ks->key[2 * i + 1]);
     }
-    *hash = h;
+    ks->hash = h;
     return 1;
 }
 
@@ -288,14 +299,15 @@ static PyObject *fl_launch(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     }
     unsigned long long stream = PyLong_AsUnsignedLongLong(args[2]);
     if (stream == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    long long dev = PyLong_AsLongLong(args[3]);
-    if (dev == -1 && PyErr_Occurred()) return NULL;
 
-    uint64_t key[2 * MAX_SLOTS], hash, ptrs[MAX_SLOTS];
-    int64_t ivals[MAX_SLOTS];
-    double fvals[MAX_SLOTS];
-    int r = compute_key(self, dev, args + 4, key, &hash, ptrs, ivals, fvals);
+    KeyState ks;
+    long long dev;
+    int r = compute_key(self, args + 3, &ks, &dev);
     if (r < 0) return NULL;
+    const uint64_t *key = ks.key, hash = ks.hash;
+    uint64_t *ptrs = ks.ptrs; /* replaced by the validated device pointers below */
+    const int64_t *ivals = ks.ivals;
+    const double *fvals = ks.fvals;
     if (r == 0) Py_RETURN_NOTIMPLEMENTED;
     Entry *e = NULL;
     size_t kb = sizeof(uint64_t) * 2 * (size_t)self->nslots;
@@ -423,15 +435,12 @@ static PyObject *fl_launch(PyObject *mod, PyObject *const *args, Py_ssize_t narg
 static PyObject *fl_key(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     Launcher *self;
     if (parse_head(args, nargs, 2, &self)) return NULL;
-    long long dev = PyLong_AsLongLong(args[1]);
-    if (dev == -1 && PyErr_Occurred()) return NULL;
-    uint64_t key[2 * MAX_SLOTS], hash, ptrs[MAX_SLOTS];
-    int64_t ivals[MAX_SLOTS];
-    double fvals[MAX_SLOTS];
-    int r = compute_key(self, dev, args + 2, key, &hash, ptrs, ivals, fvals);
+    KeyState ks;
+    long long dev;
+    int r = compute_key(self, args + 1, &ks, &dev);
     if (r < 0) return NULL;
     if (r == 0) Py_RETURN_NONE;
-    return PyBytes_FromStringAndSize((const char *)key,
+    return PyBytes_FromStringAndSize((const char *)ks.key,
                                      (Py_ssize_t)(sizeof(uint64_t) * 2 * self->nslots));
 }
 
