@@ -1,4 +1,5 @@
-"""Sweep shrink-kernel configs on prefill shapes (GPU): BN, BM, BK, stages, warps, split-K.
+"""Sweep shrink-kernel configs on prefill shapes (GPU): BM, BN, rank blocks, BK, stages, warps,
+split-K.
 
     python benchmarks/sweep_shrink.py [--json PATH]
 
@@ -20,11 +21,45 @@ from lora_dispatch.devices import current
 from lora_dispatch.kernels.triton import launch as L
 
 
+def _full(w) -> set:
+    out = set()
+    width = max(16, C.next_pow2(w.num_slices * w.max_rank))
+    for bm, bn, rb, bk, stages, warps, split in itertools.product(
+            (64, 128), (16, 64, 128, 256), (1, 2, 3), (32, 64, 128), (3, 4), (4, 8), (1, 2, 4)):
+        rows_n = bn * rb
+        if bn > width or rows_n > width:
+            continue
+        smem = stages * (bm + rows_n) * bk * 2
+        if smem > 200 * 1024 or bm * rows_n > 128 * 128 * (warps // 4):
+            continue
+        out.add(C.ShrinkConfig(bm, bn, bk, split, warps, stages, rb))
+    return out
+
+
+def _focused(width: int, t: int) -> set:
+    """Programs that cover every rank row of their tile (x streamed from L2 once per tile)."""
+    out = set()
+    pairs = [(bn, rb) for bn in (16, 32, 64, 128) for rb in (1, 2, 3)
+             if width <= bn * rb <= max(16, C.next_pow2(width)) and bn * rb - width < bn]
+    splits = (1,) if t >= 4096 else (1, 2)
+    bks = (32, 64, 128) if t >= 4096 else (64, 128)
+    for (bn, rb), bm, bk, stages, split in itertools.product(pairs, (64, 128), bks, (3, 4),
+                                                            splits):
+        rows_n = bn * rb
+        warps = 4 if bm * rows_n <= 64 * 64 else 8
+        if stages * (bm + rows_n) * bk * 2 > 200 * 1024:
+            continue
+        out.add(C.ShrinkConfig(bm, bn, bk, split, warps, stages, rb))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--json", default=None)
     ap.add_argument("--tokens", default="8192,2048")
     ap.add_argument("--ranks", default="16,64")
+    ap.add_argument("--focused", action="store_true",
+                    help="only configs whose programs cover all rank rows of a tile (RB * BN)")
     ap.add_argument("--op", default="shrink", choices=("shrink", "add_lora"),
                     help="add_lora: the fused qkv shape (S = 3 slices) that add_lora shrinks")
     args = ap.parse_args(argv)
@@ -38,14 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         w, x, _, _ = items[0]
         default = C.shrink_config(current(dev), t, 4096, w.num_slices * w.max_rank, 2, False)
         cands = {default}
-        for bm, bn, bk, stages, warps, split in itertools.product(
-                (64, 128), (16, 64, 128, 256), (32, 64, 128), (3, 4), (4, 8), (1, 2, 4)):
-            if bn > max(16, C.next_pow2(w.num_slices * w.max_rank)):
-                continue
-            smem = stages * (bm + bn) * bk * 2
-            if smem > 200 * 1024 or bm * bn > 128 * 128 * (warps // 4):
-                continue
-            cands.add(C.ShrinkConfig(bm, bn, bk, split, warps, stages))
+        cands.update(_focused(w.num_slices * w.max_rank, t) if args.focused else _full(w))
         best = None
         for cfg in sorted(cands, key=lambda c: (c != default, c.block_m, c.block_n, c.block_k)):
             plan = L._shrink_plan(w, t, atomic=False, cfg=cfg)

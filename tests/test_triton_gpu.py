@@ -338,3 +338,40 @@ def test_workspace_two_streams_and_threads():
         assert rel(out.double() - base.double(), delta) <= TOL[torch.bfloat16]
     tl_launch.release_workspaces()
     assert tl_launch.workspace_bytes() == 0
+
+
+@pytest.mark.parametrize("cfg", [
+    # block_m, block_n, block_k, split_k, warps, stages, rank_blocks
+    (128, 64, 64, 1, 8, 3, 3), (64, 64, 32, 2, 4, 4, 3), (64, 16, 128, 1, 4, 3, 3),
+    (128, 32, 64, 1, 8, 3, 2), (64, 32, 64, 4, 4, 3, 4),
+])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_shrink_rank_blocks(cfg, dtype):
+    """Programs owning 2-4 rank blocks (one x tile feeds all of them) over mixed ranks 1-128,
+    an empty slot, slot -1, hidden 1000 (K tail) and 4096, workspace and atomic modes."""
+    from lora_dispatch.devices import configs as C
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
+    gen = torch.Generator().manual_seed(sum(cfg))
+    for hidden, t in ((4096, 700), (1000, 37)):
+        w = make_weights(7, hidden, (4096, 1024, 1024), dtype, max_rank=64, seed=cfg[1])
+        x = torch.randn(t, hidden, generator=gen).to(DEV, dtype)
+        slots = random_slots(t, 8, gen)
+        batch = token_batch(slots)
+        want = ref_y(x, w, slots.to(DEV))
+        valid = torch.zeros_like(want, dtype=torch.bool)  # [S, T, R] rows the expand reads
+        for i, s in enumerate(slots.tolist()):
+            if s >= 0 and w.host_ranks[s]:
+                valid[:, i, : w.host_ranks[s]] = True
+        for atomic in (False, True):
+            plan = tl_launch._shrink_plan(w, t, atomic=atomic, cfg=C.ShrinkConfig(*cfg))
+            y = torch.full((plan.split, w.num_slices, t, w.max_rank), float("nan"), device=DEV)
+            if atomic:
+                y.zero_()
+            tl_launch._launch_shrink(plan, x, w, batch, y, t)
+            got = y.sum(0)  # [S, T, R]
+            assert not got[valid].isnan().any(), f"atomic={atomic}: unwritten rank rows"
+            err = rel(torch.where(valid, got, 0.0), want)
+            assert err <= TOL[dtype], f"atomic={atomic} hidden={hidden}: rel err {err:.3g}"
+            if atomic:
+                assert torch.equal(got[~valid], torch.zeros_like(got[~valid]))

@@ -430,8 +430,10 @@ def test_expand_config_variants(cfg):
 
 
 @pytest.mark.parametrize("cfg", [(16, 16, 64, 5, 4, 2), (32, 32, 32, 3, 4, 3),
-                                 (64, 64, 128, 1, 4, 2)])
+                                 (64, 64, 128, 1, 4, 2), (16, 16, 32, 1, 4, 2, 2),
+                                 (16, 16, 64, 3, 4, 2, 3), (32, 16, 32, 1, 4, 2, 4)])
 def test_shrink_config_variants(cfg):
+    """K splits (atomics), K tails, and 2-4 rank blocks per program over mixed ranks."""
     from lora_dispatch.devices import configs as C
     from lora_dispatch.kernels.triton import launch as L
 

@@ -33,7 +33,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ShrinkConfig:
-    """Segmented ``x @ A^T``: tokens per tile, rank columns, K step, K splits, launch knobs."""
+    """Segmented ``x @ A^T``: tokens per tile, rank columns, K step, K splits, launch knobs.
+
+    ``rank_blocks`` blocks of ``block_n`` rank rows share each loaded ``x`` tile in one
+    program (``block_n * rank_blocks`` rows per program).
+    """
 
     block_m: int
     block_n: int
@@ -41,6 +45,7 @@ class ShrinkConfig:
     split_k: int
     num_warps: int
     num_stages: int
+    rank_blocks: int = 1
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ class ExpandPlan(NamedTuple):
     num_stages: int
 
 
-_SHRINK_CX = ("S", "R", "TILE", "BM", "BN", "BK", "EVEN_K", "ATOMIC", "PREC")
+_SHRINK_CX = ("S", "R", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "PREC")
 _EXPAND_CX = ("S", "R", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "ALIGN", "PREC")
 
 
@@ -110,10 +110,11 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
     if k_split >= cfg.block_k:
         k_split = _cdiv(k_split, cfg.block_k) * cfg.block_k
     split = _cdiv(k, k_split)
-    nb = _cdiv(s * r, cfg.block_n)
+    nb = _cdiv(s * r, cfg.block_n * cfg.rank_blocks)
     meta = dict(
         S=s, R=r, TILE=tile_index(cfg.block_m), BM=cfg.block_m, BN=cfg.block_n,
-        BK=cfg.block_k, EVEN_K=(k % k_split == 0 and k_split % cfg.block_k == 0),
+        BK=cfg.block_k, RB=cfg.rank_blocks,
+        EVEN_K=(k % k_split == 0 and k_split % cfg.block_k == 0),
         ATOMIC=atomic and split > 1, PREC=PREC,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
