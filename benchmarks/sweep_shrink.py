@@ -25,9 +25,9 @@ def _full(w) -> set:
     out = set()
     width = max(16, C.next_pow2(w.num_slices * w.max_rank))
     for bm, bn, rb, bk, stages, warps, split in itertools.product(
-            (64, 128), (16, 64, 128, 256), (1, 2, 3), (32, 64, 128), (3, 4), (4, 8), (1, 2, 4)):
+            (64, 128), (16, 64, 128), (1, 2, 3), (32, 64, 128), (3, 4), (4, 8), (1, 2, 4)):
         rows_n = bn * rb
-        if bn > width or rows_n > width:
+        if bn > max(16, C.next_pow2(w.max_rank)) or rows_n > width:
             continue
         smem = stages * (bm + rows_n) * bk * 2
         if smem > 200 * 1024 or bm * rows_n > 128 * 128 * (warps // 4):
@@ -36,15 +36,16 @@ def _full(w) -> set:
     return out
 
 
-def _focused(width: int, t: int) -> set:
-    """Programs that cover every rank row of their tile (x streamed from L2 once per tile)."""
+def _focused(rank: int, slices: int, t: int) -> set:
+    """Around the shipped schedule: BN up to the rank, 1 to S blocks per program."""
     out = set()
-    pairs = [(bn, rb) for bn in (16, 32, 64, 128) for rb in (1, 2, 3)
-             if width <= bn * rb <= max(16, C.next_pow2(width)) and bn * rb - width < bn]
+    pairs = {(bn, rb) for bn in (16, 32, 64) for rb in (1, 2, 3)
+             if max(16, C.next_pow2(rank) // 2) <= bn <= max(16, C.next_pow2(rank))
+             and rb <= slices * -(-rank // bn)}
     splits = (1,) if t >= 4096 else (1, 2)
-    bks = (32, 64, 128) if t >= 4096 else (64, 128)
-    for (bn, rb), bm, bk, stages, split in itertools.product(pairs, (64, 128), bks, (3, 4),
-                                                            splits):
+    bms = (64, 128) if t >= 4096 else (64,)
+    for (bn, rb), bm, bk, stages, split in itertools.product(sorted(pairs), bms, (64, 128),
+                                                            (3, 4), splits):
         rows_n = bn * rb
         warps = 4 if bm * rows_n <= 64 * 64 else 8
         if stages * (bm + rows_n) * bk * 2 > 200 * 1024:
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", default="8192,2048")
     ap.add_argument("--ranks", default="16,64")
     ap.add_argument("--focused", action="store_true",
-                    help="only configs whose programs cover all rank rows of a tile (RB * BN)")
+                    help="a small set around the shipped schedule (BN <= rank, 1-3 blocks)")
     ap.add_argument("--op", default="shrink", choices=("shrink", "add_lora"),
                     help="add_lora: the fused qkv shape (S = 3 slices) that add_lora shrinks")
     args = ap.parse_args(argv)
@@ -71,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         p = Problem(args.op, 4096, t, rank, 4, torch.bfloat16, dev)
         batch, items = _build(p, 1)
         w, x, _, _ = items[0]
-        default = C.shrink_config(current(dev), t, 4096, w.num_slices * w.max_rank, 2, False)
+        default = C.shrink_config(current(dev), t, 4096, w.num_slices * w.max_rank, 2, False,
+                                  slices=w.num_slices)
         cands = {default}
-        cands.update(_focused(w.num_slices * w.max_rank, t) if args.focused else _full(w))
+        cands.update(_focused(w.max_rank, w.num_slices, t) if args.focused else _full(w))
         best = None
         for cfg in sorted(cands, key=lambda c: (c != default, c.block_m, c.block_n, c.block_k)):
             plan = L._shrink_plan(w, t, atomic=False, cfg=cfg)

@@ -108,23 +108,26 @@ def _token_bucket(t: int) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k: int,
-                   n_rank: int, t: int, itemsize: int, atomic: bool) -> ShrinkConfig:
-    block_n = max(16, min(next_pow2(n_rank), 64 if tb >= 1024 else 128))
-    if tb <= 256:
+                   rank: int, slices: int, t: int, itemsize: int, atomic: bool) -> ShrinkConfig:
+    # blocks never straddle slices: BN rows of one slice, RB (slice, block) pairs a program
+    block_n = max(16, min(next_pow2(rank), 64 if tb >= 1024 else 128))
+    pairs = slices * (-(-rank // block_n))
+    if tb <= 256:  # one program covers up to 128 rows: x is read once per tile
         block_m, block_k, warps, stages = 16, 128, 4, 4
+        rank_blocks = max(1, min(4, pairs, 128 // block_n))
     elif block_n >= 64:
-        block_m, block_k, warps, stages = 64, 128, 4, 4
+        block_m, block_k, warps, stages, rank_blocks = 64, 128, 4, 4, 1
     else:
-        block_m, block_k, warps, stages = 32, 256, 4, 4
-    if n_rank > block_n and t >= 4096:
-        # several rank blocks re-stream x and A from L2; a shorter K step keeps more of them
-        # in flight (H200, qkv rank 64, T=8192: 58 us at BK=64 vs 74 us at BK=128; at T=2048
-        # BK=128 stays better, 28 vs 31 us)
+        block_m, block_k, warps, stages = 64, 128, 4, 4
+        rank_blocks = max(1, min(4, pairs, 64 // block_n))
+    if pairs > rank_blocks and t >= 4096:
+        # several programs per tile re-stream x from L2; a shorter K step keeps more of them
+        # in flight (H200, qkv rank 64, T=8192: BK=64 beat BK=128 in every sweep)
         block_k = 64
     if itemsize == 4:
         block_k = min(block_k, 64)
     block_k = min(block_k, max(16, next_pow2(k)))
-    programs = (-(-t // block_m)) * max(1, -(-n_rank // block_n))
+    programs = (-(-t // block_m)) * (-(-pairs // rank_blocks))
     split = 1
     target = 2 * units if tb <= 256 else units
     while programs * split * 2 <= target and k // (split * 2) >= 2 * block_k:
@@ -132,19 +135,20 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
     if not atomic:  # the expand re-reads every partial product per column block
         split = min(split, 8 if tb <= 64 else 4 if tb <= 256 else 2 if t <= 2048 else 1)
     return ShrinkConfig(block_m, block_n, block_k, split, _warps(warp, warps),
-                        _stages(platform, family, stages))
+                        _stages(platform, family, stages), rank_blocks)
 
 
 def shrink_config(info: DeviceInfo, t: int, k: int, n_rank: int, itemsize: int,
-                  atomic: bool = True) -> ShrinkConfig:
-    """Config for a shrink of ``t`` tokens, width ``k``, padded rank width ``n_rank = S * R``.
+                  atomic: bool = True, slices: int = 1) -> ShrinkConfig:
+    """Config for a shrink of ``t`` tokens, width ``k``, ``n_rank = slices * max_rank`` rows.
 
     ``split_k`` grows until the grid fills about two waves of the device. ``atomic``: the
     splits accumulate with atomics into a zeroed output (public shrink); otherwise each
     split writes its own partial product that the expand sums, so prefill avoids splitting.
     """
     return _shrink_config(info.family, info.platform, _units(info), info.warp_size,
-                          _token_bucket(t), k, n_rank, t, itemsize, atomic)
+                          _token_bucket(t), k, max(1, n_rank // max(slices, 1)), slices, t,
+                          itemsize, atomic)
 
 
 @functools.lru_cache(maxsize=4096)

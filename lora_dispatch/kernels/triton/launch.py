@@ -104,13 +104,13 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
     k, s, r = w.in_features, w.num_slices, w.max_rank
     if cfg is None:
         cfg = configs.shrink_config(describe(w.device), t, k, s * r, w.lora_a.element_size(),
-                                    atomic)
+                                    atomic, slices=s)
     split = cfg.split_k if split_k is None else split_k
     k_split = _cdiv(_cdiv(k, split), 16) * 16
     if k_split >= cfg.block_k:
         k_split = _cdiv(k_split, cfg.block_k) * cfg.block_k
     split = _cdiv(k, k_split)
-    nb = _cdiv(s * r, cfg.block_n * cfg.rank_blocks)
+    nb = _cdiv(s * _cdiv(r, cfg.block_n), cfg.rank_blocks)
     meta = dict(
         S=s, R=r, TILE=tile_index(cfg.block_m), BM=cfg.block_m, BN=cfg.block_n,
         BK=cfg.block_k, RB=cfg.rank_blocks,

@@ -1,14 +1,17 @@
 """Segmented shrink kernel: ``y[i, t, :r] = c[s, i] * x[t] @ A_i[s, :r]^T`` for every slice.
 
-Grid ``(NB * tiles, SPLIT_K)`` with ``NB = cdiv(S * max_rank, RB * BN)``: axis 0 walks the
-slot's packed rank rows (fastest, so the rank blocks of one token tile run together and
-share ``x`` in L2), then the batch's tiles of ``BM`` tokens of one slot (``tile_map``);
+Grid ``(NB * tiles, SPLIT_K)``. A slot's ``A`` rows are packed ``[S * r, K]`` (slice ``i`` in
+rows ``i * r ... i * r + r``); each slice is cut into ``NBR = cdiv(R, BN)`` blocks of ``BN``
+rows, and a program owns ``RB`` consecutive (slice, block) pairs, so ``NB = cdiv(S * NBR,
+RB)``. Axis 0 walks these groups (fastest, so the programs of one token tile run together
+and share ``x`` in L2), then the batch's tiles of ``BM`` tokens of one slot (``tile_map``);
 axis 1 the K splits (accumulated with float32 atomics, or written as separate partial
-products that the expand sums). Each program owns ``RB`` rank blocks of ``BN`` rows and
-feeds every ``x`` tile it loads to all of them, so a wide shrink (qkv at rank 64: 192
-rows) streams ``x`` from L2 once per token tile instead of once per rank block. A program
-whose tile has no slot, an empty slot, or whose rank rows start past ``S * r`` exits at
-once; rank blocks past ``S * r`` inside a program load nothing.
+products that the expand sums). Every ``x`` tile a program loads feeds all of its ``RB``
+blocks. A block never straddles two slices, so its output columns are contiguous: the
+store is vectorized (a per-column slice lookup made the epilogue's addressing cost 40% of
+the kernel on H200, see ``benchmarks/probe_shrink_ablate.py``). Programs whose tile has no
+slot, an empty slot, or whose blocks all start past the slot's rank exit at once; blocks
+past the rank inside a program load nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +25,15 @@ __all__ = ["shrink_kernel"]
 
 
 @triton.jit
+def _block(q, rank, S: tl.constexpr, NBR: tl.constexpr, BN: tl.constexpr):
+    """Slice, first column and row mask ``[BN]`` of (slice, block) pair ``q``."""
+    sl = q // NBR
+    c0 = (q - sl * NBR) * BN
+    cols = c0 + tl.arange(0, BN)  # [BN]
+    return sl, c0, (cols < rank) & (sl < S)
+
+
+@triton.jit
 def _block_dot(acc, xb, a_ptrs, n_mask, k_mask, EVEN_K: tl.constexpr, PREC: tl.constexpr):
     if EVEN_K:
         ab = tl.load(a_ptrs, mask=n_mask[:, None], other=0.0)  # [BN, BK]
@@ -31,19 +43,18 @@ def _block_dot(acc, xb, a_ptrs, n_mask, k_mask, EVEN_K: tl.constexpr, PREC: tl.c
 
 
 @triton.jit
-def _block_store(acc, offs_n, n_mask, m_mask, tok64, rank, slot, pid_k, scal_ptr, y_ptr,
-                 stride_yp, stride_ys, stride_yt, S: tl.constexpr, ATOMIC: tl.constexpr):
-    sl = offs_n // tl.maximum(rank, 1)  # [BN]
-    col = offs_n - sl * rank  # [BN]
-    scale = tl.load(scal_ptr + slot * S + sl, mask=n_mask, other=0.0)  # [BN]
-    val = acc * scale[None, :]  # [BM, BN]
-    y_ptrs = (y_ptr + pid_k * stride_yp + sl[None, :] * stride_ys
-              + tok64[:, None] * stride_yt + col[None, :])  # [BM, BN]
+def _block_store(acc, sl, c0, n_mask, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                 stride_yp, stride_ys, stride_yt, S: tl.constexpr, BN: tl.constexpr,
+                 ATOMIC: tl.constexpr):
+    scale = tl.load(scal_ptr + slot * S + tl.minimum(sl, S - 1))
+    cols = tl.multiple_of(c0, BN) + tl.arange(0, BN)  # [BN]
+    y_ptrs = (y_ptr + pid_k * stride_yp + sl * stride_ys + tok64[:, None] * stride_yt
+              + cols[None, :])  # [BM, BN]
     mask = m_mask[:, None] & n_mask[None, :]  # [BM, BN]
     if ATOMIC:
-        tl.atomic_add(y_ptrs, val, mask=mask)
+        tl.atomic_add(y_ptrs, acc * scale, mask=mask)
     else:
-        tl.store(y_ptrs, val, mask=mask)
+        tl.store(y_ptrs, acc * scale, mask=mask)
 
 
 @fast_launch
@@ -65,8 +76,20 @@ def shrink_kernel(
     if (slot < 0) | (slot >= L):
         return
     rank = tl.load(ranks_ptr + slot)
-    width = S * rank
-    if pid_n * (RB * BN) >= width:
+    NBR: tl.constexpr = (R + BN - 1) // BN
+    q0 = pid_n * RB
+    sl0, c00, n_mask0 = _block(q0, rank, S, NBR, BN)
+    live = (c00 < rank) & (sl0 < S)
+    if RB > 1:
+        sl1, c01, n_mask1 = _block(q0 + 1, rank, S, NBR, BN)
+        live = live | ((c01 < rank) & (sl1 < S))
+    if RB > 2:
+        sl2, c02, n_mask2 = _block(q0 + 2, rank, S, NBR, BN)
+        live = live | ((c02 < rank) & (sl2 < S))
+    if RB > 3:
+        sl3, c03, n_mask3 = _block(q0 + 3, rank, S, NBR, BN)
+        live = live | ((c03 < rank) & (sl3 < S))
+    if not live:
         return
     start = tl.load(tile + NT)
     end = tl.load(tile + 2 * NT)
@@ -75,22 +98,21 @@ def shrink_kernel(
     tok = tl.load(tok_ptr + offs_m, mask=offs_m < end, other=T)  # [BM]
     m_mask = (tok >= 0) & (tok < T)  # [BM]
     tok64 = tl.where(m_mask, tok, 0).to(tl.int64)  # [BM]
-    offs_n0 = pid_n * (RB * BN) + tl.arange(0, BN)  # [BN]
-    n_mask0 = offs_n0 < width  # [BN]
     offs_k = pid_k * K_SPLIT + tl.arange(0, BK)  # [BK]
-
+    row0 = sl0 * rank + c00
     x_ptrs = x_ptr + tok64[:, None] * stride_xm + offs_k[None, :] * stride_xk  # [BM, BK]
     a_ptrs = (a_ptr + slot.to(tl.int64) * (S * R) * K
-              + offs_n0[:, None].to(tl.int64) * K + offs_k[None, :])  # [BN, BK]
+              + (row0 + tl.arange(0, BN))[:, None].to(tl.int64) * K
+              + offs_k[None, :])  # [BN, BK]
     acc0 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
     if RB > 1:
-        n_mask1 = (offs_n0 + BN) < width  # [BN]
+        a_off1 = (sl1 * rank + c01 - row0).to(tl.int64) * K
         acc1 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
     if RB > 2:
-        n_mask2 = (offs_n0 + 2 * BN) < width  # [BN]
+        a_off2 = (sl2 * rank + c02 - row0).to(tl.int64) * K
         acc2 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
     if RB > 3:
-        n_mask3 = (offs_n0 + 3 * BN) < width  # [BN]
+        a_off3 = (sl3 * rank + c03 - row0).to(tl.int64) * K
         acc3 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
     k_end = tl.minimum(pid_k * K_SPLIT + K_SPLIT, K)
     for k in range(pid_k * K_SPLIT, k_end, BK):
@@ -101,22 +123,22 @@ def shrink_kernel(
             xb = tl.load(x_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         acc0 = _block_dot(acc0, xb, a_ptrs, n_mask0, k_mask, EVEN_K, PREC)
         if RB > 1:
-            acc1 = _block_dot(acc1, xb, a_ptrs + BN * K, n_mask1, k_mask, EVEN_K, PREC)
+            acc1 = _block_dot(acc1, xb, a_ptrs + a_off1, n_mask1, k_mask, EVEN_K, PREC)
         if RB > 2:
-            acc2 = _block_dot(acc2, xb, a_ptrs + 2 * BN * K, n_mask2, k_mask, EVEN_K, PREC)
+            acc2 = _block_dot(acc2, xb, a_ptrs + a_off2, n_mask2, k_mask, EVEN_K, PREC)
         if RB > 3:
-            acc3 = _block_dot(acc3, xb, a_ptrs + 3 * BN * K, n_mask3, k_mask, EVEN_K, PREC)
+            acc3 = _block_dot(acc3, xb, a_ptrs + a_off3, n_mask3, k_mask, EVEN_K, PREC)
         x_ptrs += BK * stride_xk
         a_ptrs += BK
 
-    _block_store(acc0, offs_n0, n_mask0, m_mask, tok64, rank, slot, pid_k, scal_ptr, y_ptr,
-                 stride_yp, stride_ys, stride_yt, S, ATOMIC)
+    _block_store(acc0, sl0, c00, n_mask0, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                 stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
     if RB > 1:
-        _block_store(acc1, offs_n0 + BN, n_mask1, m_mask, tok64, rank, slot, pid_k, scal_ptr,
-                     y_ptr, stride_yp, stride_ys, stride_yt, S, ATOMIC)
+        _block_store(acc1, sl1, c01, n_mask1, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                     stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
     if RB > 2:
-        _block_store(acc2, offs_n0 + 2 * BN, n_mask2, m_mask, tok64, rank, slot, pid_k,
-                     scal_ptr, y_ptr, stride_yp, stride_ys, stride_yt, S, ATOMIC)
+        _block_store(acc2, sl2, c02, n_mask2, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                     stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
     if RB > 3:
-        _block_store(acc3, offs_n0 + 3 * BN, n_mask3, m_mask, tok64, rank, slot, pid_k,
-                     scal_ptr, y_ptr, stride_yp, stride_ys, stride_yt, S, ATOMIC)
+        _block_store(acc3, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                     stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
