@@ -43,6 +43,12 @@ def _focused(rank: int, slices: int, t: int) -> set:
              if max(16, C.next_pow2(rank) // 2) <= bn <= max(16, C.next_pow2(rank))
              and rb <= slices * -(-rank // bn)}
     splits = (1,) if t >= 4096 else (1, 2)
+    if t <= 256:  # decode: 16-token tiles, K split over the device
+        for rb, bk, split in itertools.product(range(1, min(3, slices) + 1), (128, 256),
+                                               (4, 8)):
+            out.add(C.ShrinkConfig(16, max(16, min(64, C.next_pow2(rank))), bk, split, 4, 4,
+                                   rb))
+        return out
     bms = (64, 128) if t >= 4096 else (64,)
     for (bn, rb), bm, bk, stages, split in itertools.product(sorted(pairs), bms, (64, 128),
                                                             (3, 4), splits):

@@ -131,7 +131,7 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
     block_k = min(block_k, max(16, next_pow2(k)))
     programs = (-(-t // block_m)) * (-(-pairs // rank_blocks))
     split = 1
-    target = 2 * units if tb <= 256 or t <= 2048 else units
+    target = 2 * units if tb <= 256 or (t <= 2048 and not atomic) else units
     while programs * split * 2 <= target and k // (split * 2) >= 2 * block_k:
         split *= 2
     if not atomic:  # the expand re-reads every partial product per column block
