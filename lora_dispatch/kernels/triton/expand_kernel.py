@@ -16,33 +16,9 @@ import triton
 import triton.language as tl
 
 from ._jit import fast_launch
+from .tiles import slice_block, tile_tokens
 
 __all__ = ["expand_kernel", "slice_block"]
-
-
-@triton.jit
-def slice_block(bounds_ptr, pid_n, S: tl.constexpr, BN: tl.constexpr, ALIGN: tl.constexpr):
-    """Slice index, first column and end column of column block ``pid_n``.
-
-    ``ALIGN`` divides every slice offset and width (known on the host), so the output
-    accesses stay vectorized even though the bounds are loaded.
-    """
-    sl = pid_n * 0
-    c0 = pid_n * 0
-    c1 = pid_n * 0
-    first = pid_n * 0
-    for i in tl.static_range(S):
-        lo = tl.load(bounds_ptr + i)
-        hi = tl.load(bounds_ptr + i + 1)
-        nb = (hi - lo + BN - 1) // BN
-        hit = (pid_n >= first) & (pid_n < first + nb)
-        sl = tl.where(hit, i, sl)
-        c0 = tl.where(hit, lo + (pid_n - first) * BN, c0)
-        c1 = tl.where(hit, hi, c1)
-        first += nb
-    c0 = tl.multiple_of(c0, ALIGN)
-    c1 = tl.multiple_of(c1, ALIGN)
-    return sl, c0, c1
 
 
 @fast_launch
@@ -65,14 +41,9 @@ def expand_kernel(
     rank = tl.load(ranks_ptr + slot)
     if rank == 0:
         return
-    start = tl.load(tile + NT)
-    end = tl.load(tile + 2 * NT)
     sl, c0, c1 = slice_block(bounds_ptr, pid_n, S, BN * NCOL, ALIGN)
 
-    offs_m = start + tl.arange(0, BM)  # [BM]
-    tok = tl.load(tok_ptr + offs_m, mask=offs_m < end, other=T)  # [BM]
-    m_mask = (tok >= 0) & (tok < T)  # [BM]
-    tok64 = tl.where(m_mask, tok, 0).to(tl.int64)  # [BM]
+    m_mask, tok64 = tile_tokens(tile, tok_ptr, T, NT, BM)  # [BM], [BM]
     offs_r = tl.arange(0, BR)  # [BR]
     y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + offs_r[None, :] * stride_yr
     b_base = b_ptr + slot.to(tl.int64) * N * R + offs_r[:, None]  # [BR, 1]

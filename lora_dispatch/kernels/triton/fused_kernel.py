@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ._jit import fast_launch
-from .expand_kernel import slice_block
+from .tiles import slice_block, tile_tokens
 
 __all__ = ["fused_kernel"]
 
@@ -38,14 +38,9 @@ def fused_kernel(
     rank = tl.load(ranks_ptr + slot)
     if rank == 0:
         return
-    start = tl.load(tile + NT)
-    end = tl.load(tile + 2 * NT)
     sl, c0, c1 = slice_block(bounds_ptr, pid_n, S, BN, ALIGN)
 
-    offs_m = start + tl.arange(0, BM)  # [BM]
-    tok = tl.load(tok_ptr + offs_m, mask=offs_m < end, other=T)  # [BM]
-    m_mask = (tok >= 0) & (tok < T)  # [BM]
-    tok64 = tl.where(m_mask, tok, 0).to(tl.int64)  # [BM]
+    m_mask, tok64 = tile_tokens(tile, tok_ptr, T, NT, BM)  # [BM], [BM]
     offs_r = tl.arange(0, BR)  # [BR]
     r_mask = offs_r < rank  # [BR]
     offs_k = tl.arange(0, BK)  # [BK]

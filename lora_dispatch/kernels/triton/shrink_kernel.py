@@ -20,17 +20,18 @@ import triton
 import triton.language as tl
 
 from ._jit import fast_launch
+from .tiles import tile_tokens
 
 __all__ = ["shrink_kernel"]
 
 
 @triton.jit
 def _block(q, rank, S: tl.constexpr, NBR: tl.constexpr, BN: tl.constexpr):
-    """Slice, first column and row mask ``[BN]`` of (slice, block) pair ``q``."""
+    """Slice, first column, row mask ``[BN]`` and liveness of (slice, block) pair ``q``."""
     sl = q // NBR
     c0 = (q - sl * NBR) * BN
-    cols = c0 + tl.arange(0, BN)  # [BN]
-    return sl, c0, (cols < rank) & (sl < S)
+    live = (c0 < rank) & (sl < S)
+    return sl, c0, ((c0 + tl.arange(0, BN)) < rank) & live, live
 
 
 @triton.jit
@@ -78,26 +79,19 @@ def shrink_kernel(
     rank = tl.load(ranks_ptr + slot)
     NBR: tl.constexpr = (R + BN - 1) // BN
     q0 = pid_n * RB
-    sl0, c00, n_mask0 = _block(q0, rank, S, NBR, BN)
-    live = (c00 < rank) & (sl0 < S)
+    sl0, c00, n_mask0, live = _block(q0, rank, S, NBR, BN)
     if RB > 1:
-        sl1, c01, n_mask1 = _block(q0 + 1, rank, S, NBR, BN)
-        live = live | ((c01 < rank) & (sl1 < S))
+        sl1, c01, n_mask1, live1 = _block(q0 + 1, rank, S, NBR, BN)
+        live = live | live1
     if RB > 2:
-        sl2, c02, n_mask2 = _block(q0 + 2, rank, S, NBR, BN)
-        live = live | ((c02 < rank) & (sl2 < S))
+        sl2, c02, n_mask2, live2 = _block(q0 + 2, rank, S, NBR, BN)
+        live = live | live2
     if RB > 3:
-        sl3, c03, n_mask3 = _block(q0 + 3, rank, S, NBR, BN)
-        live = live | ((c03 < rank) & (sl3 < S))
+        sl3, c03, n_mask3, live3 = _block(q0 + 3, rank, S, NBR, BN)
+        live = live | live3
     if not live:
         return
-    start = tl.load(tile + NT)
-    end = tl.load(tile + 2 * NT)
-
-    offs_m = start + tl.arange(0, BM)  # [BM]
-    tok = tl.load(tok_ptr + offs_m, mask=offs_m < end, other=T)  # [BM]
-    m_mask = (tok >= 0) & (tok < T)  # [BM]
-    tok64 = tl.where(m_mask, tok, 0).to(tl.int64)  # [BM]
+    m_mask, tok64 = tile_tokens(tile, tok_ptr, T, NT, BM)  # [BM], [BM]
     offs_k = pid_k * K_SPLIT + tl.arange(0, BK)  # [BK]
     row0 = sl0 * rank + c00
     x_ptrs = x_ptr + tok64[:, None] * stride_xm + offs_k[None, :] * stride_xk  # [BM, BK]

@@ -1,0 +1,48 @@
+"""Device helpers shared by the kernels: a program's token tile and its output column block."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+__all__ = ["tile_tokens", "slice_block"]
+
+
+@triton.jit
+def tile_tokens(tile, tok_ptr, T, NT, BM: tl.constexpr):
+    """Row mask ``[BM]`` and int64 token ids ``[BM]`` of the tile at ``tile`` in ``tile_map``.
+
+    Rows past the tile's end or holding a token id outside ``[0, T)`` are masked; their ids
+    read as 0 so addresses stay in bounds.
+    """
+    start = tl.load(tile + NT)
+    end = tl.load(tile + 2 * NT)
+    offs_m = start + tl.arange(0, BM)  # [BM]
+    tok = tl.load(tok_ptr + offs_m, mask=offs_m < end, other=T)  # [BM]
+    m_mask = (tok >= 0) & (tok < T)  # [BM]
+    return m_mask, tl.where(m_mask, tok, 0).to(tl.int64)
+
+
+@triton.jit
+def slice_block(bounds_ptr, pid_n, S: tl.constexpr, BN: tl.constexpr, ALIGN: tl.constexpr):
+    """Slice index, first column and end column of column block ``pid_n``.
+
+    ``ALIGN`` divides every slice offset and width (known on the host), so the output
+    accesses stay vectorized even though the bounds are loaded.
+    """
+    sl = pid_n * 0
+    c0 = pid_n * 0
+    c1 = pid_n * 0
+    first = pid_n * 0
+    for i in tl.static_range(S):
+        lo = tl.load(bounds_ptr + i)
+        hi = tl.load(bounds_ptr + i + 1)
+        nb = (hi - lo + BN - 1) // BN
+        hit = (pid_n >= first) & (pid_n < first + nb)
+        sl = tl.where(hit, i, sl)
+        c0 = tl.where(hit, lo + (pid_n - first) * BN, c0)
+        c1 = tl.where(hit, hi, c1)
+        first += nb
+    c0 = tl.multiple_of(c0, ALIGN)
+    c1 = tl.multiple_of(c1, ALIGN)
+    return sl, c0, c1
