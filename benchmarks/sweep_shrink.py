@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         p = Problem(args.op, 4096, t, rank, 4, torch.bfloat16, dev)
         batch, items = _build(p, 1)
         w, x, _, _ = items[0]
-        default = C.shrink_config(current(dev), t, 4096, w.num_slices * w.max_rank, 2, False,
+        default = C.shrink_config(current(dev), t, 4096, w.max_rank, 2, False,
                                   slices=w.num_slices)
         cands = {default}
         cands.update(_focused(w.max_rank, w.num_slices, t) if args.focused else _full(w))

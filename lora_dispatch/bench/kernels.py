@@ -236,30 +236,62 @@ def run(quick: bool = False, device: torch.device | None = None,
     return meta, rows
 
 
-def host_breakdown(device: torch.device, log: Callable[[str], None] = print) -> list[dict]:
-    """Host time of the pieces of one eager ``add_lora`` (qkv, T = 16, rank 16, 4 adapters)."""
+def host_breakdown(device: torch.device, log: Callable[[str], None] = print,
+                   tokens: tuple[int, ...] = (16,)) -> list[dict]:
+    """Host time of one eager ``add_lora`` (qkv, rank 16, 4 adapters), layer by layer.
+
+    Each part peels one layer off the call: the public op (validation + dispatch), the
+    backend function, the two-pass body (workspace + argument assembly), the two launches
+    with pre-assembled arguments, one launch alone, and the validation and workspace lookup
+    by themselves. Differences between parts are the cost of each layer.
+    """
     import lora_dispatch as ld
+    from lora_dispatch import ops
     from lora_dispatch.kernels.triton import launch as L
 
-    p = Problem("add_lora", 4096, 16, 16, 4, torch.bfloat16, device)
-    batch, items = _build(p, 1)
-    w, x, y, out = items[0]
-    plan = L.plan_for("add", w, p.t)
-    ws = torch.empty((plan.shrink.split, w.num_slices, p.t, w.max_rank), device=device)
-    parts = {
-        "public ld.add_lora": lambda: ld.add_lora(out, x, w, batch),
-        "backend add_lora": lambda: L.add_lora(out, x, w, batch),
-        "workspace torch.empty": lambda: torch.empty(
-            (plan.shrink.split, w.num_slices, p.t, w.max_rank), device=device),
-        "shrink launch": lambda: L._launch_shrink(plan.shrink, x, w, batch, ws, p.t),
-        "expand launch": lambda: L._launch_expand(plan.expand, ws, w, batch, out, p.t),
-    }
     rows = []
-    for name, fn in parts.items():
-        us = host_time_us(fn, device, n=200, rounds=5)
-        rows.append({"op": "host_breakdown", "backend": "triton", "part": name, "T": p.t,
-                     "host_us": us})
-        log(f"host {name:24s} {us:6.2f} us")
+    for t in tokens:
+        p = Problem("add_lora", 4096, t, 16, 4, torch.bfloat16, device)
+        batch, items = _build(p, 1)
+        w, x, _, out = items[0]
+        impl = ops._impl(w)
+        plan = L.plan_for("add", w, t)
+        sp, ep = plan.shrink, plan.expand
+        numel = sp.split * w.num_slices * t * w.max_rank
+        ws = L._workspace(numel, x)
+        ys = (w.num_slices * t * w.max_rank, t * w.max_rank, w.max_rank, 1)
+        tm, xs, os_ = batch.tile_map, x.stride(), out.stride()
+        sargs = (x, w.lora_a, ws, w.ranks, w.scalings, batch.sorted_tokens, tm,
+                 t, w.in_features, w.num_slots, tm.shape[2], sp.k_split, sp.nb,
+                 xs[0], xs[1], ys[0], ys[1], ys[2], *sp.cx)
+        eargs = (ws, w.lora_b, out, w.ranks, w.slice_bounds, batch.sorted_tokens, tm,
+                 t, w.num_slots, tm.shape[2], w.total_out, ep.nb,
+                 ys[0], ys[1], ys[2], ys[3], os_[0], os_[1], *ep.cx)
+        sk, ek = L.shrink_kernel, L.expand_kernel
+
+        def one_launch(sk=sk, sp=sp, sargs=sargs):
+            sk[sp.grid](*sargs, num_warps=sp.num_warps, num_stages=sp.num_stages)
+
+        def two_launches(one_launch=one_launch, ek=ek, ep=ep, eargs=eargs):
+            one_launch()
+            ek[ep.grid](*eargs, num_warps=ep.num_warps, num_stages=ep.num_stages)
+
+        parts = {
+            "public ld.add_lora": lambda out=out, x=x, w=w, b=batch: ld.add_lora(out, x, w, b),
+            "backend add_lora": lambda out=out, x=x, w=w, b=batch, impl=impl:
+                impl.add_lora(out, x, w, b),
+            "two-pass body": lambda plan=plan, out=out, x=x, w=w, b=batch, t=t:
+                L._two_pass(plan, out, x, w, b, t),
+            "two launches": two_launches,
+            "one launch": one_launch,
+            "validation (_fast_ok)": lambda out=out, x=x, w=w, b=batch: ops._fast_ok(out, x, w, b),
+            "workspace lookup": lambda numel=numel, x=x: L._workspace(numel, x),
+        }
+        for name, fn in parts.items():
+            us = host_time_us(fn, device, n=400)
+            rows.append({"op": "host_breakdown", "backend": "triton", "part": name, "T": t,
+                         "tier": getattr(sk, "launch_tier", "?"), "host_us": us})
+            log(f"host T={t:5d} {name:24s} {us:6.2f} us")
     return rows
 
 

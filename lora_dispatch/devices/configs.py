@@ -141,17 +141,16 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
                         _stages(platform, family, stages), rank_blocks)
 
 
-def shrink_config(info: DeviceInfo, t: int, k: int, n_rank: int, itemsize: int,
+def shrink_config(info: DeviceInfo, t: int, k: int, rank: int, itemsize: int,
                   atomic: bool = True, slices: int = 1) -> ShrinkConfig:
-    """Config for a shrink of ``t`` tokens, width ``k``, ``n_rank = slices * max_rank`` rows.
+    """Config for a shrink of ``t`` tokens, width ``k``, ``slices`` slices of ``rank`` rows.
 
     ``split_k`` grows until the grid fills about two waves of the device. ``atomic``: the
     splits accumulate with atomics into a zeroed output (public shrink); otherwise each
     split writes its own partial product that the expand sums, so prefill avoids splitting.
     """
     return _shrink_config(info.family, info.platform, _units(info), info.warp_size,
-                          _token_bucket(t), k, max(1, n_rank // max(slices, 1)), slices, t,
-                          itemsize, atomic)
+                          _token_bucket(t), k, rank, slices, t, itemsize, atomic)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -103,7 +103,7 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
                  cfg: configs.ShrinkConfig | None = None) -> ShrinkPlan:
     k, s, r = w.in_features, w.num_slices, w.max_rank
     if cfg is None:
-        cfg = configs.shrink_config(describe(w.device), t, k, s * r, w.lora_a.element_size(),
+        cfg = configs.shrink_config(describe(w.device), t, k, r, w.lora_a.element_size(),
                                     atomic, slices=s)
     split = cfg.split_k if split_k is None else split_k
     k_split = _cdiv(_cdiv(k, split), 16) * 16
