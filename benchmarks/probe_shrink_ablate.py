@@ -2,7 +2,8 @@
 
     python benchmarks/probe_shrink_ablate.py
 
-A copy of the shipped shrink (one rank block per program) with switches that remove one
+A frozen copy of the shrink as it was before the slice-aligned blocks (kept on purpose: the
+probe is the evidence for that change), with switches that remove one
 feature at a time: the runtime K-loop bounds (split-K), the early exits, and the epilogue
 (0 shipped: per-column division by the runtime rank + gathered scale; 1 constexpr rank, no
 scale; 2 slice by comparisons + scalar scale loads; 3 as 2 without scale; 4 division without
