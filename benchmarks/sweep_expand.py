@@ -1,0 +1,98 @@
+"""Sweep expand-kernel configs (GPU): tokens per tile, columns, warps, stages, column blocks.
+
+    python benchmarks/sweep_expand.py [--json PATH] [--shapes expand:8192:64,...]
+
+Two phases per shape: every (BM, BN, warps) at the shipped stages / column blocks, then every
+(stages, column blocks) for the three best of phase one. Timed with a cold L2 (median); GB/s
+from the minimal bytes (``y`` once, the used adapters' ``B`` once, ``out`` read and written)
+against the copy bandwidth measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+
+from lora_dispatch.bench.kernels import Problem, _build, min_bytes
+from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
+from lora_dispatch.devices import configs as C
+from lora_dispatch.devices import current
+from lora_dispatch.kernels.triton import launch as L
+
+_SHAPES = ("expand:8192:64,qkv_expand:8192:64,gate_up_expand:8192:64,expand:8192:16,"
+           "expand:2048:64,qkv_expand:2048:16")
+
+
+def _phase1(default: C.ExpandConfig) -> list[C.ExpandConfig]:
+    out = []
+    for bm, bn, warps in itertools.product((32, 64, 128), (64, 128, 256), (4, 8)):
+        if bm * bn > 64 * 128 * (warps // 4) * 2:
+            continue
+        out.append(C.ExpandConfig(bm, bn, default.block_r, warps, default.num_stages,
+                                  default.col_blocks))
+    return out
+
+
+def _phase2(base: C.ExpandConfig) -> list[C.ExpandConfig]:
+    return [C.ExpandConfig(base.block_m, base.block_n, base.block_r, base.num_warps, st, nc)
+            for st, nc in itertools.product((1, 2, 3, 4), (1, 2, 4, 8))]
+
+
+def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
+    op, t, rank = spec.split(":")
+    t, rank = int(t), int(rank)
+    p = Problem(op, 4096, t, rank, 4, torch.bfloat16, dev)
+    batch, items = _build(p, 1)
+    w, _, y, out = items[0]
+    y4 = y.unsqueeze(0)
+    default = C.expand_config(current(dev), t, w.total_out, w.max_rank, 2)
+    nbytes = min_bytes(p)
+    seen: dict[C.ExpandConfig, float | None] = {}
+
+    def time(cfg: C.ExpandConfig) -> float | None:
+        if cfg in seen:
+            return seen[cfg]
+        plan = L._expand_plan(w, t, 1, cfg=cfg)
+        try:
+            us = gpu_time_us(lambda: L._launch_expand(plan, y4, w, batch, out, t), dev,
+                             warmup_ms=5, rep_ms=20)
+        except Exception as exc:  # configs that fail to compile are skipped
+            print(f"{spec} {cfg} failed: {exc!r}"[:200], flush=True)
+            us = None
+        seen[cfg] = us
+        if us is not None:
+            gbs = nbytes / (us * 1e-6) / 1e9
+            rows.append(dict(op=op, T=t, rank=rank, default=cfg == default, us=us, gbs=gbs,
+                             pct_copy=100 * gbs / copy, **cfg.__dict__))
+        return us
+
+    base_us = time(default)
+    ranked = sorted((c for c in _phase1(default) if time(c) is not None), key=seen.get)
+    for cfg in ranked[:3]:
+        for c2 in _phase2(cfg):
+            time(c2)
+    best = min((c for c in seen if seen[c] is not None), key=seen.get)
+    pct = 100 * nbytes / (seen[best] * 1e-6) / 1e9 / copy
+    print(f"{spec}: default {default} {base_us:.1f} us; best {best} {seen[best]:.1f} us "
+          f"({pct:.0f}% of copy)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--shapes", default=_SHAPES, help="op:T:rank,... (bf16, hidden 4096)")
+    args = ap.parse_args(argv)
+    dev = torch.device("cuda")
+    copy = copy_bandwidth_gbs(dev)
+    rows = []
+    for spec in args.shapes.split(","):
+        _sweep(spec, dev, copy, rows)
+    if args.json:
+        write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
