@@ -241,9 +241,10 @@ def host_breakdown(device: torch.device, log: Callable[[str], None] = print,
     """Host time of one eager ``add_lora`` (qkv, rank 16, 4 adapters), layer by layer.
 
     Each part peels one layer off the call: the public op (validation + dispatch), the
-    backend function, the two-pass body (workspace + argument assembly), the two launches
-    with pre-assembled arguments, one launch alone, and the validation and workspace lookup
-    by themselves. Differences between parts are the cost of each layer.
+    backend function, the two-pass body (workspace + argument assembly, with the launch group
+    and with two separate launches), both launches with pre-assembled arguments (as one
+    launch group, and as two launches), one launch alone, and the validation and workspace
+    lookup by themselves. Differences between parts are the cost of each layer.
     """
     import lora_dispatch as ld
     from lora_dispatch import ops
@@ -276,17 +277,30 @@ def host_breakdown(device: torch.device, log: Callable[[str], None] = print,
             one_launch()
             ek[ep.grid](*eargs, num_warps=ep.num_warps, num_stages=ep.num_stages)
 
+        def separate(sp=sp, ep=ep, x=x, w=w, b=batch, ws=ws, out=out, t=t, ys=ys):
+            L._launch_shrink(sp, x, w, b, ws, t, ys)
+            L._launch_expand(ep, ws, w, b, out, t, ys)
+
+        group = L._GROUP
+        gslots = (*sargs, *sp.tail[len(sp.cx):], *eargs, *ep.tail[len(ep.cx):])
         parts = {
             "public ld.add_lora": lambda out=out, x=x, w=w, b=batch: ld.add_lora(out, x, w, b),
             "backend add_lora": lambda out=out, x=x, w=w, b=batch, impl=impl:
                 impl.add_lora(out, x, w, b),
             "two-pass body": lambda plan=plan, out=out, x=x, w=w, b=batch, t=t:
                 L._two_pass(plan, out, x, w, b, t),
+            "two-pass, separate launches": separate,
+            "launch group (both)": lambda group=group, g=(sp.grid, ep.grid), s=gslots:
+                group(g, s),
             "two launches": two_launches,
             "one launch": one_launch,
             "validation (_fast_ok)": lambda out=out, x=x, w=w, b=batch: ops._fast_ok(out, x, w, b),
             "workspace lookup": lambda numel=numel, x=x: L._workspace(numel, x),
         }
+        separate()  # builds both launchers (and their native tables) before the check
+        if group is None or not group.native:
+            for name in ("launch group (both)", "two-pass, separate launches"):
+                parts.pop(name)
         for name, fn in parts.items():
             us = host_time_us(fn, device, n=400)
             rows.append({"op": "host_breakdown", "backend": "triton", "part": name, "T": t,

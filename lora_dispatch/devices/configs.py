@@ -155,7 +155,7 @@ def shrink_config(info: DeviceInfo, t: int, k: int, rank: int, itemsize: int,
 
 @functools.lru_cache(maxsize=4096)
 def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n: int,
-                   max_rank: int, itemsize: int) -> ExpandConfig:
+                   max_rank: int, itemsize: int, short: bool) -> ExpandConfig:
     block_r = max(16, min(next_pow2(max_rank), 64))
     if tb <= 64:
         block_m, block_n, warps, stages, ncol = 16, 64, 4, 1, 1
@@ -164,9 +164,16 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
     elif tb <= 1024:
         block_m, block_n, warps, stages, ncol = 32, 128, 4, 2, 2
     else:
-        block_m, block_n, warps, stages, ncol = 32, 128, 4, 3, 4
+        # the out tile is a row gather used in registers: pipelining it only costs registers
+        # (H200 sweep, T=8192: one stage beat three for every shape, e.g. qkv rank 64 67.5 us
+        # vs 71.0)
+        block_m, block_n, warps, stages, ncol = 32, 128, 4, 1, 4
         if max_rank > 32:  # each tile re-reads its B block: amortize it over more rows
             block_m = 64
+            if short:  # T <= 2048: too few tiles to fill the device twice: narrower blocks
+                block_n = 64  # (expand rank 64, T=2048: 17.2 us vs 18.5)
+            elif n >= 6144:  # longer column runs per program (qkv rank 64: 65.4 us vs 67.5)
+                ncol = 8
     if itemsize == 4:
         block_n = min(block_n, 64)
     block_n = min(block_n, max(16, next_pow2(n)))
@@ -177,7 +184,7 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
 def expand_config(info: DeviceInfo, t: int, n: int, max_rank: int, itemsize: int) -> ExpandConfig:
     """Config for an expand of ``t`` tokens into ``n`` output columns from rank ``max_rank``."""
     return _expand_config(info.family, info.platform, _units(info), info.warp_size,
-                          _token_bucket(t), n, max_rank, itemsize)
+                          _token_bucket(t), n, max_rank, itemsize, t <= 2048)
 
 
 @functools.lru_cache(maxsize=1024)

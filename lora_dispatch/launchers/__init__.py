@@ -22,12 +22,14 @@ from .fast import (
     set_lean_launch,
     set_native_launch,
 )
+from .group import LaunchGroup
 from .versions import SUPPORTED, get_adapter
 
 __all__ = [
     "SUPPORTED",
     "CacheInfo",
     "FastLauncher",
+    "LaunchGroup",
     "UnsupportedTriton",
     "fast_launch",
     "get_adapter",

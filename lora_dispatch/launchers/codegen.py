@@ -6,6 +6,8 @@ The generated module defines
     the hot path: guards, key, cache lookup, grid, stream, compiled launcher call;
 ``_fl_key(<kernel params>, *, num_warps=, num_stages=, num_ctas=, **_fl_opts)``
     the same key expression, returned (for tests and :meth:`FastLauncher.key`);
+``_fl_ready()``
+    whether a call may take the fast path now (the launch function's guards, no launch);
 ``_fl_state()``
     the global state Triton folds into its options (snapshot taken at build time);
 ``_fl_entry(kernel)``
@@ -197,6 +199,14 @@ def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
         "    return _fl_d",
         "",
         "",
+        "def _fl_ready():",
+        f"    if {guard}:",
+        "        return False",
+        "    if _fl_jit.used_global_vals:",
+        "        _fl_check_globals()",
+        "    return True",
+        "",
+        "",
         "def _fl_state():",
         "    return (" + "".join(f"{e}, " for e in adapter.state_exprs) + ")",
         "",
@@ -223,6 +233,7 @@ def _native_table(jit: Any, plan: Any, opts: list[str], ns: dict[str, Any]) -> b
                                native.tensor_types(), NOT_SET)
     ns["_fl_natlaunch"] = mod.fl_launch
     ns["_fl_natkey"] = mod.fl_key
+    ns["_fl_natgroup"] = mod.fl_launch_group
     ns["_fl_natreg"] = mod.fl_register
     ns["_fl_nat_slots"] = tuple(opts)
     return True

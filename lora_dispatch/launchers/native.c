@@ -281,62 +281,80 @@ static PyObject *cuda_error(CUresult r, const char *what) {
     return NULL;
 }
 
-/* fl_launch(launcher, grid: tuple of 1-3 ints, stream, dev, *slots) */
-static PyObject *fl_launch(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    Launcher *self;
-    if (parse_head(args, nargs, 4, &self)) return NULL;
-    long long g[3] = {1, 1, 1};
-    PyObject *grid = args[1];
-    if (!PyTuple_CheckExact(grid)) Py_RETURN_NOTIMPLEMENTED;
+/* One launch resolved on the host: the variant, its grid and the call's key state. */
+typedef struct {
+    Entry *e;
+    long long g[3];
+    long long dev;
+    KeyState ks;
+} Prepared;
+
+/* Grid tuple and key of one call, then its variant. Returns 1 (found), 0 (the Python path
+ * takes the call: unsupported slot or grid, or no variant yet) or -1 with an exception set. */
+static int prepare(Launcher *self, PyObject *grid, PyObject *const *dev_and_slots,
+                   Prepared *p) {
+    p->g[0] = p->g[1] = p->g[2] = 1;
+    if (!PyTuple_CheckExact(grid)) return 0;
     Py_ssize_t gl = PyTuple_GET_SIZE(grid);
-    if (gl < 1 || gl > 3) Py_RETURN_NOTIMPLEMENTED;
+    if (gl < 1 || gl > 3) return 0;
     for (Py_ssize_t i = 0; i < gl; i++) {
         PyObject *o = PyTuple_GET_ITEM(grid, i);
-        if (!PyLong_CheckExact(o)) Py_RETURN_NOTIMPLEMENTED;
-        g[i] = PyLong_AsLongLong(o);
-        if (g[i] == -1 && PyErr_Occurred()) return NULL;
-        if (g[i] < 0 || g[i] > 0x7fffffffLL) Py_RETURN_NOTIMPLEMENTED;
+        if (!PyLong_CheckExact(o)) return 0;
+        p->g[i] = PyLong_AsLongLong(o);
+        if (p->g[i] == -1 && PyErr_Occurred()) return -1;
+        if (p->g[i] < 0 || p->g[i] > 0x7fffffffLL) return 0;
     }
-    unsigned long long stream = PyLong_AsUnsignedLongLong(args[2]);
-    if (stream == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-
-    KeyState ks;
-    long long dev;
-    int r = compute_key(self, args + 3, &ks, &dev);
-    if (r < 0) return NULL;
-    const uint64_t *key = ks.key, hash = ks.hash;
-    uint64_t *ptrs = ks.ptrs; /* replaced by the validated device pointers below */
-    const int64_t *ivals = ks.ivals;
-    const double *fvals = ks.fvals;
-    if (r == 0) Py_RETURN_NOTIMPLEMENTED;
-    Entry *e = NULL;
+    int r = compute_key(self, dev_and_slots, &p->ks, &p->dev);
+    if (r != 1) return r;
     size_t kb = sizeof(uint64_t) * 2 * (size_t)self->nslots;
     for (int i = 0; i < self->n_entries; i++) {
-        if (self->entries[i].hash == hash && !memcmp(self->entries[i].key, key, kb) &&
-            strs_equal(&self->entries[i], args + 4, self->nslots)) {
-            e = &self->entries[i];
-            break;
+        Entry *e = &self->entries[i];
+        if (e->hash == p->ks.hash && !memcmp(e->key, p->ks.key, kb) &&
+            strs_equal(e, dev_and_slots + 1, self->nslots)) {
+            for (int j = 0; j < self->nparams; j++)
+                if (e->types[j] == T_PTR && p->ks.key[2 * j] != G_TENSOR) return 0;
+            p->e = e;
+            return 1;
         }
     }
-    if (!e) Py_RETURN_NOTIMPLEMENTED;
-    if (g[0] * g[1] * g[2] == 0) { /* empty grid: nothing to launch (as in Triton) */
-        self->hits++;
-        Py_INCREF(e->kernel);
-        return e->kernel;
-    }
-    if (load_cuda()) return NULL;
+    return 0;
+}
 
+/* Make the device's primary context current if no context is (as Triton's launcher does). */
+static int ensure_context(long long dev) {
+    if (load_cuda()) return -1;
     CUcontext ctx = NULL;
     CUresult cr = p_ctx_get(&ctx);
-    if (cr != CUDA_SUCCESS) return cuda_error(cr, "cuCtxGetCurrent");
+    if (cr != CUDA_SUCCESS) { cuda_error(cr, "cuCtxGetCurrent"); return -1; }
     if (!ctx) {
         CUdevice d;
-        if ((cr = p_dev_get(&d, (int)dev)) != CUDA_SUCCESS) return cuda_error(cr, "cuDeviceGet");
-        if ((cr = p_retain(&ctx, d)) != CUDA_SUCCESS)
-            return cuda_error(cr, "cuDevicePrimaryCtxRetain");
-        if ((cr = p_ctx_set(ctx)) != CUDA_SUCCESS) return cuda_error(cr, "cuCtxSetCurrent");
+        if ((cr = p_dev_get(&d, (int)dev)) != CUDA_SUCCESS) {
+            cuda_error(cr, "cuDeviceGet");
+            return -1;
+        }
+        if ((cr = p_retain(&ctx, d)) != CUDA_SUCCESS) {
+            cuda_error(cr, "cuDevicePrimaryCtxRetain");
+            return -1;
+        }
+        if ((cr = p_ctx_set(ctx)) != CUDA_SUCCESS) {
+            cuda_error(cr, "cuCtxSetCurrent");
+            return -1;
+        }
     }
+    return 0;
+}
 
+/* Pack the parameters of a prepared call and launch it on stream. 0, or -1 with an
+ * exception set. An empty grid launches nothing (as in Triton). */
+static int launch_prepared(Launcher *self, Prepared *p, unsigned long long stream) {
+    Entry *e = p->e;
+    self->hits++;
+    if (p->g[0] * p->g[1] * p->g[2] == 0) return 0;
+    const uint64_t *key = p->ks.key;
+    uint64_t *ptrs = p->ks.ptrs; /* replaced by the validated device pointers below */
+    const int64_t *ivals = p->ks.ivals;
+    const double *fvals = p->ks.fvals;
+    CUresult cr;
     union { uint64_t u; int64_t i; int32_t i32; int16_t i16; int8_t i8; uint32_t u32;
             uint16_t u16; uint8_t u8; float f; double d; } store[MAX_SLOTS + 2];
     void *params[MAX_SLOTS + 2];
@@ -346,7 +364,6 @@ static PyObject *fl_launch(PyObject *mod, PyObject *const *args, Py_ssize_t narg
         case T_SKIP:
             continue;
         case T_PTR:
-            if (key[2 * i] != G_TENSOR) Py_RETURN_NOTIMPLEMENTED;
             if (ptrs[i] && ptrs[i] != self->last_ok[i]) {
                 uint64_t dp;
                 cr = p_ptr_attr(&dp, CU_POINTER_ATTRIBUTE_DEVICE_POINTER, ptrs[i]);
@@ -354,9 +371,9 @@ static PyObject *fl_launch(PyObject *mod, PyObject *const *args, Py_ssize_t narg
                     PyErr_Format(PyExc_ValueError,
                                  "Pointer argument (at %d) cannot be accessed from Triton "
                                  "(cpu tensor?)", i);
-                    return NULL;
+                    return -1;
                 }
-                if (cr != CUDA_SUCCESS) return cuda_error(cr, "cuPointerGetAttribute");
+                if (cr != CUDA_SUCCESS) { cuda_error(cr, "cuPointerGetAttribute"); return -1; }
                 ptrs[i] = dp;
                 self->last_ok[i] = dp;
             }
@@ -374,7 +391,7 @@ static PyObject *fl_launch(PyObject *mod, PyObject *const *args, Py_ssize_t narg
         case T_U64: store[np].u = (uint64_t)ivals[i]; break;
         default:
             PyErr_SetString(PyExc_SystemError, "fast_launch native path: bad type code");
-            return NULL;
+            return -1;
         }
         params[np] = &store[np];
         np++;
@@ -384,51 +401,119 @@ static PyObject *fl_launch(PyObject *mod, PyObject *const *args, Py_ssize_t narg
         params[np] = &store[np];
         np++;
     }
-    {
-        CUlaunchAttribute attrs[4];
-        CUlaunchConfig cfg;
-        memset(&cfg, 0, sizeof cfg);
-        cfg.gridDimX = (unsigned int)g[0] * e->grid_mult;
-        cfg.gridDimY = (unsigned int)g[1];
-        cfg.gridDimZ = (unsigned int)g[2];
-        cfg.blockDimX = e->block;
-        cfg.blockDimY = 1;
-        cfg.blockDimZ = 1;
-        cfg.sharedMemBytes = e->shared;
-        cfg.hStream = (CUstream)(uintptr_t)stream;
-        cfg.attrs = attrs;
-        unsigned int na = 0;
-        if (e->pdl) {
-            memset(&attrs[na], 0, sizeof attrs[na]);
-            attrs[na].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-            attrs[na].value.programmaticStreamSerializationAllowed = 1;
-            na++;
-        }
-        if (e->coop) {
-            memset(&attrs[na], 0, sizeof attrs[na]);
-            attrs[na].id = CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
-            attrs[na].value.cooperative = 1;
-            na++;
-        }
-        if (e->grid_mult != 1) {
-            memset(&attrs[na], 0, sizeof attrs[na]);
-            attrs[na].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-            attrs[na].value.clusterDim.x = e->grid_mult;
-            attrs[na].value.clusterDim.y = 1;
-            attrs[na].value.clusterDim.z = 1;
-            na++;
-            memset(&attrs[na], 0, sizeof attrs[na]);
-            attrs[na].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE;
-            attrs[na].value.clusterSchedulingPolicyPreference = CU_CLUSTER_SCHEDULING_POLICY_SPREAD;
-            na++;
-        }
-        cfg.numAttrs = na;
-        cr = p_launch_ex(&cfg, e->fn, params, NULL);
-        if (cr != CUDA_SUCCESS) return cuda_error(cr, "cuLaunchKernelEx");
+    CUlaunchAttribute attrs[4];
+    CUlaunchConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gridDimX = (unsigned int)p->g[0] * e->grid_mult;
+    cfg.gridDimY = (unsigned int)p->g[1];
+    cfg.gridDimZ = (unsigned int)p->g[2];
+    cfg.blockDimX = e->block;
+    cfg.blockDimY = 1;
+    cfg.blockDimZ = 1;
+    cfg.sharedMemBytes = e->shared;
+    cfg.hStream = (CUstream)(uintptr_t)stream;
+    cfg.attrs = attrs;
+    unsigned int na = 0;
+    if (e->pdl) {
+        memset(&attrs[na], 0, sizeof attrs[na]);
+        attrs[na].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attrs[na].value.programmaticStreamSerializationAllowed = 1;
+        na++;
     }
-    self->hits++;
-    Py_INCREF(e->kernel);
-    return e->kernel;
+    if (e->coop) {
+        memset(&attrs[na], 0, sizeof attrs[na]);
+        attrs[na].id = CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+        attrs[na].value.cooperative = 1;
+        na++;
+    }
+    if (e->grid_mult != 1) {
+        memset(&attrs[na], 0, sizeof attrs[na]);
+        attrs[na].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attrs[na].value.clusterDim.x = e->grid_mult;
+        attrs[na].value.clusterDim.y = 1;
+        attrs[na].value.clusterDim.z = 1;
+        na++;
+        memset(&attrs[na], 0, sizeof attrs[na]);
+        attrs[na].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE;
+        attrs[na].value.clusterSchedulingPolicyPreference = CU_CLUSTER_SCHEDULING_POLICY_SPREAD;
+        na++;
+    }
+    cfg.numAttrs = na;
+    cr = p_launch_ex(&cfg, e->fn, params, NULL);
+    if (cr != CUDA_SUCCESS) { cuda_error(cr, "cuLaunchKernelEx"); return -1; }
+    return 0;
+}
+
+/* fl_launch(launcher, grid: tuple of 1-3 ints, stream, dev, *slots) */
+static PyObject *fl_launch(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    Launcher *self;
+    if (parse_head(args, nargs, 4, &self)) return NULL;
+    unsigned long long stream = PyLong_AsUnsignedLongLong(args[2]);
+    if (stream == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    Prepared p;
+    int r = prepare(self, args[1], args + 3, &p);
+    if (r < 0) return NULL;
+    if (r == 0) Py_RETURN_NOTIMPLEMENTED;
+    if (p.g[0] * p.g[1] * p.g[2] && ensure_context(p.dev)) return NULL;
+    if (launch_prepared(self, &p, stream)) return NULL;
+    Py_INCREF(p.e->kernel);
+    return p.e->kernel;
+}
+
+#define MAX_GROUP 4
+
+/* fl_launch_group(launchers: tuple, grids: tuple, stream, dev, *slots): launch every kernel
+ * of the group in order on one stream, each taking the next nslots slots. Every call is
+ * keyed and looked up before the first launch: if any would take the Python path, nothing
+ * is launched and NotImplemented is returned. */
+static PyObject *fl_launch_group(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 4 || !PyTuple_CheckExact(args[0]) || !PyTuple_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "fl_launch_group(launchers: tuple, grids: tuple, stream, dev, *slots)");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(args[0]);
+    if (n < 1 || n > MAX_GROUP || PyTuple_GET_SIZE(args[1]) != n) {
+        PyErr_Format(PyExc_ValueError, "a group has 1 to %d launchers and one grid each",
+                     MAX_GROUP);
+        return NULL;
+    }
+    Py_ssize_t want = 4;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *l = PyTuple_GET_ITEM(args[0], i);
+        if (Py_TYPE(l) != &LauncherType) {
+            PyErr_SetString(PyExc_TypeError, "launchers must be native Launchers");
+            return NULL;
+        }
+        want += ((Launcher *)l)->nslots;
+    }
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "expected %zd arguments, got %zd", want, nargs);
+        return NULL;
+    }
+    unsigned long long stream = PyLong_AsUnsignedLongLong(args[2]);
+    if (stream == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    long long dev = PyLong_AsLongLong(args[3]);
+    if (dev == -1 && PyErr_Occurred()) return NULL;
+    Prepared p[MAX_GROUP];
+    PyObject *dv[MAX_SLOTS + 1]; /* a launcher's key reads (dev, *its slots) */
+    int any = 0;
+    Py_ssize_t off = 4;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Launcher *l = (Launcher *)PyTuple_GET_ITEM(args[0], i);
+        dv[0] = args[3];
+        memcpy(dv + 1, args + off, sizeof(PyObject *) * (size_t)l->nslots);
+        int r = prepare(l, PyTuple_GET_ITEM(args[1], i), dv, &p[i]);
+        if (r < 0) return NULL;
+        if (r == 0) Py_RETURN_NOTIMPLEMENTED;
+        any |= (p[i].g[0] * p[i].g[1] * p[i].g[2]) != 0;
+        off += l->nslots;
+    }
+    if (any && ensure_context(dev)) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (launch_prepared((Launcher *)PyTuple_GET_ITEM(args[0], i), &p[i], stream))
+            return NULL;
+    Py_RETURN_NONE;
 }
 
 /* fl_key(launcher, dev, *slots) -> bytes or None */
@@ -614,6 +699,8 @@ static PyObject *fl_clear(PyObject *mod, PyObject *arg) {
 
 static PyMethodDef methods[] = {
     {"fl_launch", (PyCFunction)(void (*)(void))fl_launch, METH_FASTCALL, "launch or NotImplemented"},
+    {"fl_launch_group", (PyCFunction)(void (*)(void))fl_launch_group, METH_FASTCALL,
+     "launch a group of kernels or NotImplemented"},
     {"fl_key", (PyCFunction)(void (*)(void))fl_key, METH_FASTCALL, "native key bytes or None"},
     {"fl_register", (PyCFunction)(void (*)(void))fl_register, METH_FASTCALL, "store a variant"},
     {"fl_new", (PyCFunction)(void (*)(void))fl_new, METH_FASTCALL, "new Launcher"},

@@ -39,6 +39,7 @@ class ShrinkPlan(NamedTuple):
     cx: tuple  # constexprs in signature order (positional: no keyword parsing per call)
     num_warps: int
     num_stages: int
+    tail: tuple  # cx then the launch-option slots of a launch group
 
 
 class ExpandPlan(NamedTuple):
@@ -48,14 +49,26 @@ class ExpandPlan(NamedTuple):
     cx: tuple
     num_warps: int
     num_stages: int
+    tail: tuple
 
 
 _SHRINK_CX = ("S", "R", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "PREC")
 _EXPAND_CX = ("S", "R", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "ALIGN", "PREC")
 
 
-def _split_meta(meta: dict, names: tuple[str, ...]) -> tuple:
-    return tuple(meta[n] for n in names), meta["num_warps"], meta["num_stages"]
+try:
+    from lora_dispatch.launchers import LaunchGroup
+
+    _GROUP: LaunchGroup | None = LaunchGroup(shrink_kernel, expand_kernel)
+except (ImportError, TypeError):  # no fast launcher: each kernel launches on its own
+    _GROUP = None
+
+
+def _split_meta(meta: dict, names: tuple[str, ...], i: int) -> tuple:
+    cx = tuple(meta[n] for n in names)
+    opts = () if _GROUP is None else _GROUP.options(
+        i, num_warps=meta["num_warps"], num_stages=meta["num_stages"])
+    return cx, meta["num_warps"], meta["num_stages"], cx + opts
 
 
 class AddPlan(NamedTuple):
@@ -119,7 +132,7 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ShrinkPlan((nb * _tiles(t, cfg.block_m, w.num_slots), split), nb, k_split, split, meta,
-                      *_split_meta(meta, _SHRINK_CX))
+                      *_split_meta(meta, _SHRINK_CX, 0))
 
 
 def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None) -> ExpandPlan:
@@ -134,7 +147,7 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None)
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta,
-                      *_split_meta(meta, _EXPAND_CX))
+                      *_split_meta(meta, _EXPAND_CX, 1))
 
 
 def _fused_plan(w, t: int, cfg: configs.FusedConfig | None = None) -> ExpandPlan:
@@ -149,7 +162,7 @@ def _fused_plan(w, t: int, cfg: configs.FusedConfig | None = None) -> ExpandPlan
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta, (),
-                      meta["num_warps"], meta["num_stages"])
+                      meta["num_warps"], meta["num_stages"], ())
 
 
 def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = None):
@@ -305,12 +318,26 @@ def release_workspaces() -> None:
 
 
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
-    sp = p.shrink
+    sp, ep = p.shrink, p.expand
     s, r = w.num_slices, w.max_rank
     ws = _workspace(sp.split * s * t * r, x)
     ys = (s * t * r, t * r, r, 1)  # [SPLIT, S, T, R] contiguous
+    if _GROUP is not None:  # both launches in one native call
+        tm = batch.tile_map
+        nt = tm.shape[2]
+        xs = x.stride()
+        os_ = base_out.stride()
+        if _GROUP((sp.grid, ep.grid), (
+            x, w.lora_a, ws, w.ranks, w.scalings, batch.sorted_tokens, tm,
+            t, w.in_features, w.num_slots, nt, sp.k_split, sp.nb,
+            xs[0], xs[1], ys[0], ys[1], ys[2], *sp.tail,
+            ws, w.lora_b, base_out, w.ranks, w.slice_bounds, batch.sorted_tokens, tm,
+            t, w.num_slots, nt, w.total_out, ep.nb,
+            ys[0], ys[1], ys[2], ys[3], os_[0], os_[1], *ep.tail,
+        )):
+            return
     _launch_shrink(sp, x, w, batch, ws, t, ys)
-    _launch_expand(p.expand, ws, w, batch, base_out, t, ys)
+    _launch_expand(ep, ws, w, batch, base_out, t, ys)
 
 
 def _fused(p: ExpandPlan, base_out, x, w, batch, t: int) -> None:

@@ -53,7 +53,7 @@ def _block_store(acc, sl, c0, n_mask, m_mask, tok64, slot, pid_k, scal_ptr, y_pt
               + cols[None, :])  # [BM, BN]
     mask = m_mask[:, None] & n_mask[None, :]  # [BM, BN]
     if ATOMIC:
-        tl.atomic_add(y_ptrs, acc * scale, mask=mask)
+        tl.atomic_add(y_ptrs, acc * scale, mask=mask, sem="relaxed")
     else:
         tl.store(y_ptrs, acc * scale, mask=mask)
 

@@ -1,0 +1,132 @@
+"""Launch groups: several ``fast_launch`` kernels issued back to back by one native call.
+
+A layer that always launches the same kernels in sequence (a shrink, then the expand that
+reads it) pays the per-launch Python work once per kernel: the ``kernel[grid]`` partial, the
+generated launch function's guards, the stream query and a C call each. A
+:class:`LaunchGroup` does that once for the whole sequence: it checks every kernel's guards,
+reads the stream once and hands all calls to ``fl_launch_group``, which keys and looks up
+every kernel before it launches the first. If any call would need Triton (a variant not
+compiled yet, an unsupported argument, hooks installed, another tier), nothing is launched
+and the group returns False: the caller then launches each kernel the usual way, which
+compiles and registers the variants for the next call.
+
+>>> group = LaunchGroup(shrink_kernel, expand_kernel)
+>>> slots = (*shrink_args, *group.options(0, num_warps=4, num_stages=4),
+...          *expand_args, *group.options(1, num_warps=4, num_stages=1))
+>>> if not group((shrink_grid, expand_grid), slots):
+...     shrink_kernel[shrink_grid](*shrink_args, num_warps=4, num_stages=4)
+...     expand_kernel[expand_grid](*expand_args, num_warps=4, num_stages=1)
+
+``slots`` holds every kernel parameter in signature order (constexprs included, defaults
+not filled in), then the launch options of :meth:`LaunchGroup.options`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .codegen import NOT_SET, OPTION_KEYWORDS
+from .fast import FastLauncher
+
+__all__ = ["LaunchGroup"]
+
+_MAX = 4  # native.c MAX_GROUP
+
+
+def _param_names(jit: Any) -> tuple[str, ...]:
+    names = getattr(jit, "arg_names", None)
+    if names is None:
+        names = tuple(inspect.signature(jit.fn).parameters)
+    return tuple(names)
+
+
+class LaunchGroup:
+    """Kernels launched in order on the current stream by one native call.
+
+    Parameters
+    ----------
+    *kernels : FastLauncher
+        One to four ``@fast_launch`` kernels.
+    """
+
+    def __init__(self, *kernels: Any) -> None:
+        if not 1 <= len(kernels) <= _MAX:
+            raise ValueError(f"a launch group takes 1 to {_MAX} kernels, got {len(kernels)}")
+        for k in kernels:
+            if not isinstance(k, FastLauncher):
+                raise TypeError(f"kernels must be @fast_launch kernels, got {type(k).__name__}")
+        self.kernels = kernels
+        self._opts = tuple(
+            tuple(o for o in OPTION_KEYWORDS if o not in _param_names(k._fl_jit))
+            for k in kernels)
+        # (namespace, plain flag) of each launcher when the state was built
+        self._seen: tuple = tuple((None, True) for _ in kernels)
+        self._state: tuple | None = None
+        self.launches = 0
+
+    def options(self, i: int, **opts: Any) -> tuple:
+        """The option slots of kernel ``i`` for ``opts`` (``num_warps=`` ...), in slot order.
+
+        Returns
+        -------
+        tuple
+        """
+        unknown = set(opts) - set(self._opts[i])
+        if unknown:
+            raise TypeError(f"unknown launch options {sorted(unknown)}")
+        return tuple(opts.get(o, NOT_SET) for o in self._opts[i])
+
+    def _refresh(self) -> tuple | None:
+        self._seen = tuple((k._fl_ns, k._fl_plain) for k in self.kernels)
+        self._state = None
+        nss = [ns for ns, plain in self._seen if ns is not None and not plain and "_fl_nat" in ns]
+        if len(nss) == len(self.kernels):
+            single = all("_fl_cache" in ns for ns in nss)
+            self._state = (
+                tuple(ns["_fl_nat"] for ns in nss),
+                tuple(ns["_fl_ready"] for ns in nss),
+                nss[0]["_fl_stream"],
+                None if single else nss[0]["_fl_getdev"],
+                nss[0]["_fl_natgroup"],
+            )
+        return self._state
+
+    @property
+    def native(self) -> bool:
+        """Whether every kernel is built with the native tier (the group can launch)."""
+        return self._refresh() is not None
+
+    def __call__(self, grids: tuple, slots: tuple) -> bool:
+        """Launch every kernel with its grid; False (nothing launched) if one cannot be.
+
+        Parameters
+        ----------
+        grids : tuple of tuple of int
+            One grid (1 to 3 ints) per kernel.
+        slots : tuple
+            Each kernel's parameters then its option slots, kernel after kernel.
+
+        Returns
+        -------
+        bool
+        """
+        state = self._state
+        for k, (ns, plain) in zip(self.kernels, self._seen, strict=True):
+            if k._fl_ns is not ns or k._fl_plain is not plain:
+                state = self._refresh()
+                break
+        if state is None:
+            return False
+        return self._launch(state, grids, slots)
+
+    def _launch(self, state: tuple, grids: tuple, slots: tuple) -> bool:
+        nats, readies, stream, getdev, group = state
+        for ready in readies:
+            if not ready():
+                return False
+        dev = 0 if getdev is None else getdev()
+        if group(nats, grids, stream(dev), dev, *slots) is NotImplemented:
+            return False
+        self.launches += 1
+        return True
