@@ -136,7 +136,15 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
     while programs * split * 2 <= target and k // (split * 2) >= 2 * block_k:
         split *= 2
     if not atomic:  # the expand re-reads every partial product per column block
-        split = min(split, 8 if tb <= 256 else 2 if t <= 2048 else 1)
+        if tb <= 256:
+            # about two programs per compute unit, fewer splits for wide ranks (H200
+            # add_lora qkv graph replay: rank 64, T=64: 12.6 us with 4 splits vs 16.2 with
+            # 8; rank 16, T=256: 10.9 vs 12.5; T=1 keeps 8: 6.9 / 8.3 us)
+            while split > 1 and programs * split > 2 * units:
+                split //= 2
+            split = min(split, 8 if rank * min(t, 16) <= 256 else 4)
+        else:
+            split = min(split, 2 if t <= 2048 else 1)
     return ShrinkConfig(block_m, block_n, block_k, split, _warps(warp, warps),
                         _stages(platform, family, stages), rank_blocks)
 

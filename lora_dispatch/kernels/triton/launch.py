@@ -62,11 +62,13 @@ try:
     _GROUP: LaunchGroup | None = LaunchGroup(shrink_kernel, expand_kernel)
 except (ImportError, TypeError):  # no fast launcher: each kernel launches on its own
     _GROUP = None
+# option slots of the group's kernels (fixed at import: plans outlive a swapped _GROUP)
+_GROUP_OPTIONS = None if _GROUP is None else _GROUP.options
 
 
 def _split_meta(meta: dict, names: tuple[str, ...], i: int) -> tuple:
     cx = tuple(meta[n] for n in names)
-    opts = () if _GROUP is None else _GROUP.options(
+    opts = () if _GROUP_OPTIONS is None else _GROUP_OPTIONS(
         i, num_warps=meta["num_warps"], num_stages=meta["num_stages"])
     return cx, meta["num_warps"], meta["num_stages"], cx + opts
 
