@@ -17,6 +17,6 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--json", default=None)
 args = ap.parse_args()
 dev = torch.device("cuda")
-rows = host_breakdown(dev, tokens=(1, 64, 2048))
+rows = host_breakdown(dev, tokens=(1, 16, 64))
 if args.json:
     write_json(args.json, env_record(dev), rows)

@@ -144,3 +144,5 @@ def test_launch_group_object_takes_native_tables_and_guards() -> None:
     finally:
         a._fl_set_plain(False)
     assert g(empty, slots) is True and g.launches == 3
+    a._fl_reset()  # a rebuilt launcher (new tables): the group waits for the rebuild
+    assert g(empty, slots) is False and not g.native

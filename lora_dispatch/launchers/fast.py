@@ -194,6 +194,7 @@ class FastLauncher:
         self._fl_adapter: Adapter | None = None
         self._fl_force_plain = launcher_mode() == "triton"
         self._fl_launch = self._fl_bootstrap
+        self._fl_groups: weakref.WeakSet = weakref.WeakSet()  # LaunchGroups holding this
         self.__doc__ = getattr(jit, "__doc__", None)
         self.__module__ = getattr(jit, "__module__", __name__)
         self.__wrapped__ = jit
@@ -219,6 +220,12 @@ class FastLauncher:
     def _fl_set_plain(self, plain: bool) -> None:
         self._fl_force_plain = plain
         self._fl_plain = plain or self._fl_reason is not None
+        self._fl_changed()
+
+    def _fl_changed(self) -> None:
+        """Tell the launch groups holding this launcher that its tier / tables changed."""
+        for group in list(self._fl_groups):
+            group._invalidate()
 
     def _fl_clear_native(self) -> None:
         if self._fl_ns is not None and "_fl_nat" in self._fl_ns:
@@ -233,6 +240,7 @@ class FastLauncher:
                 self._fl_launch = self._fl_bootstrap
                 for cache in self._fl_caches.values():
                     cache.clear()
+            self._fl_changed()
 
     def _fl_bootstrap(self, grid: Any, *args: Any, **kwargs: Any) -> Any:
         with self._fl_lock:
@@ -243,6 +251,7 @@ class FastLauncher:
                     self._fl_reason = f"{type(exc).__name__}: {exc}"
                     _log_once(self._fl_reason)
                     self._fl_plain = True
+                    self._fl_changed()
         if self._fl_reason is not None:
             return self._fl_jit[grid](*args, **kwargs)
         return self._fl_launch(grid, *args, **kwargs)
@@ -265,6 +274,7 @@ class FastLauncher:
         self._fl_ns = ns
         self._fl_state0 = ns["_fl_state"]()
         self._fl_launch = ns["_fl_launch"]
+        self._fl_changed()
 
     def _fl_exec(self, source: str, ns: dict, single_device: bool) -> None:
         """Bind this launcher's cache and callbacks into ``ns`` and execute ``source`` there."""
@@ -380,6 +390,7 @@ class FastLauncher:
         self._fl_adapter, self._fl_source, self._fl_ns = adapter, source, ns
         self._fl_state0 = ns["_fl_state"]()
         self._fl_launch = ns["_fl_launch"]
+        self._fl_changed()
         return self
 
     @property

@@ -60,9 +60,10 @@ class LaunchGroup:
         self._opts = tuple(
             tuple(o for o in OPTION_KEYWORDS if o not in _param_names(k._fl_jit))
             for k in kernels)
-        # (namespace, plain flag) of each launcher when the state was built
-        self._seen: tuple = tuple((None, True) for _ in kernels)
         self._state: tuple | None = None
+        self._valid = False  # _state reflects the launchers (they invalidate it on change)
+        for k in kernels:
+            k._fl_groups.add(self)
         self.launches = 0
 
     def options(self, i: int, **opts: Any) -> tuple:
@@ -77,11 +78,15 @@ class LaunchGroup:
             raise TypeError(f"unknown launch options {sorted(unknown)}")
         return tuple(opts.get(o, NOT_SET) for o in self._opts[i])
 
+    def _invalidate(self) -> None:
+        self._valid = False
+
     def _refresh(self) -> tuple | None:
-        self._seen = tuple((k._fl_ns, k._fl_plain) for k in self.kernels)
+        self._valid = True
         self._state = None
-        nss = [ns for ns, plain in self._seen if ns is not None and not plain and "_fl_nat" in ns]
-        if len(nss) == len(self.kernels):
+        nss = [k._fl_ns for k in self.kernels if not k._fl_plain]
+        if len(nss) == len(self.kernels) and all(ns is not None and "_fl_nat" in ns
+                                                 for ns in nss):
             single = all("_fl_cache" in ns for ns in nss)
             self._state = (
                 tuple(ns["_fl_nat"] for ns in nss),
@@ -111,16 +116,9 @@ class LaunchGroup:
         -------
         bool
         """
-        state = self._state
-        for k, (ns, plain) in zip(self.kernels, self._seen, strict=True):
-            if k._fl_ns is not ns or k._fl_plain is not plain:
-                state = self._refresh()
-                break
+        state = self._state if self._valid else self._refresh()
         if state is None:
             return False
-        return self._launch(state, grids, slots)
-
-    def _launch(self, state: tuple, grids: tuple, slots: tuple) -> bool:
         nats, readies, stream, getdev, group = state
         for ready in readies:
             if not ready():
