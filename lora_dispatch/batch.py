@@ -170,6 +170,7 @@ class LoRABatch:
         "_stages",
         "_stage_events",
         "_next_stage",
+        "__weakref__",
     )
 
     def __init__(self) -> None:

@@ -172,16 +172,16 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
     elif tb <= 1024:
         block_m, block_n, warps, stages, ncol = 32, 128, 4, 2, 2
     else:
-        # the out tile is a row gather used in registers: pipelining it only costs registers
-        # (H200 sweep, T=8192: one stage beat three for every shape, e.g. qkv rank 64 67.5 us
-        # vs 71.0)
-        block_m, block_n, warps, stages, ncol = 32, 128, 4, 1, 4
+        # T > 2048: the out tile is a row gather used in registers, and pipelining it only
+        # costs registers (H200 sweep, T=8192: one stage beat three for every shape, e.g.
+        # qkv rank 64 67.5 us vs 71.0); at T = 2048 one stage lost on qkv / gate_up rank 64
+        block_m, block_n, warps, stages, ncol = 32, 128, 4, 3 if short else 1, 4
         if max_rank > 32:  # each tile re-reads its B block: amortize it over more rows
             block_m = 64
-            if short:  # T <= 2048: too few tiles to fill the device twice: narrower blocks
-                block_n = 64  # (expand rank 64, T=2048: 17.2 us vs 18.5)
-            elif n >= 6144:  # longer column runs per program (qkv rank 64: 65.4 us vs 67.5)
-                ncol = 8
+            if short and n < 6144:  # too few tiles to fill the device twice: narrower
+                block_n, stages = 64, 1  # blocks (expand rank 64, T=2048: 17.1 us vs 18.6)
+            elif not short and n >= 6144:  # longer column runs per program (qkv rank 64,
+                ncol = 8  # T=8192: 65.0 us vs 70.7; gate_up 280.8 vs 299.3)
     if itemsize == 4:
         block_n = min(block_n, 64)
     block_n = min(block_n, max(16, next_pow2(n)))

@@ -12,6 +12,7 @@ from static maxima only, so every path is CUDA-graph capturable.
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -77,6 +78,7 @@ class AddPlan(NamedTuple):
     fused: ShrinkPlan | ExpandPlan | None
     shrink: ShrinkPlan | None
     expand: ExpandPlan | None
+    memo: list  # weak refs to [weights, batch, workspace], then their group slot pieces
 
 
 _VIEW_PLANS: dict[tuple, dict] = {}
@@ -188,10 +190,10 @@ def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = 
         use_fused = mode == "fused" or (
             mode is None and t <= configs.fused_max_tokens(info, w.num_slots, w.max_rank))
         if use_fused:
-            plan = AddPlan(_fused_plan(w, t), None, None)
+            plan = AddPlan(_fused_plan(w, t), None, None, [])
         else:
             sp = _shrink_plan(w, t, atomic=False, split_k=split_k)
-            plan = AddPlan(None, sp, _expand_plan(w, t, sp.split))
+            plan = AddPlan(None, sp, _expand_plan(w, t, sp.split), [None, None, None, None])
     else:
         raise ValueError(f"op must be 'shrink', 'expand' or 'add', got {op!r}")
     plans[key] = plan
@@ -319,27 +321,45 @@ def release_workspaces() -> None:
     _WORKSPACES.clear()
 
 
-def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
+def _group_pieces(p: AddPlan, w, batch, ws, t: int) -> tuple:
+    """The launch-group slots that do not change between calls with the same weights,
+    batch and workspace (everything but ``x``, ``base_out`` and their strides)."""
     sp, ep = p.shrink, p.expand
     s, r = w.num_slices, w.max_rank
-    ws = _workspace(sp.split * s * t * r, x)
-    ys = (s * t * r, t * r, r, 1)  # [SPLIT, S, T, R] contiguous
+    ys = (s * t * r, t * r, r, 1)
+    tm = batch.tile_map
+    tok, nt = batch.sorted_tokens, tm.shape[2]
+    pieces = (
+        (w.lora_a, ws, w.ranks, w.scalings, tok, tm, t, w.in_features, w.num_slots, nt,
+         sp.k_split, sp.nb),
+        (*ys[:3], *sp.tail, ws, w.lora_b),
+        (w.ranks, w.slice_bounds, tok, tm, t, w.num_slots, nt, w.total_out, ep.nb, *ys),
+        ep.tail,
+    )
+    try:
+        p.memo[:] = (weakref.ref(w), weakref.ref(batch), weakref.ref(ws), pieces)
+    except TypeError:  # the views torch.compile passes: no memo
+        pass
+    return pieces
+
+
+def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
+    sp = p.shrink
+    ws = _workspace(sp.split * w.num_slices * t * w.max_rank, x)
     if _GROUP is not None:  # both launches in one native call
-        tm = batch.tile_map
-        nt = tm.shape[2]
+        m = p.memo
+        if m[0] is not None and m[0]() is w and m[1]() is batch and m[2]() is ws:
+            a, b, c, d = m[3]
+        else:
+            a, b, c, d = _group_pieces(p, w, batch, ws, t)
         xs = x.stride()
         os_ = base_out.stride()
-        if _GROUP((sp.grid, ep.grid), (
-            x, w.lora_a, ws, w.ranks, w.scalings, batch.sorted_tokens, tm,
-            t, w.in_features, w.num_slots, nt, sp.k_split, sp.nb,
-            xs[0], xs[1], ys[0], ys[1], ys[2], *sp.tail,
-            ws, w.lora_b, base_out, w.ranks, w.slice_bounds, batch.sorted_tokens, tm,
-            t, w.num_slots, nt, w.total_out, ep.nb,
-            ys[0], ys[1], ys[2], ys[3], os_[0], os_[1], *ep.tail,
-        )):
+        if _GROUP((sp.grid, p.expand.grid), (x, *a, xs[0], xs[1], *b, base_out, *c, os_[0],
+                                             os_[1], *d)):
             return
+    ys = (w.num_slices * t * w.max_rank, t * w.max_rank, w.max_rank, 1)  # [SPLIT, S, T, R]
     _launch_shrink(sp, x, w, batch, ws, t, ys)
-    _launch_expand(ep, ws, w, batch, base_out, t, ys)
+    _launch_expand(p.expand, ws, w, batch, base_out, t, ys)
 
 
 def _fused(p: ExpandPlan, base_out, x, w, batch, t: int) -> None:
