@@ -10,6 +10,7 @@ rows) it replays, each from a CUDA graph of 20 calls:
 - ``atomic``: the split-K kernel alone, into a buffer zeroed once;
 - ``single/BK/warps/stages``: one program per (tile, block) over all of K, plain stores
   (what a zero-filling single-pass kernel would cost);
+- ``public/splitN``: the public op with ``N`` K splits instead of the configured number;
 - ``partials/SPLIT``: the split-K kernel writing per-split partial products (what
   ``add_lora``'s shrink does), without the reduction.
 """
@@ -29,7 +30,7 @@ from lora_dispatch.devices import current
 from lora_dispatch.kernels.triton import launch as L
 
 
-def _probe(t: int, rank: int, dev: torch.device) -> dict:
+def _probe(t: int, rank: int, dev: torch.device, single: bool = True) -> dict:
     p = Problem("shrink", 4096, t, rank, 4, torch.bfloat16, dev)
     batch, items = _build(p, 1)
     w, x, _, _ = items[0]
@@ -42,7 +43,12 @@ def _probe(t: int, rank: int, dev: torch.device) -> dict:
     yz = torch.zeros((ap_.split, s, t, r), device=dev)
     res[f"atomic/split{ap_.split}"] = graph_time_us(
         lambda: L._launch_shrink(ap_, x, w, batch, yz, t, (0, t * r, r, 1)), dev)
+    for split in (4, 8, 16, 32):
+        res[f"public/split{split}"] = graph_time_us(
+            lambda split=split: L.shrink(x, w, batch, split_k=split), dev)
     for bk, warps, stages in itertools.product((128, 256, 512), (4, 8), (2, 4)):
+        if not single:
+            break
         if stages * (16 + 16) * bk * 2 > 200 * 1024:
             continue
         cfg = C.ShrinkConfig(16, max(16, min(64, C.next_pow2(r))), bk, 1, warps, stages)
@@ -59,7 +65,8 @@ def _probe(t: int, rank: int, dev: torch.device) -> dict:
         yp = torch.empty((sp.split, s, t, r), device=dev)
         res[f"partials/{sp.split}"] = graph_time_us(
             lambda sp=sp, yp=yp: L._launch_shrink(sp, x, w, batch, yp, t), dev)
-    best = min((k for k in res if k.startswith("single")), key=lambda k: res[k] or 1e9)
+    best = min((k for k in res if k.startswith("single")), key=lambda k: res[k] or 1e9,
+               default=None)
     print(f"T={t} r={rank} " + " ".join(
         f"{k}={v:.2f}" for k, v in res.items()
         if v is not None and (not k.startswith("single") or k == best)), flush=True)
@@ -71,12 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--tokens", default="1,16,64,256")
     ap.add_argument("--ranks", default="16,64")
+    ap.add_argument("--no-single", action="store_true", help="skip the single-pass variants")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     rows = []
     for rank, t in itertools.product(map(int, args.ranks.split(",")),
                                      map(int, args.tokens.split(","))):
-        rows.append(_probe(t, rank, dev))
+        rows.append(_probe(t, rank, dev, single=not args.no_single))
     if args.json:
         write_json(args.json, env_record(dev), rows)
     return 0
