@@ -48,6 +48,12 @@ class LaunchGroup:
     ----------
     *kernels : FastLauncher
         One to four ``@fast_launch`` kernels.
+
+    Attributes
+    ----------
+    kernels : tuple of FastLauncher
+    launches : int
+        Calls that launched the whole group (the others returned False).
     """
 
     def __init__(self, *kernels: Any) -> None:
