@@ -146,3 +146,30 @@ def test_launch_group_object_takes_native_tables_and_guards() -> None:
     assert g(empty, slots) is True and g.launches == 3
     a._fl_reset()  # a rebuilt launcher (new tables): the group waits for the rebuild
     assert g(empty, slots) is False and not g.native
+
+
+def test_add_lora_group_slots_follow_the_launch_argument_order() -> None:
+    """The memoized launch-group slots of add_lora are exactly shrink args + constexprs +
+    options, then the expand's: the order the separate launches use (CPU tensors: only the
+    host-side assembly is checked). A new workspace or batch rebuilds the memo."""
+    import lora_dispatch as ld
+    from lora_dispatch.kernels.triton import launch as L
+
+    if L._GROUP is None:
+        pytest.skip("no fast launcher")
+    w = ld.LoRAWeights(3, 64, (32, 16, 16), 8, dtype=torch.float16)
+    batch = ld.LoRABatch.from_token_adapters([0, 1, -1, 2, 0])
+    t = 5
+    p = L.plan_for("add", w, t, "two_pass")
+    sp, ep = p.shrink, p.expand
+    ys = (w.num_slices * t * w.max_rank, t * w.max_rank, w.max_rank, 1)
+    for ws in (torch.empty(4096), torch.empty(8192)):
+        for x in (torch.randn(t, 64).half(), torch.randn(t, 128).half()[:, ::2]):
+            out = torch.randn(t, 3 * w.total_out)[:, 1 : 1 + w.total_out]
+            want = (*L._shrink_args(sp, x, x.stride(), w, batch, ws, t, ys), *sp.tail,
+                    *L._expand_args(ep, ws, w, batch, out, out.stride(), t, ys), *ep.tail)
+            got = L._group_slots(p, out, x, w, batch, ws, t)
+            assert len(got) == len(want)
+            assert all(a is b or (type(a) is int and a == b) for a, b in zip(got, want))
+            assert p.memo[2]() is ws
+    assert len(sp.tail) == len(sp.cx) + len(L._GROUP.options(0))

@@ -261,13 +261,8 @@ def host_breakdown(device: torch.device, log: Callable[[str], None] = print,
         numel = sp.split * w.num_slices * t * w.max_rank
         ws = L._workspace(numel, x)
         ys = (w.num_slices * t * w.max_rank, t * w.max_rank, w.max_rank, 1)
-        tm, xs, os_ = batch.tile_map, x.stride(), out.stride()
-        sargs = (x, w.lora_a, ws, w.ranks, w.scalings, batch.sorted_tokens, tm,
-                 t, w.in_features, w.num_slots, tm.shape[2], sp.k_split, sp.nb,
-                 xs[0], xs[1], ys[0], ys[1], ys[2], *sp.cx)
-        eargs = (ws, w.lora_b, out, w.ranks, w.slice_bounds, batch.sorted_tokens, tm,
-                 t, w.num_slots, tm.shape[2], w.total_out, ep.nb,
-                 ys[0], ys[1], ys[2], ys[3], os_[0], os_[1], *ep.cx)
+        sargs = (*L._shrink_args(sp, x, x.stride(), w, batch, ws, t, ys), *sp.cx)
+        eargs = (*L._expand_args(ep, ws, w, batch, out, out.stride(), t, ys), *ep.cx)
         sk, ek = L.shrink_kernel, L.expand_kernel
 
         def one_launch(sk=sk, sp=sp, sargs=sargs):

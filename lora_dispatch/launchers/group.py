@@ -108,6 +108,10 @@ class LaunchGroup:
         """Whether every kernel is built with the native tier (the group can launch)."""
         return self._refresh() is not None
 
+    def available(self) -> bool:
+        """Cheap check before assembling slots: every kernel has a native table now."""
+        return (self._state if self._valid else self._refresh()) is not None
+
     def __call__(self, grids: tuple, slots: tuple) -> bool:
         """Launch every kernel with its grid; False (nothing launched) if one cannot be.
 

@@ -200,28 +200,37 @@ def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = 
     return plan
 
 
-def _launch_shrink(p: ShrinkPlan, x, w, batch, y, t: int, ys: tuple | None = None) -> None:
+def _shrink_args(p: ShrinkPlan, x, xs, w, batch, y, t: int, ys) -> tuple:
+    """``shrink_kernel``'s parameters before its constexprs, in signature order."""
     tm = batch.tile_map
-    xs = x.stride()
-    if ys is None:
-        ys = y.stride()
+    return (x, w.lora_a, y, w.ranks, w.scalings, batch.sorted_tokens, tm,
+            t, w.in_features, w.num_slots, tm.shape[2], p.k_split, p.nb,
+            xs[0], xs[1], ys[0], ys[1], ys[2])
+
+
+def _expand_args(p: ExpandPlan, y, w, batch, out, os_, t: int, ys) -> tuple:
+    """``expand_kernel``'s parameters before its constexprs, in signature order."""
+    tm = batch.tile_map
+    return (y, w.lora_b, out, w.ranks, w.slice_bounds, batch.sorted_tokens, tm,
+            t, w.num_slots, tm.shape[2], w.total_out, p.nb,
+            ys[0], ys[1], ys[2], ys[3], os_[0], os_[1])
+
+
+# where the per-call values sit in those tuples (the launch group memoizes the rest)
+_S_X, _S_XS = 0, slice(13, 15)
+_E_OUT, _E_OS = 2, slice(16, 18)
+
+
+def _launch_shrink(p: ShrinkPlan, x, w, batch, y, t: int, ys: tuple | None = None) -> None:
     shrink_kernel[p.grid](
-        x, w.lora_a, y, w.ranks, w.scalings, batch.sorted_tokens, tm,
-        t, w.in_features, w.num_slots, tm.shape[2], p.k_split, p.nb,
-        xs[0], xs[1], ys[0], ys[1], ys[2],
+        *_shrink_args(p, x, x.stride(), w, batch, y, t, y.stride() if ys is None else ys),
         *p.cx, num_warps=p.num_warps, num_stages=p.num_stages,
     )
 
 
 def _launch_expand(p: ExpandPlan, y, w, batch, out, t: int, ys: tuple | None = None) -> None:
-    tm = batch.tile_map
-    os_ = out.stride()
-    if ys is None:
-        ys = y.stride()
     expand_kernel[p.grid](
-        y, w.lora_b, out, w.ranks, w.slice_bounds, batch.sorted_tokens, tm,
-        t, w.num_slots, tm.shape[2], w.total_out, p.nb,
-        ys[0], ys[1], ys[2], ys[3], os_[0], os_[1],
+        *_expand_args(p, y, w, batch, out, out.stride(), t, y.stride() if ys is None else ys),
         *p.cx, num_warps=p.num_warps, num_stages=p.num_stages,
     )
 
@@ -323,18 +332,16 @@ def release_workspaces() -> None:
 
 def _group_pieces(p: AddPlan, w, batch, ws, t: int) -> tuple:
     """The launch-group slots that do not change between calls with the same weights,
-    batch and workspace (everything but ``x``, ``base_out`` and their strides)."""
+    batch and workspace: everything but ``x``, ``base_out`` and their strides."""
     sp, ep = p.shrink, p.expand
-    s, r = w.num_slices, w.max_rank
-    ys = (s * t * r, t * r, r, 1)
-    tm = batch.tile_map
-    tok, nt = batch.sorted_tokens, tm.shape[2]
+    ys = (w.num_slices * t * w.max_rank, t * w.max_rank, w.max_rank, 1)
+    sa = _shrink_args(sp, None, (None, None), w, batch, ws, t, ys)
+    ea = _expand_args(ep, ws, w, batch, None, (None, None), t, ys)
     pieces = (
-        (w.lora_a, ws, w.ranks, w.scalings, tok, tm, t, w.in_features, w.num_slots, nt,
-         sp.k_split, sp.nb),
-        (*ys[:3], *sp.tail, ws, w.lora_b),
-        (w.ranks, w.slice_bounds, tok, tm, t, w.num_slots, nt, w.total_out, ep.nb, *ys),
-        ep.tail,
+        sa[_S_X + 1:_S_XS.start],
+        (*sa[_S_XS.stop:], *sp.tail, *ea[:_E_OUT]),
+        ea[_E_OUT + 1:_E_OS.start],
+        (*ea[_E_OS.stop:], *ep.tail),
     )
     try:
         p.memo[:] = (weakref.ref(w), weakref.ref(batch), weakref.ref(ws), pieces)
@@ -343,20 +350,25 @@ def _group_pieces(p: AddPlan, w, batch, ws, t: int) -> tuple:
     return pieces
 
 
+def _group_slots(p: AddPlan, base_out, x, w, batch, ws, t: int) -> tuple:
+    """Both kernels' launch-group slots: shrink args, constexprs and options, then the
+    expand's (memoized per weights, batch and workspace, see ``_group_pieces``)."""
+    m = p.memo
+    if m[0] is not None and m[0]() is w and m[1]() is batch and m[2]() is ws:
+        a, b, c, d = m[3]
+    else:
+        a, b, c, d = _group_pieces(p, w, batch, ws, t)
+    xs = x.stride()
+    os_ = base_out.stride()
+    return (x, *a, xs[0], xs[1], *b, base_out, *c, os_[0], os_[1], *d)
+
+
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
     sp = p.shrink
     ws = _workspace(sp.split * w.num_slices * t * w.max_rank, x)
-    if _GROUP is not None:  # both launches in one native call
-        m = p.memo
-        if m[0] is not None and m[0]() is w and m[1]() is batch and m[2]() is ws:
-            a, b, c, d = m[3]
-        else:
-            a, b, c, d = _group_pieces(p, w, batch, ws, t)
-        xs = x.stride()
-        os_ = base_out.stride()
-        if _GROUP((sp.grid, p.expand.grid), (x, *a, xs[0], xs[1], *b, base_out, *c, os_[0],
-                                             os_[1], *d)):
-            return
+    if _GROUP is not None and _GROUP.available() and _GROUP(
+            (sp.grid, p.expand.grid), _group_slots(p, base_out, x, w, batch, ws, t)):
+        return  # both launches in one native call
     ys = (w.num_slices * t * w.max_rank, t * w.max_rank, w.max_rank, 1)  # [SPLIT, S, T, R]
     _launch_shrink(sp, x, w, batch, ws, t, ys)
     _launch_expand(p.expand, ws, w, batch, base_out, t, ys)
