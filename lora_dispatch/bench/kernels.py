@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
@@ -111,6 +112,8 @@ def _build(p: Problem, sets: int):
 
 
 def _call(p: Problem, impl, batch, item) -> Callable[[], object]:
+    """The op of ``p`` on one input set through a backend module (``shrink`` / ``expand`` /
+    ``add_lora`` functions)."""
     w, x, y, out = item
     if p.op == "shrink":
         return lambda: impl.shrink(x, w, batch)
@@ -120,14 +123,11 @@ def _call(p: Problem, impl, batch, item) -> Callable[[], object]:
 
 
 def _public(p: Problem, batch, item) -> Callable[[], object]:
+    """:func:`_call` through the public ops (same signatures as the backend functions)."""
     import lora_dispatch as ld
 
-    w, x, y, out = item
-    if p.op == "shrink":
-        return lambda: ld.lora_shrink(x, w, batch)
-    if p.op == "add_lora":
-        return lambda: ld.add_lora(out, x, w, batch)
-    return lambda: ld.lora_expand(y, w, batch, out)
+    ops = SimpleNamespace(shrink=ld.lora_shrink, expand=ld.lora_expand, add_lora=ld.add_lora)
+    return _call(p, ops, batch, item)
 
 
 def _cycle(fns: list[Callable[[], object]]) -> Callable[[], object]:
@@ -241,10 +241,11 @@ def host_breakdown(device: torch.device, log: Callable[[str], None] = print,
     """Host time of one eager ``add_lora`` (qkv, rank 16, 4 adapters), layer by layer.
 
     Each part peels one layer off the call: the public op (validation + dispatch), the
-    backend function, the two-pass body (workspace + argument assembly, with the launch group
-    and with two separate launches), both launches with pre-assembled arguments (as one
-    launch group, and as two launches), one launch alone, and the validation and workspace
-    lookup by themselves. Differences between parts are the cost of each layer.
+    backend function, the two-pass body (workspace + argument assembly + launches), both
+    launches with pre-assembled arguments (as one launch group, and as two launches), one
+    launch alone, and the validation and workspace lookup by themselves; then the two-pass
+    body with the group against two separate launches, in alternating rounds. Differences
+    between parts are the cost of each layer.
     """
     import lora_dispatch as ld
     from lora_dispatch import ops
@@ -258,9 +259,8 @@ def host_breakdown(device: torch.device, log: Callable[[str], None] = print,
         impl = ops._impl(w)
         plan = L.plan_for("add", w, t)
         sp, ep = plan.shrink, plan.expand
-        numel = sp.split * w.num_slices * t * w.max_rank
+        numel, ys = plan.ws_numel, plan.ys
         ws = L._workspace(numel, x)
-        ys = (w.num_slices * t * w.max_rank, t * w.max_rank, w.max_rank, 1)
         sargs = (*L._shrink_args(sp, x, x.stride(), w, batch, ws, t, ys), *sp.cx)
         eargs = (*L._expand_args(ep, ws, w, batch, out, out.stride(), t, ys), *ep.cx)
         sk, ek = L.shrink_kernel, L.expand_kernel
@@ -284,7 +284,6 @@ def host_breakdown(device: torch.device, log: Callable[[str], None] = print,
                 impl.add_lora(out, x, w, b),
             "two-pass body": lambda plan=plan, out=out, x=x, w=w, b=batch, t=t:
                 L._two_pass(plan, out, x, w, b, t),
-            "two-pass, separate launches": separate,
             "launch group (both)": lambda group=group, g=(sp.grid, ep.grid), s=gslots:
                 group(g, s),
             "two launches": two_launches,
@@ -294,8 +293,7 @@ def host_breakdown(device: torch.device, log: Callable[[str], None] = print,
         }
         separate()  # builds both launchers (and their native tables) before the check
         if group is None or not group.native:
-            for name in ("launch group (both)", "two-pass, separate launches"):
-                parts.pop(name)
+            parts.pop("launch group (both)")
         for name, fn in parts.items():
             us = host_time_us(fn, device, n=400)
             rows.append({"op": "host_breakdown", "backend": "triton", "part": name, "T": t,

@@ -43,7 +43,8 @@ from .timing import (
     write_json,
 )
 
-__all__ = ["LayerShape", "LLAMA3_8B", "TINY", "run", "plot", "plot_axes", "main", "COLUMNS"]
+__all__ = ["LayerShape", "LLAMA3_8B", "TINY", "run", "plot", "plot_axes", "save_figure", "main",
+           "COLUMNS"]
 
 DECODE_T = (1, 16, 64, 256)
 PREFILL_T = (2048, 8192)
@@ -367,12 +368,19 @@ def plot(rows: Sequence[dict], path: str | Path, title: str = "") -> Path | None
     if not plot_axes(rows, ax1, ax2):
         plt.close(fig)
         return None
+    return save_figure(fig, path, title, dpi=120)
+
+
+def save_figure(fig: Any, path: str | Path, title: str = "", dpi: int = 120) -> Path:
+    """Title, lay out, write ``fig`` to ``path`` (directories created) and close it."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=120)
+    fig.savefig(p, dpi=dpi)
     plt.close(fig)
     return p
 

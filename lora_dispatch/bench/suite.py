@@ -341,7 +341,7 @@ def plot(results: dict[str, dict], path: str | Path, title: str = "") -> Path | 
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    from .layer import plot_axes
+    from .layer import plot_axes, save_figure
 
     krows = [r for r in (results.get("kernels", {}).get("rows") or [])
              if r.get("gpu_us") is not None]
@@ -371,14 +371,7 @@ def plot(results: dict[str, dict], path: str | Path, title: str = "") -> Path | 
         ax.legend(fontsize=6, ncol=2)
     if axes:
         plot_axes(lrows, axes[0], axes[1])
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return save_figure(fig, path, title, dpi=110)
 
 
 def _sections(value: str) -> list[str]:

@@ -78,6 +78,8 @@ class AddPlan(NamedTuple):
     fused: ShrinkPlan | ExpandPlan | None
     shrink: ShrinkPlan | None
     expand: ExpandPlan | None
+    ws_numel: int  # float32 workspace of the partial products [SPLIT, S, T, R]
+    ys: tuple  # its strides
     memo: list  # weak refs to [weights, batch, workspace], then their group slot pieces
 
 
@@ -190,10 +192,12 @@ def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = 
         use_fused = mode == "fused" or (
             mode is None and t <= configs.fused_max_tokens(info, w.num_slots, w.max_rank))
         if use_fused:
-            plan = AddPlan(_fused_plan(w, t), None, None, [])
+            plan = AddPlan(_fused_plan(w, t), None, None, 0, (), [None] * 4)
         else:
             sp = _shrink_plan(w, t, atomic=False, split_k=split_k)
-            plan = AddPlan(None, sp, _expand_plan(w, t, sp.split), [None, None, None, None])
+            s_, r = w.num_slices, w.max_rank
+            plan = AddPlan(None, sp, _expand_plan(w, t, sp.split), sp.split * s_ * t * r,
+                           (s_ * t * r, t * r, r, 1), [None] * 4)
     else:
         raise ValueError(f"op must be 'shrink', 'expand' or 'add', got {op!r}")
     plans[key] = plan
@@ -334,7 +338,7 @@ def _group_pieces(p: AddPlan, w, batch, ws, t: int) -> tuple:
     """The launch-group slots that do not change between calls with the same weights,
     batch and workspace: everything but ``x``, ``base_out`` and their strides."""
     sp, ep = p.shrink, p.expand
-    ys = (w.num_slices * t * w.max_rank, t * w.max_rank, w.max_rank, 1)
+    ys = p.ys
     sa = _shrink_args(sp, None, (None, None), w, batch, ws, t, ys)
     ea = _expand_args(ep, ws, w, batch, None, (None, None), t, ys)
     pieces = (
@@ -365,13 +369,12 @@ def _group_slots(p: AddPlan, base_out, x, w, batch, ws, t: int) -> tuple:
 
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
     sp = p.shrink
-    ws = _workspace(sp.split * w.num_slices * t * w.max_rank, x)
+    ws = _workspace(p.ws_numel, x)
     if _GROUP is not None and _GROUP.available() and _GROUP(
             (sp.grid, p.expand.grid), _group_slots(p, base_out, x, w, batch, ws, t)):
         return  # both launches in one native call
-    ys = (w.num_slices * t * w.max_rank, t * w.max_rank, w.max_rank, 1)  # [SPLIT, S, T, R]
-    _launch_shrink(sp, x, w, batch, ws, t, ys)
-    _launch_expand(p.expand, ws, w, batch, base_out, t, ys)
+    _launch_shrink(sp, x, w, batch, ws, t, p.ys)
+    _launch_expand(p.expand, ws, w, batch, base_out, t, p.ys)
 
 
 def _fused(p: ExpandPlan, base_out, x, w, batch, t: int) -> None:
