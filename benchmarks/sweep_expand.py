@@ -1,11 +1,15 @@
 """Sweep expand-kernel configs (GPU): tokens per tile, columns, warps, stages, column blocks.
 
-    python benchmarks/sweep_expand.py [--json PATH] [--shapes expand:8192:64,...]
+    python benchmarks/sweep_expand.py [--json PATH] [--shapes expand:8192:64,...] [--decode]
 
-Two phases per shape: every (BM, BN, warps) at the shipped stages / column blocks, then every
-(stages, column blocks) for the three best of phase one. Timed with a cold L2 (median); GB/s
-from the minimal bytes (``y`` once, the used adapters' ``B`` once, ``out`` read and written)
-against the copy bandwidth measured in the same run.
+Prefill (default): two phases per shape: every (BM, BN, warps) at the shipped stages /
+column blocks, then every (stages, column blocks) for the three best of phase one. Timed
+with a cold L2 (median); GB/s from the minimal bytes (``y`` once, the used adapters' ``B``
+once, ``out`` read and written) against the copy bandwidth measured in the same run.
+
+``--decode``: every (BM, BN, column blocks, stages) of a small grid per decode shape
+(default ``_DECODE_SHAPES``), timed as CUDA-graph replay per call rotating over 8 weight /
+input sets (as ``bench_kernels`` reports decode), plus the cold-L2 median.
 """
 
 from __future__ import annotations
@@ -15,14 +19,57 @@ import itertools
 
 import torch
 
-from lora_dispatch.bench.kernels import Problem, _build, min_bytes
-from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
+from lora_dispatch.bench.kernels import Problem, _build, _cycle, min_bytes
+from lora_dispatch.bench.timing import (
+    copy_bandwidth_gbs,
+    env_record,
+    gpu_time_us,
+    graph_time_us,
+    write_json,
+)
 from lora_dispatch.devices import configs as C
 from lora_dispatch.devices import current
 from lora_dispatch.kernels.triton import launch as L
 
 _SHAPES = ("expand:8192:64,qkv_expand:8192:64,gate_up_expand:8192:64,expand:8192:16,"
            "expand:2048:64,qkv_expand:2048:16")
+
+
+_DECODE_SHAPES = ("gate_up_expand:64:16,gate_up_expand:16:16,qkv_expand:64:16,expand:64:16,"
+                  "gate_up_expand:256:16")
+
+
+def _decode_sweep(spec: str, dev: torch.device, rows: list[dict]) -> None:
+    op, t, rank = spec.split(":")
+    t, rank = int(t), int(rank)
+    p = Problem(op, 4096, t, rank, 4, torch.bfloat16, dev)
+    batch, items = _build(p, 8)
+    default = C.expand_config(current(dev), t, items[0][0].total_out, rank, 2)
+    cands = {default}
+    for bn, ncol, st in itertools.product((64, 128, 256), (1, 2, 4), (1, 2)):
+        cands.add(C.ExpandConfig(default.block_m, bn, default.block_r, 4, st, ncol))
+    best = None
+    for cfg in sorted(cands, key=lambda c: c != default):
+        fns = []
+        for w, _, y, out in items:
+            plan = L._expand_plan(w, t, 1, cfg=cfg)
+            y4 = y.unsqueeze(0)
+            fns.append(lambda plan=plan, y4=y4, w=w, out=out:
+                       L._launch_expand(plan, y4, w, batch, out, t))
+        try:
+            g = graph_time_us(_cycle(fns), dev, inner=24, reps=20)
+            cold = gpu_time_us(fns[0], dev, warmup_ms=3, rep_ms=10)
+        except Exception as exc:  # configs that fail to compile are skipped
+            print(f"{spec} {cfg} failed: {exc!r}"[:200], flush=True)
+            continue
+        rows.append(dict(op=op, T=t, rank=rank, default=cfg == default, graph_us=g,
+                         cold_us=cold, **cfg.__dict__))
+        if best is None or g < best[1]:
+            best = (cfg, g)
+        if cfg == default:
+            base = g
+    print(f"{spec}: default {default} {base:.2f} us (graph); best {best[0]} {best[1]:.2f} us",
+          flush=True)
 
 
 def _phase1(default: C.ExpandConfig) -> list[C.ExpandConfig]:
@@ -82,13 +129,17 @@ def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--shapes", default=_SHAPES, help="op:T:rank,... (bf16, hidden 4096)")
+    ap.add_argument("--shapes", default=None, help="op:T:rank,... (bf16, hidden 4096)")
+    ap.add_argument("--decode", action="store_true", help="decode shapes, graph replay")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     copy = copy_bandwidth_gbs(dev)
     rows = []
-    for spec in args.shapes.split(","):
-        _sweep(spec, dev, copy, rows)
+    for spec in (args.shapes or (_DECODE_SHAPES if args.decode else _SHAPES)).split(","):
+        if args.decode:
+            _decode_sweep(spec, dev, rows)
+        else:
+            _sweep(spec, dev, copy, rows)
     if args.json:
         write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
     return 0

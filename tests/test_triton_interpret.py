@@ -27,7 +27,8 @@ import lora_dispatch.devices as devices  # noqa: E402
 pytest.importorskip("triton")
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
 
-_SUBMODULES = ("_jit", "shrink_kernel", "expand_kernel", "fused_kernel", "launch")
+_SUBMODULES = ("_jit", "shrink_kernel", "shrink_tma_kernel", "expand_kernel", "fused_kernel",
+               "launch")
 
 
 def _interpreted(kernel) -> bool:
@@ -242,6 +243,46 @@ def test_segments_vs_tokens(dtype):
     tk.add_lora(o2, x, w, b_tok)
     assert torch.equal(o1, o2)
     check(ADD_IMPLS["two_pass"], w, x, base, slots, b_seg, TOL[dtype], "segments")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("split_k", [None, 1, 2])
+def test_shrink_tma_descriptor_path(dtype, split_k, monkeypatch, poison_empty):
+    """LORA_DISPATCH_TMA=1: consecutive tiles read through descriptors (tiles ending inside
+    the next segment, rows past T, a K tail), other tiles gathered; misaligned x falls back."""
+    monkeypatch.setenv("LORA_DISPATCH_TMA", "1")
+    gen = torch.Generator().manual_seed(23 + (split_k or 0))
+    k, outs = 320, (40, 24, 24)
+    w = make_weights([16, 0, 5, 8, 1], k, outs, dtype, max_rank=16, gen=gen)
+    lens, seq_slots = [37, 20, 0, 45, 3, 30], [0, 2, 1, -1, 3, 2]
+    seg = torch.repeat_interleave(torch.tensor(seq_slots), torch.tensor(lens))
+    slots = torch.cat([seg, torch.randint(-1, 5, (17,), generator=gen)])  # gathered tail
+    t = slots.numel()
+    batch = ld.LoRABatch.from_token_adapters(slots)
+    x = poisoned((t, k), dtype, gen, 1.0)
+    assert tk.plan_for("shrink", w, t, None, split_k).tma
+    assert tk.plan_for("add", w, t, "two_pass", split_k).shrink.tma
+    want = ref_y(x, w, slots)
+    y = tk.shrink(x, w, batch, split_k=split_k)
+    assert rel(y, want) <= TOL[dtype]
+    assert torch.equal(y[want == 0], torch.zeros_like(y[want == 0]))
+    base = poisoned((t, sum(outs)), dtype, gen)
+    add = (lambda o, x, w, b: tk.add_lora_two_pass(o, x, w, b, split_k=split_k))
+    check(add, w, x, base, slots, batch, TOL[dtype], "tma")
+    xs = poisoned((t, k + 1), dtype, gen, 1.0)[:, 1:]  # misaligned: pointer loads
+    assert rel(tk.shrink(xs, w, batch, split_k=split_k), ref_y(xs, w, slots)) <= TOL[dtype]
+    check(add, w, xs, base, slots, batch, TOL[dtype], "tma misaligned x")
+
+
+def test_shrink_tma_env(monkeypatch):
+    """LORA_DISPATCH_TMA: 0 keeps pointer loads, a bad value names the variable."""
+    gen = torch.Generator().manual_seed(2)
+    w = make_weights([8], 64, (16,), torch.float16, max_rank=8, gen=gen)
+    monkeypatch.setenv("LORA_DISPATCH_TMA", "0")
+    assert not tk.plan_for("shrink", w, 4096).tma
+    monkeypatch.setenv("LORA_DISPATCH_TMA", "yes")
+    with pytest.raises(ValueError, match="LORA_DISPATCH_TMA"):
+        tk.plan_for("shrink", w, 4095)
 
 
 def test_static_batch_refilled():

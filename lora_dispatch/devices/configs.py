@@ -15,6 +15,7 @@ caches the resulting launch plans per shape, so nothing here runs on the hot pat
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 from .info import DeviceInfo
@@ -28,7 +29,11 @@ __all__ = [
     "fused_config",
     "fused_max_tokens",
     "next_pow2",
+    "shrink_tma",
+    "ENV_TMA",
 ]
+
+ENV_TMA = "LORA_DISPATCH_TMA"
 
 
 @dataclass(frozen=True)
@@ -224,3 +229,32 @@ def fused_max_tokens(info: DeviceInfo, num_slots: int, max_rank: int) -> int:
 
 
 _FUSED_MAX_TOKENS: dict[str, int] = {"h100": 0, "h200": 0}
+
+
+# fewest tokens for which the shrink reads through tensor descriptors (TMA), per family
+_TMA_MIN_TOKENS: dict[str, int] = {"h100": 1024, "h200": 1024}
+
+
+def shrink_tma(info: DeviceInfo, t: int) -> bool:
+    """Whether a shrink of ``t`` tokens reads ``x`` / ``A`` through TMA tensor descriptors.
+
+    Automatic (``LORA_DISPATCH_TMA`` unset or ``auto``): CUDA devices of compute capability
+    9.0 or newer (Hopper's tensor memory accelerator), from the family's prefill threshold
+    (``_TMA_MIN_TOKENS``, 1024 on other sm_90+ devices). ``1`` forces it for every ``T`` on
+    any device the Triton release supports descriptors on (the interpreter included); ``0``
+    turns it off. Read when a launch plan is built (plans are cached per weights and ``T``).
+
+    Raises
+    ------
+    ValueError
+        If ``LORA_DISPATCH_TMA`` is not ``auto``, ``0`` or ``1``.
+    """
+    mode = os.environ.get(ENV_TMA, "auto").strip().lower() or "auto"
+    if mode not in ("auto", "0", "1"):
+        raise ValueError(f"{ENV_TMA} must be 'auto', '0' or '1', got {mode!r}")
+    if mode != "auto":
+        return mode == "1"
+    cap = info.capability
+    if info.platform != "cuda" or cap is None or cap < (9, 0):
+        return False
+    return t >= _TMA_MIN_TOKENS.get(info.family, 1024)

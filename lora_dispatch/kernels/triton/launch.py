@@ -24,6 +24,12 @@ from lora_dispatch.devices.info import describe
 from .expand_kernel import expand_kernel
 from .fused_kernel import fused_kernel
 from .shrink_kernel import shrink_kernel
+from .shrink_tma_kernel import shrink_tma_kernel
+
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # Triton < 3.4: no host tensor descriptors, pointer loads only
+    TensorDescriptor = None
 
 __all__ = ["shrink", "expand", "add_lora", "add_lora_two_pass", "add_lora_fused", "plan_for",
            "release_workspaces", "workspace_bytes"]
@@ -41,6 +47,7 @@ class ShrinkPlan(NamedTuple):
     num_warps: int
     num_stages: int
     tail: tuple  # cx then the launch-option slots of a launch group
+    tma: bool = False  # read x / A through tensor descriptors (shrink_tma_kernel)
 
 
 class ExpandPlan(NamedTuple):
@@ -130,6 +137,11 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
         k_split = _cdiv(k_split, cfg.block_k) * cfg.block_k
     split = _cdiv(k, k_split)
     nb = _cdiv(s * _cdiv(r, cfg.block_n), cfg.rank_blocks)
+    tma = configs.shrink_tma(describe(w.device), t)
+    if tma and TensorDescriptor is None:
+        raise RuntimeError(f"{configs.ENV_TMA}=1 but this Triton release has no tensor "
+                           "descriptors (triton.tools.tensor_descriptor, 3.4+)")
+    tma = tma and k_split % cfg.block_k == 0 and (k * w.lora_a.element_size()) % 16 == 0
     meta = dict(
         S=s, R=r, TILE=tile_index(cfg.block_m), BM=cfg.block_m, BN=cfg.block_n,
         BK=cfg.block_k, RB=cfg.rank_blocks,
@@ -138,7 +150,7 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ShrinkPlan((nb * _tiles(t, cfg.block_m, w.num_slots), split), nb, k_split, split, meta,
-                      *_split_meta(meta, _SHRINK_CX, 0))
+                      *_split_meta(meta, _SHRINK_CX, 0), tma)
 
 
 def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None) -> ExpandPlan:
@@ -225,10 +237,29 @@ _S_X, _S_XS = 0, slice(13, 15)
 _E_OUT, _E_OS = 2, slice(16, 18)
 
 
+def _tma_ready(x) -> bool:
+    """``x`` meets the descriptor contract: 16-byte base and row stride, unit column stride."""
+    xs = x.stride()
+    return xs[1] == 1 and (xs[0] * x.element_size()) % 16 == 0 and x.data_ptr() % 16 == 0
+
+
 def _launch_shrink(p: ShrinkPlan, x, w, batch, y, t: int, ys: tuple | None = None) -> None:
-    shrink_kernel[p.grid](
-        *_shrink_args(p, x, x.stride(), w, batch, y, t, y.stride() if ys is None else ys),
-        *p.cx, num_warps=p.num_warps, num_stages=p.num_stages,
+    args = _shrink_args(p, x, x.stride(), w, batch, y, t, y.stride() if ys is None else ys)
+    if p.tma and _tma_ready(x):
+        _launch_shrink_tma(p, x, w, args)
+    else:
+        shrink_kernel[p.grid](*args, *p.cx, num_warps=p.num_warps, num_stages=p.num_stages)
+
+
+def _launch_shrink_tma(p: ShrinkPlan, x, w, args: tuple) -> None:
+    """``shrink_tma_kernel`` with descriptors of ``x [T, K]`` and ``A [L * S * R, K]``
+    (a plain JIT launch: the fast launcher does not pass descriptor arguments)."""
+    m, k = p.meta, w.in_features
+    a = w.lora_a.view(-1, k)  # [L * S * R, K]
+    shrink_tma_kernel[p.grid](
+        TensorDescriptor(x, [x.shape[0], k], [x.stride(0), 1], [m["BM"], m["BK"]]),
+        TensorDescriptor(a, list(a.shape), [k, 1], [m["BN"], m["BK"]]),
+        *args, *p.cx, num_warps=p.num_warps, num_stages=p.num_stages,
     )
 
 
@@ -370,10 +401,13 @@ def _group_slots(p: AddPlan, base_out, x, w, batch, ws, t: int) -> tuple:
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
     sp = p.shrink
     ws = _workspace(p.ws_numel, x)
-    if _GROUP is not None and _GROUP.available() and _GROUP(
+    if sp.tma and _tma_ready(x):
+        _launch_shrink_tma(sp, x, w, _shrink_args(sp, x, x.stride(), w, batch, ws, t, p.ys))
+    elif _GROUP is not None and _GROUP.available() and _GROUP(
             (sp.grid, p.expand.grid), _group_slots(p, base_out, x, w, batch, ws, t)):
         return  # both launches in one native call
-    _launch_shrink(sp, x, w, batch, ws, t, p.ys)
+    else:
+        _launch_shrink(sp, x, w, batch, ws, t, p.ys)
     _launch_expand(p.expand, ws, w, batch, base_out, t, p.ys)
 
 
