@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 
 import torch
 
@@ -60,6 +61,18 @@ def _focused(rank: int, slices: int, t: int) -> set:
     return out
 
 
+def _mid(rank: int, slices: int) -> set:
+    """Token-tile height, 1 or 3 blocks per program, K step and split (mid-size prefill,
+    where one block per tile under-fills the device)."""
+    out = set()
+    bn = max(16, min(64, C.next_pow2(rank)))
+    rbs = (1, 3) if slices * -(-rank // bn) >= 3 and bn * 3 <= 64 else (1,)
+    for bm, rb, bk, split in itertools.product((32, 64, 128), rbs, (64, 128), (1, 2)):
+        warps = 4 if bm * bn * rb <= 64 * 64 else 8
+        out.add(C.ShrinkConfig(bm, bn, bk, split, warps, 4, rb))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--json", default=None)
@@ -67,9 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ranks", default="16,64")
     ap.add_argument("--focused", action="store_true",
                     help="a small set around the shipped schedule (BN <= rank, 1-3 blocks)")
+    ap.add_argument("--mid", action="store_true",
+                    help="tile height x blocks per program x K step x split (mid-size T)")
     ap.add_argument("--op", default="shrink", choices=("shrink", "add_lora"),
                     help="add_lora: the fused qkv shape (S = 3 slices) that add_lora shrinks")
     args = ap.parse_args(argv)
+    os.environ[C.ENV_TMA] = "0"  # the pointer-load kernel (probe_shrink_tma.py times TMA)
     dev = torch.device("cuda")
     copy = copy_bandwidth_gbs(dev)
     rows = []
@@ -81,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         default = C.shrink_config(current(dev), t, 4096, w.max_rank, 2, False,
                                   slices=w.num_slices)
         cands = {default}
-        cands.update(_focused(w.max_rank, w.num_slices, t) if args.focused else _full(w))
+        if args.mid:
+            cands.update(_mid(w.max_rank, w.num_slices))
+        else:
+            cands.update(_focused(w.max_rank, w.num_slices, t) if args.focused else _full(w))
         best = None
         for cfg in sorted(cands, key=lambda c: (c != default, c.block_m, c.block_n, c.block_k)):
             plan = L._shrink_plan(w, t, atomic=False, cfg=cfg)

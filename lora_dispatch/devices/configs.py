@@ -231,17 +231,19 @@ def fused_max_tokens(info: DeviceInfo, num_slots: int, max_rank: int) -> int:
 _FUSED_MAX_TOKENS: dict[str, int] = {"h100": 0, "h200": 0}
 
 
-# fewest tokens for which the shrink reads through tensor descriptors (TMA), per family
-_TMA_MIN_TOKENS: dict[str, int] = {"h100": 1024, "h200": 1024}
+# fewest tokens for which the shrink reads through tensor descriptors (TMA), per family where
+# that measured faster. None yet: on the H200 the TMA kernel was within -9% / +6% of the
+# pointer kernel (benchmarks/probe_shrink_tma.py, shrink-tma-probe-...json)
+_TMA_MIN_TOKENS: dict[str, int] = {}
 
 
 def shrink_tma(info: DeviceInfo, t: int) -> bool:
     """Whether a shrink of ``t`` tokens reads ``x`` / ``A`` through TMA tensor descriptors.
 
     Automatic (``LORA_DISPATCH_TMA`` unset or ``auto``): CUDA devices of compute capability
-    9.0 or newer (Hopper's tensor memory accelerator), from the family's prefill threshold
-    (``_TMA_MIN_TOKENS``, 1024 on other sm_90+ devices). ``1`` forces it for every ``T`` on
-    any device the Triton release supports descriptors on (the interpreter included); ``0``
+    9.0 or newer (Hopper's tensor memory accelerator) whose family has a measured threshold
+    in ``_TMA_MIN_TOKENS`` (none so far: off). ``1`` forces it for every ``T`` on any
+    device the Triton release supports descriptors on (the interpreter included); ``0``
     turns it off. Read when a launch plan is built (plans are cached per weights and ``T``).
 
     Raises
@@ -257,4 +259,4 @@ def shrink_tma(info: DeviceInfo, t: int) -> bool:
     cap = info.capability
     if info.platform != "cuda" or cap is None or cap < (9, 0):
         return False
-    return t >= _TMA_MIN_TOKENS.get(info.family, 1024)
+    return t >= _TMA_MIN_TOKENS.get(info.family, 1 << 62)
