@@ -186,8 +186,10 @@ def measure(p: Problem, backend: str, copy_bw: float | None, sets: int) -> dict:
     }
 
 
-def problems(quick: bool, device: torch.device) -> list[tuple[Problem, str]]:
-    """(problem, backend) pairs of the sweep."""
+def problems(quick: bool, device: torch.device, tokens: tuple[int, ...] | None = None,
+             ops: tuple[str, ...] | None = None) -> list[tuple[Problem, str]]:
+    """(problem, backend) pairs of the sweep; ``tokens`` / ``ops`` narrow the full sweep
+    (Triton rows only)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float16
     if quick:
         hidden = 4096 if device.type == "cuda" else 128
@@ -198,9 +200,11 @@ def problems(quick: bool, device: torch.device) -> list[tuple[Problem, str]]:
         rows.append((Problem("add_lora", hidden, 4, 16, 4, dtype, device), "reference"))
         return rows
     rows = []
-    for op, rank, adapters, t in itertools.product(LAYERS, (16, 64), (1, 4, 16),
-                                                   DECODE_T + PREFILL_T):
+    for op, rank, adapters, t in itertools.product(ops or LAYERS, (16, 64), (1, 4, 16),
+                                                   tokens or DECODE_T + PREFILL_T):
         rows.append((Problem(op, 4096, t, rank, adapters, dtype, device), "triton"))
+    if tokens or ops:
+        return rows
     for op, t in itertools.product(LAYERS, (16, 2048)):
         rows.append((Problem(op, 4096, t, 16, 4, dtype, device), "reference"))
     return rows
@@ -208,8 +212,10 @@ def problems(quick: bool, device: torch.device) -> list[tuple[Problem, str]]:
 
 def run(quick: bool = False, device: torch.device | None = None,
         log: Callable[[str], None] = print, json_path: str | None = None,
+        tokens: tuple[int, ...] | None = None, ops: tuple[str, ...] | None = None,
         ) -> tuple[dict, list[dict]]:
-    """Run the sweep; returns (meta, rows). With ``json_path``, rewrites it after each row."""
+    """Run the sweep; returns (meta, rows). With ``json_path``, rewrites it after each row.
+    ``tokens`` / ``ops`` narrow it (no reference rows, no host breakdown)."""
     if device is None:
         cuda = torch.cuda.is_available()
         device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
@@ -218,7 +224,7 @@ def run(quick: bool = False, device: torch.device | None = None,
     meta["copy_gbs"] = copy_bw
     meta["quick"] = quick
     rows = []
-    for p, backend in problems(quick, device):
+    for p, backend in problems(quick, device, tokens, ops):
         sets = 1 if device.type != "cuda" else max(1, min(8, (64 << 20) // max(min_bytes(p), 1)))
         try:
             row = measure(p, backend, copy_bw, sets)
@@ -229,7 +235,7 @@ def run(quick: bool = False, device: torch.device | None = None,
         log(format_table([row], COLUMNS).splitlines()[-1])
         if json_path:
             write_json(json_path, meta, rows)
-    if device.type == "cuda" and not quick:
+    if device.type == "cuda" and not quick and not (tokens or ops):
         rows.extend(host_breakdown(device, log))
         if json_path:
             write_json(json_path, meta, rows)
@@ -318,7 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a handful of small rows (CPU ok)")
     ap.add_argument("--json", default=None, help="output path (default benchmarks/results/...)")
     ap.add_argument("--tune", action="store_true", help="time candidate configs instead")
+    ap.add_argument("--tokens", default=None, help="comma list of T instead of the default")
+    ap.add_argument("--ops", default=None, help=f"comma list of {', '.join(LAYERS)}")
     args = ap.parse_args(argv)
+    tokens = tuple(int(v) for v in args.tokens.split(",")) if args.tokens else None
+    ops = tuple(args.ops.split(",")) if args.ops else None
+    if ops and not set(ops) <= set(LAYERS):
+        ap.error(f"--ops must name ops of {sorted(LAYERS)}, got {args.ops!r}")
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
     if torch.cuda.is_available():
@@ -331,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {write_json(args.json or 'tune.json', env_record(device), rows)}")
         return 0
     print(format_table([], COLUMNS))
-    meta, rows = run(quick=args.quick, device=device, json_path=str(path))
+    meta, rows = run(quick=args.quick, device=device, json_path=str(path), tokens=tokens,
+                     ops=ops)
     print()
     print(format_table(rows, COLUMNS))
     if meta.get("copy_gbs"):

@@ -128,9 +128,9 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
     else:  # qkv rank 16, T=8192: 3 blocks of 16 share each x tile, 24.1 us vs 25.6
         block_m, block_k, warps, stages = 64, 128, 4, 4
         rank_blocks = max(1, min(4, pairs, 64 // block_n))
-    if pairs > rank_blocks and t >= 4096:
+    if pairs > rank_blocks and t > 2048:
         # several programs per tile re-stream x from L2; a shorter K step keeps more of them
-        # in flight (H200, qkv rank 64, T=8192: BK=64 beat BK=128 in every sweep)
+        # in flight (H200, qkv rank 64: BK=64 beat BK=128 at T = 3072-8192 in every sweep)
         block_k = 64
     if itemsize == 4:
         block_k = min(block_k, 64)
@@ -148,8 +148,14 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
             while split > 1 and programs * split > 2 * units:
                 split //= 2
             split = min(split, 8 if rank * min(t, 16) <= 256 else 4)
+        elif t <= 2048:
+            split = min(split, 2)
         else:
-            split = min(split, 2 if t <= 2048 else 1)
+            # two partial products while one split leaves the device under two programs
+            # per unit (H200 qkv sweep, sweep_shrink --mid: rank 16 T = 3072 / 4096 / 6144:
+            # 21.6 / 21.7 / 22.2 us -> 15.0 / 16.0 / 21.0; rank 64 T = 3072 / 4096 with
+            # BK 64: 34.4 / 25.7 -> 19.8 / 21.4; rank 64 T >= 6144 keeps one split)
+            split = 2 if programs < 2 * units and k // 2 >= 2 * block_k else 1
     return ShrinkConfig(block_m, block_n, block_k, split, _warps(warp, warps),
                         _stages(platform, family, stages), rank_blocks)
 
@@ -172,8 +178,12 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
     block_r = max(16, min(next_pow2(max_rank), 64))
     if tb <= 64:
         block_m, block_n, warps, stages, ncol = 16, 64, 4, 1, 1
+        if tb <= 16 and n >= 16384:  # H200 gate_up, T=16 graph replay: 4.05 us vs 4.59
+            block_n, stages = 128, 2
     elif tb <= 256:
         block_m, block_n, warps, stages, ncol = 32, 128, 4, 1, 1
+        if n >= 16384:  # H200 gate_up, T=256 graph replay: 12.9 us vs 13.4
+            block_n = 64
     elif tb <= 1024:
         block_m, block_n, warps, stages, ncol = 32, 128, 4, 2, 2
     else:
