@@ -182,8 +182,6 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
             block_n, stages = 128, 2
     elif tb <= 256:
         block_m, block_n, warps, stages, ncol = 32, 128, 4, 1, 1
-        if n >= 16384:  # H200 gate_up, T=256 graph replay: 12.9 us vs 13.4
-            block_n = 64
     elif tb <= 1024:
         block_m, block_n, warps, stages, ncol = 32, 128, 4, 2, 2
     else:

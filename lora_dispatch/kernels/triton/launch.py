@@ -289,10 +289,11 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
         ``c[s, i] * x[t] @ A_i[s, :r]^T`` in ``[:, t, :r]``, zeros elsewhere.
     """
     t = x.shape[0]
-    y = torch.zeros((w.num_slices, t, w.max_rank), dtype=torch.float32, device=x.device)
+    r = w.max_rank
+    y = torch.zeros((w.num_slices, t, r), dtype=torch.float32, device=x.device)
     if t:
         p = plan_for("shrink", w, t, None, split_k)
-        _launch_shrink(p, x, w, batch, y.unsqueeze(0).expand(p.split, -1, -1, -1), t)
+        _launch_shrink(p, x, w, batch, y, t, (0, t * r, r, 1))  # every split adds into y
     return y
 
 
@@ -311,7 +312,7 @@ def expand(y: torch.Tensor, w, batch, base_out: torch.Tensor) -> None:
     """
     t = base_out.shape[0]
     if t:
-        _launch_expand(plan_for("expand", w, t), y.unsqueeze(0), w, batch, base_out, t)
+        _launch_expand(plan_for("expand", w, t), y, w, batch, base_out, t, (0, *y.stride()))
 
 
 def add_lora_two_pass(base_out: torch.Tensor, x: torch.Tensor, w, batch,
