@@ -172,9 +172,15 @@ def shrink_config(info: DeviceInfo, t: int, k: int, rank: int, itemsize: int,
                           _token_bucket(t), k, rank, slices, t, itemsize, atomic)
 
 
+def _wave_fill(programs: int, slots: int) -> float:
+    """Fraction of the last wave's slots a grid of ``programs`` keeps busy, averaged."""
+    waves = programs / slots
+    return waves / -(-programs // slots)
+
+
 @functools.lru_cache(maxsize=4096)
 def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n: int,
-                   max_rank: int, itemsize: int, short: bool) -> ExpandConfig:
+                   max_rank: int, itemsize: int, t: int) -> ExpandConfig:
     block_r = max(16, min(next_pow2(max_rank), 64))
     if tb <= 64:
         block_m, block_n, warps, stages, ncol = 16, 64, 4, 1, 1
@@ -188,13 +194,19 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
         # T > 2048: the out tile is a row gather used in registers, and pipelining it only
         # costs registers (H200 sweep, T=8192: one stage beat three for every shape, e.g.
         # qkv rank 64 67.5 us vs 71.0); at T = 2048 one stage lost on qkv / gate_up rank 64
+        short = t <= 2048
         block_m, block_n, warps, stages, ncol = 32, 128, 4, 3 if short else 1, 4
         if max_rank > 32:  # each tile re-reads its B block: amortize it over more rows
             block_m = 64
-            if short and n < 6144:  # too few tiles to fill the device twice: narrower
-                block_n, stages = 64, 1  # blocks (expand rank 64, T=2048: 17.1 us vs 18.6)
-            elif not short and n >= 6144:  # longer column runs per program (qkv rank 64,
-                ncol = 8  # T=8192: 65.0 us vs 70.7; gate_up 280.8 vs 299.3)
+            if n < 6144 and t <= 4096:  # too few tiles to fill the device: narrower blocks
+                # (expand rank 64, T=2048: 17.1 us vs 18.6; T=4096 with 8 blocks: 26.3 vs 29.7)
+                block_n, stages, ncol = 64, 1, 4 if short else 8
+            elif not short and n >= 6144 and _wave_fill(
+                    -(-t // block_m) * -(-n // (block_n * 8)), 3 * units) >= 0.9:
+                # longer column runs per program unless that leaves a ragged last wave
+                # (about 3 programs per unit fit; qkv rank 64: T=8192 65.0 us vs 70.7, gate_up
+                # 280.8 vs 299.3, T=4096 35.3 vs 36.1; T=6144 has 1.45 waves: 58.3 vs 51.6)
+                ncol = 8
     if itemsize == 4:
         block_n = min(block_n, 64)
     block_n = min(block_n, max(16, next_pow2(n)))
@@ -204,8 +216,9 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
 
 def expand_config(info: DeviceInfo, t: int, n: int, max_rank: int, itemsize: int) -> ExpandConfig:
     """Config for an expand of ``t`` tokens into ``n`` output columns from rank ``max_rank``."""
+    tb = _token_bucket(t)
     return _expand_config(info.family, info.platform, _units(info), info.warp_size,
-                          _token_bucket(t), n, max_rank, itemsize, t <= 2048)
+                          tb, n, max_rank, itemsize, t if tb > 1024 else 0)
 
 
 @functools.lru_cache(maxsize=1024)
