@@ -81,7 +81,8 @@ def info(
         "launcher": _launcher_mode(),
         "env": {
             k: os.environ[k]
-            for k in ("LORA_DISPATCH_BACKEND", "LORA_DISPATCH_LAUNCHER", "TRITON_INTERPRET")
+            for k in ("LORA_DISPATCH_BACKEND", "LORA_DISPATCH_LAUNCHER", "LORA_DISPATCH_NATIVE",
+                      "LORA_DISPATCH_LEAN", "LORA_DISPATCH_TMA", "TRITON_INTERPRET")
             if k in os.environ
         },
     }
