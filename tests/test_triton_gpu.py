@@ -497,3 +497,35 @@ def test_shrink_tma_graph_replay(monkeypatch):
         torch.testing.assert_close(ys, ld.lora_shrink(x, w, eager), rtol=1e-5, atol=1e-5)
         delta = ref_delta(ref_y(x, w, slots.to(DEV)), w, slots.to(DEV), cap)
         assert rel(out.double() - base.double(), delta) <= TOL[dtype]
+
+
+def test_public_shrink_zero_fill_group(monkeypatch):
+    """The public lora_shrink launches its zero fill and the split-K shrink as one launch
+    group where the native tier is on; equal to separate launches and to float64, every
+    element past a slot's rank exactly zero, on a side stream."""
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
+    group = tl_launch._ZGROUP
+    gen = torch.Generator().manual_seed(8)
+    w = make_weights(4, 4096, (4096, 1024, 1024), torch.bfloat16, seed=2)
+    side = torch.cuda.Stream(DEV)
+    for t in (1, 64, 700):
+        slots = random_slots(t, w.num_slots, gen)
+        batch = token_batch(slots)
+        x = torch.randn(t, 4096, generator=gen).to(DEV, torch.bfloat16)
+        want = ref_y(x, w, slots.to(DEV))
+        ys = []
+        for use_group in (False, True, True):
+            monkeypatch.setattr(tl_launch, "_ZGROUP", group if use_group else None)
+            before = group.launches if group is not None else 0
+            side.wait_stream(torch.cuda.current_stream(DEV))
+            with torch.cuda.stream(side):
+                ys.append(ld.lora_shrink(x, w, batch))
+            torch.cuda.current_stream(DEV).wait_stream(side)
+            if use_group and group is not None and group.native:
+                assert group.launches == before + 1
+        torch.cuda.synchronize()
+        for y in ys:
+            assert rel(y, want) <= TOL[torch.bfloat16]
+            assert torch.equal(y[want == 0], torch.zeros_like(y[want == 0]))
+        torch.testing.assert_close(ys[1], ys[0], rtol=1e-5, atol=1e-5)

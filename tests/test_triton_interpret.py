@@ -27,8 +27,8 @@ import lora_dispatch.devices as devices  # noqa: E402
 pytest.importorskip("triton")
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
 
-_SUBMODULES = ("_jit", "shrink_kernel", "shrink_tma_kernel", "expand_kernel", "fused_kernel",
-               "launch")
+_SUBMODULES = ("_jit", "shrink_kernel", "shrink_tma_kernel", "expand_kernel", "fill_kernel",
+               "fused_kernel", "launch")
 
 
 def _interpreted(kernel) -> bool:

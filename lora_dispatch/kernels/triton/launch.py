@@ -22,6 +22,7 @@ from lora_dispatch.devices import configs
 from lora_dispatch.devices.info import describe
 
 from .expand_kernel import expand_kernel
+from .fill_kernel import ZERO_BLOCK, zero_kernel
 from .fused_kernel import fused_kernel
 from .shrink_kernel import shrink_kernel
 from .shrink_tma_kernel import shrink_tma_kernel
@@ -68,10 +69,14 @@ try:
     from lora_dispatch.launchers import LaunchGroup
 
     _GROUP: LaunchGroup | None = LaunchGroup(shrink_kernel, expand_kernel)
+    # the public shrink: its zero fill, then the split-K atomics
+    _ZGROUP: LaunchGroup | None = LaunchGroup(zero_kernel, shrink_kernel)
 except (ImportError, TypeError):  # no fast launcher: each kernel launches on its own
-    _GROUP = None
+    _GROUP = _ZGROUP = None
 # option slots of the group's kernels (fixed at import: plans outlive a swapped _GROUP)
 _GROUP_OPTIONS = None if _GROUP is None else _GROUP.options
+_ZERO_TAIL = (ZERO_BLOCK,) + (() if _ZGROUP is None else _ZGROUP.options(
+    0, num_warps=4, num_stages=1))
 
 
 def _split_meta(meta: dict, names: tuple[str, ...], i: int) -> tuple:
@@ -240,7 +245,8 @@ _E_OUT, _E_OS = 2, slice(16, 18)
 def _tma_ready(x) -> bool:
     """``x`` meets the descriptor contract: 16-byte base and row stride, unit column stride."""
     xs = x.stride()
-    return xs[1] == 1 and (xs[0] * x.element_size()) % 16 == 0 and x.data_ptr() % 16 == 0
+    return (xs[1] == 1 and xs[0] >= x.shape[1] and (xs[0] * x.element_size()) % 16 == 0
+            and x.data_ptr() % 16 == 0)
 
 
 def _launch_shrink(p: ShrinkPlan, x, w, batch, y, t: int, ys: tuple | None = None) -> None:
@@ -290,10 +296,20 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
     """
     t = x.shape[0]
     r = w.max_rank
-    y = torch.zeros((w.num_slices, t, r), dtype=torch.float32, device=x.device)
-    if t:
-        p = plan_for("shrink", w, t, None, split_k)
-        _launch_shrink(p, x, w, batch, y, t, (0, t * r, r, 1))  # every split adds into y
+    n = w.num_slices * t * r
+    y = torch.empty((w.num_slices, t, r), dtype=torch.float32, device=x.device)
+    if not t:
+        return y
+    p = plan_for("shrink", w, t, None, split_k)
+    args = _shrink_args(p, x, x.stride(), w, batch, y, t, (0, t * r, r, 1))  # splits add into y
+    zgrid = (_cdiv(n, ZERO_BLOCK),)
+    if p.tma and _tma_ready(x):
+        zero_kernel[zgrid](y, n, ZERO_BLOCK, num_warps=4, num_stages=1)
+        _launch_shrink_tma(p, x, w, args)
+    elif not (_ZGROUP is not None and _ZGROUP.available()
+              and _ZGROUP((zgrid, p.grid), (y, n, *_ZERO_TAIL, *args, *p.tail))):
+        zero_kernel[zgrid](y, n, ZERO_BLOCK, num_warps=4, num_stages=1)
+        shrink_kernel[p.grid](*args, *p.cx, num_warps=p.num_warps, num_stages=p.num_stages)
     return y
 
 
