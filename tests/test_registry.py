@@ -183,3 +183,44 @@ def test_configs_per_device_family():
         configs.shrink_config(MI300X, 1, 4096, 48, 2).split_k
         >= configs.shrink_config(unknown, 1, 4096, 48, 2).split_k
     )
+
+
+def test_prefill_configs_fill_the_device():
+    """Workspace shrink splits K while one split leaves under two programs per unit; the
+    rank-64 expand takes 8 column blocks only when the grid's last wave stays >= 90% full."""
+    from lora_dispatch.devices import configs
+
+    units = H100.compute_units
+
+    def programs(t, cfg, rank, slices=3):
+        pairs = slices * -(-rank // cfg.block_n)
+        return -(-t // cfg.block_m) * -(-pairs // cfg.rank_blocks)
+
+    for t in (3072, 4096, 6144, 8192, 16384):
+        for rank in (16, 64):
+            c = configs.shrink_config(H100, t, 4096, rank, 2, atomic=False, slices=3)
+            want = 2 if programs(t, c, rank) < 2 * units else 1
+            assert c.split_k == want, (t, rank, c)
+    for t in (4096, 6144, 8192):
+        e = configs.expand_config(H100, t, 6144, 64, 2)
+        p8 = -(-t // e.block_m) * -(-6144 // (e.block_n * 8))
+        slots = 3 * units
+        assert (e.col_blocks == 8) == (p8 / slots / -(-p8 // slots) >= 0.9), (t, e)
+    assert configs.expand_config(H100, 6144, 6144, 64, 2).col_blocks == 4
+    assert configs.expand_config(H100, 4096, 4096, 64, 2).block_n == 64
+    assert configs.expand_config(H100, 8192, 4096, 64, 2).block_n == 128
+
+
+def test_tma_env(monkeypatch):
+    from lora_dispatch.devices import configs
+
+    monkeypatch.delenv(configs.ENV_TMA, raising=False)
+    assert not configs.shrink_tma(H100, 8192), "auto: off until a family measures faster"
+    assert not configs.shrink_tma(A100, 8192)
+    monkeypatch.setenv(configs.ENV_TMA, "1")
+    assert configs.shrink_tma(A100, 1)
+    monkeypatch.setenv(configs.ENV_TMA, "0")
+    assert not configs.shrink_tma(H100, 8192)
+    monkeypatch.setenv(configs.ENV_TMA, "on")
+    with pytest.raises(ValueError, match=configs.ENV_TMA):
+        configs.shrink_tma(H100, 8192)
