@@ -58,6 +58,47 @@ def _block_store(acc, sl, c0, n_mask, m_mask, tok64, slot, pid_k, scal_ptr, y_pt
         tl.store(y_ptrs, acc * scale, mask=mask)
 
 
+@triton.jit
+def _blocks(pid_n, rank, S: tl.constexpr, NBR: tl.constexpr, BN: tl.constexpr,
+            RB: tl.constexpr):
+    """The ``RB`` (slice, first column, row mask ``[BN]``) of program column ``pid_n``, then
+    whether any is live. Pairs past ``RB`` repeat the first (unused by the callers)."""
+    q0 = pid_n * RB
+    sl0, c00, n_mask0, live = _block(q0, rank, S, NBR, BN)
+    sl1, c01, n_mask1 = sl0, c00, n_mask0
+    sl2, c02, n_mask2 = sl0, c00, n_mask0
+    sl3, c03, n_mask3 = sl0, c00, n_mask0
+    if RB > 1:
+        sl1, c01, n_mask1, live1 = _block(q0 + 1, rank, S, NBR, BN)
+        live = live | live1
+    if RB > 2:
+        sl2, c02, n_mask2, live2 = _block(q0 + 2, rank, S, NBR, BN)
+        live = live | live2
+    if RB > 3:
+        sl3, c03, n_mask3, live3 = _block(q0 + 3, rank, S, NBR, BN)
+        live = live | live3
+    return (sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3,
+            live)
+
+
+@triton.jit
+def _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
+                  n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                  stride_yp, stride_ys, stride_yt, S: tl.constexpr, BN: tl.constexpr,
+                  RB: tl.constexpr, ATOMIC: tl.constexpr):
+    _block_store(acc0, sl0, c00, n_mask0, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                 stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
+    if RB > 1:
+        _block_store(acc1, sl1, c01, n_mask1, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                     stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
+    if RB > 2:
+        _block_store(acc2, sl2, c02, n_mask2, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                     stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
+    if RB > 3:
+        _block_store(acc3, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                     stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
+
+
 @fast_launch
 @triton.jit
 def shrink_kernel(
@@ -78,17 +119,8 @@ def shrink_kernel(
         return
     rank = tl.load(ranks_ptr + slot)
     NBR: tl.constexpr = (R + BN - 1) // BN
-    q0 = pid_n * RB
-    sl0, c00, n_mask0, live = _block(q0, rank, S, NBR, BN)
-    if RB > 1:
-        sl1, c01, n_mask1, live1 = _block(q0 + 1, rank, S, NBR, BN)
-        live = live | live1
-    if RB > 2:
-        sl2, c02, n_mask2, live2 = _block(q0 + 2, rank, S, NBR, BN)
-        live = live | live2
-    if RB > 3:
-        sl3, c03, n_mask3, live3 = _block(q0 + 3, rank, S, NBR, BN)
-        live = live | live3
+    (sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3,
+     live) = _blocks(pid_n, rank, S, NBR, BN, RB)
     if not live:
         return
     m_mask, tok64 = tile_tokens(tile, tok_ptr, T, NT, BM)  # [BM], [BM]
@@ -99,15 +131,12 @@ def shrink_kernel(
               + (row0 + tl.arange(0, BN))[:, None].to(tl.int64) * K
               + offs_k[None, :])  # [BN, BK]
     acc0 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
-    if RB > 1:
-        a_off1 = (sl1 * rank + c01 - row0).to(tl.int64) * K
-        acc1 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
-    if RB > 2:
-        a_off2 = (sl2 * rank + c02 - row0).to(tl.int64) * K
-        acc2 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
-    if RB > 3:
-        a_off3 = (sl3 * rank + c03 - row0).to(tl.int64) * K
-        acc3 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
+    acc1 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
+    acc2 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
+    acc3 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
+    a_off1 = (sl1 * rank + c01 - row0).to(tl.int64) * K
+    a_off2 = (sl2 * rank + c02 - row0).to(tl.int64) * K
+    a_off3 = (sl3 * rank + c03 - row0).to(tl.int64) * K
     k_end = tl.minimum(pid_k * K_SPLIT + K_SPLIT, K)
     for k in range(pid_k * K_SPLIT, k_end, BK):
         k_mask = (offs_k + (k - pid_k * K_SPLIT)) < k_end  # [BK]
@@ -125,14 +154,6 @@ def shrink_kernel(
         x_ptrs += BK * stride_xk
         a_ptrs += BK
 
-    _block_store(acc0, sl0, c00, n_mask0, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                 stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
-    if RB > 1:
-        _block_store(acc1, sl1, c01, n_mask1, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                     stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
-    if RB > 2:
-        _block_store(acc2, sl2, c02, n_mask2, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                     stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
-    if RB > 3:
-        _block_store(acc3, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                     stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
+    _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
+                  n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                  stride_yp, stride_ys, stride_yt, S, BN, RB, ATOMIC)

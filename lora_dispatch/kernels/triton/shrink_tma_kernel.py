@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .shrink_kernel import _block, _block_store
+from .shrink_kernel import _blocks, _store_blocks
 from .tiles import tile_tokens
 
 __all__ = ["shrink_tma_kernel"]
@@ -59,20 +59,8 @@ def shrink_tma_kernel(
         return
     rank = tl.load(ranks_ptr + slot)
     NBR: tl.constexpr = (R + BN - 1) // BN
-    q0 = pid_n * RB
-    sl0, c00, n_mask0, live = _block(q0, rank, S, NBR, BN)
-    sl1, c01, n_mask1 = sl0, c00, n_mask0
-    sl2, c02, n_mask2 = sl0, c00, n_mask0
-    sl3, c03, n_mask3 = sl0, c00, n_mask0
-    if RB > 1:
-        sl1, c01, n_mask1, live1 = _block(q0 + 1, rank, S, NBR, BN)
-        live = live | live1
-    if RB > 2:
-        sl2, c02, n_mask2, live2 = _block(q0 + 2, rank, S, NBR, BN)
-        live = live | live2
-    if RB > 3:
-        sl3, c03, n_mask3, live3 = _block(q0 + 3, rank, S, NBR, BN)
-        live = live | live3
+    (sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3,
+     live) = _blocks(pid_n, rank, S, NBR, BN, RB)
     if not live:
         return
     m_mask, tok64 = tile_tokens(tile, tok_ptr, T, NT, BM)  # [BM], [BM]
@@ -109,14 +97,6 @@ def shrink_tma_kernel(
                                            ar0, ar1, ar2, ar3, k, RB, PREC)
             x_ptrs += BK * stride_xk
 
-    _block_store(acc0, sl0, c00, n_mask0, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                 stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
-    if RB > 1:
-        _block_store(acc1, sl1, c01, n_mask1, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                     stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
-    if RB > 2:
-        _block_store(acc2, sl2, c02, n_mask2, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                     stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
-    if RB > 3:
-        _block_store(acc3, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                     stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
+    _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
+                  n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                  stride_yp, stride_ys, stride_yt, S, BN, RB, ATOMIC)
