@@ -79,6 +79,19 @@ def rel(got, want):
     return num / den if den else num
 
 
+def capture(step):
+    """A CUDA graph of ``step`` (warmed up once on a side stream first)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        step()
+    return g
+
+
 def token_batch(slots):
     """Device batch from per-token slots.
 
@@ -228,14 +241,7 @@ def test_cuda_graph_replay_50_batches(dtype):
         out2.copy_(base)
         ld.lora_expand(ys, w, batch, out2)
 
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        step()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        step()
+    g = capture(step)
     for i in range(50):
         n = int(torch.randint(0, cap + 1, (1,), generator=gen))
         slots = random_slots(n, w.num_slots, gen, frac_none=0.1 * (i % 4))
@@ -476,14 +482,7 @@ def test_shrink_tma_graph_replay(monkeypatch):
         ys.copy_(ld.lora_shrink(x, w, batch))
 
     assert tk.plan_for("add", w, cap).shrink.tma and tk.plan_for("shrink", w, cap).tma
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        step()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        step()
+    g = capture(step)
     for i in range(12):
         slots = (_segment_slots(cap, w.num_slots, gen, tail=64 * (i % 3)) if i % 4 else
                  random_slots(cap, w.num_slots, gen))
