@@ -80,9 +80,7 @@ def info(
         "triton": _triton_version(),
         "launcher": _launcher_mode(),
         "env": {
-            k: os.environ[k]
-            for k in ("LORA_DISPATCH_BACKEND", "LORA_DISPATCH_LAUNCHER", "LORA_DISPATCH_NATIVE",
-                      "LORA_DISPATCH_LEAN", "LORA_DISPATCH_TMA", "TRITON_INTERPRET")
-            if k in os.environ
+            k: v for k, v in sorted(os.environ.items())
+            if k.startswith("LORA_DISPATCH_") or k == "TRITON_INTERPRET"
         },
     }

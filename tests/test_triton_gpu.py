@@ -383,6 +383,26 @@ def test_shrink_rank_blocks(cfg, dtype):
                 assert torch.equal(got[~valid], torch.zeros_like(got[~valid]))
 
 
+def group_runs(monkeypatch, attr, group, side, fn):
+    """``fn()`` on ``side`` three times: with ``launch.<attr>`` set to None (the separate
+    launches compile the variants), then twice with ``group``, which must then launch once
+    per call where the native tier is on. Returns the three results."""
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
+    out = []
+    for use_group in (False, True, True):
+        monkeypatch.setattr(tl_launch, attr, group if use_group else None)
+        before = group.launches if group is not None else 0
+        side.wait_stream(torch.cuda.current_stream(DEV))
+        with torch.cuda.stream(side):
+            out.append(fn())
+        torch.cuda.current_stream(DEV).wait_stream(side)
+        if use_group and group is not None and group.native:
+            assert group.launches == before + 1
+    torch.cuda.synchronize()
+    return out
+
+
 def test_add_lora_launch_group_matches_separate_launches(monkeypatch):
     """Eager add_lora issues its shrink and expand as one launch group where the native
     tier is on: the first call of a shape builds the variants through the separate
@@ -400,22 +420,8 @@ def test_add_lora_launch_group_matches_separate_launches(monkeypatch):
         x = torch.randn(t, 2 * 4096, generator=gen).to(DEV, torch.bfloat16)[:, ::2]
         base = torch.randn(t, w.total_out, generator=gen).to(DEV, torch.bfloat16)
         want = base.double() + ref_delta(ref_y(x, w, slots.to(DEV)), w, slots.to(DEV), t)
-        outs = []
-        for use_group in (False, True, True):
-            out = base.clone()
-            if use_group:
-                monkeypatch.setattr(tl_launch, "_GROUP", group)
-            else:
-                monkeypatch.setattr(tl_launch, "_GROUP", None)
-            before = group.launches if group is not None else 0
-            side.wait_stream(torch.cuda.current_stream(DEV))
-            with torch.cuda.stream(side):
-                ld.add_lora(out, x, w, batch)
-            torch.cuda.current_stream(DEV).wait_stream(side)
-            if use_group and group is not None and group.native:
-                assert group.launches == before + 1
-            outs.append(out)
-        torch.cuda.synchronize()
+        outs = group_runs(monkeypatch, "_GROUP", group, side,
+                          lambda b=base, x=x, batch=batch: ld.add_lora(b.clone(), x, w, batch))
         assert rel(outs[0], want) < TOL[torch.bfloat16]
         assert torch.equal(outs[1], outs[0]) and torch.equal(outs[2], outs[0])
     if group is not None and tl_launch.shrink_kernel.launch_tier == "native":
@@ -513,17 +519,8 @@ def test_public_shrink_zero_fill_group(monkeypatch):
         batch = token_batch(slots)
         x = torch.randn(t, 4096, generator=gen).to(DEV, torch.bfloat16)
         want = ref_y(x, w, slots.to(DEV))
-        ys = []
-        for use_group in (False, True, True):
-            monkeypatch.setattr(tl_launch, "_ZGROUP", group if use_group else None)
-            before = group.launches if group is not None else 0
-            side.wait_stream(torch.cuda.current_stream(DEV))
-            with torch.cuda.stream(side):
-                ys.append(ld.lora_shrink(x, w, batch))
-            torch.cuda.current_stream(DEV).wait_stream(side)
-            if use_group and group is not None and group.native:
-                assert group.launches == before + 1
-        torch.cuda.synchronize()
+        ys = group_runs(monkeypatch, "_ZGROUP", group, side,
+                        lambda x=x, batch=batch: ld.lora_shrink(x, w, batch))
         for y in ys:
             assert rel(y, want) <= TOL[torch.bfloat16]
             assert torch.equal(y[want == 0], torch.zeros_like(y[want == 0]))

@@ -30,6 +30,7 @@ __all__ = [
     "fused_max_tokens",
     "next_pow2",
     "shrink_tma",
+    "tma_mode",
     "ENV_TMA",
 ]
 
@@ -258,6 +259,14 @@ _FUSED_MAX_TOKENS: dict[str, int] = {"h100": 0, "h200": 0}
 _TMA_MIN_TOKENS: dict[str, int] = {}
 
 
+def tma_mode() -> str:
+    """``LORA_DISPATCH_TMA`` as ``auto``, ``0`` or ``1`` (``ValueError`` for anything else)."""
+    mode = os.environ.get(ENV_TMA, "auto").strip().lower() or "auto"
+    if mode not in ("auto", "0", "1"):
+        raise ValueError(f"{ENV_TMA} must be 'auto', '0' or '1', got {mode!r}")
+    return mode
+
+
 def shrink_tma(info: DeviceInfo, t: int) -> bool:
     """Whether a shrink of ``t`` tokens reads ``x`` / ``A`` through TMA tensor descriptors.
 
@@ -272,9 +281,7 @@ def shrink_tma(info: DeviceInfo, t: int) -> bool:
     ValueError
         If ``LORA_DISPATCH_TMA`` is not ``auto``, ``0`` or ``1``.
     """
-    mode = os.environ.get(ENV_TMA, "auto").strip().lower() or "auto"
-    if mode not in ("auto", "0", "1"):
-        raise ValueError(f"{ENV_TMA} must be 'auto', '0' or '1', got {mode!r}")
+    mode = tma_mode()
     if mode != "auto":
         return mode == "1"
     cap = info.capability

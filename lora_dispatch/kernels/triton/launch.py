@@ -75,8 +75,9 @@ except (ImportError, TypeError):  # no fast launcher: each kernel launches on it
     _GROUP = _ZGROUP = None
 # option slots of the group's kernels (fixed at import: plans outlive a swapped _GROUP)
 _GROUP_OPTIONS = None if _GROUP is None else _GROUP.options
+_ZERO_WARPS = 4
 _ZERO_TAIL = (ZERO_BLOCK,) + (() if _ZGROUP is None else _ZGROUP.options(
-    0, num_warps=4, num_stages=1))
+    0, num_warps=_ZERO_WARPS, num_stages=1))
 
 
 def _split_meta(meta: dict, names: tuple[str, ...], i: int) -> tuple:
@@ -144,8 +145,10 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
     nb = _cdiv(s * _cdiv(r, cfg.block_n), cfg.rank_blocks)
     tma = configs.shrink_tma(describe(w.device), t)
     if tma and TensorDescriptor is None:
-        raise RuntimeError(f"{configs.ENV_TMA}=1 but this Triton release has no tensor "
-                           "descriptors (triton.tools.tensor_descriptor, 3.4+)")
+        if configs.tma_mode() == "1":
+            raise RuntimeError(f"{configs.ENV_TMA}=1 but this Triton release has no tensor "
+                               "descriptors (triton.tools.tensor_descriptor, 3.4+)")
+        tma = False
     tma = tma and k_split % cfg.block_k == 0 and (k * w.lora_a.element_size()) % 16 == 0
     meta = dict(
         S=s, R=r, TILE=tile_index(cfg.block_m), BM=cfg.block_m, BN=cfg.block_n,
@@ -301,15 +304,15 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
     if not t:
         return y
     p = plan_for("shrink", w, t, None, split_k)
-    args = _shrink_args(p, x, x.stride(), w, batch, y, t, (0, t * r, r, 1))  # splits add into y
+    ys = (0, t * r, r, 1)  # every split adds into y
     zgrid = (_cdiv(n, ZERO_BLOCK),)
-    if p.tma and _tma_ready(x):
-        zero_kernel[zgrid](y, n, ZERO_BLOCK, num_warps=4, num_stages=1)
-        _launch_shrink_tma(p, x, w, args)
-    elif not (_ZGROUP is not None and _ZGROUP.available()
-              and _ZGROUP((zgrid, p.grid), (y, n, *_ZERO_TAIL, *args, *p.tail))):
-        zero_kernel[zgrid](y, n, ZERO_BLOCK, num_warps=4, num_stages=1)
-        shrink_kernel[p.grid](*args, *p.cx, num_warps=p.num_warps, num_stages=p.num_stages)
+    if (not (p.tma and _tma_ready(x)) and _ZGROUP is not None and _ZGROUP.available()
+            and _ZGROUP((zgrid, p.grid), (y, n, *_ZERO_TAIL,
+                                          *_shrink_args(p, x, x.stride(), w, batch, y, t, ys),
+                                          *p.tail))):
+        return y  # both launches in one native call
+    zero_kernel[zgrid](y, n, ZERO_BLOCK, num_warps=_ZERO_WARPS, num_stages=1)
+    _launch_shrink(p, x, w, batch, y, t, ys)
     return y
 
 
@@ -418,13 +421,10 @@ def _group_slots(p: AddPlan, base_out, x, w, batch, ws, t: int) -> tuple:
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
     sp = p.shrink
     ws = _workspace(p.ws_numel, x)
-    if sp.tma and _tma_ready(x):
-        _launch_shrink_tma(sp, x, w, _shrink_args(sp, x, x.stride(), w, batch, ws, t, p.ys))
-    elif _GROUP is not None and _GROUP.available() and _GROUP(
-            (sp.grid, p.expand.grid), _group_slots(p, base_out, x, w, batch, ws, t)):
+    if (not (sp.tma and _tma_ready(x)) and _GROUP is not None and _GROUP.available()
+            and _GROUP((sp.grid, p.expand.grid), _group_slots(p, base_out, x, w, batch, ws, t))):
         return  # both launches in one native call
-    else:
-        _launch_shrink(sp, x, w, batch, ws, t, p.ys)
+    _launch_shrink(sp, x, w, batch, ws, t, p.ys)
     _launch_expand(p.expand, ws, w, batch, base_out, t, p.ys)
 
 
