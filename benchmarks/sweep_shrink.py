@@ -73,6 +73,20 @@ def _mid(rank: int, slices: int) -> set:
     return out
 
 
+def _small(rank: int, slices: int) -> set:
+    """Short token tiles (more programs in flight per unit, as in the best read-only
+    kernel of ``roofline_read.py``), long K steps, 4-8 warps, 1-2 splits."""
+    out = set()
+    bn = max(16, min(64, C.next_pow2(rank)))
+    rbs = (1, 3) if slices * -(-rank // bn) >= 3 and bn * 3 <= 64 else (1,)
+    for bm, rb, bk, warps, stages, split in itertools.product(
+            (16, 32, 64), rbs, (128, 256), (4, 8), (4,), (1, 2)):
+        if stages * (bm + bn * rb) * bk * 2 > 200 * 1024:
+            continue
+        out.add(C.ShrinkConfig(bm, bn, bk, split, warps, stages, rb))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--json", default=None)
@@ -82,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="a small set around the shipped schedule (BN <= rank, 1-3 blocks)")
     ap.add_argument("--mid", action="store_true",
                     help="tile height x blocks per program x K step x split (mid-size T)")
+    ap.add_argument("--small", action="store_true",
+                    help="short token tiles x K step x warps x stages x split")
+    ap.add_argument("--atomic", action="store_true",
+                    help="the public shrink's mode (zero fill + float32 atomics), not add_lora's")
     ap.add_argument("--op", default="shrink", choices=("shrink", "add_lora"),
                     help="add_lora: the fused qkv shape (S = 3 slices) that add_lora shrinks")
     args = ap.parse_args(argv)
@@ -94,20 +112,29 @@ def main(argv: list[str] | None = None) -> int:
         p = Problem(args.op, 4096, t, rank, 4, torch.bfloat16, dev)
         batch, items = _build(p, 1)
         w, x, _, _ = items[0]
-        default = C.shrink_config(current(dev), t, 4096, w.max_rank, 2, False,
+        default = C.shrink_config(current(dev), t, 4096, w.max_rank, 2, args.atomic,
                                   slices=w.num_slices)
         cands = {default}
-        if args.mid:
+        if args.small:
+            cands.update(_small(w.max_rank, w.num_slices))
+        elif args.mid:
             cands.update(_mid(w.max_rank, w.num_slices))
         else:
             cands.update(_focused(w.max_rank, w.num_slices, t) if args.focused else _full(w))
         best = None
         for cfg in sorted(cands, key=lambda c: (c != default, c.block_m, c.block_n, c.block_k)):
-            plan = L._shrink_plan(w, t, atomic=False, cfg=cfg)
-            y = torch.empty((plan.split, w.num_slices, t, w.max_rank), device=dev)
+            plan = L._shrink_plan(w, t, atomic=args.atomic, cfg=cfg)
+            if args.atomic:  # the public op: zero fill, then the split-K atomics
+                y = torch.empty((w.num_slices, t, w.max_rank), device=dev)
 
-            def fn(plan=plan, y=y, x=x, w=w, batch=batch, t=t):
-                L._launch_shrink(plan, x, w, batch, y, t)
+                def fn(plan=plan, y=y, x=x, w=w, batch=batch, t=t):
+                    y.zero_()
+                    L._launch_shrink(plan, x, w, batch, y, t, (0, *y.stride()))
+            else:
+                y = torch.empty((plan.split, w.num_slices, t, w.max_rank), device=dev)
+
+                def fn(plan=plan, y=y, x=x, w=w, batch=batch, t=t):
+                    L._launch_shrink(plan, x, w, batch, y, t)
 
             try:
                 us = gpu_time_us(fn, dev, warmup_ms=5, rep_ms=20)
@@ -117,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             s_, k_ = w.num_slices, w.in_features  # x once, A of the used slots, y in fp32
             nbytes = t * k_ * 2 + min(4, t) * s_ * rank * k_ * 2 + t * s_ * rank * 4
             gbs = nbytes / (us * 1e-6) / 1e9
-            row = dict(T=t, rank=rank, default=cfg == default, us=us, gbs=gbs,
+            row = dict(op=args.op, atomic=args.atomic, T=t, rank=rank, default=cfg == default,
+                       us=us, gbs=gbs,
                        pct_copy=100 * gbs / copy, **cfg.__dict__)
             rows.append(row)
             if best is None or us < best["us"]:

@@ -525,3 +525,53 @@ def test_public_shrink_zero_fill_group(monkeypatch):
             assert rel(y, want) <= TOL[torch.bfloat16]
             assert torch.equal(y[want == 0], torch.zeros_like(y[want == 0]))
         torch.testing.assert_close(ys[1], ys[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [
+    # block_m, block_n, block_r, warps, programs per compute unit
+    (32, 128, 64, 4, 2), (64, 128, 64, 8, 4), (32, 64, 64, 4, 8), (16, 64, 32, 4, 1),
+])
+@pytest.mark.parametrize("hidden,outs,dtype,t", [
+    (4096, (4096, 1024, 1024), torch.bfloat16, 8192),
+    (5120, (5120, 5120), torch.float16, 2049),
+    (3584, (18944, 18944), torch.bfloat16, 1500),
+    (1000, (1000, 300, 77), torch.float32, 700),
+])
+def test_expand_persistent(cfg, hidden, outs, dtype, t):
+    """The persistent expand (a fixed grid walking (tile, column block) items, next out tile
+    prefetched) over prefill segments with a gathered tail, mixed ranks 1-128 (rank blocks
+    smaller than max_rank), slot -1 and an empty slot, 1 and 2 partial products, strided
+    and misaligned out: against float64 and against the one-shot kernel (NaN-poisoned rows
+    of tokens without an adapter must stay NaN)."""
+    from lora_dispatch.devices import configs as C
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
+    bm, bn, br, warps, ppu = cfg
+    gen = torch.Generator().manual_seed(t + bm + ppu)
+    w = make_weights(9, hidden, outs, dtype, seed=t)
+    slots = _segment_slots(t, w.num_slots, gen)
+    batch = token_batch(slots)
+    y64 = ref_y(torch.randn(t, hidden, generator=gen).to(DEV, dtype), w, slots.to(DEV))
+    delta = ref_delta(y64, w, slots.to(DEV), t)
+    has = torch.zeros(t, dtype=torch.bool, device=DEV)
+    for slot in range(w.num_slots):
+        if w.host_ranks[slot]:
+            has |= slots.to(DEV) == slot
+    for split in (1, 2):
+        ys = (y64.float() / split).expand(split, *y64.shape).contiguous()  # [P, S, T, R]
+        base = (0.5 * torch.randn(t, w.total_out + 3, generator=gen)).to(DEV, dtype)
+        base[:, 3:][~has] = float("nan")
+        base = base[:, 3:]  # misaligned rows, row stride != width
+        plan = tl_launch._expand_plan(w, t, split, cfg=C.ExpandConfig(bm, bn, br, warps, 1, 1,
+                                                                     ppu))
+        assert plan.persistent and plan.grid[0] <= ppu * torch.cuda.get_device_properties(
+            DEV).multi_processor_count
+        out = base.clone()
+        tl_launch._launch_expand(plan, ys, w, batch, out, t)
+        assert out[~has].isnan().all(), "rows without an adapter were written"
+        err = rel(out[has].double() - base[has].double(), delta[has])
+        assert err <= TOL[dtype], f"split={split}: rel err {err:.3g}"
+        one = tl_launch._expand_plan(w, t, split, cfg=C.ExpandConfig(bm, bn, br, warps, 1, 1))
+        ref = base.clone()
+        tl_launch._launch_expand(one, ys, w, batch, ref, t)
+        torch.testing.assert_close(out[has], ref[has])
