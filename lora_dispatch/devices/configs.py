@@ -56,11 +56,7 @@ class ShrinkConfig:
 
 @dataclass(frozen=True)
 class ExpandConfig:
-    """Segmented ``y @ B^T`` added into the output: tokens, columns, rank step, launch knobs.
-
-    ``persistent`` > 0 selects the persistent kernel with that many programs per compute
-    unit, each walking (tile, ``block_n`` columns) items (``col_blocks`` is then unused).
-    """
+    """Segmented ``y @ B^T`` added into the output: tokens, columns, rank step, launch knobs."""
 
     block_m: int
     block_n: int
@@ -68,7 +64,6 @@ class ExpandConfig:
     num_warps: int
     num_stages: int
     col_blocks: int = 1
-    persistent: int = 0
 
 
 @dataclass(frozen=True)

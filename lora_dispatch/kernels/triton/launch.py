@@ -22,7 +22,6 @@ from lora_dispatch.devices import configs
 from lora_dispatch.devices.info import describe
 
 from .expand_kernel import expand_kernel
-from .expand_persistent_kernel import expand_persistent_kernel
 from .fill_kernel import ZERO_BLOCK, zero_kernel
 from .fused_kernel import fused_kernel
 from .shrink_kernel import shrink_kernel
@@ -60,34 +59,30 @@ class ExpandPlan(NamedTuple):
     num_warps: int
     num_stages: int
     tail: tuple
-    persistent: bool = False  # expand_persistent_kernel: a fixed grid walks (tile, block) items
 
 
 _SHRINK_CX = ("S", "R", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "PREC")
 _EXPAND_CX = ("S", "R", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "ALIGN", "PREC")
-_EXPAND_P_CX = ("S", "R", "TILE", "SPLIT", "BM", "BN", "BR", "ALIGN", "PREC")
 
 
 try:
     from lora_dispatch.launchers import LaunchGroup
 
     _GROUP: LaunchGroup | None = LaunchGroup(shrink_kernel, expand_kernel)
-    _PGROUP: LaunchGroup | None = LaunchGroup(shrink_kernel, expand_persistent_kernel)
     # the public shrink: its zero fill, then the split-K atomics
     _ZGROUP: LaunchGroup | None = LaunchGroup(zero_kernel, shrink_kernel)
 except (ImportError, TypeError):  # no fast launcher: each kernel launches on its own
-    _GROUP = _PGROUP = _ZGROUP = None
+    _GROUP = _ZGROUP = None
 # option slots of the group's kernels (fixed at import: plans outlive a swapped _GROUP)
 _GROUP_OPTIONS = None if _GROUP is None else _GROUP.options
-_PGROUP_OPTIONS = None if _PGROUP is None else _PGROUP.options
 _ZERO_WARPS = 4
 _ZERO_TAIL = (ZERO_BLOCK,) + (() if _ZGROUP is None else _ZGROUP.options(
     0, num_warps=_ZERO_WARPS, num_stages=1))
 
 
-def _split_meta(meta: dict, names: tuple[str, ...], i: int, options=_GROUP_OPTIONS) -> tuple:
+def _split_meta(meta: dict, names: tuple[str, ...], i: int) -> tuple:
     cx = tuple(meta[n] for n in names)
-    opts = () if options is None else options(
+    opts = () if _GROUP_OPTIONS is None else _GROUP_OPTIONS(
         i, num_warps=meta["num_warps"], num_stages=meta["num_stages"])
     return cx, meta["num_warps"], meta["num_stages"], cx + opts
 
@@ -170,17 +165,6 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None)
     if cfg is None:
         cfg = configs.expand_config(describe(w.device), t, w.total_out, w.max_rank,
                                     w.lora_b.element_size())
-    if cfg.persistent:
-        nb = sum(_cdiv(o, cfg.block_n) for o in w.out_features)
-        items = nb * _tiles(t, cfg.block_m, w.num_slots)
-        units = max(describe(w.device).compute_units, 1)
-        meta = dict(
-            S=w.num_slices, R=w.max_rank, TILE=tile_index(cfg.block_m), SPLIT=split,
-            BM=cfg.block_m, BN=cfg.block_n, BR=cfg.block_r, ALIGN=_align(w), PREC=PREC,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
-        return ExpandPlan((min(items, cfg.persistent * units),), nb, meta,
-                          *_split_meta(meta, _EXPAND_P_CX, 1, _PGROUP_OPTIONS), True)
     nb = sum(_cdiv(o, cfg.block_n * cfg.col_blocks) for o in w.out_features)
     meta = dict(
         S=w.num_slices, R=w.max_rank, TILE=tile_index(cfg.block_m), SPLIT=split,
@@ -289,7 +273,7 @@ def _launch_shrink_tma(p: ShrinkPlan, x, w, args: tuple) -> None:
 
 
 def _launch_expand(p: ExpandPlan, y, w, batch, out, t: int, ys: tuple | None = None) -> None:
-    (expand_persistent_kernel if p.persistent else expand_kernel)[p.grid](
+    expand_kernel[p.grid](
         *_expand_args(p, y, w, batch, out, out.stride(), t, y.stride() if ys is None else ys),
         *p.cx, num_warps=p.num_warps, num_stages=p.num_stages,
     )
@@ -437,9 +421,8 @@ def _group_slots(p: AddPlan, base_out, x, w, batch, ws, t: int) -> tuple:
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
     sp = p.shrink
     ws = _workspace(p.ws_numel, x)
-    group = _PGROUP if p.expand.persistent else _GROUP
-    if (not (sp.tma and _tma_ready(x)) and group is not None and group.available()
-            and group((sp.grid, p.expand.grid), _group_slots(p, base_out, x, w, batch, ws, t))):
+    if (not (sp.tma and _tma_ready(x)) and _GROUP is not None and _GROUP.available()
+            and _GROUP((sp.grid, p.expand.grid), _group_slots(p, base_out, x, w, batch, ws, t))):
         return  # both launches in one native call
     _launch_shrink(sp, x, w, batch, ws, t, p.ys)
     _launch_expand(p.expand, ws, w, batch, base_out, t, p.ys)
