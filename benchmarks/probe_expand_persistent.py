@@ -32,7 +32,7 @@ from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_
 from lora_dispatch.devices import configs as C
 from lora_dispatch.devices import current
 from lora_dispatch.kernels.triton import launch as L
-from lora_dispatch.kernels.triton.tiles import slice_block, tile_tokens
+from lora_dispatch.kernels.triton.tiles import slice_block, tile_rows
 
 _SHAPES = ("expand:8192:16,expand:8192:64,qkv_expand:8192:16,qkv_expand:8192:64,"
            "gate_up_expand:8192:64,expand:2048:16,qkv_expand:2048:64")
@@ -52,7 +52,7 @@ def _item(item, ITEMS, NB, tiles_ptr, tok_ptr, ranks_ptr, bounds_ptr, T, L, NT,
     rank = tl.where(ok, tl.load(ranks_ptr + slot), 0)
     sl, c0, c1 = slice_block(bounds_ptr, item % NB, S, BN, ALIGN)
     offs_n = c0 + tl.arange(0, BN)  # [BN]
-    m_mask, tok64 = tile_tokens(tile, tok_ptr, T, NT, BM)  # [BM], [BM]
+    m_mask, tok64 = tile_rows(tl.load(tile + NT), tl.load(tile + 2 * NT), tok_ptr, T, BM)
     return slot, rank, sl, offs_n, offs_n < c1, m_mask & (rank > 0), tok64
 
 

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ._jit import fast_launch
-from .tiles import slice_block, tile_tokens
+from .tiles import slice_block, tile_head, tile_rows
 
 __all__ = ["fused_kernel"]
 
@@ -31,16 +31,12 @@ def fused_kernel(
     pid = tl.program_id(0)
     pid_n = pid % NB
     pid_m = pid // NB
-    tile = tiles_ptr + TILE * 3 * NT + pid_m
-    slot = tl.load(tile)
-    if (slot < 0) | (slot >= L):
-        return
-    rank = tl.load(ranks_ptr + slot)
-    if rank == 0:
-        return
+    slot, rank, start, end = tile_head(tiles_ptr + TILE * 3 * NT + pid_m, ranks_ptr, L, NT)
     sl, c0, c1 = slice_block(bounds_ptr, pid_n, S, BN, ALIGN)
+    m_mask, tok64 = tile_rows(start, end, tok_ptr, T, BM)  # [BM], [BM]
+    if rank == 0:  # no slot or an empty slot
+        return
 
-    m_mask, tok64 = tile_tokens(tile, tok_ptr, T, NT, BM)  # [BM], [BM]
     offs_r = tl.arange(0, BR)  # [BR]
     r_mask = offs_r < rank  # [BR]
     offs_k = tl.arange(0, BK)  # [BK]

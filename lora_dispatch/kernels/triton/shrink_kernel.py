@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._jit import fast_launch
-from .tiles import tile_tokens
+from .tiles import tile_head, tile_rows
 
 __all__ = ["shrink_kernel"]
 
@@ -113,17 +113,13 @@ def shrink_kernel(
     pid_n = pid % NB
     pid_m = pid // NB
     pid_k = tl.program_id(1)
-    tile = tiles_ptr + TILE * 3 * NT + pid_m
-    slot = tl.load(tile)
-    if (slot < 0) | (slot >= L):
-        return
-    rank = tl.load(ranks_ptr + slot)
+    slot, rank, start, end = tile_head(tiles_ptr + TILE * 3 * NT + pid_m, ranks_ptr, L, NT)
+    m_mask, tok64 = tile_rows(start, end, tok_ptr, T, BM)  # [BM], [BM]
     NBR: tl.constexpr = (R + BN - 1) // BN
     (sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3,
      live) = _blocks(pid_n, rank, S, NBR, BN, RB)
-    if not live:
+    if not live:  # no slot, an empty slot, or every block past the rank
         return
-    m_mask, tok64 = tile_tokens(tile, tok_ptr, T, NT, BM)  # [BM], [BM]
     offs_k = pid_k * K_SPLIT + tl.arange(0, BK)  # [BK]
     row0 = sl0 * rank + c00
     x_ptrs = x_ptr + tok64[:, None] * stride_xm + offs_k[None, :] * stride_xk  # [BM, BK]

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .shrink_kernel import _blocks, _store_blocks
-from .tiles import tile_tokens
+from .tiles import tile_head, tile_rows
 
 __all__ = ["shrink_tma_kernel"]
 
@@ -53,19 +53,13 @@ def shrink_tma_kernel(
     pid_n = pid % NB
     pid_m = pid // NB
     pid_k = tl.program_id(1)
-    tile = tiles_ptr + TILE * 3 * NT + pid_m
-    slot = tl.load(tile)
-    if (slot < 0) | (slot >= L):
-        return
-    rank = tl.load(ranks_ptr + slot)
+    slot, rank, start, end = tile_head(tiles_ptr + TILE * 3 * NT + pid_m, ranks_ptr, L, NT)
+    m_mask, tok64 = tile_rows(start, end, tok_ptr, T, BM)  # [BM], [BM]
     NBR: tl.constexpr = (R + BN - 1) // BN
     (sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3,
      live) = _blocks(pid_n, rank, S, NBR, BN, RB)
-    if not live:
+    if not live:  # no slot, an empty slot, or every block past the rank
         return
-    m_mask, tok64 = tile_tokens(tile, tok_ptr, T, NT, BM)  # [BM], [BM]
-    start = tl.load(tile + NT)
-    end = tl.load(tile + 2 * NT)
     first = tl.load(tok_ptr + start)
     last = tl.load(tok_ptr + tl.maximum(end - 1, start))
     base = slot * (S * R)

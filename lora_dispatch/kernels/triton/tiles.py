@@ -5,18 +5,34 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["tile_tokens", "slice_block"]
+__all__ = ["tile_head", "tile_rows", "slice_block"]
 
 
 @triton.jit
-def tile_tokens(tile, tok_ptr, T, NT, BM: tl.constexpr):
-    """Row mask ``[BM]`` and int64 token ids ``[BM]`` of the tile at ``tile`` in ``tile_map``.
+def tile_head(tile, ranks_ptr, L, NT):
+    """Slot, its rank (0 for slot -1, an unknown slot or an empty slot), first and end row
+    in ``sorted_tokens`` of the tile at ``tile`` in ``tile_map``.
+
+    The three ``tile_map`` loads are independent and the rank load needs only the slot, so
+    a program waits two memory round trips here, not four (then :func:`tile_rows`, issued
+    beside the rank load).
+    """
+    slot = tl.load(tile)
+    start = tl.load(tile + NT)
+    end = tl.load(tile + 2 * NT)
+    ok = (slot >= 0) & (slot < L)
+    rank = tl.load(ranks_ptr + slot, mask=ok, other=0)
+    return slot, rank, start, end
+
+
+@triton.jit
+def tile_rows(start, end, tok_ptr, T, BM: tl.constexpr):
+    """Row mask ``[BM]`` and int64 token ids ``[BM]`` of rows ``start ... end`` of
+    ``sorted_tokens``.
 
     Rows past the tile's end or holding a token id outside ``[0, T)`` are masked; their ids
     read as 0 so addresses stay in bounds.
     """
-    start = tl.load(tile + NT)
-    end = tl.load(tile + 2 * NT)
     offs_m = start + tl.arange(0, BM)  # [BM]
     tok = tl.load(tok_ptr + offs_m, mask=offs_m < end, other=T)  # [BM]
     m_mask = (tok >= 0) & (tok < T)  # [BM]
