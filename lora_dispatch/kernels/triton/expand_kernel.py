@@ -43,6 +43,11 @@ def expand_kernel(
     offs_r = tl.arange(0, BR)  # [BR]
     y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + offs_r[None, :] * stride_yr
     b_base = b_ptr + slot.to(tl.int64) * N * R + offs_r[:, None]  # [BR, 1]
+    o_rows = out_ptr + tok64[:, None] * stride_om  # [BM, 1]
+    offs_n = c0 + tl.arange(0, BN)  # [BN]
+    o = tl.load(o_rows + offs_n[None, :] * stride_on,
+                mask=m_mask[:, None] & (offs_n < c1)[None, :],
+                other=0.0)  # [BM, BN] first block, in flight while y arrives
     if BR >= R:
         ym = m_mask[:, None] & (offs_r < rank)[None, :]  # [BM, BR]
         yb = tl.load(y_ptrs, mask=ym, other=0.0).to(tl.float32)  # [BM, BR]
@@ -53,9 +58,11 @@ def expand_kernel(
     for j in range(NCOL):
         offs_n = c0 + j * BN + tl.arange(0, BN)  # [BN]
         n_mask = offs_n < c1  # [BN]
-        o_ptrs = out_ptr + tok64[:, None] * stride_om + offs_n[None, :] * stride_on  # [BM, BN]
         mask = m_mask[:, None] & n_mask[None, :]  # [BM, BN]
-        o = tl.load(o_ptrs, mask=mask, other=0.0)  # [BM, BN]
+        nxt = (offs_n + BN < c1) & (j + 1 < NCOL)  # [BN]
+        o_next = tl.load(o_rows + (offs_n + BN)[None, :] * stride_on,
+                         mask=m_mask[:, None] & nxt[None, :],
+                         other=0.0)  # [BM, BN] next block, in flight during this one
         b_ptrs = b_base + offs_n[None, :].to(tl.int64) * R  # [BR, BN]
         if BR >= R:
             bb = tl.load(b_ptrs, mask=(offs_r < R)[:, None] & n_mask[None, :], other=0.0)
@@ -71,4 +78,6 @@ def expand_kernel(
                 bm_ = ((offs_r + r0) < R)[:, None] & n_mask[None, :]  # [BR, BN]
                 bb = tl.load(b_ptrs + r0, mask=bm_, other=0.0)  # [BR, BN]
                 acc += tl.dot(yr.to(bb.dtype), bb, input_precision=PREC)  # [BM, BN]
-        tl.store(o_ptrs, (o.to(tl.float32) + acc).to(o.dtype), mask=mask)
+        tl.store(o_rows + offs_n[None, :] * stride_on, (o.to(tl.float32) + acc).to(o.dtype),
+                 mask=mask)
+        o = o_next

@@ -1,0 +1,115 @@
+"""A/B the Triton kernels of several source trees on one GPU, in alternating rounds.
+
+    python benchmarks/ab_trees.py --trees old=.ab/old,new=. [--rounds 2] [--shapes ...]
+        [--json PATH]
+
+Each (round, tree) runs this script's worker in a fresh process with ``PYTHONPATH=<tree>``,
+so the kernels, configs and launch code all come from that tree (make one with
+``git archive <commit> | tar -x -C .ab/old``). The worker times, per shape (bf16, hidden
+4096, 4 adapters, ``op:T:rank`` with the ops of ``bench_kernels.py``): prefill (T > 256)
+with a cold L2 (median of CUDA-event times), decode as CUDA-graph replay per call over 8
+weight / input sets. Trees alternate within every round (host clocks and GPU temperature
+drift between rounds); the table keeps each tree's fastest round and the ratio to the first
+tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+_SHAPES = (
+    "shrink:8192:16,shrink:8192:64,expand:8192:16,expand:8192:64,qkv_expand:8192:16,"
+    "qkv_expand:8192:64,gate_up_expand:8192:16,add_lora:8192:16,add_lora:8192:64,"
+    "shrink:2048:16,expand:2048:64,qkv_expand:2048:64,add_lora:2048:16,add_lora:2048:64,"
+    "shrink:1:16,shrink:64:16,expand:16:16,qkv_expand:64:16,gate_up_expand:16:16,"
+    "gate_up_expand:64:16,add_lora:1:16,add_lora:64:16,add_lora:256:64"
+)
+
+
+def _worker(shapes: str) -> None:
+    import torch
+
+    from lora_dispatch.bench.kernels import Problem, _build, _call, _cycle, min_bytes
+    from lora_dispatch.bench.timing import copy_bandwidth_gbs, gpu_time_us, graph_time_us
+
+    impl = __import__("lora_dispatch.kernels.triton", fromlist=["add_lora"])
+    dev = torch.device("cuda")
+    copy = copy_bandwidth_gbs(dev)
+    for spec in shapes.split(","):
+        op, t, rank = spec.split(":")
+        p = Problem(op, 4096, int(t), int(rank), 4, torch.bfloat16, dev)
+        if p.t > 256:
+            batch, items = _build(p, 1)
+            us = gpu_time_us(_call(p, impl, batch, items[0]), dev, warmup_ms=10, rep_ms=40)
+            pct = 100 * min_bytes(p) / (us * 1e-6) / 1e9 / copy
+            row = dict(shape=spec, method="cold", us=us, pct_copy=pct)
+        else:
+            batch, items = _build(p, 8)
+            fn = _cycle([_call(p, impl, batch, it) for it in items])
+            row = dict(shape=spec, method="graph", us=graph_time_us(fn, dev, inner=24, reps=20))
+        print("ROW " + json.dumps(row), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trees", required=True, help="name=path,... (first is the baseline)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--shapes", default=_SHAPES)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        _worker(args.shapes)
+        return 0
+    trees = [tuple(kv.split("=", 1)) for kv in args.trees.split(",")]
+    for name, path in trees:
+        if not (Path(path) / "lora_dispatch" / "__init__.py").exists():
+            ap.error(f"tree {name}: no lora_dispatch package under {path!r}")
+    best: dict[tuple[str, str], dict] = {}
+    rounds = []
+    for r in range(args.rounds):
+        for name, path in trees:
+            env = dict(os.environ, PYTHONPATH=os.path.abspath(path), PYTHONUNBUFFERED="1")
+            proc = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--worker", "--trees", args.trees,
+                 "--shapes", args.shapes], env=env, capture_output=True, text=True,
+                cwd=os.path.abspath(path))
+            if proc.returncode:
+                print(f"round {r} tree {name} failed:\n{proc.stderr[-3000:]}", flush=True)
+            for line in proc.stdout.splitlines():
+                if line.startswith("ROW "):
+                    row = dict(json.loads(line[4:]), tree=name, round=r)
+                    rounds.append(row)
+                    key = (name, row["shape"])
+                    if key not in best or row["us"] < best[key]["us"]:
+                        best[key] = row
+            print(f"round {r} tree {name} done", flush=True)
+    base = trees[0][0]
+    shapes = list(dict.fromkeys(row["shape"] for row in rounds))
+    print(f"{'shape':24s} {'method':6s} " + " ".join(f"{n:>10s}" for n, _ in trees) + "  ratio")
+    for spec in shapes:
+        cells = [best.get((n, spec)) for n, _ in trees]
+        us = [f"{c['us']:10.2f}" if c else f"{'-':>10s}" for c in cells]
+        ratio = " ".join(f"{c['us'] / cells[0]['us']:.3f}" for c in cells[1:]
+                         if c and cells[0])
+        method = next(c["method"] for c in cells if c)
+        print(f"{spec:24s} {method:6s} " + " ".join(us) + f"  {ratio}")
+    if args.json:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        import torch
+
+        from lora_dispatch.bench.timing import env_record, write_json
+
+        meta = {**env_record(torch.device("cuda")), "trees": dict(trees), "baseline": base,
+                "rounds": args.rounds}
+        write_json(args.json, meta, rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
