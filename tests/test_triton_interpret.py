@@ -443,14 +443,18 @@ def test_public_api_rejects_before_launch(triton_backend):
 
 
 @pytest.mark.parametrize("cfg", [
-    (16, 16, 16, 1), (16, 16, 16, 3), (32, 32, 64, 2), (16, 64, 16, 1), (64, 16, 32, 4),
+    (16, 16, 16, 1, False), (16, 16, 16, 3, False), (32, 32, 64, 2, False),
+    (16, 64, 16, 1, False), (64, 16, 32, 4, False), (16, 16, 16, 3, True),
+    (32, 32, 64, 2, True), (16, 64, 16, 1, True), (64, 16, 32, 4, True),
 ])
 def test_expand_config_variants(cfg):
-    """Column-group loop (NCOL > 1), rank blocks smaller than max_rank, larger tiles."""
+    """Column-group loop (NCOL > 1), rank blocks smaller than max_rank, larger tiles, with
+    and without the out prefetch (a slice narrower than one group: the prefetch of the
+    block past the slice's end must load and store nothing)."""
     from lora_dispatch.devices import configs as C
     from lora_dispatch.kernels.triton import launch as L
 
-    bm, bn, br, ncol = cfg
+    bm, bn, br, ncol, prefetch = cfg
     gen = torch.Generator().manual_seed(sum(cfg))
     dtype = torch.float16
     outs = (72, 24, 40)
@@ -463,7 +467,7 @@ def test_expand_config_variants(cfg):
     delta = ref_delta(y, w, slots, t)
     base = poisoned((t, sum(outs)), dtype, gen)
     out = base.clone()
-    plan = L._expand_plan(w, t, 1, cfg=C.ExpandConfig(bm, bn, br, 4, 2, ncol))
+    plan = L._expand_plan(w, t, 1, cfg=C.ExpandConfig(bm, bn, br, 4, 2, ncol, prefetch))
     L._launch_expand(plan, y.float().unsqueeze(0), w, batch, out, t)
     assert rel(out.double() - base.double(), delta) <= TOL[dtype]
     has = adapter_rows(slots, w, t)

@@ -56,7 +56,11 @@ class ShrinkConfig:
 
 @dataclass(frozen=True)
 class ExpandConfig:
-    """Segmented ``y @ B^T`` added into the output: tokens, columns, rank step, launch knobs."""
+    """Segmented ``y @ B^T`` added into the output: tokens, columns, rank step, launch knobs.
+
+    ``prefetch``: load each ``out`` block one step ahead into registers (the first one before
+    ``y`` is waited on).
+    """
 
     block_m: int
     block_n: int
@@ -64,6 +68,7 @@ class ExpandConfig:
     num_warps: int
     num_stages: int
     col_blocks: int = 1
+    prefetch: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,8 +216,13 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
     if itemsize == 4:
         block_n = min(block_n, 64)
     block_n = min(block_n, max(16, next_pow2(n)))
+    # out one block ahead in registers, except beside the software pipeliner's buffers or in
+    # 64 x 128 tiles, where it cost more registers than it gained (H200 A/B, ab_trees.py:
+    # expand T=16 2.40 -> 2.35 us graph, gate_up T=64 6.30 -> 5.86, expand r16 T=8192 39.5 ->
+    # 39.4; lost: qkv r64 T=2048 (3 stages) 22.1 -> 26.0, qkv r64 T=8192 (64 x 128) 65.3 -> 67.7)
+    prefetch = not (stages > 1 and ncol > 1) and block_m * block_n <= 32 * 128
     return ExpandConfig(block_m, block_n, block_r, _warps(warp, warps),
-                        _stages(platform, family, stages), ncol)
+                        _stages(platform, family, stages), ncol, prefetch)
 
 
 def expand_config(info: DeviceInfo, t: int, n: int, max_rank: int, itemsize: int) -> ExpandConfig:

@@ -29,7 +29,7 @@ def expand_kernel(
     stride_yp, stride_ys, stride_yt, stride_yr, stride_om, stride_on,
     S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr, SPLIT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, NCOL: tl.constexpr,
-    ALIGN: tl.constexpr, PREC: tl.constexpr,
+    PREFETCH: tl.constexpr, ALIGN: tl.constexpr, PREC: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_n = pid % NB
@@ -44,10 +44,11 @@ def expand_kernel(
     y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + offs_r[None, :] * stride_yr
     b_base = b_ptr + slot.to(tl.int64) * N * R + offs_r[:, None]  # [BR, 1]
     o_rows = out_ptr + tok64[:, None] * stride_om  # [BM, 1]
-    offs_n = c0 + tl.arange(0, BN)  # [BN]
-    o = tl.load(o_rows + offs_n[None, :] * stride_on,
-                mask=m_mask[:, None] & (offs_n < c1)[None, :],
-                other=0.0)  # [BM, BN] first block, in flight while y arrives
+    if PREFETCH:
+        offs_n = c0 + tl.arange(0, BN)  # [BN]
+        o = tl.load(o_rows + offs_n[None, :] * stride_on,
+                    mask=m_mask[:, None] & (offs_n < c1)[None, :],
+                    other=0.0)  # [BM, BN] first block, in flight while y arrives
     if BR >= R:
         ym = m_mask[:, None] & (offs_r < rank)[None, :]  # [BM, BR]
         yb = tl.load(y_ptrs, mask=ym, other=0.0).to(tl.float32)  # [BM, BR]
@@ -59,10 +60,15 @@ def expand_kernel(
         offs_n = c0 + j * BN + tl.arange(0, BN)  # [BN]
         n_mask = offs_n < c1  # [BN]
         mask = m_mask[:, None] & n_mask[None, :]  # [BM, BN]
-        nxt = (offs_n + BN < c1) & (j + 1 < NCOL)  # [BN]
-        o_next = tl.load(o_rows + (offs_n + BN)[None, :] * stride_on,
-                         mask=m_mask[:, None] & nxt[None, :],
-                         other=0.0)  # [BM, BN] next block, in flight during this one
+        if PREFETCH:
+            o_ptrs = o_rows + offs_n[None, :] * stride_on  # [BM, BN]
+            nxt = (offs_n + BN < c1) & (j + 1 < NCOL)  # [BN]
+            o_next = tl.load(o_rows + (offs_n + BN)[None, :] * stride_on,
+                             mask=m_mask[:, None] & nxt[None, :],
+                             other=0.0)  # [BM, BN] next block, in flight during this one
+        else:
+            o_ptrs = out_ptr + tok64[:, None] * stride_om + offs_n[None, :] * stride_on
+            o = tl.load(o_ptrs, mask=mask, other=0.0)  # [BM, BN]
         b_ptrs = b_base + offs_n[None, :].to(tl.int64) * R  # [BR, BN]
         if BR >= R:
             bb = tl.load(b_ptrs, mask=(offs_r < R)[:, None] & n_mask[None, :], other=0.0)
@@ -78,6 +84,6 @@ def expand_kernel(
                 bm_ = ((offs_r + r0) < R)[:, None] & n_mask[None, :]  # [BR, BN]
                 bb = tl.load(b_ptrs + r0, mask=bm_, other=0.0)  # [BR, BN]
                 acc += tl.dot(yr.to(bb.dtype), bb, input_precision=PREC)  # [BM, BN]
-        tl.store(o_rows + offs_n[None, :] * stride_on, (o.to(tl.float32) + acc).to(o.dtype),
-                 mask=mask)
-        o = o_next
+        tl.store(o_ptrs, (o.to(tl.float32) + acc).to(o.dtype), mask=mask)
+        if PREFETCH:
+            o = o_next

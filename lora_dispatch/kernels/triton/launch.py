@@ -62,7 +62,8 @@ class ExpandPlan(NamedTuple):
 
 
 _SHRINK_CX = ("S", "R", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "PREC")
-_EXPAND_CX = ("S", "R", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "ALIGN", "PREC")
+_EXPAND_CX = ("S", "R", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH", "ALIGN",
+              "PREC")
 
 
 try:
@@ -168,8 +169,8 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None)
     nb = sum(_cdiv(o, cfg.block_n * cfg.col_blocks) for o in w.out_features)
     meta = dict(
         S=w.num_slices, R=w.max_rank, TILE=tile_index(cfg.block_m), SPLIT=split,
-        BM=cfg.block_m, BN=cfg.block_n, BR=cfg.block_r, NCOL=cfg.col_blocks, ALIGN=_align(w),
-        PREC=PREC,
+        BM=cfg.block_m, BN=cfg.block_n, BR=cfg.block_r, NCOL=cfg.col_blocks,
+        PREFETCH=cfg.prefetch, ALIGN=_align(w), PREC=PREC,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta,
