@@ -213,20 +213,23 @@ def test_prefill_configs_fill_the_device():
 
 def test_expand_prefetch_rule():
     """The out prefetch is on for one-stage or single-block loops of at most 32 x 128 tiles
-    (decode, rank-16 prefill), off beside the pipeliner's buffers and for 64 x 128 tiles."""
+    (decode, rank-16 prefill), off beside the pipeliner's buffers, for 64 x 128 tiles and
+    for a single block beside a rank-64 y tile."""
     from lora_dispatch.devices import configs
 
     for t in (1, 16, 64, 256, 1024, 2048, 4096, 8192):
         for n, rank in ((4096, 16), (6144, 16), (4096, 64), (6144, 64), (28672, 16)):
             e = configs.expand_config(H100, t, n, rank, 2)
             want = (not (e.num_stages > 1 and e.col_blocks > 1)
-                    and e.block_m * e.block_n <= 32 * 128)
+                    and e.block_m * e.block_n <= 32 * 128
+                    and not (e.block_r > 32 and e.col_blocks == 1))
             assert e.prefetch == want, (t, n, rank, e)
     assert configs.expand_config(H100, 16, 28672, 16, 2).prefetch  # decode gate_up
     assert configs.expand_config(H100, 8192, 4096, 16, 2).prefetch
     assert configs.expand_config(H100, 2048, 4096, 64, 2).prefetch  # 64 x 64, one stage
     assert not configs.expand_config(H100, 2048, 6144, 16, 2).prefetch  # 3 stages, 4 blocks
     assert not configs.expand_config(H100, 8192, 6144, 64, 2).prefetch  # 64 x 128
+    assert not configs.expand_config(H100, 256, 6144, 64, 2).prefetch  # one block, rank 64
 
 
 def test_tma_env(monkeypatch):

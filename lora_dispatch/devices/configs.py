@@ -216,11 +216,14 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
     if itemsize == 4:
         block_n = min(block_n, 64)
     block_n = min(block_n, max(16, next_pow2(n)))
-    # out one block ahead in registers, except beside the software pipeliner's buffers or in
-    # 64 x 128 tiles, where it cost more registers than it gained (H200 A/B, ab_trees.py:
-    # expand T=16 2.40 -> 2.35 us graph, gate_up T=64 6.30 -> 5.86, expand r16 T=8192 39.5 ->
-    # 39.4; lost: qkv r64 T=2048 (3 stages) 22.1 -> 26.0, qkv r64 T=8192 (64 x 128) 65.3 -> 67.7)
-    prefetch = not (stages > 1 and ncol > 1) and block_m * block_n <= 32 * 128
+    # out one block ahead in registers, except beside the software pipeliner's buffers, in
+    # 64 x 128 tiles, and for a single block beside a rank-64 y tile, where it cost more
+    # registers than it gained (H200 A/B, ab_trees.py: expand T=16 2.40 -> 2.35 us graph,
+    # gate_up T=64 6.30 -> 5.86, expand r16 T=8192 39.5 -> 39.4; lost: qkv r64 T=2048 (3
+    # stages) 22.1 -> 26.0, qkv r64 T=8192 (64 x 128) 65.3 -> 67.7, add_lora r64 T=256 (one
+    # 32 x 128 block) 16.4 -> 17.3)
+    prefetch = (not (stages > 1 and ncol > 1) and block_m * block_n <= 32 * 128
+                and not (block_r > 32 and ncol == 1))
     return ExpandConfig(block_m, block_n, block_r, _warps(warp, warps),
                         _stages(platform, family, stages), ncol, prefetch)
 
