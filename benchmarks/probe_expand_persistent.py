@@ -160,7 +160,8 @@ def _launcher(w, batch, t: int, cfg: C.ExpandConfig, ppu: int, y4, units: int):
     if not ppu:
         return plan.grid[0], lambda out: L._launch_expand(plan, y4, w, batch, out, t)
     grid = (min(plan.grid[0], ppu * units),)
-    cx = {k: v for k, v in plan.meta.items() if k not in ("NCOL", "num_warps", "num_stages")}
+    cx = {k: v for k, v in plan.meta.items()
+          if k not in ("NCOL", "PREFETCH", "num_warps", "num_stages")}
 
     def launch(out):
         args = L._expand_args(plan, y4, w, batch, out, out.stride(), t, y4.stride())

@@ -228,6 +228,7 @@ def test_expand_prefetch_rule():
     assert configs.expand_config(H100, 8192, 4096, 16, 2).prefetch
     assert configs.expand_config(H100, 2048, 4096, 64, 2).prefetch  # 64 x 64, one stage
     assert not configs.expand_config(H100, 2048, 6144, 16, 2).prefetch  # 3 stages, 4 blocks
+    assert not configs.expand_config(H100, 2048, 6144, 64, 2).prefetch  # same, rank 64
     assert not configs.expand_config(H100, 8192, 6144, 64, 2).prefetch  # 64 x 128
     assert not configs.expand_config(H100, 256, 6144, 64, 2).prefetch  # one block, rank 64
 

@@ -525,3 +525,50 @@ def test_public_shrink_zero_fill_group(monkeypatch):
             assert rel(y, want) <= TOL[torch.bfloat16]
             assert torch.equal(y[want == 0], torch.zeros_like(y[want == 0]))
         torch.testing.assert_close(ys[1], ys[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [
+    # block_m, block_n, block_r, warps, stages, column blocks
+    (32, 128, 64, 4, 1, 4), (16, 64, 64, 4, 1, 1), (64, 64, 32, 4, 1, 8), (32, 64, 64, 4, 2, 1),
+])
+@pytest.mark.parametrize("hidden,outs,dtype,t", [
+    (4096, (4096, 1024, 1024), torch.bfloat16, 4100),
+    (3584, (18944, 18944), torch.float16, 700),
+    (1000, (1000, 300, 77), torch.float32, 37),
+])
+def test_expand_prefetch(cfg, hidden, outs, dtype, t):
+    """The expand with its out prefetch on equals it with the prefetch off bit for bit and
+    float64 within tolerance: prefill segments with a gathered tail, ranks 1-128 (rank
+    blocks below max_rank), slot -1, an empty slot, 1 and 2 partial products, a misaligned
+    out with a padded row stride whose rows without an adapter hold NaN and must keep it."""
+    from lora_dispatch.devices import configs as C
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
+    bm, bn, br, warps, stages, ncol = cfg
+    gen = torch.Generator().manual_seed(t + bm + ncol)
+    w = make_weights(9, hidden, outs, dtype, seed=t)
+    slots = _segment_slots(t, w.num_slots, gen, tail=min(64, t // 2))
+    batch = token_batch(slots)
+    y64 = ref_y(torch.randn(t, hidden, generator=gen).to(DEV, dtype), w, slots.to(DEV))
+    delta = ref_delta(y64, w, slots.to(DEV), t)
+    has = torch.zeros(t, dtype=torch.bool, device=DEV)
+    for slot in range(w.num_slots):
+        if w.host_ranks[slot]:
+            has |= slots.to(DEV) == slot
+    for split in (1, 2):
+        ys = (y64.float() / split).expand(split, *y64.shape).contiguous()  # [P, S, T, R]
+        pad = (0.5 * torch.randn(t, w.total_out + 3, generator=gen)).to(DEV, dtype)
+        base = pad[:, 3:]  # misaligned start, row stride != width
+        base[~has] = float("nan")
+        outs_ = []
+        for prefetch in (False, True):
+            plan = tl_launch._expand_plan(
+                w, t, split, cfg=C.ExpandConfig(bm, bn, br, warps, stages, ncol, prefetch))
+            out = pad.clone()[:, 3:]
+            assert out.stride() == base.stride() and out.data_ptr() % 16
+            tl_launch._launch_expand(plan, ys, w, batch, out, t)
+            assert out[~has].isnan().all(), f"prefetch={prefetch}: rows without adapter written"
+            err = rel(out[has].double() - base[has].double(), delta[has])
+            assert err <= TOL[dtype], f"prefetch={prefetch} split={split}: rel err {err:.3g}"
+            outs_.append(out)
+        torch.testing.assert_close(outs_[1], outs_[0], rtol=0, atol=0, equal_nan=True)

@@ -449,8 +449,8 @@ def test_public_api_rejects_before_launch(triton_backend):
 ])
 def test_expand_config_variants(cfg):
     """Column-group loop (NCOL > 1), rank blocks smaller than max_rank, larger tiles, with
-    and without the out prefetch (a slice narrower than one group: the prefetch of the
-    block past the slice's end must load and store nothing)."""
+    and without the out prefetch, over slices narrower than one column group (the loop
+    steps past a slice's end)."""
     from lora_dispatch.devices import configs as C
     from lora_dispatch.kernels.triton import launch as L
 

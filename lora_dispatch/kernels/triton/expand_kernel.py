@@ -60,14 +60,13 @@ def expand_kernel(
         offs_n = c0 + j * BN + tl.arange(0, BN)  # [BN]
         n_mask = offs_n < c1  # [BN]
         mask = m_mask[:, None] & n_mask[None, :]  # [BM, BN]
+        o_ptrs = o_rows + offs_n[None, :] * stride_on  # [BM, BN]
         if PREFETCH:
-            o_ptrs = o_rows + offs_n[None, :] * stride_on  # [BM, BN]
             nxt = (offs_n + BN < c1) & (j + 1 < NCOL)  # [BN]
             o_next = tl.load(o_rows + (offs_n + BN)[None, :] * stride_on,
                              mask=m_mask[:, None] & nxt[None, :],
                              other=0.0)  # [BM, BN] next block, in flight during this one
         else:
-            o_ptrs = out_ptr + tok64[:, None] * stride_om + offs_n[None, :] * stride_on
             o = tl.load(o_ptrs, mask=mask, other=0.0)  # [BM, BN]
         b_ptrs = b_base + offs_n[None, :].to(tl.int64) * R  # [BR, BN]
         if BR >= R:
