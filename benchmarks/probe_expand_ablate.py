@@ -1,0 +1,182 @@
+"""Where the prefill expand loses against a plain read-modify-write (GPU).
+
+    python benchmarks/probe_expand_ablate.py [--json PATH] [--shapes expand:8192:64,...]
+
+A copy of the shipped expand kernel with three switches, each removing one part of the work:
+
+- ``HEAD=0``: no ``tile_map`` read; program ``m`` takes rows ``m * BM ...`` and its slot from
+  the benchmark's layout (``T / L`` contiguous tokens per slot);
+- ``GATHER=0``: no ``sorted_tokens`` read; a tile's rows are its token ids (true for the
+  benchmark's in-order prefill segments);
+- ``DOT=0``: no ``y`` or ``B`` read and no dot: ``out += 1``.
+
+Every variant with the dot is checked against the shipped kernel (exact for the benchmark's
+layout at ``T % (L * BM) == 0``). Timed with a cold L2 (median); GB/s from the op's minimal
+bytes over the 1 GiB copy bandwidth, for every config in ``_configs`` (shipped first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import torch
+import triton
+import triton.language as tl
+
+from lora_dispatch.bench.kernels import Problem, _build, min_bytes
+from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
+from lora_dispatch.devices import configs as C
+from lora_dispatch.devices import current
+from lora_dispatch.kernels.triton import launch as L
+from lora_dispatch.kernels.triton.tiles import slice_block, tile_head, tile_rows
+
+_SHAPES = "expand:8192:16,expand:8192:64,qkv_expand:8192:64,expand:2048:64"
+_FLAGS = ((1, 1, 1), (1, 0, 1), (0, 0, 1), (1, 1, 0), (1, 0, 0), (0, 0, 0))
+
+
+@triton.jit
+def expand_ablate_kernel(
+    y_ptr, b_ptr, out_ptr, ranks_ptr, bounds_ptr, tok_ptr, tiles_ptr,
+    T, L, NT, N, NB,
+    stride_yp, stride_ys, stride_yt, stride_yr, stride_om, stride_on,
+    S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr, SPLIT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, NCOL: tl.constexpr,
+    PREFETCH: tl.constexpr, ALIGN: tl.constexpr, PREC: tl.constexpr,
+    HEAD: tl.constexpr, GATHER: tl.constexpr, DOT: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_n = pid % NB
+    pid_m = pid // NB
+    if HEAD:
+        slot, rank, start, end = tile_head(tiles_ptr + TILE * 3 * NT + pid_m, ranks_ptr, L, NT)
+    else:
+        start = pid_m * BM
+        end = tl.minimum(start + BM, T)
+        per = (T + L - 1) // L
+        slot = tl.minimum(start // per, L - 1)
+        rank = tl.where(start < T, R, 0)
+    sl, c0, c1 = slice_block(bounds_ptr, pid_n, S, BN * NCOL, ALIGN)
+    if GATHER:
+        m_mask, tok64 = tile_rows(start, end, tok_ptr, T, BM)  # [BM], [BM]
+    else:
+        rows = start + tl.arange(0, BM)  # [BM]
+        m_mask = rows < end
+        tok64 = tl.where(m_mask, rows, 0).to(tl.int64)
+    if rank == 0:
+        return
+
+    offs_r = tl.arange(0, BR)  # [BR]
+    y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + offs_r[None, :] * stride_yr
+    b_base = b_ptr + slot.to(tl.int64) * N * R + offs_r[:, None]  # [BR, 1]
+    o_rows = out_ptr + tok64[:, None] * stride_om  # [BM, 1]
+    if PREFETCH:
+        offs_n = c0 + tl.arange(0, BN)  # [BN]
+        o = tl.load(o_rows + offs_n[None, :] * stride_on,
+                    mask=m_mask[:, None] & (offs_n < c1)[None, :], other=0.0)  # [BM, BN]
+    if DOT:
+        ym = m_mask[:, None] & (offs_r < rank)[None, :]  # [BM, BR]
+        yb = tl.load(y_ptrs, mask=ym, other=0.0).to(tl.float32)  # [BM, BR]
+        for p in tl.static_range(1, SPLIT):
+            yb += tl.load(y_ptrs + p * stride_yp, mask=ym, other=0.0).to(tl.float32)
+        yb = yb.to(b_ptr.dtype.element_ty)
+
+    for j in range(NCOL):
+        offs_n = c0 + j * BN + tl.arange(0, BN)  # [BN]
+        n_mask = offs_n < c1  # [BN]
+        mask = m_mask[:, None] & n_mask[None, :]  # [BM, BN]
+        o_ptrs = o_rows + offs_n[None, :] * stride_on  # [BM, BN]
+        if PREFETCH:
+            nxt = (offs_n + BN < c1) & (j + 1 < NCOL)  # [BN]
+            o_next = tl.load(o_rows + (offs_n + BN)[None, :] * stride_on,
+                             mask=m_mask[:, None] & nxt[None, :], other=0.0)  # [BM, BN]
+        else:
+            o = tl.load(o_ptrs, mask=mask, other=0.0)  # [BM, BN]
+        if DOT:
+            b_ptrs = b_base + offs_n[None, :].to(tl.int64) * R  # [BR, BN]
+            bb = tl.load(b_ptrs, mask=(offs_r < R)[:, None] & n_mask[None, :], other=0.0)
+            acc = tl.dot(yb, bb, input_precision=PREC)  # [BM, BN]
+        else:
+            acc = tl.full((BM, BN), 1.0, dtype=tl.float32)  # [BM, BN]
+        tl.store(o_ptrs, (o.to(tl.float32) + acc).to(o.dtype), mask=mask)
+        if PREFETCH:
+            o = o_next
+
+
+_ALTS = ((32, 128, 4, True), (32, 128, 8, True), (64, 64, 4, True), (64, 64, 8, True),
+         (64, 128, 4, False), (64, 128, 8, True))
+
+
+def _configs(default: C.ExpandConfig) -> list[tuple[C.ExpandConfig, tuple]]:
+    """(config, switch settings): every switch for the shipped config, then alternatives
+    with and without the tile prologue's reads."""
+    out = [(default, _FLAGS)]
+    for bm, bn, ncol, pf in _ALTS:
+        cfg = C.ExpandConfig(bm, bn, default.block_r, 4, 1, ncol, pf)
+        if cfg != default:
+            out.append((cfg, _FLAGS[:3]))
+    return out
+
+
+def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
+    op, t, rank = spec.split(":")
+    t, rank = int(t), int(rank)
+    p = Problem(op, 4096, t, rank, 4, torch.bfloat16, dev)
+    batch, items = _build(p, 1)
+    w, _, y, out = items[0]
+    y4 = y.unsqueeze(0)
+    default = C.expand_config(current(dev), t, w.total_out, w.max_rank, 2)
+    nbytes = min_bytes(p)
+    pristine = out.clone()
+    ref = out.clone()
+    L._launch_expand(L._expand_plan(w, t, 1, cfg=default), y4, w, batch, ref, t)
+    for cfg, flags in _configs(default):
+        plan = L._expand_plan(w, t, 1, cfg=cfg)
+        args = L._expand_args(plan, y4, w, batch, out, out.stride(), t, y4.stride())
+        cx = {k: v for k, v in plan.meta.items() if k not in ("num_warps", "num_stages")}
+        for head, gather, dot in flags:
+            def launch(o, args=args, cx=cx, plan=plan, f=(head, gather, dot)):
+                a = (*args[:2], o, *args[3:])
+                expand_ablate_kernel[plan.grid](*a, **cx, HEAD=f[0], GATHER=f[1], DOT=f[2],
+                                                num_warps=plan.num_warps,
+                                                num_stages=plan.num_stages)
+            err = None
+            try:
+                if dot:
+                    chk = pristine.clone()
+                    launch(chk)
+                    err = (chk.float() - ref.float()).abs().max().item()
+                us = (gpu_time_us(lambda launch=launch: launch(out), dev, warmup_ms=5, rep_ms=20)
+                      if dev.type == "cuda" else float("nan"))  # CPU: a checked smoke run
+            except Exception as exc:  # configs that fail to compile are skipped
+                print(f"{spec} {cfg} failed: {exc!r}"[:200], flush=True)
+                continue
+            gbs = nbytes / (us * 1e-6) / 1e9
+            r = dict(kind="ablate", op=op, T=t, rank=rank, default=cfg == default, us=us,
+                     gbs=gbs, pct_copy=100 * gbs / (copy or float("nan")), head=head, gather=gather, dot=dot,
+                     max_diff_vs_shipped=err, grid=plan.grid[0], **cfg.__dict__)
+            rows.append(r)
+            print(f"{spec:>20} {cfg.block_m:3d}x{cfg.block_n:<3d} ncol {cfg.col_blocks} "
+                  f"pf {int(cfg.prefetch)} st {cfg.num_stages} head {head} gather {gather} "
+                  f"dot {dot}: {us:7.1f} us {r['pct_copy']:5.1f}%"
+                  f"{'' if err is None else f'  err {err:.3g}'}"
+                  f"{'  (shipped)' if cfg == default else ''}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--shapes", default=_SHAPES)
+    ap.add_argument("--device", default="cuda")
+    args = ap.parse_args(argv)
+    dev = torch.device(args.device)
+    copy = copy_bandwidth_gbs(dev)
+    print(f"copy bandwidth (1 GiB) {copy} GB/s", flush=True)
+    rows: list[dict] = []
+    for spec in args.shapes.split(","):
+        _shape(spec, dev, copy, rows)
+    if args.json:
+        write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
