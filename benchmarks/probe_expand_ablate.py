@@ -18,6 +18,7 @@ bytes over the 1 GiB copy bandwidth, for every config in ``_configs`` (shipped f
 from __future__ import annotations
 
 import argparse
+
 import torch
 import triton
 import triton.language as tl
@@ -151,7 +152,8 @@ def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
                 continue
             gbs = nbytes / (us * 1e-6) / 1e9
             r = dict(kind="ablate", op=op, T=t, rank=rank, default=cfg == default, us=us,
-                     gbs=gbs, pct_copy=100 * gbs / (copy or float("nan")), head=head, gather=gather, dot=dot,
+                     gbs=gbs, pct_copy=100 * gbs / (copy or float("nan")), head=head,
+                     gather=gather, dot=dot,
                      max_diff_vs_shipped=err, grid=plan.grid[0], **cfg.__dict__)
             rows.append(r)
             print(f"{spec:>20} {cfg.block_m:3d}x{cfg.block_n:<3d} ncol {cfg.col_blocks} "
