@@ -8,9 +8,11 @@ A copy of the shipped expand kernel with three switches, each removing one part 
   the benchmark's layout (``T / L`` contiguous tokens per slot);
 - ``GATHER=0``: no ``sorted_tokens`` read; a tile's rows are its token ids (true for the
   benchmark's in-order prefill segments);
-- ``DOT=0``: no ``y`` or ``B`` read and no dot: ``out += 1``.
+- ``DOT=0``: no ``y`` or ``B`` read and no dot: ``out += 1``;
+- ``DOT=2``: the dot's result is rounded to ``out``'s dtype before the add (so only the
+  16-bit delta changes layout, not ``out`` into the dot's layout and the sum back).
 
-Every variant with the dot is checked against the shipped kernel (exact for the benchmark's
+Every variant with the dot is checked against the shipped kernel's output (exact for the benchmark's
 layout at ``T % (L * BM) == 0``). Timed with a cold L2 (median); GB/s from the op's minimal
 bytes over the 1 GiB copy bandwidth, for every config in ``_configs`` (shipped first).
 """
@@ -31,7 +33,7 @@ from lora_dispatch.kernels.triton import launch as L
 from lora_dispatch.kernels.triton.tiles import slice_block, tile_head, tile_rows
 
 _SHAPES = "expand:8192:16,expand:8192:64,qkv_expand:8192:64,expand:2048:64"
-_FLAGS = ((1, 1, 1), (1, 0, 1), (0, 0, 1), (1, 1, 0), (1, 0, 0), (0, 0, 0))
+_FLAGS = ((1, 1, 1), (1, 1, 2), (1, 0, 1), (0, 0, 1), (0, 0, 2), (1, 1, 0), (0, 0, 0))
 
 
 @triton.jit
@@ -97,13 +99,18 @@ def expand_ablate_kernel(
             acc = tl.dot(yb, bb, input_precision=PREC)  # [BM, BN]
         else:
             acc = tl.full((BM, BN), 1.0, dtype=tl.float32)  # [BM, BN]
-        tl.store(o_ptrs, (o.to(tl.float32) + acc).to(o.dtype), mask=mask)
+        if DOT == 2:
+            tl.store(o_ptrs, (o.to(tl.float32) + acc.to(o.dtype).to(tl.float32)).to(o.dtype),
+                     mask=mask)
+        else:
+            tl.store(o_ptrs, (o.to(tl.float32) + acc).to(o.dtype), mask=mask)
         if PREFETCH:
             o = o_next
 
 
 _ALTS = ((32, 128, 4, True), (32, 128, 8, True), (64, 64, 4, True), (64, 64, 8, True),
-         (64, 128, 4, False), (64, 128, 8, True))
+         (64, 64, 4, False), (64, 64, 8, False), (64, 128, 4, False), (64, 128, 8, False),
+         (64, 128, 8, True))
 
 
 def _configs(default: C.ExpandConfig) -> list[tuple[C.ExpandConfig, tuple]]:
@@ -113,7 +120,7 @@ def _configs(default: C.ExpandConfig) -> list[tuple[C.ExpandConfig, tuple]]:
     for bm, bn, ncol, pf in _ALTS:
         cfg = C.ExpandConfig(bm, bn, default.block_r, 4, 1, ncol, pf)
         if cfg != default:
-            out.append((cfg, _FLAGS[:3]))
+            out.append((cfg, _FLAGS[:2]))
     return out
 
 

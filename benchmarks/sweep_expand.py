@@ -7,6 +7,8 @@ column blocks, then every (stages, column blocks) for the three best of phase on
 with a cold L2 (median); GB/s from the minimal bytes (``y`` once, the used adapters' ``B``
 once, ``out`` read and written) against the copy bandwidth measured in the same run.
 
+``--grid``: every (BN, column blocks, stages, prefetch) at the default BM instead.
+
 ``--decode``: every (BM, BN, column blocks, stages) of a small grid per decode shape
 (default ``_DECODE_SHAPES``), timed as CUDA-graph replay per call rotating over 8 weight /
 input sets (as ``bench_kernels`` reports decode), plus the cold-L2 median.
@@ -87,7 +89,15 @@ def _phase2(base: C.ExpandConfig) -> list[C.ExpandConfig]:
             for st, nc in itertools.product((1, 2, 3, 4), (1, 2, 4, 8))]
 
 
-def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
+def _grid(default: C.ExpandConfig) -> list[C.ExpandConfig]:
+    """``--grid``: the default's BM (32 / 64 by rank) x BN x column blocks x stages x
+    prefetch."""
+    return [C.ExpandConfig(default.block_m, bn, default.block_r, 4, st, nc, pf)
+            for bn, nc, st, pf in itertools.product((64, 128), (2, 4, 8), (1, 3), (False, True))]
+
+
+def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict],
+           grid: bool = False) -> None:
     op, t, rank = spec.split(":")
     t, rank = int(t), int(rank)
     p = Problem(op, 4096, t, rank, 4, torch.bfloat16, dev)
@@ -116,10 +126,14 @@ def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
         return us
 
     base_us = time(default)
-    ranked = sorted((c for c in _phase1(default) if time(c) is not None), key=seen.get)
-    for cfg in ranked[:3]:
-        for c2 in _phase2(cfg):
-            time(c2)
+    if grid:
+        for c in _grid(default):
+            time(c)
+    else:
+        ranked = sorted((c for c in _phase1(default) if time(c) is not None), key=seen.get)
+        for cfg in ranked[:3]:
+            for c2 in _phase2(cfg):
+                time(c2)
     best = min((c for c in seen if seen[c] is not None), key=seen.get)
     pct = 100 * nbytes / (seen[best] * 1e-6) / 1e9 / copy
     print(f"{spec}: default {default} {base_us:.1f} us; best {best} {seen[best]:.1f} us "
@@ -131,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--shapes", default=None, help="op:T:rank,... (bf16, hidden 4096)")
     ap.add_argument("--decode", action="store_true", help="decode shapes, graph replay")
+    ap.add_argument("--grid", action="store_true",
+                    help="prefill: every BN x column blocks x stages x prefetch at the "
+                         "default BM, instead of the two phases")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     copy = copy_bandwidth_gbs(dev)
@@ -139,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.decode:
             _decode_sweep(spec, dev, rows)
         else:
-            _sweep(spec, dev, copy, rows)
+            _sweep(spec, dev, copy, rows, args.grid)
     if args.json:
         write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
     return 0

@@ -186,8 +186,7 @@ def test_configs_per_device_family():
 
 
 def test_prefill_configs_fill_the_device():
-    """Workspace shrink splits K while one split leaves under two programs per unit; the
-    rank-64 expand takes 8 column blocks only when the grid's last wave stays >= 90% full."""
+    """Workspace shrink splits K while one split leaves under two programs per unit."""
     from lora_dispatch.devices import configs
 
     units = H100.compute_units
@@ -201,35 +200,43 @@ def test_prefill_configs_fill_the_device():
             c = configs.shrink_config(H100, t, 4096, rank, 2, atomic=False, slices=3)
             want = 2 if programs(t, c, rank) < 2 * units else 1
             assert c.split_k == want, (t, rank, c)
-    for t in (4096, 6144, 8192):
-        e = configs.expand_config(H100, t, 6144, 64, 2)
-        p8 = -(-t // e.block_m) * -(-6144 // (e.block_n * 8))
-        slots = 3 * units
-        assert (e.col_blocks == 8) == (p8 / slots / -(-p8 // slots) >= 0.9), (t, e)
-    assert configs.expand_config(H100, 6144, 6144, 64, 2).col_blocks == 4
-    assert configs.expand_config(H100, 4096, 4096, 64, 2).block_n == 64
-    assert configs.expand_config(H100, 8192, 4096, 64, 2).block_n == 128
+
+
+def test_prefill_expand_config():
+    """T > 1024: one pipelined config of eight prefetched column blocks per program, 32 x
+    128 tiles up to rank 32 and 64 x 64 above (the H200 grid's pick for every measured
+    shape); 64 columns at most for float32."""
+    from lora_dispatch.devices import configs
+
+    for t in (1025, 2048, 6144, 8192, 16384):
+        for n in (1000, 4096, 6144, 28672):
+            for rank, (bm, bn) in ((8, (32, 128)), (16, (32, 128)), (32, (32, 128)),
+                                   (48, (64, 64)), (64, (64, 64)), (128, (64, 64))):
+                e = configs.expand_config(H100, t, n, rank, 2)
+                want = (bm, bn, 4, 3, 8, True)
+                got = (e.block_m, e.block_n, e.num_warps, e.num_stages, e.col_blocks, e.prefetch)
+                assert got == want, (t, n, rank, e)
+                assert configs.expand_config(H100, t, n, rank, 4).block_n == 64
+    mi = configs.expand_config(MI300X, 8192, 4096, 64, 2)
+    assert (mi.num_warps, mi.num_stages) == (2, 2), "64-wide wavefronts, ROCm's two stages"
 
 
 def test_expand_prefetch_rule():
-    """The out prefetch is on for one-stage or single-block loops of at most 32 x 128 tiles
-    (decode, rank-16 prefill), off beside the pipeliner's buffers, for 64 x 128 tiles and
-    for a single block beside a rank-64 y tile."""
+    """The out prefetch is on for every prefill config (T > 1024); below, for one-stage or
+    single-block loops of at most 32 x 128 tiles, off beside the pipeliner's buffers, for
+    64 x 128 tiles and for a single block beside a rank-64 y tile."""
     from lora_dispatch.devices import configs
 
     for t in (1, 16, 64, 256, 1024, 2048, 4096, 8192):
         for n, rank in ((4096, 16), (6144, 16), (4096, 64), (6144, 64), (28672, 16)):
             e = configs.expand_config(H100, t, n, rank, 2)
-            want = (not (e.num_stages > 1 and e.col_blocks > 1)
-                    and e.block_m * e.block_n <= 32 * 128
-                    and not (e.block_r > 32 and e.col_blocks == 1))
+            want = t > 1024 or (not (e.num_stages > 1 and e.col_blocks > 1)
+                                and e.block_m * e.block_n <= 32 * 128
+                                and not (e.block_r > 32 and e.col_blocks == 1))
             assert e.prefetch == want, (t, n, rank, e)
     assert configs.expand_config(H100, 16, 28672, 16, 2).prefetch  # decode gate_up
-    assert configs.expand_config(H100, 8192, 4096, 16, 2).prefetch
-    assert configs.expand_config(H100, 2048, 4096, 64, 2).prefetch  # 64 x 64, one stage
-    assert not configs.expand_config(H100, 2048, 6144, 16, 2).prefetch  # 3 stages, 4 blocks
-    assert not configs.expand_config(H100, 2048, 6144, 64, 2).prefetch  # same, rank 64
-    assert not configs.expand_config(H100, 8192, 6144, 64, 2).prefetch  # 64 x 128
+    assert configs.expand_config(H100, 64, 4096, 16, 2).prefetch  # one stage, 16 x 64
+    assert not configs.expand_config(H100, 1024, 6144, 16, 2).prefetch  # 2 stages, 2 blocks
     assert not configs.expand_config(H100, 256, 6144, 64, 2).prefetch  # one block, rank 64
 
 

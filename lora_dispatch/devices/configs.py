@@ -178,15 +178,9 @@ def shrink_config(info: DeviceInfo, t: int, k: int, rank: int, itemsize: int,
                           _token_bucket(t), k, rank, slices, t, itemsize, atomic)
 
 
-def _wave_fill(programs: int, slots: int) -> float:
-    """Fraction of the last wave's slots a grid of ``programs`` keeps busy, averaged."""
-    waves = programs / slots
-    return waves / -(-programs // slots)
-
-
 @functools.lru_cache(maxsize=4096)
 def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n: int,
-                   max_rank: int, itemsize: int, t: int) -> ExpandConfig:
+                   max_rank: int, itemsize: int) -> ExpandConfig:
     block_r = max(16, min(next_pow2(max_rank), 64))
     if tb <= 64:
         block_m, block_n, warps, stages, ncol = 16, 64, 4, 1, 1
@@ -197,42 +191,34 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
     elif tb <= 1024:
         block_m, block_n, warps, stages, ncol = 32, 128, 4, 2, 2
     else:
-        # T > 2048: the out tile is a row gather used in registers, and pipelining it only
-        # costs registers (H200 sweep, T=8192: one stage beat three for every shape, e.g.
-        # qkv rank 64 67.5 us vs 71.0); at T = 2048 one stage lost on qkv / gate_up rank 64
-        short = t <= 2048
-        block_m, block_n, warps, stages, ncol = 32, 128, 4, 3 if short else 1, 4
-        if max_rank > 32:  # each tile re-reads its B block: amortize it over more rows
-            block_m = 64
-            if n < 6144 and t <= 4096:  # too few tiles to fill the device: narrower blocks
-                # (expand rank 64, T=2048: 17.1 us vs 18.6; T=4096 with 8 blocks: 26.3 vs 29.7)
-                block_n, stages, ncol = 64, 1, 4 if short else 8
-            elif not short and n >= 6144 and _wave_fill(
-                    -(-t // block_m) * -(-n // (block_n * 8)), 3 * units) >= 0.9:
-                # longer column runs per program unless that leaves a ragged last wave
-                # (about 3 programs per unit fit; qkv rank 64: T=8192 65.0 us vs 70.7, gate_up
-                # 280.8 vs 299.3, T=4096 35.3 vs 36.1; T=6144 has 1.45 waves: 58.3 vs 51.6)
-                ncol = 8
+        # T > 1024: eight column blocks a program, pipelined, each out block loaded one step
+        # ahead; 64 x 64 tiles for ranks above 32 (each tile re-reads its B block: more rows
+        # amortize it, fewer columns keep the registers). H200 grid over BN x column blocks
+        # x stages x prefetch, sweep_expand.py --grid (expand-grid-...json): within 1.2% of
+        # each shape's best on expand / qkv / gate_up rank 64 at T = 2048-8192 (e.g. expand
+        # T=8192 42.8 us vs 51.9, qkv 64.5 vs 71.8, gate_up 276.5 vs 304.3, qkv T=2048 19.6
+        # vs 23.6) and the best at rank 16 (expand T=8192 37.6 vs 39.3)
+        block_m, block_n, warps, stages, ncol = 32, 128, 4, 3, 8
+        if max_rank > 32:
+            block_m, block_n = 64, 64
     if itemsize == 4:
         block_n = min(block_n, 64)
     block_n = min(block_n, max(16, next_pow2(n)))
-    # out one block ahead in registers, except beside the software pipeliner's buffers, in
-    # 64 x 128 tiles, and for a single block beside a rank-64 y tile, where it cost more
-    # registers than it gained (H200 A/B, ab_trees.py: expand T=16 2.40 -> 2.35 us graph,
-    # gate_up T=64 6.30 -> 5.86, expand r16 T=8192 39.5 -> 39.4; lost: qkv r64 T=2048 (3
-    # stages) 22.1 -> 26.0, qkv r64 T=8192 (64 x 128) 65.3 -> 67.7, add_lora r64 T=256 (one
-    # 32 x 128 block) 16.4 -> 17.3)
-    prefetch = (not (stages > 1 and ncol > 1) and block_m * block_n <= 32 * 128
-                and not (block_r > 32 and ncol == 1))
+    # out one block ahead in registers: always for T > 1024 (above); otherwise except beside
+    # the software pipeliner's buffers, in 64 x 128 tiles, and for a single block beside a
+    # rank-64 y tile, where it cost more registers than it gained (H200 A/B, ab_trees.py:
+    # expand T=16 2.40 -> 2.35 us graph, gate_up T=64 6.30 -> 5.86; lost: add_lora r64
+    # T=256 (one 32 x 128 block) 16.4 -> 17.3)
+    prefetch = tb > 1024 or (not (stages > 1 and ncol > 1) and block_m * block_n <= 32 * 128
+                             and not (block_r > 32 and ncol == 1))
     return ExpandConfig(block_m, block_n, block_r, _warps(warp, warps),
                         _stages(platform, family, stages), ncol, prefetch)
 
 
 def expand_config(info: DeviceInfo, t: int, n: int, max_rank: int, itemsize: int) -> ExpandConfig:
     """Config for an expand of ``t`` tokens into ``n`` output columns from rank ``max_rank``."""
-    tb = _token_bucket(t)
     return _expand_config(info.family, info.platform, _units(info), info.warp_size,
-                          tb, n, max_rank, itemsize, t if tb > 1024 else 0)
+                          _token_bucket(t), n, max_rank, itemsize)
 
 
 @functools.lru_cache(maxsize=1024)

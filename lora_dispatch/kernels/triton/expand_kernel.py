@@ -83,6 +83,9 @@ def expand_kernel(
                 bm_ = ((offs_r + r0) < R)[:, None] & n_mask[None, :]  # [BR, BN]
                 bb = tl.load(b_ptrs + r0, mask=bm_, other=0.0)  # [BR, BN]
                 acc += tl.dot(yr.to(bb.dtype), bb, input_precision=PREC)  # [BM, BN]
-        tl.store(o_ptrs, (o.to(tl.float32) + acc).to(o.dtype), mask=mask)
+        # the delta is rounded to out's dtype before the add: one [BM, BN] layout change (of
+        # the 16-bit delta) instead of two (out into the dot's layout, the sum back)
+        tl.store(o_ptrs, (o.to(tl.float32) + acc.to(o.dtype).to(tl.float32)).to(o.dtype),
+                 mask=mask)
         if PREFETCH:
             o = o_next
