@@ -203,17 +203,16 @@ def test_prefill_configs_fill_the_device():
 
 
 def test_prefill_expand_config():
-    """T > 1024: one pipelined config of eight prefetched column blocks per program, 32 x
-    128 tiles up to rank 32 and 64 x 64 above (the H200 grid's pick for every measured
-    shape); 64 columns at most for float32."""
+    """T > 1024: one pipelined config per rank class, the H200 grid's pick: 32 x 128 tiles in
+    4 blocks up to rank 32, 64 x 64 tiles in 8 prefetched blocks above; 64 columns at most
+    for float32."""
     from lora_dispatch.devices import configs
 
     for t in (1025, 2048, 6144, 8192, 16384):
         for n in (1000, 4096, 6144, 28672):
-            for rank, (bm, bn) in ((8, (32, 128)), (16, (32, 128)), (32, (32, 128)),
-                                   (48, (64, 64)), (64, (64, 64)), (128, (64, 64))):
+            for rank in (1, 8, 16, 32, 48, 64, 128):
+                want = (32, 128, 4, 3, 4, False) if rank <= 32 else (64, 64, 4, 3, 8, True)
                 e = configs.expand_config(H100, t, n, rank, 2)
-                want = (bm, bn, 4, 3, 8, True)
                 got = (e.block_m, e.block_n, e.num_warps, e.num_stages, e.col_blocks, e.prefetch)
                 assert got == want, (t, n, rank, e)
                 assert configs.expand_config(H100, t, n, rank, 4).block_n == 64
@@ -222,22 +221,23 @@ def test_prefill_expand_config():
 
 
 def test_expand_prefetch_rule():
-    """The out prefetch is on for every prefill config (T > 1024); below, for one-stage or
-    single-block loops of at most 32 x 128 tiles, off beside the pipeliner's buffers, for
-    64 x 128 tiles and for a single block beside a rank-64 y tile."""
+    """The out prefetch: on at T <= 256 up to rank 32 (one-stage single blocks) except the
+    two-stage 256-column gate_up decode, off at T <= 1024 (two stages, two blocks), on above
+    for ranks above 32 only."""
     from lora_dispatch.devices import configs
 
     for t in (1, 16, 64, 256, 1024, 2048, 4096, 8192):
         for n, rank in ((4096, 16), (6144, 16), (4096, 64), (6144, 64), (28672, 16)):
             e = configs.expand_config(H100, t, n, rank, 2)
-            want = t > 1024 or (not (e.num_stages > 1 and e.col_blocks > 1)
-                                and e.block_m * e.block_n <= 32 * 128
-                                and not (e.block_r > 32 and e.col_blocks == 1))
+            if t <= 16 and n >= 16384:
+                want = False
+            elif t <= 256:
+                want = rank <= 32
+            else:
+                want = t > 1024 and rank > 32
             assert e.prefetch == want, (t, n, rank, e)
-    assert configs.expand_config(H100, 16, 28672, 16, 2).prefetch  # decode gate_up
-    assert configs.expand_config(H100, 64, 4096, 16, 2).prefetch  # one stage, 16 x 64
-    assert not configs.expand_config(H100, 1024, 6144, 16, 2).prefetch  # 2 stages, 2 blocks
-    assert not configs.expand_config(H100, 256, 6144, 64, 2).prefetch  # one block, rank 64
+    g16, g64 = (configs.expand_config(H100, 16, 28672, r, 2) for r in (16, 64))
+    assert (g16.block_n, g16.num_stages, g64.block_n) == (256, 2, 128)  # decode gate_up
 
 
 def test_tma_env(monkeypatch):

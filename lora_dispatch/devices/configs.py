@@ -182,35 +182,38 @@ def shrink_config(info: DeviceInfo, t: int, k: int, rank: int, itemsize: int,
 def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n: int,
                    max_rank: int, itemsize: int) -> ExpandConfig:
     block_r = max(16, min(next_pow2(max_rank), 64))
+    # prefetch: each out block loaded one step ahead into registers (the first before y is
+    # waited on); off where its registers cost more than it hid, e.g. beside a rank-64 y
+    # tile in one block (H200 A/B, ab_trees.py: add_lora r64 T=256 16.4 -> 17.3 us graph)
+    # and beside the pipeliner's buffers at T <= 1024
     if tb <= 64:
         block_m, block_n, warps, stages, ncol = 16, 64, 4, 1, 1
-        if tb <= 16 and n >= 16384:  # H200 gate_up, T=16 graph replay: 4.05 us vs 4.59
-            block_n, stages = 128, 2
+        prefetch = block_r <= 32  # expand T=16 2.40 -> 2.35 us graph, gate_up T=64 6.30 -> 5.86
+        if tb <= 16 and n >= 16384:
+            # H200 gate_up, T=16 graph replay, sweep_expand.py --decode: rank 16 3.46 us with
+            # 256 columns vs 3.71 with 128 (3.85 prefetched); rank 64 7.83 with 128 vs 8.13
+            block_n, stages, prefetch = 256 if block_r <= 32 else 128, 2, False
     elif tb <= 256:
         block_m, block_n, warps, stages, ncol = 32, 128, 4, 1, 1
+        prefetch = block_r <= 32
     elif tb <= 1024:
-        block_m, block_n, warps, stages, ncol = 32, 128, 4, 2, 2
+        block_m, block_n, warps, stages, ncol, prefetch = 32, 128, 4, 2, 2, False
+    elif max_rank <= 32:
+        # T > 1024, H200 grid over BN x column blocks x stages x prefetch (sweep_expand.py
+        # --grid, expand-grid-...json): within 2.8% of each shape's best on expand, qkv and
+        # gate_up rank 16 at T = 2048-8192 (e.g. qkv T=4096 29.5 us vs 35.1 for 8 prefetched
+        # blocks, qkv T=8192 55.2 vs 58.5)
+        block_m, block_n, warps, stages, ncol, prefetch = 32, 128, 4, 3, 4, False
     else:
-        # T > 1024: eight column blocks a program, pipelined, each out block loaded one step
-        # ahead; 64 x 64 tiles for ranks above 32 (each tile re-reads its B block: more rows
-        # amortize it, fewer columns keep the registers). H200 grid over BN x column blocks
-        # x stages x prefetch, sweep_expand.py --grid (expand-grid-...json): within 1.2% of
-        # each shape's best on expand / qkv / gate_up rank 64 at T = 2048-8192 (e.g. expand
-        # T=8192 42.8 us vs 51.9, qkv 64.5 vs 71.8, gate_up 276.5 vs 304.3, qkv T=2048 19.6
-        # vs 23.6) and the best at rank 16 (expand T=8192 37.6 vs 39.3)
-        block_m, block_n, warps, stages, ncol = 32, 128, 4, 3, 8
-        if max_rank > 32:
-            block_m, block_n = 64, 64
+        # ranks above 32: 64-row tiles amortize each tile's B block over more rows, 64
+        # columns keep the registers for the prefetch; within 3.6% of each shape's best on
+        # expand, qkv and gate_up rank 64 at T = 2048-8192 (expand T=8192 42.8 us vs 51.9
+        # for 64 x 128 in 4 blocks, qkv 64.6 vs 71.8, gate_up 276.5 vs 304.3, qkv T=2048
+        # 19.6 vs 23.6)
+        block_m, block_n, warps, stages, ncol, prefetch = 64, 64, 4, 3, 8, True
     if itemsize == 4:
         block_n = min(block_n, 64)
     block_n = min(block_n, max(16, next_pow2(n)))
-    # out one block ahead in registers: always for T > 1024 (above); otherwise except beside
-    # the software pipeliner's buffers, in 64 x 128 tiles, and for a single block beside a
-    # rank-64 y tile, where it cost more registers than it gained (H200 A/B, ab_trees.py:
-    # expand T=16 2.40 -> 2.35 us graph, gate_up T=64 6.30 -> 5.86; lost: add_lora r64
-    # T=256 (one 32 x 128 block) 16.4 -> 17.3)
-    prefetch = tb > 1024 or (not (stages > 1 and ncol > 1) and block_m * block_n <= 32 * 128
-                             and not (block_r > 32 and ncol == 1))
     return ExpandConfig(block_m, block_n, block_r, _warps(warp, warps),
                         _stages(platform, family, stages), ncol, prefetch)
 
