@@ -6,8 +6,8 @@ row segments); groups tile every slice separately (``sum_i cdiv(out_i, BN * NCOL
 slices of different widths and offsets (q/k/v, gate/up) share one launch and no block
 straddles two slices. Each program reads its tile's ``y`` rows (summing ``SPLIT`` partial
 products of a split-K shrink), the slot's ``B`` block up to the slot's rank, and
-read-add-writes ``out`` in its own dtype (the float32 delta is rounded to it first). Tiles
-without a slot, empty slots and tokens past ``T`` are skipped.
+read-add-writes ``out`` in its own dtype. Tiles without a slot, empty slots and tokens past
+``T`` are skipped.
 """
 
 from __future__ import annotations
@@ -83,8 +83,9 @@ def expand_kernel(
                 bm_ = ((offs_r + r0) < R)[:, None] & n_mask[None, :]  # [BR, BN]
                 bb = tl.load(b_ptrs + r0, mask=bm_, other=0.0)  # [BR, BN]
                 acc += tl.dot(yr.to(bb.dtype), bb, input_precision=PREC)  # [BM, BN]
-        # the delta is rounded to out's dtype and added in it: one [BM, BN] layout change (of
+        # the delta is rounded to out's dtype before the add: one [BM, BN] layout change (of
         # the 16-bit delta) instead of two (out into the dot's layout, the sum back)
-        tl.store(o_ptrs, o + acc.to(o.dtype), mask=mask)
+        tl.store(o_ptrs, (o.to(tl.float32) + acc.to(o.dtype).to(tl.float32)).to(o.dtype),
+                 mask=mask)
         if PREFETCH:
             o = o_next
