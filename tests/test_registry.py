@@ -237,7 +237,8 @@ def test_expand_prefetch_rule():
                 want = t > 1024 and rank > 32
             assert e.prefetch == want, (t, n, rank, e)
     g16, g64 = (configs.expand_config(H100, 16, 28672, r, 2) for r in (16, 64))
-    assert (g16.block_n, g16.num_stages, g64.block_n) == (256, 2, 128)  # decode gate_up
+    assert (g16.block_n, g16.num_stages, g16.col_blocks) == (256, 2, 1)  # decode gate_up
+    assert (g64.block_n, g64.num_stages, g64.col_blocks) == (64, 1, 2)
 
 
 def test_tma_env(monkeypatch):

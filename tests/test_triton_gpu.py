@@ -531,7 +531,7 @@ def test_public_shrink_zero_fill_group(monkeypatch):
     # block_m, block_n, block_r, warps, stages, column blocks
     (32, 128, 64, 4, 1, 4), (16, 64, 64, 4, 1, 1), (64, 64, 32, 4, 1, 8), (32, 64, 64, 4, 2, 1),
     (32, 128, 16, 4, 3, 4), (64, 64, 64, 4, 3, 8),  # the prefill configs (T > 1024)
-    (16, 256, 16, 4, 2, 1),  # decode gate_up
+    (16, 256, 16, 4, 2, 1), (16, 64, 64, 4, 1, 2),  # decode gate_up, rank 16 and 64
 ])
 @pytest.mark.parametrize("hidden,outs,dtype,t", [
     (4096, (4096, 1024, 1024), torch.bfloat16, 4100),

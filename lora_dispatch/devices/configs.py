@@ -191,8 +191,12 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
         prefetch = block_r <= 32  # expand T=16 2.40 -> 2.35 us graph, gate_up T=64 6.30 -> 5.86
         if tb <= 16 and n >= 16384:
             # H200 gate_up, T=16 graph replay, sweep_expand.py --decode: rank 16 3.46 us with
-            # 256 columns vs 3.71 with 128 (3.85 prefetched); rank 64 7.83 with 128 vs 8.13
-            block_n, stages, prefetch = 256 if block_r <= 32 else 128, 2, False
+            # 256 columns in 2 stages vs 3.71 with 128 (3.85 prefetched); rank 64 8.08 with two
+            # 64-column blocks vs 8.79 with one (128 columns: 7.83, but it spills 8 bytes)
+            if block_r <= 32:
+                block_n, stages, prefetch = 256, 2, False
+            else:
+                ncol = 2
     elif tb <= 256:
         block_m, block_n, warps, stages, ncol = 32, 128, 4, 1, 1
         prefetch = block_r <= 32
