@@ -27,10 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
-from lora_dispatch.bench.kernels import Problem, _build, min_bytes
+from lora_dispatch.bench.kernels import expand_case
 from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
 from lora_dispatch.devices import configs as C
-from lora_dispatch.devices import current
 from lora_dispatch.kernels.triton import launch as L
 from lora_dispatch.kernels.triton.tiles import slice_block, tile_head, tile_rows
 
@@ -127,14 +126,8 @@ def _configs(default: C.ExpandConfig) -> list[tuple[C.ExpandConfig, tuple]]:
 
 
 def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
-    op, t, rank = spec.split(":")
-    t, rank = int(t), int(rank)
-    p = Problem(op, 4096, t, rank, 4, torch.bfloat16, dev)
-    batch, items = _build(p, 1)
-    w, _, y, out = items[0]
-    y4 = y.unsqueeze(0)
-    default = C.expand_config(current(dev), t, w.total_out, w.max_rank, 2)
-    nbytes = min_bytes(p)
+    p, batch, w, y4, out, default, nbytes = expand_case(spec, dev)
+    op, t, rank = p.op, p.t, p.rank
     pristine = out.clone()
     ref = out.clone()
     L._launch_expand(L._expand_plan(w, t, 1, cfg=default), y4, w, batch, ref, t)
@@ -180,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     copy = copy_bandwidth_gbs(dev)
-    print(f"copy bandwidth (1 GiB) {copy} GB/s", flush=True)
+    print(f"copy bandwidth (1 GiB) {copy:.0f} GB/s" if copy else "no copy bandwidth (CPU)",
+          flush=True)
     rows: list[dict] = []
     for spec in args.shapes.split(","):
         _shape(spec, dev, copy, rows)

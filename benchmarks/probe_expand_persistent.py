@@ -27,10 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
-from lora_dispatch.bench.kernels import Problem, _build, min_bytes
+from lora_dispatch.bench.kernels import expand_case
 from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
 from lora_dispatch.devices import configs as C
-from lora_dispatch.devices import current
 from lora_dispatch.kernels.triton import launch as L
 from lora_dispatch.kernels.triton.tiles import slice_block, tile_rows
 
@@ -170,15 +169,9 @@ def _launcher(w, batch, t: int, cfg: C.ExpandConfig, ppu: int, y4, units: int):
 
 
 def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
-    op, t, rank = spec.split(":")
-    t, rank = int(t), int(rank)
-    p = Problem(op, 4096, t, rank, 4, torch.bfloat16, dev)
-    batch, items = _build(p, 1)
-    w, _, y, out = items[0]
-    y4 = y.unsqueeze(0)
-    default = C.expand_config(current(dev), t, w.total_out, w.max_rank, 2)
+    p, batch, w, y4, out, default, nbytes = expand_case(spec, dev)
+    op, t, rank = p.op, p.t, p.rank
     units = torch.cuda.get_device_properties(dev).multi_processor_count
-    nbytes = min_bytes(p)
     pristine = out.clone()
     ref = out.clone()
     _launcher(w, batch, t, default, 0, y4, units)[1](ref)

@@ -21,7 +21,7 @@ import itertools
 
 import torch
 
-from lora_dispatch.bench.kernels import Problem, _build, _cycle, min_bytes
+from lora_dispatch.bench.kernels import Problem, _build, _cycle, expand_case
 from lora_dispatch.bench.timing import (
     copy_bandwidth_gbs,
     env_record,
@@ -98,14 +98,8 @@ def _grid(default: C.ExpandConfig) -> list[C.ExpandConfig]:
 
 def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict],
            grid: bool = False) -> None:
-    op, t, rank = spec.split(":")
-    t, rank = int(t), int(rank)
-    p = Problem(op, 4096, t, rank, 4, torch.bfloat16, dev)
-    batch, items = _build(p, 1)
-    w, _, y, out = items[0]
-    y4 = y.unsqueeze(0)
-    default = C.expand_config(current(dev), t, w.total_out, w.max_rank, 2)
-    nbytes = min_bytes(p)
+    p, batch, w, y4, out, default, nbytes = expand_case(spec, dev)
+    op, t, rank = p.op, p.t, p.rank
     seen: dict[C.ExpandConfig, float | None] = {}
 
     def time(cfg: C.ExpandConfig) -> float | None:

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import torch
 
@@ -109,6 +110,32 @@ def _build(p: Problem, sets: int):
         out = torch.randn(p.t, sum(outs), generator=g, device=p.device).to(p.dtype)
         items.append((w, x, y, out))
     return batch, items
+
+
+class ExpandCase(NamedTuple):
+    """One input set of an expand-type shape, with the config the registry ships for it."""
+
+    problem: Problem
+    batch: object  # LoRABatch
+    w: object  # LoRAWeights
+    y4: torch.Tensor  # [1, S, T, R] float32, one partial product
+    out: torch.Tensor  # [T, sum(out_features)]
+    default: object  # ExpandConfig
+    nbytes: int
+
+
+def expand_case(spec: str, device: torch.device) -> ExpandCase:
+    """``op:T:rank`` (bf16, hidden 4096, 4 adapters) as one input set for expand sweeps and
+    probes: batch, weights, ``y`` as one partial product, ``out``, the shipped
+    :func:`~lora_dispatch.devices.configs.expand_config` and :func:`min_bytes`."""
+    from ..devices import configs, current
+
+    op, t, rank = spec.split(":")
+    p = Problem(op, 4096, int(t), int(rank), 4, torch.bfloat16, device)
+    batch, items = _build(p, 1)
+    w, _, y, out = items[0]
+    default = configs.expand_config(current(device), p.t, w.total_out, w.max_rank, 2)
+    return ExpandCase(p, batch, w, y.unsqueeze(0), out, default, min_bytes(p))
 
 
 def _call(p: Problem, impl, batch, item) -> Callable[[], object]:

@@ -185,7 +185,8 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
     # prefetch: each out block loaded one step ahead into registers (the first before y is
     # waited on); off where its registers cost more than it hid, e.g. beside a rank-64 y
     # tile in one block (H200 A/B, ab_trees.py: add_lora r64 T=256 16.4 -> 17.3 us graph)
-    # and beside the pipeliner's buffers at T <= 1024
+    # and beside the pipeliner's buffers over several blocks (sixth session: qkv r64 T=2048,
+    # 3 stages x 4 blocks, 22.1 -> 26.0 us; the 2-stage T <= 1024 config follows it unmeasured)
     if tb <= 64:
         block_m, block_n, warps, stages, ncol = 16, 64, 4, 1, 1
         prefetch = block_r <= 32  # expand T=16 2.40 -> 2.35 us graph, gate_up T=64 6.30 -> 5.86

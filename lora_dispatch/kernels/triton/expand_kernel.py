@@ -18,7 +18,7 @@ import triton.language as tl
 from ._jit import fast_launch
 from .tiles import slice_block, tile_head, tile_rows
 
-__all__ = ["expand_kernel", "slice_block"]
+__all__ = ["expand_kernel"]
 
 
 @fast_launch
