@@ -8,6 +8,8 @@ with a cold L2 (median); GB/s from the minimal bytes (``y`` once, the used adapt
 once, ``out`` read and written) against the copy bandwidth measured in the same run.
 
 ``--grid``: every (BN, column blocks, stages, prefetch) at the default BM instead.
+``--wide``: 8 warps, or 128-token tiles: every (BM, warps, BN) of ``_WIDE`` x (4 / 8 column
+blocks) x (1 / 3 stages) x prefetch.
 
 ``--decode``: every (BM, BN, column blocks, stages) of a small grid per decode shape
 (default ``_DECODE_SHAPES``), timed as CUDA-graph replay per call rotating over 8 weight /
@@ -96,8 +98,18 @@ def _grid(default: C.ExpandConfig) -> list[C.ExpandConfig]:
             for bn, nc, st, pf in itertools.product((64, 128), (2, 4, 8), (1, 3), (False, True))]
 
 
+_WIDE = ((64, 8, 64), (64, 8, 128), (128, 4, 64), (128, 8, 64), (128, 8, 128))
+
+
+def _wide(default: C.ExpandConfig) -> list[C.ExpandConfig]:
+    """``--wide``: (BM, warps, BN) of ``_WIDE`` x column blocks x stages x prefetch."""
+    return [C.ExpandConfig(bm, bn, default.block_r, warps, st, nc, pf)
+            for (bm, warps, bn), nc, st, pf in itertools.product(_WIDE, (4, 8), (1, 3),
+                                                                 (False, True))]
+
+
 def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict],
-           grid: bool = False) -> None:
+           grid: bool = False, wide: bool = False) -> None:
     p, batch, w, y4, out, default, nbytes = expand_case(spec, dev)
     op, t, rank = p.op, p.t, p.rank
     seen: dict[C.ExpandConfig, float | None] = {}
@@ -120,8 +132,8 @@ def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict],
         return us
 
     base_us = time(default)
-    if grid:
-        for c in _grid(default):
+    if grid or wide:
+        for c in _grid(default) if grid else _wide(default):
             time(c)
     else:
         ranked = sorted((c for c in _phase1(default) if time(c) is not None), key=seen.get)
@@ -142,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", action="store_true",
                     help="prefill: every BN x column blocks x stages x prefetch at the "
                          "default BM, instead of the two phases")
+    ap.add_argument("--wide", action="store_true",
+                    help="prefill: 8 warps or 128-token tiles (see _WIDE), instead of the "
+                         "two phases")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     copy = copy_bandwidth_gbs(dev)
@@ -150,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.decode:
             _decode_sweep(spec, dev, rows)
         else:
-            _sweep(spec, dev, copy, rows, args.grid)
+            _sweep(spec, dev, copy, rows, args.grid, args.wide)
     if args.json:
         write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
     return 0
