@@ -10,8 +10,10 @@ on the device:
 - ``tile_map``      ``int32 [len(TILE_SIZES), 3, max_tiles]``: for each tile size ``BM`` in
   :data:`TILE_SIZES`, the tiles of a segmented GEMM: ``(slot, row_start, row_end)`` into
   ``sorted_tokens``, each tile holding at most ``BM`` tokens of one slot; unused tiles have
-  slot ``-1``. A kernel launched over ``cdiv(T, BM) + min(T, num_slots)`` programs covers
-  every tile of any batch of ``T`` tokens, so grids never depend on batch contents.
+  slot ``-1`` and walk the tokens without a slot in ``BM``-row steps. A kernel launched over
+  ``cdiv(T, BM) + min(T, num_slots)`` programs covers every tile of any batch of ``T``
+  tokens (and, with its unused tiles, every token below ``T`` without a slot), so grids
+  never depend on batch contents.
 
 All of it is computed with tensor ops on the batch's device, without host reads, so a
 static batch (:meth:`LoRABatch.empty`) can be refilled with :meth:`LoRABatch.update_`
@@ -95,8 +97,11 @@ def _metadata(slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         tile_map = torch.zeros(len(TILE_SIZES), 3, 0, dtype=torch.int32, device=dev)
     else:
         first_tile = tile_cum.gather(1, gc) - ntiles.gather(1, gc)  # [B, NT]
-        start = seg_start[gc] + (j - first_tile) * bms
-        end = torch.minimum(start + bms, seg_start[gc] + counts[gc])
+        # unused tiles walk the tokens without a slot, which sort last (by token id)
+        spare = valid.sum() + (j - tile_cum[:, -1:]) * bms  # [B, NT]
+        start = torch.where(used, seg_start[gc] + (j - first_tile) * bms, spare)
+        end = torch.where(used, torch.minimum(start + bms, seg_start[gc] + counts[gc]),
+                          torch.clamp(spare + bms, max=cap))
         tslot = torch.where(used, seg_slot[gc], -1)
         tile_map = torch.stack([tslot, start, end], 1).to(torch.int32)  # [B, 3, NT]
     segments = torch.stack([seg_slot, seg_start, counts])  # [3, C]

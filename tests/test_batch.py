@@ -33,6 +33,15 @@ def _check_metadata(batch, slots, num_slots):
             seen += toks
         routed = [i for i, s in enumerate(slots) if s >= 0]
         assert sorted(seen) == routed
+        for t_ in {t, batch.capacity}:  # T rows: the grid's spare tiles hold the rest
+            spare = []
+            for j in range(min(-(-t_ // bm) + min(t_, num_slots), tm.shape[1])):
+                slot, start, end = tm[:, j].tolist()
+                if slot < 0:
+                    assert end - start <= bm
+                    spare += st_[start:max(start, end)]
+            assert not set(spare) & set(routed)
+            assert set(range(t_)) - set(routed) <= set(spare)
 
 
 @settings(max_examples=60, deadline=None)

@@ -527,6 +527,28 @@ def test_public_shrink_zero_fill_group(monkeypatch):
         torch.testing.assert_close(ys[1], ys[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("hidden,outs,t", [
+    (4096, (4096,), 8192), (4096, (4096, 1024, 1024), 2048), (1000, (1000, 300, 77), 6000),
+])
+def test_public_shrink_one_split_writes_zeros(hidden, outs, t, poison_empty):
+    """One K split: no zero fill; the kernel writes every element of a NaN-poisoned ``y``
+    (slot -1 rows, an empty slot, columns past each rank), also for a static batch with T
+    between its tokens and its capacity; a device-filled static batch keeps the fill."""
+    gen = torch.Generator().manual_seed(t)
+    w = make_weights(6, hidden, outs, torch.bfloat16, seed=t)
+    assert tk.plan_for("shrink", w, t).meta["FILL"]
+    x = torch.randn(t, hidden, generator=gen).to(DEV, torch.bfloat16)
+    slots = random_slots(t, w.num_slots, gen, frac_none=0.3)
+    static = ld.LoRABatch.empty(t + 100, device=DEV)
+    for batch, n in ((token_batch(slots), t), (static.update_(slots[: t - 50]), t - 50),
+                     (static.update_(slots[: t - 70].to(DEV)), t - 70)):
+        full = torch.cat([slots[:n], torch.full((t - n,), -1, dtype=slots.dtype)]).to(DEV)
+        want = ref_y(x, w, full)
+        y = ld.lora_shrink(x, w, batch)
+        assert rel(y, want) <= TOL[torch.bfloat16]
+        assert torch.equal(y[want == 0], torch.zeros_like(y[want == 0]))
+
+
 @pytest.mark.parametrize("cfg", [
     # block_m, block_n, block_r, warps, stages, column blocks
     (32, 128, 64, 4, 1, 4), (16, 64, 64, 4, 1, 1), (64, 64, 32, 4, 1, 8), (32, 64, 64, 4, 2, 1),

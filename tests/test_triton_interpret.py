@@ -285,7 +285,7 @@ def test_shrink_tma_env(monkeypatch):
         tk.plan_for("shrink", w, 4095)
 
 
-def test_static_batch_refilled():
+def test_static_batch_refilled(poison_empty):
     gen = torch.Generator().manual_seed(3)
     dtype = torch.float16
     w = make_weights([8, 0, 3], 64, (24, 8), dtype, max_rank=8, gen=gen)
@@ -302,11 +302,14 @@ def test_static_batch_refilled():
         full = torch.cat([slots, torch.full((cap - n,), -1, dtype=slots.dtype)])
         for name in ("add_lora", "fused", "two_pass_split3"):
             check(ADD_IMPLS[name], w, x, base, full, batch, TOL[dtype], f"static n={n} {name}")
-        y = tk.shrink(x, w, batch)
-        assert rel(y, ref_y(x, w, full)) <= TOL[dtype]
+        for split_k in (None, 1):  # 1: no zero fill, the kernel writes every element
+            y = tk.shrink(x, w, batch, split_k=split_k)
+            assert rel(y, ref_y(x, w, full)) <= TOL[dtype]
+        y = tk.shrink(x[:19], w, batch, split_k=1)  # T between the tokens and the capacity
+        assert rel(y, ref_y(x[:19], w, full)) <= TOL[dtype]
 
 
-def test_unchecked_slots_and_tokens_past_t():
+def test_unchecked_slots_and_tokens_past_t(poison_empty):
     """A device-built static batch may name slots >= num_slots and tokens >= T: skipped."""
     gen = torch.Generator().manual_seed(21)
     dtype = torch.float32
@@ -322,6 +325,11 @@ def test_unchecked_slots_and_tokens_past_t():
     s[s >= w.num_slots] = -1
     for name in ("add_lora", "fused", "two_pass_split3", "shrink_expand"):
         check(ADD_IMPLS[name], w, x, base, s, batch, TOL[dtype], name)
+    # one K split: the zero fill stays (the extra tiles push the spare ones past the grid)
+    assert rel(tk.shrink(x, w, batch, split_k=1), ref_y(x, w, s)) <= TOL[dtype]
+    batch._fill(slots[:t], name="token_slots")
+    batch.max_slot = None  # as after a fill from a device tensor
+    assert rel(tk.shrink(x, w, batch, split_k=1), ref_y(x, w, s)) <= TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -490,6 +498,9 @@ def test_shrink_config_variants(cfg):
     batch = ld.LoRABatch.from_token_adapters(slots)
     x = poisoned((t, 200), dtype, gen, 1.0)
     plan = L._shrink_plan(w, t, atomic=True, cfg=C.ShrinkConfig(*cfg))
-    y = torch.zeros(plan.split, 2, t, 40)
+    if plan.meta["FILL"]:  # one split: the kernel writes its own zeros
+        y = torch.full((1, 2, t, 40), float("nan"))
+    else:
+        y = torch.zeros(plan.split, 2, t, 40)
     L._launch_shrink(plan, x, w, batch, y, t)
     assert rel(y.sum(0), ref_y(x, w, slots)) <= TOL[dtype]

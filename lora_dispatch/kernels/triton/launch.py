@@ -61,7 +61,7 @@ class ExpandPlan(NamedTuple):
     tail: tuple
 
 
-_SHRINK_CX = ("S", "R", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "PREC")
+_SHRINK_CX = ("S", "R", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL", "PREC")
 _EXPAND_CX = ("S", "R", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH", "ALIGN",
               "PREC")
 
@@ -133,7 +133,7 @@ def _tiles(t: int, block_m: int, num_slots: int) -> int:
 
 
 def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
-                 cfg: configs.ShrinkConfig | None = None) -> ShrinkPlan:
+                 cfg: configs.ShrinkConfig | None = None, fill: bool = True) -> ShrinkPlan:
     k, s, r = w.in_features, w.num_slices, w.max_rank
     if cfg is None:
         cfg = configs.shrink_config(describe(w.device), t, k, r, w.lora_a.element_size(),
@@ -155,7 +155,7 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
         S=s, R=r, TILE=tile_index(cfg.block_m), BM=cfg.block_m, BN=cfg.block_n,
         BK=cfg.block_k, RB=cfg.rank_blocks,
         EVEN_K=(k % k_split == 0 and k_split % cfg.block_k == 0),
-        ATOMIC=atomic and split > 1, PREC=PREC,
+        ATOMIC=atomic and split > 1, FILL=fill and atomic and split == 1, PREC=PREC,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ShrinkPlan((nb * _tiles(t, cfg.block_m, w.num_slots), split), nb, k_split, split, meta,
@@ -195,8 +195,10 @@ def _fused_plan(w, t: int, cfg: configs.FusedConfig | None = None) -> ExpandPlan
 def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = None):
     """The cached launch plan of ``op`` (``shrink``, ``expand``, ``add``) for ``t`` tokens.
 
-    ``mode`` (``add`` only) forces ``fused`` or ``two_pass``; by default the fused single
+    ``mode`` (``add``) forces ``fused`` or ``two_pass``; by default the fused single
     launch is used up to :func:`~lora_dispatch.devices.configs.fused_max_tokens` tokens.
+    ``mode="zero_fill"`` (``shrink``) keeps the zero fill before a single K split instead
+    of the kernel writing its own zeros.
     ``split_k`` overrides the configured number of K splits of the shrink.
     """
     plans = _plans(w)
@@ -205,7 +207,7 @@ def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = 
     if plan is not None:
         return plan
     if op == "shrink":
-        plan = _shrink_plan(w, t, atomic=True, split_k=split_k)
+        plan = _shrink_plan(w, t, atomic=True, split_k=split_k, fill=mode != "zero_fill")
     elif op == "expand":
         plan = _expand_plan(w, t, 1)
     elif op == "add":
@@ -306,6 +308,16 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
         return y
     p = plan_for("shrink", w, t, None, split_k)
     ys = (0, t * r, r, 1)  # every split adds into y
+    if p.meta["FILL"]:
+        # one K split: the kernel writes every element, zeros included, where the batch's
+        # spare tiles reach every token without a slot below T: a batch whose slots the
+        # host knows are in range and that routes no token past T (a device-filled one may
+        # name slots >= num_slots, whose extra tiles push the spare ones past the grid)
+        ms = batch.max_slot
+        if ms is not None and ms < w.num_slots and batch.num_tokens <= t:
+            _launch_shrink(p, x, w, batch, y, t, ys)
+            return y
+        p = plan_for("shrink", w, t, "zero_fill", split_k)
     zgrid = (_cdiv(n, ZERO_BLOCK),)
     if (not (p.tma and _tma_ready(x)) and _ZGROUP is not None and _ZGROUP.available()
             and _ZGROUP((zgrid, p.grid), (y, n, *_ZERO_TAIL,

@@ -45,17 +45,43 @@ def _block_dot(acc, xb, a_ptrs, n_mask, k_mask, EVEN_K: tl.constexpr, PREC: tl.c
 
 @triton.jit
 def _block_store(acc, sl, c0, n_mask, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                 stride_yp, stride_ys, stride_yt, S: tl.constexpr, BN: tl.constexpr,
-                 ATOMIC: tl.constexpr):
+                 stride_yp, stride_ys, stride_yt, S: tl.constexpr, R: tl.constexpr,
+                 BN: tl.constexpr, ATOMIC: tl.constexpr, FILL: tl.constexpr):
     scale = tl.load(scal_ptr + slot * S + tl.minimum(sl, S - 1))
     cols = tl.multiple_of(c0, BN) + tl.arange(0, BN)  # [BN]
     y_ptrs = (y_ptr + pid_k * stride_yp + sl * stride_ys + tok64[:, None] * stride_yt
               + cols[None, :])  # [BM, BN]
-    mask = m_mask[:, None] & n_mask[None, :]  # [BM, BN]
-    if ATOMIC:
-        tl.atomic_add(y_ptrs, acc * scale, mask=mask, sem="relaxed")
+    if FILL:  # every column below R, zeros past the rank
+        mask = m_mask[:, None] & ((cols < R) & (sl < S))[None, :]  # [BM, BN]
+        tl.store(y_ptrs, tl.where(n_mask[None, :], acc * scale, 0.0), mask=mask)
+    elif ATOMIC:
+        tl.atomic_add(y_ptrs, acc * scale, mask=m_mask[:, None] & n_mask[None, :],
+                      sem="relaxed")
     else:
-        tl.store(y_ptrs, acc * scale, mask=mask)
+        tl.store(y_ptrs, acc * scale, mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _zero_block(sl, c0, m_mask, tok64, y_ptr, stride_ys, stride_yt, S: tl.constexpr,
+                R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    cols = c0 + tl.arange(0, BN)  # [BN]
+    y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + cols[None, :]  # [BM, BN]
+    mask = m_mask[:, None] & ((cols < R) & (sl < S))[None, :]  # [BM, BN]
+    tl.store(y_ptrs, tl.zeros((BM, BN), dtype=tl.float32), mask=mask)
+
+
+@triton.jit
+def _zero_blocks(sl0, c00, sl1, c01, sl2, c02, sl3, c03, m_mask, tok64, y_ptr, stride_ys,
+                 stride_yt, S: tl.constexpr, R: tl.constexpr, BM: tl.constexpr,
+                 BN: tl.constexpr, RB: tl.constexpr):
+    """Zeros into the ``RB`` blocks of a program without work (``FILL``: one K split)."""
+    _zero_block(sl0, c00, m_mask, tok64, y_ptr, stride_ys, stride_yt, S, R, BM, BN)
+    if RB > 1:
+        _zero_block(sl1, c01, m_mask, tok64, y_ptr, stride_ys, stride_yt, S, R, BM, BN)
+    if RB > 2:
+        _zero_block(sl2, c02, m_mask, tok64, y_ptr, stride_ys, stride_yt, S, R, BM, BN)
+    if RB > 3:
+        _zero_block(sl3, c03, m_mask, tok64, y_ptr, stride_ys, stride_yt, S, R, BM, BN)
 
 
 @triton.jit
@@ -84,19 +110,20 @@ def _blocks(pid_n, rank, S: tl.constexpr, NBR: tl.constexpr, BN: tl.constexpr,
 @triton.jit
 def _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
                   n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                  stride_yp, stride_ys, stride_yt, S: tl.constexpr, BN: tl.constexpr,
-                  RB: tl.constexpr, ATOMIC: tl.constexpr):
+                  stride_yp, stride_ys, stride_yt, S: tl.constexpr, R: tl.constexpr,
+                  BN: tl.constexpr, RB: tl.constexpr, ATOMIC: tl.constexpr,
+                  FILL: tl.constexpr):
     _block_store(acc0, sl0, c00, n_mask0, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                 stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
+                 stride_yp, stride_ys, stride_yt, S, R, BN, ATOMIC, FILL)
     if RB > 1:
         _block_store(acc1, sl1, c01, n_mask1, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                     stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
+                     stride_yp, stride_ys, stride_yt, S, R, BN, ATOMIC, FILL)
     if RB > 2:
         _block_store(acc2, sl2, c02, n_mask2, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                     stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
+                     stride_yp, stride_ys, stride_yt, S, R, BN, ATOMIC, FILL)
     if RB > 3:
         _block_store(acc3, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                     stride_yp, stride_ys, stride_yt, S, BN, ATOMIC)
+                     stride_yp, stride_ys, stride_yt, S, R, BN, ATOMIC, FILL)
 
 
 @fast_launch
@@ -107,7 +134,7 @@ def shrink_kernel(
     stride_xm, stride_xk, stride_yp, stride_ys, stride_yt,
     S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
-    EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, PREC: tl.constexpr,
+    EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, FILL: tl.constexpr, PREC: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_n = pid % NB
@@ -119,6 +146,9 @@ def shrink_kernel(
     (sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3,
      live) = _blocks(pid_n, rank, S, NBR, BN, RB)
     if not live:  # no slot, an empty slot, or every block past the rank
+        if FILL:
+            _zero_blocks(sl0, c00, sl1, c01, sl2, c02, sl3, c03, m_mask, tok64, y_ptr,
+                         stride_ys, stride_yt, S, R, BM, BN, RB)
         return
     offs_k = pid_k * K_SPLIT + tl.arange(0, BK)  # [BK]
     row0 = sl0 * rank + c00
@@ -152,4 +182,4 @@ def shrink_kernel(
 
     _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
                   n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                  stride_yp, stride_ys, stride_yt, S, BN, RB, ATOMIC)
+                  stride_yp, stride_ys, stride_yt, S, R, BN, RB, ATOMIC, FILL)

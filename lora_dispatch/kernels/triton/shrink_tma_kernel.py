@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .shrink_kernel import _blocks, _store_blocks
+from .shrink_kernel import _blocks, _store_blocks, _zero_blocks
 from .tiles import tile_head, tile_rows
 
 __all__ = ["shrink_tma_kernel"]
@@ -47,7 +47,7 @@ def shrink_tma_kernel(
     stride_xm, stride_xk, stride_yp, stride_ys, stride_yt,
     S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
-    EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, PREC: tl.constexpr,
+    EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, FILL: tl.constexpr, PREC: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_n = pid % NB
@@ -59,6 +59,9 @@ def shrink_tma_kernel(
     (sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3,
      live) = _blocks(pid_n, rank, S, NBR, BN, RB)
     if not live:  # no slot, an empty slot, or every block past the rank
+        if FILL:
+            _zero_blocks(sl0, c00, sl1, c01, sl2, c02, sl3, c03, m_mask, tok64, y_ptr,
+                         stride_ys, stride_yt, S, R, BM, BN, RB)
         return
     first = tl.load(tok_ptr + start)
     last = tl.load(tok_ptr + tl.maximum(end - 1, start))
@@ -93,4 +96,4 @@ def shrink_tma_kernel(
 
     _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
                   n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                  stride_yp, stride_ys, stride_yt, S, BN, RB, ATOMIC)
+                  stride_yp, stride_ys, stride_yt, S, R, BN, RB, ATOMIC, FILL)
