@@ -540,8 +540,12 @@ def test_public_shrink_one_split_writes_zeros(hidden, outs, t, poison_empty):
     x = torch.randn(t, hidden, generator=gen).to(DEV, torch.bfloat16)
     slots = random_slots(t, w.num_slots, gen, frac_none=0.3)
     static = ld.LoRABatch.empty(t + 100, device=DEV)
-    for batch, n in ((token_batch(slots), t), (static.update_(slots[: t - 50]), t - 50),
-                     (static.update_(slots[: t - 70].to(DEV)), t - 70)):
+    for how, n in (("tokens", t), ("host", t - 50), ("device", t - 70)):
+        if how == "tokens":
+            batch = token_batch(slots)
+        else:
+            batch = static.update_(slots[:n] if how == "host" else slots[:n].to(DEV))
+        assert (batch.max_slot is None) == (how == "device")
         full = torch.cat([slots[:n], torch.full((t - n,), -1, dtype=slots.dtype)]).to(DEV)
         want = ref_y(x, w, full)
         y = ld.lora_shrink(x, w, batch)

@@ -111,10 +111,10 @@ def _stages(platform: str, family: str, stages: int) -> int:
 
 
 def _token_bucket(t: int) -> int:
-    for b in (1, 16, 64, 256, 1024, 4096):
+    for b in (1, 16, 64, 256, 1024):
         if t <= b:
             return b
-    return 16384
+    return 4096
 
 
 @functools.lru_cache(maxsize=4096)
@@ -216,11 +216,6 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
         # for 64 x 128 in 4 blocks, qkv 64.6 vs 71.8, gate_up 276.5 vs 304.3, qkv T=2048
         # 19.6 vs 23.6)
         block_m, block_n, warps, stages, ncol, prefetch = 64, 64, 4, 3, 8, True
-        if tb <= 4096:
-            # eighth session, sweep_expand.py --wide (expand-wide-...json): 8 warps at
-            # T <= 4096, qkv T=4096 37.5 -> 34.6 us, T=2048 19.3 -> 18.7; they lose at
-            # T=8192 (expand 42.7 -> 46.3, qkv 64.3 -> 65.7)
-            warps = 8
     if itemsize == 4:
         block_n = min(block_n, 64)
     block_n = min(block_n, max(16, next_pow2(n)))
