@@ -134,7 +134,8 @@ def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
     for cfg, flags in _configs(default):
         plan = L._expand_plan(w, t, 1, cfg=cfg)
         args = L._expand_args(plan, y4, w, batch, out, out.stride(), t, y4.stride())
-        cx = {k: v for k, v in plan.meta.items() if k not in ("num_warps", "num_stages")}
+        cx = {k: v for k, v in plan.meta.items()
+              if k not in ("num_warps", "num_stages", "PDL")}
         for head, gather, dot in flags:
             def launch(o, args=args, cx=cx, plan=plan, f=(head, gather, dot)):
                 a = (*args[:2], o, *args[3:])

@@ -160,7 +160,7 @@ def _launcher(w, batch, t: int, cfg: C.ExpandConfig, ppu: int, y4, units: int):
         return plan.grid[0], lambda out: L._launch_expand(plan, y4, w, batch, out, t)
     grid = (min(plan.grid[0], ppu * units),)
     cx = {k: v for k, v in plan.meta.items()
-          if k not in ("NCOL", "PREFETCH", "num_warps", "num_stages")}
+          if k not in ("NCOL", "PREFETCH", "PDL", "num_warps", "num_stages")}
 
     def launch(out):
         args = L._expand_args(plan, y4, w, batch, out, out.stride(), t, y4.stride())

@@ -290,3 +290,18 @@ def test_lean_path_relays_kernels_without_a_direct_c_entry(monkeypatch) -> None:
     (call,) = fake.kernels[0].calls
     assert call[:9] == (3, 1, 1, 0, 1000, (4, 1, 0), None, None, None)
     assert call[9:] == _expected_launch_args(x, x, 64, 0.5, 16, 0)
+
+
+def test_pdl_names_a_parameter() -> None:
+    """fast_launch(pdl=NAME) records which constexpr turns programmatic dependent launch on
+    (the native tier reads it when it stores a variant) and rejects unknown names."""
+
+    @triton.jit
+    def k(x_ptr, n, PDL: tl.constexpr):
+        pass
+
+    launcher = fast_launch(pdl="PDL")(k)
+    assert launcher._fl_pdl == 2
+    assert fast_launch(k)._fl_pdl is None
+    with pytest.raises(ValueError, match="pdl must name a parameter"):
+        fast_launch(k, pdl="MISSING")

@@ -254,3 +254,28 @@ def test_tma_env(monkeypatch):
     monkeypatch.setenv(configs.ENV_TMA, "on")
     with pytest.raises(ValueError, match=configs.ENV_TMA):
         configs.shrink_tma(H100, 8192)
+
+
+def test_pdl_rule(monkeypatch):
+    """LORA_DISPATCH_PDL: automatic on CUDA 9.0+ with Triton 3.4+ outside the interpreter,
+    off elsewhere; 0 turns it off, 1 raises where it cannot run, other values name the
+    variable."""
+    from lora_dispatch.devices import configs
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv(configs.ENV_PDL, raising=False)
+    new_triton = tuple(int(v) for v in __import__("triton").__version__.split(".")[:2]) >= (3, 4)
+    assert configs.pdl(H100) == new_triton
+    for info in (A100, MI300X, TPU, CPU):
+        assert not configs.pdl(info)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not configs.pdl(H100)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setenv(configs.ENV_PDL, "0")
+    assert not configs.pdl(H100)
+    monkeypatch.setenv(configs.ENV_PDL, "1")
+    with pytest.raises(RuntimeError, match="LORA_DISPATCH_PDL=1"):
+        configs.pdl(A100)
+    monkeypatch.setenv(configs.ENV_PDL, "yes")
+    with pytest.raises(ValueError, match="LORA_DISPATCH_PDL"):
+        configs.pdl(H100)

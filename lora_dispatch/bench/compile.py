@@ -125,6 +125,11 @@ def variants(target: str):
                 ep = L._expand_plan(w, t, split, cfg=ecfg)
                 meta = {**ep.meta, "stride_yr": 1, "stride_on": 1}
                 yield f"expand-{name}-r{rank}-T{t}", L.expand_kernel, et, meta, ediv
+                if target == "sm90" and name == "qkv" and rank == 16:  # add_lora's PDL pair
+                    yield (f"shrink-pdl-{name}-r{rank}-T{t}", L.shrink_kernel, st,
+                           {**sp.meta, "stride_xk": 1, "PDL": True}, sdiv)
+                    yield (f"expand-pdl-{name}-r{rank}-T{t}", L.expand_kernel, et,
+                           {**meta, "PDL": True}, ediv)
     w = ld.LoRAWeights(4, 4096, (4096,), 16, dtype=torch.bfloat16)
     cfg = configs.shrink_config(info, 64, 4096, 16, 2, True, slices=1)
     meta = {**L._shrink_plan(w, 64, atomic=True, cfg=cfg).meta, "stride_xk": 1}

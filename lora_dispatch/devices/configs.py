@@ -32,9 +32,12 @@ __all__ = [
     "shrink_tma",
     "tma_mode",
     "ENV_TMA",
+    "ENV_PDL",
+    "pdl",
 ]
 
 ENV_TMA = "LORA_DISPATCH_TMA"
+ENV_PDL = "LORA_DISPATCH_PDL"
 
 
 @dataclass(frozen=True)
@@ -295,3 +298,40 @@ def shrink_tma(info: DeviceInfo, t: int) -> bool:
     if info.platform != "cuda" or cap is None or cap < (9, 0):
         return False
     return t >= _TMA_MIN_TOKENS.get(info.family, 1 << 62)
+
+
+def pdl(info: DeviceInfo) -> bool:
+    """Whether ``add_lora``'s expand is launched with programmatic dependent launch.
+
+    The shrink then lets the expand start while it runs; the expand reads its tile, the
+    token ids and its first ``out`` block, and waits (``griddepcontrol.wait``) before it
+    reads ``y``. Automatic (``LORA_DISPATCH_PDL`` unset or ``auto``): CUDA devices of
+    compute capability 9.0 or newer with Triton 3.4+, outside the interpreter. ``0`` turns
+    it off; ``1`` demands it (``RuntimeError`` where it cannot be). Only the fast
+    launcher's native tier sets the launch attribute; launched any other way the wait is a
+    no-op. Read when a launch plan is built (plans are cached per weights and ``T``).
+
+    Raises
+    ------
+    ValueError
+        If ``LORA_DISPATCH_PDL`` is not ``auto``, ``0`` or ``1``.
+    """
+    mode = os.environ.get(ENV_PDL, "auto").strip().lower() or "auto"
+    if mode not in ("auto", "0", "1"):
+        raise ValueError(f"{ENV_PDL} must be 'auto', '0' or '1', got {mode!r}")
+    if mode == "0":
+        return False
+    try:
+        import triton
+
+        version = tuple(int(v) for v in triton.__version__.split(".")[:2])
+    except (ImportError, ValueError):
+        version = (0, 0)
+    ok = (info.platform == "cuda" and info.capability is not None
+          and info.capability >= (9, 0) and version >= (3, 4)
+          and os.environ.get("TRITON_INTERPRET", "0") != "1")
+    if mode == "1" and not ok:
+        raise RuntimeError(f"{ENV_PDL}=1 needs a CUDA device of compute capability 9.0+ "
+                           f"and Triton 3.4+ (device {info.name!r}, capability "
+                           f"{info.capability}, Triton {'.'.join(map(str, version))})")
+    return ok

@@ -181,8 +181,15 @@ class FastLauncher:
         produced. Anything but a plain JITFunction is launched through its own path.
     """
 
-    def __init__(self, jit: Any) -> None:
+    def __init__(self, jit: Any, pdl: str | None = None) -> None:
         self._fl_jit = jit
+        self._fl_pdl: int | None = None  # index of the constexpr that turns PDL on
+        if pdl is not None:
+            sig = getattr(jit, "signature", None)
+            params = getattr(jit, "arg_names", None) or (list(sig.parameters) if sig else [])
+            if pdl not in params:
+                raise ValueError(f"pdl must name a parameter of the kernel, got {pdl!r}")
+            self._fl_pdl = list(params).index(pdl)
         self._fl_lock = threading.RLock()
         self._fl_caches: dict[int, dict] = {}
         self._fl_hits = itertools.count()
@@ -311,7 +318,8 @@ class FastLauncher:
                 try:
                     _native.register(self._fl_ns, kernel, dev, args, kwargs,
                                      list(self._fl_jit.signature.parameters),
-                                     self._fl_adapter.scratch_params)
+                                     self._fl_adapter.scratch_params,
+                                     pdl=self._fl_pdl is not None and bool(args[self._fl_pdl]))
                 except Exception as exc:
                     _log_once(f"native tier cannot store a variant of {_name(jit)}: "
                               f"{type(exc).__name__}: {exc}")
@@ -512,7 +520,7 @@ def _cpu_device_namespace() -> dict[str, Any]:
     return {"_fl_getdev": lambda: 0, "_fl_stream": lambda dev: 0}
 
 
-def fast_launch(jit: Any) -> FastLauncher:
+def fast_launch(jit: Any = None, *, pdl: str | None = None) -> Any:
     """Decorate a ``@triton.jit`` function with the fast launcher.
 
     Parameters
@@ -520,15 +528,23 @@ def fast_launch(jit: Any) -> FastLauncher:
     jit : JITFunction (or Autotuner / Heuristics / InterpretedFunction)
         Put ``@fast_launch`` above ``@triton.jit`` (and above ``triton.autotune`` /
         ``triton.heuristics`` if used; those keep their own launch path).
+    pdl : str, optional
+        ``@fast_launch(pdl="NAME")``: a constexpr parameter; variants where it is true are
+        launched by the native tier with programmatic dependent launch (CUDA's programmatic
+        stream serialization: the kernel may start before the previous kernel on the stream
+        ends, so it must call ``griddepcontrol.wait`` before reading what that kernel
+        writes). Other tiers launch those variants as usual, where the wait is a no-op.
 
     Returns
     -------
     FastLauncher
         ``launcher[grid](*args, **options)`` has the semantics of ``jit[grid](...)``.
     """
+    if jit is None:
+        return lambda j: fast_launch(j, pdl=pdl)
     if isinstance(jit, FastLauncher):
         return jit
     if not hasattr(jit, "__getitem__"):
         raise TypeError(f"fast_launch expects a @triton.jit function, got {type(jit).__name__}")
-    return FastLauncher(jit)
+    return FastLauncher(jit, pdl=pdl)
 

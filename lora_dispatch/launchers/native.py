@@ -299,7 +299,7 @@ def tensor_types() -> tuple:
 
 
 def register(ns: dict[str, Any], kernel: Any, dev: int, args: tuple, kwargs: dict,
-             names: list[str], n_null: int) -> bool:
+             names: list[str], n_null: int, pdl: bool = False) -> bool:
     """Store a freshly compiled variant in the kernel's native table.
 
     Parameters
@@ -317,6 +317,8 @@ def register(ns: dict[str, Any], kernel: Any, dev: int, args: tuple, kwargs: dic
         Parameter names.
     n_null : int
         Trailing scratch parameters of the release.
+    pdl : bool
+        Launch this variant with programmatic dependent launch (``fast_launch(pdl=...)``).
 
     Returns
     -------
@@ -336,6 +338,8 @@ def register(ns: dict[str, Any], kernel: Any, dev: int, args: tuple, kwargs: dic
     geometry = variant_geometry(kernel, n_null)
     if types is None or geometry is None:
         return False
+    if pdl:
+        geometry = (*geometry[:4], 1, geometry[5])
     function = kernel.function
     if not isinstance(function, int):
         return False

@@ -6,8 +6,8 @@ try:
     from lora_dispatch.launchers import fast_launch
 except ImportError:  # the launcher package is optional
 
-    def fast_launch(fn):
-        return fn
+    def fast_launch(fn=None, *, pdl=None):
+        return fn if fn is not None else (lambda f: f)
 
 
 __all__ = ["fast_launch"]

@@ -7,7 +7,8 @@ slices of different widths and offsets (q/k/v, gate/up) share one launch and no 
 straddles two slices. Each program reads its tile's ``y`` rows (summing ``SPLIT`` partial
 products of a split-K shrink), the slot's ``B`` block up to the slot's rank, and
 read-add-writes ``out`` in its own dtype. Tiles without a slot, empty slots and tokens past
-``T`` are skipped.
+``T`` are skipped. With ``PDL`` (``add_lora`` on Hopper) the kernel is launched while the
+shrink still runs and waits for it only before its first ``y`` read.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import triton
 import triton.language as tl
 
 from ._jit import fast_launch
-from .tiles import slice_block, tile_head, tile_rows
+from .tiles import pdl_wait, slice_block, tile_head, tile_rows
 
 __all__ = ["expand_kernel"]
 
 
-@fast_launch
+@fast_launch(pdl="PDL")
 @triton.jit
 def expand_kernel(
     y_ptr, b_ptr, out_ptr, ranks_ptr, bounds_ptr, tok_ptr, tiles_ptr,
@@ -29,7 +30,7 @@ def expand_kernel(
     stride_yp, stride_ys, stride_yt, stride_yr, stride_om, stride_on,
     S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr, SPLIT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, NCOL: tl.constexpr,
-    PREFETCH: tl.constexpr, ALIGN: tl.constexpr, PREC: tl.constexpr,
+    PREFETCH: tl.constexpr, ALIGN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_n = pid % NB
@@ -49,6 +50,8 @@ def expand_kernel(
         o = tl.load(o_rows + offs_n[None, :] * stride_on,
                     mask=m_mask[:, None] & (offs_n < c1)[None, :],
                     other=0.0)  # [BM, BN] first block, in flight while y arrives
+    if PDL:  # launched beside the shrink that writes y (add_lora): wait for it
+        pdl_wait()
     if BR >= R:
         ym = m_mask[:, None] & (offs_r < rank)[None, :]  # [BM, BR]
         yb = tl.load(y_ptrs, mask=ym, other=0.0).to(tl.float32)  # [BM, BR]

@@ -61,9 +61,10 @@ class ExpandPlan(NamedTuple):
     tail: tuple
 
 
-_SHRINK_CX = ("S", "R", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL", "PREC")
+_SHRINK_CX = ("S", "R", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL", "PREC",
+              "PDL")
 _EXPAND_CX = ("S", "R", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH", "ALIGN",
-              "PREC")
+              "PREC", "PDL")
 
 
 try:
@@ -133,7 +134,8 @@ def _tiles(t: int, block_m: int, num_slots: int) -> int:
 
 
 def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
-                 cfg: configs.ShrinkConfig | None = None, fill: bool = True) -> ShrinkPlan:
+                 cfg: configs.ShrinkConfig | None = None, fill: bool = True,
+                 pdl: bool = False) -> ShrinkPlan:
     k, s, r = w.in_features, w.num_slices, w.max_rank
     if cfg is None:
         cfg = configs.shrink_config(describe(w.device), t, k, r, w.lora_a.element_size(),
@@ -155,14 +157,15 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
         S=s, R=r, TILE=tile_index(cfg.block_m), BM=cfg.block_m, BN=cfg.block_n,
         BK=cfg.block_k, RB=cfg.rank_blocks,
         EVEN_K=(k % k_split == 0 and k_split % cfg.block_k == 0),
-        ATOMIC=atomic and split > 1, FILL=fill and atomic and split == 1, PREC=PREC,
+        ATOMIC=atomic and split > 1, FILL=fill and atomic and split == 1, PREC=PREC, PDL=pdl,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ShrinkPlan((nb * _tiles(t, cfg.block_m, w.num_slots), split), nb, k_split, split, meta,
                       *_split_meta(meta, _SHRINK_CX, 0), tma)
 
 
-def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None) -> ExpandPlan:
+def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
+                 pdl: bool = False) -> ExpandPlan:
     if cfg is None:
         cfg = configs.expand_config(describe(w.device), t, w.total_out, w.max_rank,
                                     w.lora_b.element_size())
@@ -170,7 +173,7 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None)
     meta = dict(
         S=w.num_slices, R=w.max_rank, TILE=tile_index(cfg.block_m), SPLIT=split,
         BM=cfg.block_m, BN=cfg.block_n, BR=cfg.block_r, NCOL=cfg.col_blocks,
-        PREFETCH=cfg.prefetch, ALIGN=_align(w), PREC=PREC,
+        PREFETCH=cfg.prefetch, ALIGN=_align(w), PREC=PREC, PDL=pdl,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta,
@@ -217,10 +220,12 @@ def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = 
         if use_fused:
             plan = AddPlan(_fused_plan(w, t), None, None, 0, (), [None] * 4)
         else:
-            sp = _shrink_plan(w, t, atomic=False, split_k=split_k)
+            # the expand may start while the shrink runs (Hopper, native launches)
+            pdl = configs.pdl(info)
+            sp = _shrink_plan(w, t, atomic=False, split_k=split_k, pdl=pdl)
             s_, r = w.num_slices, w.max_rank
-            plan = AddPlan(None, sp, _expand_plan(w, t, sp.split), sp.split * s_ * t * r,
-                           (s_ * t * r, t * r, r, 1), [None] * 4)
+            plan = AddPlan(None, sp, _expand_plan(w, t, sp.split, pdl=pdl),
+                           sp.split * s_ * t * r, (s_ * t * r, t * r, r, 1), [None] * 4)
     else:
         raise ValueError(f"op must be 'shrink', 'expand' or 'add', got {op!r}")
     plans[key] = plan

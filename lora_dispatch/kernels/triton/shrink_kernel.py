@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._jit import fast_launch
-from .tiles import tile_head, tile_rows
+from .tiles import pdl_launch_dependents, tile_head, tile_rows
 
 __all__ = ["shrink_kernel"]
 
@@ -135,7 +135,10 @@ def shrink_kernel(
     S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
     EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, FILL: tl.constexpr, PREC: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:  # the expand after it may start now (it waits before reading y)
+        pdl_launch_dependents()
     pid = tl.program_id(0)
     pid_n = pid % NB
     pid_m = pid // NB

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .shrink_kernel import _blocks, _store_blocks, _zero_blocks
-from .tiles import tile_head, tile_rows
+from .tiles import pdl_launch_dependents, tile_head, tile_rows
 
 __all__ = ["shrink_tma_kernel"]
 
@@ -48,7 +48,10 @@ def shrink_tma_kernel(
     S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
     EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, FILL: tl.constexpr, PREC: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:  # the expand after it may start now (it waits before reading y)
+        pdl_launch_dependents()
     pid = tl.program_id(0)
     pid_n = pid % NB
     pid_m = pid // NB

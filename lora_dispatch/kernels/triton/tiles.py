@@ -5,7 +5,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["tile_head", "tile_rows", "slice_block"]
+__all__ = ["tile_head", "tile_rows", "slice_block", "pdl_wait", "pdl_launch_dependents"]
 
 
 @triton.jit
@@ -62,3 +62,19 @@ def slice_block(bounds_ptr, pid_n, S: tl.constexpr, BN: tl.constexpr, ALIGN: tl.
     c0 = tl.multiple_of(c0, ALIGN)
     c1 = tl.multiple_of(c1, ALIGN)
     return sl, c0, c1
+
+
+@triton.jit
+def pdl_wait():
+    """``griddepcontrol.wait`` (sm_90+): block until the kernels this one depends on have
+    finished and their writes are visible; a no-op without programmatic dependent launch."""
+    tl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
+def pdl_launch_dependents():
+    """``griddepcontrol.launch_dependents`` (sm_90+): a dependent kernel launched with
+    programmatic dependent launch may start once every program has run this or ended."""
+    tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [],
+                              dtype=tl.int32, is_pure=False, pack=1)
