@@ -544,7 +544,7 @@ def test_add_lora_pdl_equals_plain_launches(t, monkeypatch):
         monkeypatch.setenv("LORA_DISPATCH_PDL", pdl)
         w.__dict__.pop("_triton_plans", None)  # plans read the variable when built
         plan = tk.plan_for("add", w, t)
-        assert plan.shrink.meta["PDL"] == plan.expand.meta["PDL"] == (pdl == "1")
+        assert bool(plan.shrink.meta["PDL"]) == plan.expand.meta["PDL"] == (pdl == "1")
         outs = []
         for slots in batches:
             out = base.clone()

@@ -127,7 +127,7 @@ def variants(target: str):
                 yield f"expand-{name}-r{rank}-T{t}", L.expand_kernel, et, meta, ediv
                 if target == "sm90" and name == "qkv" and rank == 16:  # add_lora's PDL pair
                     yield (f"shrink-pdl-{name}-r{rank}-T{t}", L.shrink_kernel, st,
-                           {**sp.meta, "stride_xk": 1, "PDL": True}, sdiv)
+                           {**sp.meta, "stride_xk": 1, "PDL": 1 if t <= 256 else 2}, sdiv)
                     yield (f"expand-pdl-{name}-r{rank}-T{t}", L.expand_kernel, et,
                            {**meta, "PDL": True}, ediv)
     w = ld.LoRAWeights(4, 4096, (4096,), 16, dtype=torch.bfloat16)

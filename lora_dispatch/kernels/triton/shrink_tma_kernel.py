@@ -50,7 +50,7 @@ def shrink_tma_kernel(
     EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, FILL: tl.constexpr, PREC: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    if PDL:  # the expand after it may start now (it waits before reading y)
+    if PDL == 1:  # the expand after it may start now (it waits before reading y)
         pdl_launch_dependents()
     pid = tl.program_id(0)
     pid_n = pid % NB
@@ -100,3 +100,5 @@ def shrink_tma_kernel(
     _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
                   n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
                   stride_yp, stride_ys, stride_yt, S, R, BN, RB, ATOMIC, FILL)
+    if PDL == 2:  # or once this program's work is done (several waves: see launch.py)
+        pdl_launch_dependents()
