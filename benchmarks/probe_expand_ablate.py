@@ -21,14 +21,12 @@ config in ``_configs`` (shipped first).
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import triton
 import triton.language as tl
 
-from lora_dispatch.bench.kernels import expand_case
-from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
+from lora_dispatch.bench.kernels import expand_case, probe_main
+from lora_dispatch.bench.timing import gpu_time_us
 from lora_dispatch.devices import configs as C
 from lora_dispatch.kernels.triton import launch as L
 from lora_dispatch.kernels.triton.tiles import slice_block, tile_head, tile_rows
@@ -167,21 +165,7 @@ def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--shapes", default=_SHAPES)
-    ap.add_argument("--device", default="cuda")
-    args = ap.parse_args(argv)
-    dev = torch.device(args.device)
-    copy = copy_bandwidth_gbs(dev)
-    print(f"copy bandwidth (1 GiB) {copy:.0f} GB/s" if copy else "no copy bandwidth (CPU)",
-          flush=True)
-    rows: list[dict] = []
-    for spec in args.shapes.split(","):
-        _shape(spec, dev, copy, rows)
-    if args.json:
-        write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
-    return 0
+    return probe_main(argv, __doc__, _SHAPES, _shape)
 
 
 if __name__ == "__main__":

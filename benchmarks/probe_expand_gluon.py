@@ -17,42 +17,22 @@ cold L2 (median); % of the 1 GiB copy bandwidth from the op's minimal bytes.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
-from lora_dispatch.bench.kernels import expand_case
-from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
+from lora_dispatch.bench.kernels import expand_case, probe_main
+from lora_dispatch.bench.timing import gpu_time_us
 from lora_dispatch.kernels.triton import launch as L
+from lora_dispatch.kernels.triton.tiles import slice_block, tile_head
 
 _SHAPES = "expand:8192:64,expand:8192:16,qkv_expand:8192:64,expand:2048:64"
 
 
 @gluon.jit
-def _slice_block(bounds_ptr, pid_n, S: gl.constexpr, BN: gl.constexpr, ALIGN: gl.constexpr):
-    sl = pid_n * 0
-    c0 = pid_n * 0
-    c1 = pid_n * 0
-    first = pid_n * 0
-    for i in gl.static_range(S):
-        lo = gl.load(bounds_ptr + i)
-        hi = gl.load(bounds_ptr + i + 1)
-        nb = (hi - lo + BN - 1) // BN
-        hit = (pid_n >= first) & (pid_n < first + nb)
-        sl = gl.where(hit, i, sl)
-        c0 = gl.where(hit, lo + (pid_n - first) * BN, c0)
-        c1 = gl.where(hit, hi, c1)
-        first += nb
-    c0 = gl.multiple_of(c0, ALIGN)
-    c1 = gl.multiple_of(c1, ALIGN)
-    return sl, c0, c1
-
-
-@gluon.jit
 def _rows(start, end, tok_ptr, T, BM: gl.constexpr, layout: gl.constexpr):
+    """``tiles.tile_rows`` with an explicit layout (Gluon's ``arange`` needs one)."""
     offs_m = start + gl.arange(0, BM, layout=layout)  # [BM]
     tok = gl.load(tok_ptr + offs_m, mask=offs_m < end, other=T)  # [BM]
     m_mask = (tok >= 0) & (tok < T)  # [BM]
@@ -79,13 +59,8 @@ def expand_gluon_kernel(
     pid = gl.program_id(0)
     pid_n = pid % NB
     pid_m = pid // NB
-    tile = tiles_ptr + TILE * 3 * NT + pid_m
-    slot = gl.load(tile)
-    start = gl.load(tile + NT)
-    end = gl.load(tile + 2 * NT)
-    ok = (slot >= 0) & (slot < L)
-    rank = gl.load(ranks_ptr + slot, mask=ok, other=0)
-    sl, c0, c1 = _slice_block(bounds_ptr, pid_n, S, BN * NCOL, ALIGN)
+    slot, rank, start, end = tile_head(tiles_ptr + TILE * 3 * NT + pid_m, ranks_ptr, L, NT)
+    sl, c0, c1 = slice_block(bounds_ptr, pid_n, S, BN * NCOL, ALIGN)
     m_mask, tok64 = _rows(start, end, tok_ptr, T, BM, gl.SliceLayout(1, MMA))  # [BM]
     if rank == 0:
         return
@@ -195,19 +170,7 @@ def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--shapes", default=_SHAPES)
-    args = ap.parse_args(argv)
-    dev = torch.device("cuda")
-    copy = copy_bandwidth_gbs(dev)
-    print(f"copy bandwidth (1 GiB) {copy:.0f} GB/s", flush=True)
-    rows: list[dict] = []
-    for spec in args.shapes.split(","):
-        _shape(spec, dev, copy, rows)
-    if args.json:
-        write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
-    return 0
+    return probe_main(argv, __doc__, _SHAPES, _shape)
 
 
 if __name__ == "__main__":

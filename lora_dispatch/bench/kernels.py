@@ -138,6 +138,35 @@ def expand_case(spec: str, device: torch.device) -> ExpandCase:
     return ExpandCase(p, batch, w, y.unsqueeze(0), out, default, min_bytes(p))
 
 
+def probe_main(argv: list[str] | None, doc: str, shapes: str,
+               shape_fn: Callable[[str, torch.device, float | None, list[dict]], None],
+               extra_args: Callable[[argparse.ArgumentParser], None] | None = None,
+               before: Callable[..., None] | None = None) -> int:
+    """``main`` of an expand probe: ``--json``, ``--shapes`` (``op:T:rank,...``, default
+    ``shapes``) and ``--device``; prints the 1 GiB copy bandwidth, calls
+    ``shape_fn(spec, device, copy_gbs, rows)`` per shape (after ``before(args, device,
+    copy_gbs, rows)``) and writes the rows with the device, versions and commit."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--shapes", default=shapes)
+    ap.add_argument("--device", default="cuda")
+    if extra_args is not None:
+        extra_args(ap)
+    args = ap.parse_args(argv)
+    dev = torch.device(args.device)
+    copy = copy_bandwidth_gbs(dev)
+    print(f"copy bandwidth (1 GiB) {copy:.0f} GB/s" if copy else "no copy bandwidth (CPU)",
+          flush=True)
+    rows: list[dict] = []
+    if before is not None:
+        before(args, dev, copy, rows)
+    for spec in args.shapes.split(","):
+        shape_fn(spec, dev, copy, rows)
+    if args.json:
+        write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
+    return 0
+
+
 def _call(p: Problem, impl, batch, item) -> Callable[[], object]:
     """The op of ``p`` on one input set through a backend module (``shrink`` / ``expand`` /
     ``add_lora`` functions)."""
