@@ -25,8 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lora_dispatch.bench.kernels import expand_case, probe_main
-from lora_dispatch.bench.timing import gpu_time_us
+from lora_dispatch.bench.kernels import checked_time, expand_case, probe_main
 from lora_dispatch.devices import configs as C
 from lora_dispatch.kernels.triton import launch as L
 from lora_dispatch.kernels.triton.tiles import slice_block, tile_head, tile_rows
@@ -140,17 +139,10 @@ def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
                 expand_ablate_kernel[plan.grid](*a, **cx, HEAD=f[0], GATHER=f[1], DOT=f[2],
                                                 num_warps=plan.num_warps,
                                                 num_stages=plan.num_stages)
-            err = None
-            try:
-                if dot:
-                    chk = pristine.clone()
-                    launch(chk)
-                    err = (chk.float() - ref.float()).abs().max().item()
-                us = (gpu_time_us(lambda launch=launch: launch(out), dev, warmup_ms=5, rep_ms=20)
-                      if dev.type == "cuda" else float("nan"))  # CPU: a checked smoke run
-            except Exception as exc:  # configs that fail to compile are skipped
-                print(f"{spec} {cfg} failed: {exc!r}"[:200], flush=True)
+            res = checked_time(launch, out, pristine, ref, dev, bool(dot), f"{spec} {cfg}")
+            if res is None:
                 continue
+            err, us = res
             gbs = nbytes / (us * 1e-6) / 1e9
             r = dict(kind="ablate", op=op, T=t, rank=rank, default=cfg == default, us=us,
                      gbs=gbs, pct_copy=100 * gbs / (copy or float("nan")), head=head,

@@ -22,7 +22,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
-from lora_dispatch.bench.kernels import expand_case, probe_main
+from lora_dispatch.bench.kernels import checked_time, expand_case, probe_main
 from lora_dispatch.bench.timing import gpu_time_us
 from lora_dispatch.kernels.triton import launch as L
 from lora_dispatch.kernels.triton.tiles import slice_block, tile_head
@@ -150,16 +150,11 @@ def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
                 a = (*args[:2], o, *args[3:])
                 expand_gluon_kernel[plan.grid](*a, **cx, WM=wm, WN=wn, BMODE=bmode, DOT=dot, KW=kw,
                                                num_warps=wm * wn)
-            err = None
-            try:
-                if dot:
-                    chk = pristine.clone()
-                    launch(chk)
-                    err = (chk.float() - ref.float()).abs().max().item()
-                us = gpu_time_us(lambda launch=launch: launch(out), dev, warmup_ms=5, rep_ms=20)
-            except Exception as exc:  # a config that fails to build is reported and skipped
-                print(f"{spec} {cfg} bmode {bmode} dot {dot} failed: {exc!r}"[:300], flush=True)
+            res = checked_time(launch, out, pristine, ref, dev, bool(dot),
+                               f"{spec} {cfg} bmode {bmode} dot {dot}")
+            if res is None:
                 continue
+            err, us = res
             gbs = nbytes / (us * 1e-6) / 1e9
             rows.append(dict(kind="gluon", op=p.op, T=p.t, rank=p.rank, us=us, gbs=gbs,
                              pct_copy=100 * gbs / copy, wm=wm, wn=wn, bmode=bmode, dot=dot, kw=kw,

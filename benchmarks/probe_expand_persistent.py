@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lora_dispatch.bench.kernels import expand_case, probe_main
+from lora_dispatch.bench.kernels import checked_time, expand_case, probe_main
 from lora_dispatch.bench.timing import gpu_time_us
 from lora_dispatch.devices import configs as C
 from lora_dispatch.kernels.triton import launch as L
@@ -177,14 +177,10 @@ def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
     best = None
     for cfg, ppu in _configs(default):
         grid, launch = _launcher(w, batch, t, cfg, ppu, y4, units)
-        chk = pristine.clone()
-        try:
-            launch(chk)
-            us = gpu_time_us(lambda launch=launch: launch(out), dev, warmup_ms=5, rep_ms=20)
-        except Exception as exc:  # configs that fail to compile are skipped
-            print(f"{spec} {cfg} failed: {exc!r}"[:200], flush=True)
+        res = checked_time(launch, out, pristine, ref, dev, what=f"{spec} {cfg}")
+        if res is None:
             continue
-        err = (chk.float() - ref.float()).abs().max().item()
+        err, us = res
         gbs = nbytes / (us * 1e-6) / 1e9
         r = dict(kind="expand", op=op, T=t, rank=rank, default=not ppu, us=us, gbs=gbs,
                  pct_copy=100 * gbs / copy, max_diff_vs_shipped=err, grid=grid,

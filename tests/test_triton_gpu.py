@@ -515,6 +515,7 @@ def test_public_shrink_zero_fill_group(monkeypatch):
     w = make_weights(4, 4096, (4096, 1024, 1024), torch.bfloat16, seed=2)
     side = torch.cuda.Stream(DEV)
     for t in (1, 64, 700):
+        assert not tk.plan_for("shrink", w, t).meta["FILL"], "one split: no fill, no group"
         slots = random_slots(t, w.num_slots, gen)
         batch = token_batch(slots)
         x = torch.randn(t, 4096, generator=gen).to(DEV, torch.bfloat16)

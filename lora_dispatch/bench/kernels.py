@@ -138,6 +138,26 @@ def expand_case(spec: str, device: torch.device) -> ExpandCase:
     return ExpandCase(p, batch, w, y.unsqueeze(0), out, default, min_bytes(p))
 
 
+def checked_time(launch: Callable[[torch.Tensor], object], out: torch.Tensor,
+                 pristine: torch.Tensor, ref: torch.Tensor, device: torch.device,
+                 check: bool = True, what: str = "") -> tuple[float | None, float] | None:
+    """``(max |launch(copy of pristine) - ref|, cold-L2 µs of launch(out))`` for an expand
+    probe variant (the difference ``None`` with ``check=False``; µs NaN on the CPU, where the
+    call is a checked smoke run), or ``None`` after printing why when it fails to build."""
+    err = None
+    try:
+        if check:
+            chk = pristine.clone()
+            launch(chk)
+            err = (chk.float() - ref.float()).abs().max().item()
+        us = (gpu_time_us(lambda: launch(out), device, warmup_ms=5, rep_ms=20)
+              if device.type == "cuda" else float("nan"))
+    except Exception as exc:  # a variant that fails to compile is reported and skipped
+        print(f"{what} failed: {exc!r}"[:300], flush=True)
+        return None
+    return err, us
+
+
 def probe_main(argv: list[str] | None, doc: str, shapes: str,
                shape_fn: Callable[[str, torch.device, float | None, list[dict]], None],
                extra_args: Callable[[argparse.ArgumentParser], None] | None = None,
