@@ -10,7 +10,11 @@ A copy of the shipped expand kernel with three switches, each removing one part 
   benchmark's in-order prefill segments);
 - ``DOT=0``: no ``y`` or ``B`` read and no dot: ``out += 1``;
 - ``DOT=2``: the dot's result is rounded to ``out``'s dtype before the add (so only the
-  16-bit delta changes layout, not ``out`` into the dot's layout and the sum back).
+  16-bit delta changes layout, not ``out`` into the dot's layout and the sum back);
+- ``DOT=3``: ``y`` and ``B`` read as shipped, no dot: ``out += B block * sum(y)`` (needs
+  ``BR == BM``), i.e. the ``B`` traffic without the MMA or its layout change;
+- ``DOT=4``: the dot and its layout change as shipped, but ``B`` computed in registers
+  instead of read (no ``B`` traffic).
 
 Every variant with the dot is compared with the shipped kernel's output (``DOT=2`` is the
 shipped arithmetic since the seventh session, so it matches exactly for the benchmark's
@@ -30,8 +34,9 @@ from lora_dispatch.devices import configs as C
 from lora_dispatch.kernels.triton import launch as L
 from lora_dispatch.kernels.triton.tiles import slice_block, tile_head, tile_rows
 
-_SHAPES = "expand:8192:16,expand:8192:64,qkv_expand:8192:64,expand:2048:64"
-_FLAGS = ((1, 1, 1), (1, 1, 2), (1, 0, 1), (0, 0, 1), (0, 0, 2), (1, 1, 0), (0, 0, 0))
+_SHAPES = "expand:8192:64,qkv_expand:8192:64,expand:2048:64"
+_FLAGS = ((1, 1, 1), (1, 1, 2), (1, 0, 1), (0, 0, 1), (0, 0, 2), (1, 1, 0), (0, 0, 0),
+          (1, 1, 3), (1, 1, 4))
 
 
 @triton.jit
@@ -73,6 +78,10 @@ def expand_ablate_kernel(
         offs_n = c0 + tl.arange(0, BN)  # [BN]
         o = tl.load(o_rows + offs_n[None, :] * stride_on,
                     mask=m_mask[:, None] & (offs_n < c1)[None, :], other=0.0)  # [BM, BN]
+        if PREFETCH == 2:
+            o1 = tl.load(o_rows + (offs_n + BN)[None, :] * stride_on,
+                         mask=m_mask[:, None] & ((offs_n + BN < c1) & (1 < NCOL))[None, :],
+                         other=0.0)  # [BM, BN]
     if DOT:
         ym = m_mask[:, None] & (offs_r < rank)[None, :]  # [BM, BR]
         yb = tl.load(y_ptrs, mask=ym, other=0.0).to(tl.float32)  # [BM, BR]
@@ -85,30 +94,47 @@ def expand_ablate_kernel(
         n_mask = offs_n < c1  # [BN]
         mask = m_mask[:, None] & n_mask[None, :]  # [BM, BN]
         o_ptrs = o_rows + offs_n[None, :] * stride_on  # [BM, BN]
-        if PREFETCH:
+        if PREFETCH == 2:
+            nxt = (offs_n + 2 * BN < c1) & (j + 2 < NCOL)  # [BN]
+            o_next = tl.load(o_rows + (offs_n + 2 * BN)[None, :] * stride_on,
+                             mask=m_mask[:, None] & nxt[None, :], other=0.0)  # [BM, BN]
+        elif PREFETCH:
             nxt = (offs_n + BN < c1) & (j + 1 < NCOL)  # [BN]
             o_next = tl.load(o_rows + (offs_n + BN)[None, :] * stride_on,
                              mask=m_mask[:, None] & nxt[None, :], other=0.0)  # [BM, BN]
         else:
             o = tl.load(o_ptrs, mask=mask, other=0.0)  # [BM, BN]
-        if DOT:
+        if DOT == 4:
+            bb = ((offs_r[:, None] + offs_n[None, :]) & 7).to(b_ptr.dtype.element_ty)
+            acc = tl.dot(yb, bb, input_precision=PREC)  # [BM, BN]
+        elif DOT:
             b_ptrs = b_base + offs_n[None, :].to(tl.int64) * R  # [BR, BN]
             bb = tl.load(b_ptrs, mask=(offs_r < R)[:, None] & n_mask[None, :], other=0.0)
-            acc = tl.dot(yb, bb, input_precision=PREC)  # [BM, BN]
+            if DOT == 3:
+                acc = bb.to(tl.float32) * tl.sum(tl.sum(yb.to(tl.float32), 1), 0)  # [BM, BN]
+            else:
+                acc = tl.dot(yb, bb, input_precision=PREC)  # [BM, BN]
         else:
             acc = tl.full((BM, BN), 1.0, dtype=tl.float32)  # [BM, BN]
-        if DOT == 2:
+        if DOT >= 2:
             tl.store(o_ptrs, (o.to(tl.float32) + acc.to(o.dtype).to(tl.float32)).to(o.dtype),
                      mask=mask)
         else:
             tl.store(o_ptrs, (o.to(tl.float32) + acc).to(o.dtype), mask=mask)
-        if PREFETCH:
+        if PREFETCH == 2:
+            o = o1
+            o1 = o_next
+        elif PREFETCH:
             o = o_next
 
 
 _ALTS = ((32, 128, 4, True), (32, 128, 8, True), (64, 64, 4, True), (64, 64, 8, True),
          (64, 64, 4, False), (64, 64, 8, False), (64, 128, 4, False), (64, 128, 8, False),
          (64, 128, 8, True))
+# rank 64 at the shipped depth: two out blocks in flight (PREFETCH=2), wider / taller tiles,
+# 1024 columns per program (half the programs, so half the tile prologues)
+_ALTS_WIDE = ((64, 64, 4, 8, 2), (64, 128, 8, 8, 1), (128, 64, 8, 8, 1), (64, 64, 4, 16, 1),
+              (64, 128, 4, 8, 1), (64, 128, 8, 16, 1), (64, 64, 4, 4, 1))
 
 
 def _configs(default: C.ExpandConfig) -> list[tuple[C.ExpandConfig, tuple]]:
@@ -119,6 +145,11 @@ def _configs(default: C.ExpandConfig) -> list[tuple[C.ExpandConfig, tuple]]:
         cfg = C.ExpandConfig(bm, bn, default.block_r, 4, 1, ncol, pf)
         if cfg != default:
             out.append((cfg, _FLAGS[:2]))
+    if default.block_r >= 64:
+        for bm, bn, warps, ncol, pf in _ALTS_WIDE:
+            cfg = C.ExpandConfig(bm, bn, default.block_r, warps, default.num_stages, ncol, pf)
+            if cfg != default:
+                out.append((cfg, ((1, 1, 2),)))
     return out
 
 
@@ -134,12 +165,14 @@ def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
         cx = {k: v for k, v in plan.meta.items()
               if k not in ("num_warps", "num_stages", "PDL")}
         for head, gather, dot in flags:
+            if dot == 3 and cfg.block_m != cfg.block_r:
+                continue
             def launch(o, args=args, cx=cx, plan=plan, f=(head, gather, dot)):
                 a = (*args[:2], o, *args[3:])
                 expand_ablate_kernel[plan.grid](*a, **cx, HEAD=f[0], GATHER=f[1], DOT=f[2],
                                                 num_warps=plan.num_warps,
                                                 num_stages=plan.num_stages)
-            res = checked_time(launch, out, pristine, ref, dev, bool(dot), f"{spec} {cfg}")
+            res = checked_time(launch, out, pristine, ref, dev, dot in (1, 2), f"{spec} {cfg}")
             if res is None:
                 continue
             err, us = res
@@ -150,8 +183,8 @@ def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
                      max_diff_vs_shipped=err, grid=plan.grid[0], **cfg.__dict__)
             rows.append(r)
             print(f"{spec:>20} {cfg.block_m:3d}x{cfg.block_n:<3d} ncol {cfg.col_blocks} "
-                  f"pf {int(cfg.prefetch)} st {cfg.num_stages} head {head} gather {gather} "
-                  f"dot {dot}: {us:7.1f} us {r['pct_copy']:5.1f}%"
+                  f"pf {int(cfg.prefetch)} w {cfg.num_warps} st {cfg.num_stages} head {head} "
+                  f"gather {gather} dot {dot}: {us:7.1f} us {r['pct_copy']:5.1f}%"
                   f"{'' if err is None else f'  err {err:.3g}'}"
                   f"{'  (shipped)' if cfg == default else ''}", flush=True)
 

@@ -47,7 +47,7 @@ LAYERS = {
 DECODE_T = (1, 16, 64, 256)
 PREFILL_T = (2048, 8192)
 COLUMNS = ("op", "backend", "dtype", "T", "rank", "adapters", "gpu_us", "graph_us", "host_us",
-           "gbs", "pct_copy", "path")
+           "gbs", "pct_copy", "kernel_us", "pct_copy_kernel", "path")
 
 
 @dataclass
@@ -211,18 +211,21 @@ def _cycle(fns: list[Callable[[], object]]) -> Callable[[], object]:
     return lambda: next(it)()
 
 
-def measure(p: Problem, backend: str, copy_bw: float | None, sets: int) -> dict:
-    """One benchmark row."""
+def measure(p: Problem, backend: str, copy_bw: float | None, sets: int,
+            copy_bw_kernel: float | None = None) -> dict:
+    """One benchmark row. ``copy_bw_kernel``: the copy bandwidth timed by the profiler, for
+    ``pct_copy_kernel`` (the row's own kernel time, ``kernel_us``, over the same ruler)."""
     import importlib
 
     impl = importlib.import_module(f"lora_dispatch.kernels.{backend}")
     batch, items = _build(p, sets)
     fns = [_call(p, impl, batch, it) for it in items]
     on_gpu = p.device.type == "cuda"
-    dob = None
+    dob = kern = None
     if on_gpu:
         gpu = gpu_time_us(fns[0], p.device, warmup_ms=10, rep_ms=40)
         dob = gpu_time_us(fns[0], p.device, warmup_ms=10, rep_ms=40, method="do_bench")
+        kern = gpu_time_us(fns[0], p.device, method="kernel")
     else:
         gpu = host_time_us(fns[0], p.device, n=1, rounds=3, sync_each=True)
     graph = graph_time_us(_cycle(fns), p.device, inner=max(sets, 20), reps=20) if on_gpu else None
@@ -258,6 +261,9 @@ def measure(p: Problem, backend: str, copy_bw: float | None, sets: int) -> dict:
         "bytes": nbytes, "gbs": gbs, "pct_copy": 100 * gbs / copy_bw if copy_bw else None,
         "gpu_us_do_bench": dob,
         "pct_copy_do_bench": (100 * nbytes / dob / 1e3 / copy_bw) if dob and copy_bw else None,
+        "kernel_us": kern,
+        "pct_copy_kernel": (100 * nbytes / kern / 1e3 / copy_bw_kernel)
+        if kern and copy_bw_kernel else None,
         "path": path,
     }
 
@@ -296,14 +302,16 @@ def run(quick: bool = False, device: torch.device | None = None,
         cuda = torch.cuda.is_available()
         device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     copy_bw = copy_bandwidth_gbs(device)
+    copy_bw_kernel = copy_bandwidth_gbs(device, method="kernel")
     meta = env_record(device)
     meta["copy_gbs"] = copy_bw
+    meta["copy_gbs_kernel"] = copy_bw_kernel
     meta["quick"] = quick
     rows = []
     for p, backend in problems(quick, device, tokens, ops):
         sets = 1 if device.type != "cuda" else max(1, min(8, (64 << 20) // max(min_bytes(p), 1)))
         try:
-            row = measure(p, backend, copy_bw, sets)
+            row = measure(p, backend, copy_bw, sets, copy_bw_kernel)
         except Exception as exc:  # keep the sweep going; the row records the failure
             row = {"op": p.op, "backend": backend, "T": p.t, "rank": p.rank,
                    "adapters": p.adapters, "error": repr(exc)[:300]}

@@ -24,6 +24,7 @@ __all__ = [
     "env_record",
     "copy_bandwidth_gbs",
     "gpu_time_us",
+    "kernel_spans_us",
     "graph_time_us",
     "host_time_us",
     "result_path",
@@ -91,13 +92,17 @@ _FLUSH: dict[torch.device, torch.Tensor] = {}
 def _flush_buffer(device: torch.device) -> torch.Tensor:
     buf = _FLUSH.get(device)
     if buf is None:
-        buf = _FLUSH[device] = torch.ones(64 << 20, dtype=torch.int32, device=device)  # 256 MB
+        buf = _FLUSH[device] = torch.ones(64 << 20, dtype=torch.float32, device=device)  # 256 MB
     return buf
 
 
 def _evict(buf: torch.Tensor) -> torch.Tensor:
-    """Read all of ``buf`` (replaces L2's contents with clean lines)."""
-    return buf.sum(dtype=torch.int64)
+    """Read all of ``buf`` in one reduction kernel (replaces L2's contents with clean lines).
+
+    Up to the ninth session this was ``int32_buf.sum(dtype=torch.int64)``, which first
+    *writes* a 512 MB int64 copy (a separate cast kernel), so L2 still ended dirty.
+    """
+    return buf.sum()
 
 
 def gpu_time_us(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 25,
@@ -117,8 +122,10 @@ def gpu_time_us(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 
         from triton.testing import do_bench
 
         return 1e3 * do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+    if method == "kernel":
+        return statistics.median(kernel_spans_us(fn, device))
     if method != "clean":
-        raise ValueError(f"method must be 'clean' or 'do_bench', got {method!r}")
+        raise ValueError(f"method must be 'clean', 'kernel' or 'do_bench', got {method!r}")
     buf = _flush_buffer(device)
     fn()
     torch.cuda.synchronize(device)
@@ -142,6 +149,55 @@ def gpu_time_us(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 
         ends[i].record()
     torch.cuda.synchronize(device)
     return 1e3 * statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
+
+
+_EVICT_KERNELS: dict[torch.device, int] = {}
+
+
+def _device_events(prof) -> list:
+    """The profiler's device-side activities (kernels, memsets, copies), by start time."""
+    evs = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    evs.sort(key=lambda e: e.time_range.start)
+    return evs
+
+
+def kernel_spans_us(fn: Callable[[], Any], device: torch.device, n: int = 20) -> list[float]:
+    """Per call of ``fn``, first start to last end of its device activities (µs) as the
+    profiler (CUPTI) records them, each call after an L2 eviction.
+
+    Unlike CUDA events this leaves out the launch latency and the event records around the
+    call (about 3 µs per call on an H200), so it is the time the kernels themselves take:
+    what a roofline compares. Kernels that overlap (programmatic dependent launch) count
+    once. ``fn`` must issue the same activities on the current stream every call.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    buf = _flush_buffer(device)
+    e = _EVICT_KERNELS.get(device)
+    if e is None:
+        _evict(buf)
+        torch.cuda.synchronize(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            _evict(buf)
+            torch.cuda.synchronize(device)
+        e = _EVICT_KERNELS[device] = len(_device_events(prof))
+    fn()
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            _evict(buf)
+            fn()
+        torch.cuda.synchronize(device)
+    evs = _device_events(prof)
+    per, rem = divmod(len(evs) - n * e, n)
+    if per < 1 or rem:
+        raise RuntimeError(f"kernel_spans_us: {len(evs)} device activities for {n} calls "
+                           f"with {e} per eviction: fn does not issue the same work per call")
+    spans = []
+    for i in range(n):
+        grp = evs[i * (e + per) + e:(i + 1) * (e + per)]
+        spans.append(max(g.time_range.end for g in grp) - min(g.time_range.start for g in grp))
+    return [float(s) for s in spans]
 
 
 def graph_time_us(
@@ -200,14 +256,16 @@ def host_time_us(
     return statistics.median(per)
 
 
-def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float | None:
-    """Measured device-to-device copy bandwidth (bytes read + written per second), GB/s."""
+def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30,
+                       method: str = "clean") -> float | None:
+    """Measured device-to-device copy bandwidth (bytes read + written per second), GB/s,
+    timed by :func:`gpu_time_us` ``method``."""
     if device.type != "cuda":
         return None
     n = nbytes // 4
     a = torch.empty(n, dtype=torch.float32, device=device).uniform_()
     b = torch.empty_like(a)
-    us = gpu_time_us(lambda: b.copy_(a), device)
+    us = gpu_time_us(lambda: b.copy_(a), device, method=method)
     return 2 * nbytes / (us * 1e-6) / 1e9
 
 

@@ -1,0 +1,64 @@
+"""GPU tests of the benchmark timers: the profiler's kernel time and the L2 eviction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from lora_dispatch.bench import timing
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA / ROCm GPU"),
+]
+
+
+@pytest.fixture(scope="module")
+def dev():
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def test_eviction_is_one_read(dev):
+    buf = timing._flush_buffer(dev)
+    assert buf.numel() * buf.element_size() >= 256 << 20
+    timing._evict(buf)
+    torch.cuda.synchronize(dev)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        timing._evict(buf)
+        torch.cuda.synchronize(dev)
+    kernels = [e for e in timing._device_events(prof) if "emset" not in e.name]
+    assert len(kernels) == 1, [e.name for e in kernels]  # no cast kernel writing a copy
+
+
+def test_kernel_time_below_event_time(dev):
+    x = torch.randn(16 << 20, device=dev)
+    y = torch.empty_like(x)
+    events = timing.gpu_time_us(lambda: y.copy_(x), dev)
+    spans = timing.kernel_spans_us(lambda: y.copy_(x), dev, n=10)
+    assert len(spans) == 10
+    k = sorted(spans)[5]
+    assert 0 < k <= events
+    # 128 MB moved: no faster than 10 TB/s, no slower than the event time allows
+    assert k >= 128e6 / 10e12 * 1e6
+
+
+def test_kernel_time_spans_every_launch(dev):
+    x = torch.randn(8 << 20, device=dev)
+    one = timing.gpu_time_us(lambda: x.mul_(1.0), dev, method="kernel")
+    three = timing.gpu_time_us(lambda: (x.mul_(1.0), x.mul_(1.0), x.mul_(1.0)), dev,
+                               method="kernel")
+    assert three > 2.5 * one
+
+
+def test_kernel_time_rejects_varying_work(dev):
+    x = torch.randn(1 << 20, device=dev)
+    calls = []
+
+    def fn():
+        calls.append(1)
+        for _ in range(len(calls) % 2 + 1):
+            x.mul_(1.0)
+
+    with pytest.raises(RuntimeError, match="same work"):
+        timing.kernel_spans_us(fn, dev, n=5)
