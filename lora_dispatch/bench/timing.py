@@ -105,12 +105,25 @@ def _evict(buf: torch.Tensor) -> torch.Tensor:
     return buf.sum()
 
 
+_sleep = getattr(torch.cuda, "_sleep", None)
+
+
+def _busy(us: float = 100.0) -> None:
+    """Queue about ``us`` of spinning on the GPU (at ~2 GHz), so the host has queued the
+    timed work before the GPU reaches the start event: host speed then cannot open gaps
+    inside the timed interval (a slow host otherwise adds its launch time to small kernels,
+    and a graph's launch time to its replay)."""
+    if _sleep is not None:
+        _sleep(int(us * 2000))
+
+
 def gpu_time_us(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 25,
                 rep_ms: float = 100, method: str = "clean") -> float:
     """Median device time of ``fn`` in microseconds, with a cold L2 before each call.
 
     ``method="clean"`` (default) evicts L2 by *reading* a 256 MB buffer before each timed
-    call, so the cache holds only clean lines. ``method="do_bench"`` uses
+    call, so the cache holds only clean lines, then queues ~100 µs of GPU spinning
+    (:func:`_busy`) so the call is queued before its start event is reached. ``method="do_bench"`` uses
     ``triton.testing.do_bench``, whose flush *writes* 256 MB: the L2 is then full of dirty
     lines whose write-back is charged to the timed kernel, which understates read-heavy
     kernels (on an H200, a plain ``x.sum(1)`` over 64 MB reads at ~56% of the copy bandwidth
@@ -144,6 +157,7 @@ def gpu_time_us(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     for i in range(n):
         _evict(buf)
+        _busy()
         starts[i].record()
         fn()
         ends[i].record()
@@ -203,7 +217,8 @@ def kernel_spans_us(fn: Callable[[], Any], device: torch.device, n: int = 20) ->
 def graph_time_us(
     fn: Callable[[], Any], device: torch.device, inner: int = 20, reps: int = 30
 ) -> float | None:
-    """Median device time per call of ``fn`` replayed from a CUDA graph of ``inner`` calls."""
+    """Median device time per call of ``fn`` replayed from a CUDA graph of ``inner`` calls
+    (each replay queued behind :func:`_busy`, so the graph's launch is not timed)."""
     if device.type != "cuda":
         return None
     s = torch.cuda.Stream(device)
@@ -223,6 +238,7 @@ def graph_time_us(
     end = torch.cuda.Event(enable_timing=True)
     times = []
     for _ in range(reps):
+        _busy()
         start.record()
         g.replay()
         end.record()
