@@ -123,11 +123,13 @@ def gpu_time_us(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 
 
     ``method="clean"`` (default) evicts L2 by *reading* a 256 MB buffer before each timed
     call, so the cache holds only clean lines, then queues ~100 µs of GPU spinning
-    (:func:`_busy`) so the call is queued before its start event is reached. ``method="do_bench"`` uses
-    ``triton.testing.do_bench``, whose flush *writes* 256 MB: the L2 is then full of dirty
-    lines whose write-back is charged to the timed kernel, which understates read-heavy
-    kernels (on an H200, a plain ``x.sum(1)`` over 64 MB reads at ~56% of the copy bandwidth
-    that way).
+    (:func:`_busy`) so the call is queued before its start event is reached.
+    ``method="do_bench"`` uses ``triton.testing.do_bench``, whose flush *writes* 256 MB: the
+    L2 is then full of dirty lines whose write-back is charged to the timed kernel, which
+    understates read-heavy kernels (on an H200, a plain ``x.sum(1)`` over 64 MB reads at
+    ~56% of the copy bandwidth that way). ``method="kernel"`` is :func:`kernel_spans_us`:
+    the kernels' own time from the profiler, without the event and launch latency the
+    other two include.
     """
     if device.type != "cuda":
         return host_time_us(lambda: fn(), device, n=20, sync_each=True)
