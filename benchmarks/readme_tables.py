@@ -22,14 +22,15 @@ def kernels_table(path: str) -> str:
 
     out = [f"{d['device']} · torch {d['torch']} · Triton {d['triton']} · commit "
            f"`{d['commit']}` · copy bandwidth {d['copy_gbs']:.0f} GB/s", "",
-           "| op | T=8192 r16 | T=8192 r64 | T=2048 r16 | decode T=1 r16 | decode T=64 r16 "
-           "| host µs |", "|---|---|---|---|---|---|---|"]
+           "| op | T=8192 r16 | T=8192 r64 | T=2048 r16 | T=2048 r64 | decode T=1 r16 "
+           "| decode T=64 r16 | host µs |", "|---|---|---|---|---|---|---|---|"]
     for op in ("shrink", "expand", "qkv_expand", "gate_up_expand", "add_lora"):
         cells = []
-        for t, rank in ((8192, 16), (8192, 64), (2048, 16)):
+        for t, rank in ((8192, 16), (8192, 64), (2048, 16), (2048, 64)):
             r = pick(op, t, rank)
-            cells.append("-" if r is None else
-                         f"{r['pct_copy']:.0f}% ({r['pct_copy_do_bench']:.0f}%)")
+            kern = "" if r is None or r.get("pct_copy_kernel") is None else \
+                f" · {r['pct_copy_kernel']:.0f}%"
+            cells.append("-" if r is None else f"{r['pct_copy']:.0f}%{kern}")
         for t in (1, 64):
             r = pick(op, t, 16)
             cells.append("-" if r is None or r.get("graph_us") is None else f"{r['graph_us']:.1f}")
