@@ -62,3 +62,20 @@ def test_kernel_time_rejects_varying_work(dev):
 
     with pytest.raises(RuntimeError, match="same work"):
         timing.kernel_spans_us(fn, dev, n=5)
+
+
+def test_timed_interval_excludes_host_launch_time(dev):
+    """A call whose host side is slow (20 µs of host work before its launch) times like the
+    same call without it: the spin queued before the start event covers the host."""
+    import time
+
+    x = torch.randn(1 << 16, device=dev)
+
+    def slow():
+        t_end = time.perf_counter() + 20e-6
+        while time.perf_counter() < t_end:
+            pass
+        x.mul_(1.0)
+
+    fast = timing.gpu_time_us(lambda: x.mul_(1.0), dev, warmup_ms=2, rep_ms=5)
+    assert timing.gpu_time_us(slow, dev, warmup_ms=2, rep_ms=5) < fast + 5
