@@ -65,14 +65,15 @@ def test_kernel_time_rejects_varying_work(dev):
 
 
 def test_timed_interval_excludes_host_launch_time(dev):
-    """A call whose host side is slow (20 µs of host work before its launch) times like the
-    same call without it: the spin queued before the start event covers the host."""
+    """A call whose host side is slow (80 µs of host work before its launch, more than the
+    ~65 µs eviction queued before it) times like the same call without it: the spin queued
+    before the start event covers the host (without the spin this reads ~15 µs more)."""
     import time
 
     x = torch.randn(1 << 16, device=dev)
 
     def slow():
-        t_end = time.perf_counter() + 20e-6
+        t_end = time.perf_counter() + 80e-6
         while time.perf_counter() < t_end:
             pass
         x.mul_(1.0)
