@@ -12,9 +12,8 @@ import argparse
 
 import torch
 
-import lora_dispatch as ld
 from lora_dispatch.bench import timing
-from lora_dispatch.bench.kernels import Problem, _build
+from lora_dispatch.bench.kernels import Problem, _build, _public
 from lora_dispatch.bench.timing import env_record, gpu_time_us, graph_time_us, write_json
 
 ap = argparse.ArgumentParser()
@@ -26,10 +25,7 @@ rows = []
 for op, t in (("shrink", 1), ("shrink", 64), ("expand", 1), ("add_lora", 1), ("add_lora", 64)):
     p = Problem(op, 4096, t, 16, 4, torch.bfloat16, dev)
     batch, items = _build(p, 1)
-    w, x, y, out = items[0]
-    fn = {"shrink": lambda x=x, w=w, b=batch: ld.lora_shrink(x, w, b),
-          "expand": lambda y=y, w=w, b=batch, o=out: ld.lora_expand(y, w, b, o),
-          "add_lora": lambda o=out, x=x, w=w, b=batch: ld.add_lora(o, x, w, b)}[op]
+    fn = _public(p, batch, items[0])
     for rnd in range(2):
         res = {}
         for name, b in (("off", lambda us=0: None), ("on", busy)):

@@ -5,11 +5,11 @@ four timing methods (events, do_bench, graph replay, the profiler's kernel time)
 """
 
 import argparse
+from dataclasses import replace
 
 import torch
 
-import lora_dispatch as ld
-from lora_dispatch.bench.kernels import Problem, _build
+from lora_dispatch.bench.kernels import Problem, _build, _public
 from lora_dispatch.bench.timing import gpu_time_us, graph_time_us
 from lora_dispatch.kernels.triton import launch as L
 
@@ -30,17 +30,16 @@ for rank in (int(r) for r in args.ranks.split(",")):
     print(f"r={rank} add plan: shrink tma={sp.tma} split={sp.split} meta={sp.meta}")
     print(f"r={rank} add plan: expand meta={ep.meta}")
     ws = torch.empty((sp.split, w.num_slices, t, w.max_rank), dtype=torch.float32, device=dev)
-    y = ld.lora_shrink(x, w, batch)
     fns = {
-        "add_lora": lambda out=out, x=x, w=w, batch=batch: ld.add_lora(out, x, w, batch),
+        "add_lora": _public(p, batch, items[0]),
         "two_pass": lambda plan=plan, out=out, x=x, w=w, batch=batch: L._two_pass(
             plan, out, x, w, batch, t),
         "shrink": lambda sp=sp, x=x, w=w, batch=batch, ws=ws: L._launch_shrink(
             sp, x, w, batch, ws, t),
         "expand": lambda ep=ep, ws=ws, w=w, batch=batch, out=out: L._launch_expand(
             ep, ws, w, batch, out, t),
-        "pub_shrink": lambda x=x, w=w, batch=batch: ld.lora_shrink(x, w, batch),
-        "pub_expand": lambda y=y, w=w, batch=batch, out=out: ld.lora_expand(y, w, batch, out),
+        "pub_shrink": _public(replace(p, op="shrink"), batch, items[0]),
+        "pub_expand": _public(replace(p, op="expand"), batch, items[0]),
     }
     for name, fn in fns.items():
         c = gpu_time_us(fn, dev)

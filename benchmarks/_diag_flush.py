@@ -11,9 +11,8 @@ import argparse
 
 import torch
 
-import lora_dispatch as ld
 from lora_dispatch.bench import timing
-from lora_dispatch.bench.kernels import Problem, _build, min_bytes
+from lora_dispatch.bench.kernels import Problem, _build, _public, min_bytes
 from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
 
 ap = argparse.ArgumentParser()
@@ -37,13 +36,7 @@ for op, rank in (("shrink", 16), ("expand", 64), ("qkv_expand", 64), ("add_lora"
                  ("add_lora", 64)):
     p = Problem(op, 4096, 8192, rank, 4, torch.bfloat16, dev)
     batch, items = _build(p, 1)
-    w, xx, yy, out = items[0]
-    if op == "shrink":
-        fn = (lambda w=w, xx=xx, b=batch: ld.lora_shrink(xx, w, b))
-    elif op == "add_lora":
-        fn = (lambda w=w, xx=xx, b=batch, o=out: ld.add_lora(o, xx, w, b))
-    else:
-        fn = (lambda w=w, yy=yy, b=batch, o=out: ld.lora_expand(yy, w, b, o))
+    fn = _public(p, batch, items[0])
     cases[f"{op} r{rank} T=8192"] = (fn, min_bytes(p))
 
 copy_old = copy_new = None
