@@ -12,6 +12,10 @@
 #   LORA_DISPATCH_WHEELHOUSE   optional directory of downloaded triton wheels (--find-links)
 #   LORA_DISPATCH_BENCH=1      also time the benchmarks (--benchmark-enable), JSON written to
 #                              $LORA_DISPATCH_VENV_CACHE/bench-<version>.json
+#   LORA_DISPATCH_PRUNE_VENVS=1  delete each release's venv once its tests ran (a fresh CI clone
+#                              never reuses them; each holds 0.6-1.1 GB of triton)
+#
+# The release that $PYTHON already has runs in $PYTHON itself: no second copy of it.
 #
 # Each venv is created with --system-site-packages from $PYTHON. When $PYTHON is itself a
 # venv its packages are not "system" ones, so a .pth file appends its site-packages after
@@ -31,9 +35,14 @@ mkdir -p "$CACHE"
 status=0
 summary=()
 
+parent_triton=$("$PYTHON" -c 'import triton; print(triton.__version__.split("+")[0])' 2>/dev/null || true)
+
 for version in "$@"; do
     venv="$CACHE/triton-$version"
-    if ! "$venv/bin/python" -c "import triton, sys; sys.exit(triton.__version__.split('+')[0] != '$version')" \
+    py="$venv/bin/python"
+    if [ "$version" = "$parent_triton" ]; then
+        py="$PYTHON"
+    elif ! "$venv/bin/python" -c "import triton, sys; sys.exit(triton.__version__.split('+')[0] != '$version')" \
             >/dev/null 2>&1; then
         echo "== creating $venv"
         rm -rf "$venv"
@@ -44,21 +53,30 @@ for version in "$@"; do
         if [ -n "${LORA_DISPATCH_WHEELHOUSE:-}" ]; then
             find_links=(--find-links "$LORA_DISPATCH_WHEELHOUSE")
         fi
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
-            --ignore-installed "${find_links[@]}" "triton==$version"
+        if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir \
+                --no-deps --ignore-installed "${find_links[@]}" "triton==$version"; then
+            df -h "$CACHE" >&2 || true
+            summary+=("triton $version: INSTALL FAILED")
+            status=1
+            rm -rf "$venv"
+            continue
+        fi
     fi
     bench_args=()
     if [ "${LORA_DISPATCH_BENCH:-0}" = "1" ]; then
         bench_args=(--benchmark-enable "--benchmark-json=$CACHE/bench-$version.json")
     fi
     echo "== triton $version"
-    if "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+    if "$py" -m pytest -q -p no:cacheprovider \
             tests/test_launcher_spec.py tests/test_launcher_fast.py tests/test_launcher_bench.py \
             "${bench_args[@]}"; then
         summary+=("triton $version: ok")
     else
         summary+=("triton $version: FAILED")
         status=1
+    fi
+    if [ "${LORA_DISPATCH_PRUNE_VENVS:-0}" = "1" ] && [ "$py" != "$PYTHON" ]; then
+        rm -rf "$venv"
     fi
 done
 

@@ -5,7 +5,9 @@
 #   bash ci/run_leg.sh cuda    # on a GPU machine with torch+triton installed: GPU tests + benchmarks
 #
 # Env: PYTHON (interpreter to build the venv from), LORA_DISPATCH_VENV (venv dir, default .venv),
-#      TORCH_SPEC / TRITON_SPEC (pip specs), OUT (where GPU legs write logs and JSON).
+#      TORCH_SPEC / TRITON_SPEC (pip specs), OUT (where GPU legs write logs and JSON),
+#      LORA_DISPATCH_PRUNE_VENVS (cpu leg, default 1: delete each extra Triton release's venv
+#      after its launcher tests; 0 keeps them in .venv-triton for the next run).
 set -euo pipefail
 leg=${1:-cpu}
 shift || true
@@ -24,8 +26,8 @@ setup_cpu_venv() {
   local venv=${LORA_DISPATCH_VENV:-.venv}
   if [ ! -x "$venv/bin/python" ]; then "${PYTHON:-python3}" -m venv "$venv"; fi
   export PATH="$root/$venv/bin:$PATH"
-  python -m pip install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
-  python -m pip install -q --disable-pip-version-check -e ".[test]" \
+  python -m pip install -q --disable-pip-version-check --no-cache-dir "${TORCH_SPEC:-torch==2.13.0}"
+  python -m pip install -q --disable-pip-version-check --no-cache-dir -e ".[test]" \
     "${TRITON_SPEC:-triton==3.6.0}" "numpy<2.3"
 }
 
@@ -36,7 +38,9 @@ case "$leg" in
     ruff check lora_dispatch tests benchmarks
     pytest_strict python -m pytest -q -m "not gpu" -p no:cacheprovider "$@"
     if [ -f ci/launcher_versions.sh ]; then
-      PYTHON="$(command -v python)" bash ci/launcher_versions.sh
+      # each extra Triton release is 0.6-1.1 GB: delete it after its tests unless asked to keep it
+      LORA_DISPATCH_PRUNE_VENVS=${LORA_DISPATCH_PRUNE_VENVS:-1} \
+        PYTHON="$(command -v python)" bash ci/launcher_versions.sh
     fi
     lora-dispatch info
     lora-dispatch check --quick
