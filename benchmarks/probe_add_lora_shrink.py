@@ -1,0 +1,111 @@
+"""add_lora's shrink at prefill: every (slice, rank block) in one program, split K (GPU).
+
+    python benchmarks/probe_add_lora_shrink.py [--json PATH] [--shapes 8192:64,4096:64]
+
+At qkv rank 64 the shipped shrink runs one 64-column block per program, so three programs
+per token tile each stream that tile's ``x`` from L2; one program holding all three blocks
+leaves only 128 programs at T=8192 (under one wave of an H200), which the ``sweep_shrink``
+grids never split at T >= 4096. This times, per candidate shrink config: the shrink alone
+(workspace mode, as ``add_lora`` launches it) and the whole two-pass ``add_lora`` with that
+shrink and the expand the registry ships for the resulting split count (PDL as shipped),
+checked against the shipped ``add_lora`` on the same inputs. Cold L2, event timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+
+from lora_dispatch.bench.kernels import Problem, _build, min_bytes
+from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
+from lora_dispatch.devices import configs as C
+from lora_dispatch.devices import current
+from lora_dispatch.kernels.triton import launch as L
+
+
+def candidates(rank: int, t: int, default: C.ShrinkConfig) -> list[C.ShrinkConfig]:
+    """The shipped config first, then one-block and all-blocks programs over BM x BK x
+    split x warps (4 stages, 3 where 4 pass 200 KB of shared memory)."""
+    bn = max(16, min(64, C.next_pow2(rank)))
+    pairs = 3 * -(-rank // bn)
+    out = [default]
+    for bm, rb, bk, split, warps in itertools.product(
+            (64, 128), sorted({1, min(4, pairs)}), (64, 128), (1, 2, 4), (4, 8)):
+        rows_n = bn * rb
+        stages = 4 if 4 * (bm + rows_n) * bk * 2 <= 200 * 1024 else 3
+        if stages * (bm + rows_n) * bk * 2 > 200 * 1024:
+            continue
+        if bm * rows_n > 96 * 32 * warps or (warps == 8 and bm * rows_n <= 64 * 64):
+            continue  # accumulators past 96 registers a thread, or 8 warps on a small tile
+        if split == 4 and bm * rb <= 64:
+            continue
+        cfg = C.ShrinkConfig(bm, bn, bk, split, warps, stages, rb)
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
+
+def _add_plan(w, t: int, cfg: C.ShrinkConfig) -> L.AddPlan:
+    info = current(w.device)
+    pdl = C.pdl(info)
+    sp = L._shrink_plan(w, t, atomic=False, cfg=cfg, pdl=(1 if t <= 256 else 2) if pdl else 0)
+    s_, r = w.num_slices, w.max_rank
+    return L.AddPlan(None, sp, L._expand_plan(w, t, sp.split, pdl=pdl),
+                     sp.split * s_ * t * r, (s_ * t * r, t * r, r, 1), [None] * 4)
+
+
+def shape(t: int, rank: int, dev: torch.device, copy: float, rows: list[dict]) -> None:
+    p = Problem("add_lora", 4096, t, rank, 4, torch.bfloat16, dev)
+    batch, items = _build(p, 1)
+    w, x, _, out = items[0]
+    default = C.shrink_config(current(dev), t, 4096, w.max_rank, 2, False, slices=w.num_slices)
+    pristine = out.clone()  # the timed calls keep adding into out
+    ref = pristine.clone()
+    L.add_lora(ref, x, w, batch)
+    nbytes = min_bytes(p)
+    for cfg in candidates(rank, t, default):
+        try:
+            plan = _add_plan(w, t, cfg)
+            sp = plan.shrink
+            y = torch.empty((sp.split, w.num_slices, t, w.max_rank), device=dev)
+            chk = pristine.clone()
+            L._two_pass(plan, chk, x, w, batch, t)
+            err = (chk.float() - ref.float()).abs().max().item()
+            shrink_us = gpu_time_us(lambda sp=sp, y=y: L._launch_shrink(sp, x, w, batch, y, t),
+                                    dev, warmup_ms=5, rep_ms=20)
+            add_us = gpu_time_us(lambda plan=plan: L._two_pass(plan, out, x, w, batch, t),
+                                 dev, warmup_ms=5, rep_ms=30)
+        except Exception as exc:  # a config that fails to compile is reported and skipped
+            print(f"T={t} r={rank} {cfg} failed: {exc!r}"[:240], flush=True)
+            continue
+        row = dict(T=t, rank=rank, default=cfg == default, shrink_us=shrink_us,
+                   add_us=add_us, pct_copy=100 * nbytes / add_us / 1e3 / copy,
+                   max_diff_vs_shipped=err, split_eff=sp.split, **cfg.__dict__)
+        rows.append(row)
+        print(f"T={t} r={rank} {'*' if cfg == default else ' '} bm={cfg.block_m} "
+              f"rb={cfg.rank_blocks} bk={cfg.block_k} split={sp.split} w={cfg.num_warps} "
+              f"st={cfg.num_stages}: shrink {shrink_us:6.1f} us  add_lora {add_us:6.1f} us "
+              f"({row['pct_copy']:.1f}%)  diff {err:.3g}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--shapes", default="8192:64,4096:64")
+    args = ap.parse_args(argv)
+    dev = torch.device("cuda")
+    copy = copy_bandwidth_gbs(dev)
+    print(f"copy bandwidth (1 GiB) {copy:.0f} GB/s", flush=True)
+    rows: list[dict] = []
+    for spec in args.shapes.split(","):
+        t, rank = map(int, spec.split(":"))
+        shape(t, rank, dev, copy, rows)
+    if args.json:
+        write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
