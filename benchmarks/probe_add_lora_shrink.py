@@ -1,6 +1,7 @@
 """add_lora's shrink at prefill: every (slice, rank block) in one program, split K (GPU).
 
     python benchmarks/probe_add_lora_shrink.py [--json PATH] [--shapes 8192:64,4096:64]
+        [--configs "bm,rb,bk,split,warps,stages;..."] [--rounds N]
 
 At qkv rank 64 the shipped shrink runs one 64-column block per program, so three programs
 per token tile each stream that tile's ``x`` from L2; one program holding all three blocks
@@ -56,7 +57,18 @@ def _add_plan(w, t: int, cfg: C.ShrinkConfig) -> L.AddPlan:
                      sp.split * s_ * t * r, (s_ * t * r, t * r, r, 1), [None] * 4)
 
 
-def shape(t: int, rank: int, dev: torch.device, copy: float, rows: list[dict]) -> None:
+def parse_configs(spec: str, rank: int) -> list[C.ShrinkConfig]:
+    """``"bm,rb,bk,split,warps,stages;..."`` as shrink configs (BN from the rank)."""
+    bn = max(16, min(64, C.next_pow2(rank)))
+    out = []
+    for item in filter(None, spec.split(";")):
+        bm, rb, bk, split, warps, stages = map(int, item.split(","))
+        out.append(C.ShrinkConfig(bm, bn, bk, split, warps, stages, rb))
+    return out
+
+
+def shape(t: int, rank: int, dev: torch.device, copy: float, rows: list[dict],
+          configs: str = "", rounds: int = 1) -> None:
     p = Problem("add_lora", 4096, t, rank, 4, torch.bfloat16, dev)
     batch, items = _build(p, 1)
     w, x, _, out = items[0]
@@ -65,35 +77,53 @@ def shape(t: int, rank: int, dev: torch.device, copy: float, rows: list[dict]) -
     ref = pristine.clone()
     L.add_lora(ref, x, w, batch)
     nbytes = min_bytes(p)
-    for cfg in candidates(rank, t, default):
+    cands = candidates(rank, t, default) if not configs else (
+        [default] + [c for c in parse_configs(configs, rank) if c != default])
+    live = []
+    for cfg in cands:
         try:
             plan = _add_plan(w, t, cfg)
-            sp = plan.shrink
-            y = torch.empty((sp.split, w.num_slices, t, w.max_rank), device=dev)
+            y = torch.empty((plan.shrink.split, w.num_slices, t, w.max_rank), device=dev)
             chk = pristine.clone()
             L._two_pass(plan, chk, x, w, batch, t)
             err = (chk.float() - ref.float()).abs().max().item()
+            L._launch_shrink(plan.shrink, x, w, batch, y, t)
+        except Exception as exc:  # a config that fails to compile is reported and skipped
+            print(f"T={t} r={rank} {cfg} failed: {exc!r}"[:240], flush=True)
+            continue
+        live.append((cfg, plan, y, err))
+    for rnd in range(rounds):
+        for cfg, plan, y, err in live:
+            sp = plan.shrink
             shrink_us = gpu_time_us(lambda sp=sp, y=y: L._launch_shrink(sp, x, w, batch, y, t),
                                     dev, warmup_ms=5, rep_ms=20)
             add_us = gpu_time_us(lambda plan=plan: L._two_pass(plan, out, x, w, batch, t),
                                  dev, warmup_ms=5, rep_ms=30)
-        except Exception as exc:  # a config that fails to compile is reported and skipped
-            print(f"T={t} r={rank} {cfg} failed: {exc!r}"[:240], flush=True)
-            continue
-        row = dict(T=t, rank=rank, default=cfg == default, shrink_us=shrink_us,
-                   add_us=add_us, pct_copy=100 * nbytes / add_us / 1e3 / copy,
-                   max_diff_vs_shipped=err, split_eff=sp.split, **cfg.__dict__)
-        rows.append(row)
-        print(f"T={t} r={rank} {'*' if cfg == default else ' '} bm={cfg.block_m} "
-              f"rb={cfg.rank_blocks} bk={cfg.block_k} split={sp.split} w={cfg.num_warps} "
-              f"st={cfg.num_stages}: shrink {shrink_us:6.1f} us  add_lora {add_us:6.1f} us "
-              f"({row['pct_copy']:.1f}%)  diff {err:.3g}", flush=True)
+            row = dict(T=t, rank=rank, round=rnd, default=cfg == default, shrink_us=shrink_us,
+                       add_us=add_us, pct_copy=100 * nbytes / add_us / 1e3 / copy,
+                       max_diff_vs_shipped=err, split_eff=sp.split, **cfg.__dict__)
+            rows.append(row)
+            print(f"T={t} r={rank} {'*' if cfg == default else ' '} bm={cfg.block_m} "
+                  f"rb={cfg.rank_blocks} bk={cfg.block_k} split={sp.split} w={cfg.num_warps} "
+                  f"st={cfg.num_stages}: shrink {shrink_us:6.1f} us  add_lora {add_us:6.1f} us "
+                  f"({row['pct_copy']:.1f}%)  diff {err:.3g}", flush=True)
+    if rounds > 1:
+        for cfg, *_ in live:
+            mine = sorted(r["add_us"] for r in rows if r["T"] == t and r["rank"] == rank
+                          and r["round"] < rounds and all(
+                              r[k] == v for k, v in cfg.__dict__.items()))
+            print(f"T={t} r={rank} {cfg}: add_lora median {mine[len(mine) // 2]:.1f} us "
+                  f"over {len(mine)} rounds", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--json", default=None)
     ap.add_argument("--shapes", default="8192:64,4096:64")
+    ap.add_argument("--configs", default="",
+                    help="'bm,rb,bk,split,warps,stages;...' instead of the candidate grid")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time every config this many times, in alternating rounds")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     copy = copy_bandwidth_gbs(dev)
@@ -101,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for spec in args.shapes.split(","):
         t, rank = map(int, spec.split(":"))
-        shape(t, rank, dev, copy, rows)
+        shape(t, rank, dev, copy, rows, args.configs, args.rounds)
     if args.json:
         write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
     return 0
