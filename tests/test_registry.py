@@ -202,6 +202,33 @@ def test_prefill_configs_fill_the_device():
             assert c.split_k == want, (t, rank, c)
 
 
+def test_prefill_shrink_k_step_follows_waves():
+    """Several programs per token tile: a 64-wide K step above T=2048, and below it once the
+    grid overflows one wave at the programs per unit that a 128-wide step's shared-memory
+    buffers leave (H100/H200: 228 KB a unit)."""
+    from lora_dispatch.devices import configs
+
+    units = H100.compute_units
+    for t in (300, 700, 1024, 1280, 1536, 2048, 3072, 8192):
+        for rank in (16, 24, 64, 128):
+            c = configs.shrink_config(H100, t, 4096, rank, 2, atomic=False, slices=3)
+            pairs = 3 * -(-rank // c.block_n)
+            if pairs <= c.rank_blocks:
+                continue
+            if t > 2048:
+                assert c.block_k == 64, (t, rank, c)
+                continue
+            smem = c.num_stages * (c.block_m + c.block_n * c.rank_blocks) * 128 * 2
+            per_unit = max(1, (228 << 10) // smem)
+            grid = -(-t // c.block_m) * -(-pairs // c.rank_blocks) * c.split_k
+            assert c.block_k == (64 if grid > units * per_unit else 128), (t, rank, c)
+    # the measured H200 points (add_lora qkv)
+    k = {(t, r): configs.shrink_config(H100, t, 4096, r, 2, atomic=False, slices=3).block_k
+         for t in (1280, 1536, 2048) for r in (16, 64)}
+    assert k == {(1280, 16): 128, (1536, 16): 128, (2048, 16): 128,
+                 (1280, 64): 128, (1536, 64): 64, (2048, 64): 64}
+
+
 def test_prefill_expand_config():
     """T > 1024: one pipelined config per rank class, the H200 grid's pick: 32 x 128 tiles in
     4 blocks up to rank 32, 64 x 64 tiles in 8 prefetched blocks above; 64 columns at most

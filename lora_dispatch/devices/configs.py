@@ -97,6 +97,15 @@ def _units(info: DeviceInfo) -> int:
     return max(info.compute_units, 1)
 
 
+# shared memory (bytes) one compute unit gives its resident programs
+_SMEM_PER_UNIT: dict[str, int] = {"h100": 228 << 10, "h200": 228 << 10, "a100": 164 << 10,
+                                  "mi300": 64 << 10}
+
+
+def _smem_per_unit(family: str) -> int:
+    return _SMEM_PER_UNIT.get(family, 100 << 10)
+
+
 def _warps(warp: int, warps: int) -> int:
     """Warps per program; CDNA wavefronts are 64 wide, so halve (at least 1)."""
     if warp >= 64:
@@ -165,8 +174,19 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
             # 21.6 / 21.7 / 22.2 us -> 15.0 / 16.0 / 21.0; rank 64 T = 3072 / 4096 with
             # BK 64: 34.4 / 25.7 -> 19.8 / 21.4; rank 64 T >= 6144 keeps one split)
             split = 2 if programs < 2 * units and k // 2 >= 2 * block_k else 1
-    return ShrinkConfig(block_m, block_n, block_k, split, _warps(warp, warps),
-                        _stages(platform, family, stages), rank_blocks)
+    stages = _stages(platform, family, stages)
+    if tb > 256 and pairs > rank_blocks and block_k > 64:
+        # the same below T=2048 once the grid overflows one wave at the programs per unit
+        # that a 128-wide K step's buffers leave (H200 add_lora qkv, alternating rounds,
+        # probe_add_lora_shrink.py, add-lora-shrink-ab-...json: rank 64 T=2048 39.3 -> 33.6
+        # us, T=1536 36.4 -> 32.2; T=1280, 120 programs in one wave, keeps 128: 26.4 vs
+        # 27.9; rank 16 fits two programs a unit and keeps 128: T=2048 25.7 vs 29.1)
+        smem = stages * (block_m + block_n * rank_blocks) * block_k * itemsize
+        per_unit = max(1, _smem_per_unit(family) // smem)
+        if -(-t // block_m) * (-(-pairs // rank_blocks)) * split > units * per_unit:
+            block_k = 64
+    return ShrinkConfig(block_m, block_n, block_k, split, _warps(warp, warps), stages,
+                        rank_blocks)
 
 
 def shrink_config(info: DeviceInfo, t: int, k: int, rank: int, itemsize: int,
