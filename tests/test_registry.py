@@ -203,9 +203,9 @@ def test_prefill_configs_fill_the_device():
 
 
 def test_prefill_shrink_k_step_follows_waves():
-    """Several programs per token tile: a 64-wide K step above T=2048, and below it once the
-    grid overflows one wave at the programs per unit that a 128-wide step's shared-memory
-    buffers leave (H100/H200: 228 KB a unit)."""
+    """Several programs per token tile: a 64-wide K step above T=2048, and below it for split
+    K once the grid overflows one wave at the programs per unit that a 128-wide step's
+    shared-memory buffers leave (H100/H200: 228 KB a unit)."""
     from lora_dispatch.devices import configs
 
     units = H100.compute_units
@@ -218,6 +218,9 @@ def test_prefill_shrink_k_step_follows_waves():
             if t > 2048:
                 assert c.block_k == 64, (t, rank, c)
                 continue
+            if c.split_k == 1:
+                assert c.block_k == 128, (t, rank, c)
+                continue
             smem = c.num_stages * (c.block_m + c.block_n * c.rank_blocks) * 128 * 2
             per_unit = max(1, (228 << 10) // smem)
             grid = -(-t // c.block_m) * -(-pairs // c.rank_blocks) * c.split_k
@@ -227,6 +230,9 @@ def test_prefill_shrink_k_step_follows_waves():
          for t in (1280, 1536, 2048) for r in (16, 64)}
     assert k == {(1280, 16): 128, (1536, 16): 128, (2048, 16): 128,
                  (1280, 64): 128, (1536, 64): 64, (2048, 64): 64}
+    k128 = [configs.shrink_config(H100, t, 4096, 128, 2, atomic=False, slices=3)
+            for t in (1024, 2048)]
+    assert [(c.split_k, c.block_k) for c in k128] == [(2, 64), (1, 128)]
 
 
 def test_prefill_expand_config():

@@ -175,12 +175,13 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
             # BK 64: 34.4 / 25.7 -> 19.8 / 21.4; rank 64 T >= 6144 keeps one split)
             split = 2 if programs < 2 * units and k // 2 >= 2 * block_k else 1
     stages = _stages(platform, family, stages)
-    if tb > 256 and pairs > rank_blocks and block_k > 64:
-        # the same below T=2048 once the grid overflows one wave at the programs per unit
-        # that a 128-wide K step's buffers leave (H200 add_lora qkv, alternating rounds,
-        # probe_add_lora_shrink.py, add-lora-shrink-ab-...json: rank 64 T=2048 39.3 -> 33.6
-        # us, T=1536 36.4 -> 32.2; T=1280, 120 programs in one wave, keeps 128: 26.4 vs
-        # 27.9; rank 16 fits two programs a unit and keeps 128: T=2048 25.7 vs 29.1)
+    if tb > 256 and pairs > rank_blocks and block_k > 64 and split > 1:
+        # the same below T=2048 for split K once the grid overflows one wave at the programs
+        # per unit that a 128-wide K step's buffers leave (H200 add_lora qkv, alternating
+        # rounds, probe_add_lora_shrink.py, add-lora-shrink-ab-...json: rank 64 T=2048 39.3
+        # -> 33.6 us, T=1536 36.4 -> 32.2, rank 128 T=1024 56.7 -> 52.0; T=1280, 120
+        # programs in one wave, keeps 128: 26.4 vs 27.9; rank 16 fits two programs a unit:
+        # T=2048 25.7 vs 29.1; one split lost: rank 128 T=2048 120.6 -> 137.1)
         smem = stages * (block_m + block_n * rank_blocks) * block_k * itemsize
         per_unit = max(1, _smem_per_unit(family) // smem)
         if -(-t // block_m) * (-(-pairs // rank_blocks)) * split > units * per_unit:
