@@ -235,6 +235,24 @@ def test_prefill_shrink_k_step_follows_waves():
     assert [(c.split_k, c.block_k) for c in k128] == [(2, 64), (1, 128)]
 
 
+def test_wide_rank_rules():
+    """Above T=256 the expand takes ranks up to 128 in one step (no y re-read per column
+    block); decode keeps 64-wide steps. The prefill shrink puts up to 96 rank rows in one
+    program, so BN-32 ranks take all three qkv blocks."""
+    from lora_dispatch.devices import configs
+
+    for t, want in ((1, 64), (64, 64), (256, 64), (257, 128), (1024, 128), (8192, 128)):
+        assert configs.expand_config(H100, t, 6144, 128, 2).block_r == want, t
+        assert configs.expand_config(H100, t, 6144, 96, 2).block_r == want, t
+        assert configs.expand_config(H100, t, 6144, 256, 2).block_r == want, t
+        assert configs.expand_config(H100, t, 6144, 64, 2).block_r == 64, t
+    for rank, want in ((16, 3), (24, 3), (32, 3), (64, 1)):
+        c = configs.shrink_config(H100, 8192, 4096, rank, 2, atomic=False, slices=3)
+        assert c.rank_blocks == want and c.block_n * c.rank_blocks <= 96, (rank, c)
+    c = configs.shrink_config(H100, 8192, 4096, 32, 2, atomic=False, slices=2)
+    assert c.rank_blocks == 2, c
+
+
 def test_prefill_expand_config():
     """T > 1024: one pipelined config per rank class, the H200 grid's pick: 32 x 128 tiles in
     4 blocks up to rank 32, 64 x 64 tiles in 8 prefetched blocks above; 64 columns at most

@@ -143,9 +143,13 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
         # H200, qkv, T=2048: one block per program and two K splits fill the device (rank 16:
         # 13.4 us vs 14.8 with 3 blocks; rank 64: 16.9 vs 19.8 unsplit)
         block_m, block_k, warps, stages, rank_blocks = 64, 128, 4, 4, 1
-    else:  # qkv rank 16, T=8192: 3 blocks of 16 share each x tile, 24.1 us vs 25.6
+    else:
+        # qkv rank 16, T=8192: 3 blocks of 16 share each x tile, 24.1 us vs 25.6; up to 96
+        # rows, so ranks 17-32 (BN 32) take all 3 qkv blocks instead of 2 + 1 (H200 add_lora
+        # qkv, alternating rounds: rank 32 T=8192 96.2 -> 83.7 us, 4096 47.0 -> 44.8, 3072
+        # 42.2 -> 39.9; rank 24 T=8192 107.3 -> 94.3; add-lora-shrink-ab-...json)
         block_m, block_k, warps, stages = 64, 128, 4, 4
-        rank_blocks = max(1, min(4, pairs, 64 // block_n))
+        rank_blocks = max(1, min(4, pairs, 96 // block_n))
     if pairs > rank_blocks and t > 2048:
         # several programs per tile re-stream x from L2; a shorter K step keeps more of them
         # in flight (H200, qkv rank 64: BK=64 beat BK=128 at T = 3072-8192 in every sweep)
@@ -205,7 +209,13 @@ def shrink_config(info: DeviceInfo, t: int, k: int, rank: int, itemsize: int,
 @functools.lru_cache(maxsize=4096)
 def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n: int,
                    max_rank: int, itemsize: int) -> ExpandConfig:
-    block_r = max(16, min(next_pow2(max_rank), 64))
+    # one rank step up to 128 above T=256: a rank loop re-reads y (and its split partial
+    # products) per column block (H200 add_lora qkv rank 128, probe_expand_rank.py: expand
+    # T=8192 331 -> 76 us, add_lora 407 -> 149; T=2048 90 -> 22, add_lora 120 -> 52; on
+    # sm_90 the T <= 1024 variant goes from 255 registers and a spill to 132). Decode keeps
+    # 64: at T=256 the wider expand replayed faster (9.5 -> 8.7 us) but add_lora, whose
+    # expand starts beside the shrink, slower (28.4 -> 35.1 us)
+    block_r = max(16, min(next_pow2(max_rank), 64 if tb <= 256 else 128))
     # prefetch: each out block loaded one step ahead into registers (the first before y is
     # waited on); off where its registers cost more than it hid, e.g. beside a rank-64 y
     # tile in one block (H200 A/B, ab_trees.py: add_lora r64 T=256 16.4 -> 17.3 us graph)
