@@ -19,7 +19,7 @@ import itertools
 
 import torch
 
-from lora_dispatch.bench.kernels import Problem, _build, min_bytes
+from lora_dispatch.bench.kernels import Problem, _build, min_bytes, round_median
 from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
 from lora_dispatch.devices import configs as C
 from lora_dispatch.devices import current
@@ -48,15 +48,6 @@ def candidates(rank: int, t: int, default: C.ShrinkConfig) -> list[C.ShrinkConfi
     return out
 
 
-def _add_plan(w, t: int, cfg: C.ShrinkConfig) -> L.AddPlan:
-    info = current(w.device)
-    pdl = C.pdl(info)
-    sp = L._shrink_plan(w, t, atomic=False, cfg=cfg, pdl=(1 if t <= 256 else 2) if pdl else 0)
-    s_, r = w.num_slices, w.max_rank
-    return L.AddPlan(None, sp, L._expand_plan(w, t, sp.split, pdl=pdl),
-                     sp.split * s_ * t * r, (s_ * t * r, t * r, r, 1), [None] * 4)
-
-
 def parse_configs(spec: str, rank: int) -> list[C.ShrinkConfig]:
     """``"bm,rb,bk,split,warps,stages;..."`` as shrink configs (BN from the rank)."""
     bn = max(16, min(64, C.next_pow2(rank)))
@@ -82,7 +73,7 @@ def shape(t: int, rank: int, dev: torch.device, copy: float, rows: list[dict],
     live = []
     for cfg in cands:
         try:
-            plan = _add_plan(w, t, cfg)
+            plan = L._two_pass_plan(w, t, shrink_cfg=cfg)
             y = torch.empty((plan.shrink.split, w.num_slices, t, w.max_rank), device=dev)
             chk = pristine.clone()
             L._two_pass(plan, chk, x, w, batch, t)
@@ -109,11 +100,9 @@ def shape(t: int, rank: int, dev: torch.device, copy: float, rows: list[dict],
                   f"({row['pct_copy']:.1f}%)  diff {err:.3g}", flush=True)
     if rounds > 1:
         for cfg, *_ in live:
-            mine = sorted(r["add_us"] for r in rows if r["T"] == t and r["rank"] == rank
-                          and r["round"] < rounds and all(
-                              r[k] == v for k, v in cfg.__dict__.items()))
-            print(f"T={t} r={rank} {cfg}: add_lora median {mine[len(mine) // 2]:.1f} us "
-                  f"over {len(mine)} rounds", flush=True)
+            med = round_median(rows, "add_us", T=t, rank=rank, **cfg.__dict__)
+            print(f"T={t} r={rank} {cfg}: add_lora median {med:.1f} us over {rounds} rounds",
+                  flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

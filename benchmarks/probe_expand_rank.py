@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from lora_dispatch.bench.kernels import Problem, _build, min_bytes
+from lora_dispatch.bench.kernels import Problem, _build, min_bytes, round_median
 from lora_dispatch.bench.timing import (
     copy_bandwidth_gbs,
     env_record,
@@ -39,15 +39,6 @@ def parse(spec: str) -> list[C.ExpandConfig]:
     return out
 
 
-def _add_plan(w, t: int, ecfg: C.ExpandConfig) -> L.AddPlan:
-    info = current(w.device)
-    pdl = C.pdl(info)
-    sp = L._shrink_plan(w, t, atomic=False, pdl=(1 if t <= 256 else 2) if pdl else 0)
-    s_, r = w.num_slices, w.max_rank
-    return L.AddPlan(None, sp, L._expand_plan(w, t, sp.split, cfg=ecfg, pdl=pdl),
-                     sp.split * s_ * t * r, (s_ * t * r, t * r, r, 1), [None] * 4)
-
-
 def shape(t: int, rank: int, dev: torch.device, copy: float, rows: list[dict],
           configs: list[C.ExpandConfig], rounds: int) -> None:
     p = Problem("add_lora", 4096, t, rank, 4, torch.bfloat16, dev)
@@ -62,7 +53,7 @@ def shape(t: int, rank: int, dev: torch.device, copy: float, rows: list[dict],
     live = []
     for cfg in [default] + [c for c in configs if c != default]:
         try:
-            plan = _add_plan(w, t, cfg)
+            plan = L._two_pass_plan(w, t, expand_cfg=cfg)
             ep = L._expand_plan(w, t, 1, cfg=cfg)
             chk = pristine.clone()
             L._two_pass(plan, chk, x, w, batch, t)
@@ -90,10 +81,9 @@ def shape(t: int, rank: int, dev: torch.device, copy: float, rows: list[dict],
                   flush=True)
     for cfg, *_ in live:
         for key in ("expand_us", "add_us"):
-            v = sorted(r[key] for r in rows if r["T"] == t and r["rank"] == rank
-                       and all(r[k] == x for k, x in cfg.__dict__.items()))
-            print(f"T={t} r={rank} {tuple(cfg.__dict__.values())} {key} median "
-                  f"{v[len(v) // 2]:.2f} over {len(v)}", flush=True)
+            med = round_median(rows, key, T=t, rank=rank, **cfg.__dict__)
+            print(f"T={t} r={rank} {tuple(cfg.__dict__.values())} {key} median {med:.2f} "
+                  f"over {rounds}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

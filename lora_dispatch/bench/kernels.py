@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -156,6 +156,12 @@ def checked_time(launch: Callable[[torch.Tensor], object], out: torch.Tensor,
         print(f"{what} failed: {exc!r}"[:300], flush=True)
         return None
     return err, us
+
+
+def round_median(rows: list[dict], key: str, **match: Any) -> float:
+    """Median of ``key`` over the rows (alternating rounds of a probe) matching ``match``."""
+    v = sorted(r[key] for r in rows if all(r[k] == x for k, x in match.items()))
+    return v[len(v) // 2]
 
 
 def probe_main(argv: list[str] | None, doc: str, shapes: str,

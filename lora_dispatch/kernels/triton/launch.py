@@ -220,21 +220,29 @@ def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = 
         if use_fused:
             plan = AddPlan(_fused_plan(w, t), None, None, 0, (), [None] * 4)
         else:
-            # the expand may start while the shrink runs (Hopper, native launches); the
-            # shrink lets it in at once for decode (one wave) and as each program ends for
-            # prefill, where early expand programs took slots from the shrink's later waves
-            # (H200 A/B, ab-pdl-trigger-...json: add_lora T=1 6.64 -> 5.38 us graph at once,
-            # 6.29 at the end; r64 T=8192 96.9 -> 95.1 us at the end, 100.4 at once)
-            pdl = configs.pdl(info)
-            sp = _shrink_plan(w, t, atomic=False, split_k=split_k,
-                              pdl=(1 if t <= 256 else 2) if pdl else 0)
-            s_, r = w.num_slices, w.max_rank
-            plan = AddPlan(None, sp, _expand_plan(w, t, sp.split, pdl=pdl),
-                           sp.split * s_ * t * r, (s_ * t * r, t * r, r, 1), [None] * 4)
+            plan = _two_pass_plan(w, t, split_k)
     else:
         raise ValueError(f"op must be 'shrink', 'expand' or 'add', got {op!r}")
     plans[key] = plan
     return plan
+
+
+def _two_pass_plan(w, t: int, split_k: int | None = None,
+                   shrink_cfg: configs.ShrinkConfig | None = None,
+                   expand_cfg: configs.ExpandConfig | None = None) -> AddPlan:
+    """``add_lora``'s split-K shrink into a workspace, then the expand summing its partial
+    products (the registry's configs unless given; PDL where :func:`configs.pdl` allows)."""
+    # the expand may start while the shrink runs (Hopper, native launches); the shrink lets
+    # it in at once for decode (one wave) and as each program ends for prefill, where early
+    # expand programs took slots from the shrink's later waves (H200 A/B,
+    # ab-pdl-trigger-...json: add_lora T=1 6.64 -> 5.38 us graph at once, 6.29 at the end;
+    # r64 T=8192 96.9 -> 95.1 us at the end, 100.4 at once)
+    pdl = configs.pdl(describe(w.device))
+    sp = _shrink_plan(w, t, atomic=False, split_k=split_k, cfg=shrink_cfg,
+                      pdl=(1 if t <= 256 else 2) if pdl else 0)
+    s_, r = w.num_slices, w.max_rank
+    return AddPlan(None, sp, _expand_plan(w, t, sp.split, cfg=expand_cfg, pdl=pdl),
+                   sp.split * s_ * t * r, (s_ * t * r, t * r, r, 1), [None] * 4)
 
 
 def _shrink_args(p: ShrinkPlan, x, xs, w, batch, y, t: int, ys) -> tuple:
