@@ -14,13 +14,12 @@ checked against the shipped ``add_lora`` on the same inputs. Cold L2, event timi
 
 from __future__ import annotations
 
-import argparse
 import itertools
 
 import torch
 
-from lora_dispatch.bench.kernels import Problem, _build, min_bytes, round_median
-from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
+from lora_dispatch.bench.kernels import Problem, _build, min_bytes, probe_main, round_median
+from lora_dispatch.bench.timing import gpu_time_us
 from lora_dispatch.devices import configs as C
 from lora_dispatch.devices import current
 from lora_dispatch.kernels.triton import launch as L
@@ -91,7 +90,8 @@ def shape(t: int, rank: int, dev: torch.device, copy: float, rows: list[dict],
             add_us = gpu_time_us(lambda plan=plan: L._two_pass(plan, out, x, w, batch, t),
                                  dev, warmup_ms=5, rep_ms=30)
             row = dict(T=t, rank=rank, round=rnd, default=cfg == default, shrink_us=shrink_us,
-                       add_us=add_us, pct_copy=100 * nbytes / add_us / 1e3 / copy,
+                       add_us=add_us,
+                       pct_copy=100 * nbytes / add_us / 1e3 / copy if copy else float("nan"),
                        max_diff_vs_shipped=err, split_eff=sp.split, **cfg.__dict__)
             rows.append(row)
             print(f"T={t} r={rank} {'*' if cfg == default else ' '} bm={cfg.block_m} "
@@ -105,25 +105,19 @@ def shape(t: int, rank: int, dev: torch.device, copy: float, rows: list[dict],
                   flush=True)
 
 
+def _spec(spec: str, dev: torch.device, copy: float, rows: list[dict], args) -> None:
+    t, rank = map(int, spec.split(":"))
+    shape(t, rank, dev, copy, rows, args.configs, args.rounds)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--shapes", default="8192:64,4096:64")
-    ap.add_argument("--configs", default="",
-                    help="'bm,rb,bk,split,warps,stages;...' instead of the candidate grid")
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="time every config this many times, in alternating rounds")
-    args = ap.parse_args(argv)
-    dev = torch.device("cuda")
-    copy = copy_bandwidth_gbs(dev)
-    print(f"copy bandwidth (1 GiB) {copy:.0f} GB/s", flush=True)
-    rows: list[dict] = []
-    for spec in args.shapes.split(","):
-        t, rank = map(int, spec.split(":"))
-        shape(t, rank, dev, copy, rows, args.configs, args.rounds)
-    if args.json:
-        write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
-    return 0
+    def extra(ap):
+        ap.add_argument("--configs", default="",
+                        help="'bm,rb,bk,split,warps,stages;...' instead of the candidate grid")
+        ap.add_argument("--rounds", type=int, default=1,
+                        help="time every config this many times, in alternating rounds")
+
+    return probe_main(argv, __doc__, "8192:64,4096:64", _spec, extra)
 
 
 if __name__ == "__main__":

@@ -155,7 +155,8 @@ def _configs(default: C.ExpandConfig) -> list[tuple[C.ExpandConfig, tuple]]:
     return out
 
 
-def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
+def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict],
+           _args: object = None) -> None:
     p, batch, w, y4, out, default, nbytes = expand_case(spec, dev)
     op, t, rank = p.op, p.t, p.rank
     pristine = out.clone()

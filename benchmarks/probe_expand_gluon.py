@@ -127,7 +127,8 @@ _CONFIGS = (  # BM, BN, NCOL, warps (WM, WN), BMODE, PREFETCH, k_width
 )
 
 
-def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
+def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict],
+           _args: object = None) -> None:
     p, batch, w, y4, out, default, nbytes = expand_case(spec, dev)
     pristine = out.clone()
     ref = out.clone()

@@ -167,7 +167,8 @@ def _launcher(w, batch, t: int, cfg: C.ExpandConfig, ppu: int, y4, units: int):
     return grid[0], launch
 
 
-def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict]) -> None:
+def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict],
+           _args: object = None) -> None:
     p, batch, w, y4, out, default, nbytes = expand_case(spec, dev)
     op, t, rank = p.op, p.t, p.rank
     units = torch.cuda.get_device_properties(dev).multi_processor_count

@@ -14,18 +14,10 @@ with a cold L2, decode ``T`` as CUDA-graph replay. Alternating rounds.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from lora_dispatch.bench.kernels import Problem, _build, min_bytes, round_median
-from lora_dispatch.bench.timing import (
-    copy_bandwidth_gbs,
-    env_record,
-    gpu_time_us,
-    graph_time_us,
-    write_json,
-)
+from lora_dispatch.bench.kernels import Problem, _build, min_bytes, probe_main, round_median
+from lora_dispatch.bench.timing import gpu_time_us, graph_time_us
 from lora_dispatch.devices import configs as C
 from lora_dispatch.devices import current
 from lora_dispatch.kernels.triton import launch as L
@@ -65,14 +57,16 @@ def shape(t: int, rank: int, dev: torch.device, copy: float, rows: list[dict],
             print(f"T={t} r={rank} {cfg} failed: {exc!r}"[:240], flush=True)
             continue
         live.append((cfg, plan, ep, err, err_e))
-    timer = graph_time_us if t <= 256 else gpu_time_us
+    timer = graph_time_us if t <= 256 and dev.type == "cuda" else gpu_time_us
     y4 = y.unsqueeze(0)
     for rnd in range(rounds):
         for cfg, plan, ep, err, err_e in live:
             e_us = timer(lambda ep=ep: L._launch_expand(ep, y4, w, batch, out, t), dev)
             a_us = timer(lambda plan=plan: L._two_pass(plan, out, x, w, batch, t), dev)
             row = dict(T=t, rank=rank, round=rnd, default=cfg == default, expand_us=e_us,
-                       add_us=a_us, add_pct_copy=100 * min_bytes(p) / a_us / 1e3 / copy,
+                       add_us=a_us,
+                       add_pct_copy=(100 * min_bytes(p) / a_us / 1e3 / copy if copy
+                                     else float("nan")),
                        max_diff_add=err, max_diff_expand=err_e,
                        timing="graph" if t <= 256 else "cold-L2 events", **cfg.__dict__)
             rows.append(row)
@@ -86,27 +80,23 @@ def shape(t: int, rank: int, dev: torch.device, copy: float, rows: list[dict],
                   f"over {rounds}", flush=True)
 
 
+def _spec(spec: str, dev: torch.device, copy: float, rows: list[dict], args) -> None:
+    t, rank = map(int, spec.split(":"))
+    default = C.expand_config(current(dev), t, 6144, rank, 2)
+    cands = parse(args.configs) if args.configs else [
+        C.ExpandConfig(default.block_m, default.block_n, 128, default.num_warps,
+                       default.num_stages, default.col_blocks, default.prefetch)]
+    shape(t, rank, dev, copy, rows, cands, args.rounds)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--shapes", default="8192:128,2048:128,64:128")
-    ap.add_argument("--configs", default="")
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args(argv)
-    dev = torch.device("cuda")
-    copy = copy_bandwidth_gbs(dev)
-    print(f"copy bandwidth (1 GiB) {copy:.0f} GB/s", flush=True)
-    rows: list[dict] = []
-    for spec in args.shapes.split(","):
-        t, rank = map(int, spec.split(":"))
-        default = C.expand_config(current(dev), t, 6144, rank, 2)
-        cands = parse(args.configs) if args.configs else [
-            C.ExpandConfig(default.block_m, default.block_n, 128, default.num_warps,
-                           default.num_stages, default.col_blocks, default.prefetch)]
-        shape(t, rank, dev, copy, rows, cands, args.rounds)
-    if args.json:
-        write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
-    return 0
+    def extra(ap):
+        ap.add_argument("--configs", default="",
+                        help="'bm,bn,br,warps,stages,ncol,prefetch;...' (default: the shipped "
+                             "config with BR 128)")
+        ap.add_argument("--rounds", type=int, default=3)
+
+    return probe_main(argv, __doc__, "8192:128,2048:128,64:128", _spec, extra)
 
 
 if __name__ == "__main__":

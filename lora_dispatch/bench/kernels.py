@@ -165,13 +165,15 @@ def round_median(rows: list[dict], key: str, **match: Any) -> float:
 
 
 def probe_main(argv: list[str] | None, doc: str, shapes: str,
-               shape_fn: Callable[[str, torch.device, float | None, list[dict]], None],
+               shape_fn: Callable[[str, torch.device, float | None, list[dict],
+                                   argparse.Namespace], None],
                extra_args: Callable[[argparse.ArgumentParser], None] | None = None,
                before: Callable[..., None] | None = None) -> int:
-    """``main`` of an expand probe: ``--json``, ``--shapes`` (``op:T:rank,...``, default
-    ``shapes``) and ``--device``; prints the 1 GiB copy bandwidth, calls
-    ``shape_fn(spec, device, copy_gbs, rows)`` per shape (after ``before(args, device,
-    copy_gbs, rows)``) and writes the rows with the device, versions and commit."""
+    """``main`` of a probe: ``--json``, ``--shapes`` (comma list, default ``shapes``; each
+    item's format is ``shape_fn``'s, e.g. ``op:T:rank``) and ``--device``; prints the 1 GiB
+    copy bandwidth, calls ``shape_fn(spec, device, copy_gbs, rows, args)`` per shape (after
+    ``before(args, device, copy_gbs, rows)``) and writes the rows with the device, versions
+    and commit."""
     ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--json", default=None)
     ap.add_argument("--shapes", default=shapes)
@@ -187,7 +189,7 @@ def probe_main(argv: list[str] | None, doc: str, shapes: str,
     if before is not None:
         before(args, dev, copy, rows)
     for spec in args.shapes.split(","):
-        shape_fn(spec, dev, copy, rows)
+        shape_fn(spec, dev, copy, rows, args)
     if args.json:
         write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
     return 0

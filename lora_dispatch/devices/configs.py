@@ -211,7 +211,7 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
                    max_rank: int, itemsize: int) -> ExpandConfig:
     # one rank step up to 128 above T=256: a rank loop re-reads y (and its split partial
     # products) per column block (H200 add_lora qkv rank 128, probe_expand_rank.py: expand
-    # T=8192 331 -> 76 us, add_lora 407 -> 149; T=2048 90 -> 22, add_lora 120 -> 52; on
+    # T=8192 332 -> 77 us, add_lora 407 -> 151; T=2048 90 -> 23, add_lora 120 -> 53; on
     # sm_90 the T <= 1024 variant goes from 255 registers and a spill to 132). Decode keeps
     # 64: at T=256 the wider expand replayed faster (9.5 -> 8.7 us) but add_lora, whose
     # expand starts beside the shrink, slower (28.4 -> 35.1 us)
