@@ -28,7 +28,7 @@ pytest.importorskip("triton")
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
 
 _SUBMODULES = ("_jit", "shrink_kernel", "shrink_tma_kernel", "expand_kernel", "fill_kernel",
-               "fused_kernel", "launch")
+               "fused_kernel", "overlap_kernel", "launch")
 
 
 def _interpreted(kernel) -> bool:
@@ -167,6 +167,7 @@ ADD_IMPLS = {
     "fused": lambda o, x, w, b: tk.add_lora_fused(o, x, w, b),
     "two_pass": lambda o, x, w, b: tk.add_lora_two_pass(o, x, w, b),
     "two_pass_split3": lambda o, x, w, b: tk.add_lora_two_pass(o, x, w, b, split_k=3),
+    "overlap": lambda o, x, w, b: tk.add_lora_overlap(o, x, w, b),
     "shrink_expand": lambda o, x, w, b: tk.expand(tk.shrink(x, w, b), w, b, o),
 }
 
@@ -504,3 +505,48 @@ def test_shrink_config_variants(cfg):
         y = torch.zeros(plan.split, 2, t, 40)
     L._launch_shrink(plan, x, w, batch, y, t)
     assert rel(y.sum(0), ref_y(x, w, slots)) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("cfg", [
+    # shrink (block_m, block_n, block_k, rank_blocks), expand (block_n, block_r, ncol,
+    # prefetch), lag
+    ((16, 16, 32, 1), (16, 16, 2, True), 1),
+    ((16, 16, 64, 3), (32, 64, 1, False), 2),
+    ((32, 16, 32, 2), (16, 16, 3, True), 100),
+    ((16, 64, 128, 1), (64, 16, 1, False), 3),
+])
+def test_overlap_configs_and_reset(cfg, monkeypatch):
+    """The overlapped single launch (work ids, per-tile flags) over tilings and leads, mixed
+    ranks up to 40 with rank blocks and ``y`` rank steps smaller than that, slices narrower
+    than a column group, a K tail: equal to the reference on three calls that share one
+    sync buffer, which each call leaves zeroed (the kernel's own reset)."""
+    from lora_dispatch.devices import configs as C
+    from lora_dispatch.kernels.triton import launch as L
+
+    (bm, bn, bk, rb), (ebn, br, ncol, pre), lag = cfg
+    ocfg = C.OverlapConfig(C.ShrinkConfig(bm, bn, bk, 1, 4, 2, rb),
+                           C.ExpandConfig(bm, ebn, br, 4, 2, ncol, pre), lag, 4, 2)
+    sync = torch.full((64,), 0, dtype=torch.int32)
+    monkeypatch.setattr(L, "_sync", lambda n, x: sync)
+    gen = torch.Generator().manual_seed(bm + bn + bk + lag)
+    dtype = torch.float16
+    outs = (72, 24, 40)
+    w = make_weights([40, 3, 0, 17, 1], 200, outs, dtype, max_rank=40, gen=gen)
+    for t in (29, 1, 70):
+        slots = torch.randint(-1, 5, (t,), generator=gen)
+        batch = ld.LoRABatch.from_token_adapters(slots)
+        x = poisoned((t, 200), dtype, gen, 1.0)
+        base = poisoned((t, sum(outs)), dtype, gen)
+        check(lambda o, x_, w_, b_: L.add_lora_overlap(o, x_, w_, b_, cfg=ocfg), w, x, base,
+              slots, batch, TOL[dtype], f"overlap {cfg} T={t}")
+        assert not sync.any(), f"flags or counters left set: {sync.nonzero().flatten()}"
+
+
+def test_overlap_config_rejects_mismatch():
+    from lora_dispatch.devices import configs as C
+
+    sc = C.ShrinkConfig(64, 64, 64, 1, 4, 3, 1)
+    with pytest.raises(ValueError, match="block_m"):
+        C.OverlapConfig(sc, C.ExpandConfig(32, 64, 64, 4, 3), 8, 4, 3)
+    with pytest.raises(ValueError, match="lag"):
+        C.OverlapConfig(sc, C.ExpandConfig(64, 64, 64, 4, 3), 0, 4, 3)

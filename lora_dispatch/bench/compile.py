@@ -125,6 +125,12 @@ def variants(target: str):
                 ep = L._expand_plan(w, t, split, cfg=ecfg)
                 meta = {**ep.meta, "stride_yr": 1, "stride_on": 1}
                 yield f"expand-{name}-r{rank}-T{t}", L.expand_kernel, et, meta, ediv
+                if name == "qkv" and rank in (16, 64) and t >= 2048:  # add_lora overlapped
+                    op = L._overlap_plan(w, t, configs.overlap_config(
+                        info, t, 4096, n, rank, 2, s)).overlap
+                    yield (f"overlap-{name}-r{rank}-T{t}", L.overlap_kernel,
+                           {**st, **et, "sync_ptr": "*i32"},
+                           {**op.meta, "stride_xk": 1, "stride_on": 1}, sdiv + ediv)
                 if target == "sm90" and name == "qkv" and rank == 16:  # add_lora's PDL pair
                     yield (f"shrink-pdl-{name}-r{rank}-T{t}", L.shrink_kernel, st,
                            {**sp.meta, "stride_xk": 1, "PDL": 1 if t <= 256 else 2}, sdiv)

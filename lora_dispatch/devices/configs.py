@@ -75,6 +75,26 @@ class ExpandConfig:
 
 
 @dataclass(frozen=True)
+class OverlapConfig:
+    """``add_lora`` in one launch whose expand programs run beside the shrink's (per-tile
+    flags): the shrink and expand tilings (one ``block_m``, one K split), how many token
+    tiles the shrink runs ahead (``lag``), and the launch knobs the two roles share."""
+
+    shrink: ShrinkConfig
+    expand: ExpandConfig
+    lag: int
+    num_warps: int
+    num_stages: int
+
+    def __post_init__(self) -> None:
+        if self.shrink.block_m != self.expand.block_m:
+            raise ValueError("OverlapConfig: shrink and expand need one block_m, got "
+                             f"{self.shrink.block_m} and {self.expand.block_m}")
+        if self.lag < 1:
+            raise ValueError(f"OverlapConfig: lag must be >= 1, got {self.lag}")
+
+
+@dataclass(frozen=True)
 class FusedConfig:
     """Single-launch shrink + expand for small batches (each program recomputes its ``y``)."""
 
@@ -261,6 +281,20 @@ def expand_config(info: DeviceInfo, t: int, n: int, max_rank: int, itemsize: int
     """Config for an expand of ``t`` tokens into ``n`` output columns from rank ``max_rank``."""
     return _expand_config(info.family, info.platform, _units(info), info.warp_size,
                           _token_bucket(t), n, max_rank, itemsize)
+
+
+def overlap_config(info: DeviceInfo, t: int, k: int, n: int, rank: int, itemsize: int,
+                   slices: int = 1) -> OverlapConfig:
+    """Config of ``add_lora``'s overlapped single launch for ``t`` tokens: the expand's
+    prefill tiling, a shrink of one K split over the same token tiles (all of a tile's rank
+    blocks in one program up to 64 rows, 64-wide K steps), 8 tiles of lead."""
+    ec = expand_config(info, t, n, rank, itemsize)
+    bn = max(16, min(64, next_pow2(rank)))
+    rb = max(1, min(4, 64 // bn, slices * -(-rank // bn)))
+    bk = 64 if itemsize <= 2 else 32
+    stages = _stages(info.platform, info.family, 3)
+    sc = ShrinkConfig(ec.block_m, bn, bk, 1, ec.num_warps, stages, rb)
+    return OverlapConfig(sc, ec, 8, ec.num_warps, stages)
 
 
 @functools.lru_cache(maxsize=1024)

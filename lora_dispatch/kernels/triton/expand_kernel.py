@@ -17,30 +17,25 @@ import triton
 import triton.language as tl
 
 from ._jit import fast_launch
-from .tiles import pdl_wait, slice_block, tile_head, tile_rows
+from .tiles import flag_wait, pdl_wait, slice_block, tile_head, tile_rows
 
 __all__ = ["expand_kernel"]
 
 
-@fast_launch(pdl="PDL")
 @triton.jit
-def expand_kernel(
-    y_ptr, b_ptr, out_ptr, ranks_ptr, bounds_ptr, tok_ptr, tiles_ptr,
-    T, L, NT, N, NB,
-    stride_yp, stride_ys, stride_yt, stride_yr, stride_om, stride_on,
-    S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr, SPLIT: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, NCOL: tl.constexpr,
-    PREFETCH: tl.constexpr, ALIGN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    pid_n = pid % NB
-    pid_m = pid // NB
-    slot, rank, start, end = tile_head(tiles_ptr + TILE * 3 * NT + pid_m, ranks_ptr, L, NT)
-    sl, c0, c1 = slice_block(bounds_ptr, pid_n, S, BN * NCOL, ALIGN)
-    m_mask, tok64 = tile_rows(start, end, tok_ptr, T, BM)  # [BM], [BM]
-    if rank == 0:  # no slot or an empty slot
-        return
+def expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N, stride_yp,
+                stride_ys, stride_yt, stride_yr, stride_om, stride_on, flag_ptr, need,
+                R: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                BR: tl.constexpr, NCOL: tl.constexpr, PREFETCH: tl.constexpr,
+                PREC: tl.constexpr, WAIT: tl.constexpr):
+    """``out[tok, c0 + j * BN ...] += y[sl, tok, :rank] @ B[slot, cols, :rank]^T`` over the
+    ``NCOL`` column blocks of a tile of a slot with ``rank > 0``.
 
+    ``WAIT`` is what stands between the tile's prologue (and first ``out`` block) and its
+    first ``y`` read: 0 nothing, 1 ``griddepcontrol.wait`` (programmatic dependent launch),
+    2 :func:`flag_wait` on ``flag_ptr`` reaching ``need`` (``y`` then read past L1).
+    """
+    YC: tl.constexpr = ".cg" if WAIT == 2 else ""
     offs_r = tl.arange(0, BR)  # [BR]
     y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + offs_r[None, :] * stride_yr
     b_base = b_ptr + slot.to(tl.int64) * N * R + offs_r[:, None]  # [BR, 1]
@@ -50,13 +45,16 @@ def expand_kernel(
         o = tl.load(o_rows + offs_n[None, :] * stride_on,
                     mask=m_mask[:, None] & (offs_n < c1)[None, :],
                     other=0.0)  # [BM, BN] first block, in flight while y arrives
-    if PDL:  # launched beside the shrink that writes y (add_lora): wait for it
+    if WAIT == 1:  # launched beside the shrink that writes y (add_lora): wait for it
         pdl_wait()
+    elif WAIT == 2:
+        flag_wait(flag_ptr, need)
     if BR >= R:
         ym = m_mask[:, None] & (offs_r < rank)[None, :]  # [BM, BR]
-        yb = tl.load(y_ptrs, mask=ym, other=0.0).to(tl.float32)  # [BM, BR]
+        yb = tl.load(y_ptrs, mask=ym, other=0.0, cache_modifier=YC).to(tl.float32)  # [BM, BR]
         for p in tl.static_range(1, SPLIT):
-            yb += tl.load(y_ptrs + p * stride_yp, mask=ym, other=0.0).to(tl.float32)
+            yb += tl.load(y_ptrs + p * stride_yp, mask=ym, other=0.0,
+                          cache_modifier=YC).to(tl.float32)
         yb = yb.to(b_ptr.dtype.element_ty)
 
     for j in range(NCOL):
@@ -79,10 +77,11 @@ def expand_kernel(
             acc = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
             for r0 in range(0, rank, BR):
                 ym = m_mask[:, None] & ((offs_r + r0) < rank)[None, :]  # [BM, BR]
-                yr = tl.load(y_ptrs + r0 * stride_yr, mask=ym, other=0.0).to(tl.float32)
+                yr = tl.load(y_ptrs + r0 * stride_yr, mask=ym, other=0.0,
+                             cache_modifier=YC).to(tl.float32)
                 for p in tl.static_range(1, SPLIT):
                     yr += tl.load(y_ptrs + r0 * stride_yr + p * stride_yp, mask=ym,
-                                  other=0.0).to(tl.float32)
+                                  other=0.0, cache_modifier=YC).to(tl.float32)
                 bm_ = ((offs_r + r0) < R)[:, None] & n_mask[None, :]  # [BR, BN]
                 bb = tl.load(b_ptrs + r0, mask=bm_, other=0.0)  # [BR, BN]
                 acc += tl.dot(yr.to(bb.dtype), bb, input_precision=PREC)  # [BM, BN]
@@ -92,3 +91,27 @@ def expand_kernel(
                  mask=mask)
         if PREFETCH:
             o = o_next
+
+
+@fast_launch(pdl="PDL")
+@triton.jit
+def expand_kernel(
+    y_ptr, b_ptr, out_ptr, ranks_ptr, bounds_ptr, tok_ptr, tiles_ptr,
+    T, L, NT, N, NB,
+    stride_yp, stride_ys, stride_yt, stride_yr, stride_om, stride_on,
+    S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr, SPLIT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, NCOL: tl.constexpr,
+    PREFETCH: tl.constexpr, ALIGN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_n = pid % NB
+    pid_m = pid // NB
+    slot, rank, start, end = tile_head(tiles_ptr + TILE * 3 * NT + pid_m, ranks_ptr, L, NT)
+    sl, c0, c1 = slice_block(bounds_ptr, pid_n, S, BN * NCOL, ALIGN)
+    m_mask, tok64 = tile_rows(start, end, tok_ptr, T, BM)  # [BM], [BM]
+    if rank == 0:  # no slot or an empty slot
+        return
+
+    expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N, stride_yp,
+                stride_ys, stride_yt, stride_yr, stride_om, stride_on, tiles_ptr, 0, R, SPLIT,
+                BM, BN, BR, NCOL, PREFETCH, PREC, PDL)

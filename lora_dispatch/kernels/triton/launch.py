@@ -24,6 +24,7 @@ from lora_dispatch.devices.info import describe
 from .expand_kernel import expand_kernel
 from .fill_kernel import ZERO_BLOCK, zero_kernel
 from .fused_kernel import fused_kernel
+from .overlap_kernel import SYNC_HEAD, overlap_kernel
 from .shrink_kernel import shrink_kernel
 from .shrink_tma_kernel import shrink_tma_kernel
 
@@ -32,8 +33,8 @@ try:
 except ImportError:  # Triton < 3.4: no host tensor descriptors, pointer loads only
     TensorDescriptor = None
 
-__all__ = ["shrink", "expand", "add_lora", "add_lora_two_pass", "add_lora_fused", "plan_for",
-           "release_workspaces", "workspace_bytes"]
+__all__ = ["shrink", "expand", "add_lora", "add_lora_two_pass", "add_lora_fused",
+           "add_lora_overlap", "plan_for", "release_workspaces", "workspace_bytes"]
 
 PREC = "ieee"
 
@@ -61,6 +62,8 @@ class ExpandPlan(NamedTuple):
     tail: tuple
 
 
+_OVERLAP_CX = ("S", "R", "TILE", "BM", "BNS", "BK", "RB", "EVEN_K", "BNE", "BR", "NCOL",
+               "PREFETCH", "ALIGN", "PREC")
 _SHRINK_CX = ("S", "R", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL", "PREC",
               "PDL")
 _EXPAND_CX = ("S", "R", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH", "ALIGN",
@@ -89,6 +92,18 @@ def _split_meta(meta: dict, names: tuple[str, ...], i: int) -> tuple:
     return cx, meta["num_warps"], meta["num_stages"], cx + opts
 
 
+class OverlapPlan(NamedTuple):
+    grid: tuple[int]
+    ntile: int  # token tiles
+    nbs: int  # shrink programs per tile
+    nbe: int  # expand programs (column groups) per tile
+    lag: int  # tiles the shrink runs ahead
+    meta: dict
+    cx: tuple
+    num_warps: int
+    num_stages: int
+
+
 class AddPlan(NamedTuple):
     fused: ShrinkPlan | ExpandPlan | None
     shrink: ShrinkPlan | None
@@ -96,6 +111,7 @@ class AddPlan(NamedTuple):
     ws_numel: int  # float32 workspace of the partial products [SPLIT, S, T, R]
     ys: tuple  # its strides
     memo: list  # weak refs to [weights, batch, workspace], then their group slot pieces
+    overlap: OverlapPlan | None = None  # one launch, expand beside shrink (then ys: [S, T, R])
 
 
 _VIEW_PLANS: dict[tuple, dict] = {}
@@ -195,6 +211,24 @@ def _fused_plan(w, t: int, cfg: configs.FusedConfig | None = None) -> ExpandPlan
                       meta["num_warps"], meta["num_stages"], ())
 
 
+def _overlap_plan(w, t: int, cfg: configs.OverlapConfig) -> AddPlan:
+    """``add_lora`` as :mod:`overlap_kernel`'s single launch with the tilings of ``cfg``."""
+    sc, ec = cfg.shrink, cfg.expand
+    k, s, r = w.in_features, w.num_slices, w.max_rank
+    ntile = _tiles(t, sc.block_m, w.num_slots)
+    nbs = _cdiv(s * _cdiv(r, sc.block_n), sc.rank_blocks)
+    nbe = sum(_cdiv(o, ec.block_n * ec.col_blocks) for o in w.out_features)
+    meta = dict(
+        S=s, R=r, TILE=tile_index(sc.block_m), BM=sc.block_m, BNS=sc.block_n, BK=sc.block_k,
+        RB=sc.rank_blocks, EVEN_K=k % sc.block_k == 0, BNE=ec.block_n, BR=ec.block_r,
+        NCOL=ec.col_blocks, PREFETCH=ec.prefetch, ALIGN=_align(w), PREC=PREC,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    op = OverlapPlan((ntile * (nbs + nbe),), ntile, nbs, nbe, min(cfg.lag, ntile), meta,
+                     tuple(meta[n] for n in _OVERLAP_CX), cfg.num_warps, cfg.num_stages)
+    return AddPlan(None, None, None, s * t * r, (t * r, r), [None] * 4, op)
+
+
 def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = None):
     """The cached launch plan of ``op`` (``shrink``, ``expand``, ``add``) for ``t`` tokens.
 
@@ -219,6 +253,10 @@ def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = 
             mode is None and t <= configs.fused_max_tokens(info, w.num_slots, w.max_rank))
         if use_fused:
             plan = AddPlan(_fused_plan(w, t), None, None, 0, (), [None] * 4)
+        elif mode == "overlap":
+            plan = _overlap_plan(w, t, configs.overlap_config(
+                info, t, w.in_features, w.total_out, w.max_rank, w.lora_a.element_size(),
+                w.num_slices))
         else:
             plan = _two_pass_plan(w, t, split_k)
     else:
@@ -459,6 +497,57 @@ def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
     _launch_expand(p.expand, ws, w, batch, base_out, t, p.ys)
 
 
+_SYNCS: dict[tuple[int, int, int], torch.Tensor] = {}
+
+
+def _sync(numel: int, x: torch.Tensor) -> torch.Tensor:
+    """A zeroed int32 buffer of at least ``numel`` elements for :mod:`overlap_kernel`'s
+    counters and flags, which the kernel zeroes again as it ends.
+
+    Eager GPU calls keep one per (device, current stream, thread), as the workspace; under
+    CUDA-graph capture (and off the GPU) every call allocates a zeroed one (in a graph, a
+    memset node of ``4 * numel`` bytes).
+    """
+    dev = x.get_device()
+    if dev < 0 or _raw_stream is None or _capturing():
+        return torch.zeros(numel, dtype=torch.int32, device=x.device)
+    key = (dev, _raw_stream(dev), _get_ident())
+    buf = _SYNCS.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = _SYNCS[key] = torch.zeros(max(numel, 1024), dtype=torch.int32, device=x.device)
+    return buf
+
+
+def _overlap(p: AddPlan, base_out, x, w, batch, t: int) -> None:
+    op = p.overlap
+    ws = _workspace(p.ws_numel, x)
+    tm = batch.tile_map
+    overlap_kernel[op.grid](
+        x, w.lora_a, ws, w.lora_b, base_out, w.ranks, w.scalings, w.slice_bounds,
+        batch.sorted_tokens, tm, _sync(SYNC_HEAD + op.ntile, x),
+        t, w.in_features, w.num_slots, tm.shape[2], w.total_out, op.ntile, op.nbs, op.nbe,
+        op.lag, x.stride(0), x.stride(1), p.ys[0], p.ys[1], base_out.stride(0),
+        base_out.stride(1), *op.cx, num_warps=op.num_warps, num_stages=op.num_stages,
+    )
+
+
+def add_lora_overlap(base_out: torch.Tensor, x: torch.Tensor, w, batch,
+                     cfg: configs.OverlapConfig | None = None) -> None:
+    """``add_lora`` as one launch whose expand programs start on each token tile as soon
+    as that tile's shrink programs are done (:mod:`overlap_kernel`).
+
+    ``cfg`` overrides the registry's :func:`~lora_dispatch.devices.configs.overlap_config`.
+    """
+    t = x.shape[0]
+    if not t:
+        return
+    if cfg is None:
+        p = plan_for("add", w, t, "overlap")
+    else:
+        p = _overlap_plan(w, t, cfg)
+    _overlap(p, base_out, x, w, batch, t)
+
+
 def _fused(p: ExpandPlan, base_out, x, w, batch, t: int) -> None:
     tm = batch.tile_map
     fused_kernel[p.grid](
@@ -493,5 +582,7 @@ def add_lora(base_out: torch.Tensor, x: torch.Tensor, w, batch) -> None:
         p = plan_for("add", w, t)
     if p.fused is not None:
         _fused(p.fused, base_out, x, w, batch, t)
+    elif p.overlap is not None:
+        _overlap(p, base_out, x, w, batch, t)
     else:
         _two_pass(p, base_out, x, w, batch, t)

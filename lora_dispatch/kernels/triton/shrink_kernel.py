@@ -44,6 +44,46 @@ def _block_dot(acc, xb, a_ptrs, n_mask, k_mask, EVEN_K: tl.constexpr, PREC: tl.c
 
 
 @triton.jit
+def accumulate(x_ptr, a_ptr, slot, rank, tok64, m_mask, sl0, c00, n_mask0, sl1, c01, n_mask1,
+               sl2, c02, n_mask2, sl3, c03, n_mask3, k0, k_len, K, stride_xm, stride_xk,
+               S: tl.constexpr, R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+               BK: tl.constexpr, RB: tl.constexpr, EVEN_K: tl.constexpr, PREC: tl.constexpr):
+    """The ``RB`` products ``x[tok, k0:k_end] @ A[slot, block rows, k0:k_end]^T`` of a
+    program's blocks, ``k_end = min(k0 + k_len, K)`` (``[BM, BN]`` float32 each; unused
+    ones stay zero)."""
+    offs_k = k0 + tl.arange(0, BK)  # [BK]
+    row0 = sl0 * rank + c00
+    x_ptrs = x_ptr + tok64[:, None] * stride_xm + offs_k[None, :] * stride_xk  # [BM, BK]
+    a_ptrs = (a_ptr + slot.to(tl.int64) * (S * R) * K
+              + (row0 + tl.arange(0, BN))[:, None].to(tl.int64) * K
+              + offs_k[None, :])  # [BN, BK]
+    acc0 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
+    acc1 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
+    acc2 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
+    acc3 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
+    a_off1 = (sl1 * rank + c01 - row0).to(tl.int64) * K
+    a_off2 = (sl2 * rank + c02 - row0).to(tl.int64) * K
+    a_off3 = (sl3 * rank + c03 - row0).to(tl.int64) * K
+    k_end = tl.minimum(k0 + k_len, K)
+    for k in range(k0, k_end, BK):
+        k_mask = (offs_k + (k - k0)) < k_end  # [BK]
+        if EVEN_K:
+            xb = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, BK]
+        else:
+            xb = tl.load(x_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        acc0 = _block_dot(acc0, xb, a_ptrs, n_mask0, k_mask, EVEN_K, PREC)
+        if RB > 1:
+            acc1 = _block_dot(acc1, xb, a_ptrs + a_off1, n_mask1, k_mask, EVEN_K, PREC)
+        if RB > 2:
+            acc2 = _block_dot(acc2, xb, a_ptrs + a_off2, n_mask2, k_mask, EVEN_K, PREC)
+        if RB > 3:
+            acc3 = _block_dot(acc3, xb, a_ptrs + a_off3, n_mask3, k_mask, EVEN_K, PREC)
+        x_ptrs += BK * stride_xk
+        a_ptrs += BK
+    return acc0, acc1, acc2, acc3
+
+
+@triton.jit
 def _block_store(acc, sl, c0, n_mask, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
                  stride_yp, stride_ys, stride_yt, S: tl.constexpr, R: tl.constexpr,
                  BN: tl.constexpr, ATOMIC: tl.constexpr, FILL: tl.constexpr):
@@ -153,35 +193,10 @@ def shrink_kernel(
             _zero_blocks(sl0, c00, sl1, c01, sl2, c02, sl3, c03, m_mask, tok64, y_ptr,
                          stride_ys, stride_yt, S, R, BM, BN, RB)
         return
-    offs_k = pid_k * K_SPLIT + tl.arange(0, BK)  # [BK]
-    row0 = sl0 * rank + c00
-    x_ptrs = x_ptr + tok64[:, None] * stride_xm + offs_k[None, :] * stride_xk  # [BM, BK]
-    a_ptrs = (a_ptr + slot.to(tl.int64) * (S * R) * K
-              + (row0 + tl.arange(0, BN))[:, None].to(tl.int64) * K
-              + offs_k[None, :])  # [BN, BK]
-    acc0 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
-    acc1 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
-    acc2 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
-    acc3 = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
-    a_off1 = (sl1 * rank + c01 - row0).to(tl.int64) * K
-    a_off2 = (sl2 * rank + c02 - row0).to(tl.int64) * K
-    a_off3 = (sl3 * rank + c03 - row0).to(tl.int64) * K
-    k_end = tl.minimum(pid_k * K_SPLIT + K_SPLIT, K)
-    for k in range(pid_k * K_SPLIT, k_end, BK):
-        k_mask = (offs_k + (k - pid_k * K_SPLIT)) < k_end  # [BK]
-        if EVEN_K:
-            xb = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, BK]
-        else:
-            xb = tl.load(x_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        acc0 = _block_dot(acc0, xb, a_ptrs, n_mask0, k_mask, EVEN_K, PREC)
-        if RB > 1:
-            acc1 = _block_dot(acc1, xb, a_ptrs + a_off1, n_mask1, k_mask, EVEN_K, PREC)
-        if RB > 2:
-            acc2 = _block_dot(acc2, xb, a_ptrs + a_off2, n_mask2, k_mask, EVEN_K, PREC)
-        if RB > 3:
-            acc3 = _block_dot(acc3, xb, a_ptrs + a_off3, n_mask3, k_mask, EVEN_K, PREC)
-        x_ptrs += BK * stride_xk
-        a_ptrs += BK
+    acc0, acc1, acc2, acc3 = accumulate(
+        x_ptr, a_ptr, slot, rank, tok64, m_mask, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2,
+        c02, n_mask2, sl3, c03, n_mask3, pid_k * K_SPLIT, K_SPLIT, K, stride_xm, stride_xk, S,
+        R, BM, BN, BK, RB, EVEN_K, PREC)
 
     _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
                   n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,

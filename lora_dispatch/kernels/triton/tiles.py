@@ -5,7 +5,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["tile_head", "tile_rows", "slice_block", "pdl_wait", "pdl_launch_dependents"]
+__all__ = ["tile_head", "tile_rows", "slice_block", "pdl_wait", "pdl_launch_dependents",
+           "flag_wait", "flag_arrive"]
 
 
 @triton.jit
@@ -78,3 +79,20 @@ def pdl_launch_dependents():
     programmatic dependent launch may start once every program has run this or ended."""
     tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [],
                               dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def flag_arrive(flag_ptr):
+    """Count this program in at ``flag_ptr`` once all its threads' stores are done: a CTA
+    barrier, then one release increment at GPU scope (cumulative over the barrier)."""
+    tl.debug_barrier()
+    tl.atomic_add(flag_ptr, 1, sem="release")
+
+
+@triton.jit
+def flag_wait(flag_ptr, need):
+    """Spin until the counter at ``flag_ptr`` reaches ``need`` (acquire reads: what the
+    counted programs stored before :func:`flag_arrive` is visible after it)."""
+    cnt = tl.atomic_add(flag_ptr, 0, sem="acquire")
+    while cnt < need:
+        cnt = tl.atomic_add(flag_ptr, 0, sem="acquire")
