@@ -1,7 +1,7 @@
 """add_lora at prefill: the two-pass launches against one launch with per-tile flags (GPU).
 
     python benchmarks/probe_overlap.py [--json PATH] [--shapes 8192:64,2048:16]
-        [--configs "lag,bm,bns,bk,rb,ebn,br,ncol,prefetch,warps,stages;..."] [--rounds N]
+        [--configs "lag,bm,bns,bk,rb,split,ebn,br,ncol,prefetch,warps,stages;..."] [--rounds N]
 
 The shipped ``add_lora`` runs the shrink (reads ``x``) and then the expand (reads and writes
 ``out``): two streams one after the other, the first read-only. ``overlap_kernel`` runs
@@ -32,6 +32,7 @@ def _with(cfg: C.OverlapConfig, **kw) -> C.OverlapConfig | None:
     warps = kw.pop("warps", cfg.num_warps)
     stages = kw.pop("stages", cfg.num_stages)
     sc = dataclasses.replace(sc, block_m=bm, block_k=kw.pop("bk", sc.block_k),
+                             split_k=kw.pop("split", sc.split_k),
                              rank_blocks=kw.pop("rb", sc.rank_blocks), num_warps=warps,
                              num_stages=stages)
     ec = dataclasses.replace(ec, block_m=bm, num_warps=warps, num_stages=stages)
@@ -46,6 +47,7 @@ def candidates(default: C.OverlapConfig, rank: int, slices: int) -> list[C.Overl
     alts += [dict(bk=v) for v in (32, 128)]
     alts += [dict(stages=v) for v in (2, 4)]
     alts += [dict(warps=8), dict(bm=64 if default.shrink.block_m != 64 else 32)]
+    alts += [dict(split=v) for v in (2, 4)]
     out = [default]
     for kw in alts:
         cfg = _with(default, **kw)
@@ -55,11 +57,12 @@ def candidates(default: C.OverlapConfig, rank: int, slices: int) -> list[C.Overl
 
 
 def parse_configs(spec: str, rank: int) -> list[C.OverlapConfig]:
-    """``"lag,bm,bns,bk,rb,ebn,br,ncol,prefetch,warps,stages;..."`` as overlap configs."""
+    """``"lag,bm,bns,bk,rb,split,ebn,br,ncol,prefetch,warps,stages;..."`` as overlap configs."""
     out = []
     for item in filter(None, spec.split(";")):
-        lag, bm, bns, bk, rb, ebn, br, ncol, pre, warps, stages = map(int, item.split(","))
-        out.append(C.OverlapConfig(C.ShrinkConfig(bm, bns, bk, 1, warps, stages, rb),
+        lag, bm, bns, bk, rb, split, ebn, br, ncol, pre, warps, stages = map(
+            int, item.split(","))
+        out.append(C.OverlapConfig(C.ShrinkConfig(bm, bns, bk, split, warps, stages, rb),
                                    C.ExpandConfig(bm, ebn, br, warps, stages, ncol, bool(pre)),
                                    lag, warps, stages))
     return out
@@ -70,8 +73,8 @@ def _label(cfg: C.OverlapConfig | None) -> str:
         return "two-pass (shipped)"
     sc, ec = cfg.shrink, cfg.expand
     return (f"lag={cfg.lag} bm={sc.block_m} bns={sc.block_n} bk={sc.block_k} "
-            f"rb={sc.rank_blocks} ebn={ec.block_n} br={ec.block_r} ncol={ec.col_blocks} "
-            f"pre={int(ec.prefetch)} w={cfg.num_warps} st={cfg.num_stages}")
+            f"rb={sc.rank_blocks} split={sc.split_k} ebn={ec.block_n} br={ec.block_r} "
+            f"ncol={ec.col_blocks} pre={int(ec.prefetch)} w={cfg.num_warps} st={cfg.num_stages}")
 
 
 def shape(t: int, rank: int, dev: torch.device, copy: float | None, rows: list[dict],
@@ -124,7 +127,7 @@ def _spec(spec: str, dev: torch.device, copy: float | None, rows: list[dict], ar
 def main(argv: list[str] | None = None) -> int:
     def extra(ap):
         ap.add_argument("--configs", default="",
-                        help="'lag,bm,bns,bk,rb,ebn,br,ncol,prefetch,warps,stages;...' "
+                        help="'lag,bm,bns,bk,rb,split,ebn,br,ncol,prefetch,warps,stages;...' "
                              "instead of the one-knob sweep")
         ap.add_argument("--rounds", type=int, default=1,
                         help="time every config this many times, in alternating rounds")

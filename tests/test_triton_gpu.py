@@ -651,20 +651,20 @@ def test_expand_prefetch(cfg, hidden, outs, dtype, t):
 
 
 OVERLAP_CFGS = [
-    # shrink (block_m, block_n, block_k, rank_blocks), expand (block_n, block_r, ncol,
-    # prefetch), lag, warps, stages
-    ((64, 64, 64, 1), (64, 64, 8, True), 8, 4, 3),
-    ((64, 64, 64, 2), (128, 128, 4, False), 1, 4, 2),
-    ((32, 16, 64, 4), (128, 32, 4, False), 64, 4, 3),
-    ((64, 32, 32, 3), (64, 64, 2, True), 3, 8, 2),
+    # shrink (block_m, block_n, block_k, rank_blocks, split_k), expand (block_n, block_r,
+    # ncol, prefetch), lag, warps, stages
+    ((64, 64, 64, 1, 1), (64, 64, 8, True), 8, 4, 3),
+    ((64, 64, 64, 2, 3), (128, 128, 4, False), 1, 4, 2),
+    ((32, 16, 64, 4, 1), (128, 32, 4, False), 64, 4, 3),
+    ((64, 32, 32, 3, 4), (64, 64, 2, True), 3, 8, 2),
 ]
 
 
 def _overlap_cfg(spec):
     from lora_dispatch.devices import configs as C
 
-    (bm, bn, bk, rb), (ebn, br, ncol, pre), lag, warps, stages = spec
-    return C.OverlapConfig(C.ShrinkConfig(bm, bn, bk, 1, warps, stages, rb),
+    (bm, bn, bk, rb, split), (ebn, br, ncol, pre), lag, warps, stages = spec
+    return C.OverlapConfig(C.ShrinkConfig(bm, bn, bk, split, warps, stages, rb),
                            C.ExpandConfig(bm, ebn, br, warps, stages, ncol, pre),
                            lag, warps, stages)
 
@@ -686,7 +686,7 @@ def test_overlap_configs_repeatable(spec, hidden, outs, dtype, t, adapters):
 
     cfg = _overlap_cfg(spec)
     if dtype == torch.float32:
-        cfg = _overlap_cfg(((spec[0][0], min(spec[0][1], 64), 32, spec[0][3]),
+        cfg = _overlap_cfg(((spec[0][0], min(spec[0][1], 64), 32, *spec[0][3:]),
                             (min(spec[1][0], 64), *spec[1][1:]), *spec[2:]))
     gen = torch.Generator().manual_seed(hidden + t)
     w = make_weights(adapters, hidden, outs, dtype, seed=t)
@@ -698,7 +698,7 @@ def test_overlap_configs_repeatable(spec, hidden, outs, dtype, t, adapters):
     first = None
     for _ in range(8):
         tl_launch.release_workspaces()
-        tl_launch._workspace(w.num_slices * t * w.max_rank, x).fill_(float("nan"))
+        tl_launch._workspace(4 * w.num_slices * t * w.max_rank, x).fill_(float("nan"))
         out = base.clone()
         tk.add_lora_overlap(out, x, w, batch, cfg=cfg)
         if first is None:

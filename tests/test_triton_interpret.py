@@ -508,23 +508,23 @@ def test_shrink_config_variants(cfg):
 
 
 @pytest.mark.parametrize("cfg", [
-    # shrink (block_m, block_n, block_k, rank_blocks), expand (block_n, block_r, ncol,
-    # prefetch), lag
-    ((16, 16, 32, 1), (16, 16, 2, True), 1),
-    ((16, 16, 64, 3), (32, 64, 1, False), 2),
-    ((32, 16, 32, 2), (16, 16, 3, True), 100),
-    ((16, 64, 128, 1), (64, 16, 1, False), 3),
+    # shrink (block_m, block_n, block_k, rank_blocks, split_k), expand (block_n, block_r,
+    # ncol, prefetch), lag
+    ((16, 16, 32, 1, 1), (16, 16, 2, True), 1),
+    ((16, 16, 64, 3, 2), (32, 64, 1, False), 2),
+    ((32, 16, 32, 2, 3), (16, 16, 3, True), 100),
+    ((16, 64, 128, 1, 1), (64, 16, 1, False), 3),
 ])
 def test_overlap_configs_and_reset(cfg, monkeypatch):
-    """The overlapped single launch (work ids, per-tile flags) over tilings and leads, mixed
-    ranks up to 40 with rank blocks and ``y`` rank steps smaller than that, slices narrower
-    than a column group, a K tail: equal to the reference on three calls that share one
-    sync buffer, which each call leaves zeroed (the kernel's own reset)."""
+    """The overlapped single launch (work ids, per-tile flags) over tilings, K splits and
+    leads, mixed ranks up to 40 with rank blocks and ``y`` rank steps smaller than that,
+    slices narrower than a column group, a K tail: equal to the reference on three calls
+    that share one sync buffer, which each call leaves zeroed (the kernel's own reset)."""
     from lora_dispatch.devices import configs as C
     from lora_dispatch.kernels.triton import launch as L
 
-    (bm, bn, bk, rb), (ebn, br, ncol, pre), lag = cfg
-    ocfg = C.OverlapConfig(C.ShrinkConfig(bm, bn, bk, 1, 4, 2, rb),
+    (bm, bn, bk, rb, split), (ebn, br, ncol, pre), lag = cfg
+    ocfg = C.OverlapConfig(C.ShrinkConfig(bm, bn, bk, split, 4, 2, rb),
                            C.ExpandConfig(bm, ebn, br, 4, 2, ncol, pre), lag, 4, 2)
     sync = torch.full((64,), 0, dtype=torch.int32)
     monkeypatch.setattr(L, "_sync", lambda n, x: sync)

@@ -63,7 +63,7 @@ class ExpandPlan(NamedTuple):
 
 
 _OVERLAP_CX = ("S", "R", "TILE", "BM", "BNS", "BK", "RB", "EVEN_K", "BNE", "BR", "NCOL",
-               "PREFETCH", "ALIGN", "PREC")
+               "PREFETCH", "ALIGN", "PREC", "SPLIT")
 _SHRINK_CX = ("S", "R", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL", "PREC",
               "PDL")
 _EXPAND_CX = ("S", "R", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH", "ALIGN",
@@ -98,6 +98,7 @@ class OverlapPlan(NamedTuple):
     nbs: int  # shrink programs per tile
     nbe: int  # expand programs (column groups) per tile
     lag: int  # tiles the shrink runs ahead
+    k_split: int  # K columns per split
     meta: dict
     cx: tuple
     num_warps: int
@@ -111,7 +112,7 @@ class AddPlan(NamedTuple):
     ws_numel: int  # float32 workspace of the partial products [SPLIT, S, T, R]
     ys: tuple  # its strides
     memo: list  # weak refs to [weights, batch, workspace], then their group slot pieces
-    overlap: OverlapPlan | None = None  # one launch, expand beside shrink (then ys: [S, T, R])
+    overlap: OverlapPlan | None = None  # one launch, expand beside shrink
 
 
 _VIEW_PLANS: dict[tuple, dict] = {}
@@ -215,18 +216,20 @@ def _overlap_plan(w, t: int, cfg: configs.OverlapConfig) -> AddPlan:
     """``add_lora`` as :mod:`overlap_kernel`'s single launch with the tilings of ``cfg``."""
     sc, ec = cfg.shrink, cfg.expand
     k, s, r = w.in_features, w.num_slices, w.max_rank
+    k_split = _cdiv(_cdiv(k, sc.split_k), sc.block_k) * sc.block_k
+    split = _cdiv(k, k_split)
     ntile = _tiles(t, sc.block_m, w.num_slots)
-    nbs = _cdiv(s * _cdiv(r, sc.block_n), sc.rank_blocks)
+    nbs = _cdiv(s * _cdiv(r, sc.block_n), sc.rank_blocks) * split
     nbe = sum(_cdiv(o, ec.block_n * ec.col_blocks) for o in w.out_features)
     meta = dict(
         S=s, R=r, TILE=tile_index(sc.block_m), BM=sc.block_m, BNS=sc.block_n, BK=sc.block_k,
-        RB=sc.rank_blocks, EVEN_K=k % sc.block_k == 0, BNE=ec.block_n, BR=ec.block_r,
-        NCOL=ec.col_blocks, PREFETCH=ec.prefetch, ALIGN=_align(w), PREC=PREC,
+        RB=sc.rank_blocks, EVEN_K=k % k_split == 0, BNE=ec.block_n, BR=ec.block_r,
+        NCOL=ec.col_blocks, PREFETCH=ec.prefetch, ALIGN=_align(w), PREC=PREC, SPLIT=split,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    op = OverlapPlan((ntile * (nbs + nbe),), ntile, nbs, nbe, min(cfg.lag, ntile), meta,
-                     tuple(meta[n] for n in _OVERLAP_CX), cfg.num_warps, cfg.num_stages)
-    return AddPlan(None, None, None, s * t * r, (t * r, r), [None] * 4, op)
+    op = OverlapPlan((ntile * (nbs + nbe),), ntile, nbs, nbe, min(cfg.lag, ntile), k_split,
+                     meta, tuple(meta[n] for n in _OVERLAP_CX), cfg.num_warps, cfg.num_stages)
+    return AddPlan(None, None, None, split * s * t * r, (s * t * r, t * r, r), [None] * 4, op)
 
 
 def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = None):
@@ -526,7 +529,7 @@ def _overlap(p: AddPlan, base_out, x, w, batch, t: int) -> None:
         x, w.lora_a, ws, w.lora_b, base_out, w.ranks, w.scalings, w.slice_bounds,
         batch.sorted_tokens, tm, _sync(SYNC_HEAD + op.ntile, x),
         t, w.in_features, w.num_slots, tm.shape[2], w.total_out, op.ntile, op.nbs, op.nbe,
-        op.lag, x.stride(0), x.stride(1), p.ys[0], p.ys[1], base_out.stride(0),
+        op.lag, op.k_split, x.stride(0), x.stride(1), *p.ys, base_out.stride(0),
         base_out.stride(1), *op.cx, num_warps=op.num_warps, num_stages=op.num_stages,
     )
 

@@ -1,21 +1,16 @@
 """``add_lora`` in one launch whose expand programs overlap the shrink's: per-tile flags.
 
-Grid ``(NTILE * (NBS + NBE),)``. Each program takes a *work id* from a counter at its start
-(not its program id): the first ``LAG * NBS`` ids are the shrink programs of the first
-``LAG`` token tiles; then every step holds the ``NBS`` shrink programs of tile ``j + LAG``
-followed by the ``NBE`` expand programs (column groups) of tile ``j``; the last ids are the
-expand programs of the last ``LAG`` tiles. A shrink program writes its rank blocks of
-``y [S, T, R]`` (float32, one K split) and counts itself in at its tile's flag; an expand
-program loads its tile, rank and first ``out`` block, waits until the flag counts all
-``NBS`` shrink programs of the tile, then reads ``y`` and read-add-writes ``out``. The
-shrink's ``x`` stream (read only) and the expand's ``out`` stream (read and write) run side
-by side instead of one after the other.
-
-No deadlock: an expand program waits only on shrink programs with lower work ids, which
-have already started (they took their id) and never wait. The flags and both counters live
-in ``sync [2 + NTILE]`` int32 (work-id counter, finished-program counter, flags), zero
-before the launch; the last program to finish zeroes them again, so a stream-ordered buffer
-(or one a CUDA graph owns) needs no memset between calls.
+Grid ``(NTILE * (NBS + NBE),)``. ``NBS`` shrink programs per token tile (rank-block groups
+times K splits), ``NBE`` expand programs (column groups). Each program takes a *work id*
+from a counter at its start (not its program id): the first ``LAG * NBS`` ids are the
+shrink programs of the first ``LAG`` tiles; then every step holds the shrink programs of
+tile ``j + LAG`` followed by the expand programs of tile ``j``; the last ids are the expand
+programs of the last ``LAG`` tiles. A shrink program writes its K split's partial products
+of its rank blocks to ``y [SPLIT, S, T, R]`` (float32) and counts itself in at its tile's
+flag; an expand program loads its tile, rank and first ``out`` block, waits until the flag
+counts all ``NBS`` shrink programs of the tile, then sums the partials and read-add-writes
+``out``. The shrink's ``x`` stream (read only) and the expand's ``out`` stream (read and
+write) run side by side instead of one after the other.
 """
 
 from __future__ import annotations
@@ -58,12 +53,12 @@ def _work(vid, NTILE, NBS, NBE, LAG):
 def overlap_kernel(
     x_ptr, a_ptr, y_ptr, b_ptr, out_ptr, ranks_ptr, scal_ptr, bounds_ptr, tok_ptr, tiles_ptr,
     sync_ptr,
-    T, K, L, NT, N, NTILE, NBS, NBE, LAG,
-    stride_xm, stride_xk, stride_ys, stride_yt, stride_om, stride_on,
+    T, K, L, NT, N, NTILE, NBS, NBE, LAG, K_SPLIT,
+    stride_xm, stride_xk, stride_yp, stride_ys, stride_yt, stride_om, stride_on,
     S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr, BM: tl.constexpr,
     BNS: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr, EVEN_K: tl.constexpr,
     BNE: tl.constexpr, BR: tl.constexpr, NCOL: tl.constexpr, PREFETCH: tl.constexpr,
-    ALIGN: tl.constexpr, PREC: tl.constexpr,
+    ALIGN: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
 ):
     vid = tl.atomic_add(sync_ptr, 1, sem="relaxed")
     shrink, tile, blk = _work(vid, NTILE, NBS, NBE, LAG)
@@ -72,21 +67,24 @@ def overlap_kernel(
     m_mask, tok64 = tile_rows(start, end, tok_ptr, T, BM)  # [BM], [BM]
     if shrink:
         NBR: tl.constexpr = (R + BNS - 1) // BNS
+        pid_k = blk % SPLIT
         (sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3,
-         live) = _blocks(blk, rank, S, NBR, BNS, RB)
+         live) = _blocks(blk // SPLIT, rank, S, NBR, BNS, RB)
         if live:
             acc0, acc1, acc2, acc3 = accumulate(
                 x_ptr, a_ptr, slot, rank, tok64, m_mask, sl0, c00, n_mask0, sl1, c01,
-                n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3, 0, K, K, stride_xm,
-                stride_xk, S, R, BM, BNS, BK, RB, EVEN_K, PREC)
+                n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3, pid_k * K_SPLIT, K_SPLIT, K,
+                stride_xm, stride_xk, S, R, BM, BNS, BK, RB, EVEN_K, PREC)
             _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2,
-                          c02, n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, 0, scal_ptr,
-                          y_ptr, 0, stride_ys, stride_yt, S, R, BNS, RB, False, False)
+                          c02, n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k,
+                          scal_ptr, y_ptr, stride_yp, stride_ys, stride_yt, S, R, BNS, RB,
+                          False, False)
         flag_arrive(flag)
     elif rank > 0:
         sl, c0, c1 = slice_block(bounds_ptr, blk, S, BNE * NCOL, ALIGN)
-        expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N, 0,
-                    stride_ys, stride_yt, 1, stride_om, stride_on, flag, NBS, R, 1, BM, BNE,
+        expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
+                    stride_yp, stride_ys, stride_yt, 1, stride_om, stride_on, flag, NBS, R,
+                    SPLIT, BM, BNE,
                     BR, NCOL, PREFETCH, PREC, 2)
     done = tl.atomic_add(sync_ptr + 1, 1, sem="acq_rel")
     if done == NTILE * (NBS + NBE) - 1:  # every other program has finished: reset for the next
