@@ -11,6 +11,9 @@ once, ``out`` read and written) against the copy bandwidth measured in the same 
 ``--wide``: 8 warps, or 128-token tiles: every (BM, warps, BN) of ``_WIDE`` x (4 / 8 column
 blocks) x (1 / 3 stages) x prefetch.
 
+``--configs "bm,bn,br,warps,stages,ncol,prefetch;..."`` (``br`` 0: the shipped rank step):
+the shipped config and these only, timed in ``--rounds`` alternating rounds (medians).
+
 ``--decode``: every (BM, BN, column blocks, stages) of a small grid per decode shape
 (default ``_DECODE_SHAPES``), timed as CUDA-graph replay per call rotating over 8 weight /
 input sets (as ``bench_kernels`` reports decode), plus the cold-L2 median.
@@ -23,7 +26,7 @@ import itertools
 
 import torch
 
-from lora_dispatch.bench.kernels import Problem, _build, _cycle, expand_case
+from lora_dispatch.bench.kernels import Problem, _build, _cycle, expand_case, round_median
 from lora_dispatch.bench.timing import (
     copy_bandwidth_gbs,
     env_record,
@@ -108,6 +111,44 @@ def _wide(default: C.ExpandConfig) -> list[C.ExpandConfig]:
                                                                  (False, True))]
 
 
+def _given(spec: str, dev: torch.device, copy: float, rows: list[dict], configs: str,
+           rounds: int) -> None:
+    """The shipped config and ``configs`` in alternating rounds, checked against the shipped
+    output."""
+    p, batch, w, y4, out, default, nbytes = expand_case(spec, dev)
+    cands = [default]
+    for item in filter(None, configs.split(";")):
+        bm, bn, br, warps, st, nc, pf = map(int, item.split(","))
+        c = C.ExpandConfig(bm, bn, br or default.block_r, warps, st, nc, bool(pf))
+        if c not in cands:
+            cands.append(c)
+    pristine = out.clone()
+    ref = pristine.clone()
+    L._launch_expand(L._expand_plan(w, p.t, 1, cfg=default), y4, w, batch, ref, p.t)
+    live = []
+    for cfg in cands:
+        plan = L._expand_plan(w, p.t, 1, cfg=cfg)
+        chk = pristine.clone()
+        try:
+            L._launch_expand(plan, y4, w, batch, chk, p.t)
+        except Exception as exc:  # configs that fail to compile are skipped
+            print(f"{spec} {cfg} failed: {exc!r}"[:200], flush=True)
+            continue
+        live.append((cfg, plan, (chk.float() - ref.float()).abs().max().item()))
+    for rnd in range(rounds):
+        for cfg, plan, err in live:
+            us = gpu_time_us(lambda plan=plan: L._launch_expand(plan, y4, w, batch, out, p.t),
+                             dev, warmup_ms=5, rep_ms=20)
+            rows.append(dict(op=p.op, T=p.t, rank=p.rank, round=rnd, default=cfg == default,
+                             us=us, pct_copy=100 * nbytes / us / 1e3 / copy,
+                             grid=plan.grid[0], max_diff_vs_shipped=err, **cfg.__dict__))
+    for cfg, plan, err in live:
+        med = round_median(rows, "us", op=p.op, T=p.t, rank=p.rank, **cfg.__dict__)
+        print(f"{spec} {'*' if cfg == default else ' '} {tuple(cfg.__dict__.values())} "
+              f"grid {plan.grid[0]}: {med:6.1f} us ({100 * nbytes / med / 1e3 / copy:.1f}%) "
+              f"median of {rounds}, diff {err:.3g}", flush=True)
+
+
 def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict],
            grid: bool = False, wide: bool = False) -> None:
     p, batch, w, y4, out, default, nbytes = expand_case(spec, dev)
@@ -157,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wide", action="store_true",
                     help="prefill: 8 warps or 128-token tiles (see _WIDE), instead of the "
                          "two phases")
+    ap.add_argument("--configs", default="",
+                    help="'bm,bn,br,warps,stages,ncol,prefetch;...': these and the shipped "
+                         "config only, in alternating rounds")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     copy = copy_bandwidth_gbs(dev)
@@ -164,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec in (args.shapes or (_DECODE_SHAPES if args.decode else _SHAPES)).split(","):
         if args.decode:
             _decode_sweep(spec, dev, rows)
+        elif args.configs:
+            _given(spec, dev, copy, rows, args.configs, args.rounds)
         else:
             _sweep(spec, dev, copy, rows, args.grid, args.wide)
     if args.json:
