@@ -271,6 +271,38 @@ def test_prefill_expand_config():
     assert (mi.num_warps, mi.num_stages) == (2, 2), "64-wide wavefronts, ROCm's two stages"
 
 
+def test_wide_expand_rule():
+    """Rank 33-64 prefill on H100 / H200 takes 2048-column programs (64 x 128, 16 blocks,
+    8 warps) when every slice is a whole number of spans and there are >= 1.5 of them per
+    SM; otherwise (qkv's 1024-wide slices, few tokens, rank <= 32 or > 64, float32, another
+    family, no widths) the 64 x 64 config stays."""
+    from lora_dispatch.devices import configs
+
+    def wide(info, t, widths, rank=64, itemsize=2):
+        e = configs.expand_config(info, t, sum(widths), rank, itemsize, widths=widths)
+        narrow = configs.expand_config(info, t, sum(widths), rank, itemsize)
+        if (e.block_n, e.col_blocks) == (128, 16):
+            assert (e.block_m, e.num_warps, e.prefetch) == (64, 8, True)
+            assert e.block_r == narrow.block_r and e.num_stages == narrow.num_stages
+            return True
+        assert e == narrow, (t, widths, rank, e)
+        return False
+
+    assert wide(H100, 8192, (4096,))  # 128 tiles x 2 spans = 256 >= 198 programs
+    assert wide(H100, 6400, (4096,))  # 100 x 2 = 200
+    assert not wide(H100, 6272, (4096,))  # 98 x 2 = 196
+    assert not wide(H100, 4096, (4096,))
+    assert wide(H100, 2048, (14336, 14336)) and wide(H100, 1088, (14336, 14336))
+    assert not wide(H100, 1024, (14336, 14336))
+    assert not wide(H100, 8192, (4096, 1024, 1024))
+    assert wide(H100, 8192, (4096, 2048, 2048))
+    for rank in (16, 32, 128):
+        assert not wide(H100, 8192, (14336, 14336), rank=rank)
+    assert wide(H100, 8192, (14336, 14336), rank=48)
+    assert not wide(H100, 8192, (14336, 14336), itemsize=4)
+    assert not wide(A100, 8192, (14336, 14336)) and not wide(MI300X, 8192, (14336, 14336))
+
+
 def test_expand_prefetch_rule():
     """The out prefetch: on at T <= 256 up to rank 32 (one-stage single blocks) except the
     two-stage 256-column gate_up decode, off at T <= 1024 (two stages, two blocks), on above

@@ -606,6 +606,7 @@ def test_public_shrink_one_split_writes_zeros(hidden, outs, t, poison_empty):
     (32, 128, 64, 4, 1, 4), (16, 64, 64, 4, 1, 1), (64, 64, 32, 4, 1, 8), (32, 64, 64, 4, 2, 1),
     (32, 128, 16, 4, 3, 4), (64, 64, 64, 4, 3, 8),  # the prefill configs (T > 1024)
     (16, 256, 16, 4, 2, 1), (16, 64, 64, 4, 1, 2),  # decode gate_up, rank 16 and 64
+    (64, 128, 64, 8, 3, 16),  # 2048-column programs (rank 33-64 prefill, whole spans)
 ])
 @pytest.mark.parametrize("hidden,outs,dtype,t", [
     (4096, (4096, 1024, 1024), torch.bfloat16, 4100),
@@ -751,3 +752,22 @@ def test_overlap_graph_replay_and_streams():
             torch.testing.assert_close(s_, ref, rtol=0, atol=0)
     delta = ref_delta(ref_y(x, w, full.to(DEV)), w, full.to(DEV), cap)
     assert rel(out.double() - base.double(), delta) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("outs,t", [((14336, 14336), 2048), ((4096,), 8192)])
+def test_wide_expand_selected(outs, t):
+    """Rank-64 prefill on whole 2048-column spans plans the 8-warp 64 x 128 x 16-block
+    expand (on H100 / H200) and every path through it matches the reference."""
+    from lora_dispatch.devices import configs as C
+
+    gen = torch.Generator().manual_seed(t)
+    dtype = torch.bfloat16
+    w = make_weights(6, 4096, outs, dtype, max_rank=64, seed=t)
+    x = torch.randn(t, 4096, generator=gen).to(DEV, dtype)
+    base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, dtype)
+    slots = random_slots(t, w.num_slots, gen)
+    info = devices.current(DEV)
+    m = tk.plan_for("expand", w, t).meta
+    if info.family in C._WIDE_EXPAND_FAMILIES:
+        assert (m["BN"], m["NCOL"]) == (128, 16), m
+    check_all(w, x, base, slots, token_batch(slots), dtype)

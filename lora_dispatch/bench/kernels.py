@@ -134,7 +134,8 @@ def expand_case(spec: str, device: torch.device) -> ExpandCase:
     p = Problem(op, 4096, int(t), int(rank), 4, torch.bfloat16, device)
     batch, items = _build(p, 1)
     w, _, y, out = items[0]
-    default = configs.expand_config(current(device), p.t, w.total_out, w.max_rank, 2)
+    default = configs.expand_config(current(device), p.t, w.total_out, w.max_rank, 2,
+                                     widths=tuple(w.out_features))
     return ExpandCase(p, batch, w, y.unsqueeze(0), out, default, min_bytes(p))
 
 

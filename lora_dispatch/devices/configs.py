@@ -277,24 +277,53 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
                         _stages(platform, family, stages), ncol, prefetch)
 
 
-def expand_config(info: DeviceInfo, t: int, n: int, max_rank: int, itemsize: int) -> ExpandConfig:
-    """Config for an expand of ``t`` tokens into ``n`` output columns from rank ``max_rank``."""
-    return _expand_config(info.family, info.platform, _units(info), info.warp_size,
-                          _token_bucket(t), n, max_rank, itemsize)
+# prefill expand programs spanning 2048 columns (64 x 128 tiles, 16 blocks, 8 warps) above
+# rank 32, where every slice is a whole number of spans and there are at least 1.5 such
+# programs per compute unit. H200, sweep_expand.py --configs (expand-span-...json, medians of
+# 3 alternating rounds), shipped 64 x 64 x 8 blocks -> wide: expand 4096 r64 T=8192 (256
+# programs, 1.9 per SM) 42.3 -> 39.8 us (76 -> 81% of copy), gate_up r64 T=8192 276.0 ->
+# 269.2, T=2048 (448 programs) 78.9 -> 76.9; it lost at 1.0 per SM (expand T=4096, 21.7 ->
+# 22.3 us; T=2048 14.5 -> 21.8) and on qkv, whose 1024-wide slices fill half a span
+# (63.8 -> 72.7 us). Measured on H100 / H200 only.
+_WIDE_EXPAND_FAMILIES = ("h100", "h200")
+_WIDE_SPAN = 2048
+
+
+def expand_config(info: DeviceInfo, t: int, n: int, max_rank: int, itemsize: int,
+                  widths: tuple[int, ...] | None = None) -> ExpandConfig:
+    """Config for an expand of ``t`` tokens into ``n`` output columns from rank ``max_rank``.
+
+    ``widths``: the slices' output widths (``n`` in total); with them, rank 33-64 prefill
+    on the families in ``_WIDE_EXPAND_FAMILIES`` may take 2048-column programs.
+    """
+    cfg = _expand_config(info.family, info.platform, _units(info), info.warp_size,
+                         _token_bucket(t), n, max_rank, itemsize)
+    if (widths and info.family in _WIDE_EXPAND_FAMILIES and t > 1024 and 32 < max_rank <= 64
+            and itemsize <= 2 and all(w % _WIDE_SPAN == 0 for w in widths)
+            and -(-t // 64) * (sum(widths) // _WIDE_SPAN) >= 1.5 * _units(info)):
+        cfg = ExpandConfig(64, 128, cfg.block_r, _warps(info.warp_size, 8), cfg.num_stages,
+                           _WIDE_SPAN // 128, True)
+    return cfg
 
 
 def overlap_config(info: DeviceInfo, t: int, k: int, n: int, rank: int, itemsize: int,
                    slices: int = 1) -> OverlapConfig:
-    """Config of ``add_lora``'s overlapped single launch for ``t`` tokens: the expand's
-    prefill tiling, a shrink of one K split over the same token tiles (all of a tile's rank
-    blocks in one program up to 64 rows, 64-wide K steps), 8 tiles of lead."""
+    """Config of ``add_lora``'s overlapped single launch (:func:`add_lora_overlap
+    <lora_dispatch.kernels.triton.launch.add_lora_overlap>`, never selected by ``add_lora``).
+
+    The expand's prefill tiling on 64-token tiles, one 64-row rank block per shrink program,
+    64-wide K steps, 4 stages, 64 tiles of lead: the best of the one-knob sweep on H200
+    (``probe_overlap.py``, ``probe-overlap-...json``), and still slower than the two
+    launches: qkv r64 T=8192 129.6 vs 96.1 us, T=2048 56.0 vs 33.6, r16 T=8192 97.9 vs 75.9.
+    """
     ec = expand_config(info, t, n, rank, itemsize)
+    ec = ExpandConfig(64, ec.block_n, ec.block_r, ec.num_warps, ec.num_stages, ec.col_blocks,
+                      ec.prefetch)
     bn = max(16, min(64, next_pow2(rank)))
-    rb = max(1, min(4, 64 // bn, slices * -(-rank // bn)))
     bk = 64 if itemsize <= 2 else 32
-    stages = _stages(info.platform, info.family, 3)
-    sc = ShrinkConfig(ec.block_m, bn, bk, 1, ec.num_warps, stages, rb)
-    return OverlapConfig(sc, ec, 8, ec.num_warps, stages)
+    stages = _stages(info.platform, info.family, 4)
+    sc = ShrinkConfig(64, bn, bk, 1, ec.num_warps, stages, 1)
+    return OverlapConfig(sc, ec, 64, ec.num_warps, stages)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -185,7 +185,7 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
                  pdl: bool = False) -> ExpandPlan:
     if cfg is None:
         cfg = configs.expand_config(describe(w.device), t, w.total_out, w.max_rank,
-                                    w.lora_b.element_size())
+                                    w.lora_b.element_size(), widths=tuple(w.out_features))
     nb = sum(_cdiv(o, cfg.block_n * cfg.col_blocks) for o in w.out_features)
     meta = dict(
         S=w.num_slices, R=w.max_rank, TILE=tile_index(cfg.block_m), SPLIT=split,
