@@ -112,6 +112,7 @@ def expand_kernel(
     if rank == 0:  # no slot or an empty slot
         return
 
+    # flag_ptr / need unused: WAIT is 0 or 1 (PDL) here
     expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N, stride_yp,
                 stride_ys, stride_yt, stride_yr, stride_om, stride_on, tiles_ptr, 0, R, SPLIT,
                 BM, BN, BR, NCOL, PREFETCH, PREC, PDL)

@@ -422,9 +422,26 @@ def add_lora_fused(base_out: torch.Tensor, x: torch.Tensor, w, batch) -> None:
 
 
 _WORKSPACES: dict[tuple[int, int, int], torch.Tensor] = {}
+_SYNCS: dict[tuple[int, int, int], torch.Tensor] = {}
 _get_ident = threading.get_ident
 _capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", lambda: False)
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _per_stream(table: dict, numel: int, x: torch.Tensor, dtype: torch.dtype,
+                alloc) -> torch.Tensor:
+    """A buffer of at least ``numel`` elements from ``alloc`` (``torch.empty`` /
+    ``torch.zeros``), one grow-only buffer per (device, current stream, thread) in ``table``
+    for eager GPU calls; a new one per call under CUDA-graph capture and off the GPU."""
+    dev = x.get_device()
+    if dev < 0 or _raw_stream is None or _capturing():
+        return alloc(numel, dtype=dtype, device=x.device)
+    key = (dev, _raw_stream(dev), _get_ident())
+    buf = table.get(key)
+    if buf is None or buf.numel() < numel:
+        grown = numel if buf is None else max(numel, 2 * buf.numel())
+        buf = table[key] = alloc(grown, dtype=dtype, device=x.device)
+    return buf
 
 
 def _workspace(numel: int, x: torch.Tensor) -> torch.Tensor:
@@ -435,26 +452,29 @@ def _workspace(numel: int, x: torch.Tensor) -> torch.Tensor:
     an earlier expand still reads. Under CUDA-graph capture (and off the GPU) every call
     allocates, so each captured graph owns its workspace in its private pool.
     """
-    dev = x.get_device()
-    if dev < 0 or _raw_stream is None or _capturing():
-        return torch.empty(numel, dtype=torch.float32, device=x.device)
-    key = (dev, _raw_stream(dev), _get_ident())
-    buf = _WORKSPACES.get(key)
-    if buf is None or buf.numel() < numel:
-        grown = numel if buf is None else max(numel, 2 * buf.numel())
-        buf = _WORKSPACES[key] = torch.empty(grown, dtype=torch.float32, device=x.device)
-    return buf
+    return _per_stream(_WORKSPACES, numel, x, torch.float32, torch.empty)
+
+
+def _sync(numel: int, x: torch.Tensor) -> torch.Tensor:
+    """A zeroed int32 buffer of at least ``numel`` elements for :mod:`overlap_kernel`'s
+    counters and flags, which the kernel zeroes again as it ends: kept per (device, stream,
+    thread) like the workspace; under CUDA-graph capture a new one per call (in the graph, a
+    memset node of ``4 * numel`` bytes)."""
+    return _per_stream(_SYNCS, numel, x, torch.int32, torch.zeros)
 
 
 def workspace_bytes() -> int:
-    """Bytes held by the eager add_lora workspaces (one per device, stream and thread)."""
-    return sum(b.numel() * b.element_size() for b in list(_WORKSPACES.values()))
+    """Bytes held by the eager add_lora workspaces and overlap flag buffers (one each per
+    device, stream and thread)."""
+    return sum(b.numel() * b.element_size()
+               for b in (*_WORKSPACES.values(), *_SYNCS.values()))
 
 
 def release_workspaces() -> None:
     """Drop the eager add_lora workspaces (the caching allocator reuses their memory once
     the work queued on their streams is done)."""
     _WORKSPACES.clear()
+    _SYNCS.clear()
 
 
 def _group_pieces(p: AddPlan, w, batch, ws, t: int) -> tuple:
@@ -498,27 +518,6 @@ def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
         return  # both launches in one native call
     _launch_shrink(sp, x, w, batch, ws, t, p.ys)
     _launch_expand(p.expand, ws, w, batch, base_out, t, p.ys)
-
-
-_SYNCS: dict[tuple[int, int, int], torch.Tensor] = {}
-
-
-def _sync(numel: int, x: torch.Tensor) -> torch.Tensor:
-    """A zeroed int32 buffer of at least ``numel`` elements for :mod:`overlap_kernel`'s
-    counters and flags, which the kernel zeroes again as it ends.
-
-    Eager GPU calls keep one per (device, current stream, thread), as the workspace; under
-    CUDA-graph capture (and off the GPU) every call allocates a zeroed one (in a graph, a
-    memset node of ``4 * numel`` bytes).
-    """
-    dev = x.get_device()
-    if dev < 0 or _raw_stream is None or _capturing():
-        return torch.zeros(numel, dtype=torch.int32, device=x.device)
-    key = (dev, _raw_stream(dev), _get_ident())
-    buf = _SYNCS.get(key)
-    if buf is None or buf.numel() < numel:
-        buf = _SYNCS[key] = torch.zeros(max(numel, 1024), dtype=torch.int32, device=x.device)
-    return buf
 
 
 def _overlap(p: AddPlan, base_out, x, w, batch, t: int) -> None:
