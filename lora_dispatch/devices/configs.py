@@ -312,9 +312,12 @@ def overlap_config(info: DeviceInfo, t: int, k: int, n: int, rank: int, itemsize
     <lora_dispatch.kernels.triton.launch.add_lora_overlap>`, never selected by ``add_lora``).
 
     The expand's prefill tiling on 64-token tiles, one 64-row rank block per shrink program,
-    64-wide K steps, 4 stages, 64 tiles of lead: the best of the one-knob sweep on H200
-    (``probe_overlap.py``, ``probe-overlap-...json``), and still slower than the two
-    launches: qkv r64 T=8192 129.6 vs 96.1 us, T=2048 56.0 vs 33.6, r16 T=8192 97.9 vs 75.9.
+    64-wide K steps, 4 stages, 64 tiles of lead: picked from the H200 lead x split sweep
+    (``probe_overlap.py``, ``probe-overlap2-...json``: qkv r64 T=8192 129.6 vs 96.1 us for
+    the two launches, T=2048 56.0 vs 33.6, r16 T=8192 97.9 vs 75.9). The one-knob sweep
+    around it (``probe-overlap3-...json``) found a better knob per shape (8 warps at r64
+    T=8192: 124.7 us, 2 splits at T=2048: 48.5, BK 128 at r16: 95.9), none near the two
+    launches; as the schedule is never selected, these were not made rules.
     """
     ec = expand_config(info, t, n, rank, itemsize)
     ec = ExpandConfig(64, ec.block_n, ec.block_r, ec.num_warps, ec.num_stages, ec.col_blocks,

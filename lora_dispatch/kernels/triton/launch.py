@@ -584,7 +584,5 @@ def add_lora(base_out: torch.Tensor, x: torch.Tensor, w, batch) -> None:
         p = plan_for("add", w, t)
     if p.fused is not None:
         _fused(p.fused, base_out, x, w, batch, t)
-    elif p.overlap is not None:
-        _overlap(p, base_out, x, w, batch, t)
-    else:
+    else:  # add_lora's own plans are fused or two-pass (add_lora_overlap launches its own)
         _two_pass(p, base_out, x, w, batch, t)
