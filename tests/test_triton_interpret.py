@@ -458,8 +458,8 @@ def test_public_api_rejects_before_launch(triton_backend):
 ])
 def test_expand_config_variants(cfg):
     """Column-group loop (NCOL > 1), rank blocks smaller than max_rank, larger tiles, with
-    and without the out prefetch, over slices narrower than one column group (the loop
-    steps past a slice's end)."""
+    and without the out prefetch, over slices narrower than one column group (``TRIM``:
+    the loop stops at the slice's end, a partial last block included)."""
     from lora_dispatch.devices import configs as C
     from lora_dispatch.kernels.triton import launch as L
 
@@ -477,6 +477,7 @@ def test_expand_config_variants(cfg):
     base = poisoned((t, sum(outs)), dtype, gen)
     out = base.clone()
     plan = L._expand_plan(w, t, 1, cfg=C.ExpandConfig(bm, bn, br, 4, 2, ncol, prefetch))
+    assert plan.meta["TRIM"] == (ncol > 1 and any(o % (bn * ncol) for o in outs))
     L._launch_expand(plan, y.float().unsqueeze(0), w, batch, out, t)
     assert rel(out.double() - base.double(), delta) <= TOL[dtype]
     has = adapter_rows(slots, w, t)

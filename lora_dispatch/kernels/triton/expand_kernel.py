@@ -4,7 +4,8 @@ Grid ``(NB * tiles,)``: ``NB`` column groups (fastest) times the batch's tiles. 
 ``NCOL`` blocks of ``BN`` columns walked in a pipelined loop (so one program streams long
 row segments); groups tile every slice separately (``sum_i cdiv(out_i, BN * NCOL)``), so
 slices of different widths and offsets (q/k/v, gate/up) share one launch and no block
-straddles two slices. Each program reads its tile's ``y`` rows (summing ``SPLIT`` partial
+straddles two slices; with ``TRIM`` a group that runs past its slice's end walks only the
+blocks inside it. Each program reads its tile's ``y`` rows (summing ``SPLIT`` partial
 products of a split-K shrink), the slot's ``B`` block up to the slot's rank, and
 read-add-writes ``out`` in its own dtype. Tiles without a slot, empty slots and tokens past
 ``T`` are skipped. With ``PDL`` (``add_lora`` on Hopper) the kernel is launched while the
@@ -27,9 +28,11 @@ def expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
                 stride_ys, stride_yt, stride_yr, stride_om, stride_on, flag_ptr, need,
                 R: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                 BR: tl.constexpr, NCOL: tl.constexpr, PREFETCH: tl.constexpr,
-                PREC: tl.constexpr, WAIT: tl.constexpr):
+                PREC: tl.constexpr, WAIT: tl.constexpr, TRIM: tl.constexpr):
     """``out[tok, c0 + j * BN ...] += y[sl, tok, :rank] @ B[slot, cols, :rank]^T`` over the
-    ``NCOL`` column blocks of a tile of a slot with ``rank > 0``.
+    ``NCOL`` column blocks of a tile of a slot with ``rank > 0``; with ``TRIM`` only over
+    the blocks that start before ``c1`` (a slice narrower than, or not a multiple of,
+    ``NCOL * BN``).
 
     ``WAIT`` is what stands between the tile's prologue (and first ``out`` block) and its
     first ``y`` read: 0 nothing, 1 ``griddepcontrol.wait`` (programmatic dependent launch),
@@ -57,7 +60,11 @@ def expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
                           cache_modifier=YC).to(tl.float32)
         yb = yb.to(b_ptr.dtype.element_ty)
 
-    for j in range(NCOL):
+    if TRIM:
+        ncol = tl.minimum((c1 - c0 + BN - 1) // BN, NCOL)
+    else:
+        ncol = NCOL
+    for j in range(ncol):
         offs_n = c0 + j * BN + tl.arange(0, BN)  # [BN]
         n_mask = offs_n < c1  # [BN]
         mask = m_mask[:, None] & n_mask[None, :]  # [BM, BN]
@@ -102,6 +109,7 @@ def expand_kernel(
     S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr, SPLIT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, NCOL: tl.constexpr,
     PREFETCH: tl.constexpr, ALIGN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
+    TRIM: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_n = pid % NB
@@ -115,4 +123,4 @@ def expand_kernel(
     # flag_ptr / need unused: WAIT is 0 or 1 (PDL) here
     expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N, stride_yp,
                 stride_ys, stride_yt, stride_yr, stride_om, stride_on, tiles_ptr, 0, R, SPLIT,
-                BM, BN, BR, NCOL, PREFETCH, PREC, PDL)
+                BM, BN, BR, NCOL, PREFETCH, PREC, PDL, TRIM)

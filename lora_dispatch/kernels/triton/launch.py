@@ -67,7 +67,7 @@ _OVERLAP_CX = ("S", "R", "TILE", "BM", "BNS", "BK", "RB", "EVEN_K", "BNE", "BR",
 _SHRINK_CX = ("S", "R", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL", "PREC",
               "PDL")
 _EXPAND_CX = ("S", "R", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH", "ALIGN",
-              "PREC", "PDL")
+              "PREC", "PDL", "TRIM")
 
 
 try:
@@ -186,11 +186,13 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
     if cfg is None:
         cfg = configs.expand_config(describe(w.device), t, w.total_out, w.max_rank,
                                     w.lora_b.element_size(), widths=tuple(w.out_features))
-    nb = sum(_cdiv(o, cfg.block_n * cfg.col_blocks) for o in w.out_features)
+    span = cfg.block_n * cfg.col_blocks
+    nb = sum(_cdiv(o, span) for o in w.out_features)
     meta = dict(
         S=w.num_slices, R=w.max_rank, TILE=tile_index(cfg.block_m), SPLIT=split,
         BM=cfg.block_m, BN=cfg.block_n, BR=cfg.block_r, NCOL=cfg.col_blocks,
         PREFETCH=cfg.prefetch, ALIGN=_align(w), PREC=PREC, PDL=pdl,
+        TRIM=cfg.col_blocks > 1 and any(o % span for o in w.out_features),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta,
