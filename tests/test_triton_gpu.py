@@ -771,3 +771,26 @@ def test_wide_expand_selected(outs, t):
     if info.family in C._WIDE_EXPAND_FAMILIES:
         assert (m["BN"], m["NCOL"]) == (128, 16), m
     check_all(w, x, base, slots, token_batch(slots), dtype)
+
+
+@pytest.mark.parametrize("outs,t", [((4096, 1024, 1024), 4096), ((4096, 1024, 1000), 3072),
+                                    ((3584, 512, 512), 5000)])
+def test_long_expand_selected(outs, t):
+    """Rank-64 prefill whose 1024-column groups fill one wave plans 16 column blocks of 64
+    (on H100 / H200; ``TRIM`` where a slice is not a whole number of groups) and every path
+    through it matches the reference."""
+    from lora_dispatch.devices import configs as C
+
+    gen = torch.Generator().manual_seed(t)
+    dtype = torch.bfloat16
+    w = make_weights(6, 4096, outs, dtype, max_rank=64, seed=t)
+    x = torch.randn(t, 4096, generator=gen).to(DEV, dtype)
+    base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, dtype)
+    slots = random_slots(t, w.num_slots, gen)
+    info = devices.current(DEV)
+    m = tk.plan_for("expand", w, t).meta
+    wave = C._ONE_WAVE_PER_UNIT * info.compute_units
+    programs = -(-t // 64) * sum(-(-o // 1024) for o in outs)
+    if info.family in C._WIDE_EXPAND_FAMILIES and wave / 2 < programs <= wave:
+        assert (m["BN"], m["NCOL"], m["TRIM"]) == (64, 16, any(o % 1024 for o in outs)), m
+    check_all(w, x, base, slots, token_batch(slots), dtype)

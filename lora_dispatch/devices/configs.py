@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .info import DeviceInfo
 
@@ -287,6 +287,14 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
 # (63.8 -> 72.7 us). Measured on H100 / H200 only.
 _WIDE_EXPAND_FAMILIES = ("h100", "h200")
 _WIDE_SPAN = 2048
+# otherwise 16 column blocks instead of 8 (64 x 64 tiles, 4 warps: 4 programs a unit by
+# registers) when the 16-block grid fits one wave and fills at least half of it; fewer,
+# longer programs then pay fewer tile prologues and leave no second, partial wave. H200
+# qkv r64, sweep_expand.py --configs (expand-trim-qkv-...json, medians of 3 rounds), 8 -> 16
+# blocks: T=4096 37.2 -> 32.7 us (384 programs of 16 blocks), T=3072 30.5 -> 27.0 (288); 8
+# kept where 16 leaves half a wave or less (T=2048: 19.5 vs 20.9; expand 4096 T=4096: 21.7
+# vs 22.4) or spills into a second wave (qkv T=6144: 52.3 vs 56.7, T=8192: 64.0 vs 68.7)
+_ONE_WAVE_PER_UNIT = 4
 
 
 def expand_config(info: DeviceInfo, t: int, n: int, max_rank: int, itemsize: int,
@@ -294,7 +302,8 @@ def expand_config(info: DeviceInfo, t: int, n: int, max_rank: int, itemsize: int
     """Config for an expand of ``t`` tokens into ``n`` output columns from rank ``max_rank``.
 
     ``widths``: the slices' output widths (``n`` in total); with them, rank 33-64 prefill
-    on the families in ``_WIDE_EXPAND_FAMILIES`` may take 2048-column programs.
+    on the families in ``_WIDE_EXPAND_FAMILIES`` may take 2048-column programs, or
+    1024-column ones when those fill one wave.
     """
     cfg = _expand_config(info.family, info.platform, _units(info), info.warp_size,
                          _token_bucket(t), n, max_rank, itemsize)
@@ -303,6 +312,11 @@ def expand_config(info: DeviceInfo, t: int, n: int, max_rank: int, itemsize: int
             and -(-t // 64) * (sum(widths) // _WIDE_SPAN) >= 1.5 * _units(info)):
         cfg = ExpandConfig(64, 128, cfg.block_r, _warps(info.warp_size, 8), cfg.num_stages,
                            _WIDE_SPAN // 128, True)
+    elif (widths and info.family in _WIDE_EXPAND_FAMILIES and t > 1024 and 32 < max_rank <= 64
+          and itemsize <= 2 and (cfg.block_m, cfg.block_n, cfg.col_blocks) == (64, 64, 8)):
+        long_ = -(-t // 64) * sum(-(-w // (64 * 16)) for w in widths)
+        if _ONE_WAVE_PER_UNIT * _units(info) / 2 < long_ <= _ONE_WAVE_PER_UNIT * _units(info):
+            cfg = replace(cfg, col_blocks=16)
     return cfg
 
 
