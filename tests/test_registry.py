@@ -334,6 +334,33 @@ def test_long_expand_rule():
     assert configs.expand_config(H100, 4096, 6144, 64, 2).col_blocks == 8  # no widths
 
 
+def test_shrink_wave_fit_rule():
+    """add_lora's prefill shrink at ranks 33-64 with several rank blocks a tile (H100 /
+    H200): (64-token tiles, 1 split), (64, 2) or (128, 2), whichever fills its last wave
+    best at 3 / 2 programs a unit (earlier on ties); the public (atomic) shrink, other
+    ranks, one rank block and other families keep the older rules."""
+    from lora_dispatch.devices import configs
+
+    def bm_split(info, t, rank=64, slices=3, atomic=False, k=4096):
+        c = configs.shrink_config(info, t, k, rank, 2, atomic=atomic, slices=slices)
+        return c.block_m, c.split_k
+
+    assert bm_split(H100, 8192) == (64, 1)  # 384 of 396 slots
+    assert bm_split(H100, 6144) == (64, 1)  # 288 / 396 beats 288 / 528
+    assert bm_split(H100, 4096) == (64, 2)  # 384 / 396
+    assert bm_split(H100, 3072) == (64, 2)  # 288 / 396
+    assert bm_split(H100, 5120) == (128, 2)  # 240 / 264 beats 480 / 792 and 240 / 396
+    assert bm_split(H100, 5632) == (128, 2)  # 264 / 264
+    assert bm_split(H100, 5120, rank=48) == (128, 2)
+    assert bm_split(H100, 5120, rank=128) == (64, 1)
+    assert bm_split(H100, 5120, rank=32)[0] == 64
+    assert bm_split(H100, 5120, slices=1) == (64, 2)  # one rank block a tile
+    assert bm_split(H100, 5120, slices=2) == (64, 2)  # gate_up: 320 / 396
+    assert bm_split(H100, 5120, atomic=True)[0] == 64
+    assert bm_split(H100, 2048)[0] == 64
+    assert bm_split(A100, 5120)[0] == 64 and bm_split(MI300X, 5120)[0] == 64
+
+
 def test_expand_prefetch_rule():
     """The out prefetch: on at T <= 256 up to rank 32 (one-stage single blocks) except the
     two-stage 256-column gate_up decode, off at T <= 1024 (two stages, two blocks), on above

@@ -149,6 +149,29 @@ def _token_bucket(t: int) -> int:
     return 4096
 
 
+# prefill workspace shrink with several 64-row rank blocks per token tile (qkv rank 33-64):
+# of (64-token tiles, one split), (64, two splits), (128, two splits) the grid whose last
+# wave is fullest at the programs a unit that shared memory leaves (64 KB / 96 KB a program
+# at BK 64 and 4 stages: 3 / 2 on H100 / H200); earlier on ties. H200 add_lora qkv r64
+# (probe_add_lora_shrink.py, shrink-mid-...json): T=5120 (64, 2 splits: 480 programs, 1.2
+# waves) 70.2 us vs 62.3 for (128, 2 splits: 240, 0.91 waves); (64, 1 split) stays fastest
+# at T=6144 and 8192, (64, 2 splits) at T=3072 and 4096
+_WAVE_FIT_FAMILIES = ("h100", "h200")
+
+
+def _fit_wave(units: int, smem: int, t: int, pairs: int, stages: int, row_bytes: int,
+              block_m: int, split: int) -> tuple[int, int]:
+    """``(block_m, split)`` of the shrink grid whose last wave is fullest (see above)."""
+    best, best_fill = (block_m, split), -1.0
+    for bm, sp in ((64, 1), (64, 2), (128, 2)):
+        slots = units * max(1, smem // (stages * (bm + 64) * row_bytes))
+        programs = -(-t // bm) * pairs * sp
+        fill = programs / (slots * -(-programs // slots))
+        if fill > best_fill + 1e-9:
+            best, best_fill = (bm, sp), fill
+    return best
+
+
 @functools.lru_cache(maxsize=4096)
 def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k: int,
                    rank: int, slices: int, t: int, itemsize: int, atomic: bool) -> ShrinkConfig:
@@ -199,6 +222,10 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
             # BK 64: 34.4 / 25.7 -> 19.8 / 21.4; rank 64 T >= 6144 keeps one split)
             split = 2 if programs < 2 * units and k // 2 >= 2 * block_k else 1
     stages = _stages(platform, family, stages)
+    if (not atomic and t > 2048 and family in _WAVE_FIT_FAMILIES and 32 < rank <= 64
+            and rank_blocks == 1 and pairs > 1 and block_k == 64 and k // 2 >= 2 * block_k):
+        block_m, split = _fit_wave(units, _smem_per_unit(family), t, pairs, stages,
+                                   block_k * itemsize, block_m, split)
     if tb > 256 and pairs > rank_blocks and block_k > 64 and split > 1:
         # the same below T=2048 for split K once the grid overflows one wave at the programs
         # per unit that a 128-wide K step's buffers leave (H200 add_lora qkv, alternating
