@@ -754,31 +754,16 @@ def test_overlap_graph_replay_and_streams():
     assert rel(out.double() - base.double(), delta) <= TOL[dtype]
 
 
-@pytest.mark.parametrize("outs,t", [((14336, 14336), 2048), ((4096,), 8192)])
-def test_wide_expand_selected(outs, t):
-    """Rank-64 prefill on whole 2048-column spans plans the 8-warp 64 x 128 x 16-block
-    expand (on H100 / H200) and every path through it matches the reference."""
-    from lora_dispatch.devices import configs as C
-
-    gen = torch.Generator().manual_seed(t)
-    dtype = torch.bfloat16
-    w = make_weights(6, 4096, outs, dtype, max_rank=64, seed=t)
-    x = torch.randn(t, 4096, generator=gen).to(DEV, dtype)
-    base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, dtype)
-    slots = random_slots(t, w.num_slots, gen)
-    info = devices.current(DEV)
-    m = tk.plan_for("expand", w, t).meta
-    if info.family in C._WIDE_EXPAND_FAMILIES:
-        assert (m["BN"], m["NCOL"]) == (128, 16), m
-    check_all(w, x, base, slots, token_batch(slots), dtype)
-
-
-@pytest.mark.parametrize("outs,t", [((4096, 1024, 1024), 4096), ((4096, 1024, 1000), 3072),
-                                    ((3584, 512, 512), 5000)])
-def test_long_expand_selected(outs, t):
-    """Rank-64 prefill whose 1024-column groups fill one wave plans 16 column blocks of 64
-    (on H100 / H200; ``TRIM`` where a slice is not a whole number of groups) and every path
-    through it matches the reference."""
+@pytest.mark.parametrize("outs,t,kind", [
+    ((14336, 14336), 2048, "wide"), ((4096,), 8192, "wide"),
+    ((4096, 1024, 1024), 4096, "long"), ((4096, 1024, 1000), 3072, "long"),
+    ((3584, 512, 512), 5000, "long")])
+def test_rank64_prefill_expand_selected(outs, t, kind):
+    """Rank-64 prefill plans (on H100 / H200) the 8-warp 64 x 128 x 16-block expand on whole
+    2048-column spans (``wide``), or 16 column blocks of 64 where those 1024-column groups
+    fill one wave (``long``; ``TRIM`` where a slice is not a whole number of groups; the last
+    case also takes the 128-token, two-split shrink), and every path through it matches the
+    reference."""
     from lora_dispatch.devices import configs as C
 
     gen = torch.Generator().manual_seed(t)
@@ -791,6 +776,12 @@ def test_long_expand_selected(outs, t):
     m = tk.plan_for("expand", w, t).meta
     wave = C._ONE_WAVE_PER_UNIT * info.compute_units
     programs = -(-t // 64) * sum(-(-o // 1024) for o in outs)
-    if info.family in C._WIDE_EXPAND_FAMILIES and wave / 2 < programs <= wave:
-        assert (m["BN"], m["NCOL"], m["TRIM"]) == (64, 16, any(o % 1024 for o in outs)), m
+    if info.family in C._WIDE_EXPAND_FAMILIES:
+        if kind == "wide":
+            assert (m["BN"], m["NCOL"]) == (128, 16), m
+        elif wave / 2 < programs <= wave:
+            assert (m["BN"], m["NCOL"], m["TRIM"]) == (64, 16, any(o % 1024 for o in outs)), m
+        if t == 5000 and info.compute_units == 132:
+            sp = tk.plan_for("add", w, t).shrink
+            assert (sp.meta["BM"], sp.split) == (128, 2), sp.meta
     check_all(w, x, base, slots, token_batch(slots), dtype)

@@ -159,12 +159,13 @@ def _token_bucket(t: int) -> int:
 _WAVE_FIT_FAMILIES = ("h100", "h200")
 
 
-def _fit_wave(units: int, smem: int, t: int, pairs: int, stages: int, row_bytes: int,
-              block_m: int, split: int) -> tuple[int, int]:
-    """``(block_m, split)`` of the shrink grid whose last wave is fullest (see above)."""
-    best, best_fill = (block_m, split), -1.0
+def _fit_wave(units: int, smem: int, t: int, pairs: int, stages: int, block_n: int,
+              row_bytes: int) -> tuple[int, int]:
+    """``(block_m, split)`` of the shrink grid whose last wave is fullest (see above);
+    ``row_bytes``: one row of a K step."""
+    best, best_fill = (64, 1), -1.0
     for bm, sp in ((64, 1), (64, 2), (128, 2)):
-        slots = units * max(1, smem // (stages * (bm + 64) * row_bytes))
+        slots = units * max(1, smem // (stages * (bm + block_n) * row_bytes))
         programs = -(-t // bm) * pairs * sp
         fill = programs / (slots * -(-programs // slots))
         if fill > best_fill + 1e-9:
@@ -224,8 +225,8 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
     stages = _stages(platform, family, stages)
     if (not atomic and t > 2048 and family in _WAVE_FIT_FAMILIES and 32 < rank <= 64
             and rank_blocks == 1 and pairs > 1 and block_k == 64 and k // 2 >= 2 * block_k):
-        block_m, split = _fit_wave(units, _smem_per_unit(family), t, pairs, stages,
-                                   block_k * itemsize, block_m, split)
+        block_m, split = _fit_wave(units, _smem_per_unit(family), t, pairs, stages, block_n,
+                                   block_k * itemsize)
     if tb > 256 and pairs > rank_blocks and block_k > 64 and split > 1:
         # the same below T=2048 for split K once the grid overflows one wave at the programs
         # per unit that a 128-wide K step's buffers leave (H200 add_lora qkv, alternating
