@@ -335,16 +335,18 @@ def expand_config(info: DeviceInfo, t: int, n: int, max_rank: int, itemsize: int
     """
     cfg = _expand_config(info.family, info.platform, _units(info), info.warp_size,
                          _token_bucket(t), n, max_rank, itemsize)
-    if (widths and info.family in _WIDE_EXPAND_FAMILIES and t > 1024 and 32 < max_rank <= 64
-            and itemsize <= 2 and all(w % _WIDE_SPAN == 0 for w in widths)
-            and -(-t // 64) * (sum(widths) // _WIDE_SPAN) >= 1.5 * _units(info)):
-        cfg = ExpandConfig(64, 128, cfg.block_r, _warps(info.warp_size, 8), cfg.num_stages,
-                           _WIDE_SPAN // 128, True)
-    elif (widths and info.family in _WIDE_EXPAND_FAMILIES and t > 1024 and 32 < max_rank <= 64
-          and itemsize <= 2 and (cfg.block_m, cfg.block_n, cfg.col_blocks) == (64, 64, 8)):
-        long_ = -(-t // 64) * sum(-(-w // (64 * 16)) for w in widths)
-        if _ONE_WAVE_PER_UNIT * _units(info) / 2 < long_ <= _ONE_WAVE_PER_UNIT * _units(info):
-            cfg = replace(cfg, col_blocks=16)
+    if not (widths and info.family in _WIDE_EXPAND_FAMILIES and t > 1024
+            and 32 < max_rank <= 64 and itemsize <= 2):
+        return cfg
+    units = _units(info)
+    if (all(w % _WIDE_SPAN == 0 for w in widths)
+            and -(-t // 64) * (sum(widths) // _WIDE_SPAN) >= 1.5 * units):
+        return ExpandConfig(64, 128, cfg.block_r, _warps(info.warp_size, 8), cfg.num_stages,
+                            _WIDE_SPAN // 128, True)
+    long_ = -(-t // 64) * sum(-(-w // (64 * 16)) for w in widths)  # programs of 16 blocks
+    if ((cfg.block_m, cfg.block_n, cfg.col_blocks) == (64, 64, 8)
+            and _ONE_WAVE_PER_UNIT * units / 2 < long_ <= _ONE_WAVE_PER_UNIT * units):
+        cfg = replace(cfg, col_blocks=16)
     return cfg
 
 
