@@ -11,19 +11,15 @@ qkv at rank 64, 4 adapters, T=8192) and cuBLAS's ``x @ A^T`` with ``A [192, 4096
 """
 import torch
 
-from lora_dispatch.bench.kernels import Problem, _build
-from lora_dispatch.kernels.triton import launch as L
+from lora_dispatch.bench.kernels import add_shrink_launch
 
 dev = torch.device("cuda")
 t, k = 8192, 4096
-p = Problem("add_lora", k, t, 64, 4, torch.bfloat16, dev)
-batch, items = _build(p, 1)
-w, x, _, _ = items[0]
-plan = L.plan_for("add", w, t).shrink
-ws = torch.empty((plan.split, w.num_slices, t, w.max_rank), device=dev)
+launch, plan = add_shrink_launch(t, 64, dev)
+x = torch.randn(t, k, device=dev, dtype=torch.bfloat16)
 a = torch.randn(192, k, device=dev, dtype=torch.bfloat16)
 print("shrink plan", plan.grid, plan.cx, flush=True)
 for _ in range(3):
-    L._launch_shrink(plan, x, w, batch, ws, t)
+    launch()
     torch.matmul(x, a.T)
 torch.cuda.synchronize()

@@ -181,39 +181,22 @@ def main(argv: list[str] | None = None) -> int:
         return compile_only()
     import torch
 
-    from lora_dispatch.bench.kernels import Problem, _build
-    from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
-    from lora_dispatch.kernels.triton import launch as L
+    from lora_dispatch.bench.kernels import DenseShrinkLog, add_shrink_launch, partials_time
+    from lora_dispatch.bench.timing import copy_bandwidth_gbs, gpu_time_us
 
     dev = torch.device("cuda")
-    copy = copy_bandwidth_gbs(dev)
-    rows = []
+    log = DenseShrinkLog(args.json, dev, copy_bandwidth_gbs(dev))
     k = 4096
     for n, t in itertools.product(map(int, args.n.split(",")), map(int, args.tokens.split(","))):
         nb, br = SHAPES[n]
         a = torch.randn(n, k, device=dev, dtype=torch.bfloat16) / 64
         x = torch.randn(t, k, device=dev, dtype=torch.bfloat16)
         ref = x.float() @ a.float().T  # [T, N]
-
-        def record(kind, cfg, us, split, t=t, x=x, a=a, n=n):
-            nbytes = x.numel() * 2 + a.numel() * 2 + t * n * 4 * split
-            row = dict(kind=kind, T=t, N=n, cfg=cfg, us=round(us, 2),
-                       pct_copy=round(100 * nbytes / us / 1e3 / copy, 1))
-            rows.append(row)
-            print(row, flush=True)
-            if args.json:
-                write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
-
-        record("cublas", "x@A^T", gpu_time_us(lambda x=x, a=a: x @ a.T, dev), 1)
+        log.add("cublas", "x@A^T", gpu_time_us(lambda x=x, a=a: x @ a.T, dev), t, n, k)
         if nb == 3:  # the shipped shrink as add_lora launches it, qkv at rank n / 3, 4 slots
-            p = Problem("add_lora", k, t, n // 3, 4, torch.bfloat16, dev)
-            batch, items = _build(p, 1)
-            w, xx, _, _ = items[0]
-            plan = L.plan_for("add", w, t).shrink
-            ws = torch.empty((plan.split, w.num_slices, t, w.max_rank), device=dev)
-            record("shipped_shrink", str(plan.cx), gpu_time_us(
-                lambda plan=plan, xx=xx, w=w, batch=batch, ws=ws, t=t:
-                L._launch_shrink(plan, xx, w, batch, ws, t), dev), plan.split)
+            launch, plan = add_shrink_launch(t, n // 3, dev)
+            log.add("shipped_shrink", str(plan.cx), gpu_time_us(launch, dev), t, n, k,
+                    plan.split)
         for cfg in _configs(n):
             bm, bk, stages, warps, split = cfg
             y = torch.empty(split, t, n, device=dev, dtype=torch.float32)
@@ -224,18 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                 bm, bk, stages, warps, split = cfg
                 gemm_ws_kernel[grid](xd, ad, y, t, n, k // split, NB=nb, STAGES=stages,
                                      num_warps=warps)
-            try:
-                y.fill_(float("nan"))
-                fn()
-                err = ((y.sum(0) - ref).norm() / ref.norm()).item()
-                if not err < 1e-2:
-                    print(f"{cfg}: wrong result (rel {err:.3g})", flush=True)
-                    continue
-                us = gpu_time_us(fn, dev, warmup_ms=5, rep_ms=20)
-            except Exception as exc:  # configs that fail to compile are skipped
-                print(f"{cfg} failed: {exc!r}"[:300], flush=True)
-                continue
-            record("gluon_ws", list(cfg), us, split)
+            us = partials_time(fn, y, ref, dev, str(cfg))
+            if us is not None:
+                log.add("gluon_ws", list(cfg), us, t, n, k, split)
     return 0
 
 

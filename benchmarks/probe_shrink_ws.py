@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import time
 
 import torch
 import triton
 import triton.language as tl
 
-from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
+from lora_dispatch.bench.kernels import DenseShrinkLog, partials_time
+from lora_dispatch.bench.timing import copy_bandwidth_gbs, gpu_time_us
 
 
 @triton.jit
@@ -99,23 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", default="8192")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
-    t_start = time.perf_counter()
-    copy = copy_bandwidth_gbs(dev)
-    rows = []
+    log = DenseShrinkLog(args.json, dev, copy_bandwidth_gbs(dev))
     k, n = 4096, 192
     a = torch.randn(n, k, device=dev, dtype=torch.bfloat16) / 64
     for t in map(int, args.tokens.split(",")):
         x = torch.randn(t, k, device=dev, dtype=torch.bfloat16)
         ref = x.float() @ a.float().T  # [T, N]
-
-        def record(kind, cfg, us, split, t=t, x=x):
-            nbytes = x.numel() * 2 + a.numel() * 2 + t * n * 4 * split
-            row = dict(kind=kind, T=t, N=n, cfg=cfg, us=round(us, 2),
-                       pct_copy=round(100 * nbytes / us / 1e3 / copy, 1))
-            rows.append(row)
-            print(row, f"{time.perf_counter() - t_start:.0f}s", flush=True)
-
-        record("cublas", "x@A^T", gpu_time_us(lambda x=x: x @ a.T, dev), 1)
+        log.add("cublas", "x@A^T", gpu_time_us(lambda x=x: x @ a.T, dev), t, n, k)
         for cfg in configs(args.quick):
             bm, bn, rb, bk, warps, stages, split = cfg
             nb = triton.cdiv(n, bn * rb)
@@ -128,26 +118,15 @@ def main(argv: list[str] | None = None) -> int:
                     bm, bn, rb, bk, warps, stages, split = cfg
                     return _gemm[grid](xd, ad, y, t, n, nb, k // split, BM=bm, BN=bn, BK=bk,
                                        RB=rb, WS=ws, num_warps=warps, num_stages=stages)
-                try:
-                    y.fill_(float("nan"))
-                    kk = fn()
-                    err = ((y.sum(0) - ref).norm() / ref.norm()).item()
-                    if not err < 1e-2:
-                        print(f"{cfg} ws={ws}: wrong result (rel {err:.3g})", flush=True)
-                        continue
-                    us = gpu_time_us(fn, dev, warmup_ms=5, rep_ms=20)
-                except Exception as exc:  # configs that fail to compile are skipped
-                    print(f"{cfg} ws={ws} failed: {exc!r}"[:300], flush=True)
+                us = partials_time(fn, y, ref, dev, f"{cfg} ws={ws}")
+                if us is None:
                     continue
-                record("tma_ws" if ws else "tma", list(cfg), us, split)
-                rows[-1].update(regs=kk.n_regs, spills=kk.n_spills, smem=kk.metadata.shared)
-                if args.json:  # kept after every row: a run cut short still reports
-                    write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
-        best = sorted((r for r in rows if r["T"] == t and r["kind"] != "cublas"),
+                kk = fn()
+                log.add("tma_ws" if ws else "tma", list(cfg), us, t, n, k, split,
+                        regs=kk.n_regs, spills=kk.n_spills, smem=kk.metadata.shared)
+        best = sorted((r for r in log.rows if r["T"] == t and r["kind"] != "cublas"),
                       key=lambda r: r["us"])[:8]
         print("best:", *best, sep="\n  ", flush=True)
-    if args.json:
-        write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
     return 0
 
 

@@ -159,6 +159,61 @@ def checked_time(launch: Callable[[torch.Tensor], object], out: torch.Tensor,
     return err, us
 
 
+def add_shrink_launch(t: int, rank: int, device: torch.device, hidden: int = 4096,
+                      adapters: int = 4):
+    """The qkv shrink exactly as ``add_lora`` launches it (workspace mode, bf16, ``adapters``
+    slots over ``t`` tokens): ``(launch, plan)``, ``launch()`` running it once."""
+    from lora_dispatch.kernels.triton import launch as L
+
+    p = Problem("add_lora", hidden, t, rank, adapters, torch.bfloat16, device)
+    batch, items = _build(p, 1)
+    w, x, _, _ = items[0]
+    plan = L.plan_for("add", w, t).shrink
+    ws = torch.empty((plan.split, w.num_slices, t, w.max_rank), device=device)
+    return (lambda: L._launch_shrink(plan, x, w, batch, ws, t)), plan
+
+
+def partials_time(launch: Callable[[], object], y: torch.Tensor, ref: torch.Tensor,
+                  device: torch.device, what: str, tol: float = 1e-2) -> float | None:
+    """Cold-L2 µs of a dense shrink probe whose ``launch`` writes K-split partial products
+    ``y [split, T, N]`` (NaN on the CPU, where the call is a checked smoke run); ``None``
+    after printing why when it fails to build, or when the partials, poisoned with NaN
+    first, do not sum to ``ref [T, N]`` within ``tol`` (relative norm)."""
+    try:
+        y.fill_(float("nan"))
+        launch()
+        err = ((y.sum(0) - ref).norm() / ref.norm()).item()
+        if not err < tol:
+            print(f"{what}: wrong result (rel {err:.3g})", flush=True)
+            return None
+        return (gpu_time_us(launch, device, warmup_ms=5, rep_ms=20)
+                if device.type == "cuda" else float("nan"))
+    except Exception as exc:  # a variant that fails to build is reported and skipped
+        print(f"{what} failed: {exc!r}"[:300], flush=True)
+        return None
+
+
+class DenseShrinkLog:
+    """Rows of a dense ``x [T, K] @ A^T`` probe: percent of copy bandwidth from the minimal
+    bytes (``x`` and ``A`` once, float32 ``y`` once per K split), printed and, with a
+    ``path``, written after every row so a run cut short still reports."""
+
+    def __init__(self, path: str | None, device: torch.device, copy_gbs: float) -> None:
+        self.path, self.device, self.copy, self.rows = path, device, copy_gbs, []
+
+    def add(self, kind: str, cfg: Any, us: float, t: int, n: int, k: int, split: int = 1,
+            **extra: Any) -> dict:
+        nbytes = t * k * 2 + n * k * 2 + t * n * 4 * split
+        row = dict(kind=kind, T=t, N=n, cfg=cfg, us=round(us, 2),
+                   pct_copy=round(100 * nbytes / us / 1e3 / self.copy, 1), **extra)
+        self.rows.append(row)
+        print(row, flush=True)
+        if self.path:
+            write_json(self.path, {**env_record(self.device), "copy_gbs": self.copy},
+                       self.rows)
+        return row
+
+
 def round_median(rows: list[dict], key: str, **match: Any) -> float:
     """Median of ``key`` over the rows (alternating rounds of a probe) matching ``match``."""
     v = sorted(r[key] for r in rows if all(r[k] == x for k, x in match.items()))

@@ -1,0 +1,69 @@
+"""CPU tests of the probe helpers in ``lora_dispatch.bench.kernels`` (dense shrink probes)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from lora_dispatch.bench.kernels import DenseShrinkLog, partials_time
+
+CPU = torch.device("cpu")
+
+
+def _case(split: int = 2):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 32, generator=g)
+    a = torch.randn(6, 32, generator=g)
+    return x, a, x @ a.T, torch.empty(split, 8, 6)
+
+
+def test_partials_time_accepts_partials_that_sum_to_the_reference():
+    x, a, ref, y = _case()
+
+    def launch():
+        y[0] = x[:, :16] @ a[:, :16].T
+        y[1] = x[:, 16:] @ a[:, 16:].T
+
+    assert math.isnan(partials_time(launch, y, ref, CPU, "ok"))
+
+
+def test_partials_time_rejects_wrong_or_unwritten_partials(capsys):
+    x, a, ref, y = _case()
+
+    def half():  # the second split never written: the NaN poison must show
+        y[0] = x[:, :16] @ a[:, :16].T
+
+    def off():
+        y[0] = x @ a.T
+        y[1] = 0.1 * ref
+
+    assert partials_time(half, y, ref, CPU, "half") is None
+    assert partials_time(off, y, ref, CPU, "off") is None
+    out = capsys.readouterr().out
+    assert "half: wrong result" in out and "off: wrong result" in out
+
+
+def test_partials_time_reports_a_failing_build(capsys):
+    _, _, ref, y = _case()
+
+    def broken():
+        raise RuntimeError("no such config")
+
+    assert partials_time(broken, y, ref, CPU, "cfg7") is None
+    assert "cfg7 failed" in capsys.readouterr().out
+
+
+def test_dense_shrink_log_counts_minimal_bytes_and_writes_every_row(tmp_path):
+    path = tmp_path / "probe.json"
+    log = DenseShrinkLog(str(path), CPU, copy_gbs=1000.0)
+    t, n, k = 8192, 192, 4096
+    row = log.add("tma", [64, 64], 50.0, t, n, k, split=2, regs=58)
+    nbytes = t * k * 2 + n * k * 2 + t * n * 4 * 2
+    assert row["pct_copy"] == round(100 * nbytes / 50.0 / 1e3 / 1000.0, 1)
+    assert row["regs"] == 58
+    log.add("cublas", "x@A^T", 25.0, t, n, k)
+    data = json.loads(path.read_text())
+    assert [r["kind"] for r in data["rows"]] == ["tma", "cublas"]
+    assert data["copy_gbs"] == 1000.0
