@@ -34,10 +34,15 @@ __all__ = [
     "ENV_TMA",
     "ENV_PDL",
     "pdl",
+    "GluonShrinkConfig",
+    "shrink_gluon",
+    "gluon_mode",
+    "ENV_GLUON",
 ]
 
 ENV_TMA = "LORA_DISPATCH_TMA"
 ENV_PDL = "LORA_DISPATCH_PDL"
+ENV_GLUON = "LORA_DISPATCH_GLUON"
 
 
 @dataclass(frozen=True)
@@ -476,3 +481,122 @@ def pdl(info: DeviceInfo) -> bool:
                            f"and Triton 3.4+ (device {info.name!r}, capability "
                            f"{info.capability}, Triton {'.'.join(map(str, version))})")
     return ok
+
+
+@dataclass(frozen=True)
+class GluonShrinkConfig:
+    """The warp-specialized Gluon shrink (Hopper): ``block_m`` tokens a program, ``block_k``
+    K step, ``block_r`` rank rows a slice (``>= max_rank``), ``stages`` shared-memory ring
+    depth, consumer warps (4 a warpgroup: ``block_m / 16`` rows of 16 each), K splits."""
+
+    block_m: int
+    block_k: int
+    block_r: int
+    stages: int
+    num_warps: int
+    split_k: int
+
+    def __post_init__(self) -> None:
+        if self.block_m not in (64, 128) or self.num_warps != self.block_m // 16:
+            raise ValueError("GluonShrinkConfig: block_m must be 64 (4 warps) or 128 (8 "
+                             f"warps), got {self.block_m} with {self.num_warps} warps")
+        if self.block_k not in (32, 64, 128):
+            raise ValueError(f"GluonShrinkConfig: block_k must be 32, 64 or 128, got "
+                             f"{self.block_k}")
+        if self.block_r not in (16, 32, 64, 128, 256):
+            raise ValueError(f"GluonShrinkConfig: block_r must be a power of two in 16..256, "
+                             f"got {self.block_r}")
+        if not 2 <= self.stages <= 8 or not 1 <= self.split_k <= 8:
+            raise ValueError(f"GluonShrinkConfig: stages must be in 2..8 and split_k in 1..8, "
+                             f"got {self.stages} and {self.split_k}")
+
+
+# families where the Gluon shrink runs automatically from this many tokens: H200 dense probe
+# (probe_shrink_gluon.py, shrink-gluon-probe-...json) qkv r64 T=8192 25.9 us against 33.6 for
+# the shipped shrink, T=2048 14.7 against 17.1; qkv r16 T=8192 21.9 against 24.1
+_GLUON_MIN_TOKENS: dict[str, int] = {"h100": 2048, "h200": 2048}
+_GLUON_SMEM = 224 << 10  # ring budget (the barriers and the epilogue need little more)
+_GLUON_MAX_STAGES = 6  # 6 beat 4 by 16-25% and matched 7 (qkv r64 T=8192: 25.9 / 26.1 us)
+_GLUON_MAX_ROWS = 256  # slices * block_r: one fp32 [block_m, 256] accumulator set
+
+
+def gluon_mode() -> str:
+    """``LORA_DISPATCH_GLUON`` as ``auto``, ``0`` or ``1`` (``ValueError`` for anything else)."""
+    mode = os.environ.get(ENV_GLUON, "auto").strip().lower() or "auto"
+    if mode not in ("auto", "0", "1"):
+        raise ValueError(f"{ENV_GLUON} must be 'auto', '0' or '1', got {mode!r}")
+    return mode
+
+
+def _triton_version() -> tuple[int, int]:
+    try:
+        import triton
+
+        return tuple(int(v) for v in triton.__version__.split(".")[:2])
+    except (ImportError, ValueError):
+        return (0, 0)
+
+
+def _gluon_unfit(info: DeviceInfo, k: int, slices: int, max_rank: int, itemsize: int,
+                 available: bool) -> str | None:
+    """Why the Gluon shrink cannot run this shape here (``None`` when it can)."""
+    if not available:
+        return "this Triton release has no usable Gluon Hopper API"
+    if _triton_version() != (3, 6):
+        return f"the kernel is written for Triton 3.6's Gluon API, not {_triton_version()}"
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return "the Triton interpreter does not run Gluon"
+    if info.platform != "cuda" or info.capability is None or info.capability[0] != 9:
+        return f"it needs a Hopper GPU (sm_90), not {info.name!r} ({info.capability})"
+    if itemsize != 2:
+        return f"it takes 16-bit weights, not {8 * itemsize}-bit"
+    if slices > 3:
+        return f"it takes at most 3 slices, not {slices}"
+    if k % 64:
+        return f"in_features must be a multiple of 64, got {k}"
+    if slices * max(16, next_pow2(max_rank)) > _GLUON_MAX_ROWS:
+        return (f"slices * padded rank must be <= {_GLUON_MAX_ROWS}, got {slices} * "
+                f"{max(16, next_pow2(max_rank))}")
+    return None
+
+
+def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, itemsize: int,
+                 available: bool = True) -> GluonShrinkConfig | None:
+    """Config of the warp-specialized Gluon shrink for ``t`` tokens, or ``None`` to keep the
+    Triton kernels.
+
+    Automatic (``LORA_DISPATCH_GLUON`` unset or ``auto``): Hopper families in
+    ``_GLUON_MIN_TOKENS`` from that many tokens, where the shape fits (Triton 3.6, 16-bit,
+    ``K % 64 == 0``, at most 3 slices of at most 256 padded rank rows together). ``1``
+    forces it for every ``T`` (``RuntimeError`` naming the reason where it cannot run); ``0``
+    turns it off. ``available``: whether the Gluon kernel module imported. Read when a
+    launch plan is built (plans are cached per weights and ``T``).
+
+    The grid is ``tiles x split_k`` with one program a compute unit (the ring takes most of
+    its shared memory), so ``split_k`` tops up the programs of short batches.
+
+    Raises
+    ------
+    ValueError
+        If ``LORA_DISPATCH_GLUON`` is not ``auto``, ``0`` or ``1``.
+    RuntimeError
+        If it is ``1`` and the kernel cannot run this shape on this device.
+    """
+    mode = gluon_mode()
+    if mode == "0":
+        return None
+    why = _gluon_unfit(info, k, slices, max_rank, itemsize, available)
+    if why is not None:
+        if mode == "1":
+            raise RuntimeError(f"{ENV_GLUON}=1 but the Gluon shrink cannot run: {why}")
+        return None
+    if mode == "auto" and t < _GLUON_MIN_TOKENS.get(info.family, 1 << 62):
+        return None
+    br = max(16, next_pow2(max_rank))
+    rows = slices * br
+    bm = 128 if rows <= 64 and t >= 8192 else 64
+    bk = 64
+    stages = min(_GLUON_MAX_STAGES, _GLUON_SMEM // ((bm + rows) * bk * itemsize))
+    tiles = -(-t // bm)
+    split = max(1, min(4, _units(info) // tiles, k // (bk * 4)))
+    return GluonShrinkConfig(bm, bk, br, stages, bm // 16, split)

@@ -25,6 +25,8 @@ from .expand_kernel import expand_kernel
 from .fill_kernel import ZERO_BLOCK, zero_kernel
 from .fused_kernel import fused_kernel
 from .overlap_kernel import SYNC_HEAD, overlap_kernel
+from .shrink_gluon_kernel import AVAILABLE as GLUON_AVAILABLE
+from .shrink_gluon_kernel import gluon_descriptors, shrink_gluon_kernel
 from .shrink_kernel import shrink_kernel
 from .shrink_tma_kernel import shrink_tma_kernel
 
@@ -39,6 +41,15 @@ __all__ = ["shrink", "expand", "add_lora", "add_lora_two_pass", "add_lora_fused"
 PREC = "ieee"
 
 
+class GluonPlan(NamedTuple):
+    """The warp-specialized Gluon shrink's launch (:mod:`.shrink_gluon_kernel`)."""
+
+    grid: tuple[int, int]
+    cfg: configs.GluonShrinkConfig
+    cx: tuple  # S, R, TILE, STAGES, ATOMIC, FILL
+    forced: bool  # LORA_DISPATCH_GLUON=1: also for slots of rank below max_rank
+
+
 class ShrinkPlan(NamedTuple):
     grid: tuple[int, int]
     nb: int
@@ -50,6 +61,7 @@ class ShrinkPlan(NamedTuple):
     num_stages: int
     tail: tuple  # cx then the launch-option slots of a launch group
     tma: bool = False  # read x / A through tensor descriptors (shrink_tma_kernel)
+    gluon: GluonPlan | None = None  # or the Gluon kernel, where x and the ranks allow
 
 
 class ExpandPlan(NamedTuple):
@@ -154,16 +166,21 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
                  cfg: configs.ShrinkConfig | None = None, fill: bool = True,
                  pdl: int = 0) -> ShrinkPlan:
     k, s, r = w.in_features, w.num_slices, w.max_rank
+    info = describe(w.device)
     if cfg is None:
-        cfg = configs.shrink_config(describe(w.device), t, k, r, w.lora_a.element_size(),
-                                    atomic, slices=s)
+        cfg = configs.shrink_config(info, t, k, r, w.lora_a.element_size(), atomic, slices=s)
+    gcfg = configs.shrink_gluon(info, t, k, s, r, w.lora_a.element_size(), GLUON_AVAILABLE)
     split = cfg.split_k if split_k is None else split_k
+    if gcfg is not None and split_k is None:
+        split = gcfg.split_k
     k_split = _cdiv(_cdiv(k, split), 16) * 16
     if k_split >= cfg.block_k:
         k_split = _cdiv(k_split, cfg.block_k) * cfg.block_k
+    if gcfg is not None:
+        k_split = _cdiv(k_split, gcfg.block_k) * gcfg.block_k
     split = _cdiv(k, k_split)
     nb = _cdiv(s * _cdiv(r, cfg.block_n), cfg.rank_blocks)
-    tma = configs.shrink_tma(describe(w.device), t)
+    tma = configs.shrink_tma(info, t)
     if tma and TensorDescriptor is None:
         if configs.tma_mode() == "1":
             raise RuntimeError(f"{configs.ENV_TMA}=1 but this Triton release has no tensor "
@@ -177,8 +194,14 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
         ATOMIC=atomic and split > 1, FILL=fill and atomic and split == 1, PREC=PREC, PDL=pdl,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
+    gluon = None
+    if gcfg is not None:
+        gluon = GluonPlan(
+            (_tiles(t, gcfg.block_m, w.num_slots), split), gcfg,
+            (s, r, tile_index(gcfg.block_m), gcfg.stages, meta["ATOMIC"], meta["FILL"]),
+            configs.gluon_mode() == "1")
     return ShrinkPlan((nb * _tiles(t, cfg.block_m, w.num_slots), split), nb, k_split, split, meta,
-                      *_split_meta(meta, _SHRINK_CX, 0), tma)
+                      *_split_meta(meta, _SHRINK_CX, 0), tma, gluon)
 
 
 def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
@@ -316,12 +339,58 @@ def _tma_ready(x) -> bool:
             and x.data_ptr() % 16 == 0)
 
 
+def _uniform_ranks(w) -> bool:
+    """Every loaded slot of ``w`` has rank ``max_rank`` (memoized per :attr:`version`; views
+    inside ``torch.compile`` carry no host ranks: ``False``)."""
+    ranks = w.host_ranks
+    if ranks is None:
+        return False
+    d = w.__dict__
+    memo = d.get("_uniform_ranks")
+    if memo is None or memo[0] != w.version:
+        r = w.max_rank
+        memo = d["_uniform_ranks"] = (w.version, all(v in (0, r) for v in ranks))
+    return memo[1]
+
+
+def _desc_kind(p: ShrinkPlan, x, w) -> int:
+    """Which shrink kernel a call runs: 2 the Gluon one, 1 the TMA one, 0 the pointer one.
+
+    Descriptor kernels need ``x`` to meet the TMA contract; the Gluon one also loaded slots
+    of rank ``max_rank`` only (its work follows ``max_rank``), unless forced.
+    """
+    if (p.gluon is None and not p.tma) or not _tma_ready(x):
+        return 0
+    if p.gluon is not None and (p.gluon.forced or _uniform_ranks(w)):
+        return 2
+    return 1 if p.tma else 0
+
+
 def _launch_shrink(p: ShrinkPlan, x, w, batch, y, t: int, ys: tuple | None = None) -> None:
-    args = _shrink_args(p, x, x.stride(), w, batch, y, t, y.stride() if ys is None else ys)
-    if p.tma and _tma_ready(x):
+    ys = y.stride() if ys is None else ys
+    kind = _desc_kind(p, x, w)
+    if kind == 2:
+        _launch_shrink_gluon(p.gluon, p.k_split, x, w, batch, y, t, ys)
+        return
+    args = _shrink_args(p, x, x.stride(), w, batch, y, t, ys)
+    if kind == 1:
         _launch_shrink_tma(p, x, w, args)
     else:
         shrink_kernel[p.grid](*args, *p.cx, num_warps=p.num_warps, num_stages=p.num_stages)
+
+
+def _launch_shrink_gluon(g: GluonPlan, k_split: int, x, w, batch, y, t: int,
+                         ys: tuple) -> None:
+    """:mod:`.shrink_gluon_kernel` with descriptors of ``x [T, K]`` and ``A [L * S * R, K]``
+    (a plain JIT launch)."""
+    c, k = g.cfg, w.in_features
+    xd, ad = gluon_descriptors(x, w.lora_a.view(-1, k), c.block_m, c.block_k, c.block_r)
+    tm = batch.tile_map
+    shrink_gluon_kernel[g.grid](
+        xd, ad, x, y, w.ranks, w.scalings, batch.sorted_tokens, tm,
+        t, k, w.num_slots, tm.shape[2], k_split, x.stride(0), x.stride(1), ys[0], ys[1],
+        ys[2], *g.cx, num_warps=c.num_warps,
+    )
 
 
 def _launch_shrink_tma(p: ShrinkPlan, x, w, args: tuple) -> None:
@@ -380,7 +449,7 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
             return y
         p = plan_for("shrink", w, t, "zero_fill", split_k)
     zgrid = (_cdiv(n, ZERO_BLOCK),)
-    if (not (p.tma and _tma_ready(x)) and _ZGROUP is not None and _ZGROUP.available()
+    if (not _desc_kind(p, x, w) and _ZGROUP is not None and _ZGROUP.available()
             and _ZGROUP((zgrid, p.grid), (y, n, *_ZERO_TAIL,
                                           *_shrink_args(p, x, x.stride(), w, batch, y, t, ys),
                                           *p.tail))):
@@ -515,7 +584,7 @@ def _group_slots(p: AddPlan, base_out, x, w, batch, ws, t: int) -> tuple:
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
     sp = p.shrink
     ws = _workspace(p.ws_numel, x)
-    if (not (sp.tma and _tma_ready(x)) and _GROUP is not None and _GROUP.available()
+    if (not _desc_kind(sp, x, w) and _GROUP is not None and _GROUP.available()
             and _GROUP((sp.grid, p.expand.grid), _group_slots(p, base_out, x, w, batch, ws, t))):
         return  # both launches in one native call
     _launch_shrink(sp, x, w, batch, ws, t, p.ys)

@@ -1,0 +1,228 @@
+"""Warp-specialized segmented shrink for Hopper prefill, written in Gluon (Triton 3.6).
+
+Same outputs and epilogues as :mod:`.shrink_kernel` (``y[p, i, t, :r] = c[s, i] *
+x[t] @ A_i[s, :r]^T``, stored, atomically added or written with zeros past the rank), but a
+different work split: grid ``(tiles, SPLIT_K)``, and a program holds *every* rank row of its
+slot (one ``[BR, BK]`` block per slice, ``BR >= R``), so each ``x`` tile leaves L2 once.
+
+Inside a program one producer warp issues the TMA loads of the ``[BM, BK]`` ``x`` tile and
+the ``S`` ``A`` blocks into a ring of ``STAGES`` shared-memory buffers (``ready`` /
+``empty`` mbarriers); the consumer warpgroup(s) run one asynchronous wgmma per slice and keep
+one stage in flight. A tile whose tokens are consecutive (a prefill segment) reads ``x`` by
+TMA at its first token; any other tile's consumer gathers its ``x`` rows with pointer loads
+into registers (wgmma's register operand) while the producer brings ``A`` alone. Rows a
+descriptor brings past the tile's end and ``A`` rows past a slot's rank (the next slice's)
+only feed accumulator entries the masked store drops, so any rank ``<= R`` is correct; the
+launcher picks this kernel where every loaded slot has rank ``R`` (work stays proportional to
+the real rank).
+
+Host contract (checked by the launcher): Hopper (sm_90), Triton 3.6 (the Gluon API changes
+between releases), 16-bit weights, ``K % BK == 0``, ``K_SPLIT % BK == 0``, ``S <= 3``,
+``x`` 16-byte aligned with unit column stride and a 16-byte multiple row stride.
+``benchmarks/probe_shrink_gluon.py`` is the dense prototype and its measurements.
+"""
+
+from __future__ import annotations
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+except (ImportError, AttributeError):  # Triton < 3.5 or a release with another Gluon API
+    gluon = None
+
+__all__ = ["shrink_gluon_kernel", "gluon_descriptors", "AVAILABLE", "PRODUCER_REGS"]
+
+AVAILABLE = gluon is not None
+
+if AVAILABLE:
+    PRODUCER_REGS = gl.constexpr(40)  # the TMA warp's register budget (setmaxnreg)
+
+    @gluon.jit
+    def _producer(x_desc, a_desc, x_bufs, a_bufs, ready, empty, first, ar0, ar1, ar2, k0,
+                  k_iters, consec, NB: gl.constexpr, STAGES: gl.constexpr):
+        BK: gl.constexpr = x_desc.block_type.shape[1]
+        a_bytes: gl.constexpr = NB * a_desc.block_type.nbytes
+        x_bytes: gl.constexpr = x_desc.block_type.nbytes
+        for i in range(k_iters):
+            s = i % STAGES
+            mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
+            k = k0 + i * BK
+            if consec:
+                mbarrier.expect(ready.index(s), x_bytes + a_bytes)
+                tma.async_copy_global_to_shared(x_desc, [first, k], ready.index(s),
+                                                x_bufs.index(s))
+            else:
+                mbarrier.expect(ready.index(s), a_bytes)
+            tma.async_copy_global_to_shared(a_desc, [ar0, k], ready.index(s),
+                                            a_bufs.index(s * NB))
+            if NB > 1:
+                tma.async_copy_global_to_shared(a_desc, [ar1, k], ready.index(s),
+                                                a_bufs.index(s * NB + 1))
+            if NB > 2:
+                tma.async_copy_global_to_shared(a_desc, [ar2, k], ready.index(s),
+                                                a_bufs.index(s * NB + 2))
+
+    @gluon.jit
+    def _consumer(x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, start, end, T, k0, k_iters,
+                  stride_xm, stride_xk, consec, BM: gl.constexpr, NB: gl.constexpr,
+                  STAGES: gl.constexpr, layout: gl.constexpr):
+        BR: gl.constexpr = a_bufs.type.shape[1]
+        BK: gl.constexpr = a_bufs.type.shape[2]
+        acc0 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
+        acc1 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
+        acc2 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
+        if consec:
+            for i in range(k_iters):
+                s = i % STAGES
+                mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+                xb = x_bufs.index(s)
+                acc0 = warpgroup_mma(xb, a_bufs.index(s * NB).permute((1, 0)), acc0,
+                                     is_async=True)
+                if NB > 1:
+                    acc1 = warpgroup_mma(xb, a_bufs.index(s * NB + 1).permute((1, 0)), acc1,
+                                         is_async=True)
+                if NB > 2:
+                    acc2 = warpgroup_mma(xb, a_bufs.index(s * NB + 2).permute((1, 0)), acc2,
+                                         is_async=True)
+                acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=NB,
+                                                      deps=(acc0, acc1, acc2))
+                mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
+            acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, acc2))
+        else:
+            op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=layout, k_width=2)
+            rows = start + gl.arange(0, BM, layout=gl.SliceLayout(1, op))  # [BM]
+            tok = gl.load(tok_ptr + rows, mask=rows < end, other=T)  # [BM]
+            m_mask = (tok >= 0) & (tok < T)  # [BM]
+            tok64 = gl.where(m_mask, tok, 0).to(gl.int64)  # [BM]
+            offs_k = k0 + gl.arange(0, BK, layout=gl.SliceLayout(0, op))  # [BK]
+            x_ptrs = (x_ptr + tok64[:, None] * stride_xm
+                      + offs_k[None, :].to(gl.int64) * stride_xk)  # [BM, BK]
+            for i in range(k_iters):
+                xb = gl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, BK]
+                s = i % STAGES
+                mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+                acc0 = warpgroup_mma(xb, a_bufs.index(s * NB).permute((1, 0)), acc0)
+                if NB > 1:
+                    acc1 = warpgroup_mma(xb, a_bufs.index(s * NB + 1).permute((1, 0)), acc1)
+                if NB > 2:
+                    acc2 = warpgroup_mma(xb, a_bufs.index(s * NB + 2).permute((1, 0)), acc2)
+                mbarrier.arrive(empty.index(s))
+                x_ptrs += BK * stride_xk
+        return acc0, acc1, acc2
+
+    @gluon.jit
+    def _rows(tok_ptr, start, end, T, BM: gl.constexpr, layout: gl.constexpr):
+        """Row mask ``[BM]`` and int64 token ids ``[BM]`` of rows ``start ... end`` of
+        ``sorted_tokens`` (ids outside ``[0, T)`` masked and read as 0)."""
+        rows = start + gl.arange(0, BM, layout=gl.SliceLayout(1, layout))  # [BM]
+        tok = gl.load(tok_ptr + rows, mask=rows < end, other=T)  # [BM]
+        m_mask = (tok >= 0) & (tok < T)  # [BM]
+        return m_mask, gl.where(m_mask, tok, 0).to(gl.int64)
+
+    @gluon.jit
+    def _store(acc, sl, rank, slot, m_mask, tok64, pid_k, scal_ptr, y_ptr, stride_yp,
+               stride_ys, stride_yt, S: gl.constexpr, R: gl.constexpr, BR: gl.constexpr,
+               ATOMIC: gl.constexpr, FILL: gl.constexpr, layout: gl.constexpr):
+        scale = gl.load(scal_ptr + slot * S + sl)
+        cols = gl.arange(0, BR, layout=gl.SliceLayout(0, layout))  # [BR]
+        y_ptrs = (y_ptr + pid_k.to(gl.int64) * stride_yp + sl * stride_ys
+                  + tok64[:, None] * stride_yt + cols[None, :])  # [BM, BR]
+        live = m_mask[:, None] & (cols < rank)[None, :]  # [BM, BR]
+        if FILL:  # every column below R, zeros past the rank
+            gl.store(y_ptrs, gl.where(live, acc * scale, 0.0),
+                     mask=m_mask[:, None] & (cols < R)[None, :])
+        elif ATOMIC:
+            gl.atomic_add(y_ptrs, acc * scale, mask=live, sem="relaxed")
+        else:
+            gl.store(y_ptrs, acc * scale, mask=live)
+
+    @gluon.jit
+    def _zero(sl, m_mask, tok64, y_ptr, stride_ys, stride_yt, R: gl.constexpr,
+              BM: gl.constexpr, BR: gl.constexpr, layout: gl.constexpr):
+        cols = gl.arange(0, BR, layout=gl.SliceLayout(0, layout))  # [BR]
+        y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + cols[None, :]
+        gl.store(y_ptrs, gl.zeros((BM, BR), dtype=gl.float32, layout=layout),
+                 mask=m_mask[:, None] & (cols < R)[None, :])
+
+    @gluon.jit
+    def shrink_gluon_kernel(
+        x_desc, a_desc, x_ptr, y_ptr, ranks_ptr, scal_ptr, tok_ptr, tiles_ptr,
+        T, K, L, NT, K_SPLIT,
+        stride_xm, stride_xk, stride_yp, stride_ys, stride_yt,
+        S: gl.constexpr, R: gl.constexpr, TILE: gl.constexpr, STAGES: gl.constexpr,
+        ATOMIC: gl.constexpr, FILL: gl.constexpr, num_warps: gl.constexpr,
+    ):
+        BM: gl.constexpr = x_desc.block_type.shape[0]
+        BK: gl.constexpr = x_desc.block_type.shape[1]
+        BR: gl.constexpr = a_desc.block_type.shape[0]
+        layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BR, 16])
+        pid_m = gl.program_id(0)
+        pid_k = gl.program_id(1)
+        tile = tiles_ptr + TILE * 3 * NT + pid_m
+        slot = gl.load(tile)
+        start = gl.load(tile + NT)
+        end = gl.load(tile + 2 * NT)
+        ok = (slot >= 0) & (slot < L)
+        rank = gl.load(ranks_ptr + slot, mask=ok, other=0)
+        if (rank == 0) | (end <= start):  # no slot, an empty slot or no rows
+            if FILL:
+                m_mask, tok64 = _rows(tok_ptr, start, end, T, BM, layout)
+                for sl in gl.static_range(S):
+                    _zero(sl, m_mask, tok64, y_ptr, stride_ys, stride_yt, R, BM, BR, layout)
+            return
+        first = gl.load(tok_ptr + start)
+        last = gl.load(tok_ptr + end - 1)
+        consec = (last - first) == (end - start - 1)
+        base = slot * (S * R)
+        k0 = pid_k * K_SPLIT
+        k_iters = (gl.minimum(k0 + K_SPLIT, K) - k0) // BK
+
+        x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BM, BK], x_desc.layout)
+        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES * S, BR, BK], a_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for s in gl.static_range(STAGES):
+            mbarrier.init(ready.index(s), count=1)
+            mbarrier.init(empty.index(s), count=1)
+        fence_async_shared()
+        acc0, acc1, acc2 = gl.warp_specialize(
+            [(_consumer, (x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, start, end, T, k0,
+                          k_iters, stride_xm, stride_xk, consec, BM, S, STAGES, layout)),
+             (_producer, (x_desc, a_desc, x_bufs, a_bufs, ready, empty, first, base,
+                          base + rank, base + 2 * rank, k0, k_iters, consec, S, STAGES))],
+            [1], [PRODUCER_REGS])
+
+        m_mask, tok64 = _rows(tok_ptr, start, end, T, BM, layout)
+        _store(acc0, 0, rank, slot, m_mask, tok64, pid_k, scal_ptr, y_ptr, stride_yp,
+               stride_ys, stride_yt, S, R, BR, ATOMIC, FILL, layout)
+        if S > 1:
+            _store(acc1, 1, rank, slot, m_mask, tok64, pid_k, scal_ptr, y_ptr, stride_yp,
+                   stride_ys, stride_yt, S, R, BR, ATOMIC, FILL, layout)
+        if S > 2:
+            _store(acc2, 2, rank, slot, m_mask, tok64, pid_k, scal_ptr, y_ptr, stride_yp,
+                   stride_ys, stride_yt, S, R, BR, ATOMIC, FILL, layout)
+
+    def gluon_descriptors(x, a, bm: int, bk: int, br: int) -> tuple:
+        """TMA descriptors of ``x [T, K]`` (tile ``[bm, bk]``) and ``a [rows, K]`` (tile
+        ``[br, bk]``) in the shared layouts the kernel's wgmma reads."""
+        dt = gl.float16 if x.element_size() == 2 and x.dtype.is_floating_point \
+            and str(x.dtype) == "torch.float16" else gl.bfloat16
+        xl = gl.NVMMASharedLayout.get_default_for([bm, bk], dt)
+        al = gl.NVMMASharedLayout.get_default_for([br, bk], dt)
+        k = x.shape[1]
+        return (TensorDescriptor(x, [x.shape[0], k], [x.stride(0), 1], [bm, bk], xl),
+                TensorDescriptor(a, [a.shape[0], k], [k, 1], [br, bk], al))
+
+else:
+    PRODUCER_REGS = 40
+    shrink_gluon_kernel = None
+    gluon_descriptors = None
