@@ -2,10 +2,12 @@
 
     python benchmarks/ab_trees.py --trees old=.ab/old,new=. [--rounds 2] [--shapes ...]
         [--json PATH]
+    python benchmarks/ab_trees.py --trees off=.+LORA_DISPATCH_GLUON=0,on=.   # one tree, two envs
 
 Each (round, tree) runs this script's worker in a fresh process with ``PYTHONPATH=<tree>``,
 so the kernels, configs and launch code all come from that tree (make one with
-``git archive <commit> | tar -x -C .ab/old``). The worker times, per shape (bf16, hidden
+``git archive <commit> | tar -x -C .ab/old``); ``path+KEY=VALUE+...`` also sets environment
+variables for that tree's worker. The worker times, per shape (bf16, hidden
 4096, 4 adapters, ``op:T:rank`` with the ops of ``bench_kernels.py``): prefill (T > 256)
 with a cold L2 (median of CUDA-event times), decode as CUDA-graph replay per call over 8
 weight / input sets. Trees alternate within every round (host clocks and GPU temperature
@@ -66,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         _worker(args.shapes)
         return 0
-    trees = [tuple(kv.split("=", 1)) for kv in args.trees.split(",")]
+    trees, tree_env = [], {}
+    for kv in args.trees.split(","):
+        name, spec = kv.split("=", 1)
+        path, *pairs = spec.split("+")
+        trees.append((name, path))
+        tree_env[name] = dict(pair.split("=", 1) for pair in pairs)
     for name, path in trees:
         if not (Path(path) / "lora_dispatch" / "__init__.py").exists():
             ap.error(f"tree {name}: no lora_dispatch package under {path!r}")
@@ -74,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     rounds = []
     for r in range(args.rounds):
         for name, path in trees:
-            env = dict(os.environ, PYTHONPATH=os.path.abspath(path), PYTHONUNBUFFERED="1")
+            env = dict(os.environ, PYTHONPATH=os.path.abspath(path), PYTHONUNBUFFERED="1",
+                       **tree_env[name])
             proc = subprocess.run(
                 [sys.executable, os.path.abspath(__file__), "--worker", "--trees", args.trees,
                  "--shapes", args.shapes], env=env, capture_output=True, text=True,
@@ -105,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from lora_dispatch.bench.timing import env_record, write_json
 
-        meta = {**env_record(torch.device("cuda")), "trees": dict(trees), "baseline": base,
-                "rounds": args.rounds}
+        meta = {**env_record(torch.device("cuda")), "trees": dict(trees), "env": tree_env,
+                "baseline": base, "rounds": args.rounds}
         write_json(args.json, meta, rounds)
     return 0
 

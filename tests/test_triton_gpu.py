@@ -785,3 +785,163 @@ def test_rank64_prefill_expand_selected(outs, t, kind):
             sp = tk.plan_for("add", w, t).shrink
             assert (sp.meta["BM"], sp.split) == (128, 2), sp.meta
     check_all(w, x, base, slots, token_batch(slots), dtype)
+
+
+def _hopper_gluon():
+    import triton
+
+    from lora_dispatch.kernels.triton.shrink_gluon_kernel import AVAILABLE
+
+    if torch.cuda.get_device_capability(DEV)[0] != 9:
+        pytest.skip("the Gluon shrink is for Hopper (sm_90)")
+    if not AVAILABLE or tuple(int(v) for v in triton.__version__.split(".")[:2]) != (3, 6):
+        pytest.skip("the Gluon shrink is written for Triton 3.6")
+
+
+def make_uniform(num_adapters, k, outs, dtype, rank, seed=0, empty=(1,)):
+    """Weights whose loaded slots all have rank ``rank`` (= ``max_rank``)."""
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    w = ld.LoRAWeights(num_adapters + 1, k, outs, rank, dtype=dtype, device=DEV)
+    for s in range(num_adapters):
+        if s in empty and num_adapters > 1:
+            continue
+        a = [torch.randn(rank, k, generator=g, device=DEV) / k**0.5 for _ in outs]
+        b = [torch.randn(o, rank, generator=g, device=DEV) / rank**0.5 for o in outs]
+        w.load(s, a, b, [0.5 + 0.25 * i + 0.1 * s for i in range(len(outs))])
+    return w
+
+
+def _shrink_kinds(w, x, t):
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
+    return (tl_launch._desc_kind(tk.plan_for("shrink", w, t), x, w),
+            tl_launch._desc_kind(tk.plan_for("add", w, t, "two_pass").shrink, x, w))
+
+
+@pytest.mark.parametrize("hidden,outs,dtype,t,rank,uniform", [
+    (4096, (4096, 1024, 1024), torch.bfloat16, 8192, 64, True),
+    (4096, (4096, 1024, 1024), torch.float16, 2048, 16, True),
+    (4096, (4096, 1024, 1024), torch.bfloat16, 3000, 24, True),
+    (3584, (18944, 18944), torch.bfloat16, 4096, 64, False),
+    (5120, (5120,), torch.float16, 2049, 128, False),
+    (4096, (4096,), torch.bfloat16, 37, 8, True),
+    (4096, (4096, 1024, 1024), torch.bfloat16, 1, 64, True),
+])
+def test_shrink_gluon(hidden, outs, dtype, t, rank, uniform, poison_empty, monkeypatch):
+    """The warp-specialized Gluon shrink (LORA_DISPATCH_GLUON=1) on prefill segments with a
+    gathered tail (slot -1, an empty slot; mixed ranks up to ``rank`` where not uniform):
+    every op against float64 on NaN-poisoned outputs, the shrink against the Triton kernel;
+    a misaligned x takes the Triton path."""
+    _hopper_gluon()
+    gen = torch.Generator().manual_seed(t + rank)
+    w = (make_uniform(6, hidden, outs, dtype, rank, seed=t) if uniform else
+         make_weights(12, hidden, outs, dtype, max_rank=rank, seed=t))
+    slots = _segment_slots(t, w.num_slots, gen, tail=min(64, t // 2))
+    batch = token_batch(slots)
+    x = torch.randn(t, hidden, generator=gen).to(DEV, dtype)
+    base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, dtype)
+    ys = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("LORA_DISPATCH_GLUON", mode)
+        w.__dict__.pop("_triton_plans", None)
+        assert _shrink_kinds(w, x, t) == ((2, 2) if mode == "1" else (0, 0))
+        check_all(w, x, base, slots, batch, dtype)
+        ys[mode] = ld.lora_shrink(x, w, batch)
+    assert rel(ys["1"], ys["0"].double()) <= 1e-5
+    xs = torch.randn(t, hidden + 8, generator=gen).to(DEV, dtype)[:, 1:hidden + 1]
+    assert _shrink_kinds(w, xs, t) == (0, 0)
+    check_all(w, xs, base, slots, batch, dtype)
+
+
+@pytest.mark.parametrize("split_k", [1, 2, 3, 5])
+def test_shrink_gluon_splits(split_k, monkeypatch):
+    """add_lora with the Gluon shrink writing 1, 2, 3 (uneven) and 5 partial products: equal
+    to the Triton shrink's two-pass result."""
+    _hopper_gluon()
+    t = 2048
+    gen = torch.Generator().manual_seed(split_k)
+    w = make_uniform(4, 4096, (4096, 1024, 1024), torch.bfloat16, 64, seed=split_k)
+    slots = _segment_slots(t, w.num_slots, gen)
+    batch = token_batch(slots)
+    x = torch.randn(t, 4096, generator=gen).to(DEV, torch.bfloat16)
+    base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, torch.bfloat16)
+    outs = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("LORA_DISPATCH_GLUON", mode)
+        w.__dict__.pop("_triton_plans", None)
+        p = tk.plan_for("add", w, t, "two_pass", split_k)
+        assert p.shrink.split == split_k and (p.shrink.gluon is not None) == (mode == "1")
+        out = base.clone()
+        tk.add_lora_two_pass(out, x, w, batch, split_k=split_k)
+        outs[mode] = out
+    delta = ref_delta(ref_y(x, w, slots.to(DEV)), w, slots.to(DEV), t)
+    assert rel(outs["1"].double() - base.double(), delta) <= TOL[torch.bfloat16]
+    torch.testing.assert_close(outs["1"], outs["0"], rtol=2e-2, atol=2e-2)
+
+
+def test_shrink_gluon_auto_selection(monkeypatch):
+    """Automatic: uniform-rank prefill takes the Gluon shrink, mixed ranks and decode the
+    Triton kernels; loading a smaller rank switches it off (the plan stays cached)."""
+    _hopper_gluon()
+    monkeypatch.delenv("LORA_DISPATCH_GLUON", raising=False)
+    w = make_uniform(4, 4096, (4096, 1024, 1024), torch.bfloat16, 64)
+    x = torch.randn(8192, 4096, device=DEV, dtype=torch.bfloat16)
+    assert _shrink_kinds(w, x, 8192) == (2, 2)
+    assert _shrink_kinds(w, x[:64], 64) == (0, 0)
+    w.load(2, [torch.randn(16, 4096, device=DEV)] * 3,
+           [torch.randn(o, 16, device=DEV) for o in w.out_features], 1.0)
+    assert _shrink_kinds(w, x, 8192)[1] != 2
+    w.load(2, [torch.randn(64, 4096, device=DEV)] * 3,
+           [torch.randn(o, 64, device=DEV) for o in w.out_features], 1.0)
+    assert _shrink_kinds(w, x, 8192) == (2, 2)
+
+
+def test_shrink_gluon_graph_replay(monkeypatch):
+    """One capture of add_lora and lora_shrink on the Gluon path replays correctly while the
+    batch switches between segments (TMA tiles) and per-token slots (gathered tiles)."""
+    _hopper_gluon()
+    monkeypatch.setenv("LORA_DISPATCH_GLUON", "1")
+    gen = torch.Generator().manual_seed(5)
+    cap, dtype = 2048, torch.bfloat16
+    w = make_uniform(8, 4096, (4096, 1024, 1024), dtype, 64, seed=4)
+    batch = ld.LoRABatch.empty(cap, device=DEV)
+    x = torch.randn(cap, 4096, generator=gen).to(DEV, dtype)
+    base = (0.5 * torch.randn(cap, w.total_out, generator=gen)).to(DEV, dtype)
+    out = base.clone()
+    ys = torch.zeros(w.num_slices, cap, w.max_rank, device=DEV)
+
+    def step():
+        out.copy_(base)
+        ld.add_lora(out, x, w, batch)
+        ys.copy_(ld.lora_shrink(x, w, batch))
+
+    assert _shrink_kinds(w, x, cap) == (2, 2)
+    g = capture(step)
+    for i in range(10):
+        slots = (_segment_slots(cap, w.num_slots, gen, tail=64 * (i % 3)) if i % 4 else
+                 random_slots(cap, w.num_slots, gen))
+        x.copy_(torch.randn(cap, 4096, generator=gen).to(DEV, dtype))
+        batch.update_(slots.to(DEV))
+        g.replay()
+        ref = base.clone()
+        eager = token_batch(slots)
+        ld.add_lora(ref, x, w, eager)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+        torch.testing.assert_close(ys, ld.lora_shrink(x, w, eager), rtol=1e-5, atol=1e-5)
+        delta = ref_delta(ref_y(x, w, slots.to(DEV)), w, slots.to(DEV), cap)
+        assert rel(out.double() - base.double(), delta) <= TOL[dtype]
+
+
+def test_shrink_gluon_forced_unfit(monkeypatch):
+    """LORA_DISPATCH_GLUON=1 fails loudly, naming the reason, where the shape cannot run."""
+    _hopper_gluon()
+    monkeypatch.setenv("LORA_DISPATCH_GLUON", "1")
+    for k, outs, dtype, rank, why in (
+        (1000, (1000,), torch.bfloat16, 16, "multiple of 64"),
+        (4096, (4096,), torch.float32, 16, "16-bit"),
+        (4096, (4096, 1024, 1024), torch.bfloat16, 128, "padded rank"),
+        (4096, (1024,) * 4, torch.bfloat16, 16, "at most 3 slices"),
+    ):
+        w = ld.LoRAWeights(2, k, outs, rank, dtype=dtype, device=DEV)
+        with pytest.raises(RuntimeError, match=why):
+            tk.plan_for("shrink", w, 4096)

@@ -51,6 +51,8 @@ def _compile(target: str, fn, types: dict, meta: dict, div: tuple) -> tuple[dict
     sig = {n: "constexpr" if n in cx else types.get(n, "i32") for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
              if types.get(n, "").startswith("*") or n in div}
+    if type(fn).__name__ == "GluonJITFunction":
+        from triton.experimental.gluon._runtime import GluonASTSource as ASTSource
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in cx.items()},
                     attrs=attrs)
     gpu = GPUTarget("cuda", 90, 32) if target == "sm90" else GPUTarget("hip", "gfx942", 64)
@@ -136,12 +138,51 @@ def variants(target: str):
                            {**sp.meta, "stride_xk": 1, "PDL": 1 if t <= 256 else 2}, sdiv)
                     yield (f"expand-pdl-{name}-r{rank}-T{t}", L.expand_kernel, et,
                            {**meta, "PDL": True}, ediv)
+    if target == "sm90":
+        yield from _gluon_variants(info, st, sdiv)
     w = ld.LoRAWeights(4, 4096, (4096,), 16, dtype=torch.bfloat16)
     cfg = configs.shrink_config(info, 64, 4096, 16, 2, True, slices=1)
     meta = {**L._shrink_plan(w, 64, atomic=True, cfg=cfg).meta, "stride_xk": 1}
     yield "shrink-public-r16-T64", L.shrink_kernel, st, meta, sdiv
     yield ("zero_fill", L.zero_kernel, {"y_ptr": "*fp32"},
            {"BLOCK": L.ZERO_BLOCK, "num_warps": 4, "num_stages": 1}, ("N",))
+
+
+def _gluon_variants(info, st: dict, sdiv: tuple):
+    """The Gluon shrink with the configs Hopper picks (where this Triton release runs it):
+    qkv rank 16 / 24 / 64, gate_up and one slice at rank 64 / 128, the public shrink's
+    zero-writing (one split) and atomic (split-K) epilogues."""
+    import torch
+
+    import lora_dispatch as ld
+    from lora_dispatch.devices import configs
+    from lora_dispatch.kernels.triton import launch as L
+    from lora_dispatch.kernels.triton.shrink_gluon_kernel import gluon_descriptors
+
+    if configs._gluon_unfit(info, 4096, 3, 64, 2, L.GLUON_AVAILABLE) is not None:
+        return
+    from triton.runtime.jit import mangle_type
+
+    for outs, rank, t, atomic in (((4096, 1024, 1024), 64, 8192, False),
+                                  ((4096, 1024, 1024), 64, 2048, False),
+                                  ((4096, 1024, 1024), 16, 8192, False),
+                                  ((4096, 1024, 1024), 24, 4096, False),
+                                  ((14336, 14336), 64, 8192, False),
+                                  ((4096,), 128, 2048, False),
+                                  ((4096,), 64, 8192, True),
+                                  ((4096, 1024, 1024), 16, 2048, True)):
+        w = ld.LoRAWeights(4, 4096, outs, rank, dtype=torch.bfloat16)
+        g = L._shrink_plan(w, t, atomic=atomic, info=info).gluon
+        c = g.cfg
+        x = torch.empty(t, 4096, dtype=torch.bfloat16)
+        xd, ad = gluon_descriptors(x, w.lora_a.view(-1, 4096), c.block_m, c.block_k,
+                                   c.block_r)
+        meta = dict(zip(("S", "R", "TILE", "STAGES", "ATOMIC", "FILL"), g.cx),
+                    num_warps=c.num_warps, num_stages=1)
+        kind = "fill" if meta["FILL"] else "atomic" if meta["ATOMIC"] else "ws"
+        name = f"shrink_gluon-{kind}-s{w.num_slices}-r{rank}-T{t}"
+        yield (name, L.shrink_gluon_kernel,
+               {**st, "x_desc": mangle_type(xd), "a_desc": mangle_type(ad)}, meta, sdiv)
 
 
 def _code(path: Path) -> list[str]:

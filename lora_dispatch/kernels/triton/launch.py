@@ -164,9 +164,9 @@ def _tiles(t: int, block_m: int, num_slots: int) -> int:
 
 def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
                  cfg: configs.ShrinkConfig | None = None, fill: bool = True,
-                 pdl: int = 0) -> ShrinkPlan:
+                 pdl: int = 0, info=None) -> ShrinkPlan:
     k, s, r = w.in_features, w.num_slices, w.max_rank
-    info = describe(w.device)
+    info = describe(w.device) if info is None else info
     if cfg is None:
         cfg = configs.shrink_config(info, t, k, r, w.lora_a.element_size(), atomic, slices=s)
     gcfg = configs.shrink_gluon(info, t, k, s, r, w.lora_a.element_size(), GLUON_AVAILABLE)

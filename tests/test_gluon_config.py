@@ -1,0 +1,137 @@
+"""The Gluon shrink's selection (``configs.shrink_gluon``) and its plans, on a CPU: which
+devices, releases and shapes take it, the configs Hopper picks, loud failure when forced."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lora_dispatch as ld
+from lora_dispatch.devices import configs
+from lora_dispatch.devices.info import DeviceInfo
+
+H200 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA H200", "sm_90", 132, 32, (9, 0))
+A100 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA A100-SXM4-80GB", "sm_80", 108, 32,
+                  (8, 0))
+B200 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA B200", "sm_100", 148, 32, (10, 0))
+MI300X = DeviceInfo("rocm", torch.device("cuda", 0), "AMD Instinct MI300X", "gfx942", 304, 64)
+
+
+@pytest.fixture(autouse=True)
+def _triton_36(monkeypatch):
+    monkeypatch.setattr(configs, "_triton_version", lambda: (3, 6))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv(configs.ENV_GLUON, raising=False)
+
+
+def cfg_tuple(c):
+    return (c.block_m, c.block_k, c.block_r, c.stages, c.num_warps, c.split_k)
+
+
+@pytest.mark.parametrize("t,slices,rank,want", [
+    (8192, 3, 64, (64, 64, 64, 6, 4, 1)),  # qkv r64: 128 programs, one wave
+    (4096, 3, 64, (64, 64, 64, 6, 4, 2)),
+    (2048, 3, 64, (64, 64, 64, 6, 4, 4)),
+    (8192, 3, 16, (128, 64, 16, 6, 8, 2)),  # 48 rank rows: 128-token tiles
+    (8192, 1, 64, (128, 64, 64, 6, 8, 2)),
+    (8192, 2, 64, (64, 64, 64, 6, 4, 1)),
+    (2048, 1, 128, (64, 64, 128, 6, 4, 4)),
+    (8192, 3, 24, (64, 64, 32, 6, 4, 1)),
+    (8192, 2, 128, (64, 64, 128, 5, 4, 1)),  # 256 rows: the ring fits 5 stages
+])
+def test_hopper_configs(t, slices, rank, want):
+    c = configs.shrink_gluon(H200, t, 4096, slices, rank, 2)
+    assert cfg_tuple(c) == want
+    rows = slices * c.block_r
+    assert c.stages * (c.block_m + rows) * c.block_k * 2 <= 224 << 10
+
+
+def test_auto_only_hopper_prefill_and_fitting_shapes():
+    assert configs.shrink_gluon(H200, 2047, 4096, 3, 64, 2) is None  # decode / short prefill
+    for info in (A100, B200, MI300X):
+        assert configs.shrink_gluon(info, 8192, 4096, 3, 64, 2) is None
+    assert configs.shrink_gluon(H200, 8192, 4096, 3, 64, 4) is None  # fp32
+    assert configs.shrink_gluon(H200, 8192, 1000, 1, 64, 2) is None  # K % 64
+    assert configs.shrink_gluon(H200, 8192, 4096, 4, 16, 2) is None  # 4 slices
+    assert configs.shrink_gluon(H200, 8192, 4096, 3, 128, 2) is None  # 384 rank rows
+    assert configs.shrink_gluon(H200, 8192, 4096, 3, 64, 2, available=False) is None
+
+
+def test_release_and_interpreter_gate(monkeypatch):
+    monkeypatch.setattr(configs, "_triton_version", lambda: (3, 5))
+    assert configs.shrink_gluon(H200, 8192, 4096, 3, 64, 2) is None
+    monkeypatch.setenv(configs.ENV_GLUON, "1")
+    with pytest.raises(RuntimeError, match="Triton 3.6"):
+        configs.shrink_gluon(H200, 8192, 4096, 3, 64, 2)
+    monkeypatch.setattr(configs, "_triton_version", lambda: (3, 6))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(RuntimeError, match="interpreter"):
+        configs.shrink_gluon(H200, 8192, 4096, 3, 64, 2)
+
+
+def test_env_forces_and_turns_off(monkeypatch):
+    monkeypatch.setenv(configs.ENV_GLUON, "1")
+    assert cfg_tuple(configs.shrink_gluon(H200, 1, 4096, 3, 64, 2)) == (64, 64, 64, 6, 4, 4)
+    for info, why in ((A100, "Hopper"), (MI300X, "Hopper")):
+        with pytest.raises(RuntimeError, match=why):
+            configs.shrink_gluon(info, 8192, 4096, 3, 64, 2)
+    with pytest.raises(RuntimeError, match="16-bit"):
+        configs.shrink_gluon(H200, 8192, 4096, 3, 64, 4)
+    with pytest.raises(RuntimeError, match="Gluon Hopper API"):
+        configs.shrink_gluon(H200, 8192, 4096, 3, 64, 2, available=False)
+    monkeypatch.setenv(configs.ENV_GLUON, "0")
+    assert configs.shrink_gluon(H200, 8192, 4096, 3, 64, 2) is None
+    monkeypatch.setenv(configs.ENV_GLUON, "yes")
+    with pytest.raises(ValueError, match="LORA_DISPATCH_GLUON"):
+        configs.shrink_gluon(H200, 8192, 4096, 3, 64, 2)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(block_m=32), dict(num_warps=8), dict(block_k=48), dict(block_r=24),
+    dict(stages=1), dict(split_k=0),
+])
+def test_config_validated(kw):
+    base = dict(block_m=64, block_k=64, block_r=64, stages=6, num_warps=4, split_k=1)
+    with pytest.raises(ValueError, match="GluonShrinkConfig"):
+        configs.GluonShrinkConfig(**{**base, **kw})
+
+
+def test_plan_takes_the_gluon_split_and_keeps_the_triton_fallback():
+    """A Hopper prefill plan carries the Gluon launch (its grid over 64-token tiles, its
+    split shared with the Triton kernel it falls back to and the expand that sums the
+    splits); an explicit split_k wins; K splits stay multiples of the Gluon K step."""
+    from lora_dispatch.kernels.triton import launch as L
+
+    pytest.importorskip("triton")
+    w = ld.LoRAWeights(5, 4096, (4096, 1024, 1024), 64, dtype=torch.bfloat16)
+    p = L._shrink_plan(w, 2048, atomic=False, info=H200)
+    if not L.GLUON_AVAILABLE:
+        assert p.gluon is None
+        return
+    assert p.gluon is not None and p.split == p.gluon.grid[1] == 4
+    assert p.gluon.grid[0] == 2048 // 64 + 5 and p.k_split == 1024
+    assert p.gluon.cx == (3, 64, 2, 6, False, False) and not p.gluon.forced
+    p3 = L._shrink_plan(w, 2048, atomic=True, split_k=3, info=H200)
+    assert p3.split == 3 and p3.k_split % 64 == 0 and p3.gluon.cx[4:] == (True, False)
+    p1 = L._shrink_plan(w, 8192, atomic=True, info=H200)
+    assert p1.split == 1 and p1.gluon.cx[4:] == (False, True)  # one split: writes zeros
+
+
+def test_uniform_ranks_memo_follows_loads():
+    from lora_dispatch.kernels.triton import launch as L
+
+    w = ld.LoRAWeights(3, 64, (32,), 8)
+    assert L._uniform_ranks(w)  # nothing loaded
+    w.load(0, [torch.randn(8, 64)], [torch.randn(32, 8)], 1.0)
+    assert L._uniform_ranks(w)
+    w.load(1, [torch.randn(4, 64)], [torch.randn(32, 4)], 1.0)
+    assert not L._uniform_ranks(w)
+    w.unload(1)
+    assert L._uniform_ranks(w)
+    assert not L._uniform_ranks(_view(w))  # inside torch.compile: no host ranks
+
+
+def _view(w):
+    from lora_dispatch.ops import WeightsView
+
+    return WeightsView(**{f: getattr(w, f) for f in WeightsView._fields if f != "host_ranks"})
