@@ -1,6 +1,6 @@
 """Sweep the Gluon shrink's tiling (token tile, K splits, ring depth) against the Triton shrink.
 
-    python benchmarks/sweep_gluon_shrink.py [--json PATH] [--shapes qkv:64:8192,...]
+    python benchmarks/sweep_gluon_shrink.py [--json PATH] [--shapes qkv:64:8192,...] [--ab]
 
 Each shape (``layer:rank:T``, layer ``qkv`` 4096 -> 4096+1024+1024, ``one`` 4096 -> 4096 or
 ``gate_up`` 4096 -> 14336+14336; bf16, 4 adapters in prefill segments) runs the shrink as
@@ -10,6 +10,11 @@ every ``(block_m, split_k, stages)`` whose ring fits, the one the registry picks
 ``auto``. Every variant's partials, NaN-poisoned first, must sum to the Triton kernel's
 within 1e-3 (relative norm) before it is timed (cold L2, median of CUDA events). Percent of
 copy bandwidth counts ``x`` and the used ``A`` once and ``y`` once per split.
+
+``--ab`` times, per shape, only the registry's Gluon config three ways: as shipped, compiled
+without the gathered-tile path (``GATHER=False``, valid here: prefill segments), and the dense
+prototype of ``probe_shrink_gluon.py`` on one slot's ``A`` (same tiling), to see what the
+segmentation costs.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ OUTS = {"qkv": (4096, 1024, 1024), "one": (4096,), "gate_up": (14336, 14336)}
 
 
 def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict], path: str | None,
-           g: torch.Generator, k: int = 4096, adapters: int = 4) -> None:
+           g: torch.Generator, ab: bool = False, k: int = 4096, adapters: int = 4) -> None:
     import lora_dispatch as ld
     from lora_dispatch.batch import tile_index
     from lora_dispatch.bench.timing import env_record, gpu_time_us, write_json
@@ -69,6 +74,10 @@ def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict], path: st
     auto = configs.shrink_gluon(describe(dev), t, k, s, rank, 2, True)
     br = max(16, configs.next_pow2(rank))
     os.environ["LORA_DISPATCH_GLUON"] = "1"
+    if ab:
+        _ab(spec, auto, w, x, batch, ref, t, s, rank, k, dev, record)
+        os.environ.pop("LORA_DISPATCH_GLUON", None)
+        return
     for bm, split, stages in itertools.product((64, 128), (1, 2, 4), (4, 5, 6)):
         if stages * (bm + s * br) * 64 * 2 > 224 << 10:
             continue
@@ -97,10 +106,52 @@ def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict], path: st
     os.environ.pop("LORA_DISPATCH_GLUON", None)
 
 
+def _ab(spec, cfg, w, x, batch, ref, t, s, rank, k, dev, record) -> None:
+    import importlib.util
+    import pathlib
+
+    from lora_dispatch.batch import tile_index
+    from lora_dispatch.bench.timing import gpu_time_us
+    from lora_dispatch.kernels.triton import launch as L
+
+    p = L._shrink_plan(w, t, atomic=False, split_k=cfg.split_k)
+    gp = L.GluonPlan((L._tiles(t, cfg.block_m, w.num_slots), p.split), cfg,
+                     (s, rank, tile_index(cfg.block_m), cfg.stages, False, False), True)
+    wsg = torch.empty(p.split, s, t, rank, device=dev)
+    name = [cfg.block_m, cfg.split_k, cfg.stages]
+    for gather in (True, False):
+        def run(gather=gather):
+            L._launch_shrink_gluon(gp, p.k_split, x, w, batch, wsg, t, wsg.stride()[:3],
+                                   gather=gather)
+        wsg.fill_(float("nan"))
+        run()
+        err = ((wsg.sum(0) - ref).norm() / ref.norm()).item()
+        record("gluon" if gather else "gluon_no_gather", name, gpu_time_us(run, dev, 5, 20),
+               p.split, round(err, 7))
+    path = pathlib.Path(__file__).with_name("probe_shrink_gluon.py")
+    spec_ = importlib.util.spec_from_file_location("probe_shrink_gluon", path)
+    probe = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(probe)
+    a = w.lora_a[0, : s * rank]  # [S * R, K] one slot
+    xd, ad = probe._descs(x, a, cfg.block_m, cfg.block_k, cfg.block_r)
+    y = torch.empty(p.split, t, s * rank, device=dev)
+    grid = (-(-t // cfg.block_m), p.split)
+
+    def dense():
+        probe.gemm_ws_kernel[grid](xd, ad, y, t, s * rank, p.k_split, NB=s, STAGES=cfg.stages,
+                                   num_warps=cfg.num_warps)
+    try:
+        dense()
+        record("dense_probe", name, gpu_time_us(dense, dev, 5, 20), p.split)
+    except Exception as exc:  # report and go on
+        print(f"{spec} dense probe failed: {exc!r}"[:300], flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=None)
     ap.add_argument("--shapes", default=SHAPES)
+    ap.add_argument("--ab", action="store_true")
     args = ap.parse_args(argv)
 
     from lora_dispatch.bench.timing import copy_bandwidth_gbs
@@ -110,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     g = torch.Generator(device=dev).manual_seed(0)
     for spec in args.shapes.split(","):
-        _sweep(spec, dev, copy, rows, args.json, g)
+        _sweep(spec, dev, copy, rows, args.json, g, args.ab)
     return 0
 
 

@@ -380,7 +380,7 @@ def _launch_shrink(p: ShrinkPlan, x, w, batch, y, t: int, ys: tuple | None = Non
 
 
 def _launch_shrink_gluon(g: GluonPlan, k_split: int, x, w, batch, y, t: int,
-                         ys: tuple) -> None:
+                         ys: tuple, gather: bool = True) -> None:
     """:mod:`.shrink_gluon_kernel` with descriptors of ``x [T, K]`` and ``A [L * S * R, K]``
     (a plain JIT launch)."""
     c, k = g.cfg, w.in_features
@@ -389,7 +389,7 @@ def _launch_shrink_gluon(g: GluonPlan, k_split: int, x, w, batch, y, t: int,
     shrink_gluon_kernel[g.grid](
         xd, ad, x, y, w.ranks, w.scalings, batch.sorted_tokens, tm,
         t, k, w.num_slots, tm.shape[2], k_split, x.stride(0), x.stride(1), ys[0], ys[1],
-        ys[2], *g.cx, num_warps=c.num_warps,
+        ys[2], *g.cx, num_warps=c.num_warps, GATHER=gather,
     )
 
 

@@ -47,7 +47,8 @@ if AVAILABLE:
 
     @gluon.jit
     def _producer(x_desc, a_desc, x_bufs, a_bufs, ready, empty, first, ar0, ar1, ar2, k0,
-                  k_iters, consec, NB: gl.constexpr, STAGES: gl.constexpr):
+                  k_iters, consec, NB: gl.constexpr, STAGES: gl.constexpr,
+                  GATHER: gl.constexpr):
         BK: gl.constexpr = x_desc.block_type.shape[1]
         a_bytes: gl.constexpr = NB * a_desc.block_type.nbytes
         x_bytes: gl.constexpr = x_desc.block_type.nbytes
@@ -55,7 +56,11 @@ if AVAILABLE:
             s = i % STAGES
             mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
             k = k0 + i * BK
-            if consec:
+            if not GATHER:
+                mbarrier.expect(ready.index(s), x_bytes + a_bytes)
+                tma.async_copy_global_to_shared(x_desc, [first, k], ready.index(s),
+                                                x_bufs.index(s))
+            elif consec:
                 mbarrier.expect(ready.index(s), x_bytes + a_bytes)
                 tma.async_copy_global_to_shared(x_desc, [first, k], ready.index(s),
                                                 x_bufs.index(s))
@@ -71,51 +76,70 @@ if AVAILABLE:
                                                 a_bufs.index(s * NB + 2))
 
     @gluon.jit
+    def _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2, k_iters,
+                     NB: gl.constexpr, STAGES: gl.constexpr):
+        """wgmma on the ``x`` and ``A`` tiles of the ring, one stage kept in flight."""
+        for i in range(k_iters):
+            s = i % STAGES
+            mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+            xb = x_bufs.index(s)
+            acc0 = warpgroup_mma(xb, a_bufs.index(s * NB).permute((1, 0)), acc0,
+                                 is_async=True)
+            if NB > 1:
+                acc1 = warpgroup_mma(xb, a_bufs.index(s * NB + 1).permute((1, 0)), acc1,
+                                     is_async=True)
+            if NB > 2:
+                acc2 = warpgroup_mma(xb, a_bufs.index(s * NB + 2).permute((1, 0)), acc2,
+                                     is_async=True)
+            acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=NB, deps=(acc0, acc1, acc2))
+            mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
+        return warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, acc2))
+
+    @gluon.jit
+    def _consume_gather(x_ptr, tok_ptr, a_bufs, ready, empty, acc0, acc1, acc2, start, end,
+                        T, k0, k_iters, stride_xm, stride_xk, BM: gl.constexpr,
+                        NB: gl.constexpr, STAGES: gl.constexpr, layout: gl.constexpr):
+        """wgmma on ``x`` rows gathered into registers and the ``A`` tiles of the ring."""
+        BK: gl.constexpr = a_bufs.type.shape[2]
+        op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=layout, k_width=2)
+        rows = start + gl.arange(0, BM, layout=gl.SliceLayout(1, op))  # [BM]
+        tok = gl.load(tok_ptr + rows, mask=rows < end, other=T)  # [BM]
+        m_mask = (tok >= 0) & (tok < T)  # [BM]
+        tok64 = gl.where(m_mask, tok, 0).to(gl.int64)  # [BM]
+        offs_k = k0 + gl.arange(0, BK, layout=gl.SliceLayout(0, op))  # [BK]
+        x_ptrs = (x_ptr + tok64[:, None] * stride_xm
+                  + offs_k[None, :].to(gl.int64) * stride_xk)  # [BM, BK]
+        for i in range(k_iters):
+            xb = gl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, BK]
+            s = i % STAGES
+            mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+            acc0 = warpgroup_mma(xb, a_bufs.index(s * NB).permute((1, 0)), acc0)
+            if NB > 1:
+                acc1 = warpgroup_mma(xb, a_bufs.index(s * NB + 1).permute((1, 0)), acc1)
+            if NB > 2:
+                acc2 = warpgroup_mma(xb, a_bufs.index(s * NB + 2).permute((1, 0)), acc2)
+            mbarrier.arrive(empty.index(s))
+            x_ptrs += BK * stride_xk
+        return acc0, acc1, acc2
+
+    @gluon.jit
     def _consumer(x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, start, end, T, k0, k_iters,
                   stride_xm, stride_xk, consec, BM: gl.constexpr, NB: gl.constexpr,
-                  STAGES: gl.constexpr, layout: gl.constexpr):
+                  STAGES: gl.constexpr, layout: gl.constexpr, GATHER: gl.constexpr):
         BR: gl.constexpr = a_bufs.type.shape[1]
-        BK: gl.constexpr = a_bufs.type.shape[2]
         acc0 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
         acc1 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
         acc2 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
-        if consec:
-            for i in range(k_iters):
-                s = i % STAGES
-                mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-                xb = x_bufs.index(s)
-                acc0 = warpgroup_mma(xb, a_bufs.index(s * NB).permute((1, 0)), acc0,
-                                     is_async=True)
-                if NB > 1:
-                    acc1 = warpgroup_mma(xb, a_bufs.index(s * NB + 1).permute((1, 0)), acc1,
-                                         is_async=True)
-                if NB > 2:
-                    acc2 = warpgroup_mma(xb, a_bufs.index(s * NB + 2).permute((1, 0)), acc2,
-                                         is_async=True)
-                acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=NB,
-                                                      deps=(acc0, acc1, acc2))
-                mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
-            acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, acc2))
+        if not GATHER:
+            acc0, acc1, acc2 = _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2,
+                                            k_iters, NB, STAGES)
+        elif consec:
+            acc0, acc1, acc2 = _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2,
+                                            k_iters, NB, STAGES)
         else:
-            op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=layout, k_width=2)
-            rows = start + gl.arange(0, BM, layout=gl.SliceLayout(1, op))  # [BM]
-            tok = gl.load(tok_ptr + rows, mask=rows < end, other=T)  # [BM]
-            m_mask = (tok >= 0) & (tok < T)  # [BM]
-            tok64 = gl.where(m_mask, tok, 0).to(gl.int64)  # [BM]
-            offs_k = k0 + gl.arange(0, BK, layout=gl.SliceLayout(0, op))  # [BK]
-            x_ptrs = (x_ptr + tok64[:, None] * stride_xm
-                      + offs_k[None, :].to(gl.int64) * stride_xk)  # [BM, BK]
-            for i in range(k_iters):
-                xb = gl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, BK]
-                s = i % STAGES
-                mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-                acc0 = warpgroup_mma(xb, a_bufs.index(s * NB).permute((1, 0)), acc0)
-                if NB > 1:
-                    acc1 = warpgroup_mma(xb, a_bufs.index(s * NB + 1).permute((1, 0)), acc1)
-                if NB > 2:
-                    acc2 = warpgroup_mma(xb, a_bufs.index(s * NB + 2).permute((1, 0)), acc2)
-                mbarrier.arrive(empty.index(s))
-                x_ptrs += BK * stride_xk
+            acc0, acc1, acc2 = _consume_gather(x_ptr, tok_ptr, a_bufs, ready, empty, acc0,
+                                               acc1, acc2, start, end, T, k0, k_iters,
+                                               stride_xm, stride_xk, BM, NB, STAGES, layout)
         return acc0, acc1, acc2
 
     @gluon.jit
@@ -159,6 +183,7 @@ if AVAILABLE:
         stride_xm, stride_xk, stride_yp, stride_ys, stride_yt,
         S: gl.constexpr, R: gl.constexpr, TILE: gl.constexpr, STAGES: gl.constexpr,
         ATOMIC: gl.constexpr, FILL: gl.constexpr, num_warps: gl.constexpr,
+        GATHER: gl.constexpr = True,
     ):
         BM: gl.constexpr = x_desc.block_type.shape[0]
         BK: gl.constexpr = x_desc.block_type.shape[1]
@@ -196,9 +221,11 @@ if AVAILABLE:
         fence_async_shared()
         acc0, acc1, acc2 = gl.warp_specialize(
             [(_consumer, (x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, start, end, T, k0,
-                          k_iters, stride_xm, stride_xk, consec, BM, S, STAGES, layout)),
+                          k_iters, stride_xm, stride_xk, consec, BM, S, STAGES, layout,
+                          GATHER)),
              (_producer, (x_desc, a_desc, x_bufs, a_bufs, ready, empty, first, base,
-                          base + rank, base + 2 * rank, k0, k_iters, consec, S, STAGES))],
+                          base + rank, base + 2 * rank, k0, k_iters, consec, S, STAGES,
+                          GATHER))],
             [1], [PRODUCER_REGS])
 
         m_mask, tok64 = _rows(tok_ptr, start, end, T, BM, layout)
