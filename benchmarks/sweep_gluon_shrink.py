@@ -11,10 +11,9 @@ every ``(block_m, split_k, stages)`` whose ring fits, the one the registry picks
 within 1e-3 (relative norm) before it is timed (cold L2, median of CUDA events). Percent of
 copy bandwidth counts ``x`` and the used ``A`` once and ``y`` once per split.
 
-``--ab`` times, per shape, only the registry's Gluon config three ways: as shipped, compiled
-without the gathered-tile path (``GATHER=False``, valid here: prefill segments), and the dense
-prototype of ``probe_shrink_gluon.py`` on one slot's ``A`` (same tiling), to see what the
-segmentation costs.
+``--ab`` times, per shape, only the registry's Gluon config beside the dense prototype of
+``probe_shrink_gluon.py`` on one slot's ``A`` (same tiling), to see what the segmentation
+costs; ``--adapters 1`` leaves the weights' bytes out of that difference.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ OUTS = {"qkv": (4096, 1024, 1024), "one": (4096,), "gate_up": (14336, 14336)}
 
 
 def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict], path: str | None,
-           g: torch.Generator, ab: bool = False, k: int = 4096, adapters: int = 4) -> None:
+           g: torch.Generator, ab: bool = False, adapters: int = 4, k: int = 4096) -> None:
     import lora_dispatch as ld
     from lora_dispatch.batch import tile_index
     from lora_dispatch.bench.timing import env_record, gpu_time_us, write_json
@@ -57,6 +56,7 @@ def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict], path: st
         nbytes = t * k * 2 + adapters * s * rank * k * 2 + 4 * split * s * t * rank
         row = dict(shape=spec, kind=kind, cfg=cfg, split=split, us=round(us, 2),
                    pct_copy=round(100 * nbytes / us / 1e3 / copy, 1), err=err)
+        row["adapters"] = adapters
         rows.append(row)
         print(row, flush=True)
         if path:
@@ -84,7 +84,7 @@ def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict], path: st
         cfg = configs.GluonShrinkConfig(bm, 64, br, stages, bm // 16, split)
         p = L._shrink_plan(w, t, atomic=False, split_k=split)
         gp = L.GluonPlan((L._tiles(t, bm, adapters), p.split), cfg,
-                         (s, rank, tile_index(bm), stages, False, False), True)
+                         (s, rank, tile_index(bm), stages, False, False, True, False), True)
         wsg = torch.empty(p.split, s, t, rank, device=dev)
 
         def run(gp=gp, p=p, wsg=wsg):
@@ -116,18 +116,17 @@ def _ab(spec, cfg, w, x, batch, ref, t, s, rank, k, dev, record) -> None:
 
     p = L._shrink_plan(w, t, atomic=False, split_k=cfg.split_k)
     gp = L.GluonPlan((L._tiles(t, cfg.block_m, w.num_slots), p.split), cfg,
-                     (s, rank, tile_index(cfg.block_m), cfg.stages, False, False), True)
+                     (s, rank, tile_index(cfg.block_m), cfg.stages, False, False, True, False),
+                     True)
     wsg = torch.empty(p.split, s, t, rank, device=dev)
     name = [cfg.block_m, cfg.split_k, cfg.stages]
-    for gather in (True, False):
-        def run(gather=gather):
-            L._launch_shrink_gluon(gp, p.k_split, x, w, batch, wsg, t, wsg.stride()[:3],
-                                   gather=gather)
-        wsg.fill_(float("nan"))
-        run()
-        err = ((wsg.sum(0) - ref).norm() / ref.norm()).item()
-        record("gluon" if gather else "gluon_no_gather", name, gpu_time_us(run, dev, 5, 20),
-               p.split, round(err, 7))
+
+    def run():
+        L._launch_shrink_gluon(gp, p.k_split, x, w, batch, wsg, t, wsg.stride()[:3])
+    wsg.fill_(float("nan"))
+    run()
+    err = ((wsg.sum(0) - ref).norm() / ref.norm()).item()
+    record("gluon", name, gpu_time_us(run, dev, 5, 20), p.split, round(err, 7))
     path = pathlib.Path(__file__).with_name("probe_shrink_gluon.py")
     spec_ = importlib.util.spec_from_file_location("probe_shrink_gluon", path)
     probe = importlib.util.module_from_spec(spec_)
@@ -152,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--shapes", default=SHAPES)
     ap.add_argument("--ab", action="store_true")
+    ap.add_argument("--adapters", type=int, default=4)
     args = ap.parse_args(argv)
 
     from lora_dispatch.bench.timing import copy_bandwidth_gbs
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     g = torch.Generator(device=dev).manual_seed(0)
     for spec in args.shapes.split(","):
-        _sweep(spec, dev, copy, rows, args.json, g, args.ab)
+        _sweep(spec, dev, copy, rows, args.json, g, args.ab, args.adapters)
     return 0
 
 

@@ -110,11 +110,11 @@ def test_plan_takes_the_gluon_split_and_keeps_the_triton_fallback():
         return
     assert p.gluon is not None and p.split == p.gluon.grid[1] == 4
     assert p.gluon.grid[0] == 2048 // 64 + 5 and p.k_split == 1024
-    assert p.gluon.cx == (3, 64, 2, 6, False, False) and not p.gluon.forced
+    assert p.gluon.cx == (3, 64, 2, 6, False, False, True, False) and not p.gluon.forced
     p3 = L._shrink_plan(w, 2048, atomic=True, split_k=3, info=H200)
-    assert p3.split == 3 and p3.k_split % 64 == 0 and p3.gluon.cx[4:] == (True, False)
+    assert p3.split == 3 and p3.k_split % 64 == 0 and p3.gluon.cx[4:6] == (True, False)
     p1 = L._shrink_plan(w, 8192, atomic=True, info=H200)
-    assert p1.split == 1 and p1.gluon.cx[4:] == (False, True)  # one split: writes zeros
+    assert p1.split == 1 and p1.gluon.cx[4:6] == (False, True)  # one split: writes zeros
 
 
 def test_uniform_ranks_memo_follows_loads():

@@ -151,7 +151,8 @@ def variants(target: str):
 def _gluon_variants(info, st: dict, sdiv: tuple):
     """The Gluon shrink with the configs Hopper picks (where this Triton release runs it):
     qkv rank 16 / 24 / 64, gate_up and one slice at rank 64 / 128, the public shrink's
-    zero-writing (one split) and atomic (split-K) epilogues."""
+    zero-writing (one split) and atomic (split-K) epilogues, the programmatic-launch trigger
+    of ``add_lora`` (qkv r64 T=8192)."""
     import torch
 
     import lora_dispatch as ld
@@ -163,7 +164,7 @@ def _gluon_variants(info, st: dict, sdiv: tuple):
         return
     from triton.runtime.jit import mangle_type
 
-    for outs, rank, t, atomic in (((4096, 1024, 1024), 64, 8192, False),
+    for outs, rank, t, atomic in (((4096, 1024, 1024), 64, 8192, None),
                                   ((4096, 1024, 1024), 64, 2048, False),
                                   ((4096, 1024, 1024), 16, 8192, False),
                                   ((4096, 1024, 1024), 24, 4096, False),
@@ -172,12 +173,13 @@ def _gluon_variants(info, st: dict, sdiv: tuple):
                                   ((4096,), 64, 8192, True),
                                   ((4096, 1024, 1024), 16, 2048, True)):
         w = ld.LoRAWeights(4, 4096, outs, rank, dtype=torch.bfloat16)
-        g = L._shrink_plan(w, t, atomic=atomic, info=info).gluon
+        g = L._shrink_plan(w, t, atomic=bool(atomic), pdl=2 if atomic is None else 0,
+                           info=info).gluon
         c = g.cfg
         x = torch.empty(t, 4096, dtype=torch.bfloat16)
         xd, ad = gluon_descriptors(x, w.lora_a.view(-1, 4096), c.block_m, c.block_k,
                                    c.block_r)
-        meta = dict(zip(("S", "R", "TILE", "STAGES", "ATOMIC", "FILL"), g.cx),
+        meta = dict(zip(("S", "R", "TILE", "STAGES", "ATOMIC", "FILL", "GATHER", "PDL"), g.cx),
                     num_warps=c.num_warps, num_stages=1)
         kind = "fill" if meta["FILL"] else "atomic" if meta["ATOMIC"] else "ws"
         name = f"shrink_gluon-{kind}-s{w.num_slices}-r{rank}-T{t}"

@@ -46,7 +46,7 @@ class GluonPlan(NamedTuple):
 
     grid: tuple[int, int]
     cfg: configs.GluonShrinkConfig
-    cx: tuple  # S, R, TILE, STAGES, ATOMIC, FILL
+    cx: tuple  # S, R, TILE, STAGES, ATOMIC, FILL, GATHER, PDL
     forced: bool  # LORA_DISPATCH_GLUON=1: also for slots of rank below max_rank
 
 
@@ -198,7 +198,8 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
     if gcfg is not None:
         gluon = GluonPlan(
             (_tiles(t, gcfg.block_m, w.num_slots), split), gcfg,
-            (s, r, tile_index(gcfg.block_m), gcfg.stages, meta["ATOMIC"], meta["FILL"]),
+            (s, r, tile_index(gcfg.block_m), gcfg.stages, meta["ATOMIC"], meta["FILL"], True,
+             bool(pdl)),
             configs.gluon_mode() == "1")
     return ShrinkPlan((nb * _tiles(t, cfg.block_m, w.num_slots), split), nb, k_split, split, meta,
                       *_split_meta(meta, _SHRINK_CX, 0), tma, gluon)
@@ -380,7 +381,7 @@ def _launch_shrink(p: ShrinkPlan, x, w, batch, y, t: int, ys: tuple | None = Non
 
 
 def _launch_shrink_gluon(g: GluonPlan, k_split: int, x, w, batch, y, t: int,
-                         ys: tuple, gather: bool = True) -> None:
+                         ys: tuple) -> None:
     """:mod:`.shrink_gluon_kernel` with descriptors of ``x [T, K]`` and ``A [L * S * R, K]``
     (a plain JIT launch)."""
     c, k = g.cfg, w.in_features
@@ -389,7 +390,7 @@ def _launch_shrink_gluon(g: GluonPlan, k_split: int, x, w, batch, y, t: int,
     shrink_gluon_kernel[g.grid](
         xd, ad, x, y, w.ranks, w.scalings, batch.sorted_tokens, tm,
         t, k, w.num_slots, tm.shape[2], k_split, x.stride(0), x.stride(1), ys[0], ys[1],
-        ys[2], *g.cx, num_warps=c.num_warps, GATHER=gather,
+        ys[2], *g.cx, num_warps=c.num_warps,
     )
 
 

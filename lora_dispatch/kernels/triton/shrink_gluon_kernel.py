@@ -159,14 +159,20 @@ if AVAILABLE:
         cols = gl.arange(0, BR, layout=gl.SliceLayout(0, layout))  # [BR]
         y_ptrs = (y_ptr + pid_k.to(gl.int64) * stride_yp + sl * stride_ys
                   + tok64[:, None] * stride_yt + cols[None, :])  # [BM, BR]
-        live = m_mask[:, None] & (cols < rank)[None, :]  # [BM, BR]
+        full = m_mask[:, None] & (cols < R)[None, :]  # [BM, BR]
         if FILL:  # every column below R, zeros past the rank
-            gl.store(y_ptrs, gl.where(live, acc * scale, 0.0),
-                     mask=m_mask[:, None] & (cols < R)[None, :])
-        elif ATOMIC:
-            gl.atomic_add(y_ptrs, acc * scale, mask=live, sem="relaxed")
+            gl.store(y_ptrs, gl.where((cols < rank)[None, :], acc * scale, 0.0), mask=full)
+        elif rank == R:  # a mask constant along the row: vector stores
+            if ATOMIC:
+                gl.atomic_add(y_ptrs, acc * scale, mask=full, sem="relaxed")
+            else:
+                gl.store(y_ptrs, acc * scale, mask=full)
         else:
-            gl.store(y_ptrs, acc * scale, mask=live)
+            live = m_mask[:, None] & (cols < rank)[None, :]  # [BM, BR]
+            if ATOMIC:
+                gl.atomic_add(y_ptrs, acc * scale, mask=live, sem="relaxed")
+            else:
+                gl.store(y_ptrs, acc * scale, mask=live)
 
     @gluon.jit
     def _zero(sl, m_mask, tok64, y_ptr, stride_ys, stride_yt, R: gl.constexpr,
@@ -183,7 +189,7 @@ if AVAILABLE:
         stride_xm, stride_xk, stride_yp, stride_ys, stride_yt,
         S: gl.constexpr, R: gl.constexpr, TILE: gl.constexpr, STAGES: gl.constexpr,
         ATOMIC: gl.constexpr, FILL: gl.constexpr, num_warps: gl.constexpr,
-        GATHER: gl.constexpr = True,
+        GATHER: gl.constexpr = True, PDL: gl.constexpr = False,
     ):
         BM: gl.constexpr = x_desc.block_type.shape[0]
         BK: gl.constexpr = x_desc.block_type.shape[1]
@@ -237,6 +243,9 @@ if AVAILABLE:
         if S > 2:
             _store(acc2, 2, rank, slot, m_mask, tok64, pid_k, scal_ptr, y_ptr, stride_yp,
                    stride_ys, stride_yt, S, R, BR, ATOMIC, FILL, layout)
+        if PDL:  # the expand after it may start once every program got here or ended
+            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [],
+                                      dtype=gl.int32, is_pure=False, pack=1)
 
     def gluon_descriptors(x, a, bm: int, bk: int, br: int) -> tuple:
         """TMA descriptors of ``x [T, K]`` (tile ``[bm, bk]``) and ``a [rows, K]`` (tile
