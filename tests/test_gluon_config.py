@@ -135,3 +135,37 @@ def _view(w):
     from lora_dispatch.ops import WeightsView
 
     return WeightsView(**{f: getattr(w, f) for f in WeightsView._fields if f != "host_ranks"})
+
+
+def test_launch_binds_every_parameter(monkeypatch):
+    """The Gluon launch's arguments bind to the kernel's signature (every parameter once,
+    constexprs by position, ``num_warps`` by keyword): checked on a CPU by binding them to
+    the kernel function instead of launching it."""
+    import inspect
+
+    from lora_dispatch.kernels.triton import launch as L
+
+    if not L.GLUON_AVAILABLE:
+        pytest.skip("no Gluon in this Triton release")
+    calls = []
+    sig = inspect.signature(L.shrink_gluon_kernel.fn)
+
+    class Bind:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                calls.append((grid, sig.bind(*args, **kwargs).arguments))
+            return launch
+
+    monkeypatch.setattr(L, "shrink_gluon_kernel", Bind())
+    monkeypatch.setenv(configs.ENV_GLUON, "1")
+    w = ld.LoRAWeights(3, 256, (128, 64, 64), 16, dtype=torch.bfloat16)
+    batch = ld.LoRABatch.from_segments([100, 28], [0, 2])
+    p = L._shrink_plan(w, 128, atomic=False, pdl=2, info=H200)
+    x = torch.randn(128, 256).to(torch.bfloat16)
+    ws = torch.empty(p.split, 3, 128, 16)
+    L._launch_shrink_gluon(p.gluon, p.k_split, x, w, batch, ws, 128, ws.stride()[:3])
+    (grid, args), = calls
+    assert grid == p.gluon.grid
+    assert (args["S"], args["R"], args["GATHER"], args["PDL"], args["num_warps"]) == (
+        3, 16, True, True, 4)
+    assert args["K_SPLIT"] == p.k_split and args["stride_yt"] == 16

@@ -188,8 +188,8 @@ if AVAILABLE:
         T, K, L, NT, K_SPLIT,
         stride_xm, stride_xk, stride_yp, stride_ys, stride_yt,
         S: gl.constexpr, R: gl.constexpr, TILE: gl.constexpr, STAGES: gl.constexpr,
-        ATOMIC: gl.constexpr, FILL: gl.constexpr, num_warps: gl.constexpr,
-        GATHER: gl.constexpr = True, PDL: gl.constexpr = False,
+        ATOMIC: gl.constexpr, FILL: gl.constexpr, GATHER: gl.constexpr, PDL: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
         BM: gl.constexpr = x_desc.block_type.shape[0]
         BK: gl.constexpr = x_desc.block_type.shape[1]
