@@ -40,10 +40,22 @@ def cfg_tuple(c):
     (8192, 2, 128, (64, 64, 128, 5, 4, 1)),  # 256 rows: the ring fits 5 stages
 ])
 def test_hopper_configs(t, slices, rank, want):
+    assert configs.shrink_gluon(H200, t, 4096, slices, rank, 2, atomic=False) == \
+        configs.shrink_gluon(H200, t, 4096, slices, rank, 2)
     c = configs.shrink_gluon(H200, t, 4096, slices, rank, 2)
     assert cfg_tuple(c) == want
     rows = slices * c.block_r
     assert c.stages * (c.block_m + rows) * c.block_k * 2 <= 224 << 10
+
+
+@pytest.mark.parametrize("t,slices,rank,want", [
+    (8192, 1, 16, (64, 64, 16, 6, 4, 1)),  # public shrink: one split, no atomics
+    (6144, 3, 64, (64, 64, 64, 6, 4, 1)),
+    (4096, 1, 64, (64, 64, 64, 6, 4, 2)),  # 64 tiles fill under half the units
+    (2048, 3, 64, (64, 64, 64, 6, 4, 4)),
+])
+def test_public_shrink_configs(t, slices, rank, want):
+    assert cfg_tuple(configs.shrink_gluon(H200, t, 4096, slices, rank, 2, atomic=True)) == want
 
 
 def test_auto_only_hopper_prefill_and_fitting_shapes():

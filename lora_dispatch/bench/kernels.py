@@ -313,11 +313,19 @@ def measure(p: Problem, backend: str, copy_bw: float | None, sets: int,
     nbytes = min_bytes(p)
     gbs = nbytes / (gpu * 1e-6) / 1e9
     path = None
-    if backend == "triton" and p.op == "add_lora":
-        plan = impl.plan_for("add", items[0][0], p.t)
-        path = "fused" if plan.fused is not None else f"2pass/split{plan.shrink.split}"
-    elif backend == "triton" and p.op == "shrink":
-        path = f"split{impl.plan_for('shrink', items[0][0], p.t).split}"
+    if backend == "triton" and p.op in ("add_lora", "shrink"):
+        from lora_dispatch.kernels.triton import launch as L
+
+        w, x = items[0][0], items[0][1]
+        if p.op == "add_lora":
+            plan = impl.plan_for("add", w, p.t)
+            sp = plan.shrink
+            path = "fused" if plan.fused is not None else f"2pass/split{sp.split}"
+        else:
+            sp = impl.plan_for("shrink", w, p.t)
+            path = f"split{sp.split}"
+        if sp is not None:
+            path += ("", "/tma", "/gluon")[L._desc_kind(sp, x, w)]
     return {
         "op": p.op, "backend": backend, "dtype": str(p.dtype).replace("torch.", ""),
         "hidden": p.hidden, "out_features": list(_outs(p)), "T": p.t, "rank": p.rank,

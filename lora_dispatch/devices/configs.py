@@ -561,7 +561,7 @@ def _gluon_unfit(info: DeviceInfo, k: int, slices: int, max_rank: int, itemsize:
 
 
 def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, itemsize: int,
-                 available: bool = True) -> GluonShrinkConfig | None:
+                 available: bool = True, atomic: bool = False) -> GluonShrinkConfig | None:
     """Config of the warp-specialized Gluon shrink for ``t`` tokens, or ``None`` to keep the
     Triton kernels.
 
@@ -569,11 +569,15 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
     ``_GLUON_MIN_TOKENS`` from that many tokens, where the shape fits (Triton 3.6, 16-bit,
     ``K % 64 == 0``, at most 3 slices of at most 256 padded rank rows together). ``1``
     forces it for every ``T`` (``RuntimeError`` naming the reason where it cannot run); ``0``
-    turns it off. ``available``: whether the Gluon kernel module imported. Read when a
+    turns it off. ``available``: whether the Gluon kernel module imported; ``atomic``: the
+    public shrink's plan (K splits add with atomics into a zero-filled ``y``). Read when a
     launch plan is built (plans are cached per weights and ``T``).
 
     The grid is ``tiles x split_k`` with one program a compute unit (the ring takes most of
-    its shared memory), so ``split_k`` tops up the programs of short batches.
+    its shared memory), so ``split_k`` tops up the programs of short batches. The public
+    shrink keeps one split (no zero fill, no atomics) wherever 64-token tiles alone fill
+    half the units: on the H200 its split-2 atomics cost 8-17% at T=8192
+    (``ab-gluon-...json``).
 
     Raises
     ------
@@ -594,9 +598,12 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
         return None
     br = max(16, next_pow2(max_rank))
     rows = slices * br
-    bm = 128 if rows <= 64 and t >= 8192 else 64
+    units = _units(info)
+    bm = 128 if rows <= 64 and t >= 8192 and not (atomic and 2 * -(-t // 64) >= units) else 64
     bk = 64
     stages = min(_GLUON_MAX_STAGES, _GLUON_SMEM // ((bm + rows) * bk * itemsize))
     tiles = -(-t // bm)
-    split = max(1, min(4, _units(info) // tiles, k // (bk * 4)))
+    split = max(1, min(4, units // tiles, k // (bk * 4)))
+    if atomic and 2 * tiles >= units:
+        split = 1
     return GluonShrinkConfig(bm, bk, br, stages, bm // 16, split)

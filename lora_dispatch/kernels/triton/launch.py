@@ -169,7 +169,8 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
     info = describe(w.device) if info is None else info
     if cfg is None:
         cfg = configs.shrink_config(info, t, k, r, w.lora_a.element_size(), atomic, slices=s)
-    gcfg = configs.shrink_gluon(info, t, k, s, r, w.lora_a.element_size(), GLUON_AVAILABLE)
+    gcfg = configs.shrink_gluon(info, t, k, s, r, w.lora_a.element_size(), GLUON_AVAILABLE,
+                                atomic)
     split = cfg.split_k if split_k is None else split_k
     if gcfg is not None and split_k is None:
         split = gcfg.split_k
