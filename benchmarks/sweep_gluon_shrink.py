@@ -82,7 +82,7 @@ def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict], path: st
         if stages * (bm + s * br) * 64 * 2 > 224 << 10:
             continue
         cfg = configs.GluonShrinkConfig(bm, 64, br, stages, bm // 16, split)
-        p = L._shrink_plan(w, t, atomic=False, split_k=split)
+        p = L._shrink_plan(w, t, atomic=False, split_k=split).alt
         gp = L.GluonPlan((L._tiles(t, bm, adapters), p.split), cfg,
                          (s, rank, tile_index(bm), stages, False, False, True, False), True)
         wsg = torch.empty(p.split, s, t, rank, device=dev)
@@ -114,7 +114,7 @@ def _ab(spec, cfg, w, x, batch, ref, t, s, rank, k, dev, record) -> None:
     from lora_dispatch.bench.timing import gpu_time_us
     from lora_dispatch.kernels.triton import launch as L
 
-    p = L._shrink_plan(w, t, atomic=False, split_k=cfg.split_k)
+    p = L._shrink_plan(w, t, atomic=False, split_k=cfg.split_k).alt
     gp = L.GluonPlan((L._tiles(t, cfg.block_m, w.num_slots), p.split), cfg,
                      (s, rank, tile_index(cfg.block_m), cfg.stages, False, False, True, False),
                      True)

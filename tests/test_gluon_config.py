@@ -118,15 +118,34 @@ def test_plan_takes_the_gluon_split_and_keeps_the_triton_fallback():
     w = ld.LoRAWeights(5, 4096, (4096, 1024, 1024), 64, dtype=torch.bfloat16)
     p = L._shrink_plan(w, 2048, atomic=False, info=H200)
     if not L.GLUON_AVAILABLE:
-        assert p.gluon is None
+        assert p.alt is None
         return
-    assert p.gluon is not None and p.split == p.gluon.grid[1] == 4
-    assert p.gluon.grid[0] == 2048 // 64 + 5 and p.k_split == 1024
-    assert p.gluon.cx == (3, 64, 2, 6, False, False, True, False) and not p.gluon.forced
-    p3 = L._shrink_plan(w, 2048, atomic=True, split_k=3, info=H200)
+    assert p.gluon is None and p.split == 2  # the Triton kernel keeps its own split
+    g = p.alt
+    assert g.gluon is not None and g.split == g.gluon.grid[1] == 4 and g.alt is None
+    assert g.gluon.grid[0] == 2048 // 64 + 5 and g.k_split == 1024
+    assert g.gluon.cx == (3, 64, 2, 6, False, False, True, False) and not g.gluon.forced
+    p3 = L._shrink_plan(w, 2048, atomic=True, split_k=3, info=H200).alt
     assert p3.split == 3 and p3.k_split % 64 == 0 and p3.gluon.cx[4:6] == (True, False)
-    p1 = L._shrink_plan(w, 8192, atomic=True, info=H200)
+    p1 = L._shrink_plan(w, 8192, atomic=True, info=H200).alt
     assert p1.split == 1 and p1.gluon.cx[4:6] == (False, True)  # one split: writes zeros
+
+
+def test_pick_takes_the_gluon_plan_for_aligned_x_and_uniform_ranks(monkeypatch):
+    from lora_dispatch.kernels.triton import launch as L
+
+    if not L.GLUON_AVAILABLE:
+        pytest.skip("no Gluon in this Triton release")
+    w = ld.LoRAWeights(3, 256, (128, 64, 64), 16, dtype=torch.bfloat16)
+    plan = L._shrink_plan(w, 4096, atomic=False, info=H200)
+    x = torch.randn(4096, 264).to(torch.bfloat16)
+    assert L._pick(plan, x[:, :256], w) is plan.alt
+    assert L._pick(plan, x[:, 1:257], w) is plan  # misaligned: no descriptors
+    w.load(0, [torch.randn(8, 256)] * 3, [torch.randn(o, 8) for o in w.out_features], 1.0)
+    assert L._pick(plan, x[:, :256], w) is plan  # a slot of rank 8 < 16
+    monkeypatch.setenv(configs.ENV_GLUON, "1")
+    forced = L._shrink_plan(w, 4096, atomic=False, info=H200)
+    assert L._pick(forced, x[:, :256], w) is forced.alt
 
 
 def test_uniform_ranks_memo_follows_loads():
@@ -172,7 +191,7 @@ def test_launch_binds_every_parameter(monkeypatch):
     monkeypatch.setenv(configs.ENV_GLUON, "1")
     w = ld.LoRAWeights(3, 256, (128, 64, 64), 16, dtype=torch.bfloat16)
     batch = ld.LoRABatch.from_segments([100, 28], [0, 2])
-    p = L._shrink_plan(w, 128, atomic=False, pdl=2, info=H200)
+    p = L._shrink_plan(w, 128, atomic=False, pdl=2, info=H200).alt
     x = torch.randn(128, 256).to(torch.bfloat16)
     ws = torch.empty(p.split, 3, 128, 16)
     L._launch_shrink_gluon(p.gluon, p.k_split, x, w, batch, ws, 128, ws.stride()[:3])

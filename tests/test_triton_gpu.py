@@ -814,8 +814,9 @@ def make_uniform(num_adapters, k, outs, dtype, rank, seed=0, empty=(1,)):
 def _shrink_kinds(w, x, t):
     from lora_dispatch.kernels.triton import launch as tl_launch
 
-    return (tl_launch._desc_kind(tk.plan_for("shrink", w, t), x, w),
-            tl_launch._desc_kind(tk.plan_for("add", w, t, "two_pass").shrink, x, w))
+    sp = tl_launch._pick(tk.plan_for("shrink", w, t), x, w)
+    ap = tl_launch._pick(tk.plan_for("add", w, t, "two_pass"), x, w)
+    return tl_launch._desc_kind(sp, x, w), tl_launch._desc_kind(ap.shrink, x, w)
 
 
 @pytest.mark.parametrize("hidden,outs,dtype,t,rank,uniform", [
@@ -869,7 +870,9 @@ def test_shrink_gluon_splits(split_k, monkeypatch):
     for mode in ("0", "1"):
         monkeypatch.setenv("LORA_DISPATCH_GLUON", mode)
         w.__dict__.pop("_triton_plans", None)
-        p = tk.plan_for("add", w, t, "two_pass", split_k)
+        from lora_dispatch.kernels.triton import launch as tl_launch
+
+        p = tl_launch._pick(tk.plan_for("add", w, t, "two_pass", split_k), x, w)
         assert p.shrink.split == split_k and (p.shrink.gluon is not None) == (mode == "1")
         out = base.clone()
         tk.add_lora_two_pass(out, x, w, batch, split_k=split_k)

@@ -174,7 +174,7 @@ def _gluon_variants(info, st: dict, sdiv: tuple):
                                   ((4096, 1024, 1024), 16, 2048, True)):
         w = ld.LoRAWeights(4, 4096, outs, rank, dtype=torch.bfloat16)
         g = L._shrink_plan(w, t, atomic=bool(atomic), pdl=2 if atomic is None else 0,
-                           info=info).gluon
+                           info=info).alt.gluon
         c = g.cfg
         x = torch.empty(t, 4096, dtype=torch.bfloat16)
         xd, ad = gluon_descriptors(x, w.lora_a.view(-1, 4096), c.block_m, c.block_k,

@@ -168,7 +168,7 @@ def add_shrink_launch(t: int, rank: int, device: torch.device, hidden: int = 409
     p = Problem("add_lora", hidden, t, rank, adapters, torch.bfloat16, device)
     batch, items = _build(p, 1)
     w, x, _, _ = items[0]
-    plan = L.plan_for("add", w, t).shrink
+    plan = L._pick(L.plan_for("add", w, t), x, w).shrink
     ws = torch.empty((plan.split, w.num_slices, t, w.max_rank), device=device)
     return (lambda: L._launch_shrink(plan, x, w, batch, ws, t)), plan
 
@@ -318,11 +318,11 @@ def measure(p: Problem, backend: str, copy_bw: float | None, sets: int,
 
         w, x = items[0][0], items[0][1]
         if p.op == "add_lora":
-            plan = impl.plan_for("add", w, p.t)
+            plan = L._pick(impl.plan_for("add", w, p.t), x, w)
             sp = plan.shrink
             path = "fused" if plan.fused is not None else f"2pass/split{sp.split}"
         else:
-            sp = impl.plan_for("shrink", w, p.t)
+            sp = L._pick(impl.plan_for("shrink", w, p.t), x, w)
             path = f"split{sp.split}"
         if sp is not None:
             path += ("", "/tma", "/gluon")[L._desc_kind(sp, x, w)]

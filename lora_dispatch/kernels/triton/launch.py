@@ -61,7 +61,8 @@ class ShrinkPlan(NamedTuple):
     num_stages: int
     tail: tuple  # cx then the launch-option slots of a launch group
     tma: bool = False  # read x / A through tensor descriptors (shrink_tma_kernel)
-    gluon: GluonPlan | None = None  # or the Gluon kernel, where x and the ranks allow
+    gluon: GluonPlan | None = None  # the Gluon kernel (this plan's split is its own)
+    alt: ShrinkPlan | None = None  # the Gluon plan, taken where x and the ranks allow
 
 
 class ExpandPlan(NamedTuple):
@@ -125,6 +126,7 @@ class AddPlan(NamedTuple):
     ys: tuple  # its strides
     memo: list  # weak refs to [weights, batch, workspace], then their group slot pieces
     overlap: OverlapPlan | None = None  # one launch, expand beside shrink
+    alt: AddPlan | None = None  # the two passes with the Gluon shrink and its split
 
 
 _VIEW_PLANS: dict[tuple, dict] = {}
@@ -165,12 +167,24 @@ def _tiles(t: int, block_m: int, num_slots: int) -> int:
 def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
                  cfg: configs.ShrinkConfig | None = None, fill: bool = True,
                  pdl: int = 0, info=None) -> ShrinkPlan:
+    """The Triton shrink's plan; where the registry picks the Gluon shrink for this shape,
+    its plan (own tiling and K split) rides along in ``alt`` (see :func:`_pick`)."""
     k, s, r = w.in_features, w.num_slices, w.max_rank
     info = describe(w.device) if info is None else info
     if cfg is None:
         cfg = configs.shrink_config(info, t, k, r, w.lora_a.element_size(), atomic, slices=s)
     gcfg = configs.shrink_gluon(info, t, k, s, r, w.lora_a.element_size(), GLUON_AVAILABLE,
                                 atomic)
+    plan = _shrink_plan_for(w, t, atomic, split_k, cfg, fill, pdl, info, None)
+    if gcfg is None:
+        return plan
+    return plan._replace(alt=_shrink_plan_for(w, t, atomic, split_k, cfg, fill, pdl, info,
+                                              gcfg))
+
+
+def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.ShrinkConfig,
+                     fill: bool, pdl: int, info, gcfg) -> ShrinkPlan:
+    k, s, r = w.in_features, w.num_slices, w.max_rank
     split = cfg.split_k if split_k is None else split_k
     if gcfg is not None and split_k is None:
         split = gcfg.split_k
@@ -309,8 +323,10 @@ def _two_pass_plan(w, t: int, split_k: int | None = None,
     sp = _shrink_plan(w, t, atomic=False, split_k=split_k, cfg=shrink_cfg,
                       pdl=(1 if t <= 256 else 2) if pdl else 0)
     s_, r = w.num_slices, w.max_rank
-    return AddPlan(None, sp, _expand_plan(w, t, sp.split, cfg=expand_cfg, pdl=pdl),
-                   sp.split * s_ * t * r, (s_ * t * r, t * r, r, 1), [None] * 4)
+    plans = [AddPlan(None, p, _expand_plan(w, t, p.split, cfg=expand_cfg, pdl=pdl),
+                     p.split * s_ * t * r, (s_ * t * r, t * r, r, 1), [None] * 4)
+             for p in (sp._replace(alt=None), sp.alt) if p is not None]
+    return plans[0]._replace(alt=plans[1]) if len(plans) > 1 else plans[0]
 
 
 def _shrink_args(p: ShrinkPlan, x, xs, w, batch, y, t: int, ys) -> tuple:
@@ -355,17 +371,23 @@ def _uniform_ranks(w) -> bool:
     return memo[1]
 
 
-def _desc_kind(p: ShrinkPlan, x, w) -> int:
-    """Which shrink kernel a call runs: 2 the Gluon one, 1 the TMA one, 0 the pointer one.
+def _pick(p, x, w):
+    """``p`` (a shrink or add plan), or its Gluon ``alt`` where ``x`` meets the TMA contract
+    and every loaded slot has rank ``max_rank`` (the Gluon kernel's work follows
+    ``max_rank``; ``LORA_DISPATCH_GLUON=1`` drops the rank condition)."""
+    a = p.alt
+    if a is None or not _tma_ready(x):
+        return p
+    g = (a.shrink if isinstance(a, AddPlan) else a).gluon
+    return a if g.forced or _uniform_ranks(w) else p
 
-    Descriptor kernels need ``x`` to meet the TMA contract; the Gluon one also loaded slots
-    of rank ``max_rank`` only (its work follows ``max_rank``), unless forced.
-    """
+
+def _desc_kind(p: ShrinkPlan, x, w) -> int:
+    """Which shrink kernel plan ``p`` runs on ``x``: 2 the Gluon one, 1 the TMA one, 0 the
+    pointer one (descriptor kernels need ``x`` to meet the TMA contract)."""
     if (p.gluon is None and not p.tma) or not _tma_ready(x):
         return 0
-    if p.gluon is not None and (p.gluon.forced or _uniform_ranks(w)):
-        return 2
-    return 1 if p.tma else 0
+    return 2 if p.gluon is not None else 1
 
 
 def _launch_shrink(p: ShrinkPlan, x, w, batch, y, t: int, ys: tuple | None = None) -> None:
@@ -438,7 +460,7 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
     y = torch.empty((w.num_slices, t, r), dtype=torch.float32, device=x.device)
     if not t:
         return y
-    p = plan_for("shrink", w, t, None, split_k)
+    p = _pick(plan_for("shrink", w, t, None, split_k), x, w)
     ys = (0, t * r, r, 1)  # every split adds into y
     if p.meta["FILL"]:
         # one K split: the kernel writes every element, zeros included, where the batch's
@@ -449,7 +471,7 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
         if ms is not None and ms < w.num_slots and batch.num_tokens <= t:
             _launch_shrink(p, x, w, batch, y, t, ys)
             return y
-        p = plan_for("shrink", w, t, "zero_fill", split_k)
+        p = _pick(plan_for("shrink", w, t, "zero_fill", split_k), x, w)
     zgrid = (_cdiv(n, ZERO_BLOCK),)
     if (not _desc_kind(p, x, w) and _ZGROUP is not None and _ZGROUP.available()
             and _ZGROUP((zgrid, p.grid), (y, n, *_ZERO_TAIL,
@@ -584,6 +606,8 @@ def _group_slots(p: AddPlan, base_out, x, w, batch, ws, t: int) -> tuple:
 
 
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
+    if p.alt is not None:
+        p = _pick(p, x, w)
     sp = p.shrink
     ws = _workspace(p.ws_numel, x)
     if (not _desc_kind(sp, x, w) and _GROUP is not None and _GROUP.available()
