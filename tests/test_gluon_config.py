@@ -54,7 +54,10 @@ def test_hopper_configs(t, slices, rank, want):
     (4096, 1, 64, (64, 64, 64, 6, 4, 2)),  # 64 tiles fill under half the units
     (2048, 3, 64, (64, 64, 64, 6, 4, 4)),
 ])
-def test_public_shrink_configs(t, slices, rank, want):
+def test_public_shrink_configs(t, slices, rank, want, monkeypatch):
+    auto = configs.shrink_gluon(H200, t, 4096, slices, rank, 2, atomic=True)
+    assert (auto is None) == (t >= 6144)  # auto: where 64-token tiles fill half the units
+    monkeypatch.setenv(configs.ENV_GLUON, "1")
     assert cfg_tuple(configs.shrink_gluon(H200, t, 4096, slices, rank, 2, atomic=True)) == want
 
 
@@ -108,7 +111,7 @@ def test_config_validated(kw):
         configs.GluonShrinkConfig(**{**base, **kw})
 
 
-def test_plan_takes_the_gluon_split_and_keeps_the_triton_fallback():
+def test_plan_takes_the_gluon_split_and_keeps_the_triton_fallback(monkeypatch):
     """A Hopper prefill plan carries the Gluon launch (its grid over 64-token tiles, its
     split shared with the Triton kernel it falls back to and the expand that sums the
     splits); an explicit split_k wins; K splits stay multiples of the Gluon K step."""
@@ -127,6 +130,8 @@ def test_plan_takes_the_gluon_split_and_keeps_the_triton_fallback():
     assert g.gluon.cx == (3, 64, 2, 6, False, False, True, False) and not g.gluon.forced
     p3 = L._shrink_plan(w, 2048, atomic=True, split_k=3, info=H200).alt
     assert p3.split == 3 and p3.k_split % 64 == 0 and p3.gluon.cx[4:6] == (True, False)
+    assert L._shrink_plan(w, 8192, atomic=True, info=H200).alt is None
+    monkeypatch.setenv(configs.ENV_GLUON, "1")
     p1 = L._shrink_plan(w, 8192, atomic=True, info=H200).alt
     assert p1.split == 1 and p1.gluon.cx[4:6] == (False, True)  # one split: writes zeros
 

@@ -883,20 +883,22 @@ def test_shrink_gluon_splits(split_k, monkeypatch):
 
 
 def test_shrink_gluon_auto_selection(monkeypatch):
-    """Automatic: uniform-rank prefill takes the Gluon shrink, mixed ranks and decode the
-    Triton kernels; loading a smaller rank switches it off (the plan stays cached)."""
+    """Automatic: uniform-rank prefill takes the Gluon shrink (the public shrink only below
+    T ~ 4096), mixed ranks and decode the Triton kernels; loading a smaller rank switches it
+    off (the plan stays cached)."""
     _hopper_gluon()
     monkeypatch.delenv("LORA_DISPATCH_GLUON", raising=False)
     w = make_uniform(4, 4096, (4096, 1024, 1024), torch.bfloat16, 64)
     x = torch.randn(8192, 4096, device=DEV, dtype=torch.bfloat16)
-    assert _shrink_kinds(w, x, 8192) == (2, 2)
+    assert _shrink_kinds(w, x, 8192) == (0, 2)
+    assert _shrink_kinds(w, x[:2048], 2048) == (2, 2)
     assert _shrink_kinds(w, x[:64], 64) == (0, 0)
     w.load(2, [torch.randn(16, 4096, device=DEV)] * 3,
            [torch.randn(o, 16, device=DEV) for o in w.out_features], 1.0)
     assert _shrink_kinds(w, x, 8192)[1] != 2
     w.load(2, [torch.randn(64, 4096, device=DEV)] * 3,
            [torch.randn(o, 64, device=DEV) for o in w.out_features], 1.0)
-    assert _shrink_kinds(w, x, 8192) == (2, 2)
+    assert _shrink_kinds(w, x, 8192) == (0, 2)
 
 
 def test_shrink_gluon_graph_replay(monkeypatch):

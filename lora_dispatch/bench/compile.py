@@ -164,17 +164,18 @@ def _gluon_variants(info, st: dict, sdiv: tuple):
         return
     from triton.runtime.jit import mangle_type
 
-    for outs, rank, t, atomic in (((4096, 1024, 1024), 64, 8192, None),
-                                  ((4096, 1024, 1024), 64, 2048, False),
-                                  ((4096, 1024, 1024), 16, 8192, False),
-                                  ((4096, 1024, 1024), 24, 4096, False),
-                                  ((14336, 14336), 64, 8192, False),
-                                  ((4096,), 128, 2048, False),
-                                  ((4096,), 64, 8192, True),
-                                  ((4096, 1024, 1024), 16, 2048, True)):
+    for outs, rank, t, atomic, split in (((4096, 1024, 1024), 64, 8192, None, None),
+                                         ((4096, 1024, 1024), 64, 2048, False, None),
+                                         ((4096, 1024, 1024), 16, 8192, False, None),
+                                         ((4096, 1024, 1024), 24, 4096, False, None),
+                                         ((14336, 14336), 64, 8192, False, None),
+                                         ((4096,), 128, 2048, False, None),
+                                         ((4096,), 64, 4096, True, None),
+                                         ((4096, 1024, 1024), 16, 2048, True, None),
+                                         ((4096,), 16, 2048, True, 1)):
         w = ld.LoRAWeights(4, 4096, outs, rank, dtype=torch.bfloat16)
-        g = L._shrink_plan(w, t, atomic=bool(atomic), pdl=2 if atomic is None else 0,
-                           info=info).alt.gluon
+        g = L._shrink_plan(w, t, atomic=bool(atomic), split_k=split,
+                           pdl=2 if atomic is None else 0, info=info).alt.gluon
         c = g.cfg
         x = torch.empty(t, 4096, dtype=torch.bfloat16)
         xd, ad = gluon_descriptors(x, w.lora_a.view(-1, 4096), c.block_m, c.block_k,

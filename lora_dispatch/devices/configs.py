@@ -575,9 +575,10 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
 
     The grid is ``tiles x split_k`` with one program a compute unit (the ring takes most of
     its shared memory), so ``split_k`` tops up the programs of short batches. The public
-    shrink keeps one split (no zero fill, no atomics) wherever 64-token tiles alone fill
-    half the units: on the H200 its split-2 atomics cost 8-17% at T=8192
-    (``ab-gluon-...json``).
+    shrink (``atomic``) takes it automatically only while 64-token tiles fill under half the
+    units: at T=8192 on the H200 it lost to the Triton shrink with split-2 atomics (22.2 ->
+    24.1 us at rank 16, ``ab-gluon-...json``) and with one split (21.9 -> 23.7,
+    ``kernels-...json``); forced, it keeps one split there (no zero fill, no atomics).
 
     Raises
     ------
@@ -599,6 +600,8 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
     br = max(16, next_pow2(max_rank))
     rows = slices * br
     units = _units(info)
+    if mode == "auto" and atomic and 2 * -(-t // 64) >= units:
+        return None
     bm = 128 if rows <= 64 and t >= 8192 and not (atomic and 2 * -(-t // 64) >= units) else 64
     bk = 64
     stages = min(_GLUON_MAX_STAGES, _GLUON_SMEM // ((bm + rows) * bk * itemsize))
