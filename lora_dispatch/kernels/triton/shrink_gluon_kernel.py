@@ -24,6 +24,8 @@ between releases), 16-bit weights, ``K % BK == 0``, ``K_SPLIT % BK == 0``, ``S <
 
 from __future__ import annotations
 
+import functools
+
 try:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -247,13 +249,16 @@ if AVAILABLE:
             gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [],
                                       dtype=gl.int32, is_pure=False, pack=1)
 
+    @functools.lru_cache(maxsize=64)
+    def _layouts(bm: int, bk: int, br: int, fp16: bool) -> tuple:
+        dt = gl.float16 if fp16 else gl.bfloat16
+        return (gl.NVMMASharedLayout.get_default_for([bm, bk], dt),
+                gl.NVMMASharedLayout.get_default_for([br, bk], dt))
+
     def gluon_descriptors(x, a, bm: int, bk: int, br: int) -> tuple:
         """TMA descriptors of ``x [T, K]`` (tile ``[bm, bk]``) and ``a [rows, K]`` (tile
-        ``[br, bk]``) in the shared layouts the kernel's wgmma reads."""
-        dt = gl.float16 if x.element_size() == 2 and x.dtype.is_floating_point \
-            and str(x.dtype) == "torch.float16" else gl.bfloat16
-        xl = gl.NVMMASharedLayout.get_default_for([bm, bk], dt)
-        al = gl.NVMMASharedLayout.get_default_for([br, bk], dt)
+        ``[br, bk]``, 16-bit) in the shared layouts the kernel's wgmma reads."""
+        xl, al = _layouts(bm, bk, br, str(x.dtype) == "torch.float16")
         k = x.shape[1]
         return (TensorDescriptor(x, [x.shape[0], k], [x.stride(0), 1], [bm, bk], xl),
                 TensorDescriptor(a, [a.shape[0], k], [k, 1], [br, bk], al))
