@@ -144,10 +144,11 @@ def test_pick_takes_the_gluon_plan_for_aligned_x_and_uniform_ranks(monkeypatch):
     w = ld.LoRAWeights(3, 256, (128, 64, 64), 16, dtype=torch.bfloat16)
     plan = L._shrink_plan(w, 4096, atomic=False, info=H200)
     x = torch.randn(4096, 264).to(torch.bfloat16)
-    assert L._pick(plan, x[:, :256], w) is plan.alt
-    assert L._pick(plan, x[:, 1:257], w) is plan  # misaligned: no descriptors
+    assert L._pick(plan, x[:, :256], w) is plan  # eager: the fast-launched Triton kernel
+    assert L._pick(plan, x[:, :256], w, capturing=True) is plan.alt
+    assert L._pick(plan, x[:, 1:257], w, capturing=True) is plan  # misaligned: no TMA
     w.load(0, [torch.randn(8, 256)] * 3, [torch.randn(o, 8) for o in w.out_features], 1.0)
-    assert L._pick(plan, x[:, :256], w) is plan  # a slot of rank 8 < 16
+    assert L._pick(plan, x[:, :256], w, capturing=True) is plan  # a slot of rank 8 < 16
     monkeypatch.setenv(configs.ENV_GLUON, "1")
     forced = L._shrink_plan(w, 4096, atomic=False, info=H200)
     assert L._pick(forced, x[:, :256], w) is forced.alt

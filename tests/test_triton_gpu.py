@@ -883,22 +883,50 @@ def test_shrink_gluon_splits(split_k, monkeypatch):
 
 
 def test_shrink_gluon_auto_selection(monkeypatch):
-    """Automatic: uniform-rank prefill takes the Gluon shrink (the public shrink only below
-    T ~ 4096), mixed ranks and decode the Triton kernels; loading a smaller rank switches it
-    off (the plan stays cached)."""
+    """Automatic: uniform-rank prefill takes the Gluon shrink inside CUDA-graph capture only
+    (the public shrink only below T ~ 4096), eager calls, mixed ranks and decode the Triton
+    kernels; loading a smaller rank switches it off (the plan stays cached). A graph captured
+    on the Gluon path replays to the eager Triton result."""
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
     _hopper_gluon()
     monkeypatch.delenv("LORA_DISPATCH_GLUON", raising=False)
     w = make_uniform(4, 4096, (4096, 1024, 1024), torch.bfloat16, 64)
     x = torch.randn(8192, 4096, device=DEV, dtype=torch.bfloat16)
+    assert _shrink_kinds(w, x, 8192) == (0, 0)  # eager
+    monkeypatch.setattr(tl_launch, "_capturing", lambda: True)
     assert _shrink_kinds(w, x, 8192) == (0, 2)
     assert _shrink_kinds(w, x[:2048], 2048) == (2, 2)
     assert _shrink_kinds(w, x[:64], 64) == (0, 0)
     w.load(2, [torch.randn(16, 4096, device=DEV)] * 3,
            [torch.randn(o, 16, device=DEV) for o in w.out_features], 1.0)
     assert _shrink_kinds(w, x, 8192)[1] != 2
-    w.load(2, [torch.randn(64, 4096, device=DEV)] * 3,
+    w.load(2, [torch.randn(64, 4096, device=DEV) / 64] * 3,
            [torch.randn(o, 64, device=DEV) for o in w.out_features], 1.0)
     assert _shrink_kinds(w, x, 8192) == (0, 2)
+    monkeypatch.undo()
+    monkeypatch.delenv("LORA_DISPATCH_GLUON", raising=False)
+    monkeypatch.setenv("LORA_DISPATCH_BACKEND", "triton")
+    t = 2048
+    gen = torch.Generator().manual_seed(11)
+    slots = _segment_slots(t, w.num_slots, gen)
+    batch = token_batch(slots)
+    xs = x[:t].contiguous()
+    base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, torch.bfloat16)
+    out = base.clone()
+
+    def step():
+        out.copy_(base)
+        ld.add_lora(out, xs, w, batch)
+
+    g = capture(step)
+    out.zero_()
+    g.replay()
+    eager = base.clone()
+    ld.add_lora(eager, xs, w, batch)
+    torch.testing.assert_close(out, eager, rtol=2e-2, atol=2e-2)
+    delta = ref_delta(ref_y(xs, w, slots.to(DEV)), w, slots.to(DEV), t)
+    assert rel(out.double() - base.double(), delta) <= TOL[torch.bfloat16]
 
 
 def test_shrink_gluon_graph_replay(monkeypatch):

@@ -161,14 +161,15 @@ def checked_time(launch: Callable[[torch.Tensor], object], out: torch.Tensor,
 
 def add_shrink_launch(t: int, rank: int, device: torch.device, hidden: int = 4096,
                       adapters: int = 4):
-    """The qkv shrink exactly as ``add_lora`` launches it (workspace mode, bf16, ``adapters``
-    slots over ``t`` tokens): ``(launch, plan)``, ``launch()`` running it once."""
+    """The qkv shrink exactly as ``add_lora`` launches it inside a CUDA graph (workspace mode,
+    bf16, ``adapters`` slots over ``t`` tokens; the Gluon kernel where the registry picks
+    it): ``(launch, plan)``, ``launch()`` running it once."""
     from lora_dispatch.kernels.triton import launch as L
 
     p = Problem("add_lora", hidden, t, rank, adapters, torch.bfloat16, device)
     batch, items = _build(p, 1)
     w, x, _, _ = items[0]
-    plan = L._pick(L.plan_for("add", w, t), x, w).shrink
+    plan = L._pick(L.plan_for("add", w, t), x, w, capturing=True).shrink
     ws = torch.empty((plan.split, w.num_slices, t, w.max_rank), device=device)
     return (lambda: L._launch_shrink(plan, x, w, batch, ws, t)), plan
 
@@ -318,14 +319,14 @@ def measure(p: Problem, backend: str, copy_bw: float | None, sets: int,
 
         w, x = items[0][0], items[0][1]
         if p.op == "add_lora":
-            plan = L._pick(impl.plan_for("add", w, p.t), x, w)
+            plan = L._pick(impl.plan_for("add", w, p.t), x, w, capturing=True)
             sp = plan.shrink
             path = "fused" if plan.fused is not None else f"2pass/split{sp.split}"
         else:
-            sp = L._pick(impl.plan_for("shrink", w, p.t), x, w)
+            sp = L._pick(impl.plan_for("shrink", w, p.t), x, w, capturing=True)
             path = f"split{sp.split}"
-        if sp is not None:
-            path += ("", "/tma", "/gluon")[L._desc_kind(sp, x, w)]
+        if sp is not None:  # the shrink kernel (the Gluon one: in CUDA graphs only)
+            path += ("", "/tma", "/gluon-in-graphs")[L._desc_kind(sp, x, w)]
     return {
         "op": p.op, "backend": backend, "dtype": str(p.dtype).replace("torch.", ""),
         "hidden": p.hidden, "out_features": list(_outs(p)), "T": p.t, "rank": p.rank,

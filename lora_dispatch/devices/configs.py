@@ -567,10 +567,13 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
 
     Automatic (``LORA_DISPATCH_GLUON`` unset or ``auto``): Hopper families in
     ``_GLUON_MIN_TOKENS`` from that many tokens, where the shape fits (Triton 3.6, 16-bit,
-    ``K % 64 == 0``, at most 3 slices of at most 256 padded rank rows together). ``1``
-    forces it for every ``T`` (``RuntimeError`` naming the reason where it cannot run); ``0``
-    turns it off. ``available``: whether the Gluon kernel module imported; ``atomic``: the
-    public shrink's plan (K splits add with atomics into a zero-filled ``y``). Read when a
+    ``K % 64 == 0``, at most 3 slices of at most 256 padded rank rows together); the launch
+    then takes it only inside CUDA-graph capture, for weights whose loaded slots all have
+    rank ``max_rank`` (its JIT launch costs ~50 us more host time per ``add_lora``, see
+    ``launch._pick``). ``1`` forces it for every ``T``, eager calls and any ranks included
+    (``RuntimeError`` naming the reason where it cannot run); ``0`` turns it off.
+    ``available``: whether the Gluon kernel module imported; ``atomic``: the public shrink's
+    plan (K splits add with atomics into a zero-filled ``y``). Read when a
     launch plan is built (plans are cached per weights and ``T``).
 
     The grid is ``tiles x split_k`` with one program a compute unit (the ring takes most of

@@ -371,15 +371,28 @@ def _uniform_ranks(w) -> bool:
     return memo[1]
 
 
-def _pick(p, x, w):
+def _pick(p, x, w, capturing: bool | None = None):
     """``p`` (a shrink or add plan), or its Gluon ``alt`` where ``x`` meets the TMA contract
-    and every loaded slot has rank ``max_rank`` (the Gluon kernel's work follows
-    ``max_rank``; ``LORA_DISPATCH_GLUON=1`` drops the rank condition)."""
+    and, automatically, only while a CUDA graph is being captured and every loaded slot has
+    rank ``max_rank`` (``LORA_DISPATCH_GLUON=1``: always).
+
+    The Gluon kernel launches through Triton's JIT path with two tensor descriptors: ~30 us
+    of host time more per call than the fast launcher's (H200 host: ``add_lora`` qkv r64
+    T=8192 13.9 -> 62.6 us, ``_host_gluon.py``), as much as the GPU time it saves is small.
+    A graph replays without that cost. Its work follows ``max_rank``, hence the rank
+    condition. ``capturing`` overrides the capture check (benchmark labels).
+    """
     a = p.alt
     if a is None or not _tma_ready(x):
         return p
     g = (a.shrink if isinstance(a, AddPlan) else a).gluon
-    return a if g.forced or _uniform_ranks(w) else p
+    if g.forced:
+        return a
+    if capturing is None:
+        capturing = x.is_cuda and _capturing()
+    if not capturing:
+        return p
+    return a if _uniform_ranks(w) else p
 
 
 def _desc_kind(p: ShrinkPlan, x, w) -> int:
