@@ -10,9 +10,11 @@ warp specialization at half speed (``probe_shrink_ws.py``). This kernel speciali
 one producer warp issues the TMA loads of a ``[BM, BK]`` ``x`` tile and the ``NB`` ``[64, BK]``
 blocks of ``A`` into a ring of ``STAGES`` shared-memory buffers (``ready`` / ``empty``
 mbarriers); the consumer warpgroup(s) run one asynchronous wgmma per block, keep one stage in
-flight and release the stage before it. Every program holds all ``NB * 64`` rank rows, so
-each ``x`` tile leaves L2 once; ``SPLIT`` K splits write separate partial products (as the
-workspace of ``add_lora``). Each config is checked against cuBLAS before it is timed.
+flight and release the stage before it (the shipped kernel's consumer loop, ``_consume_tma``
+of ``shrink_gluon_kernel.py``, which grew out of this probe). Every program holds all
+``NB * 64`` rank rows, so each ``x`` tile leaves L2 once; ``SPLIT`` K splits write separate
+partial products (as the workspace of ``add_lora``). Each config is checked against cuBLAS
+before it is timed.
 """
 
 from __future__ import annotations
@@ -23,12 +25,9 @@ import itertools
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (
-    mbarrier,
-    tma,
-    warpgroup_mma,
-    warpgroup_mma_wait,
-)
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
+
+from lora_dispatch.kernels.triton.shrink_gluon_kernel import _consume_tma
 
 
 @gluon.jit
@@ -55,21 +54,7 @@ def _consumer(x_bufs, a_bufs, ready, empty, k_iters, BM: gl.constexpr, NB: gl.co
     acc0 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
     acc1 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
     acc2 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
-    for i in range(k_iters):
-        s = i % STAGES
-        mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-        xb = x_bufs.index(s)
-        acc0 = warpgroup_mma(xb, a_bufs.index(s * NB).permute((1, 0)), acc0, is_async=True)
-        if NB > 1:
-            acc1 = warpgroup_mma(xb, a_bufs.index(s * NB + 1).permute((1, 0)), acc1,
-                                 is_async=True)
-        if NB > 2:
-            acc2 = warpgroup_mma(xb, a_bufs.index(s * NB + 2).permute((1, 0)), acc2,
-                                 is_async=True)
-        acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=NB, deps=(acc0, acc1, acc2))
-        mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
-    acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, acc2))
-    return acc0, acc1, acc2
+    return _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2, k_iters, NB, STAGES)
 
 
 @gluon.jit
