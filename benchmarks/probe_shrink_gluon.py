@@ -27,7 +27,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
-from lora_dispatch.kernels.triton.shrink_gluon_kernel import _consume_tma
+from lora_dispatch.kernels.triton.shrink_gluon_kernel import _consume_tma, ring
 
 
 @gluon.jit
@@ -79,13 +79,7 @@ def gemm_ws_kernel(x_desc, a_desc, y_ptr, M, N, K_SPLIT, NB: gl.constexpr,
     m0 = pid_m * BM
     k0 = pid_k * K_SPLIT
     k_iters = K_SPLIT // BK
-    x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BM, BK], x_desc.layout)
-    a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES * NB, BR, BK], a_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for s in gl.static_range(STAGES):
-        mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=1)
+    x_bufs, a_bufs, ready, empty = ring(x_desc, a_desc, NB, STAGES)
     acc0, acc1, acc2 = gl.warp_specialize(
         [(_consumer, (x_bufs, a_bufs, ready, empty, k_iters, BM, NB, STAGES, layout)),
          (_producer, (x_desc, a_desc, x_bufs, a_bufs, ready, empty, m0, k0, k_iters, NB,

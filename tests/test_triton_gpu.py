@@ -470,13 +470,11 @@ def test_shrink_tma_prefill(hidden, outs, dtype, t, monkeypatch):
     check_all(w, xs, base, slots, batch, dtype)
 
 
-def test_shrink_tma_graph_replay(monkeypatch):
-    """One capture of the TMA path replays correctly while the batch switches between
-    segment layouts (descriptor loads) and per-token slots (gathered tiles)."""
-    monkeypatch.setenv("LORA_DISPATCH_TMA", "1")
-    gen = torch.Generator().manual_seed(3)
-    cap, dtype = 2048, torch.bfloat16
-    w = make_weights(8, 4096, (4096, 1024, 1024), dtype, seed=9)
+def replay_switching_batches(w, cap, dtype, gen, rounds, check_plans):
+    """Capture ``add_lora`` and ``lora_shrink`` once over a static batch of ``cap`` tokens
+    (``check_plans(x)`` first), then replay ``rounds`` refills alternating segment layouts
+    (descriptor loads) and per-token slots (gathered tiles): equal to eager calls on the
+    same slots (``add_lora`` bit for bit) and to float64."""
     batch = ld.LoRABatch.empty(cap, device=DEV)
     x = torch.randn(cap, 4096, generator=gen).to(DEV, dtype)
     base = (0.5 * torch.randn(cap, w.total_out, generator=gen)).to(DEV, dtype)
@@ -488,9 +486,9 @@ def test_shrink_tma_graph_replay(monkeypatch):
         ld.add_lora(out, x, w, batch)
         ys.copy_(ld.lora_shrink(x, w, batch))
 
-    assert tk.plan_for("add", w, cap).shrink.tma and tk.plan_for("shrink", w, cap).tma
+    check_plans(x)
     g = capture(step)
-    for i in range(12):
+    for i in range(rounds):
         slots = (_segment_slots(cap, w.num_slots, gen, tail=64 * (i % 3)) if i % 4 else
                  random_slots(cap, w.num_slots, gen))
         x.copy_(torch.randn(cap, 4096, generator=gen).to(DEV, dtype))
@@ -503,6 +501,20 @@ def test_shrink_tma_graph_replay(monkeypatch):
         torch.testing.assert_close(ys, ld.lora_shrink(x, w, eager), rtol=1e-5, atol=1e-5)
         delta = ref_delta(ref_y(x, w, slots.to(DEV)), w, slots.to(DEV), cap)
         assert rel(out.double() - base.double(), delta) <= TOL[dtype]
+
+
+def test_shrink_tma_graph_replay(monkeypatch):
+    """One capture of the TMA path replays correctly while the batch switches between
+    segment layouts (descriptor loads) and per-token slots (gathered tiles)."""
+    monkeypatch.setenv("LORA_DISPATCH_TMA", "1")
+    gen = torch.Generator().manual_seed(3)
+    cap, dtype = 2048, torch.bfloat16
+    w = make_weights(8, 4096, (4096, 1024, 1024), dtype, seed=9)
+    replay_switching_batches(w, cap, dtype, gen, 12, lambda x: _tma_plans(w, cap))
+
+
+def _tma_plans(w, cap):
+    assert tk.plan_for("add", w, cap).shrink.tma and tk.plan_for("shrink", w, cap).tma
 
 
 def test_public_shrink_zero_fill_group(monkeypatch):
@@ -811,6 +823,10 @@ def make_uniform(num_adapters, k, outs, dtype, rank, seed=0, empty=(1,)):
     return w
 
 
+def _assert_kinds(got, want):
+    assert got == want
+
+
 def _shrink_kinds(w, x, t):
     from lora_dispatch.kernels.triton import launch as tl_launch
 
@@ -937,32 +953,8 @@ def test_shrink_gluon_graph_replay(monkeypatch):
     gen = torch.Generator().manual_seed(5)
     cap, dtype = 2048, torch.bfloat16
     w = make_uniform(8, 4096, (4096, 1024, 1024), dtype, 64, seed=4)
-    batch = ld.LoRABatch.empty(cap, device=DEV)
-    x = torch.randn(cap, 4096, generator=gen).to(DEV, dtype)
-    base = (0.5 * torch.randn(cap, w.total_out, generator=gen)).to(DEV, dtype)
-    out = base.clone()
-    ys = torch.zeros(w.num_slices, cap, w.max_rank, device=DEV)
-
-    def step():
-        out.copy_(base)
-        ld.add_lora(out, x, w, batch)
-        ys.copy_(ld.lora_shrink(x, w, batch))
-
-    assert _shrink_kinds(w, x, cap) == (2, 2)
-    g = capture(step)
-    for i in range(10):
-        slots = (_segment_slots(cap, w.num_slots, gen, tail=64 * (i % 3)) if i % 4 else
-                 random_slots(cap, w.num_slots, gen))
-        x.copy_(torch.randn(cap, 4096, generator=gen).to(DEV, dtype))
-        batch.update_(slots.to(DEV))
-        g.replay()
-        ref = base.clone()
-        eager = token_batch(slots)
-        ld.add_lora(ref, x, w, eager)
-        torch.testing.assert_close(out, ref, rtol=0, atol=0)
-        torch.testing.assert_close(ys, ld.lora_shrink(x, w, eager), rtol=1e-5, atol=1e-5)
-        delta = ref_delta(ref_y(x, w, slots.to(DEV)), w, slots.to(DEV), cap)
-        assert rel(out.double() - base.double(), delta) <= TOL[dtype]
+    replay_switching_batches(w, cap, dtype, gen, 10,
+                             lambda x: _assert_kinds(_shrink_kinds(w, x, cap), (2, 2)))
 
 
 def test_shrink_gluon_forced_unfit(monkeypatch):

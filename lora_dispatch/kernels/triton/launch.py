@@ -376,9 +376,9 @@ def _pick(p, x, w, capturing: bool | None = None):
     and, automatically, only while a CUDA graph is being captured and every loaded slot has
     rank ``max_rank`` (``LORA_DISPATCH_GLUON=1``: always).
 
-    The Gluon kernel launches through Triton's JIT path with two tensor descriptors: ~30 us
-    of host time more per call than the fast launcher's (H200 host: ``add_lora`` qkv r64
-    T=8192 13.9 -> 62.6 us, ``_host_gluon.py``), as much as the GPU time it saves is small.
+    The Gluon kernel launches through Triton's JIT path with two tensor descriptors (the
+    fast launcher passes none): ~50 us more host time per ``add_lora`` (H200 host, qkv r64
+    T=8192: 13.9 -> 62.6 us, ``_host_gluon.py``), as much as the GPU time it saves.
     A graph replays without that cost. Its work follows ``max_rank``, hence the rank
     condition. ``capturing`` overrides the capture check (benchmark labels).
     """

@@ -78,6 +78,23 @@ if AVAILABLE:
                                                 a_bufs.index(s * NB + 2))
 
     @gluon.jit
+    def ring(x_desc, a_desc, NB: gl.constexpr, STAGES: gl.constexpr):
+        """The shared-memory ring: ``STAGES`` ``x`` tiles, ``STAGES * NB`` ``A`` blocks and
+        their ``ready`` / ``empty`` mbarriers (initialized, fenced for the async proxy)."""
+        BM: gl.constexpr = x_desc.block_type.shape[0]
+        BK: gl.constexpr = x_desc.block_type.shape[1]
+        BR: gl.constexpr = a_desc.block_type.shape[0]
+        x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BM, BK], x_desc.layout)
+        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES * NB, BR, BK], a_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for s in gl.static_range(STAGES):
+            mbarrier.init(ready.index(s), count=1)
+            mbarrier.init(empty.index(s), count=1)
+        fence_async_shared()
+        return x_bufs, a_bufs, ready, empty
+
+    @gluon.jit
     def _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2, k_iters,
                      NB: gl.constexpr, STAGES: gl.constexpr):
         """wgmma on the ``x`` and ``A`` tiles of the ring, one stage kept in flight."""
@@ -219,14 +236,7 @@ if AVAILABLE:
         k0 = pid_k * K_SPLIT
         k_iters = (gl.minimum(k0 + K_SPLIT, K) - k0) // BK
 
-        x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BM, BK], x_desc.layout)
-        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES * S, BR, BK], a_desc.layout)
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for s in gl.static_range(STAGES):
-            mbarrier.init(ready.index(s), count=1)
-            mbarrier.init(empty.index(s), count=1)
-        fence_async_shared()
+        x_bufs, a_bufs, ready, empty = ring(x_desc, a_desc, S, STAGES)
         acc0, acc1, acc2 = gl.warp_specialize(
             [(_consumer, (x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, start, end, T, k0,
                           k_iters, stride_xm, stride_xk, consec, BM, S, STAGES, layout,
