@@ -144,6 +144,9 @@ def test_pick_takes_the_gluon_plan_for_aligned_x_and_uniform_ranks(monkeypatch):
     w = ld.LoRAWeights(3, 256, (128, 64, 64), 16, dtype=torch.bfloat16)
     plan = L._shrink_plan(w, 4096, atomic=False, info=H200)
     x = torch.randn(4096, 264).to(torch.bfloat16)
+    monkeypatch.setattr(L, "_NATIVE_DESC", [True])  # descriptors encoded in C: eager too
+    assert L._pick(plan, x[:, :256], w) is plan.alt
+    monkeypatch.setattr(L, "_NATIVE_DESC", [False])  # Triton's JIT path: graphs only
     assert L._pick(plan, x[:, :256], w) is plan  # eager: the fast-launched Triton kernel
     assert L._pick(plan, x[:, :256], w, capturing=True) is plan.alt
     assert L._pick(plan, x[:, 1:257], w, capturing=True) is plan  # misaligned: no TMA

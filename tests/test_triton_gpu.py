@@ -899,17 +899,20 @@ def test_shrink_gluon_splits(split_k, monkeypatch):
 
 
 def test_shrink_gluon_auto_selection(monkeypatch):
-    """Automatic: uniform-rank prefill takes the Gluon shrink inside CUDA-graph capture only
-    (the public shrink only below T ~ 4096), eager calls, mixed ranks and decode the Triton
-    kernels; loading a smaller rank switches it off (the plan stays cached). A graph captured
-    on the Gluon path replays to the eager Triton result."""
+    """Automatic: uniform-rank prefill takes the Gluon shrink (the public shrink only below
+    T ~ 4096), eagerly where the native tier launches it and inside CUDA-graph capture;
+    mixed ranks and decode the Triton kernels; loading a smaller rank switches it off (the
+    plan stays cached). A graph captured on the Gluon path replays to the eager result of
+    the Triton kernels."""
     from lora_dispatch.kernels.triton import launch as tl_launch
 
     _hopper_gluon()
     monkeypatch.delenv("LORA_DISPATCH_GLUON", raising=False)
     w = make_uniform(4, 4096, (4096, 1024, 1024), torch.bfloat16, 64)
     x = torch.randn(8192, 4096, device=DEV, dtype=torch.bfloat16)
-    assert _shrink_kinds(w, x, 8192) == (0, 0)  # eager
+    assert _shrink_kinds(w, x, 8192) == ((0, 2) if tl_launch.gluon_native() else (0, 0))
+    monkeypatch.setattr(tl_launch, "_NATIVE_DESC", [False])
+    assert _shrink_kinds(w, x, 8192) == (0, 0)  # eager through Triton's JIT: not taken
     monkeypatch.setattr(tl_launch, "_capturing", lambda: True)
     assert _shrink_kinds(w, x, 8192) == (0, 2)
     assert _shrink_kinds(w, x[:2048], 2048) == (2, 2)
@@ -923,6 +926,7 @@ def test_shrink_gluon_auto_selection(monkeypatch):
     monkeypatch.undo()
     monkeypatch.delenv("LORA_DISPATCH_GLUON", raising=False)
     monkeypatch.setenv("LORA_DISPATCH_BACKEND", "triton")
+    monkeypatch.setattr(tl_launch, "_NATIVE_DESC", [False])  # eager: the Triton kernels
     t = 2048
     gen = torch.Generator().manual_seed(11)
     slots = _segment_slots(t, w.num_slots, gen)
@@ -942,6 +946,60 @@ def test_shrink_gluon_auto_selection(monkeypatch):
     ld.add_lora(eager, xs, w, batch)
     torch.testing.assert_close(out, eager, rtol=2e-2, atol=6.25e-2)  # 2 bf16 ulps at 4-8
     delta = ref_delta(ref_y(xs, w, slots.to(DEV)), w, slots.to(DEV), t)
+    assert rel(out.double() - base.double(), delta) <= TOL[torch.bfloat16]
+
+
+def test_gluon_native_descriptors_match_triton(monkeypatch):
+    """The fast launcher's native tier encodes the Gluon shrink's two TMA descriptors in C:
+    bit for bit what Triton's own launch writes, over new pointers, token counts and row
+    strides and repeated calls (the kept ``CUtensorMap``); eager ``add_lora`` then launches
+    the Gluon shrink and the expand as one native group."""
+    from lora_dispatch.kernels.triton import launch as tl_launch
+    from lora_dispatch.launchers import native
+
+    _hopper_gluon()
+    if not tl_launch.gluon_native():
+        pytest.skip("no native tier here")
+    monkeypatch.setenv("LORA_DISPATCH_GLUON", "1")
+    k = tl_launch.shrink_gluon_kernel
+    w = make_uniform(4, 4096, (4096, 1024, 1024), torch.bfloat16, 64)
+    gen = torch.Generator().manual_seed(3)
+    buf = torch.randn(3001, 4160, generator=gen).to(DEV, torch.bfloat16)
+    dense = buf[:2048, :4096].contiguous()
+    views = [dense, buf[:2048, :4096], dense, buf[1:3001, 64:4160], buf[:2048, :4096], dense,
+             dense[:1024]]
+    for x in views:
+        t = x.shape[0]
+        slots = _segment_slots(t, w.num_slots, gen)
+        batch = token_batch(slots)
+        p = tl_launch._pick(tk.plan_for("add", w, t, "two_pass"), x, w).shrink
+        got, want = (torch.full((p.split, 3, t, 64), float("nan"), device=DEV)
+                     for _ in range(2))
+        k[p.gluon.grid](*tl_launch._gluon_args(p.gluon, p.k_split, x, w, batch, got, t,
+                                               got.stride()[:3]))
+        args = tl_launch._gluon_args(p.gluon, p.k_split, x, w, batch, want, t,
+                                     want.stride()[:3])
+        k._fl_jit[p.gluon.grid](*args[:-1], num_warps=args[-1])
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+        live = torch.tensor([v >= 0 and w.host_ranks[v] > 0 for v in slots.tolist()])
+        assert live.any() and not got[:, :, live.to(DEV)].isnan().any()
+    assert k.launch_tier == "native"
+    hits, variants = native.load().fl_info(k._fl_ns["_fl_nat"])
+    assert variants >= 1 and hits >= 3, (hits, variants)
+
+    monkeypatch.delenv("LORA_DISPATCH_GLUON")
+    w.__dict__.pop("_triton_plans", None)
+    t = 2048
+    slots = _segment_slots(t, w.num_slots, gen)
+    batch = token_batch(slots)
+    base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, torch.bfloat16)
+    assert _shrink_kinds(w, dense, t) == (2, 2)  # eager: the natively launched Gluon shrink
+    launches = tl_launch._GGROUP.launches
+    for _ in range(3):
+        out = base.clone()
+        ld.add_lora(out, dense, w, batch)
+    assert tl_launch._GGROUP.launches >= launches + 2
+    delta = ref_delta(ref_y(dense, w, slots.to(DEV)), w, slots.to(DEV), t)
     assert rel(out.double() - base.double(), delta) <= TOL[torch.bfloat16]
 
 

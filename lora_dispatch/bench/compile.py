@@ -40,7 +40,9 @@ def _ptxas() -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas")
 
 
-def _compile(target: str, fn, types: dict, meta: dict, div: tuple) -> tuple[dict, str]:
+def compiled_kernel(target: str, fn, types: dict, meta: dict, div: tuple):
+    """Triton's CompiledKernel of one variant for ``target`` (``sm90`` / ``gfx942``),
+    built without a GPU."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -56,8 +58,12 @@ def _compile(target: str, fn, types: dict, meta: dict, div: tuple) -> tuple[dict
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in cx.items()},
                     attrs=attrs)
     gpu = GPUTarget("cuda", 90, 32) if target == "sm90" else GPUTarget("hip", "gfx942", 64)
-    k = triton.compile(src, target=gpu, options=dict(num_warps=meta["num_warps"],
-                                                     num_stages=meta["num_stages"]))
+    return triton.compile(src, target=gpu, options=dict(num_warps=meta["num_warps"],
+                                                        num_stages=meta["num_stages"]))
+
+
+def _compile(target: str, fn, types: dict, meta: dict, div: tuple) -> tuple[dict, str]:
+    k = compiled_kernel(target, fn, types, meta, div)
     if target != "sm90":
         asm = k.asm["amdgcn"]
         stats = {}
@@ -76,7 +82,7 @@ def _compile(target: str, fn, types: dict, meta: dict, div: tuple) -> tuple[dict
              "spill_store_bytes": int(spill.group(1)) if spill else None}, k.asm["ptx"])
 
 
-__all__ = ["variants", "compile_variant", "main"]
+__all__ = ["variants", "compile_variant", "compiled_kernel", "main"]
 
 
 def compile_variant(target: str, fn, types: dict, meta: dict, div: tuple) -> tuple[dict, str]:

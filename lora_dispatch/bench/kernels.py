@@ -325,8 +325,9 @@ def measure(p: Problem, backend: str, copy_bw: float | None, sets: int,
         else:
             sp = L._pick(impl.plan_for("shrink", w, p.t), x, w, capturing=True)
             path = f"split{sp.split}"
-        if sp is not None:  # the shrink kernel (the Gluon one: in CUDA graphs only)
-            path += ("", "/tma", "/gluon-in-graphs")[L._desc_kind(sp, x, w)]
+        if sp is not None:  # the shrink kernel (the Gluon one eager where launched natively)
+            path += ("", "/tma", "/gluon" if L.gluon_native() else "/gluon-in-graphs")[
+                L._desc_kind(sp, x, w)]
     return {
         "op": p.op, "backend": backend, "dtype": str(p.dtype).replace("torch.", ""),
         "hidden": p.hidden, "out_features": list(_outs(p)), "T": p.t, "rank": p.rank,

@@ -230,7 +230,7 @@ def _native_table(jit: Any, plan: Any, opts: list[str], ns: dict[str, Any]) -> b
     except native.NativeUnavailable:
         return False
     ns["_fl_nat"] = mod.fl_new(codes, len(plan.params), native.torch_dtypes(),
-                               native.tensor_types(), NOT_SET)
+                               native.tensor_types(), NOT_SET, native.desc_types())
     ns["_fl_natlaunch"] = mod.fl_launch
     ns["_fl_natkey"] = mod.fl_key
     ns["_fl_natgroup"] = mod.fl_launch_group

@@ -16,6 +16,7 @@
 #include <Python.h>
 #include <dlfcn.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda.h"
@@ -25,12 +26,15 @@ enum { C_SKIP = 0, C_GENERIC = 1, C_GENERIC_SA = 2, C_GENERIC_NOSPEC = 3, C_CONS
        C_OPTION = 5 };
 /* variant parameter types */
 enum { T_SKIP = 0, T_PTR, T_I8, T_I16, T_I32, T_I64, T_U8, T_U16, T_U32, T_U64, T_FP32,
-       T_FP64 };
+       T_FP64, T_DESC };
 /* key tags */
 enum { G_UNSET = 0, G_TENSOR, G_INT32, G_ONE, G_BIG, G_NONE, G_FLOAT, G_BOOL, G_CINT,
-       G_CBOOL, G_CNONE, G_NOTSET, G_CSTR };
+       G_CBOOL, G_CNONE, G_NOTSET, G_CSTR, G_DESC };
 
 #define MAX_SLOTS 64
+#define MAX_PARAMS (3 * MAX_SLOTS + 2) /* a descriptor expands to 1 + 2 * rank parameters */
+#define MAX_DESC_RANK 5
+#define MAX_LAYOUTS 255
 
 typedef CUresult (*launch_ex_t)(const CUlaunchConfig *, CUfunction, void **, void **);
 typedef CUresult (*ctx_get_t)(CUcontext *);
@@ -39,6 +43,11 @@ typedef CUresult (*dev_get_t)(CUdevice *, int);
 typedef CUresult (*retain_t)(CUcontext *, CUdevice);
 typedef CUresult (*ptr_attr_t)(void *, CUpointer_attribute, CUdeviceptr);
 typedef CUresult (*err_str_t)(CUresult, const char **);
+typedef CUresult (*encode_tiled_t)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
+                                   const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
+                                   const cuuint32_t *, CUtensorMapInterleave,
+                                   CUtensorMapSwizzle, CUtensorMapL2promotion,
+                                   CUtensorMapFloatOOBfill);
 
 static launch_ex_t p_launch_ex;
 static ctx_get_t p_ctx_get;
@@ -47,8 +56,26 @@ static dev_get_t p_dev_get;
 static retain_t p_retain;
 static ptr_attr_t p_ptr_attr;
 static err_str_t p_err_str;
+static encode_tiled_t p_encode_tiled; /* NULL on drivers without TMA */
 
-static PyObject *s_data_ptr, *s_dtype;
+static PyObject *s_data_ptr, *s_dtype, *s_base, *s_block_shape, *s_layout, *s_shape,
+    *s_strides, *s_padding, *s_nan;
+
+/* What a compiled variant fixes about one tensor-descriptor parameter (Triton's
+ * tensordesc_meta), as int32 words in the types blob passed to fl_register. */
+typedef struct {
+    int32_t swizzle, elem_size, elem_type, fp4_padded, rank;
+    int32_t block[MAX_DESC_RANK]; /* the variant's block, outermost dimension first */
+} DescMeta;
+
+/* The last CUtensorMap encoded for one slot and what it was encoded from. */
+typedef struct {
+    CUtensorMap map; /* first: 64-byte aligned with the struct */
+    DescMeta meta;
+    uint64_t addr;
+    int64_t shape[MAX_DESC_RANK], strides[MAX_DESC_RANK];
+    int padding, valid;
+} DescCache;
 
 typedef struct {
     uint64_t hash;
@@ -57,6 +84,7 @@ typedef struct {
     unsigned int block, grid_mult, shared;
     int coop, pdl, n_null;
     uint8_t *types; /* nparams */
+    DescMeta *descs; /* one per T_DESC parameter, in order (NULL if none) */
     PyObject *kernel;
     PyObject **strs; /* nslots: the str constexprs keyed by hash (compared on a match) */
 } Entry;
@@ -68,6 +96,9 @@ typedef struct {
     PyObject *dtypes;       /* tuple of torch.dtype, index = key value / 2 */
     PyObject *tensor_types; /* tuple of accepted tensor classes */
     PyObject *not_set;      /* the option "not passed" marker */
+    PyObject *desc_types;   /* tuple of host tensor-descriptor classes (may be empty) */
+    PyObject *layouts;      /* list: shared-memory layouts seen, index = key value */
+    DescCache *dcache;      /* nparams entries, allocated at the first descriptor launch */
     Entry *entries;
     int n_entries, cap;
     uint64_t last_ok[MAX_SLOTS]; /* last pointer validated per slot */
@@ -77,6 +108,8 @@ typedef struct {
 static void entry_free(Entry *e, int nslots) {
     PyMem_Free(e->key);
     PyMem_Free(e->types);
+    PyMem_Free(e->descs);
+    e->descs = NULL;
     Py_CLEAR(e->kernel);
     if (e->strs) {
         for (int i = 0; i < nslots; i++) Py_XDECREF(e->strs[i]);
@@ -91,6 +124,9 @@ static void launcher_dealloc(Launcher *self) {
     Py_XDECREF(self->dtypes);
     Py_XDECREF(self->tensor_types);
     Py_XDECREF(self->not_set);
+    Py_XDECREF(self->desc_types);
+    Py_XDECREF(self->layouts);
+    free(self->dcache);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -109,6 +145,98 @@ static int is_tensor(Launcher *self, PyObject *o) {
     for (Py_ssize_t i = 0; i < n; i++)
         if ((PyObject *)t == PyTuple_GET_ITEM(self->tensor_types, i)) return 1;
     return 0;
+}
+
+/* Index of a tensor's dtype in the launcher's table, or -1 (-2 with an exception set). */
+static Py_ssize_t dtype_index(Launcher *self, PyObject *tensor) {
+    PyObject *dt = PyObject_GetAttr(tensor, s_dtype);
+    if (!dt) return -2;
+    Py_ssize_t n = PyTuple_GET_SIZE(self->dtypes), idx = -1;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (PyTuple_GET_ITEM(self->dtypes, i) == dt) { idx = i; break; }
+    Py_DECREF(dt);
+    return idx;
+}
+
+/* A tensor's data_ptr(), or -1 with an exception set (0 is a valid result). */
+static int data_ptr(PyObject *tensor, uint64_t *addr) {
+    PyObject *p = PyObject_CallMethodNoArgs(tensor, s_data_ptr);
+    if (!p) return -1;
+    unsigned long long a = PyLong_AsUnsignedLongLong(p);
+    Py_DECREF(p);
+    if (a == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    *addr = a;
+    return 0;
+}
+
+/* 1 + index of a descriptor's shared-memory layout among those seen (interned by equality,
+ * which is what Triton's key compares through the layout's repr); 0 for descriptors
+ * without one; -1 when the table is full or the comparison fails (Python path). */
+static int layout_index(Launcher *self, PyObject *desc) {
+    PyObject *lay = PyObject_GetAttr(desc, s_layout);
+    if (!lay) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (lay == Py_None) {
+        Py_DECREF(lay);
+        return 0;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(self->layouts);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (PyList_GET_ITEM(self->layouts, i) == lay) { Py_DECREF(lay); return (int)i + 1; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *known = PyList_GET_ITEM(self->layouts, i);
+        if (Py_TYPE(known) != Py_TYPE(lay)) continue;
+        int eq = PyObject_RichCompareBool(known, lay, Py_EQ);
+        if (eq < 0) { PyErr_Clear(); Py_DECREF(lay); return -1; }
+        if (eq) { Py_DECREF(lay); return (int)i + 1; }
+    }
+    int r = -1;
+    if (n < MAX_LAYOUTS && PyObject_Hash(lay) != -1 && PyList_Append(self->layouts, lay) == 0)
+        r = (int)n + 1;
+    PyErr_Clear();
+    Py_DECREF(lay);
+    return r;
+}
+
+/* Key of a host tensor descriptor (class ``cls`` of the launcher's table): Triton keys it
+ * by its base's dtype, its block shape and its layout. Returns 1, 0 (Python path) or -1. */
+static int key_desc(Launcher *self, Py_ssize_t cls, PyObject *o, uint64_t *tag, uint64_t *val,
+                    uint64_t *ptr) {
+    PyObject *base = PyObject_GetAttr(o, s_base);
+    if (!base) { PyErr_Clear(); return 0; }
+    int r = 0;
+    Py_ssize_t idx = -1;
+    if (is_tensor(self, base)) {
+        idx = dtype_index(self, base);
+        if (idx == -2 || (idx >= 0 && data_ptr(base, ptr))) r = -1;
+    }
+    Py_DECREF(base);
+    if (r < 0) return -1;
+    if (idx < 0 || idx >= 32) return 0;
+    PyObject *bs = PyObject_GetAttr(o, s_block_shape);
+    if (!bs) { PyErr_Clear(); return 0; }
+    PyObject *fast = PySequence_Fast(bs, "block_shape");
+    Py_DECREF(bs);
+    if (!fast) { PyErr_Clear(); return 0; }
+    Py_ssize_t rank = PySequence_Fast_GET_SIZE(fast);
+    uint64_t dims = 0;
+    r = rank >= 1 && rank <= MAX_DESC_RANK;
+    for (Py_ssize_t i = 0; r && i < rank; i++) {
+        PyObject *d = PySequence_Fast_GET_ITEM(fast, i);
+        long v = PyLong_CheckExact(d) ? PyLong_AsLong(d) : -1;
+        if (v < 1 || v > 256) { PyErr_Clear(); r = 0; break; }
+        dims |= (uint64_t)(v - 1) << (8 * i);
+    }
+    Py_DECREF(fast);
+    if (!r) return 0;
+    int li = layout_index(self, o);
+    if (li < 0) return 0;
+    *tag = G_DESC;
+    *val = (uint64_t)idx | ((uint64_t)cls << 5) | ((uint64_t)rank << 7) | ((uint64_t)li << 10) |
+           (dims << 18);
+    return 1;
 }
 
 /* Key of one slot. Returns 1 on success, 0 when the slot is outside this keyer
@@ -173,23 +301,20 @@ static int key_slot(Launcher *self, int code, PyObject *o, uint64_t *tag, uint64
         return 1;
     }
     if (is_tensor(self, o)) {
-        PyObject *dt = PyObject_GetAttr(o, s_dtype);
-        if (!dt) return -1;
-        Py_ssize_t n = PyTuple_GET_SIZE(self->dtypes), idx = -1;
-        for (Py_ssize_t i = 0; i < n; i++)
-            if (PyTuple_GET_ITEM(self->dtypes, i) == dt) { idx = i; break; }
-        Py_DECREF(dt);
+        Py_ssize_t idx = dtype_index(self, o);
+        if (idx == -2) return -1;
         if (idx < 0) return 0;
-        PyObject *p = PyObject_CallMethodNoArgs(o, s_data_ptr);
-        if (!p) return -1;
-        unsigned long long addr = PyLong_AsUnsignedLongLong(p);
-        Py_DECREF(p);
-        if (addr == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+        uint64_t addr;
+        if (data_ptr(o, &addr)) return -1;
         *ptr = addr;
         *tag = G_TENSOR;
         *val = 2 * (uint64_t)idx + (code == C_GENERIC_SA ? !(addr & 15) : 0);
         return 1;
     }
+    Py_ssize_t nd = PyTuple_GET_SIZE(self->desc_types);
+    for (Py_ssize_t i = 0; i < nd; i++)
+        if ((PyObject *)Py_TYPE(o) == PyTuple_GET_ITEM(self->desc_types, i))
+            return key_desc(self, i, o, tag, val, ptr);
     return 0;
 }
 
@@ -205,6 +330,7 @@ typedef struct {
     uint64_t ptrs[MAX_SLOTS];
     int64_t ivals[MAX_SLOTS];
     double fvals[MAX_SLOTS];
+    PyObject *objs[MAX_SLOTS]; /* the slots (borrowed: the caller's arguments) */
 } KeyState;
 
 /* Fill ks from dev (args[0]) and the slots after it; returns 1, 0 (unsupported) or -1. */
@@ -214,6 +340,7 @@ static int compute_key(Launcher *self, PyObject *const *args, KeyState *ks, long
     PyObject *const *slots = args + 1;
     uint64_t h = mix(0x51ed270b27f3ULL, (uint64_t)*dev);
     for (int i = 0; i < self->nslots; i++) {
+        ks->objs[i] = slots[i];
         int r = key_slot(self, self->codes[i], slots[i], &ks->key[2 * i], &ks->key[2 * i + 1],
                          &ks->ptrs[i], &ks->ivals[i], &ks->fvals[i]);
         if (r != 1) return r;
@@ -264,6 +391,7 @@ static int load_cuda(void) {
     p_retain = (retain_t)dlsym(h, "cuDevicePrimaryCtxRetain");
     p_ptr_attr = (ptr_attr_t)dlsym(h, "cuPointerGetAttribute");
     p_err_str = (err_str_t)dlsym(h, "cuGetErrorString");
+    p_encode_tiled = (encode_tiled_t)dlsym(h, "cuTensorMapEncodeTiled");
     launch_ex_t lx = (launch_ex_t)dlsym(h, "cuLaunchKernelEx");
     if (!p_ctx_get || !p_ctx_set || !p_dev_get || !p_retain || !p_ptr_attr || !p_err_str || !lx) {
         PyErr_SetString(PyExc_RuntimeError, "fast_launch native path: libcuda lacks a symbol");
@@ -311,8 +439,10 @@ static int prepare(Launcher *self, PyObject *grid, PyObject *const *dev_and_slot
         Entry *e = &self->entries[i];
         if (e->hash == p->ks.hash && !memcmp(e->key, p->ks.key, kb) &&
             strs_equal(e, dev_and_slots + 1, self->nslots)) {
-            for (int j = 0; j < self->nparams; j++)
+            for (int j = 0; j < self->nparams; j++) {
                 if (e->types[j] == T_PTR && p->ks.key[2 * j] != G_TENSOR) return 0;
+                if (e->types[j] == T_DESC && p->ks.key[2 * j] != G_DESC) return 0;
+            }
             p->e = e;
             return 1;
         }
@@ -344,41 +474,153 @@ static int ensure_context(long long dev) {
     return 0;
 }
 
+/* The device pointer of a tensor argument's address (validated like Triton's launcher,
+ * once per new address and slot). 0, or -1 with an exception set. */
+static int device_ptr(Launcher *self, int i, uint64_t *ptr) {
+    if (!*ptr || *ptr == self->last_ok[i]) return 0;
+    uint64_t dp;
+    CUresult cr = p_ptr_attr(&dp, CU_POINTER_ATTRIBUTE_DEVICE_POINTER, *ptr);
+    if (cr == CUDA_ERROR_INVALID_VALUE) {
+        PyErr_Format(PyExc_ValueError,
+                     "Pointer argument (at %d) cannot be accessed from Triton (cpu tensor?)", i);
+        return -1;
+    }
+    if (cr != CUDA_SUCCESS) { cuda_error(cr, "cuPointerGetAttribute"); return -1; }
+    *ptr = dp;
+    self->last_ok[i] = dp;
+    return 0;
+}
+
+/* Read n ints of a descriptor's sequence attribute into out. 0, or -1 with an exception. */
+static int read_ints(PyObject *desc, PyObject *name, int n, int64_t *out, int i) {
+    PyObject *seq = PyObject_GetAttr(desc, name);
+    if (!seq) return -1;
+    PyObject *fast = PySequence_Fast(seq, "a descriptor's shape / strides must be a sequence");
+    Py_DECREF(seq);
+    if (!fast) return -1;
+    int r = 0;
+    if (PySequence_Fast_GET_SIZE(fast) != n) {
+        PyErr_Format(PyExc_ValueError, "tensor descriptor (at %d): %U has %zd entries, the "
+                     "kernel was compiled for rank %d", i, name,
+                     PySequence_Fast_GET_SIZE(fast), n);
+        r = -1;
+    }
+    for (int j = 0; !r && j < n; j++) {
+        out[j] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, j));
+        if (out[j] == -1 && PyErr_Occurred()) r = -1;
+    }
+    Py_DECREF(fast);
+    return r;
+}
+
+/* The CUtensorMap of descriptor slot i for variant meta m (encoded as Triton's
+ * fill_tma_descriptor does; the last one per slot is kept and reused while its inputs are
+ * unchanged), plus its shape and strides. Returns the map, or NULL with an exception. */
+static CUtensorMap *desc_map(Launcher *self, int i, const DescMeta *m, PyObject *desc,
+                             uint64_t addr, int64_t *shape, int64_t *strides) {
+    int n = m->rank;
+    if (read_ints(desc, s_shape, n, shape, i) || read_ints(desc, s_strides, n, strides, i))
+        return NULL;
+    if (strides[n - 1] != 1) {
+        PyErr_Format(PyExc_ValueError, "tensor descriptor (at %d): last dimension must be "
+                     "contiguous (stride 1)", i);
+        return NULL;
+    }
+    if (m->fp4_padded) shape[n - 1] *= 2;
+    PyObject *pad = PyObject_GetAttr(desc, s_padding);
+    if (!pad) return NULL;
+    int padding = PyUnicode_Check(pad) && PyUnicode_Compare(pad, s_nan) == 0;
+    Py_DECREF(pad);
+    if (!self->dcache) {
+        void *mem = NULL;
+        size_t bytes = sizeof(DescCache) * (size_t)self->nparams;
+        if (posix_memalign(&mem, 64, bytes)) { PyErr_NoMemory(); return NULL; }
+        memset(mem, 0, bytes);
+        self->dcache = mem;
+    }
+    DescCache *c = &self->dcache[i];
+    size_t sb = sizeof(int64_t) * (size_t)n;
+    if (c->valid && c->addr == addr && c->padding == padding &&
+        !memcmp(&c->meta, m, sizeof *m) && !memcmp(c->shape, shape, sb) &&
+        !memcmp(c->strides, strides, sb))
+        return &c->map;
+    if (!p_encode_tiled) {
+        PyErr_SetString(PyExc_RuntimeError, "fast_launch native path: this driver has no "
+                        "cuTensorMapEncodeTiled");
+        return NULL;
+    }
+    cuuint64_t dims[MAX_DESC_RANK], bstrides[MAX_DESC_RANK];
+    cuuint32_t box[MAX_DESC_RANK], estr[MAX_DESC_RANK] = {1, 1, 1, 1, 1};
+    for (int j = 0; j < n; j++) {
+        dims[n - 1 - j] = (cuuint64_t)shape[j];
+        box[n - 1 - j] = (cuuint32_t)m->block[j];
+    }
+    for (int j = 0; j + 1 < n; j++) bstrides[n - 2 - j] = (cuuint64_t)(m->elem_size * strides[j]);
+    c->valid = 0;
+    CUresult cr = p_encode_tiled(
+        &c->map, (CUtensorMapDataType)m->elem_type, (cuuint32_t)n, (void *)(uintptr_t)addr,
+        dims, bstrides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+        (CUtensorMapSwizzle)m->swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+        padding ? CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA
+                : CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (cr != CUDA_SUCCESS) {
+        cuda_error(cr, "cuTensorMapEncodeTiled");
+        return NULL;
+    }
+    c->meta = *m;
+    c->addr = addr;
+    c->padding = padding;
+    memcpy(c->shape, shape, sb);
+    memcpy(c->strides, strides, sb);
+    c->valid = 1;
+    return &c->map;
+}
+
 /* Pack the parameters of a prepared call and launch it on stream. 0, or -1 with an
  * exception set. An empty grid launches nothing (as in Triton). */
 static int launch_prepared(Launcher *self, Prepared *p, unsigned long long stream) {
     Entry *e = p->e;
     self->hits++;
     if (p->g[0] * p->g[1] * p->g[2] == 0) return 0;
-    const uint64_t *key = p->ks.key;
     uint64_t *ptrs = p->ks.ptrs; /* replaced by the validated device pointers below */
     const int64_t *ivals = p->ks.ivals;
     const double *fvals = p->ks.fvals;
     CUresult cr;
     union { uint64_t u; int64_t i; int32_t i32; int16_t i16; int8_t i8; uint32_t u32;
-            uint16_t u16; uint8_t u8; float f; double d; } store[MAX_SLOTS + 2];
-    void *params[MAX_SLOTS + 2];
-    int np = 0;
+            uint16_t u16; uint8_t u8; float f; double d; } store[MAX_PARAMS];
+    void *params[MAX_PARAMS];
+    int np = 0, nd = 0;
     for (int i = 0; i < self->nparams; i++) {
+        if (np + 1 + 2 * MAX_DESC_RANK + e->n_null > MAX_PARAMS) {
+            PyErr_SetString(PyExc_SystemError, "fast_launch native path: too many parameters");
+            return -1;
+        }
         switch (e->types[i]) {
         case T_SKIP:
             continue;
         case T_PTR:
-            if (ptrs[i] && ptrs[i] != self->last_ok[i]) {
-                uint64_t dp;
-                cr = p_ptr_attr(&dp, CU_POINTER_ATTRIBUTE_DEVICE_POINTER, ptrs[i]);
-                if (cr == CUDA_ERROR_INVALID_VALUE) {
-                    PyErr_Format(PyExc_ValueError,
-                                 "Pointer argument (at %d) cannot be accessed from Triton "
-                                 "(cpu tensor?)", i);
-                    return -1;
-                }
-                if (cr != CUDA_SUCCESS) { cuda_error(cr, "cuPointerGetAttribute"); return -1; }
-                ptrs[i] = dp;
-                self->last_ok[i] = dp;
-            }
+            if (device_ptr(self, i, &ptrs[i])) return -1;
             store[np].u = ptrs[i];
             break;
+        case T_DESC: {
+            const DescMeta *m = &e->descs[nd++];
+            int64_t shape[MAX_DESC_RANK], strides[MAX_DESC_RANK];
+            if (device_ptr(self, i, &ptrs[i])) return -1;
+            CUtensorMap *map = desc_map(self, i, m, p->ks.objs[i], ptrs[i], shape, strides);
+            if (!map) return -1;
+            params[np++] = map;
+            for (int j = 0; j < m->rank; j++) {
+                store[np].i32 = (int32_t)shape[j];
+                params[np] = &store[np];
+                np++;
+            }
+            for (int j = 0; j < m->rank; j++) {
+                store[np].i = strides[j];
+                params[np] = &store[np];
+                np++;
+            }
+            continue;
+        }
         case T_FP32: store[np].f = (float)fvals[i]; break;
         case T_FP64: store[np].d = fvals[i]; break;
         case T_I8: store[np].i8 = (int8_t)ivals[i]; break;
@@ -454,7 +696,7 @@ static PyObject *fl_launch(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     int r = prepare(self, args[1], args + 3, &p);
     if (r < 0) return NULL;
     if (r == 0) Py_RETURN_NOTIMPLEMENTED;
-    if (p.g[0] * p.g[1] * p.g[2] && ensure_context(p.dev)) return NULL;
+    if (p.g[0] * p.g[1] * p.g[2] != 0 && ensure_context(p.dev)) return NULL;
     if (launch_prepared(self, &p, stream)) return NULL;
     Py_INCREF(p.e->kernel);
     return p.e->kernel;
@@ -530,10 +772,13 @@ static PyObject *fl_key(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) 
 }
 
 /* fl_register(launcher, dev, key: bytes, fn: int, block, grid_mult, shared, coop, pdl,
- *             n_null, types: bytes, kernel, slots: tuple) */
+ *             n_null, types: bytes, kernel, slots: tuple[, descs: bytes])
+ * descs: one DescMeta (10 int32: swizzle, elem_size, elem_type, fp4_padded, rank,
+ * block[5]) per T_DESC parameter, in parameter order. */
 static PyObject *fl_register(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 13 || Py_TYPE(args[0]) != &LauncherType || !PyTuple_Check(args[12])) {
-        PyErr_SetString(PyExc_TypeError, "fl_register takes 13 arguments");
+    if ((nargs != 13 && nargs != 14) || Py_TYPE(args[0]) != &LauncherType ||
+        !PyTuple_Check(args[12]) || (nargs == 14 && !PyBytes_Check(args[13]))) {
+        PyErr_SetString(PyExc_TypeError, "fl_register takes 13 or 14 arguments");
         return NULL;
     }
     Launcher *self = (Launcher *)args[0];
@@ -550,9 +795,27 @@ static PyObject *fl_register(PyObject *mod, PyObject *const *args, Py_ssize_t na
         return NULL;
     }
     const uint8_t *types = (const uint8_t *)PyBytes_AS_STRING(tb);
+    Py_ssize_t ndesc = 0;
     for (int i = 0; i < self->nparams; i++) {
-        if (types[i] > T_FP64) {
+        if (types[i] > T_DESC) {
             PyErr_SetString(PyExc_ValueError, "unknown parameter type code");
+            return NULL;
+        }
+        ndesc += types[i] == T_DESC;
+    }
+    Py_ssize_t db = nargs == 14 ? PyBytes_GET_SIZE(args[13]) : 0;
+    if (db != ndesc * (Py_ssize_t)sizeof(DescMeta)) {
+        PyErr_Format(PyExc_ValueError, "descs must hold %zd bytes per tensor-descriptor "
+                     "parameter (%zd of them)", (Py_ssize_t)sizeof(DescMeta), ndesc);
+        return NULL;
+    }
+    const DescMeta *dm = ndesc ? (const DescMeta *)PyBytes_AS_STRING(args[13]) : NULL;
+    for (Py_ssize_t i = 0; i < ndesc; i++) {
+        int ok = dm[i].rank >= 1 && dm[i].rank <= MAX_DESC_RANK && dm[i].elem_size > 0;
+        for (int j = 0; ok && j < dm[i].rank; j++) ok = dm[i].block[j] >= 1 &&
+                                                        dm[i].block[j] <= 256;
+        if (!ok) {
+            PyErr_SetString(PyExc_ValueError, "bad tensor-descriptor metadata");
             return NULL;
         }
     }
@@ -604,11 +867,22 @@ static PyObject *fl_register(PyObject *mod, PyObject *const *args, Py_ssize_t na
         return PyErr_NoMemory();
     }
     e->strs = NULL;
+    e->descs = NULL;
+    if (ndesc) {
+        e->descs = PyMem_Malloc(sizeof(DescMeta) * (size_t)ndesc);
+        if (!e->descs) {
+            PyMem_Free(e->key);
+            PyMem_Free(e->types);
+            return PyErr_NoMemory();
+        }
+        memcpy(e->descs, dm, sizeof(DescMeta) * (size_t)ndesc);
+    }
     if (has_str) {
         e->strs = PyMem_Calloc((size_t)self->nslots, sizeof(PyObject *));
         if (!e->strs) {
             PyMem_Free(e->key);
             PyMem_Free(e->types);
+            PyMem_Free(e->descs);
             return PyErr_NoMemory();
         }
         for (int i = 0; i < self->nslots; i++) {
@@ -634,29 +908,35 @@ static PyObject *fl_register(PyObject *mod, PyObject *const *args, Py_ssize_t na
     Py_RETURN_TRUE;
 }
 
-/* fl_new(codes: bytes, nparams, dtypes: tuple, tensor_types: tuple, not_set) */
+/* fl_new(codes: bytes, nparams, dtypes: tuple, tensor_types: tuple, not_set
+ *        [, desc_types: tuple]) */
 static PyObject *fl_new(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyBytes_Check(args[0]) || !PyTuple_Check(args[2]) ||
-        !PyTuple_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "fl_new(codes: bytes, nparams, dtypes, types, not_set)");
+    if ((nargs != 5 && nargs != 6) || !PyBytes_Check(args[0]) || !PyTuple_Check(args[2]) ||
+        !PyTuple_Check(args[3]) || (nargs == 6 && !PyTuple_Check(args[5]))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "fl_new(codes: bytes, nparams, dtypes, types, not_set[, desc_types])");
         return NULL;
     }
+    PyObject *layouts = PyList_New(0);
+    if (!layouts) return NULL;
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
     long np = PyLong_AsLong(args[1]);
     if (np == -1 && PyErr_Occurred()) return NULL;
     if (n > MAX_SLOTS || np < 0 || np > n) {
         PyErr_Format(PyExc_ValueError, "at most %d slots", MAX_SLOTS);
+        Py_DECREF(layouts);
         return NULL;
     }
     const uint8_t *codes = (const uint8_t *)PyBytes_AS_STRING(args[0]);
     for (Py_ssize_t i = 0; i < n; i++) {
         if (codes[i] > C_OPTION) {
             PyErr_SetString(PyExc_ValueError, "unknown slot code");
+            Py_DECREF(layouts);
             return NULL;
         }
     }
     Launcher *self = PyObject_New(Launcher, &LauncherType);
-    if (!self) return NULL;
+    if (!self) { Py_DECREF(layouts); return NULL; }
     self->nslots = (int)n;
     self->nparams = (int)np;
     memset(self->codes, 0, sizeof self->codes);
@@ -668,6 +948,10 @@ static PyObject *fl_new(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) 
     self->tensor_types = args[3];
     Py_INCREF(args[4]);
     self->not_set = args[4];
+    self->desc_types = nargs == 6 ? args[5] : PyTuple_New(0);
+    if (nargs == 6) Py_INCREF(args[5]);
+    self->layouts = layouts;
+    self->dcache = NULL;
     self->entries = NULL;
     self->n_entries = self->cap = 0;
     self->hits = 0;
@@ -694,6 +978,7 @@ static PyObject *fl_clear(PyObject *mod, PyObject *arg) {
     for (int i = 0; i < self->n_entries; i++) entry_free(&self->entries[i], self->nslots);
     self->n_entries = 0;
     memset(self->last_ok, 0, sizeof self->last_ok);
+    if (self->dcache) memset(self->dcache, 0, sizeof(DescCache) * (size_t)self->nparams);
     Py_RETURN_NONE;
 }
 
@@ -716,6 +1001,15 @@ PyMODINIT_FUNC PyInit_lora_dispatch_native(void) {
     if (PyType_Ready(&LauncherType) < 0) return NULL;
     s_data_ptr = PyUnicode_InternFromString("data_ptr");
     s_dtype = PyUnicode_InternFromString("dtype");
-    if (!s_data_ptr || !s_dtype) return NULL;
+    s_base = PyUnicode_InternFromString("base");
+    s_block_shape = PyUnicode_InternFromString("block_shape");
+    s_layout = PyUnicode_InternFromString("layout");
+    s_shape = PyUnicode_InternFromString("shape");
+    s_strides = PyUnicode_InternFromString("strides");
+    s_padding = PyUnicode_InternFromString("padding");
+    s_nan = PyUnicode_InternFromString("nan");
+    if (!s_data_ptr || !s_dtype || !s_base || !s_block_shape || !s_layout || !s_shape ||
+        !s_strides || !s_padding || !s_nan)
+        return NULL;
     return PyModule_Create(&moddef);
 }

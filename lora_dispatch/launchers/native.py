@@ -11,8 +11,13 @@ The C key covers what the inline key of :mod:`.spec` covers (tensors of the list
 ints, floats, bools, None, int / bool / None / str constexprs and launch options; a str
 constexpr is keyed by its hash and compared by value on a match); any other
 argument makes the call return ``NotImplemented`` and the Python path handles it exactly.
+Host tensor descriptors (``triton.tools.tensor_descriptor.TensorDescriptor`` and Gluon's
+Hopper one) are keyed in C too, by what Triton keys them by (the base's dtype, the block
+shape and the shared-memory layout); a variant compiled to TMA gets its ``CUtensorMap``
+encoded in C at launch (``cuTensorMapEncodeTiled``, as Triton's ``fill_tma_descriptor``;
+the last map per parameter is reused while base, shape, strides and padding are unchanged).
 A variant is registered only when its launch needs nothing the C side does not do (no
-global / profile scratch, no tensor descriptors, no non-portable cluster size).
+global / profile scratch, no descriptor lowered to pointers, no non-portable cluster size).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -35,7 +41,9 @@ __all__ = [
     "load",
     "native_launch_enabled",
     "set_native_launch",
+    "desc_types",
     "slot_codes",
+    "variant_descs",
     "variant_geometry",
     "variant_types",
 ]
@@ -49,13 +57,19 @@ _SRC = Path(__file__).with_name("native.c")
 C_SKIP, C_GENERIC, C_GENERIC_SA, C_GENERIC_NOSPEC, C_CONSTEXPR, C_OPTION = range(6)
 # parameter type codes (native.c)
 (T_SKIP, T_PTR, T_I8, T_I16, T_I32, T_I64, T_U8, T_U16, T_U32, T_U64, T_FP32,
- T_FP64) = range(12)
+ T_FP64, T_DESC) = range(13)
 _SCALAR_TYPES = {
     "i1": T_I8, "i8": T_I8, "i16": T_I16, "i32": T_I32, "i64": T_I64,
     "u1": T_U8, "u8": T_U8, "u16": T_U16, "u32": T_U32, "u64": T_U64,
     "fp32": T_FP32, "f32": T_FP32, "fp64": T_FP64,
 }
 MAX_SLOTS = 64
+MAX_DESC_RANK = 5
+# native.c DescMeta: swizzle, elem_size, elem_type, fp4_padded, rank, block[5] (int32)
+_DESC_META = struct.Struct(f"{5 + MAX_DESC_RANK}i")
+# CUtensorMapDataType from the element type Triton's compiler records (they differ at 8-10,
+# as in Triton's own launcher, driver.TMA_DTYPE_DEVICE_TO_HOST)
+_TMA_DEVICE_TO_HOST = {**{i: i for i in range(16)}, 8: 10, 9: 8, 10: 9}
 
 _module: Any = None
 _error: str | None = None
@@ -247,9 +261,43 @@ def variant_types(kernel: Any, names: list[str]) -> bytes | None:
             out.append(T_PTR)
         elif ty in _SCALAR_TYPES:
             out.append(_SCALAR_TYPES[ty])
+        elif ty.startswith("tensordesc<"):
+            out.append(T_DESC)
         else:
             return None
+    if T_DESC in out and variant_descs(kernel) is None:
+        return None
     return bytes(out)
+
+
+def variant_descs(kernel: Any) -> bytes | None:
+    """The TMA metadata of a compiled variant's tensor-descriptor parameters, packed for
+    ``fl_register`` (empty without descriptors), or None when one of them was not lowered
+    to a ``CUtensorMap`` (Triton then passes it as pointer, shape and strides).
+
+    Parameters
+    ----------
+    kernel : CompiledKernel
+    """
+    sig = getattr(getattr(kernel, "src", None), "signature", None) or {}
+    n = sum(isinstance(t, str) and t.startswith("tensordesc<") for t in sig.values())
+    if not n:
+        return b""
+    metas = getattr(kernel.metadata, "tensordesc_meta", None)
+    if not metas or len(metas) != n:
+        return None
+    out = []
+    for m in metas:
+        if not isinstance(m, dict):
+            return None
+        block = [int(b) for b in m["block_size"]]
+        if not 1 <= len(block) <= MAX_DESC_RANK or int(m["elem_type"]) not in _TMA_DEVICE_TO_HOST:
+            return None
+        out.append(_DESC_META.pack(int(m["swizzle"]), int(m["elem_size"]),
+                                   _TMA_DEVICE_TO_HOST[int(m["elem_type"])],
+                                   int(bool(m.get("fp4_padded", False))), len(block),
+                                   *block, *[0] * (MAX_DESC_RANK - len(block))))
+    return b"".join(out)
 
 
 def variant_geometry(kernel: Any, n_null: int) -> tuple[int, int, int, int, int, int] | None:
@@ -264,8 +312,6 @@ def variant_geometry(kernel: Any, n_null: int) -> tuple[int, int, int, int, int,
     """
     md = kernel.metadata
     if getattr(md, "global_scratch_size", 0) or getattr(md, "profile_scratch_size", 0):
-        return None
-    if getattr(md, "tensordesc_meta", None):
         return None
     num_ctas = int(getattr(md, "num_ctas", 1))
     if num_ctas < 1 or num_ctas >= 16:
@@ -296,6 +342,22 @@ def tensor_types() -> tuple:
     import torch
 
     return (torch.Tensor, torch.nn.Parameter)
+
+
+def desc_types() -> tuple:
+    """Host tensor-descriptor classes keyed in C (exact class match; index = key value):
+    Triton's and Gluon's Hopper / Blackwell ones, where this release has them."""
+    out = []
+    for mod, name in (("triton.tools.tensor_descriptor", "TensorDescriptor"),
+                      ("triton.experimental.gluon.nvidia.hopper", "TensorDescriptor"),
+                      ("triton.experimental.gluon.nvidia.blackwell", "TensorDescriptor")):
+        try:
+            cls = getattr(importlib.import_module(mod), name)
+        except Exception:
+            continue
+        if isinstance(cls, type) and cls not in out:
+            out.append(cls)
+    return tuple(out[:4])
 
 
 def register(ns: dict[str, Any], kernel: Any, dev: int, args: tuple, kwargs: dict,
@@ -336,7 +398,8 @@ def register(ns: dict[str, Any], kernel: Any, dev: int, args: tuple, kwargs: dic
         return False
     types = variant_types(kernel, names)
     geometry = variant_geometry(kernel, n_null)
-    if types is None or geometry is None:
+    descs = variant_descs(kernel)
+    if types is None or geometry is None or descs is None:
         return False
     if pdl:
         geometry = (*geometry[:4], 1, geometry[5])
@@ -344,7 +407,7 @@ def register(ns: dict[str, Any], kernel: Any, dev: int, args: tuple, kwargs: dic
     if not isinstance(function, int):
         return False
     return bool(ns["_fl_natreg"](ns["_fl_nat"], dev, key, function, *geometry, types, kernel,
-                                 slots))
+                                 slots, descs))
 
 
 def available() -> bool:

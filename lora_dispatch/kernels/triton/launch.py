@@ -26,7 +26,7 @@ from .fill_kernel import ZERO_BLOCK, zero_kernel
 from .fused_kernel import fused_kernel
 from .overlap_kernel import SYNC_HEAD, overlap_kernel
 from .shrink_gluon_kernel import AVAILABLE as GLUON_AVAILABLE
-from .shrink_gluon_kernel import gluon_descriptors, shrink_gluon_kernel
+from .shrink_gluon_kernel import a_descriptor, shrink_gluon_kernel, x_descriptor
 from .shrink_kernel import shrink_kernel
 from .shrink_tma_kernel import shrink_tma_kernel
 
@@ -91,6 +91,12 @@ try:
     _ZGROUP: LaunchGroup | None = LaunchGroup(zero_kernel, shrink_kernel)
 except (ImportError, TypeError):  # no fast launcher: each kernel launches on its own
     _GROUP = _ZGROUP = None
+try:  # add_lora with the Gluon shrink (descriptors encoded by the native tier)
+    _GGROUP: LaunchGroup | None = (None if _GROUP is None or shrink_gluon_kernel is None
+                                   else LaunchGroup(shrink_gluon_kernel, expand_kernel))
+except TypeError:  # the kernel is not a fast launcher
+    _GGROUP = None
+_GGROUP_OPTS = () if _GGROUP is None else _GGROUP.options(0)
 # option slots of the group's kernels (fixed at import: plans outlive a swapped _GROUP)
 _GROUP_OPTIONS = None if _GROUP is None else _GROUP.options
 _ZERO_WARPS = 4
@@ -371,16 +377,37 @@ def _uniform_ranks(w) -> bool:
     return memo[1]
 
 
+_NATIVE_DESC: list = []  # [bool]: the Gluon shrink launches natively (computed once)
+
+
+def gluon_native() -> bool:
+    """Whether the Gluon shrink launches through the fast launcher's native tier, which
+    encodes its tensor descriptors in C (otherwise Triton's JIT path: ~50 us of host time).
+    """
+    if not _NATIVE_DESC:
+        ok = False
+        if shrink_gluon_kernel is not None and hasattr(shrink_gluon_kernel, "launch_tier"):
+            try:
+                from lora_dispatch.launchers import launcher_mode, native
+
+                ok = (launcher_mode() != "triton" and native.native_launch_enabled()
+                      and native.available())
+            except Exception:
+                ok = False
+        _NATIVE_DESC.append(ok)
+    return _NATIVE_DESC[0]
+
+
 def _pick(p, x, w, capturing: bool | None = None):
     """``p`` (a shrink or add plan), or its Gluon ``alt`` where ``x`` meets the TMA contract
-    and, automatically, only while a CUDA graph is being captured and every loaded slot has
-    rank ``max_rank`` (``LORA_DISPATCH_GLUON=1``: always).
+    and every loaded slot has rank ``max_rank`` (its work follows ``max_rank``), and the
+    launch is cheap on the host: through the native tier (:func:`gluon_native`), or while a
+    CUDA graph is being captured (replay has no host cost). ``LORA_DISPATCH_GLUON=1``:
+    always.
 
-    The Gluon kernel launches through Triton's JIT path with two tensor descriptors (the
-    fast launcher passes none): ~50 us more host time per ``add_lora`` (H200 host, qkv r64
-    T=8192: 13.9 -> 62.6 us, ``_host_gluon.py``), as much as the GPU time it saves.
-    A graph replays without that cost. Its work follows ``max_rank``, hence the rank
-    condition. ``capturing`` overrides the capture check (benchmark labels).
+    Through Triton's JIT path the Gluon launch costs ~50 us more host time per ``add_lora``
+    (H200 host, qkv r64 T=8192: 13.9 -> 62.6 us, ``_host_gluon.py``), as much as the GPU
+    time it saves. ``capturing`` overrides the capture check (benchmark labels).
     """
     a = p.alt
     if a is None or not _tma_ready(x):
@@ -388,10 +415,11 @@ def _pick(p, x, w, capturing: bool | None = None):
     g = (a.shrink if isinstance(a, AddPlan) else a).gluon
     if g.forced:
         return a
-    if capturing is None:
-        capturing = x.is_cuda and _capturing()
-    if not capturing:
-        return p
+    if not gluon_native():
+        if capturing is None:
+            capturing = x.is_cuda and _capturing()
+        if not capturing:
+            return p
     return a if _uniform_ranks(w) else p
 
 
@@ -416,23 +444,40 @@ def _launch_shrink(p: ShrinkPlan, x, w, batch, y, t: int, ys: tuple | None = Non
         shrink_kernel[p.grid](*args, *p.cx, num_warps=p.num_warps, num_stages=p.num_stages)
 
 
+def _a_desc(w, c: configs.GluonShrinkConfig):
+    """Descriptor of ``A [L * S * R, K]`` for the Gluon shrink's tiling ``c`` (kept on the
+    weights object while its ``lora_a`` is the same tensor)."""
+    a = w.lora_a
+    d = getattr(w, "__dict__", None)
+    key = (c.block_r, c.block_k)
+    if d is not None:
+        memo = d.get("_gluon_a_desc")
+        if memo is not None and memo[0] is a and memo[1] == key:
+            return memo[2]
+    desc = a_descriptor(a.view(-1, w.in_features), c.block_r, c.block_k)
+    if d is not None:
+        d["_gluon_a_desc"] = (a, key, desc)
+    return desc
+
+
+def _gluon_args(g: GluonPlan, k_split: int, x, w, batch, y, t: int, ys: tuple) -> tuple:
+    """:mod:`.shrink_gluon_kernel`'s parameters, ``num_warps`` (a constexpr there) last."""
+    c = g.cfg
+    tm = batch.tile_map
+    xs = x.stride()
+    return (x_descriptor(x, c.block_m, c.block_k), _a_desc(w, c), x, y, w.ranks, w.scalings,
+            batch.sorted_tokens, tm, t, w.in_features, w.num_slots, tm.shape[2], k_split,
+            xs[0], xs[1], ys[0], ys[1], ys[2], *g.cx, c.num_warps)
+
+
 def _launch_shrink_gluon(g: GluonPlan, k_split: int, x, w, batch, y, t: int,
                          ys: tuple) -> None:
-    """:mod:`.shrink_gluon_kernel` with descriptors of ``x [T, K]`` and ``A [L * S * R, K]``
-    (a plain JIT launch)."""
-    c, k = g.cfg, w.in_features
-    xd, ad = gluon_descriptors(x, w.lora_a.view(-1, k), c.block_m, c.block_k, c.block_r)
-    tm = batch.tile_map
-    shrink_gluon_kernel[g.grid](
-        xd, ad, x, y, w.ranks, w.scalings, batch.sorted_tokens, tm,
-        t, k, w.num_slots, tm.shape[2], k_split, x.stride(0), x.stride(1), ys[0], ys[1],
-        ys[2], *g.cx, num_warps=c.num_warps,
-    )
+    """:mod:`.shrink_gluon_kernel` with descriptors of ``x [T, K]`` and ``A [L * S * R, K]``."""
+    shrink_gluon_kernel[g.grid](*_gluon_args(g, k_split, x, w, batch, y, t, ys))
 
 
 def _launch_shrink_tma(p: ShrinkPlan, x, w, args: tuple) -> None:
-    """``shrink_tma_kernel`` with descriptors of ``x [T, K]`` and ``A [L * S * R, K]``
-    (a plain JIT launch: the fast launcher does not pass descriptor arguments)."""
+    """``shrink_tma_kernel`` with descriptors of ``x [T, K]`` and ``A [L * S * R, K]``."""
     m, k = p.meta, w.in_features
     a = w.lora_a.view(-1, k)  # [L * S * R, K]
     shrink_tma_kernel[p.grid](
@@ -623,9 +668,17 @@ def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
         p = _pick(p, x, w)
     sp = p.shrink
     ws = _workspace(p.ws_numel, x)
-    if (not _desc_kind(sp, x, w) and _GROUP is not None and _GROUP.available()
-            and _GROUP((sp.grid, p.expand.grid), _group_slots(p, base_out, x, w, batch, ws, t))):
-        return  # both launches in one native call
+    kind = _desc_kind(sp, x, w)
+    if not kind and _GROUP is not None and _GROUP.available():
+        if _GROUP((sp.grid, p.expand.grid), _group_slots(p, base_out, x, w, batch, ws, t)):
+            return  # both launches in one native call
+    elif kind == 2 and _GGROUP is not None and _GGROUP.available():
+        ep = p.expand
+        if _GGROUP((sp.gluon.grid, ep.grid), (
+                *_gluon_args(sp.gluon, sp.k_split, x, w, batch, ws, t, p.ys), *_GGROUP_OPTS,
+                *_expand_args(ep, ws, w, batch, base_out, base_out.stride(), t, p.ys),
+                *ep.tail)):
+            return
     _launch_shrink(sp, x, w, batch, ws, t, p.ys)
     _launch_expand(p.expand, ws, w, batch, base_out, t, p.ys)
 

@@ -24,7 +24,12 @@ between releases), 16-bit weights, ``K % BK == 0``, ``K_SPLIT % BK == 0``, ``S <
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+
+import torch
+
+from ._jit import fast_launch
 
 try:
     from triton.experimental import gluon
@@ -40,7 +45,8 @@ try:
 except (ImportError, AttributeError):  # Triton < 3.5 or a release with another Gluon API
     gluon = None
 
-__all__ = ["shrink_gluon_kernel", "gluon_descriptors", "AVAILABLE", "PRODUCER_REGS"]
+__all__ = ["shrink_gluon_kernel", "gluon_descriptors", "x_descriptor", "a_descriptor",
+           "AVAILABLE", "PRODUCER_REGS"]
 
 AVAILABLE = gluon is not None
 
@@ -201,6 +207,7 @@ if AVAILABLE:
         gl.store(y_ptrs, gl.zeros((BM, BR), dtype=gl.float32, layout=layout),
                  mask=m_mask[:, None] & (cols < R)[None, :])
 
+    @fast_launch
     @gluon.jit
     def shrink_gluon_kernel(
         x_desc, a_desc, x_ptr, y_ptr, ranks_ptr, scal_ptr, tok_ptr, tiles_ptr,
@@ -260,20 +267,44 @@ if AVAILABLE:
                                       dtype=gl.int32, is_pure=False, pack=1)
 
     @functools.lru_cache(maxsize=64)
-    def _layouts(bm: int, bk: int, br: int, fp16: bool) -> tuple:
+    def _layout(rows: int, cols: int, fp16: bool):
         dt = gl.float16 if fp16 else gl.bfloat16
-        return (gl.NVMMASharedLayout.get_default_for([bm, bk], dt),
-                gl.NVMMASharedLayout.get_default_for([br, bk], dt))
+        return gl.NVMMASharedLayout.get_default_for([rows, cols], dt)
+
+    _FIELDS = ("base", "shape", "strides", "block_shape", "layout", "padding")
+    _new = object.__new__
+
+    if tuple(f.name for f in dataclasses.fields(TensorDescriptor)) == _FIELDS:
+
+        def _descriptor(base, shape: list, strides: list, block: list, layout):
+            # the fields without __post_init__'s checks (~2 us): callers hold tensors that
+            # meet the TMA contract (launch._tma_ready, contiguous A)
+            d = _new(TensorDescriptor)
+            d.base, d.shape, d.strides, d.block_shape, d.layout = (base, shape, strides, block,
+                                                                   layout)
+            d.padding = "zero"
+            return d
+    else:  # pragma: no cover - another release's descriptor: its own constructor
+        def _descriptor(base, shape: list, strides: list, block: list, layout):
+            return TensorDescriptor(base, shape, strides, block, layout)
+
+    def x_descriptor(x, bm: int, bk: int):
+        """TMA descriptor of ``x [T, K]`` (16-bit, 16-byte aligned base and row stride,
+        unit column stride), tile ``[bm, bk]``, in the shared layout the kernel reads."""
+        return _descriptor(x, list(x.shape), [x.stride(0), 1], [bm, bk],
+                           _layout(bm, bk, x.dtype == torch.float16))
+
+    def a_descriptor(a, br: int, bk: int):
+        """TMA descriptor of a contiguous ``a [rows, K]`` (16-bit), tile ``[br, bk]``."""
+        return _descriptor(a, list(a.shape), [a.shape[1], 1], [br, bk],
+                           _layout(br, bk, a.dtype == torch.float16))
 
     def gluon_descriptors(x, a, bm: int, bk: int, br: int) -> tuple:
         """TMA descriptors of ``x [T, K]`` (tile ``[bm, bk]``) and ``a [rows, K]`` (tile
         ``[br, bk]``, 16-bit) in the shared layouts the kernel's wgmma reads."""
-        xl, al = _layouts(bm, bk, br, str(x.dtype) == "torch.float16")
-        k = x.shape[1]
-        return (TensorDescriptor(x, [x.shape[0], k], [x.stride(0), 1], [bm, bk], xl),
-                TensorDescriptor(a, [a.shape[0], k], [k, 1], [br, bk], al))
+        return x_descriptor(x, bm, bk), a_descriptor(a, br, bk)
 
 else:
     PRODUCER_REGS = 40
     shrink_gluon_kernel = None
-    gluon_descriptors = None
+    gluon_descriptors = x_descriptor = a_descriptor = None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._jit import fast_launch
 from .shrink_kernel import _blocks, _store_blocks, _zero_blocks
 from .tiles import pdl_launch_dependents, tile_head, tile_rows
 
@@ -40,6 +41,7 @@ def _dots(acc0, acc1, acc2, acc3, xb, a_desc, ar0, ar1, ar2, ar3, k, RB: tl.cons
     return acc0, acc1, acc2, acc3
 
 
+@fast_launch
 @triton.jit
 def shrink_tma_kernel(
     x_desc, a_desc, x_ptr, a_ptr, y_ptr, ranks_ptr, scal_ptr, tok_ptr, tiles_ptr,
