@@ -305,3 +305,27 @@ def test_pdl_names_a_parameter() -> None:
     assert fast_launch(k)._fl_pdl is None
     with pytest.raises(ValueError, match="pdl must name a parameter"):
         fast_launch(k, pdl="MISSING")
+
+
+@triton.jit
+def k_warps_param(x_ptr, n, BLOCK: tl.constexpr, num_warps: tl.constexpr, TAIL: tl.constexpr):
+    pass
+
+
+def test_parameters_named_like_options_reach_triton_as_keywords(monkeypatch) -> None:
+    """Gluon kernels take ``num_warps`` as a constexpr parameter; Triton reads launch options
+    from keywords only, so a miss hands that parameter (and those after it) to Triton by
+    keyword however the caller passed it, and both call styles share one variant."""
+    set_launcher_mode("fast")
+    fake = FakeTriton(k_warps_param)
+    monkeypatch.setattr(k_warps_param, "run", fake, raising=False)
+    try:
+        launcher = FastLauncher(k_warps_param).build_for_tests(reference_backend("cuda"))
+        x = torch.empty(64, dtype=torch.float32)
+        launcher[(1,)](x, 64, 16, 8, 3)
+        ((args, _, kwargs),) = fake.calls
+        assert args == (x, 64, 16) and kwargs == {"num_warps": 8, "TAIL": 3}
+        launcher[(1,)](x, 64, 16, num_warps=8, TAIL=3)
+        assert len(fake.calls) == 1 and launcher.cache_info().hits == 1
+    finally:
+        set_launcher_mode(None)

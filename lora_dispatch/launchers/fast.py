@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any
 
 from . import native as _native
-from .codegen import build_source
+from .codegen import OPTION_KEYWORDS, build_source
 from .versions import Adapter, UnsupportedTriton, get_adapter
 
 __all__ = [
@@ -202,6 +202,7 @@ class FastLauncher:
         self._fl_force_plain = launcher_mode() == "triton"
         self._fl_launch = self._fl_bootstrap
         self._fl_groups: weakref.WeakSet = weakref.WeakSet()  # LaunchGroups holding this
+        self._fl_opt_cut: int | None = None  # first parameter named like a launch option
         self.__doc__ = getattr(jit, "__doc__", None)
         self.__module__ = getattr(jit, "__module__", __name__)
         self.__wrapped__ = jit
@@ -295,14 +296,30 @@ class FastLauncher:
         ns["_fl_check_globals"] = partial(_check_globals, self._fl_jit)
         exec(compile(source, f"<fast_launch {_name(self._fl_jit)}>", "exec"), ns)
 
+    def _fl_run(self, grid: Any, args: tuple, kwargs: dict) -> Any:
+        """``JITFunction.run`` on the call's parameters. Parameters named like a launch
+        option (Gluon's ``num_warps: gl.constexpr``) and those after them go by keyword:
+        Triton reads launch options from the keywords only, so a positional ``num_warps``
+        would bind the parameter but compile with the default option."""
+        cut = self._fl_opt_cut
+        if cut is None:
+            names = list(self._fl_jit.signature.parameters)
+            cut = self._fl_opt_cut = next(
+                (i for i, n in enumerate(names) if n in OPTION_KEYWORDS), len(names))
+        if cut < len(args):
+            names = list(self._fl_jit.signature.parameters)
+            kwargs = {**dict(zip(names[cut:], args[cut:])), **kwargs}
+            args = args[:cut]
+        return self._fl_jit.run(*args, grid=grid, warmup=False, **kwargs)
+
     def _fl_on_plain(self, grid: Any, args: tuple, kwargs: dict) -> Any:
         self._fl_fallbacks += 1
-        return self._fl_jit.run(*args, grid=grid, warmup=False, **kwargs)
+        return self._fl_run(grid, args, kwargs)
 
     def _fl_on_miss(self, grid: Any, key: tuple, dev: int, args: tuple, kwargs: dict) -> Any:
         jit = self._fl_jit
         with self._fl_lock:
-            kernel = jit.run(*args, grid=grid, warmup=False, **kwargs)
+            kernel = self._fl_run(grid, args, kwargs)
             self._fl_misses += 1
             if kernel is None or hasattr(kernel, "result"):  # skipped by a hook / async compile
                 return kernel
