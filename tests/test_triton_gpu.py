@@ -984,8 +984,14 @@ def test_gluon_native_descriptors_match_triton(monkeypatch):
         live = torch.tensor([v >= 0 and w.host_ranks[v] > 0 for v in slots.tolist()])
         assert live.any() and not got[:, :, live.to(DEV)].isnan().any()
     assert k.launch_tier == "native"
-    hits, variants = native.load().fl_info(k._fl_ns["_fl_nat"])
+    mod, nat = native.load(), k._fl_ns["_fl_nat"]
+    hits, variants = mod.fl_info(nat)
     assert variants >= 1 and hits >= 3, (hits, variants)
+    encodes = mod.fl_encodes(nat)
+    for _ in range(3):  # the same x and A: the kept maps, x's encoded once after the loop
+        k[p.gluon.grid](*tl_launch._gluon_args(p.gluon, p.k_split, dense, w, batch, got, t,
+                                               got.stride()[:3]))
+    assert mod.fl_encodes(nat) == encodes + 1
 
     monkeypatch.delenv("LORA_DISPATCH_GLUON")
     w.__dict__.pop("_triton_plans", None)

@@ -103,6 +103,7 @@ typedef struct {
     int n_entries, cap;
     uint64_t last_ok[MAX_SLOTS]; /* last pointer validated per slot */
     unsigned long long hits;
+    unsigned long long encodes; /* CUtensorMaps encoded (the others were reused) */
 } Launcher;
 
 static void entry_free(Entry *e, int nslots) {
@@ -567,6 +568,7 @@ static CUtensorMap *desc_map(Launcher *self, int i, const DescMeta *m, PyObject 
         cuda_error(cr, "cuTensorMapEncodeTiled");
         return NULL;
     }
+    self->encodes++;
     c->meta = *m;
     c->addr = addr;
     c->padding = padding;
@@ -955,6 +957,7 @@ static PyObject *fl_new(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) 
     self->entries = NULL;
     self->n_entries = self->cap = 0;
     self->hits = 0;
+    self->encodes = 0;
     return (PyObject *)self;
 }
 
@@ -966,6 +969,15 @@ static PyObject *fl_info(PyObject *mod, PyObject *arg) {
     }
     Launcher *self = (Launcher *)arg;
     return Py_BuildValue("(Ki)", self->hits, self->n_entries);
+}
+
+/* fl_encodes(launcher) -> CUtensorMaps encoded so far */
+static PyObject *fl_encodes(PyObject *mod, PyObject *arg) {
+    if (Py_TYPE(arg) != &LauncherType) {
+        PyErr_SetString(PyExc_TypeError, "expected a native Launcher");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(((Launcher *)arg)->encodes);
 }
 
 /* fl_clear(launcher): forget every variant */
@@ -990,6 +1002,7 @@ static PyMethodDef methods[] = {
     {"fl_register", (PyCFunction)(void (*)(void))fl_register, METH_FASTCALL, "store a variant"},
     {"fl_new", (PyCFunction)(void (*)(void))fl_new, METH_FASTCALL, "new Launcher"},
     {"fl_info", fl_info, METH_O, "(hits, variants)"},
+    {"fl_encodes", fl_encodes, METH_O, "CUtensorMaps encoded"},
     {"fl_clear", fl_clear, METH_O, "forget variants"},
     {NULL, NULL, 0, NULL},
 };
