@@ -72,6 +72,19 @@ def test_auto_only_hopper_prefill_and_fitting_shapes():
     assert configs.shrink_gluon(H200, 8192, 4096, 3, 64, 2, available=False) is None
 
 
+@pytest.mark.parametrize("atomic,slices,rank,least", [
+    (False, 3, 16, 512),  # add_lora, 48 rank rows
+    (False, 1, 64, 512),
+    (False, 3, 64, 2048),  # 192 rows
+    (True, 1, 64, 1024),  # the public shrink, 64 rows
+    (True, 1, 16, 2048),
+])
+def test_auto_threshold_follows_rows_and_epilogue(atomic, slices, rank, least):
+    """Below 2048 tokens the shapes that won the H200 A/B take it automatically."""
+    assert configs.shrink_gluon(H200, least - 1, 4096, slices, rank, 2, atomic=atomic) is None
+    assert configs.shrink_gluon(H200, least, 4096, slices, rank, 2, atomic=atomic) is not None
+
+
 def test_release_and_interpreter_gate(monkeypatch):
     monkeypatch.setattr(configs, "_triton_version", lambda: (3, 5))
     assert configs.shrink_gluon(H200, 8192, 4096, 3, 64, 2) is None

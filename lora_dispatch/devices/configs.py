@@ -515,6 +515,25 @@ class GluonShrinkConfig:
 # (probe_shrink_gluon.py, shrink-gluon-probe-...json) qkv r64 T=8192 25.9 us against 33.6 for
 # the shipped shrink, T=2048 14.7 against 17.1; qkv r16 T=8192 21.9 against 24.1
 _GLUON_MIN_TOKENS: dict[str, int] = {"h100": 2048, "h200": 2048}
+# below that, by the slices' padded rank rows and the epilogue: eager H200 A/B, alternating
+# rounds (ab-gluon-mid-...json; add_lora is qkv, the public shrink one slice): add_lora with
+# 48 rows wins from T=512 (r16 T=1024 20.8 -> 18.8 us, T=512 16.8 -> 16.0), with 192 rows
+# loses below 2048 (r64 T=1024 24.8 -> 25.7); the public shrink with 64 rows wins at T=1024
+# (13.3 -> 11.7), with 16 rows loses (11.3 -> 11.7)
+_GLUON_EARLY: dict[str, tuple[int, int]] = {"h100": (512, 1024), "h200": (512, 1024)}
+
+
+def _gluon_min_tokens(family: str, rows: int, atomic: bool) -> int:
+    """Fewest tokens for the automatic Gluon shrink: ``_GLUON_MIN_TOKENS``, or the earlier
+    start of ``_GLUON_EARLY`` (workspace, atomic) where its A/B won: ``add_lora``'s
+    workspace shrink with at most 64 padded rank rows, the public shrink with at least 64."""
+    least = _GLUON_MIN_TOKENS.get(family, 1 << 62)
+    early = _GLUON_EARLY.get(family)
+    if early is not None and (rows >= 64 if atomic else rows <= 64):
+        least = min(least, early[atomic])
+    return least
+
+
 _GLUON_SMEM = 224 << 10  # ring budget (the barriers and the epilogue need little more)
 _GLUON_MAX_STAGES = 6  # 6 beat 4 by 16-25% and matched 7 (qkv r64 T=8192: 25.9 / 26.1 us)
 _GLUON_MAX_ROWS = 256  # slices * block_r: one fp32 [block_m, 256] accumulator set
@@ -566,12 +585,14 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
     Triton kernels.
 
     Automatic (``LORA_DISPATCH_GLUON`` unset or ``auto``): Hopper families in
-    ``_GLUON_MIN_TOKENS`` from that many tokens, where the shape fits (Triton 3.6, 16-bit,
-    ``K % 64 == 0``, at most 3 slices of at most 256 padded rank rows together); the launch
-    then takes it only inside CUDA-graph capture, for weights whose loaded slots all have
-    rank ``max_rank`` (its JIT launch costs ~50 us more host time per ``add_lora``, see
-    ``launch._pick``). ``1`` forces it for every ``T``, eager calls and any ranks included
-    (``RuntimeError`` naming the reason where it cannot run); ``0`` turns it off.
+    ``_GLUON_MIN_TOKENS`` from that many tokens (fewer for some shapes:
+    ``_gluon_min_tokens``), where the shape fits (Triton 3.6, 16-bit, ``K % 64 == 0``, at most 3
+    slices of at most 256 padded rank rows together); the launch then takes it for weights
+    whose loaded slots all have rank ``max_rank``, and eagerly only where the fast launcher's
+    native tier launches it (through Triton's JIT it costs ~50 us more host time per
+    ``add_lora``, see ``launch._pick``). ``1`` forces it for every ``T``, eager calls and any
+    ranks included (``RuntimeError`` naming the reason where it cannot run); ``0`` turns it
+    off.
     ``available``: whether the Gluon kernel module imported; ``atomic``: the public shrink's
     plan (K splits add with atomics into a zero-filled ``y``). Read when a
     launch plan is built (plans are cached per weights and ``T``).
@@ -598,10 +619,10 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
         if mode == "1":
             raise RuntimeError(f"{ENV_GLUON}=1 but the Gluon shrink cannot run: {why}")
         return None
-    if mode == "auto" and t < _GLUON_MIN_TOKENS.get(info.family, 1 << 62):
-        return None
     br = max(16, next_pow2(max_rank))
     rows = slices * br
+    if mode == "auto" and t < _gluon_min_tokens(info.family, rows, atomic):
+        return None
     units = _units(info)
     if mode == "auto" and atomic and 2 * -(-t // 64) >= units:
         return None
