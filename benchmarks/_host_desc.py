@@ -15,23 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
 import torch
 
+from lora_dispatch.bench.timing import host_time_us
 
-def per_call_us(fn, n: int = 300, rounds: int = 5) -> float:
-    fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        out.append((time.perf_counter() - t0) / n * 1e6)
-        torch.cuda.synchronize()
-    return statistics.median(out)
+
+def per_call_us(fn) -> float:
+    return host_time_us(fn, torch.device("cuda"), n=300, rounds=5)
 
 
 def main() -> None:

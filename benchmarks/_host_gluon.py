@@ -9,27 +9,17 @@ in C), the whole ``_launch_shrink_gluon``, and ``add_lora`` on the Gluon plan an
 Triton plan (``LORA_DISPATCH_GLUON=0``). Prints the launch tier and ``CUtensorMap`` reuse.
 """
 import os
-import statistics
-import time
 
 import torch
 
 from lora_dispatch.bench.kernels import Problem, _build
+from lora_dispatch.bench.timing import host_time_us
 from lora_dispatch.kernels.triton import launch as L
 from lora_dispatch.kernels.triton.shrink_gluon_kernel import TensorDescriptor, x_descriptor
 
 
-def per_call_us(fn, n=200):
-    fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        out.append((time.perf_counter() - t0) / n * 1e6)
-        torch.cuda.synchronize()
-    return statistics.median(out)
+def per_call_us(fn):
+    return host_time_us(fn, torch.device("cuda"), n=200, rounds=3)
 
 
 os.environ["LORA_DISPATCH_GLUON"] = "1"
