@@ -454,20 +454,33 @@ def test_shrink_tma_prefill(hidden, outs, dtype, t, monkeypatch):
     misaligned x takes the pointer path."""
     gen = torch.Generator().manual_seed(t)
     w = make_weights(12, hidden, outs, dtype, seed=t)
-    slots = _segment_slots(t, w.num_slots, gen)
+
+    def picked(mode, x):
+        assert tk.plan_for("shrink", w, t).tma == (mode == "1")
+
+    slots, batch, base = _env_ab(w, t, hidden, dtype, gen, "LORA_DISPATCH_TMA", picked,
+                                 monkeypatch)
+    xs = torch.randn(t, hidden + 1, generator=gen).to(DEV, dtype)[:, 1:]
+    check_all(w, xs, base, slots, batch, dtype)
+
+
+def _env_ab(w, t, hidden, dtype, gen, env, picked, monkeypatch, tail=64):
+    """One prefill batch (segments, then ``tail`` gathered tokens) under ``env`` = 0 and 1:
+    ``picked(mode, x)`` asserts the plan's kernel, every op is checked against float64, and
+    the two shrinks agree within 1e-5. Returns ``(slots, batch, base)``."""
+    slots = _segment_slots(t, w.num_slots, gen, tail=tail)
     batch = token_batch(slots)
     x = torch.randn(t, hidden, generator=gen).to(DEV, dtype)
     base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, dtype)
     ys = {}
     for mode in ("0", "1"):
-        monkeypatch.setenv("LORA_DISPATCH_TMA", mode)
+        monkeypatch.setenv(env, mode)
         w.__dict__.pop("_triton_plans", None)
-        assert tk.plan_for("shrink", w, t).tma == (mode == "1")
+        picked(mode, x)
         check_all(w, x, base, slots, batch, dtype)
         ys[mode] = ld.lora_shrink(x, w, batch)
     assert rel(ys["1"], ys["0"].double()) <= 1e-5
-    xs = torch.randn(t, hidden + 1, generator=gen).to(DEV, dtype)[:, 1:]
-    check_all(w, xs, base, slots, batch, dtype)
+    return slots, batch, base
 
 
 def replay_switching_batches(w, cap, dtype, gen, rounds, check_plans):
@@ -853,18 +866,12 @@ def test_shrink_gluon(hidden, outs, dtype, t, rank, uniform, poison_empty, monke
     gen = torch.Generator().manual_seed(t + rank)
     w = (make_uniform(6, hidden, outs, dtype, rank, seed=t) if uniform else
          make_weights(12, hidden, outs, dtype, max_rank=rank, seed=t))
-    slots = _segment_slots(t, w.num_slots, gen, tail=min(64, t // 2))
-    batch = token_batch(slots)
-    x = torch.randn(t, hidden, generator=gen).to(DEV, dtype)
-    base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, dtype)
-    ys = {}
-    for mode in ("0", "1"):
-        monkeypatch.setenv("LORA_DISPATCH_GLUON", mode)
-        w.__dict__.pop("_triton_plans", None)
+
+    def picked(mode, x):
         assert _shrink_kinds(w, x, t) == ((2, 2) if mode == "1" else (0, 0))
-        check_all(w, x, base, slots, batch, dtype)
-        ys[mode] = ld.lora_shrink(x, w, batch)
-    assert rel(ys["1"], ys["0"].double()) <= 1e-5
+
+    slots, batch, base = _env_ab(w, t, hidden, dtype, gen, "LORA_DISPATCH_GLUON", picked,
+                                 monkeypatch, tail=min(64, t // 2))
     xs = torch.randn(t, hidden + 8, generator=gen).to(DEV, dtype)[:, 1:hidden + 1]
     assert _shrink_kinds(w, xs, t) == (0, 0)
     check_all(w, xs, base, slots, batch, dtype)

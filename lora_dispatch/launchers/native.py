@@ -67,9 +67,6 @@ MAX_SLOTS = 64
 MAX_DESC_RANK = 5
 # native.c DescMeta: swizzle, elem_size, elem_type, fp4_padded, rank, block[5] (int32)
 _DESC_META = struct.Struct(f"{5 + MAX_DESC_RANK}i")
-# CUtensorMapDataType from the element type Triton's compiler records (they differ at 8-10,
-# as in Triton's own launcher, driver.TMA_DTYPE_DEVICE_TO_HOST)
-_TMA_DEVICE_TO_HOST = {**{i: i for i in range(16)}, 8: 10, 9: 8, 10: 9}
 
 _module: Any = None
 _error: str | None = None
@@ -286,15 +283,19 @@ def variant_descs(kernel: Any) -> bytes | None:
     metas = getattr(kernel.metadata, "tensordesc_meta", None)
     if not metas or len(metas) != n:
         return None
+    try:  # CUtensorMapDataType from the element type the compiler records, as Triton maps it
+        from triton.backends.nvidia.driver import TMA_DTYPE_DEVICE_TO_HOST as to_host
+    except ImportError:
+        return None
     out = []
     for m in metas:
         if not isinstance(m, dict):
             return None
         block = [int(b) for b in m["block_size"]]
-        if not 1 <= len(block) <= MAX_DESC_RANK or int(m["elem_type"]) not in _TMA_DEVICE_TO_HOST:
+        if not 1 <= len(block) <= MAX_DESC_RANK or int(m["elem_type"]) not in to_host:
             return None
         out.append(_DESC_META.pack(int(m["swizzle"]), int(m["elem_size"]),
-                                   _TMA_DEVICE_TO_HOST[int(m["elem_type"])],
+                                   to_host[int(m["elem_type"])],
                                    int(bool(m.get("fp4_padded", False))), len(block),
                                    *block, *[0] * (MAX_DESC_RANK - len(block))))
     return b"".join(out)
