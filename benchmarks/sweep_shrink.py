@@ -80,7 +80,7 @@ def _small(rank: int, slices: int) -> set:
     bn = max(16, min(64, C.next_pow2(rank)))
     rbs = (1, 3) if slices * -(-rank // bn) >= 3 and bn * 3 <= 64 else (1,)
     for bm, rb, bk, warps, stages, split in itertools.product(
-            (16, 32, 64), rbs, (128, 256), (4, 8), (4,), (1, 2)):
+            (16, 32, 64), rbs, (128, 256), (4, 8), (4,), (1, 2, 4)):
         if stages * (bm + bn * rb) * bk * 2 > 200 * 1024:
             continue
         out.add(C.ShrinkConfig(bm, bn, bk, split, warps, stages, rb))
@@ -124,11 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         best = None
         for cfg in sorted(cands, key=lambda c: (c != default, c.block_m, c.block_n, c.block_k)):
             plan = L._shrink_plan(w, t, atomic=args.atomic, cfg=cfg)
-            if args.atomic:  # the public op: zero fill, then the split-K atomics
+            if args.atomic:  # the public op: zero fill, then the split-K atomics (one
+                # split: the kernel writes its own zeros)
                 y = torch.empty((w.num_slices, t, w.max_rank), device=dev)
 
                 def fn(plan=plan, y=y, x=x, w=w, batch=batch, t=t):
-                    y.zero_()
+                    if not plan.meta["FILL"]:
+                        y.zero_()
                     L._launch_shrink(plan, x, w, batch, y, t, (0, *y.stride()))
             else:
                 y = torch.empty((plan.split, w.num_slices, t, w.max_rank), device=dev)
@@ -153,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
             if cfg == default:
                 print(f"T={t} r={rank} default {cfg}: {us:.1f} us {row['pct_copy']:.0f}%")
         print(f"T={t} r={rank} best {best}")
+        if args.atomic:  # what lora_shrink runs by default (the Gluon shrink where picked)
+            import lora_dispatch as ld
+
+            us = gpu_time_us(lambda x=x, w=w, batch=batch: ld.lora_shrink(x, w, batch), dev,
+                             warmup_ms=5, rep_ms=20)
+            rows.append(dict(op=args.op, atomic=True, T=t, rank=rank, default=None,
+                             public=True, us=us))
+            print(f"T={t} r={rank} public lora_shrink: {us:.1f} us")
     if args.json:
         write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
     return 0

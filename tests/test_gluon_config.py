@@ -222,3 +222,39 @@ def test_launch_binds_every_parameter(monkeypatch):
     assert (args["S"], args["R"], args["GATHER"], args["PDL"], args["num_warps"]) == (
         3, 16, True, True, 4)
     assert args["K_SPLIT"] == p.k_split and args["stride_yt"] == 16
+
+
+def test_gluon_group_slots_follow_the_launch_argument_order(monkeypatch):
+    """The memoized launch-group slots of add_lora on the Gluon plan are exactly the Gluon
+    shrink's arguments and options, then the expand's: what the separate launches pass. The
+    memo is rebuilt for a new workspace or batch; ``x``, its descriptor and ``base_out`` are
+    per call (CPU tensors: only the host-side assembly is checked)."""
+    from lora_dispatch.kernels.triton import launch as L
+
+    if not L.GLUON_AVAILABLE or L._GGROUP is None:
+        pytest.skip("no Gluon or no fast launcher in this Triton release")
+    monkeypatch.setenv(configs.ENV_GLUON, "1")
+    w = ld.LoRAWeights(3, 256, (128, 64, 64), 16, dtype=torch.bfloat16)
+    t = 128
+    sp = L._shrink_plan(w, t, atomic=False, pdl=2, info=H200).alt
+    p = L.AddPlan(None, sp, L._expand_plan(w, t, sp.split, pdl=True),
+                  sp.split * 3 * t * 16, (3 * t * 16, t * 16, 16, 1), [None] * 4)
+    ep = p.expand
+    buf = torch.randn(t + 1, 272).to(torch.bfloat16)
+    for batch in (ld.LoRABatch.from_segments([100, 28], [0, 2]),
+                  ld.LoRABatch.from_segments([28, 100], [1, -1])):
+        for ws in (torch.empty(p.ws_numel), torch.empty(2 * p.ws_numel)):
+            for x in (buf[:t, :256], buf[1:, 16:]):
+                out = torch.randn(t, 3 * w.total_out)[:, 1:1 + w.total_out]
+                want = (*L._gluon_args(sp.gluon, sp.k_split, x, w, batch, ws, t, p.ys),
+                        *L._GGROUP_OPTS,
+                        *L._expand_args(ep, ws, w, batch, out, out.stride(), t, p.ys),
+                        *ep.tail)
+                got = L._gluon_group_slots(p, out, x, w, batch, ws, t)
+                assert len(got) == len(want)
+                for a, b in zip(got[1:], want[1:]):
+                    assert a is b or (type(a) is int and a == b), (a, b)
+                gd, wd = got[0], want[0]
+                assert gd.base is x and (gd.shape, gd.strides, gd.block_shape) == (
+                    wd.shape, wd.strides, wd.block_shape) and gd.layout == wd.layout
+                assert p.memo[1]() is batch and p.memo[2]() is ws

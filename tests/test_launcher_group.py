@@ -71,6 +71,25 @@ def test_group_looks_up_every_call_before_launching() -> None:
 
 
 @needs_native
+def test_time_group_times_both_halves_without_side_effects_on_misses() -> None:
+    """``fl_time_group`` (benchmarks): per repetition, the keys and lookups of every call,
+    then the launches (empty grids here: no driver); None where the group would not launch,
+    the same argument errors as ``fl_launch_group``."""
+    mod, ta, tb, sa, sb = _tables()
+    empty = ((0,), (0,))
+    prep, launch = mod.fl_time_group(50, (ta, tb), empty, 0, 0, *sa, *sb)
+    assert prep > 0 and launch >= 0
+    assert mod.fl_info(ta)[0] == 50 and mod.fl_info(tb)[0] == 50  # 50 launches each
+    miss_b = (sb[0], sb[1], 65, *sb[3:])
+    assert mod.fl_time_group(5, (ta, tb), empty, 0, 0, *sa, *miss_b) is None
+    assert mod.fl_info(ta)[0] == 50
+    with pytest.raises(ValueError, match="reps"):
+        mod.fl_time_group(0, (ta, tb), empty, 0, 0, *sa, *sb)
+    with pytest.raises(TypeError, match="expected 14 arguments, got 13"):
+        mod.fl_time_group(5, (ta, tb), empty, 0, 0, *sa, *sb[:-1])
+
+
+@needs_native
 def test_group_rejects_bad_arguments() -> None:
     mod, ta, tb, sa, sb = _tables()
     empty = ((0,), (0,))

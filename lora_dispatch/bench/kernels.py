@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -400,6 +401,33 @@ def run(quick: bool = False, device: torch.device | None = None,
     return meta, rows
 
 
+def _group_c_split(group, grids: tuple, slots: tuple, device: torch.device,
+                   reps: int = 200, rounds: int = 7) -> list[tuple[str, float]]:
+    """The launch group's native call split in two, timed inside C (``fl_time_group``):
+    keys and table lookups of both calls, then the parameter packing and the two driver
+    launches; µs per call, median of ``rounds`` (``reps`` calls each, the GPU drained before
+    each round so the launch queue never fills)."""
+    from ..launchers import native
+
+    time_group = getattr(native.load(), "fl_time_group", None)
+    state = group._refresh()
+    if time_group is None or state is None:
+        return []
+    nats, _, stream, getdev, _ = state
+    dev = 0 if getdev is None else getdev()
+    prep, drv = [], []
+    for _ in range(rounds):
+        torch.cuda.synchronize(device)
+        r = time_group(reps, nats, grids, stream(dev), dev, *slots)
+        if r is None:
+            return []
+        prep.append(r[0] / 1e3)
+        drv.append(r[1] / 1e3)
+    torch.cuda.synchronize(device)
+    return [("group: C keys + lookups", statistics.median(prep)),
+            ("group: packing + driver", statistics.median(drv))]
+
+
 def host_breakdown(device: torch.device, log: Callable[[str], None] = print,
                    tokens: tuple[int, ...] = (16,)) -> list[dict]:
     """Host time of one eager ``add_lora`` (qkv, rank 16, 4 adapters), layer by layer.
@@ -463,6 +491,11 @@ def host_breakdown(device: torch.device, log: Callable[[str], None] = print,
             rows.append({"op": "host_breakdown", "backend": "triton", "part": name, "T": t,
                          "tier": getattr(sk, "launch_tier", "?"), "host_us": us})
             log(f"host T={t:5d} {name:28s} {us:6.2f} us")
+        if "launch group (both)" in parts:
+            for name, us in _group_c_split(group, (sp.grid, ep.grid), gslots, device):
+                rows.append({"op": "host_breakdown", "backend": "triton", "part": name, "T": t,
+                             "tier": getattr(sk, "launch_tier", "?"), "host_us": us})
+                log(f"host T={t:5d} {name:28s} {us:6.2f} us")
         if "launch group (both)" in parts:  # A/B in alternating rounds: min of medians
             ab = {"A/B two-pass body, group": parts["two-pass body"],
                   "A/B two-pass body, separate": separate}

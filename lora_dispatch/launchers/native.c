@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cuda.h"
 
@@ -706,58 +707,110 @@ static PyObject *fl_launch(PyObject *mod, PyObject *const *args, Py_ssize_t narg
 
 #define MAX_GROUP 4
 
-/* fl_launch_group(launchers: tuple, grids: tuple, stream, dev, *slots): launch every kernel
- * of the group in order on one stream, each taking the next nslots slots. Every call is
- * keyed and looked up before the first launch: if any would take the Python path, nothing
- * is launched and NotImplemented is returned. */
-static PyObject *fl_launch_group(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+/* Check fl_launch_group's head (launchers, grids, stream, dev) and prepare every call of the
+ * group into p. Returns 1, 0 (some call takes the Python path: nothing prepared) or -1. */
+static int group_prepare(PyObject *const *args, Py_ssize_t nargs, Prepared *p, Py_ssize_t *n,
+                         unsigned long long *stream, int *any) {
     if (nargs < 4 || !PyTuple_CheckExact(args[0]) || !PyTuple_CheckExact(args[1])) {
         PyErr_SetString(PyExc_TypeError,
                         "fl_launch_group(launchers: tuple, grids: tuple, stream, dev, *slots)");
-        return NULL;
+        return -1;
     }
-    Py_ssize_t n = PyTuple_GET_SIZE(args[0]);
-    if (n < 1 || n > MAX_GROUP || PyTuple_GET_SIZE(args[1]) != n) {
+    *n = PyTuple_GET_SIZE(args[0]);
+    if (*n < 1 || *n > MAX_GROUP || PyTuple_GET_SIZE(args[1]) != *n) {
         PyErr_Format(PyExc_ValueError, "a group has 1 to %d launchers and one grid each",
                      MAX_GROUP);
-        return NULL;
+        return -1;
     }
     Py_ssize_t want = 4;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = 0; i < *n; i++) {
         PyObject *l = PyTuple_GET_ITEM(args[0], i);
         if (Py_TYPE(l) != &LauncherType) {
             PyErr_SetString(PyExc_TypeError, "launchers must be native Launchers");
-            return NULL;
+            return -1;
         }
         want += ((Launcher *)l)->nslots;
     }
     if (nargs != want) {
         PyErr_Format(PyExc_TypeError, "expected %zd arguments, got %zd", want, nargs);
-        return NULL;
+        return -1;
     }
-    unsigned long long stream = PyLong_AsUnsignedLongLong(args[2]);
-    if (stream == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    long long dev = PyLong_AsLongLong(args[3]);
-    if (dev == -1 && PyErr_Occurred()) return NULL;
-    Prepared p[MAX_GROUP];
+    *stream = PyLong_AsUnsignedLongLong(args[2]);
+    if (*stream == (unsigned long long)-1 && PyErr_Occurred()) return -1;
     PyObject *dv[MAX_SLOTS + 1]; /* a launcher's key reads (dev, *its slots) */
-    int any = 0;
+    *any = 0;
     Py_ssize_t off = 4;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = 0; i < *n; i++) {
         Launcher *l = (Launcher *)PyTuple_GET_ITEM(args[0], i);
         dv[0] = args[3];
         memcpy(dv + 1, args + off, sizeof(PyObject *) * (size_t)l->nslots);
         int r = prepare(l, PyTuple_GET_ITEM(args[1], i), dv, &p[i]);
-        if (r < 0) return NULL;
-        if (r == 0) Py_RETURN_NOTIMPLEMENTED;
-        any |= (p[i].g[0] * p[i].g[1] * p[i].g[2]) != 0;
+        if (r != 1) return r;
+        *any |= (p[i].g[0] * p[i].g[1] * p[i].g[2]) != 0;
         off += l->nslots;
     }
-    if (any && ensure_context(dev)) return NULL;
+    return 1;
+}
+
+/* fl_launch_group(launchers: tuple, grids: tuple, stream, dev, *slots): launch every kernel
+ * of the group in order on one stream, each taking the next nslots slots. Every call is
+ * keyed and looked up before the first launch: if any would take the Python path, nothing
+ * is launched and NotImplemented is returned. */
+static PyObject *fl_launch_group(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    Prepared p[MAX_GROUP];
+    Py_ssize_t n;
+    unsigned long long stream;
+    int any;
+    int r = group_prepare(args, nargs, p, &n, &stream, &any);
+    if (r < 0) return NULL;
+    if (r == 0) Py_RETURN_NOTIMPLEMENTED;
+    if (any && ensure_context(p[0].dev)) return NULL;
     for (Py_ssize_t i = 0; i < n; i++)
         if (launch_prepared((Launcher *)PyTuple_GET_ITEM(args[0], i), &p[i], stream))
             return NULL;
     Py_RETURN_NONE;
+}
+
+static double now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+/* fl_time_group(reps, launchers, grids, stream, dev, *slots) -> (prepare_ns, launch_ns):
+ * fl_launch_group's two halves timed apart (benchmarks): the keys and table lookups of
+ * every call, then the packing and the driver launches of the group, each repeated reps
+ * times in C; nanoseconds per repetition. None where the group would not launch. */
+static PyObject *fl_time_group(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "fl_time_group(reps, launchers, grids, stream, dev, "
+                                         "*slots)");
+        return NULL;
+    }
+    long reps = PyLong_AsLong(args[0]);
+    if (reps == -1 && PyErr_Occurred()) return NULL;
+    if (reps < 1) {
+        PyErr_SetString(PyExc_ValueError, "reps must be >= 1");
+        return NULL;
+    }
+    Prepared p[MAX_GROUP];
+    Py_ssize_t n;
+    unsigned long long stream;
+    int any, r = 1;
+    double t0 = now_ns();
+    for (long k = 0; k < reps && r == 1; k++)
+        r = group_prepare(args + 1, nargs - 1, p, &n, &stream, &any);
+    double t1 = now_ns();
+    if (r < 0) return NULL;
+    if (r == 0) Py_RETURN_NONE;
+    if (any && ensure_context(p[0].dev)) return NULL;
+    double t2 = now_ns();
+    for (long k = 0; k < reps; k++)
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (launch_prepared((Launcher *)PyTuple_GET_ITEM(args[1], i), &p[i], stream))
+                return NULL;
+    double t3 = now_ns();
+    return Py_BuildValue("(dd)", (t1 - t0) / reps, (t3 - t2) / reps);
 }
 
 /* fl_key(launcher, dev, *slots) -> bytes or None */
@@ -998,6 +1051,8 @@ static PyMethodDef methods[] = {
     {"fl_launch", (PyCFunction)(void (*)(void))fl_launch, METH_FASTCALL, "launch or NotImplemented"},
     {"fl_launch_group", (PyCFunction)(void (*)(void))fl_launch_group, METH_FASTCALL,
      "launch a group of kernels or NotImplemented"},
+    {"fl_time_group", (PyCFunction)(void (*)(void))fl_time_group, METH_FASTCALL,
+     "(prepare_ns, launch_ns) per repetition of a group"},
     {"fl_key", (PyCFunction)(void (*)(void))fl_key, METH_FASTCALL, "native key bytes or None"},
     {"fl_register", (PyCFunction)(void (*)(void))fl_register, METH_FASTCALL, "store a variant"},
     {"fl_new", (PyCFunction)(void (*)(void))fl_new, METH_FASTCALL, "new Launcher"},

@@ -630,19 +630,11 @@ def release_workspaces() -> None:
     _SYNCS.clear()
 
 
-def _group_pieces(p: AddPlan, w, batch, ws, t: int) -> tuple:
-    """The launch-group slots that do not change between calls with the same weights,
-    batch and workspace: everything but ``x``, ``base_out`` and their strides."""
-    sp, ep = p.shrink, p.expand
-    ys = p.ys
-    sa = _shrink_args(sp, None, (None, None), w, batch, ws, t, ys)
-    ea = _expand_args(ep, ws, w, batch, None, (None, None), t, ys)
-    pieces = (
-        sa[_S_X + 1:_S_XS.start],
-        (*sa[_S_XS.stop:], *sp.tail, *ea[:_E_OUT]),
-        ea[_E_OUT + 1:_E_OS.start],
-        (*ea[_E_OS.stop:], *ep.tail),
-    )
+def _memo_hit(m: list, w, batch, ws) -> bool:
+    return m[0] is not None and m[0]() is w and m[1]() is batch and m[2]() is ws
+
+
+def _memoize(p: AddPlan, w, batch, ws, pieces: tuple) -> tuple:
     try:
         p.memo[:] = (weakref.ref(w), weakref.ref(batch), weakref.ref(ws), pieces)
     except TypeError:  # the views torch.compile passes: no memo
@@ -650,17 +642,60 @@ def _group_pieces(p: AddPlan, w, batch, ws, t: int) -> tuple:
     return pieces
 
 
+def _group_pieces(p: AddPlan, w, batch, ws, t: int) -> tuple:
+    """The launch-group slots that do not change between calls with the same weights,
+    batch and workspace: everything but ``x``, ``base_out`` and their strides."""
+    sp, ep = p.shrink, p.expand
+    ys = p.ys
+    sa = _shrink_args(sp, None, (None, None), w, batch, ws, t, ys)
+    ea = _expand_args(ep, ws, w, batch, None, (None, None), t, ys)
+    return _memoize(p, w, batch, ws, (
+        sa[_S_X + 1:_S_XS.start],
+        (*sa[_S_XS.stop:], *sp.tail, *ea[:_E_OUT]),
+        ea[_E_OUT + 1:_E_OS.start],
+        (*ea[_E_OS.stop:], *ep.tail),
+    ))
+
+
 def _group_slots(p: AddPlan, base_out, x, w, batch, ws, t: int) -> tuple:
     """Both kernels' launch-group slots: shrink args, constexprs and options, then the
     expand's (memoized per weights, batch and workspace, see ``_group_pieces``)."""
     m = p.memo
-    if m[0] is not None and m[0]() is w and m[1]() is batch and m[2]() is ws:
-        a, b, c, d = m[3]
-    else:
-        a, b, c, d = _group_pieces(p, w, batch, ws, t)
+    a, b, c, d = m[3] if _memo_hit(m, w, batch, ws) else _group_pieces(p, w, batch, ws, t)
     xs = x.stride()
     os_ = base_out.stride()
     return (x, *a, xs[0], xs[1], *b, base_out, *c, os_[0], os_[1], *d)
+
+
+def _gluon_group_pieces(p: AddPlan, w, batch, ws, t: int) -> tuple:
+    """``_group_pieces`` for the Gluon shrink's group (:data:`_GGROUP`): everything but ``x``,
+    its descriptor, ``base_out`` and their strides."""
+    sp, ep = p.shrink, p.expand
+    g = sp.gluon
+    tm = batch.tile_map
+    ea = _expand_args(ep, ws, w, batch, None, (None, None), t, p.ys)
+    ys = p.ys
+    return _memoize(p, w, batch, ws, (
+        _a_desc(w, g.cfg),
+        (ws, w.ranks, w.scalings, batch.sorted_tokens, tm, t, w.in_features, w.num_slots,
+         tm.shape[2], sp.k_split),
+        (ys[0], ys[1], ys[2], *g.cx, g.cfg.num_warps, *_GGROUP_OPTS, *ea[:_E_OUT]),
+        ea[_E_OUT + 1:_E_OS.start],
+        (*ea[_E_OS.stop:], *ep.tail),
+    ))
+
+
+def _gluon_group_slots(p: AddPlan, base_out, x, w, batch, ws, t: int) -> tuple:
+    """The Gluon shrink's then the expand's launch-group slots (the same parameters as
+    ``_gluon_args`` and ``_expand_args``; memoized like ``_group_slots``)."""
+    m = p.memo
+    ad, a, b, c, d = (m[3] if _memo_hit(m, w, batch, ws)
+                      else _gluon_group_pieces(p, w, batch, ws, t))
+    c_ = p.shrink.gluon.cfg
+    xs = x.stride()
+    os_ = base_out.stride()
+    return (x_descriptor(x, c_.block_m, c_.block_k), ad, x, *a, xs[0], xs[1], *b, base_out,
+            *c, os_[0], os_[1], *d)
 
 
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
@@ -673,12 +708,9 @@ def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
         if _GROUP((sp.grid, p.expand.grid), _group_slots(p, base_out, x, w, batch, ws, t)):
             return  # both launches in one native call
     elif kind == 2 and _GGROUP is not None and _GGROUP.available():
-        ep = p.expand
-        if _GGROUP((sp.gluon.grid, ep.grid), (
-                *_gluon_args(sp.gluon, sp.k_split, x, w, batch, ws, t, p.ys), *_GGROUP_OPTS,
-                *_expand_args(ep, ws, w, batch, base_out, base_out.stride(), t, p.ys),
-                *ep.tail)):
-            return
+        if _GGROUP((sp.gluon.grid, p.expand.grid),
+                   _gluon_group_slots(p, base_out, x, w, batch, ws, t)):
+            return  # both launches in one native call
     _launch_shrink(sp, x, w, batch, ws, t, p.ys)
     _launch_expand(p.expand, ws, w, batch, base_out, t, p.ys)
 
