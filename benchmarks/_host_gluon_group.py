@@ -4,19 +4,22 @@ bottleneck (H200, sixteenth session).
     python benchmarks/_host_gluon_group.py [--json PATH]
 
 Two sets of weights with the same adapters: one planned with ``LORA_DISPATCH_GLUON=0`` (the
-Triton shrink), one with the default policy (the Gluon shrink where it applies), qkv, 4
-adapters, bf16. Alternating rounds (min over rounds of the median of each):
+Triton shrink), one with the Gluon shrink (forced for the ``host`` rows, the default policy
+for the others), qkv, 4 adapters, bf16. Alternating rounds, min over rounds of the median of
+each:
 
-- ``host``: host µs per public call at T=128 with the Gluon plan forced (the GPU is far
-  ahead, so this is the host's own cost of each plan's launch group);
-- ``loop``: wall µs per call of back-to-back calls at T = 512, 1024, 2048 (whichever of
-  host or GPU is slower sets it), and of a layer-like loop that runs the base GEMM
-  (``torch.mm`` into ``base_out``) before each call.
+- ``host``: host µs per public call while the GPU spins (``torch.cuda._sleep`` queued
+  first), so every launch only queues: the host's own cost, whatever the GPU time;
+- ``loop``: wall µs per call of back-to-back calls (whichever of host or GPU is slower
+  sets it);
+- ``layer``: the same after the base GEMM (``torch.mm`` into ``base_out``) before each call,
+  and each kernel's mean duration in that loop from the profiler (``kernels``).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -24,24 +27,47 @@ import time
 
 import torch
 
+_sleep = getattr(torch.cuda, "_sleep", None)
 
-def _loop_us(fn, n: int = 200) -> float:
+
+def _loop_us(fn, n: int = 200, busy: bool = False) -> float:
     torch.cuda.synchronize()
+    if busy:
+        _sleep(int(n * 100 * 2000))  # ~100 us of spinning per call at ~2 GHz
     t0 = time.perf_counter_ns()
     for _ in range(n):
         fn()
+    t1 = time.perf_counter_ns()
     torch.cuda.synchronize()
-    return (time.perf_counter_ns() - t0) / n / 1e3
+    end = t1 if busy else time.perf_counter_ns()
+    return (end - t0) / n / 1e3
 
 
-def _ab(fns: dict, rounds: int = 7, n: int = 200) -> dict:
+def _ab(fns: dict, rounds: int = 7, n: int = 200, busy: bool = False) -> dict:
     for fn in fns.values():
         _loop_us(fn, 20)
     runs = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
-            runs[k].append(statistics.median(_loop_us(fn, n) for _ in range(3)))
+            runs[k].append(statistics.median(_loop_us(fn, n, busy) for _ in range(3)))
     return {k: min(v) for k, v in runs.items()}
+
+
+def _kernels(fn, n: int = 50) -> dict:
+    """Mean device time per call of each kernel ``fn`` launches (profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    tot = collections.defaultdict(float)
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            tot[e.name[:48]] += e.time_range.end - e.time_range.start
+    return {k: v / n for k, v in tot.items()}
 
 
 def _pair(rank: int, t: int, forced: bool):
@@ -63,16 +89,15 @@ def _pair(rank: int, t: int, forced: bool):
 def _calls(batch, x, out, w_off, w_on, wt=None) -> dict:
     import lora_dispatch as ld
 
-    fns = {"triton": lambda: ld.add_lora(out, x, w_off, batch),
-           "gluon": lambda: ld.add_lora(out, x, w_on, batch)}
-    if wt is not None:
-        def layer(w):
-            torch.mm(x, wt.t(), out=out)
-            ld.add_lora(out, x, w, batch)
+    if wt is None:
+        return {"triton": lambda: ld.add_lora(out, x, w_off, batch),
+                "gluon": lambda: ld.add_lora(out, x, w_on, batch)}
 
-        fns["layer_triton"] = lambda: layer(w_off)
-        fns["layer_gluon"] = lambda: layer(w_on)
-    return fns
+    def layer(w):
+        torch.mm(x, wt.t(), out=out)
+        ld.add_lora(out, x, w, batch)
+
+    return {"triton": lambda: layer(w_off), "gluon": lambda: layer(w_on)}
 
 
 def main() -> None:
@@ -83,14 +108,24 @@ def main() -> None:
 
     rows = []
     wt = torch.randn(6144, 4096, device="cuda", dtype=torch.bfloat16) / 64
+
+    def row(kind, rank, t, r, g0):
+        rows.append(dict(kind=kind, rank=rank, T=t, gluon_groups=L._GGROUP.launches - g0, **r))
+        print(rows[-1], flush=True)
+
     for rank in (16, 64):
-        for t in (128, 512, 1024, 2048):
-            forced = t == 128
+        for t in (128, 512, 2048):
             g0 = L._GGROUP.launches
-            r = _ab(_calls(*_pair(rank, t, forced), wt=None if forced else wt))
-            rows.append(dict(kind="host" if forced else "loop", rank=rank, T=t,
-                             gluon_groups=L._GGROUP.launches - g0, **r))
-            print(rows[-1], flush=True)
+            row("host", rank, t, _ab(_calls(*_pair(rank, t, True)), busy=True), g0)
+        for t in (512, 1024, 2048):
+            pair = _pair(rank, t, False)
+            g0 = L._GGROUP.launches
+            row("loop", rank, t, _ab(_calls(*pair)), g0)
+            g0 = L._GGROUP.launches
+            fns = _calls(*pair, wt=wt)
+            r = _ab(fns)
+            r["kernels"] = {k: _kernels(fn) for k, fn in fns.items()}
+            row("layer", rank, t, r, g0)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
