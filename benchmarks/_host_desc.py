@@ -32,6 +32,7 @@ def main() -> None:
     os.environ["LORA_DISPATCH_GLUON"] = "1"
     import lora_dispatch as ld
     from lora_dispatch.kernels.triton import launch as L
+    from lora_dispatch.kernels.triton.shrink_gluon_kernel import x_descriptor
     from lora_dispatch.launchers import native
 
     dev = torch.device("cuda")
@@ -69,7 +70,7 @@ def main() -> None:
     jit = gk._fl_jit
     rows["gluon_jit"] = per_call_us(lambda: jit[g.gluon.grid](*ga[0][:-1],
                                                                num_warps=ga[0][-1]))
-    rows["x_descriptor"] = per_call_us(lambda: L.x_descriptor(xs[0], g.gluon.cfg.block_m,
+    rows["x_descriptor"] = per_call_us(lambda: x_descriptor(xs[0], g.gluon.cfg.block_m,
                                                               g.gluon.cfg.block_k))
     rows["gluon_args"] = per_call_us(lambda: L._gluon_args(g.gluon, g.k_split, xs[0], w,
                                                            batch, ys, t, yst))

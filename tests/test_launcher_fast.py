@@ -329,3 +329,31 @@ def test_parameters_named_like_options_reach_triton_as_keywords(monkeypatch) -> 
         assert len(fake.calls) == 1 and launcher.cache_info().hits == 1
     finally:
         set_launcher_mode(None)
+
+
+def test_global_check_passes_the_same_object_without_comparing() -> None:
+    """The per-call "global changed" check (Triton's rule): the same object or an equal one
+    passes, a changed value raises; the same object is never compared (a ``constexpr``
+    global's ``!=`` costs ~1 µs)."""
+    from types import SimpleNamespace
+
+    from lora_dispatch.launchers.fast import _check_globals
+
+    class NoCompare:
+        def __ne__(self, other):
+            raise AssertionError("compared")
+
+        __hash__ = object.__hash__
+
+    same = NoCompare()
+    g = {"A": same, "B": 40}
+    jit = SimpleNamespace(used_global_vals={("A", id(g)): (same, g), ("B", id(g)): (40, g)})
+    _check_globals(jit)
+    g["B"] = 40.0  # equal: unchanged
+    _check_globals(jit)
+    g["B"] = 41
+    with pytest.raises(RuntimeError, match="Global variable B has changed"):
+        _check_globals(jit)
+    del g["B"]  # gone: changed
+    with pytest.raises(RuntimeError, match="Global variable B has changed"):
+        _check_globals(jit)

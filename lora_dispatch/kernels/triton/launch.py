@@ -26,7 +26,7 @@ from .fill_kernel import ZERO_BLOCK, zero_kernel
 from .fused_kernel import fused_kernel
 from .overlap_kernel import SYNC_HEAD, overlap_kernel
 from .shrink_gluon_kernel import AVAILABLE as GLUON_AVAILABLE
-from .shrink_gluon_kernel import a_descriptor, shrink_gluon_kernel, x_descriptor
+from .shrink_gluon_kernel import a_descriptor, rows_descriptor, shrink_gluon_kernel, x_tile
 from .shrink_kernel import shrink_kernel
 from .shrink_tma_kernel import shrink_tma_kernel
 
@@ -48,6 +48,7 @@ class GluonPlan(NamedTuple):
     cfg: configs.GluonShrinkConfig
     cx: tuple  # S, R, TILE, STAGES, ATOMIC, FILL, GATHER, PDL
     forced: bool  # LORA_DISPATCH_GLUON=1: also for slots of rank below max_rank
+    tile: tuple | None = None  # x's descriptor tile and layout (shrink_gluon_kernel.x_tile)
 
 
 class ShrinkPlan(NamedTuple):
@@ -221,7 +222,7 @@ def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.
             (_tiles(t, gcfg.block_m, w.num_slots), split), gcfg,
             (s, r, tile_index(gcfg.block_m), gcfg.stages, meta["ATOMIC"], meta["FILL"], True,
              bool(pdl)),
-            configs.gluon_mode() == "1")
+            configs.gluon_mode() == "1", x_tile(gcfg.block_m, gcfg.block_k, w.dtype))
     return ShrinkPlan((nb * _tiles(t, cfg.block_m, w.num_slots), split), nb, k_split, split, meta,
                       *_split_meta(meta, _SHRINK_CX, 0), tma, gluon)
 
@@ -465,9 +466,10 @@ def _gluon_args(g: GluonPlan, k_split: int, x, w, batch, y, t: int, ys: tuple) -
     c = g.cfg
     tm = batch.tile_map
     xs = x.stride()
-    return (x_descriptor(x, c.block_m, c.block_k), _a_desc(w, c), x, y, w.ranks, w.scalings,
-            batch.sorted_tokens, tm, t, w.in_features, w.num_slots, tm.shape[2], k_split,
-            xs[0], xs[1], ys[0], ys[1], ys[2], *g.cx, c.num_warps)
+    tile = x_tile(c.block_m, c.block_k, x.dtype) if g.tile is None else g.tile
+    return (rows_descriptor(x, t, w.in_features, xs[0], tile), _a_desc(w, c), x, y, w.ranks,
+            w.scalings, batch.sorted_tokens, tm, t, w.in_features, w.num_slots, tm.shape[2],
+            k_split, xs[0], xs[1], ys[0], ys[1], ys[2], *g.cx, c.num_warps)
 
 
 def _launch_shrink_gluon(g: GluonPlan, k_split: int, x, w, batch, y, t: int,
@@ -691,11 +693,10 @@ def _gluon_group_slots(p: AddPlan, base_out, x, w, batch, ws, t: int) -> tuple:
     m = p.memo
     ad, a, b, c, d = (m[3] if _memo_hit(m, w, batch, ws)
                       else _gluon_group_pieces(p, w, batch, ws, t))
-    c_ = p.shrink.gluon.cfg
     xs = x.stride()
     os_ = base_out.stride()
-    return (x_descriptor(x, c_.block_m, c_.block_k), ad, x, *a, xs[0], xs[1], *b, base_out,
-            *c, os_[0], os_[1], *d)
+    return (rows_descriptor(x, t, w.in_features, xs[0], p.shrink.gluon.tile), ad, x, *a,
+            xs[0], xs[1], *b, base_out, *c, os_[0], os_[1], *d)
 
 
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
@@ -703,7 +704,8 @@ def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
         p = _pick(p, x, w)
     sp = p.shrink
     ws = _workspace(p.ws_numel, x)
-    kind = _desc_kind(sp, x, w)
+    # a Gluon shrink plan comes only from _pick, which checked x
+    kind = 2 if sp.gluon is not None else _desc_kind(sp, x, w)
     if not kind and _GROUP is not None and _GROUP.available():
         if _GROUP((sp.grid, p.expand.grid), _group_slots(p, base_out, x, w, batch, ws, t)):
             return  # both launches in one native call

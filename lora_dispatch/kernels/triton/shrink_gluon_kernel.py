@@ -46,7 +46,7 @@ except (ImportError, AttributeError):  # Triton < 3.5 or a release with another 
     gluon = None
 
 __all__ = ["shrink_gluon_kernel", "gluon_descriptors", "x_descriptor", "a_descriptor",
-           "AVAILABLE", "PRODUCER_REGS"]
+           "x_tile", "rows_descriptor", "AVAILABLE", "PRODUCER_REGS"]
 
 AVAILABLE = gluon is not None
 
@@ -280,9 +280,8 @@ if AVAILABLE:
             # the fields without __post_init__'s checks (~2 us): callers hold tensors that
             # meet the TMA contract (launch._tma_ready, contiguous A)
             d = _new(TensorDescriptor)
-            d.base, d.shape, d.strides, d.block_shape, d.layout = (base, shape, strides, block,
-                                                                   layout)
-            d.padding = "zero"
+            d.__dict__ = {"base": base, "shape": shape, "strides": strides,
+                          "block_shape": block, "layout": layout, "padding": "zero"}
             return d
     else:  # pragma: no cover - another release's descriptor: its own constructor
         def _descriptor(base, shape: list, strides: list, block: list, layout):
@@ -293,6 +292,15 @@ if AVAILABLE:
         unit column stride), tile ``[bm, bk]``, in the shared layout the kernel reads."""
         return _descriptor(x, list(x.shape), [x.stride(0), 1], [bm, bk],
                            _layout(bm, bk, x.dtype == torch.float16))
+
+    def x_tile(bm: int, bk: int, dtype: torch.dtype) -> tuple:
+        """``x``'s tile and shared layout for :func:`rows_descriptor` (once per plan)."""
+        return [bm, bk], _layout(bm, bk, dtype == torch.float16)
+
+    def rows_descriptor(x, t: int, k: int, row_stride: int, tile: tuple):
+        """:func:`x_descriptor` from values the caller already holds: ``x [t, k]`` with
+        ``row_stride``, and :func:`x_tile` (~0.5 us instead of ~1.9 on a CPU)."""
+        return _descriptor(x, [t, k], [row_stride, 1], *tile)
 
     def a_descriptor(a, br: int, bk: int):
         """TMA descriptor of a contiguous ``a [rows, K]`` (16-bit), tile ``[br, bk]``."""
@@ -307,4 +315,4 @@ if AVAILABLE:
 else:
     PRODUCER_REGS = 40
     shrink_gluon_kernel = None
-    gluon_descriptors = x_descriptor = a_descriptor = None
+    gluon_descriptors = x_descriptor = a_descriptor = x_tile = rows_descriptor = None
