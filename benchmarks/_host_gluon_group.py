@@ -5,8 +5,8 @@ bottleneck (H200, sixteenth session).
 
 Two sets of weights with the same adapters: one planned with ``LORA_DISPATCH_GLUON=0`` (the
 Triton shrink), one with the Gluon shrink (forced for the ``host`` rows, the default policy
-for the others), qkv, 4 adapters, bf16. Alternating rounds, min over rounds of the median of
-each:
+for the others), qkv, 4 adapters, bf16. 15 alternating rounds of 100 calls, the median of
+each (every round's figure in the JSON):
 
 - ``host``: host µs per public call while the GPU spins (``torch.cuda._sleep`` queued
   first), so every launch only queues: the host's own cost, whatever the GPU time;
@@ -43,14 +43,17 @@ def _loop_us(fn, n: int = 200, busy: bool = False) -> float:
     return (end - t0) / n / 1e3
 
 
-def _ab(fns: dict, rounds: int = 7, n: int = 200, busy: bool = False) -> dict:
+def _ab(fns: dict, rounds: int = 15, n: int = 100, busy: bool = False) -> dict:
+    """Median over alternating rounds of each callable's µs per call, and each round's."""
     for fn in fns.values():
         _loop_us(fn, 20)
     runs = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
-            runs[k].append(statistics.median(_loop_us(fn, n, busy) for _ in range(3)))
-    return {k: min(v) for k, v in runs.items()}
+            runs[k].append(_loop_us(fn, n, busy))
+    out = {k: statistics.median(v) for k, v in runs.items()}
+    out["rounds"] = {k: [round(u, 2) for u in v] for k, v in runs.items()}
+    return out
 
 
 def _kernels(fn, n: int = 50) -> dict:
@@ -103,7 +106,11 @@ def _calls(batch, x, out, w_off, w_on, wt=None) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--pin", type=int, default=0,
+                    help="run on this many CPU cores (sched_setaffinity; 0: as started)")
     args = ap.parse_args()
+    if args.pin:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.pin])
     from lora_dispatch.kernels.triton import launch as L
 
     rows = []
@@ -111,7 +118,7 @@ def main() -> None:
 
     def row(kind, rank, t, r, g0):
         rows.append(dict(kind=kind, rank=rank, T=t, gluon_groups=L._GGROUP.launches - g0, **r))
-        print(rows[-1], flush=True)
+        print({k: v for k, v in rows[-1].items() if k != "rounds"}, flush=True)
 
     for rank in (16, 64):
         for t in (128, 512, 2048):
