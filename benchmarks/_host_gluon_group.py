@@ -103,11 +103,48 @@ def _calls(batch, x, out, w_off, w_on, wt=None) -> dict:
     return {"triton": lambda: layer(w_off), "gluon": lambda: layer(w_on)}
 
 
+def _parts(rank: int, t: int) -> dict:
+    """The two plans' host path piece by piece (µs per call, median of 7 rounds of 200):
+    the plan pick, the slot assembly, the launch-group call (under a spinning GPU), and the
+    group's native call split into C keys and driver launches (``fl_time_group``)."""
+    from lora_dispatch.bench.kernels import _group_c_split
+    from lora_dispatch.kernels.triton import launch as L
+
+    batch, x, out, w_off, w_on = _pair(rank, t, True)
+    p_on = L.plan_for("add", w_on, t)
+    a = L._pick(p_on, x, w_on)
+    p = L.plan_for("add", w_off, t)
+    ws = L._workspace(max(a.ws_numel, p.ws_numel), x)
+    dev = torch.device("cuda")
+
+    def med(fn, busy=False):
+        for _ in range(20):
+            fn()
+        return statistics.median(_loop_us(fn, 200, busy) for _ in range(7))
+
+    ts = L._group_slots(p, out, x, w_off, batch, ws, t)
+    gs = L._gluon_group_slots(a, out, x, w_on, batch, ws, t)
+    tg, gg = (p.shrink.grid, p.expand.grid), (a.shrink.gluon.grid, a.expand.grid)
+    r = {
+        "pick_gluon": med(lambda: L._pick(p_on, x, w_on)),
+        "slots_triton": med(lambda: L._group_slots(p, out, x, w_off, batch, ws, t)),
+        "slots_gluon": med(lambda: L._gluon_group_slots(a, out, x, w_on, batch, ws, t)),
+        "group_triton": med(lambda: L._GROUP(tg, ts), busy=True),
+        "group_gluon": med(lambda: L._GGROUP(gg, gs), busy=True),
+    }
+    for name, grp, grids, slots in (("triton", L._GROUP, tg, ts), ("gluon", L._GGROUP, gg, gs)):
+        torch.cuda.synchronize()
+        for part, us in _group_c_split(grp, grids, slots, dev):
+            r[f"{name} {part}"] = us
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--pin", type=int, default=0,
                     help="run on this many CPU cores (sched_setaffinity; 0: as started)")
+    ap.add_argument("--parts-only", action="store_true", help="only the piece-by-piece rows")
     args = ap.parse_args()
     if args.pin:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.pin])
@@ -121,6 +158,10 @@ def main() -> None:
         print({k: v for k, v in rows[-1].items() if k != "rounds"}, flush=True)
 
     for rank in (16, 64):
+        rows.append(dict(kind="parts", rank=rank, T=512, **_parts(rank, 512)))
+        print(rows[-1], flush=True)
+        if args.parts_only:
+            continue
         for t in (128, 512, 2048):
             g0 = L._GGROUP.launches
             row("host", rank, t, _ab(_calls(*_pair(rank, t, True)), busy=True), g0)

@@ -995,8 +995,9 @@ def test_gluon_native_descriptors_match_triton(monkeypatch):
     hits, variants = mod.fl_info(nat)
     assert variants >= 1 and hits >= 3, (hits, variants)
     encodes = mod.fl_encodes(nat)
+    strided = buf[:t, :4096]  # another base and row stride than the last view's
     for _ in range(3):  # the same x and A: the kept maps, x's encoded once after the loop
-        k[p.gluon.grid](*tl_launch._gluon_args(p.gluon, p.k_split, dense, w, batch, got, t,
+        k[p.gluon.grid](*tl_launch._gluon_args(p.gluon, p.k_split, strided, w, batch, got, t,
                                                got.stride()[:3]))
     assert mod.fl_encodes(nat) == encodes + 1
 
