@@ -258,3 +258,26 @@ def test_gluon_group_slots_follow_the_launch_argument_order(monkeypatch):
                 assert gd.base is x and (gd.shape, gd.strides, gd.block_shape) == (
                     wd.shape, wd.strides, wd.block_shape) and gd.layout == wd.layout
                 assert p.memo[1]() is batch and p.memo[2]() is ws
+
+
+def test_early_start_is_graph_only_below_the_eager_threshold(monkeypatch):
+    """Below ``gluon_graph_only``'s token count the automatic Gluon plan runs inside CUDA-graph
+    capture only (its host cost outweighs its GPU gain eagerly); forced, it runs eagerly."""
+    from lora_dispatch.kernels.triton import launch as L
+
+    if not L.GLUON_AVAILABLE:
+        pytest.skip("no Gluon in this Triton release")
+    assert configs.gluon_graph_only(H200, 512) and not configs.gluon_graph_only(H200, 1024)
+    assert not configs.gluon_graph_only(A100, 512)
+    monkeypatch.setattr(L, "_NATIVE_DESC", [True])
+    w = ld.LoRAWeights(3, 4096, (4096, 1024, 1024), 16, dtype=torch.bfloat16)
+    x = torch.randn(1024, 4096).to(torch.bfloat16)
+    for t, graph_only in ((512, True), (1024, False)):
+        plan = L._shrink_plan(w, t, atomic=False, info=H200)
+        assert plan.alt.gluon.graph_only is graph_only
+        assert L._pick(plan, x[:t], w, capturing=False) is (plan if graph_only else plan.alt)
+        assert L._pick(plan, x[:t], w, capturing=True) is plan.alt
+    monkeypatch.setenv(configs.ENV_GLUON, "1")
+    forced = L._shrink_plan(w, 512, atomic=False, info=H200)
+    assert not forced.alt.gluon.graph_only
+    assert L._pick(forced, x[:512], w, capturing=False) is forced.alt

@@ -930,6 +930,12 @@ def test_shrink_gluon_auto_selection(monkeypatch):
     w.load(2, [torch.randn(64, 4096, device=DEV) / 64] * 3,
            [torch.randn(o, 64, device=DEV) for o in w.out_features], 1.0)
     assert _shrink_kinds(w, x, 8192) == (0, 2)
+    w16 = make_uniform(4, 4096, (4096, 1024, 1024), torch.bfloat16, 16)
+    assert _shrink_kinds(w16, x[:512], 512)[1] == 2  # capturing: add_lora's early start
+    monkeypatch.setattr(tl_launch, "_capturing", lambda: False)
+    monkeypatch.setattr(tl_launch, "_NATIVE_DESC", [True])
+    assert _shrink_kinds(w16, x[:512], 512)[1] == 0  # eager below 1024 tokens: Triton's
+    assert _shrink_kinds(w16, x[:1024], 1024)[1] == 2
     monkeypatch.undo()
     monkeypatch.delenv("LORA_DISPATCH_GLUON", raising=False)
     monkeypatch.setenv("LORA_DISPATCH_BACKEND", "triton")

@@ -327,7 +327,8 @@ def measure(p: Problem, backend: str, copy_bw: float | None, sets: int,
             sp = L._pick(impl.plan_for("shrink", w, p.t), x, w, capturing=True)
             path = f"split{sp.split}"
         if sp is not None:  # the shrink kernel (the Gluon one eager where launched natively)
-            path += ("", "/tma", "/gluon" if L.gluon_native() else "/gluon-in-graphs")[
+            eager = sp.gluon is not None and L.gluon_native() and not sp.gluon.graph_only
+            path += ("", "/tma", "/gluon" if eager else "/gluon-in-graphs")[
                 L._desc_kind(sp, x, w)]
     return {
         "op": p.op, "backend": backend, "dtype": str(p.dtype).replace("torch.", ""),

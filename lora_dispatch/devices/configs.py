@@ -28,6 +28,7 @@ __all__ = [
     "expand_config",
     "fused_config",
     "fused_max_tokens",
+    "gluon_graph_only",
     "next_pow2",
     "shrink_tma",
     "tma_mode",
@@ -521,6 +522,19 @@ _GLUON_MIN_TOKENS: dict[str, int] = {"h100": 2048, "h200": 2048}
 # loses below 2048 (r64 T=1024 24.8 -> 25.7); the public shrink with 64 rows wins at T=1024
 # (13.3 -> 11.7), with 16 rows loses (11.3 -> 11.7)
 _GLUON_EARLY: dict[str, tuple[int, int]] = {"h100": (512, 1024), "h200": (512, 1024)}
+# fewest tokens for the automatic Gluon shrink in eager calls; below, only inside CUDA-graph
+# capture. The Gluon plan's host path costs 3-6 us more per add_lora than the Triton plan's
+# (x's descriptor, the TMA contract check, two CUtensorMaps to key; H200 lent hosts,
+# _host_gluon_group.py, host-gluon-group-...json) against a GPU gain of 0.5-0.7 us at T=512
+# r16: a layer loop (base GEMM then add_lora, 15 alternating rounds) lost 52.1 -> 53.9 us
+# there and won from T=1024 (98.1 -> 96.3, T=2048 179.0 -> 175.9)
+_GLUON_EAGER_MIN_TOKENS: dict[str, int] = {"h100": 1024, "h200": 1024}
+
+
+def gluon_graph_only(info: DeviceInfo, t: int) -> bool:
+    """Whether an automatic Gluon plan for ``t`` tokens runs only inside CUDA-graph capture
+    (below ``_GLUON_EAGER_MIN_TOKENS``: its host cost outweighs its GPU gain eagerly)."""
+    return t < _GLUON_EAGER_MIN_TOKENS.get(info.family, 0)
 
 
 def _gluon_min_tokens(family: str, rows: int, atomic: bool) -> int:

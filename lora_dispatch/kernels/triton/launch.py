@@ -49,6 +49,7 @@ class GluonPlan(NamedTuple):
     cx: tuple  # S, R, TILE, STAGES, ATOMIC, FILL, GATHER, PDL
     forced: bool  # LORA_DISPATCH_GLUON=1: also for slots of rank below max_rank
     tile: tuple | None = None  # x's descriptor tile and layout (shrink_gluon_kernel.x_tile)
+    graph_only: bool = False  # automatic, too few tokens to pay its host cost eagerly
 
 
 class ShrinkPlan(NamedTuple):
@@ -222,7 +223,8 @@ def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.
             (_tiles(t, gcfg.block_m, w.num_slots), split), gcfg,
             (s, r, tile_index(gcfg.block_m), gcfg.stages, meta["ATOMIC"], meta["FILL"], True,
              bool(pdl)),
-            configs.gluon_mode() == "1", x_tile(gcfg.block_m, gcfg.block_k, w.dtype))
+            configs.gluon_mode() == "1", x_tile(gcfg.block_m, gcfg.block_k, w.dtype),
+            configs.gluon_mode() != "1" and configs.gluon_graph_only(info, t))
     return ShrinkPlan((nb * _tiles(t, cfg.block_m, w.num_slots), split), nb, k_split, split, meta,
                       *_split_meta(meta, _SHRINK_CX, 0), tma, gluon)
 
@@ -402,9 +404,9 @@ def gluon_native() -> bool:
 def _pick(p, x, w, capturing: bool | None = None):
     """``p`` (a shrink or add plan), or its Gluon ``alt`` where ``x`` meets the TMA contract
     and every loaded slot has rank ``max_rank`` (its work follows ``max_rank``), and the
-    launch is cheap on the host: through the native tier (:func:`gluon_native`), or while a
-    CUDA graph is being captured (replay has no host cost). ``LORA_DISPATCH_GLUON=1``:
-    always.
+    launch is cheap on the host: through the native tier (:func:`gluon_native`) from
+    :func:`configs.gluon_graph_only`'s token count, or while a CUDA graph is being captured
+    (replay has no host cost). ``LORA_DISPATCH_GLUON=1``: always.
 
     Through Triton's JIT path the Gluon launch costs ~50 us more host time per ``add_lora``
     (H200 host, qkv r64 T=8192: 13.9 -> 62.6 us, ``_host_gluon.py``), as much as the GPU
@@ -416,7 +418,7 @@ def _pick(p, x, w, capturing: bool | None = None):
     g = (a.shrink if isinstance(a, AddPlan) else a).gluon
     if g.forced:
         return a
-    if not gluon_native():
+    if g.graph_only or not gluon_native():
         if capturing is None:
             capturing = x.is_cuda and _capturing()
         if not capturing:
