@@ -145,6 +145,7 @@ def main() -> None:
     ap.add_argument("--pin", type=int, default=0,
                     help="run on this many CPU cores (sched_setaffinity; 0: as started)")
     ap.add_argument("--parts-only", action="store_true", help="only the piece-by-piece rows")
+    ap.add_argument("--host-only", action="store_true", help="only the host rows")
     args = ap.parse_args()
     if args.pin:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.pin])
@@ -158,13 +159,16 @@ def main() -> None:
         print({k: v for k, v in rows[-1].items() if k != "rounds"}, flush=True)
 
     for rank in (16, 64):
-        rows.append(dict(kind="parts", rank=rank, T=512, **_parts(rank, 512)))
-        print(rows[-1], flush=True)
+        if not args.host_only:
+            rows.append(dict(kind="parts", rank=rank, T=512, **_parts(rank, 512)))
+            print(rows[-1], flush=True)
         if args.parts_only:
             continue
         for t in (128, 512, 2048):
             g0 = L._GGROUP.launches
             row("host", rank, t, _ab(_calls(*_pair(rank, t, True)), busy=True), g0)
+        if args.host_only:
+            continue
         for t in (512, 1024, 2048):
             pair = _pair(rank, t, False)
             g0 = L._GGROUP.launches
