@@ -523,7 +523,7 @@ _GLUON_MIN_TOKENS: dict[str, int] = {"h100": 2048, "h200": 2048}
 # (13.3 -> 11.7), with 16 rows loses (11.3 -> 11.7)
 _GLUON_EARLY: dict[str, tuple[int, int]] = {"h100": (512, 1024), "h200": (512, 1024)}
 # fewest tokens for the automatic Gluon shrink in eager calls; below, only inside CUDA-graph
-# capture. The Gluon plan's host path costs 3-6 us more per add_lora than the Triton plan's
+# capture. The Gluon plan's host path costs 3-8 us more per add_lora than the Triton plan's
 # (x's descriptor, the TMA contract check, two CUtensorMaps to key; H200 lent hosts,
 # _host_gluon_group.py, host-gluon-group-...json) against a GPU gain of 0.5-0.7 us at T=512
 # r16: a layer loop (base GEMM then add_lora, 15 alternating rounds) lost 52.1 -> 53.9 us
