@@ -27,13 +27,15 @@ import time
 
 import torch
 
-_sleep = getattr(torch.cuda, "_sleep", None)
+from lora_dispatch.bench.timing import _busy, _device_events
 
 
 def _loop_us(fn, n: int = 200, busy: bool = False) -> float:
+    """µs per call of ``n`` calls: the host's own time behind ~100 µs of GPU spinning per
+    call (``busy``; ``host_time_us`` without the spin), else the wall time to the GPU's end."""
     torch.cuda.synchronize()
     if busy:
-        _sleep(int(n * 100 * 2000))  # ~100 us of spinning per call at ~2 GHz
+        _busy(n * 100)
     t0 = time.perf_counter_ns()
     for _ in range(n):
         fn()
@@ -67,9 +69,8 @@ def _kernels(fn, n: int = 50) -> dict:
             fn()
         torch.cuda.synchronize()
     tot = collections.defaultdict(float)
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            tot[e.name[:48]] += e.time_range.end - e.time_range.start
+    for e in _device_events(prof):
+        tot[e.name[:48]] += e.time_range.end - e.time_range.start
     return {k: v / n for k, v in tot.items()}
 
 

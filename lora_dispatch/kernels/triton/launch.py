@@ -48,7 +48,7 @@ class GluonPlan(NamedTuple):
     cfg: configs.GluonShrinkConfig
     cx: tuple  # S, R, TILE, STAGES, ATOMIC, FILL, GATHER, PDL
     forced: bool  # LORA_DISPATCH_GLUON=1: also for slots of rank below max_rank
-    tile: tuple | None = None  # x's descriptor tile and layout (shrink_gluon_kernel.x_tile)
+    tile: tuple  # x's descriptor tile and layout (shrink_gluon_kernel.x_tile)
     graph_only: bool = False  # automatic, too few tokens to pay its host cost eagerly
 
 
@@ -463,15 +463,21 @@ def _a_desc(w, c: configs.GluonShrinkConfig):
     return desc
 
 
-def _gluon_args(g: GluonPlan, k_split: int, x, w, batch, y, t: int, ys: tuple) -> tuple:
-    """:mod:`.shrink_gluon_kernel`'s parameters, ``num_warps`` (a constexpr there) last."""
-    c = g.cfg
+def _gluon_fixed(g: GluonPlan, k_split: int, w, batch, y, t: int, ys: tuple) -> tuple:
+    """:mod:`.shrink_gluon_kernel`'s parameters that do not depend on ``x``: those between
+    ``x`` and its strides, and those after its strides (``num_warps``, a constexpr there,
+    last)."""
     tm = batch.tile_map
+    return ((y, w.ranks, w.scalings, batch.sorted_tokens, tm, t, w.in_features, w.num_slots,
+             tm.shape[2], k_split), (ys[0], ys[1], ys[2], *g.cx, g.cfg.num_warps))
+
+
+def _gluon_args(g: GluonPlan, k_split: int, x, w, batch, y, t: int, ys: tuple) -> tuple:
+    """:mod:`.shrink_gluon_kernel`'s parameters in signature order."""
     xs = x.stride()
-    tile = x_tile(c.block_m, c.block_k, x.dtype) if g.tile is None else g.tile
-    return (rows_descriptor(x, t, w.in_features, xs[0], tile), _a_desc(w, c), x, y, w.ranks,
-            w.scalings, batch.sorted_tokens, tm, t, w.in_features, w.num_slots, tm.shape[2],
-            k_split, xs[0], xs[1], ys[0], ys[1], ys[2], *g.cx, c.num_warps)
+    a, b = _gluon_fixed(g, k_split, w, batch, y, t, ys)
+    return (rows_descriptor(x, t, w.in_features, xs[0], g.tile), _a_desc(w, g.cfg), x, *a,
+            xs[0], xs[1], *b)
 
 
 def _launch_shrink_gluon(g: GluonPlan, k_split: int, x, w, batch, y, t: int,
@@ -676,16 +682,11 @@ def _gluon_group_pieces(p: AddPlan, w, batch, ws, t: int) -> tuple:
     its descriptor, ``base_out`` and their strides."""
     sp, ep = p.shrink, p.expand
     g = sp.gluon
-    tm = batch.tile_map
+    a, b = _gluon_fixed(g, sp.k_split, w, batch, ws, t, p.ys)
     ea = _expand_args(ep, ws, w, batch, None, (None, None), t, p.ys)
-    ys = p.ys
     return _memoize(p, w, batch, ws, (
-        _a_desc(w, g.cfg),
-        (ws, w.ranks, w.scalings, batch.sorted_tokens, tm, t, w.in_features, w.num_slots,
-         tm.shape[2], sp.k_split),
-        (ys[0], ys[1], ys[2], *g.cx, g.cfg.num_warps, *_GGROUP_OPTS, *ea[:_E_OUT]),
-        ea[_E_OUT + 1:_E_OS.start],
-        (*ea[_E_OS.stop:], *ep.tail),
+        (w.in_features, g.tile), _a_desc(w, g.cfg), a, (*b, *_GGROUP_OPTS, *ea[:_E_OUT]),
+        ea[_E_OUT + 1:_E_OS.start], (*ea[_E_OS.stop:], *ep.tail),
     ))
 
 
@@ -693,12 +694,12 @@ def _gluon_group_slots(p: AddPlan, base_out, x, w, batch, ws, t: int) -> tuple:
     """The Gluon shrink's then the expand's launch-group slots (the same parameters as
     ``_gluon_args`` and ``_expand_args``; memoized like ``_group_slots``)."""
     m = p.memo
-    ad, a, b, c, d = (m[3] if _memo_hit(m, w, batch, ws)
-                      else _gluon_group_pieces(p, w, batch, ws, t))
+    (k, tile), ad, a, b, c, d = (m[3] if _memo_hit(m, w, batch, ws)
+                                 else _gluon_group_pieces(p, w, batch, ws, t))
     xs = x.stride()
     os_ = base_out.stride()
-    return (rows_descriptor(x, t, w.in_features, xs[0], p.shrink.gluon.tile), ad, x, *a,
-            xs[0], xs[1], *b, base_out, *c, os_[0], os_[1], *d)
+    return (rows_descriptor(x, t, k, xs[0], tile), ad, x, *a, xs[0], xs[1], *b, base_out, *c,
+            os_[0], os_[1], *d)
 
 
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
