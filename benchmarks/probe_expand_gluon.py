@@ -22,8 +22,12 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
-from lora_dispatch.bench.kernels import checked_time, expand_case, probe_main
-from lora_dispatch.bench.timing import gpu_time_us
+from lora_dispatch.bench.kernels import (
+    checked_time,
+    expand_case,
+    probe_main,
+    shipped_expand_row,
+)
 from lora_dispatch.kernels.triton import launch as L
 from lora_dispatch.kernels.triton.tiles import slice_block, tile_head
 
@@ -129,17 +133,9 @@ _CONFIGS = (  # BM, BN, NCOL, warps (WM, WN), BMODE, PREFETCH, k_width
 
 def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict],
            _args: object = None) -> None:
-    p, batch, w, y4, out, default, nbytes = expand_case(spec, dev)
-    pristine = out.clone()
-    ref = out.clone()
-    shipped = L._expand_plan(w, p.t, 1, cfg=default)
-    L._launch_expand(shipped, y4, w, batch, ref, p.t)
-    us = gpu_time_us(lambda: L._launch_expand(shipped, y4, w, batch, out, p.t), dev,
-                     warmup_ms=5, rep_ms=20)
-    gbs = nbytes / (us * 1e-6) / 1e9
-    rows.append(dict(kind="shipped", op=p.op, T=p.t, rank=p.rank, us=us, gbs=gbs,
-                     pct_copy=100 * gbs / copy, **default.__dict__))
-    print(f"{spec:>20} shipped {default}: {us:7.1f} us {100 * gbs / copy:5.1f}%", flush=True)
+    case = expand_case(spec, dev)
+    p, batch, w, y4, out, default, nbytes = case
+    pristine, ref = shipped_expand_row(spec, case, dev, copy, rows)
     for bm, bn, ncol, (wm, wn), bmode, pf, kw in _CONFIGS:
         cfg = type(default)(bm, bn, default.block_r, wm * wn, 1, ncol, pf)
         plan = L._expand_plan(w, p.t, 1, cfg=cfg)

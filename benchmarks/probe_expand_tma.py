@@ -35,7 +35,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from lora_dispatch.bench.kernels import checked_time, expand_case, probe_main
+from lora_dispatch.bench.kernels import (
+    checked_time,
+    expand_case,
+    probe_main,
+    shipped_expand_row,
+)
 from lora_dispatch.kernels.triton import launch as L
 from lora_dispatch.kernels.triton.tiles import slice_block, tile_head
 
@@ -201,18 +206,9 @@ def launch_args(plan, y4, w, batch, out, t: int, bm: int, bn: int) -> tuple:
 
 def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict],
            _args: object = None) -> None:
-    p, batch, w, y4, out, default, nbytes = expand_case(spec, dev)
-    pristine = out.clone()
-    ref = out.clone()
-    shipped = L._expand_plan(w, p.t, 1, cfg=default)
-    L._launch_expand(shipped, y4, w, batch, ref, p.t)
-    res = checked_time(lambda o: L._launch_expand(shipped, y4, w, batch, o, p.t), out,
-                       pristine, ref, dev, False, "shipped")
-    us = res[1]
-    gbs = nbytes / (us * 1e-6) / 1e9
-    rows.append(dict(kind="shipped", op=p.op, T=p.t, rank=p.rank, us=us, gbs=gbs,
-                     pct_copy=100 * gbs / copy, **default.__dict__))
-    print(f"{spec:>22} shipped {default}: {us:7.1f} us {100 * gbs / copy:5.1f}%", flush=True)
+    case = expand_case(spec, dev)
+    p, batch, w, y4, out, default, nbytes = case
+    pristine, ref = shipped_expand_row(spec, case, dev, copy, rows)
     for bm, bn, ncol, stages, warps, tma_out, inplace in _CONFIGS:
         cfg = type(default)(bm, bn, default.block_r, warps, 1, ncol, False)
         plan = L._expand_plan(w, p.t, 1, cfg=cfg)

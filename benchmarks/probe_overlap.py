@@ -19,7 +19,14 @@ import dataclasses
 
 import torch
 
-from lora_dispatch.bench.kernels import Problem, _build, min_bytes, probe_main, round_median
+from lora_dispatch.bench.kernels import (
+    LAYERS,
+    Problem,
+    _build,
+    min_bytes,
+    probe_main,
+    round_median,
+)
 from lora_dispatch.bench.timing import gpu_time_us
 from lora_dispatch.devices import configs as C
 from lora_dispatch.devices import current
@@ -77,19 +84,17 @@ def _label(cfg: C.OverlapConfig | None) -> str:
             f"ncol={ec.col_blocks} pre={int(ec.prefetch)} w={cfg.num_warps} st={cfg.num_stages}")
 
 
-def shape(t: int, rank: int, dev: torch.device, copy: float | None, rows: list[dict],
-          configs: str = "", rounds: int = 1) -> None:
+def live_configs(t: int, rank: int, dev: torch.device,
+                 cands: list[C.OverlapConfig]) -> tuple[Problem, list]:
+    """One qkv input set (bf16, 4 adapters) and, on it, the shipped ``add_lora`` then every
+    config of ``cands`` that builds: ``(config or None, launch, max |diff| against the
+    shipped output)``; configs that fail are printed and skipped."""
     p = Problem("add_lora", 4096, t, rank, 4, torch.bfloat16, dev)
     batch, items = _build(p, 1)
     w, x, _, out = items[0]
-    default = C.overlap_config(current(dev), t, 4096, w.total_out, w.max_rank, 2,
-                               w.num_slices)
     pristine = out.clone()
     ref = pristine.clone()
     L.add_lora(ref, x, w, batch)
-    nbytes = min_bytes(p)
-    cands = candidates(default, rank, w.num_slices) if not configs else (
-        [default] + [c for c in parse_configs(configs, rank) if c != default])
     live: list = [(None, lambda: L.add_lora(out, x, w, batch), 0.0)]
     for cfg in cands:
         try:
@@ -101,6 +106,17 @@ def shape(t: int, rank: int, dev: torch.device, copy: float | None, rows: list[d
             print(f"T={t} r={rank} {_label(cfg)} failed: {exc!r}"[:300], flush=True)
             continue
         live.append((cfg, lambda plan=plan: L._overlap(plan, out, x, w, batch, t), err))
+    return p, live
+
+
+def shape(t: int, rank: int, dev: torch.device, copy: float | None, rows: list[dict],
+          configs: str = "", rounds: int = 1) -> None:
+    outs = LAYERS["add_lora"]
+    default = C.overlap_config(current(dev), t, 4096, sum(outs), rank, 2, len(outs))
+    cands = candidates(default, rank, len(outs)) if not configs else (
+        [default] + [c for c in parse_configs(configs, rank) if c != default])
+    p, live = live_configs(t, rank, dev, cands)
+    nbytes = min_bytes(p)
     for rnd in range(rounds):
         for cfg, fn, err in live:
             us = (gpu_time_us(fn, dev, warmup_ms=5, rep_ms=30) if dev.type == "cuda"

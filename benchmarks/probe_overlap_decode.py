@@ -16,11 +16,10 @@ call; each config is checked against the shipped output.
 from __future__ import annotations
 
 import torch
-from probe_overlap import _label, parse_configs
+from probe_overlap import _label, live_configs, parse_configs
 
-from lora_dispatch.bench.kernels import Problem, _build, probe_main
+from lora_dispatch.bench.kernels import probe_main
 from lora_dispatch.bench.timing import graph_time_us, host_time_us
-from lora_dispatch.kernels.triton import launch as L
 
 _CONFIGS = ";".join((
     # lag, bm, bns, bk, rb, split, ebn, br, ncol, prefetch, warps, stages
@@ -37,24 +36,8 @@ _CONFIGS = ";".join((
 
 def _spec(spec: str, dev: torch.device, copy: float | None, rows: list[dict], args) -> None:
     t, rank = map(int, spec.split(":"))
-    p = Problem("add_lora", 4096, t, rank, 4, torch.bfloat16, dev)
-    batch, items = _build(p, 1)
-    w, x, _, out = items[0]
-    pristine = out.clone()
-    ref = pristine.clone()
-    L.add_lora(ref, x, w, batch)
-    live = [(None, lambda: L.add_lora(out, x, w, batch), 0.0)]
-    for cfg in parse_configs((args.configs or _CONFIGS).replace("{r}", str(max(16, rank))),
-                             rank):
-        try:
-            plan = L._overlap_plan(w, t, cfg)
-            chk = pristine.clone()
-            L._overlap(plan, chk, x, w, batch, t)
-            err = (chk.float() - ref.float()).abs().max().item()
-        except Exception as exc:  # a config that fails to compile is reported and skipped
-            print(f"T={t} r={rank} {_label(cfg)} failed: {exc!r}"[:300], flush=True)
-            continue
-        live.append((cfg, lambda plan=plan: L._overlap(plan, out, x, w, batch, t), err))
+    cands = parse_configs((args.configs or _CONFIGS).replace("{r}", str(max(16, rank))), rank)
+    _, live = live_configs(t, rank, dev, cands)
     for rnd in range(args.rounds):
         for cfg, fn, err in live:
             g = graph_time_us(fn, dev) if dev.type == "cuda" else float("nan")

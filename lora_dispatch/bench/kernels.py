@@ -160,6 +160,28 @@ def checked_time(launch: Callable[[torch.Tensor], object], out: torch.Tensor,
     return err, us
 
 
+def shipped_expand_row(spec: str, case: ExpandCase, device: torch.device, copy: float | None,
+                       rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Time the shipped expand of an :func:`expand_case` into ``case.out`` (cold L2), append
+    its row to ``rows`` and print it; return ``(pristine, ref)``: a copy of ``out`` before
+    any run and the shipped result on it, for checking probe variants."""
+    from lora_dispatch.kernels.triton import launch as L
+
+    p, batch, w, y4, out, default, nbytes = case
+    pristine = out.clone()
+    ref = out.clone()
+    plan = L._expand_plan(w, p.t, 1, cfg=default)
+    L._launch_expand(plan, y4, w, batch, ref, p.t)
+    _, us = checked_time(lambda o: L._launch_expand(plan, y4, w, batch, o, p.t), out,
+                         pristine, ref, device, False, "shipped")
+    gbs = nbytes / (us * 1e-6) / 1e9
+    pct = 100 * gbs / copy if copy else float("nan")
+    rows.append(dict(kind="shipped", op=p.op, T=p.t, rank=p.rank, us=us, gbs=gbs,
+                     pct_copy=pct, **default.__dict__))
+    print(f"{spec:>22} shipped {default}: {us:7.1f} us {pct:5.1f}%", flush=True)
+    return pristine, ref
+
+
 def add_shrink_launch(t: int, rank: int, device: torch.device, hidden: int = 4096,
                       adapters: int = 4):
     """The qkv shrink exactly as ``add_lora`` launches it inside a CUDA graph (workspace mode,
