@@ -141,7 +141,7 @@ def _shape(spec: str, dev: torch.device, copy: float, rows: list[dict],
         plan = L._expand_plan(w, p.t, 1, cfg=cfg)
         args = L._expand_args(plan, y4, w, batch, out, out.stride(), p.t, y4.stride())
         cx = {k: v for k, v in plan.meta.items()
-              if k not in ("num_warps", "num_stages", "PREC", "PDL")}
+              if k not in ("num_warps", "num_stages", "PREC", "PDL", "TRIM")}
         for dot in (1, 0):
             def launch(o, args=args, cx=cx, plan=plan, dot=dot, wm=wm, wn=wn, bmode=bmode, kw=kw):
                 a = (*args[:2], o, *args[3:])
