@@ -1048,3 +1048,172 @@ def test_shrink_gluon_forced_unfit(monkeypatch):
         w = ld.LoRAWeights(2, k, outs, rank, dtype=dtype, device=DEV)
         with pytest.raises(RuntimeError, match=why):
             tk.plan_for("shrink", w, 4096)
+
+
+def _expand_kinds(w, x, out):
+    """Whether the public expand and add_lora's expand take the Gluon kernel for ``out``."""
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
+    t = x.shape[0]
+    e = tk.plan_for("expand", w, t).gluon
+    a = tl_launch._pick(tk.plan_for("add", w, t, "two_pass"), x, w).expand.gluon
+    return tuple(g is not None and tl_launch._gluon_expand_ok(g, out, w) for g in (e, a))
+
+
+def _check_out_view(w, x, slots, batch, dtype, buf, cols):
+    """add_lora and shrink+expand into ``buf[:, cols]`` against float64; the columns around
+    the view stay as they were."""
+    t = x.shape[0]
+    delta = ref_delta(ref_y(x, w, slots.to(DEV)), w, slots.to(DEV), t)
+    for name, fn in (("public", lambda o: ld.add_lora(o, x, w, batch)),
+                     ("shrink+expand",
+                      lambda o: ld.lora_expand(ld.lora_shrink(x, w, batch), w, batch, o))):
+        full = buf.clone()
+        view = full[:, cols]
+        fn(view)
+        err = rel(view.double() - buf[:, cols].double(), delta)
+        assert err <= TOL[dtype], f"{name}: rel err {err:.3g}"
+        keep = torch.ones(buf.shape[1], dtype=torch.bool, device=DEV)
+        keep[cols] = False
+        assert torch.equal(full[:, keep], buf[:, keep]), f"{name}: columns outside changed"
+
+
+@pytest.mark.parametrize("hidden,outs,dtype,t,rank,uniform", [
+    (4096, (4096, 1024, 1024), torch.bfloat16, 8192, 64, True),
+    (4096, (4096, 1024, 1024), torch.float16, 2048, 16, False),
+    (3584, (18944, 18944), torch.bfloat16, 4096, 64, True),
+    (5120, (5120,), torch.float16, 2049, 128, False),
+    (4096, (4096,), torch.bfloat16, 37, 32, True),
+    (4096, (4096, 1024, 1024), torch.bfloat16, 1, 64, True),
+])
+def test_expand_gluon(hidden, outs, dtype, t, rank, uniform, poison_empty, monkeypatch):
+    """The Gluon expand (LORA_DISPATCH_GLUON_EXPAND=1) on prefill segments with a gathered
+    tail (slot -1, an empty slot; mixed ranks up to ``rank`` where not uniform): every op
+    against float64 on NaN-poisoned workspaces; an aligned strided ``base_out`` view takes
+    it, a misaligned one the Triton expand, both leave the columns around them alone."""
+    _hopper_gluon()
+    gen = torch.Generator().manual_seed(t + rank + 1)
+    w = (make_uniform(6, hidden, outs, dtype, rank, seed=t) if uniform else
+         make_weights(12, hidden, outs, dtype, max_rank=rank, seed=t))
+
+    def picked(mode, x):
+        out = torch.empty(t, w.total_out, device=DEV, dtype=dtype)
+        assert _expand_kinds(w, x, out) == (mode == "1",) * 2
+
+    slots, batch, base = _env_ab(w, t, hidden, dtype, gen, "LORA_DISPATCH_GLUON_EXPAND",
+                                 picked, monkeypatch, tail=min(64, t // 2))
+    n = w.total_out
+    x = torch.randn(t, hidden, generator=gen).to(DEV, dtype)
+    buf = (0.5 * torch.randn(t, n + 72, generator=gen)).to(DEV, dtype)
+    assert _expand_kinds(w, x, buf[:, 64:64 + n]) == (True, True)
+    _check_out_view(w, x, slots, batch, dtype, buf, slice(64, 64 + n))
+    assert _expand_kinds(w, x, buf[:, 1:1 + n]) == (False, False)
+    _check_out_view(w, x, slots, batch, dtype, buf, slice(1, 1 + n))
+    assert _expand_kinds(w, x, torch.empty(t, n, device=DEV)) == (False, False)  # fp32 out
+
+
+@pytest.mark.parametrize("split_k", [2, 3])
+def test_expand_gluon_splits(split_k, monkeypatch):
+    """add_lora's Gluon expand summing 2 and 3 (uneven) partial products of the shrink:
+    equal to float64 and, within rounding, to the Triton expand's result."""
+    _hopper_gluon()
+    t = 4096
+    gen = torch.Generator().manual_seed(20 + split_k)
+    w = make_uniform(4, 4096, (4096, 1024, 1024), torch.bfloat16, 64, seed=split_k)
+    slots = _segment_slots(t, w.num_slots, gen)
+    batch = token_batch(slots)
+    x = torch.randn(t, 4096, generator=gen).to(DEV, torch.bfloat16)
+    base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, torch.bfloat16)
+    outs = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("LORA_DISPATCH_GLUON_EXPAND", mode)
+        w.__dict__.pop("_triton_plans", None)
+        from lora_dispatch.kernels.triton import launch as tl_launch
+
+        p = tl_launch._pick(tk.plan_for("add", w, t, "two_pass", split_k), x, w)
+        assert p.shrink.split == split_k and (p.expand.gluon is not None) == (mode == "1")
+        if mode == "1":
+            assert p.expand.gluon.cx[2] == split_k
+        out = base.clone()
+        tk.add_lora_two_pass(out, x, w, batch, split_k=split_k)
+        outs[mode] = out
+    delta = ref_delta(ref_y(x, w, slots.to(DEV)), w, slots.to(DEV), t)
+    assert rel(outs["1"].double() - base.double(), delta) <= TOL[torch.bfloat16]
+    torch.testing.assert_close(outs["1"], outs["0"], rtol=2e-2, atol=2e-2)
+
+
+def test_expand_gluon_auto_selection(monkeypatch):
+    """Automatic: uniform rank-64 prefill from 4096 tokens on wide slices takes the Gluon
+    expand (eagerly where the native tier launches it, and inside CUDA-graph capture);
+    T = 2048, rank 16, a 4096-wide single slice, mixed ranks and an fp32 ``base_out`` keep
+    the Triton expand. The automatic add_lora (Gluon shrink, programmatic launch) matches
+    float64."""
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
+    _hopper_gluon()
+    monkeypatch.delenv("LORA_DISPATCH_GLUON_EXPAND", raising=False)
+    monkeypatch.delenv("LORA_DISPATCH_GLUON", raising=False)
+    dtype = torch.bfloat16
+    w = make_uniform(4, 4096, (4096, 1024, 1024), dtype, 64)
+    x = torch.randn(8192, 4096, device=DEV, dtype=dtype)
+    out = torch.empty(8192, w.total_out, device=DEV, dtype=dtype)
+    native = tl_launch.gluon_native()
+    assert _expand_kinds(w, x, out) == (native, native)
+    monkeypatch.setattr(tl_launch, "_NATIVE_DESC", [False])
+    assert _expand_kinds(w, x, out) == (False, False)
+    monkeypatch.setattr(tl_launch, "_capturing", lambda: True)
+    assert _expand_kinds(w, x, out) == (True, True)
+    assert _expand_kinds(w, x[:4096], out[:4096]) == (True, True)
+    assert _expand_kinds(w, x[:2048], out[:2048]) == (False, False)
+    assert _expand_kinds(w, x, out.float()) == (False, False)
+    w16 = make_uniform(4, 4096, (4096, 1024, 1024), dtype, 16)
+    assert _expand_kinds(w16, x, out) == (False, False)
+    w1 = make_uniform(4, 4096, (4096,), dtype, 64)
+    assert _expand_kinds(w1, x, out[:, :4096]) == (False, False)
+    w.load(2, [torch.randn(16, 4096, device=DEV)] * 3,
+           [torch.randn(o, 16, device=DEV) for o in w.out_features], 1.0)
+    assert _expand_kinds(w, x, out) == (False, False)
+    w.load(2, [torch.randn(64, 4096, device=DEV) / 64] * 3,
+           [torch.randn(o, 64, device=DEV) / 8 for o in w.out_features], 1.0)
+    assert _expand_kinds(w, x, out) == (True, True)
+    monkeypatch.undo()
+    monkeypatch.setenv("LORA_DISPATCH_BACKEND", "triton")
+    monkeypatch.delenv("LORA_DISPATCH_GLUON_EXPAND", raising=False)
+    t = 8192
+    gen = torch.Generator().manual_seed(12)
+    slots = _segment_slots(t, w.num_slots, gen)
+    batch = token_batch(slots)
+    base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, dtype)
+    got = base.clone()
+    ld.add_lora(got, x, w, batch)
+    delta = ref_delta(ref_y(x, w, slots.to(DEV)), w, slots.to(DEV), t)
+    assert rel(got.double() - base.double(), delta) <= TOL[dtype]
+
+
+def test_expand_gluon_graph_replay(monkeypatch):
+    """One capture of add_lora on the Gluon expand replays correctly (bit for bit against
+    eager calls) while the batch switches between segments (TMA boxes) and per-token slots
+    (pointer rows)."""
+    _hopper_gluon()
+    monkeypatch.setenv("LORA_DISPATCH_GLUON_EXPAND", "1")
+    gen = torch.Generator().manual_seed(6)
+    cap, dtype = 2048, torch.bfloat16
+    w = make_uniform(8, 4096, (4096, 1024, 1024), dtype, 64, seed=5)
+    replay_switching_batches(
+        w, cap, dtype, gen, 10,
+        lambda x: _assert_kinds(_expand_kinds(
+            w, x, torch.empty(cap, w.total_out, device=DEV, dtype=dtype)), (True, True)))
+
+
+def test_expand_gluon_forced_unfit(monkeypatch):
+    """LORA_DISPATCH_GLUON_EXPAND=1 fails loudly, naming the reason, where it cannot run."""
+    _hopper_gluon()
+    monkeypatch.setenv("LORA_DISPATCH_GLUON_EXPAND", "1")
+    for k, outs, dtype, rank, why in (
+        (1000, (1000,), torch.bfloat16, 16, "multiple of 64"),
+        (4096, (4096,), torch.float32, 16, "16-bit"),
+        (4096, (4096, 1024, 1024), torch.bfloat16, 24, "max_rank must be one of"),
+    ):
+        w = ld.LoRAWeights(2, k, outs, rank, dtype=dtype, device=DEV)
+        with pytest.raises(RuntimeError, match=why):
+            tk.plan_for("expand", w, 4096)

@@ -146,6 +146,7 @@ def variants(target: str):
                            {**meta, "PDL": True}, ediv)
     if target == "sm90":
         yield from _gluon_variants(info, st, sdiv)
+        yield from _gluon_expand_variants(info, et, ediv)
     w = ld.LoRAWeights(4, 4096, (4096,), 16, dtype=torch.bfloat16)
     cfg = configs.shrink_config(info, 64, 4096, 16, 2, True, slices=1)
     meta = {**L._shrink_plan(w, 64, atomic=True, cfg=cfg).meta, "stride_xk": 1}
@@ -192,6 +193,44 @@ def _gluon_variants(info, st: dict, sdiv: tuple):
         name = f"shrink_gluon-{kind}-s{w.num_slices}-r{rank}-T{t}"
         yield (name, L.shrink_gluon_kernel,
                {**st, "x_desc": mangle_type(xd), "a_desc": mangle_type(ad)}, meta, sdiv)
+
+
+def _gluon_expand_variants(info, et: dict, ediv: tuple):
+    """The Gluon expand where Hopper picks it (qkv and gate_up rank 64 prefill, ``add_lora``'s
+    programmatic launch and one split, the public expand), and forced at rank 16 and 128
+    (where this Triton release runs it)."""
+    import torch
+
+    import lora_dispatch as ld
+    from lora_dispatch.devices import configs
+    from lora_dispatch.kernels.triton import launch as L
+    from lora_dispatch.kernels.triton.expand_gluon_kernel import b_descriptor, out_descriptor
+
+    if configs._gluon_expand_unfit(info, (4096,), 64, 2, 64, L.GLUON_AVAILABLE) is not None:
+        return
+    from triton.runtime.jit import mangle_type
+
+    for outs, rank, t, pdl, forced in (((4096, 1024, 1024), 64, 8192, True, False),
+                                       ((14336, 14336), 64, 4096, False, False),
+                                       ((4096, 1024, 1024), 16, 8192, False, True),
+                                       ((4096, 1024, 1024), 128, 8192, True, True)):
+        w = ld.LoRAWeights(4, 4096, outs, rank, dtype=torch.bfloat16)
+        os.environ[configs.ENV_GLUON_EXPAND] = "1" if forced else "auto"
+        try:
+            g = L._expand_plan(w, t, 1, pdl=pdl, info=info)
+        finally:
+            del os.environ[configs.ENV_GLUON_EXPAND]
+        g = g.gluon
+        c = g.cfg
+        out = torch.empty(t, w.total_out, dtype=torch.bfloat16)
+        od = out_descriptor(out, t, w.total_out, w.total_out, g.tile)
+        bd = b_descriptor(w.lora_b, c.block_n)
+        meta = dict(zip(("S", "TILE", "SPLIT", "NCOL", "STAGES", "ALIGN", "PDL"), g.cx),
+                    num_warps=c.num_warps, num_stages=1)
+        types = {k: v for k, v in et.items() if k != "b_ptr"}
+        name = f"expand_gluon-s{w.num_slices}-r{rank}-T{t}{'-pdl' if pdl else ''}"
+        yield (name, L.expand_gluon_kernel,
+               {**types, "o_desc": mangle_type(od), "b_desc": mangle_type(bd)}, meta, ediv)
 
 
 def _code(path: Path) -> list[str]:

@@ -39,11 +39,16 @@ __all__ = [
     "shrink_gluon",
     "gluon_mode",
     "ENV_GLUON",
+    "GluonExpandConfig",
+    "expand_gluon",
+    "gluon_expand_mode",
+    "ENV_GLUON_EXPAND",
 ]
 
 ENV_TMA = "LORA_DISPATCH_TMA"
 ENV_PDL = "LORA_DISPATCH_PDL"
 ENV_GLUON = "LORA_DISPATCH_GLUON"
+ENV_GLUON_EXPAND = "LORA_DISPATCH_GLUON_EXPAND"
 
 
 @dataclass(frozen=True)
@@ -648,3 +653,104 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
     if atomic and 2 * tiles >= units:
         split = 1
     return GluonShrinkConfig(bm, bk, br, stages, bm // 16, split)
+
+
+@dataclass(frozen=True)
+class GluonExpandConfig:
+    """The Gluon expand with ``out`` in a shared-memory ring (Hopper): ``block_m`` tokens a
+    program (16 per warp), ``block_n`` columns a block, ``col_blocks`` blocks a program,
+    ``stages`` ring depth (``out`` and ``B`` blocks), warps."""
+
+    block_m: int
+    block_n: int
+    col_blocks: int
+    stages: int
+    num_warps: int
+
+    def __post_init__(self) -> None:
+        if self.block_m not in (64, 128) or self.num_warps != self.block_m // 16:
+            raise ValueError("GluonExpandConfig: block_m must be 64 (4 warps) or 128 (8 "
+                             f"warps), got {self.block_m} with {self.num_warps} warps")
+        if self.block_n not in (64, 128):
+            raise ValueError(f"GluonExpandConfig: block_n must be 64 or 128, got "
+                             f"{self.block_n}")
+        if not 3 <= self.stages <= 8 or not 1 <= self.col_blocks <= 64:
+            raise ValueError(f"GluonExpandConfig: stages must be in 3..8 and col_blocks in "
+                             f"1..64, got {self.stages} and {self.col_blocks}")
+
+
+# families and fewest tokens where the Gluon expand runs automatically: H200, cold L2,
+# three runs (probe_expand_tma.py, expand-tma-probe{,2,3}-...json), 64x64 blocks, 16 a
+# program, 4 stages: qkv r64 T=8192 64.0-64.4 -> 60.3-61.6 us, T=4096 32.7 -> 31.2, gate_up
+# r64 T=8192 271.8-272.0 -> 257.4-261.2; no gain on a 4096-wide single slice (39.7-39.9 ->
+# 39.9), at T=2048 (18.8-19.4 -> 19.6) or at rank 16 (qkv 54.5-54.9 -> 55.6)
+_GLUON_EXPAND_MIN_TOKENS: dict[str, int] = {"h100": 4096, "h200": 4096}
+_GLUON_EXPAND_RANKS = (64,)  # max_rank of the automatic choice
+_GLUON_EXPAND_MIN_OUT = 6144  # sum of the slices' widths
+_GLUON_EXPAND_RANKS_FIT = (16, 32, 64, 128)  # B's [block_n, max_rank] TMA box and wgmma K
+
+
+def gluon_expand_mode() -> str:
+    """``LORA_DISPATCH_GLUON_EXPAND`` as ``auto``, ``0`` or ``1`` (``ValueError`` otherwise)."""
+    mode = os.environ.get(ENV_GLUON_EXPAND, "auto").strip().lower() or "auto"
+    if mode not in ("auto", "0", "1"):
+        raise ValueError(f"{ENV_GLUON_EXPAND} must be 'auto', '0' or '1', got {mode!r}")
+    return mode
+
+
+def _gluon_expand_unfit(info: DeviceInfo, widths: tuple[int, ...], max_rank: int,
+                        itemsize: int, block_n: int, available: bool) -> str | None:
+    """Why the Gluon expand cannot run these weights here (``None`` when it can)."""
+    if not available:
+        return "this Triton release has no usable Gluon Hopper API"
+    if _triton_version() != (3, 6):
+        return f"the kernel is written for Triton 3.6's Gluon API, not {_triton_version()}"
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return "the Triton interpreter does not run Gluon"
+    if info.platform != "cuda" or info.capability is None or info.capability[0] != 9:
+        return f"it needs a Hopper GPU (sm_90), not {info.name!r} ({info.capability})"
+    if itemsize != 2:
+        return f"it takes 16-bit weights, not {8 * itemsize}-bit"
+    if max_rank not in _GLUON_EXPAND_RANKS_FIT:
+        return f"max_rank must be one of {_GLUON_EXPAND_RANKS_FIT}, got {max_rank}"
+    if any(o % block_n for o in widths):
+        return f"every slice width must be a multiple of {block_n}, got {tuple(widths)}"
+    return None
+
+
+def expand_gluon(info: DeviceInfo, t: int, widths: tuple[int, ...], max_rank: int,
+                 itemsize: int, available: bool = True) -> GluonExpandConfig | None:
+    """Config of the Gluon expand (``out`` streamed through a TMA ring) for ``t`` tokens, or
+    ``None`` to keep the Triton expand.
+
+    Automatic (``LORA_DISPATCH_GLUON_EXPAND`` unset or ``auto``): Hopper families in
+    ``_GLUON_EXPAND_MIN_TOKENS`` from that many tokens, for ``max_rank`` 64 and slices at
+    least ``_GLUON_EXPAND_MIN_OUT`` wide together, where it fits (Triton 3.6, 16-bit weights,
+    ``max_rank`` in 16 / 32 / 64 / 128, slice widths multiples of 64). The launch then takes
+    it for an ``out`` of the weights' dtype that meets the TMA contract, for weights whose
+    loaded slots all have rank ``max_rank`` (``B``'s box is ``max_rank`` wide), eagerly
+    where the fast launcher's native tier launches it. ``1`` forces it for every ``T`` and
+    any ranks (``RuntimeError`` naming the reason where it cannot run); ``0`` turns it off.
+    Read when a launch plan is built.
+
+    Raises
+    ------
+    ValueError
+        If ``LORA_DISPATCH_GLUON_EXPAND`` is not ``auto``, ``0`` or ``1``.
+    RuntimeError
+        If it is ``1`` and the kernel cannot run these weights on this device.
+    """
+    mode = gluon_expand_mode()
+    if mode == "0":
+        return None
+    bn = 64
+    why = _gluon_expand_unfit(info, tuple(widths), max_rank, itemsize, bn, available)
+    if why is not None:
+        if mode == "1":
+            raise RuntimeError(f"{ENV_GLUON_EXPAND}=1 but the Gluon expand cannot run: {why}")
+        return None
+    if mode == "auto" and (t < _GLUON_EXPAND_MIN_TOKENS.get(info.family, 1 << 62)
+                           or max_rank not in _GLUON_EXPAND_RANKS
+                           or sum(widths) < _GLUON_EXPAND_MIN_OUT):
+        return None
+    return GluonExpandConfig(64, bn, 16, 4, 4)

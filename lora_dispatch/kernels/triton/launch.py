@@ -21,6 +21,7 @@ from lora_dispatch.batch import tile_index
 from lora_dispatch.devices import configs
 from lora_dispatch.devices.info import describe
 
+from .expand_gluon_kernel import b_descriptor, expand_gluon_kernel, out_descriptor, out_tile
 from .expand_kernel import expand_kernel
 from .fill_kernel import ZERO_BLOCK, zero_kernel
 from .fused_kernel import fused_kernel
@@ -67,6 +68,17 @@ class ShrinkPlan(NamedTuple):
     alt: ShrinkPlan | None = None  # the Gluon plan, taken where x and the ranks allow
 
 
+class GluonExpandPlan(NamedTuple):
+    """The Gluon expand's launch (:mod:`.expand_gluon_kernel`)."""
+
+    grid: tuple[int]
+    nb: int
+    cfg: configs.GluonExpandConfig
+    cx: tuple  # S, TILE, SPLIT, NCOL, STAGES, ALIGN, PDL, num_warps
+    tile: tuple  # out's descriptor tile and layout (expand_gluon_kernel.out_tile)
+    forced: bool  # LORA_DISPATCH_GLUON_EXPAND=1: also for slots of rank below max_rank
+
+
 class ExpandPlan(NamedTuple):
     grid: tuple[int]
     nb: int
@@ -75,6 +87,7 @@ class ExpandPlan(NamedTuple):
     num_warps: int
     num_stages: int
     tail: tuple
+    gluon: GluonExpandPlan | None = None  # taken where out and the ranks allow
 
 
 _OVERLAP_CX = ("S", "R", "TILE", "BM", "BNS", "BK", "RB", "EVEN_K", "BNE", "BR", "NCOL",
@@ -230,10 +243,24 @@ def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.
 
 
 def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
-                 pdl: bool = False) -> ExpandPlan:
+                 pdl: bool = False, info=None) -> ExpandPlan:
+    """The Triton expand's plan; with the registry's configs (``cfg`` not given), the Gluon
+    expand's plan rides along in ``gluon`` where the registry picks it for this shape."""
+    gluon = None
     if cfg is None:
-        cfg = configs.expand_config(describe(w.device), t, w.total_out, w.max_rank,
+        info = describe(w.device) if info is None else info
+        cfg = configs.expand_config(info, t, w.total_out, w.max_rank,
                                     w.lora_b.element_size(), widths=tuple(w.out_features))
+        gcfg = configs.expand_gluon(info, t, tuple(w.out_features), w.max_rank,
+                                    w.lora_b.element_size(), expand_gluon_kernel is not None)
+        if gcfg is not None:
+            gnb = sum(_cdiv(o, gcfg.block_n * gcfg.col_blocks) for o in w.out_features)
+            gluon = GluonExpandPlan(
+                (gnb * _tiles(t, gcfg.block_m, w.num_slots),), gnb, gcfg,
+                (w.num_slices, tile_index(gcfg.block_m), split, gcfg.col_blocks, gcfg.stages,
+                 _align(w), bool(pdl), gcfg.num_warps),
+                out_tile(gcfg.block_m, gcfg.block_n, w.dtype),
+                configs.gluon_expand_mode() == "1")
     span = cfg.block_n * cfg.col_blocks
     nb = sum(_cdiv(o, span) for o in w.out_features)
     meta = dict(
@@ -244,7 +271,7 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta,
-                      *_split_meta(meta, _EXPAND_CX, 1))
+                      *_split_meta(meta, _EXPAND_CX, 1), gluon)
 
 
 def _fused_plan(w, t: int, cfg: configs.FusedConfig | None = None) -> ExpandPlan:
@@ -497,9 +524,58 @@ def _launch_shrink_tma(p: ShrinkPlan, x, w, args: tuple) -> None:
     )
 
 
+def _gluon_expand_ok(g: GluonExpandPlan, out, w) -> bool:
+    """Whether the Gluon expand takes this call: ``out`` of the weights' dtype meets the TMA
+    contract (16-byte base and row stride, unit column stride), ``B`` is contiguous, and
+    (unless forced) every loaded slot has rank ``max_rank`` and the launch is cheap on the
+    host (native tier, or inside CUDA-graph capture, as :func:`_pick`)."""
+    if out.dtype is not w.dtype or not _tma_ready(out):
+        return False
+    if getattr(w, "__dict__", None) is None:  # a view inside torch.compile: any B
+        b = w.lora_b
+        if not b.is_contiguous() or b.data_ptr() % 16:
+            return False
+    if g.forced:
+        return True
+    if not gluon_native() and not (out.is_cuda and _capturing()):
+        return False
+    return _uniform_ranks(w)
+
+
+def _b_desc(w, c: configs.GluonExpandConfig):
+    """Descriptor of ``B [L * N, R]`` for the Gluon expand's tiling ``c`` (kept on the
+    weights object while its ``lora_b`` is the same tensor)."""
+    b = w.lora_b
+    d = getattr(w, "__dict__", None)
+    if d is not None:
+        memo = d.get("_gluon_b_desc")
+        if memo is not None and memo[0] is b and memo[1] == c.block_n:
+            return memo[2]
+    desc = b_descriptor(b, c.block_n)
+    if d is not None:
+        d["_gluon_b_desc"] = (b, c.block_n, desc)
+    return desc
+
+
+def _gluon_expand_args(g: GluonExpandPlan, y, w, batch, out, t: int, ys: tuple) -> tuple:
+    """:mod:`.expand_gluon_kernel`'s parameters in signature order."""
+    tm = batch.tile_map
+    os0 = out.stride(0)
+    return (out_descriptor(out, t, w.total_out, os0, g.tile), _b_desc(w, g.cfg), y, out,
+            w.ranks, w.slice_bounds, batch.sorted_tokens, tm, t, w.num_slots, tm.shape[2],
+            w.total_out, g.nb, ys[0], ys[1], ys[2], ys[3], os0, *g.cx)
+
+
 def _launch_expand(p: ExpandPlan, y, w, batch, out, t: int, ys: tuple | None = None) -> None:
+    """The expand of plan ``p`` (the Gluon kernel where :func:`_gluon_expand_ok`); ``ys``:
+    the four strides of ``y`` as ``[SPLIT, S, T, R]`` (default: those of a 4-d ``y``)."""
+    ys = y.stride() if ys is None else ys
+    g = p.gluon
+    if g is not None and _gluon_expand_ok(g, out, w):
+        expand_gluon_kernel[g.grid](*_gluon_expand_args(g, y, w, batch, out, t, ys))
+        return
     expand_kernel[p.grid](
-        *_expand_args(p, y, w, batch, out, out.stride(), t, y.stride() if ys is None else ys),
+        *_expand_args(p, y, w, batch, out, out.stride(), t, ys),
         *p.cx, num_warps=p.num_warps, num_stages=p.num_stages,
     )
 
@@ -707,6 +783,11 @@ def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
         p = _pick(p, x, w)
     sp = p.shrink
     ws = _workspace(p.ws_numel, x)
+    g = p.expand.gluon
+    if g is not None and _gluon_expand_ok(g, base_out, w):  # prefill: two launches
+        _launch_shrink(sp, x, w, batch, ws, t, p.ys)
+        expand_gluon_kernel[g.grid](*_gluon_expand_args(g, ws, w, batch, base_out, t, p.ys))
+        return
     # a Gluon shrink plan comes only from _pick, which checked x
     kind = 2 if sp.gluon is not None else _desc_kind(sp, x, w)
     if not kind and _GROUP is not None and _GROUP.available():

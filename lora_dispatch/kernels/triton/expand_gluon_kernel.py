@@ -1,0 +1,201 @@
+"""Segmented expand for Hopper prefill with ``out`` streamed through shared memory (Gluon).
+
+Same result as :mod:`.expand_kernel` (``out[t, off_i + n] += y[i, t, :r] @ B_i[s, n, :r]^T``,
+rounded to ``out``'s dtype before the add, ``SPLIT`` partial products of ``y`` summed), same
+grid and column groups (``NB`` groups of up to ``NCOL`` blocks of ``BN`` columns, fastest,
+times the batch's tiles), but each program keeps a ring of ``STAGES`` ``[BM, BN]`` ``out``
+blocks and their ``[BN, R]`` ``B`` blocks in shared memory, filled by TMA ``STAGES - 2``
+blocks ahead. The wgmma takes ``y`` from registers and ``B`` from the ring; ``out`` is read
+from shared memory in the accumulator's own layout (no register layout change) and the sum
+goes back from the same buffer by a TMA store.
+
+A TMA box of ``out`` covers ``BM`` consecutive rows from the tile's first token, so it is
+used where the tile's tokens are consecutive and either fill ``BM`` rows or end at ``T - 1``
+(the descriptor's bounds clip the rest); any other tile (gathered decode-like tokens, a short
+segment followed by another slot's rows) reads and writes its ``out`` rows with pointer
+loads and stores, ``B`` still by TMA.
+
+Host contract (checked by the launcher): Hopper (sm_90), Triton 3.6, ``out`` of the weights'
+16-bit dtype with a 16-byte aligned base, unit column stride and a 16-byte multiple row
+stride, every slice width a multiple of ``BN``, ``R`` (the weights' ``max_rank``) a power of
+two in 16..128. ``benchmarks/probe_expand_tma.py`` is the prototype and its measurements.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._jit import fast_launch
+from .shrink_gluon_kernel import AVAILABLE
+
+__all__ = ["expand_gluon_kernel", "out_tile", "out_descriptor", "b_descriptor", "AVAILABLE"]
+
+if AVAILABLE:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+
+    from .shrink_gluon_kernel import _descriptor, _layout
+
+    @gluon.jit
+    def _head(tiles_ptr, ranks_ptr, bounds_ptr, pid_m, pid_n, L, NT, S: gl.constexpr,
+              SPAN: gl.constexpr, ALIGN: gl.constexpr):
+        """Slot, rank (0: no slot, an unknown or empty one), rows of ``sorted_tokens``, then
+        the slice, first and end column of column group ``pid_n`` (as ``tiles.slice_block``)."""
+        slot = gl.load(tiles_ptr + pid_m)
+        start = gl.load(tiles_ptr + NT + pid_m)
+        end = gl.load(tiles_ptr + 2 * NT + pid_m)
+        ok = (slot >= 0) & (slot < L)
+        rank = gl.load(ranks_ptr + slot, mask=ok, other=0)
+        sl = pid_n * 0
+        c0 = pid_n * 0
+        c1 = pid_n * 0
+        first = pid_n * 0
+        for i in gl.static_range(S):
+            lo = gl.load(bounds_ptr + i)
+            hi = gl.load(bounds_ptr + i + 1)
+            nb = (hi - lo + SPAN - 1) // SPAN
+            hit = (pid_n >= first) & (pid_n < first + nb)
+            sl = gl.where(hit, i, sl)
+            c0 = gl.where(hit, lo + (pid_n - first) * SPAN, c0)
+            c1 = gl.where(hit, hi, c1)
+            first += nb
+        c0 = gl.multiple_of(c0, ALIGN)
+        return slot, rank, start, end, sl, c0, c1
+
+    @gluon.jit
+    def _issue(j, o_desc, b_desc, o_bufs, b_bufs, ready, row, c0, brow, use_tma,
+               STAGES: gl.constexpr):
+        """TMA loads of column block ``j``: its ``B`` rows and, on the TMA path, its ``out``
+        box, into ring stage ``j % STAGES``."""
+        BN: gl.constexpr = o_desc.block_type.shape[1]
+        s = j % STAGES
+        col = c0 + j * BN
+        if use_tma:
+            mbarrier.expect(ready.index(s), o_desc.block_type.nbytes + b_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(o_desc, [row, col], ready.index(s), o_bufs.index(s))
+        else:
+            mbarrier.expect(ready.index(s), b_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(b_desc, [brow + col, 0], ready.index(s), b_bufs.index(s))
+
+    @fast_launch(pdl="PDL")
+    @gluon.jit
+    def expand_gluon_kernel(
+        o_desc, b_desc, y_ptr, out_ptr, ranks_ptr, bounds_ptr, tok_ptr, tiles_ptr,
+        T, L, NT, N, NB,
+        stride_yp, stride_ys, stride_yt, stride_yr, stride_om,
+        S: gl.constexpr, TILE: gl.constexpr, SPLIT: gl.constexpr, NCOL: gl.constexpr,
+        STAGES: gl.constexpr, ALIGN: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr,
+    ):
+        BM: gl.constexpr = o_desc.block_type.shape[0]
+        BN: gl.constexpr = o_desc.block_type.shape[1]
+        R: gl.constexpr = b_desc.block_type.shape[1]
+        dt: gl.constexpr = o_desc.dtype
+        ACC: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BN, 16])
+        YL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=ACC, k_width=2)
+        TN: gl.constexpr = BN // 8
+        CO: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TN, TN], [num_warps, 1], [1, 0])
+        AHEAD: gl.constexpr = STAGES - 2  # a stage is reloaded once its TMA store has read it
+
+        pid = gl.program_id(0)
+        pid_n = pid % NB
+        pid_m = pid // NB
+        slot, rank, start, end, sl, c0, c1 = _head(tiles_ptr + TILE * 3 * NT, ranks_ptr,
+                                                   bounds_ptr, pid_m, pid_n, L, NT, S,
+                                                   BN * NCOL, ALIGN)
+        if (rank == 0) | (end <= start):  # no slot, an empty slot or no rows
+            return
+        n = end - start
+        first = gl.load(tok_ptr + start)
+        last = gl.load(tok_ptr + end - 1)
+        use_tma = (((last - first) == (n - 1)) & ((n == BM) | (last == T - 1))
+                   & (first >= 0) & (last < T))
+        ncol = gl.minimum((c1 - c0 + BN - 1) // BN, NCOL)
+        brow = slot * N
+
+        o_bufs = gl.allocate_shared_memory(dt, [STAGES, BM, BN], o_desc.layout)
+        b_bufs = gl.allocate_shared_memory(dt, [STAGES, BN, R], b_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+        fence_async_shared()
+        for i in gl.static_range(AHEAD):
+            if i < ncol:
+                _issue(i, o_desc, b_desc, o_bufs, b_bufs, ready, first, c0, brow, use_tma,
+                       STAGES)
+
+        if PDL:  # launched beside the shrink that writes y (add_lora): wait for it
+            gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32,
+                                      is_pure=False, pack=1)
+        rows_y = start + gl.arange(0, BM, layout=gl.SliceLayout(1, YL))  # [BM]
+        tok_y = gl.load(tok_ptr + rows_y, mask=rows_y < end, other=T)  # [BM]
+        my = (tok_y >= 0) & (tok_y < T)  # [BM]
+        offs_r = gl.arange(0, R, layout=gl.SliceLayout(0, YL))  # [R]
+        y_ptrs = (y_ptr + sl * stride_ys + gl.where(my, tok_y, 0).to(gl.int64)[:, None]
+                  * stride_yt + offs_r[None, :] * stride_yr)  # [BM, R]
+        ym = my[:, None] & (offs_r < rank)[None, :]  # [BM, R]
+        yb = gl.load(y_ptrs, mask=ym, other=0.0).to(gl.float32)  # [BM, R]
+        for p in gl.static_range(1, SPLIT):
+            yb += gl.load(y_ptrs + p * stride_yp, mask=ym, other=0.0).to(gl.float32)
+        yb = yb.to(dt)
+
+        rows_c = start + gl.arange(0, BM, layout=gl.SliceLayout(1, CO))  # [BM]
+        tok_c = gl.load(tok_ptr + rows_c, mask=rows_c < end, other=T)  # [BM]
+        mc = (tok_c >= 0) & (tok_c < T)  # [BM]
+        o_rows = out_ptr + gl.where(mc, tok_c, 0).to(gl.int64)[:, None] * stride_om  # [BM, 1]
+        cols = gl.arange(0, BN, layout=gl.SliceLayout(0, CO))  # [BN]
+        zero = gl.zeros([BM, BN], gl.float32, ACC)  # [BM, BN]
+
+        for j in range(ncol):
+            s = j % STAGES
+            if j + AHEAD < ncol:
+                tma.store_wait(1)
+                gl.thread_barrier()
+                _issue(j + AHEAD, o_desc, b_desc, o_bufs, b_bufs, ready, first, c0, brow,
+                       use_tma, STAGES)
+            mbarrier.wait(ready.index(s), (j // STAGES) & 1)
+            acc = warpgroup_mma(yb, b_bufs.index(s).permute((1, 0)), zero, use_acc=False)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])  # [BM, BN]
+            col = c0 + j * BN
+            if use_tma:
+                ob = o_bufs.index(s)
+                o = ob.load(ACC)  # [BM, BN]
+                gl.thread_barrier()
+                ob.store((o.to(gl.float32) + acc.to(dt).to(gl.float32)).to(dt))
+                fence_async_shared()
+                gl.thread_barrier()
+                tma.async_copy_shared_to_global(o_desc, [first, col], ob)
+            else:
+                d = gl.convert_layout(acc.to(dt), CO)  # [BM, BN]
+                o_ptrs = o_rows + (col + cols)[None, :]  # [BM, BN]
+                og = gl.load(o_ptrs, mask=mc[:, None], other=0.0)  # [BM, BN]
+                gl.store(o_ptrs, (og.to(gl.float32) + d.to(gl.float32)).to(dt),
+                         mask=mc[:, None])
+                gl.thread_barrier()
+        tma.store_wait(0)
+
+    def out_tile(bm: int, bn: int, dtype) -> tuple:
+        """``out``'s descriptor tile and shared layout (once per plan)."""
+        return [bm, bn], _layout(bm, bn, dtype == torch.float16)
+
+    def out_descriptor(out, t: int, n: int, row_stride: int, tile: tuple):
+        """TMA descriptor of ``out [t, n]`` (16-bit, unit column stride) for :func:`out_tile`."""
+        return _descriptor(out, [t, n], [row_stride, 1], *tile)
+
+    def b_descriptor(b, bn: int):
+        """TMA descriptor of a contiguous ``B [L, N, R]`` as ``[L * N, R]``, tile ``[bn, R]``."""
+        r = b.shape[-1]
+        b2 = b.view(-1, r)
+        return _descriptor(b2, list(b2.shape), [r, 1], [bn, r],
+                           _layout(bn, r, b.dtype == torch.float16))
+
+else:
+    expand_gluon_kernel = None
+    out_tile = out_descriptor = b_descriptor = None

@@ -1,0 +1,190 @@
+"""The Gluon expand's selection (``configs.expand_gluon``), its plans and its launch, on a
+CPU: which devices, releases and shapes take it, loud failure when forced, the per-call
+check of ``base_out`` and the ranks, and the arguments bound to the kernel's signature."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import lora_dispatch as ld
+from lora_dispatch.devices import configs
+from lora_dispatch.devices.info import DeviceInfo
+
+H200 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA H200", "sm_90", 132, 32, (9, 0))
+A100 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA A100-SXM4-80GB", "sm_80", 108, 32,
+                  (8, 0))
+MI300X = DeviceInfo("rocm", torch.device("cuda", 0), "AMD Instinct MI300X", "gfx942", 304, 64)
+QKV = (4096, 1024, 1024)
+SHIPPED = configs.GluonExpandConfig(64, 64, 16, 4, 4)
+
+
+@pytest.fixture(autouse=True)
+def _triton_36(monkeypatch):
+    monkeypatch.setattr(configs, "_triton_version", lambda: (3, 6))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv(configs.ENV_GLUON_EXPAND, raising=False)
+    monkeypatch.delenv(configs.ENV_GLUON, raising=False)
+
+
+@pytest.mark.parametrize("t,outs,rank,want", [
+    (8192, QKV, 64, SHIPPED),
+    (4096, QKV, 64, SHIPPED),
+    (8192, (14336, 14336), 64, SHIPPED),
+    (4095, QKV, 64, None),  # T=2048 lost (probe), 4096 won
+    (8192, QKV, 16, None),  # rank 16 lost
+    (8192, QKV, 128, None),  # not measured
+    (8192, (4096,), 64, None),  # a 4096-wide slice: no gain
+    (8192, (4096, 1000, 1048), 64, None),  # widths not multiples of 64
+])
+def test_auto_hopper_wide_rank64_prefill(t, outs, rank, want):
+    assert configs.expand_gluon(H200, t, outs, rank, 2) == want
+    assert configs.expand_gluon(H200, t, outs, rank, 4) is None  # fp32 weights
+    for info in (A100, MI300X):
+        assert configs.expand_gluon(info, t, outs, rank, 2) is None
+    assert configs.expand_gluon(H200, t, outs, rank, 2, available=False) is None
+
+
+def test_release_and_interpreter_gate(monkeypatch):
+    monkeypatch.setattr(configs, "_triton_version", lambda: (3, 5))
+    assert configs.expand_gluon(H200, 8192, QKV, 64, 2) is None
+    monkeypatch.setattr(configs, "_triton_version", lambda: (3, 6))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert configs.expand_gluon(H200, 8192, QKV, 64, 2) is None
+
+
+def test_env_forces_and_turns_off(monkeypatch):
+    monkeypatch.setenv(configs.ENV_GLUON_EXPAND, "0")
+    assert configs.expand_gluon(H200, 8192, QKV, 64, 2) is None
+    monkeypatch.setenv(configs.ENV_GLUON_EXPAND, "1")
+    assert configs.expand_gluon(H200, 1, QKV, 16, 2) == SHIPPED
+    assert configs.expand_gluon(H200, 64, (4096,), 128, 2) == SHIPPED
+    for info, outs, rank, itemsize, why in (
+        (A100, QKV, 64, 2, "Hopper"),
+        (H200, QKV, 64, 4, "16-bit"),
+        (H200, QKV, 24, 2, "max_rank must be one of"),
+        (H200, (1000,), 64, 2, "multiple of 64"),
+    ):
+        with pytest.raises(RuntimeError, match=why):
+            configs.expand_gluon(info, 8192, outs, rank, itemsize)
+    monkeypatch.setenv(configs.ENV_GLUON_EXPAND, "yes")
+    with pytest.raises(ValueError, match="LORA_DISPATCH_GLUON_EXPAND"):
+        configs.expand_gluon(H200, 8192, QKV, 64, 2)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(block_m=32, block_n=64, col_blocks=16, stages=4, num_warps=2),
+    dict(block_m=64, block_n=64, col_blocks=16, stages=4, num_warps=8),
+    dict(block_m=64, block_n=32, col_blocks=16, stages=4, num_warps=4),
+    dict(block_m=64, block_n=64, col_blocks=16, stages=2, num_warps=4),
+    dict(block_m=64, block_n=64, col_blocks=0, stages=4, num_warps=4),
+])
+def test_config_validated(kw):
+    with pytest.raises(ValueError, match="GluonExpandConfig"):
+        configs.GluonExpandConfig(**kw)
+
+
+def _launch():
+    from lora_dispatch.kernels.triton import launch as L
+
+    if L.expand_gluon_kernel is None:
+        pytest.skip("no Gluon in this Triton release")
+    return L
+
+
+def test_plan_carries_the_gluon_launch(monkeypatch):
+    """A Hopper prefill expand plan carries the Gluon launch beside the Triton one: its grid
+    over 64-token tiles and 1024-column groups per slice, the shrink's split, the
+    programmatic launch; explicit Triton configs (sweeps, probes) carry none."""
+    L = _launch()
+    w = ld.LoRAWeights(5, 4096, QKV, 64, dtype=torch.bfloat16)
+    p = L._expand_plan(w, 8192, 2, pdl=True, info=H200)
+    g = p.gluon
+    assert g is not None and not g.forced and g.cfg == SHIPPED
+    assert g.nb == 4 + 1 + 1 and g.grid == (6 * (8192 // 64 + 5),)
+    assert g.cx == (3, L.tile_index(64), 2, 16, 4, 16, True, 4)
+    assert g.tile[0] == [64, 64]
+    assert L._expand_plan(w, 2048, 1, info=H200).gluon is None
+    assert L._expand_plan(w, 8192, 1, cfg=p_cfg(L, w), info=H200).gluon is None
+    monkeypatch.setattr(L, "describe", lambda dev: H200)
+    ap = L._two_pass_plan(w, 8192)
+    assert ap.expand.gluon is not None and ap.expand.gluon.cx[2] == ap.shrink.split
+    if ap.alt is not None:  # the Gluon shrink's plan: its own split
+        assert ap.alt.expand.gluon.cx[2] == ap.alt.shrink.split
+
+
+def p_cfg(L, w):
+    return configs.expand_config(H200, 8192, w.total_out, 64, 2, widths=QKV)
+
+
+def test_gluon_expand_ok_checks_out_and_ranks(monkeypatch):
+    L = _launch()
+    w = ld.LoRAWeights(3, 256, (128, 64, 64), 64, dtype=torch.bfloat16)
+    monkeypatch.setenv(configs.ENV_GLUON_EXPAND, "1")
+    forced = L._expand_plan(w, 64, 1, info=H200).gluon
+    g = forced._replace(forced=False)  # as an automatic plan
+    buf = torch.zeros(64, 320, dtype=torch.bfloat16)
+    out = buf[:, :256]
+    monkeypatch.setattr(L, "_NATIVE_DESC", [True])
+    assert L._gluon_expand_ok(g, out, w)
+    assert not L._gluon_expand_ok(g, buf[:, 1:257], w)  # misaligned base
+    assert not L._gluon_expand_ok(g, torch.zeros(64, 256), w)  # fp32 out
+    assert not L._gluon_expand_ok(g, torch.zeros(256, 64, dtype=torch.bfloat16).T, w)
+    monkeypatch.setattr(L, "_NATIVE_DESC", [False])
+    assert not L._gluon_expand_ok(g, out, w)  # Triton's JIT path, not capturing
+    monkeypatch.setattr(L, "_NATIVE_DESC", [True])
+    w.load(0, [torch.randn(8, 256)] * 3, [torch.randn(o, 8) for o in w.out_features], 1.0)
+    assert not L._gluon_expand_ok(g, out, w)  # a slot of rank 8 < 64
+    assert forced.forced and L._gluon_expand_ok(forced, out, w)
+
+
+class _Bind:
+    """Stands in for a kernel: binds each launch's arguments to its signature."""
+
+    def __init__(self, fn):
+        self.sig = inspect.signature(fn)
+        self.calls = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls.append((grid, self.sig.bind(*args, **kwargs).arguments))
+        return launch
+
+
+def test_launch_binds_every_parameter(monkeypatch):
+    """The public expand's and add_lora's Gluon launches bind to the kernel's signature
+    (every parameter once, constexprs by position): checked on a CPU by binding them to
+    the kernel function instead of launching it; add_lora launches the shrink, then it."""
+    L = _launch()
+    bind = _Bind(L.expand_gluon_kernel.fn)
+    monkeypatch.setattr(L, "expand_gluon_kernel", bind)
+    monkeypatch.setenv(configs.ENV_GLUON_EXPAND, "1")
+    monkeypatch.setattr(L, "describe", lambda dev: H200)
+    w = ld.LoRAWeights(3, 256, (128, 64, 64), 16, dtype=torch.bfloat16)
+    batch = ld.LoRABatch.from_segments([100, 28], [0, 2])
+    t = 128
+    out = torch.zeros(t, 256, dtype=torch.bfloat16)
+    y = torch.zeros(3, t, 16)
+    L.expand(y, w, batch, out)
+    (grid, args), = bind.calls
+    p = L.plan_for("expand", w, t).gluon
+    assert grid == p.grid
+    assert (args["S"], args["SPLIT"], args["NCOL"], args["STAGES"], args["PDL"],
+            args["num_warps"]) == (3, 1, 16, 4, False, 4)
+    assert (args["T"], args["N"], args["NB"], args["stride_om"]) == (t, 256, p.nb, 256)
+    assert (args["stride_yp"], args["stride_ys"], args["stride_yt"]) == (0, t * 16, 16)
+    assert args["o_desc"].base is out and args["o_desc"].shape == [t, 256]
+    assert args["b_desc"].shape == [3 * 256, 16] and args["b_desc"].block_shape == [64, 16]
+    shrinks = []
+    monkeypatch.setattr(L, "_launch_shrink", lambda *a: shrinks.append(a))
+    monkeypatch.setattr(L, "_workspace", lambda n, x: torch.zeros(n))
+    x = torch.randn(t, 256).to(torch.bfloat16)
+    L.add_lora_two_pass(out, x, w, batch, split_k=2)
+    assert len(shrinks) == 1 and len(bind.calls) == 2
+    _, args = bind.calls[1]
+    ap = L.plan_for("add", w, t, "two_pass", 2)
+    assert args["SPLIT"] == 2 and args["y_ptr"].numel() >= ap.ws_numel
+    assert (args["stride_yp"], args["stride_ys"], args["stride_yt"], args["stride_yr"]) == \
+        ap.ys
