@@ -258,6 +258,11 @@ def test_gluon_group_slots_follow_the_launch_argument_order(monkeypatch):
                 assert gd.base is x and (gd.shape, gd.strides, gd.block_shape) == (
                     wd.shape, wd.strides, wd.block_shape) and gd.layout == wd.layout
                 assert p.memo[1]() is batch and p.memo[2]() is ws
+                slots, varying = L._bound_slots(p, True)
+                assert len(slots) == len(got)
+                assert [got[i] for i in varying[1:]] == [x, *x.stride(), out, *out.stride()]
+                for i, (a, b) in enumerate(zip(slots, got)):
+                    assert (a is None) if i in varying else (a is b)
 
 
 def test_early_start_is_graph_only_below_the_eager_threshold(monkeypatch):

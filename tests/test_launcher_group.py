@@ -192,3 +192,394 @@ def test_add_lora_group_slots_follow_the_launch_argument_order() -> None:
             assert all(a is b or (type(a) is int and a == b) for a, b in zip(got, want))
             assert p.memo[2]() is ws
     assert len(sp.tail) == len(sp.cx) + len(L._GROUP.options(0))
+
+
+def test_add_lora_bound_slots_leave_out_only_the_per_call_slots() -> None:
+    """What add_lora binds is its memoized group slots with None at exactly ``x``,
+    ``base_out`` and their strides; the values it then passes fill those positions back to
+    the full slots."""
+    import lora_dispatch as ld
+    from lora_dispatch.kernels.triton import launch as L
+
+    if L._GROUP is None:
+        pytest.skip("no fast launcher")
+    w = ld.LoRAWeights(3, 64, (32, 16, 16), 8, dtype=torch.float16)
+    batch = ld.LoRABatch.from_token_adapters([0, 1, -1, 2, 0])
+    t = 5
+    p = L.plan_for("add", w, t, "two_pass")
+    ws = torch.empty(4096)
+    x = torch.randn(t, 128).half()[:, ::2]
+    out = torch.randn(t, 3 * w.total_out)[:, 1 : 1 + w.total_out]
+    full = L._group_slots(p, out, x, w, batch, ws, t)
+    slots, varying = L._bound_slots(p, False)
+    assert len(slots) == len(full) and list(varying) == sorted(set(varying))
+    per_call = (x, *x.stride(), out, *out.stride())
+    assert len(varying) == len(per_call)
+    for i, v in zip(varying, per_call):
+        assert slots[i] is None and (full[i] is v or full[i] == v)
+    for i, (a, b) in enumerate(zip(slots, full)):
+        if i not in varying:
+            assert a is b
+
+
+class _FakeGroup:
+    def __init__(self, bound, results):
+        self.bound, self.results, self.binds, self.calls = bound, list(results), 0, []
+
+    def bind(self, slots, varying):
+        self.binds += 1
+        return self.bound
+
+    def launch_bound(self, bound, grids, values):
+        self.calls.append((bound, grids, values))
+        return self.results.pop(0)
+
+
+def test_add_lora_binds_once_and_again_after_a_failed_launch() -> None:
+    """The binding is made on first use and kept while it launches; a launch that does not
+    happen (a variant not compiled yet, rebuilt tables) drops it so the next call binds
+    again; a group whose fixed slots cannot be bound is not asked again."""
+    import lora_dispatch as ld
+    from lora_dispatch.kernels.triton import launch as L
+
+    w = ld.LoRAWeights(3, 64, (32, 16, 16), 8, dtype=torch.float16)
+    batch = ld.LoRABatch.from_token_adapters([0, 1, -1, 2, 0])
+    p = L.plan_for("add", w, 5, "two_pass")
+    L._memoize(p, w, batch, torch.empty(8), ((), (), (), ()))
+    g = _FakeGroup("B", [True, True, False, True])
+    vals = (1, 2)
+    assert L._launch_bound(g, p, ((1,), (2,)), vals, False) and g.binds == 1
+    assert L._launch_bound(g, p, ((1,), (2,)), vals, False) and g.binds == 1
+    assert not L._launch_bound(g, p, ((1,), (2,)), vals, False) and p.memo[4] is None
+    assert L._launch_bound(g, p, ((1,), (2,)), vals, False) and g.binds == 2
+    assert [c[0] for c in g.calls] == ["B"] * 4 and g.calls[0][2] is vals
+    none = _FakeGroup(None, [])
+    p.memo[4] = None
+    assert not L._launch_bound(none, p, ((1,), (2,)), vals, False)
+    assert not L._launch_bound(none, p, ((1,), (2,)), vals, False)
+    assert none.binds == 1 and not none.calls
+
+
+# ---------------------------------------------------------------- bound groups
+# _tables(): ta keys (x, n, BLOCK, opt), tb keys (y, x, m, stride, FLAG, opt); in the
+# concatenated slots ta's are 0-3 and tb's 4-9.
+
+def _bind(mod, ta, tb, sa, sb, varying):
+    slots = [*sa, *sb]
+    for i in varying:
+        slots[i] = None  # placeholders: never keyed
+    return mod.fl_bind((ta, tb), tuple(varying), 0, *slots)
+
+
+def _split(sa, sb, varying, values):
+    slots = [*sa, *sb]
+    for i, v in zip(varying, values):
+        slots[i] = v
+    return tuple(slots[:4]), tuple(slots[4:])
+
+
+@needs_native
+def test_bound_key_equals_the_full_key() -> None:
+    """``fl_bound_key`` (the fixed slots keyed at bind time, the varying ones per call) gives
+    the bytes ``fl_key`` gives for the full slots, whatever the varying values: another
+    dtype, a view whose address changes the 16-byte alignment class, ints 16 / 17 / 1 /
+    beyond 32 bits, None, a float."""
+    mod, ta, tb, sa, sb = _tables()
+    x = sa[0]
+    xs = (x, x[1:], x[8:], x.to(torch.bfloat16), torch.empty(8, dtype=torch.int32))
+    ms = (64, 16, 17, 1, 2**40, None, 0.5)
+    varying = (0, 5, 6)  # ta's x; tb's x and m (tb's y stays fixed)
+    b = _bind(mod, ta, tb, sa, sb, varying)
+    assert b is not None
+    seen = set()
+    for xa in xs:
+        for xb in xs[:2]:
+            for m in ms:
+                va, vb = _split(sa, sb, varying, (xa, xb, m))
+                ka, kb = mod.fl_bound_key(b, 0, 0, xa, xb, m), mod.fl_bound_key(b, 1, 0, xa,
+                                                                                  xb, m)
+                assert ka == mod.fl_key(ta, 0, *va) and ka is not None
+                assert kb == mod.fl_key(tb, 0, *vb) and kb is not None
+                seen.add((ka, kb))
+    # the values reach the key: x and x[8:] (16 bytes on) share a class, as do 64 and 16
+    assert len(seen) == 4 * 2 * 6
+    # every slot varying, and none
+    for varying in (tuple(range(10)), ()):
+        b = _bind(mod, ta, tb, sa, sb, varying)
+        vals = tuple(s for i, s in enumerate((*sa, *sb)) if i in varying)
+        assert mod.fl_bound_key(b, 0, 0, *vals) == mod.fl_key(ta, 0, *sa)
+        assert mod.fl_bound_key(b, 1, 0, *vals) == mod.fl_key(tb, 0, *sb)
+    # another device: no key; a value outside the keyer: no key
+    b = _bind(mod, ta, tb, sa, sb, (6,))
+    assert mod.fl_bound_key(b, 1, 1, 64) is None
+    assert mod.fl_bound_key(b, 1, 0, [64]) is None
+    assert mod.fl_bound_key(b, 0, 0, 64) == mod.fl_key(ta, 0, *sa)
+
+
+@needs_native
+def test_launch_bound_hits_what_fl_register_stored() -> None:
+    """The hash of a bound launch (the chain resumed at the first varying slot) is the one
+    ``fl_register`` stored: every variant registered from full slots is hit, wherever the
+    varying slots sit (first, middle, last, all, none of a launcher's)."""
+    mod, ta, tb, sa, sb = _tables()
+    x16 = sa[0][8:]  # another address, same alignment class: the same variant
+    x17 = sa[0][1:]  # misaligned: another variant
+    ptr, i32, skip = native.T_PTR, native.T_I32, native.T_SKIP
+    for xb, m in ((x17, 64), (x17, 17), (sa[0], 17)):  # (sa[0], 64): _tables
+        vb = (sb[0], xb, m, *sb[3:])
+        assert mod.fl_register(tb, 0, mod.fl_key(tb, 0, *vb), 3, 256, 1, 0, 0, 0, 0,
+                               bytes([ptr, ptr, i32, i32, skip]), object(), vb)
+    va = (x17, *sa[1:])
+    assert mod.fl_register(ta, 0, mod.fl_key(ta, 0, *va), 4, 128, 1, 0, 0, 0, 0,
+                           bytes([ptr, i32, skip]), object(), va)
+    empty = ((0,), (0,))
+    cases = [
+        ((), ()),
+        ((0,), (x16,)),
+        ((0,), (x17,)),
+        ((6,), (17,)),
+        ((9,), (8,)),
+        ((0, 5, 6), (x17, x17, 16)),
+        ((0, 5, 6, 9), (x16, sa[0], 64, 8)),
+        (tuple(range(10)), (*sa, *sb)),
+    ]
+    hits = 0
+    for varying, values in cases:
+        b = _bind(mod, ta, tb, sa, sb, varying)
+        assert mod.fl_launch_bound(b, (ta, tb), empty, 0, 0, *values) is None, varying
+        hits += 1
+        assert mod.fl_info(ta)[0] == hits and mod.fl_info(tb)[0] == hits
+    # one launcher alone, fixed slots only
+    b = mod.fl_bind((tb,), (), 0, *sb)
+    assert mod.fl_launch_bound(b, (tb,), ((0, 1, 1),), 0, 0) is None
+    assert mod.fl_info(tb)[0] == hits + 1
+
+
+@needs_native
+def test_launch_bound_launches_nothing_unless_every_call_hits() -> None:
+    mod, ta, tb, sa, sb = _tables()
+    empty = ((0,), (0,))
+    b = _bind(mod, ta, tb, sa, sb, (0, 6))
+    x = sa[0]
+    assert mod.fl_launch_bound(b, (ta, tb), empty, 0, 0, x, 64) is None
+    assert mod.fl_info(ta)[0] == 1 and mod.fl_info(tb)[0] == 1
+    misses = [
+        ((ta, tb), empty, 0, (x, 65)),  # the second call misses: not even the first launches
+        ((ta, tb), empty, 0, (x[1:], 64)),  # the first misses (alignment class)
+        ((ta, tb), empty, 0, (x.to(torch.bfloat16), 64)),  # dtype
+        ((ta, tb), empty, 0, ([x], 64)),  # a value outside the keyer
+        ((ta, tb), empty, 1, (x, 64)),  # another device
+        ((tb, ta), empty, 0, (x, 64)),  # other launchers
+        ((ta,), ((0,),), 0, (x, 64)),
+        ((ta, tb, tb), ((0,),) * 3, 0, (x, 64)),
+        ((ta, _table(mod, 5, [native.C_GENERIC_SA] * 4 + [native.C_CONSTEXPR,
+                                                           native.C_OPTION])),
+         empty, 0, (x, 64)),  # an equal but other table
+        ((ta, tb), ((0,), [0]), 0, (x, 64)),  # a grid the C side does not take
+    ]
+    for launchers, grids, dev, values in misses:
+        assert mod.fl_launch_bound(b, launchers, grids, 0, dev, *values) is NotImplemented
+        assert mod.fl_time_bound(3, b, launchers, grids, 0, dev, *values) is None
+    assert mod.fl_info(ta)[0] == 1 and mod.fl_info(tb)[0] == 1
+    prep, launch = mod.fl_time_bound(50, b, (ta, tb), empty, 0, 0, x, 64)
+    assert prep > 0 and launch >= 0
+    assert mod.fl_info(ta)[0] == 51 and mod.fl_info(tb)[0] == 51
+
+
+@needs_native
+def test_bind_returns_none_for_a_fixed_slot_outside_the_keyer() -> None:
+    mod, ta, tb, sa, sb = _tables()
+    odd = object()
+    for i, v in ((0, odd), (2, 1.5), (5, [sa[0]]), (9, "8")):  # param, constexpr, option
+        slots = [*sa, *sb]
+        slots[i] = v
+        assert mod.fl_bind((ta, tb), (), 0, *slots) is None
+        assert mod.fl_bind((ta, tb), (i,), 0, *slots) is not None  # a placeholder: not keyed
+    slots = [*sa, *sb]
+    slots[2] = 2**70  # an int constexpr beyond 64 bits
+    assert mod.fl_bind((ta, tb), (), 0, *slots) is None
+
+
+@needs_native
+def test_bound_keeps_the_fixed_objects_and_launchers_alive() -> None:
+    """The Bound holds strong references to its fixed slots (a descriptor's map and a str
+    constexpr's comparison read them at launch) and to its launchers, none to the
+    placeholders; it takes part in garbage collection."""
+    import gc
+    import sys
+    import weakref
+
+    mod, ta, tb, sa, sb = _tables()
+    y = torch.empty(64, dtype=torch.float32)
+    holder = torch.empty(4)
+    ry, rh = weakref.ref(y), weakref.ref(holder)
+    rc_ta, rc_y = sys.getrefcount(ta), sys.getrefcount(y)
+    b = mod.fl_bind((ta, tb), (0,), 0, holder, *sa[1:], y, *sb[1:])
+    assert sys.getrefcount(ta) == rc_ta + 1 and sys.getrefcount(y) == rc_y + 1
+    del y, holder
+    assert ry() is not None and rh() is None
+    assert mod.fl_launch_bound(b, (ta, tb), ((0,), (0,)), 0, 0, sa[0]) is None
+    del b
+    assert ry() is None and sys.getrefcount(ta) == rc_ta
+    # a cycle through a fixed slot is collected
+    z = torch.empty(64, dtype=torch.float32)
+    rz = weakref.ref(z)
+    b = mod.fl_bind((ta, tb), (0,), 0, None, *sa[1:], z, *sb[1:])
+    assert gc.is_tracked(b)
+    z.bound = b
+    rb = sys.getrefcount(b)
+    del z, b
+    assert rz() is not None and rb > 1
+    gc.collect()
+    assert rz() is None
+
+
+@needs_native
+def test_bound_str_constexpr_is_compared_by_value() -> None:
+    mod = native.load()
+    t = _table(mod, 2, [native.C_GENERIC_SA, native.C_CONSTEXPR])
+    x = torch.empty(8)
+    mode = "".join(["ro", "w"])  # equal to "row", another object
+    assert mode is not "row"  # noqa: F632
+    slots = (x, mode)
+    assert mod.fl_register(t, 0, mod.fl_key(t, 0, *slots), 1, 32, 1, 0, 0, 0, 0,
+                           bytes([native.T_PTR, native.T_SKIP]), object(), slots)
+    b = mod.fl_bind((t,), (0,), 0, None, "row")
+    assert mod.fl_bound_key(b, 0, 0, x) == mod.fl_key(t, 0, *slots)
+    assert mod.fl_launch_bound(b, (t,), ((0,),), 0, 0, x) is None
+    b = mod.fl_bind((t,), (0,), 0, None, "col")
+    assert mod.fl_launch_bound(b, (t,), ((0,),), 0, 0, x) is NotImplemented
+    b = mod.fl_bind((t,), (1,), 0, x, None)
+    assert mod.fl_launch_bound(b, (t,), ((0,),), 0, 0, "row") is None
+    assert mod.fl_info(t)[0] == 2
+
+
+@needs_native
+def test_bound_rejects_bad_arguments() -> None:
+    mod, ta, tb, sa, sb = _tables()
+    empty = ((0,), (0,))
+    with pytest.raises(TypeError, match="expected 13 arguments, got 12"):
+        mod.fl_bind((ta, tb), (), 0, *sa, *sb[:-1])
+    with pytest.raises(TypeError, match="launchers: tuple, varying: tuple"):
+        mod.fl_bind((ta, tb), [0], 0, *sa, *sb)
+    with pytest.raises(TypeError, match="native Launchers"):
+        mod.fl_bind((ta, object()), (), 0, *sa, *sb)
+    with pytest.raises(ValueError, match="1 to 4 launchers"):
+        mod.fl_bind((), (), 0)
+    for bad in ((1, 0), (0, 0), (10,), (-1,)):
+        with pytest.raises(ValueError, match="sorted, distinct slot indices below 10"):
+            mod.fl_bind((ta, tb), bad, 0, *sa, *sb)
+    with pytest.raises(ValueError, match="11 indices for 10 slots"):
+        mod.fl_bind((ta, tb), tuple(range(11)), 0, *sa, *sb)
+    with pytest.raises(TypeError, match="integer"):
+        mod.fl_bind((ta, tb), ("0",), 0, *sa, *sb)
+    b = _bind(mod, ta, tb, sa, sb, (0, 6))
+    with pytest.raises(TypeError, match="expected 7 arguments, got 6"):
+        mod.fl_launch_bound(b, (ta, tb), empty, 0, 0, sa[0])
+    with pytest.raises(TypeError, match="expected 7 arguments, got 8"):
+        mod.fl_launch_bound(b, (ta, tb), empty, 0, 0, sa[0], 64, 64)
+    with pytest.raises(TypeError, match="expected 7 arguments, got 6"):  # as fl_time_group
+        mod.fl_time_bound(5, b, (ta, tb), empty, 0, 0, sa[0])
+    with pytest.raises(TypeError, match="expected 5 arguments, got 4"):
+        mod.fl_bound_key(b, 0, 0, sa[0])
+    with pytest.raises(TypeError, match=r"fl_launch_bound\(bound"):
+        mod.fl_launch_bound(ta, (ta, tb), empty, 0, 0, sa[0], 64)
+    with pytest.raises(TypeError, match=r"fl_launch_bound\(bound"):
+        mod.fl_launch_bound(b, [ta, tb], empty, 0, 0, sa[0], 64)
+    with pytest.raises(ValueError, match="one grid per launcher"):
+        mod.fl_launch_bound(b, (ta, tb), ((0,),), 0, 0, sa[0], 64)
+    with pytest.raises(ValueError, match="reps"):
+        mod.fl_time_bound(0, b, (ta, tb), empty, 0, 0, sa[0], 64)
+    with pytest.raises(IndexError, match="launcher index"):
+        mod.fl_bound_key(b, 2, 0, sa[0], 64)
+    with pytest.raises(TypeError, match=r"fl_bound_key\(bound"):
+        mod.fl_bound_key(ta, 0, 0, sa[0], 64)
+
+
+@needs_native
+@pytest.mark.skipif(ctypes.util.find_library("cuda") is not None,
+                    reason="a CUDA driver is installed: a real launch would run")
+def test_launch_bound_reaches_the_driver_only_when_every_call_hits() -> None:
+    mod, ta, tb, sa, sb = _tables()
+    b = _bind(mod, ta, tb, sa, sb, (0, 6))
+    assert mod.fl_launch_bound(b, (ta, tb), ((1,), (1,)), 0, 0, sa[0], 65) is NotImplemented
+    with pytest.raises(RuntimeError, match="libcuda"):
+        mod.fl_launch_bound(b, (ta, tb), ((1,), (1,)), 0, 0, sa[0], 64)
+
+
+def test_launch_group_bind_without_native_tables() -> None:
+    g = LaunchGroup(fast_launch(k_first), fast_launch(k_second))
+    assert g.bind((), ()) is None
+    assert g.launch_bound(None, ((1,), (1,)), ()) is False
+    assert g.launch_bound(object(), ((1,), (1,)), ()) is False  # not native: never reaches C
+    assert g.launches == 0
+
+
+@needs_native
+def test_launch_group_bind_and_launch_bound_guards(monkeypatch) -> None:
+    backend = reference_backend("cuda")
+    a = fast_launch(k_first).build_for_tests(backend, lean=True, native=True)
+    b = fast_launch(k_second).build_for_tests(backend, lean=True, native=True)
+    g = LaunchGroup(a, b)
+    x = torch.empty(64, dtype=torch.float16)
+    y = torch.empty(64, dtype=torch.float32)
+    slots = (x, 4096, 128, *g.options(0, num_warps=4), y, x, 64, 4096, True,
+             *g.options(1, num_warps=4))
+    varying = (0, 8)  # x of the first kernel, m of the second
+    held = (None, *slots[1:8], None, *slots[9:])
+    empty = ((0,), (0,))
+
+    def register(*which: int) -> None:
+        ptr, i32, skip = native.T_PTR, native.T_I32, native.T_SKIP
+        tables = ((a._fl_ns, slots[:6], bytes([ptr, i32, skip])),
+                  (b._fl_ns, slots[6:], bytes([ptr, ptr, i32, i32, skip])))
+        for ns, own, types in (tables[i] for i in which):
+            key = ns["_fl_natkey"](ns["_fl_nat"], 0, *own)
+            assert ns["_fl_natreg"](ns["_fl_nat"], 0, key, 1, 128, 1, 0, 0, 0, 0, types,
+                                    object(), own)
+
+    bound = g.bind(held, varying)
+    assert bound is not None
+    assert g.launch_bound(bound, empty, (x, 64)) is False  # no variant compiled yet
+    register(0, 1)
+    assert g.launch_bound(bound, empty, (x, 64)) is True and g.launches == 1
+    assert g.launch_bound(bound, empty, (x, 65)) is False  # a miss
+    assert g(empty, slots) is True and g.launches == 2  # the unbound path agrees
+    with pytest.raises(TypeError, match="expected 7 arguments, got 6"):
+        g.launch_bound(bound, empty, (x,))
+    with pytest.raises(TypeError, match="expected 17 arguments, got 18"):
+        g.bind((*held, None), varying)
+    k_second.pre_run_hooks.append(lambda *args, **kwargs: None)
+    try:
+        assert g.launch_bound(bound, empty, (x, 64)) is False  # a guard of one kernel fails
+    finally:
+        k_second.pre_run_hooks.clear()
+    assert g.launch_bound(bound, empty, (x, 64)) is True and g.launches == 3
+    a._fl_set_plain(True)
+    try:
+        assert g.launch_bound(bound, empty, (x, 64)) is False
+        assert g.bind(held, varying) is None
+    finally:
+        a._fl_set_plain(False)
+    assert g.launch_bound(bound, empty, (x, 64)) is True and g.launches == 4
+    # another current device than at bind time (multi-device launchers read it per call)
+    dev = [0]
+    for ns in (a._fl_ns, b._fl_ns):
+        monkeypatch.delitem(ns, "_fl_cache")
+        monkeypatch.setitem(ns, "_fl_getdev", lambda: dev[0])
+    g._invalidate()
+    assert g.launch_bound(bound, empty, (x, 64)) is True
+    dev[0] = 1
+    assert g.launch_bound(bound, empty, (x, 64)) is False and g.launches == 5
+    monkeypatch.undo()
+    g._invalidate()
+    # rebuilt launchers (new tables): the old Bound never launches again, a new one does
+    a._fl_reset()
+    assert g.bind(held, varying) is None and g.launch_bound(bound, empty, (x, 64)) is False
+    a.build_for_tests(backend, lean=True, native=True)
+    register(0)
+    assert g.launch_bound(bound, empty, (x, 64)) is False
+    bound = g.bind(held, varying)
+    assert g.launch_bound(bound, empty, (x, 64)) is True and g.launches == 6
+    # a fixed slot outside the C keyer: no Bound
+    assert g.bind((None, 4096, 1.5, *slots[3:]), varying) is None

@@ -19,6 +19,14 @@ compiles and registers the variants for the next call.
 
 ``slots`` holds every kernel parameter in signature order (constexprs included, defaults
 not filled in), then the launch options of :meth:`LaunchGroup.options`.
+
+When most slots stay the same from call to call (weights, index tensors, constexprs),
+:meth:`LaunchGroup.bind` keys them once and :meth:`LaunchGroup.launch_bound` passes and keys
+only the others:
+
+>>> bound = group.bind(slots, varying=(0, 7))  # slots 0 and 7 (x, out) change per call
+>>> if bound is None or not group.launch_bound(bound, grids, (x, out)):
+...     bound = None  # launch each kernel the usual way, bind again next call
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from . import native as _native
 from .codegen import NOT_SET, OPTION_KEYWORDS
 from .fast import FastLauncher
 
@@ -94,12 +103,15 @@ class LaunchGroup:
         if len(nss) == len(self.kernels) and all(ns is not None and "_fl_nat" in ns
                                                  for ns in nss):
             single = all("_fl_cache" in ns for ns in nss)
+            mod = _native.load()  # loaded already: it built the tables
             self._state = (
                 tuple(ns["_fl_nat"] for ns in nss),
                 tuple(ns["_fl_ready"] for ns in nss),
                 nss[0]["_fl_stream"],
                 None if single else nss[0]["_fl_getdev"],
                 nss[0]["_fl_natgroup"],
+                mod.fl_bind,
+                mod.fl_launch_bound,
             )
         return self._state
 
@@ -129,12 +141,73 @@ class LaunchGroup:
         state = self._state if self._valid else self._refresh()
         if state is None:
             return False
-        nats, readies, stream, getdev, group = state
+        nats, readies, stream, getdev, group, _, _ = state
         for ready in readies:
             if not ready():
                 return False
         dev = 0 if getdev is None else getdev()
         if group(nats, grids, stream(dev), dev, *slots) is NotImplemented:
+            return False
+        self.launches += 1
+        return True
+
+    def bind(self, slots: tuple, varying: tuple[int, ...]) -> Any:
+        """Key every slot but ``varying`` once, for :meth:`launch_bound`.
+
+        The returned object holds the current native tables, the current device and strong
+        references to the fixed slot objects, with what their keys read (a tensor's dtype
+        and ``data_ptr()``, a descriptor's base, block shape and layout). While it is used,
+        the fixed tensors must keep their storage: no ``set_``, ``resize_`` or ``.data``
+        assignment, no reallocation. When any fixed object changes, bind again.
+
+        Parameters
+        ----------
+        slots : tuple
+            As for :meth:`__call__`; the values at ``varying`` are placeholders (ignored).
+        varying : tuple of int
+            Sorted indices into ``slots`` of the slots passed to every :meth:`launch_bound`.
+
+        Returns
+        -------
+        object or None
+            None when the group is not native now or a fixed slot is not keyed in C (the
+            caller launches through :meth:`__call__` or each kernel).
+        """
+        state = self._state if self._valid else self._refresh()
+        if state is None:
+            return None
+        getdev = state[3]
+        return state[5](state[0], varying, 0 if getdev is None else getdev(), *slots)
+
+    def launch_bound(self, bound: Any, grids: tuple, values: tuple) -> bool:
+        """:meth:`__call__` for the slots of :meth:`bind` with ``values`` at ``varying``.
+
+        Parameters
+        ----------
+        bound : object
+            What :meth:`bind` returned (None: returns False).
+        grids : tuple of tuple of int
+            One grid (1 to 3 ints) per kernel.
+        values : tuple
+            The varying slots, in ``varying`` order.
+
+        Returns
+        -------
+        bool
+            False (nothing launched) where :meth:`__call__` would return False, and when
+            ``bound`` was made for other native tables (the launchers were rebuilt) or
+            another device: the caller then launches the kernels the usual way and binds
+            again (a stale ``bound`` never launches).
+        """
+        state = self._state if self._valid else self._refresh()
+        if state is None or bound is None:
+            return False
+        nats, readies, stream, getdev, _, _, launch = state
+        for ready in readies:
+            if not ready():
+                return False
+        dev = 0 if getdev is None else getdev()
+        if launch(bound, nats, grids, stream(dev), dev, *values) is NotImplemented:
             return False
         self.launches += 1
         return True

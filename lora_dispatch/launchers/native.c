@@ -9,6 +9,10 @@
  * whenever a slot is outside what this file keys (the Python path then handles the call
  * exactly) or no variant is registered under the key.
  *
+ * fl_launch_group does this for up to MAX_GROUP kernels, looking every call up before the
+ * first launch; fl_bind keys a group's fixed slots once into a Bound, and fl_launch_bound
+ * then keys only the slots that vary per call.
+ *
  * Key tags per slot (see codes below). The pairs mirror the inline key expressions of
  * spec.py and refine Triton's own specialisation: equal pairs imply an equal Triton key.
  */
@@ -325,6 +329,9 @@ static inline uint64_t mix(uint64_t h, uint64_t w) {
     return h;
 }
 
+/* Start of a key's hash chain; each slot then mixes in its two words, in order. */
+static inline uint64_t hash_seed(long long dev) { return mix(0x51ed270b27f3ULL, (uint64_t)dev); }
+
 /* One call's key and the values read while computing it (reused to pack parameters). */
 typedef struct {
     uint64_t key[2 * MAX_SLOTS];
@@ -340,7 +347,7 @@ static int compute_key(Launcher *self, PyObject *const *args, KeyState *ks, long
     *dev = PyLong_AsLongLong(args[0]);
     if (*dev == -1 && PyErr_Occurred()) return -1;
     PyObject *const *slots = args + 1;
-    uint64_t h = mix(0x51ed270b27f3ULL, (uint64_t)*dev);
+    uint64_t h = hash_seed(*dev);
     for (int i = 0; i < self->nslots; i++) {
         ks->objs[i] = slots[i];
         int r = key_slot(self, self->codes[i], slots[i], &ks->key[2 * i], &ks->key[2 * i + 1],
@@ -419,28 +426,31 @@ typedef struct {
     KeyState ks;
 } Prepared;
 
-/* Grid tuple and key of one call, then its variant. Returns 1 (found), 0 (the Python path
- * takes the call: unsupported slot or grid, or no variant yet) or -1 with an exception set. */
-static int prepare(Launcher *self, PyObject *grid, PyObject *const *dev_and_slots,
-                   Prepared *p) {
-    p->g[0] = p->g[1] = p->g[2] = 1;
+/* A grid tuple of 1-3 ints into g (missing dimensions 1). Returns 1, 0 (the Python path
+ * takes the call) or -1 with an exception set. */
+static int parse_grid(PyObject *grid, long long *g) {
+    g[0] = g[1] = g[2] = 1;
     if (!PyTuple_CheckExact(grid)) return 0;
     Py_ssize_t gl = PyTuple_GET_SIZE(grid);
     if (gl < 1 || gl > 3) return 0;
     for (Py_ssize_t i = 0; i < gl; i++) {
         PyObject *o = PyTuple_GET_ITEM(grid, i);
         if (!PyLong_CheckExact(o)) return 0;
-        p->g[i] = PyLong_AsLongLong(o);
-        if (p->g[i] == -1 && PyErr_Occurred()) return -1;
-        if (p->g[i] < 0 || p->g[i] > 0x7fffffffLL) return 0;
+        g[i] = PyLong_AsLongLong(o);
+        if (g[i] == -1 && PyErr_Occurred()) return -1;
+        if (g[i] < 0 || g[i] > 0x7fffffffLL) return 0;
     }
-    int r = compute_key(self, dev_and_slots, &p->ks, &p->dev);
-    if (r != 1) return r;
+    return 1;
+}
+
+/* The variant registered under p->ks (key, hash and slots) into p->e. Returns 1 (found)
+ * or 0 (no variant, or one whose pointer / descriptor parameters the slots do not fit). */
+static int lookup(Launcher *self, Prepared *p) {
     size_t kb = sizeof(uint64_t) * 2 * (size_t)self->nslots;
     for (int i = 0; i < self->n_entries; i++) {
         Entry *e = &self->entries[i];
         if (e->hash == p->ks.hash && !memcmp(e->key, p->ks.key, kb) &&
-            strs_equal(e, dev_and_slots + 1, self->nslots)) {
+            strs_equal(e, p->ks.objs, self->nslots)) {
             for (int j = 0; j < self->nparams; j++) {
                 if (e->types[j] == T_PTR && p->ks.key[2 * j] != G_TENSOR) return 0;
                 if (e->types[j] == T_DESC && p->ks.key[2 * j] != G_DESC) return 0;
@@ -450,6 +460,17 @@ static int prepare(Launcher *self, PyObject *grid, PyObject *const *dev_and_slot
         }
     }
     return 0;
+}
+
+/* Grid tuple and key of one call, then its variant. Returns 1 (found), 0 (the Python path
+ * takes the call: unsupported slot or grid, or no variant yet) or -1 with an exception set. */
+static int prepare(Launcher *self, PyObject *grid, PyObject *const *dev_and_slots,
+                   Prepared *p) {
+    int r = parse_grid(grid, p->g);
+    if (r != 1) return r;
+    r = compute_key(self, dev_and_slots, &p->ks, &p->dev);
+    if (r != 1) return r;
+    return lookup(self, p);
 }
 
 /* Make the device's primary context current if no context is (as Triton's launcher does). */
@@ -813,6 +834,295 @@ static PyObject *fl_time_group(PyObject *mod, PyObject *const *args, Py_ssize_t 
     return Py_BuildValue("(dd)", (t1 - t0) / reps, (t3 - t2) / reps);
 }
 
+/* A launch group keyed once (fl_bind): every slot but the varying ones, per launcher. */
+typedef struct {
+    PyObject_HEAD
+    int n;     /* launchers (0 once cleared) */
+    int nvary; /* varying slots, all launchers */
+    long long dev;
+    PyObject *launchers[MAX_GROUP];
+    int nv[MAX_GROUP];                  /* varying slots per launcher */
+    int first[MAX_GROUP];               /* its first varying slot (nslots if none) */
+    uint8_t vidx[MAX_GROUP][MAX_SLOTS]; /* their indices among its slots */
+    KeyState ks[MAX_GROUP]; /* fixed slots keyed; hash: the chain up to first; objs: strong
+                             * references (NULL where varying) */
+} Bound;
+
+static int bound_traverse(Bound *self, visitproc visit, void *arg) {
+    for (int i = 0; i < MAX_GROUP; i++) {
+        Py_VISIT(self->launchers[i]);
+        for (int j = 0; j < MAX_SLOTS; j++) Py_VISIT(self->ks[i].objs[j]);
+    }
+    return 0;
+}
+
+static int bound_clear(Bound *self) {
+    self->n = 0;
+    for (int i = 0; i < MAX_GROUP; i++) {
+        Py_CLEAR(self->launchers[i]);
+        for (int j = 0; j < MAX_SLOTS; j++) Py_CLEAR(self->ks[i].objs[j]);
+    }
+    return 0;
+}
+
+static void bound_dealloc(Bound *self) {
+    PyObject_GC_UnTrack(self);
+    bound_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject BoundType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "lora_dispatch_native.Bound",
+    .tp_basicsize = sizeof(Bound),
+    .tp_dealloc = (destructor)bound_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)bound_traverse,
+    .tp_clear = (inquiry)bound_clear,
+    .tp_doc = "A launch group's fixed slots, keyed once (fl_bind).",
+};
+
+/* fl_bind(launchers: tuple, varying: tuple, dev, *slots) -> Bound or None: key every slot of
+ * the group (as fl_launch_group takes them) but those at the sorted indices varying, whose
+ * values here are placeholders, and keep the other slot objects. None when a fixed slot is
+ * outside this keyer. The fixed tensors must keep their storage while the Bound is used. */
+static PyObject *fl_bind(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 3 || !PyTuple_CheckExact(args[0]) || !PyTuple_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "fl_bind(launchers: tuple, varying: tuple, dev, *slots)");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(args[0]), want = 3;
+    if (n < 1 || n > MAX_GROUP) {
+        PyErr_Format(PyExc_ValueError, "a group has 1 to %d launchers", MAX_GROUP);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *l = PyTuple_GET_ITEM(args[0], i);
+        if (Py_TYPE(l) != &LauncherType) {
+            PyErr_SetString(PyExc_TypeError, "launchers must be native Launchers");
+            return NULL;
+        }
+        want += ((Launcher *)l)->nslots;
+    }
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "expected %zd arguments, got %zd", want, nargs);
+        return NULL;
+    }
+    long long dev = PyLong_AsLongLong(args[2]);
+    if (dev == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t nvary = PyTuple_GET_SIZE(args[1]), total = want - 3;
+    Py_ssize_t vary[MAX_GROUP * MAX_SLOTS];
+    if (nvary > total) {
+        PyErr_Format(PyExc_ValueError, "varying holds %zd indices for %zd slots", nvary, total);
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < nvary; k++) {
+        PyObject *o = PyTuple_GET_ITEM(args[1], k);
+        vary[k] = PyLong_AsSsize_t(o);
+        if (vary[k] == -1 && PyErr_Occurred()) return NULL;
+        if (vary[k] < 0 || vary[k] >= total || (k && vary[k] <= vary[k - 1])) {
+            PyErr_Format(PyExc_ValueError, "varying must hold sorted, distinct slot indices "
+                         "below %zd", total);
+            return NULL;
+        }
+    }
+    Bound *b = PyObject_GC_New(Bound, &BoundType);
+    if (!b) return NULL;
+    memset((char *)b + sizeof(PyObject), 0, sizeof(Bound) - sizeof(PyObject));
+    b->dev = dev;
+    b->nvary = (int)nvary;
+    PyObject *const *slots = args + 3;
+    Py_ssize_t off = 0, v = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Launcher *l = (Launcher *)PyTuple_GET_ITEM(args[0], i);
+        Py_INCREF(l);
+        b->launchers[i] = (PyObject *)l;
+        b->n = (int)i + 1;
+        KeyState *ks = &b->ks[i];
+        uint64_t h = hash_seed(dev);
+        b->first[i] = l->nslots;
+        for (int j = 0; j < l->nslots; j++) {
+            if (v < nvary && vary[v] == off + j) {
+                if (!b->nv[i]) b->first[i] = j;
+                b->vidx[i][b->nv[i]++] = (uint8_t)j;
+                v++;
+                continue;
+            }
+            PyObject *o = slots[off + j];
+            int r = key_slot(l, l->codes[j], o, &ks->key[2 * j], &ks->key[2 * j + 1],
+                             &ks->ptrs[j], &ks->ivals[j], &ks->fvals[j]);
+            if (r != 1) {
+                Py_DECREF(b);
+                if (r < 0) return NULL;
+                Py_RETURN_NONE;
+            }
+            Py_INCREF(o);
+            ks->objs[j] = o;
+            if (!b->nv[i]) h = mix(mix(h, ks->key[2 * j]), ks->key[2 * j + 1]);
+        }
+        ks->hash = h;
+        off += l->nslots;
+    }
+    PyObject_GC_Track(b);
+    return (PyObject *)b;
+}
+
+/* Launcher i's key state for vals (its varying slots, in order): the fixed slots copied from
+ * the Bound (launch_prepared replaces the copied pointers), the varying ones keyed, then the
+ * hash chain of compute_key resumed at the first varying slot. Returns 1, 0 or -1. */
+static int bound_key(Bound *b, int i, PyObject *const *vals, KeyState *ks) {
+    Launcher *l = (Launcher *)b->launchers[i];
+    const KeyState *c = &b->ks[i];
+    size_t ns = (size_t)l->nslots;
+    memcpy(ks->key, c->key, sizeof(uint64_t) * 2 * ns);
+    memcpy(ks->ptrs, c->ptrs, sizeof(uint64_t) * ns);
+    memcpy(ks->ivals, c->ivals, sizeof(int64_t) * ns);
+    memcpy(ks->fvals, c->fvals, sizeof(double) * ns);
+    memcpy(ks->objs, c->objs, sizeof(PyObject *) * ns);
+    for (int k = 0; k < b->nv[i]; k++) {
+        int j = b->vidx[i][k];
+        ks->objs[j] = vals[k];
+        int r = key_slot(l, l->codes[j], vals[k], &ks->key[2 * j], &ks->key[2 * j + 1],
+                         &ks->ptrs[j], &ks->ivals[j], &ks->fvals[j]);
+        if (r != 1) return r;
+    }
+    uint64_t h = c->hash;
+    for (int j = b->first[i]; j < l->nslots; j++)
+        h = mix(mix(h, ks->key[2 * j]), ks->key[2 * j + 1]);
+    ks->hash = h;
+    return 1;
+}
+
+/* Check fl_launch_bound's head (bound, launchers, grids, stream, dev) and prepare every call
+ * of the group into p. Returns 1, 0 (launchers or dev other than bound, or some call takes
+ * the Python path: nothing prepared) or -1. */
+static int bound_prepare(PyObject *const *args, Py_ssize_t nargs, Prepared *p,
+                         unsigned long long *stream, int *any) {
+    if (nargs < 5 || Py_TYPE(args[0]) != &BoundType || !PyTuple_CheckExact(args[1]) ||
+        !PyTuple_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "fl_launch_bound(bound, launchers: tuple, "
+                                         "grids: tuple, stream, dev, *values)");
+        return -1;
+    }
+    Bound *b = (Bound *)args[0];
+    if (nargs != 5 + b->nvary) {
+        PyErr_Format(PyExc_TypeError, "expected %zd arguments, got %zd",
+                     5 + (Py_ssize_t)b->nvary, nargs);
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(args[1]);
+    if (PyTuple_GET_SIZE(args[2]) != n) {
+        PyErr_SetString(PyExc_ValueError, "one grid per launcher");
+        return -1;
+    }
+    *stream = PyLong_AsUnsignedLongLong(args[3]);
+    if (*stream == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    long long dev = PyLong_AsLongLong(args[4]);
+    if (dev == -1 && PyErr_Occurred()) return -1;
+    if (n != b->n || !n || dev != b->dev) return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (PyTuple_GET_ITEM(args[1], i) != b->launchers[i]) return 0;
+    PyObject *const *vals = args + 5;
+    *any = 0;
+    for (int i = 0; i < b->n; i++) {
+        int r = parse_grid(PyTuple_GET_ITEM(args[2], i), p[i].g);
+        if (r != 1) return r;
+        r = bound_key(b, i, vals, &p[i].ks);
+        if (r != 1) return r;
+        p[i].dev = dev;
+        if (!lookup((Launcher *)b->launchers[i], &p[i])) return 0;
+        *any |= (p[i].g[0] * p[i].g[1] * p[i].g[2]) != 0;
+        vals += b->nv[i];
+    }
+    return 1;
+}
+
+/* fl_launch_bound(bound, launchers: tuple, grids: tuple, stream, dev, *values): fl_launch_group
+ * for the slots of fl_bind with values in the varying ones. NotImplemented (nothing launched)
+ * when launchers are not the bound ones, dev is not the bound one or some call would take
+ * the Python path. */
+static PyObject *fl_launch_bound(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    Prepared p[MAX_GROUP];
+    unsigned long long stream;
+    int any;
+    int r = bound_prepare(args, nargs, p, &stream, &any);
+    if (r < 0) return NULL;
+    if (r == 0) Py_RETURN_NOTIMPLEMENTED;
+    Bound *b = (Bound *)args[0];
+    if (any && ensure_context(b->dev)) return NULL;
+    for (int i = 0; i < b->n; i++)
+        if (launch_prepared((Launcher *)b->launchers[i], &p[i], stream)) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* fl_time_bound(reps, bound, launchers, grids, stream, dev, *values) -> (prepare_ns,
+ * launch_ns): fl_time_group for fl_launch_bound. None where it would not launch. */
+static PyObject *fl_time_bound(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "fl_time_bound(reps, bound, launchers, grids, stream, "
+                                         "dev, *values)");
+        return NULL;
+    }
+    long reps = PyLong_AsLong(args[0]);
+    if (reps == -1 && PyErr_Occurred()) return NULL;
+    if (reps < 1) {
+        PyErr_SetString(PyExc_ValueError, "reps must be >= 1");
+        return NULL;
+    }
+    Prepared p[MAX_GROUP];
+    unsigned long long stream;
+    int any, r = 1;
+    double t0 = now_ns();
+    for (long k = 0; k < reps && r == 1; k++)
+        r = bound_prepare(args + 1, nargs - 1, p, &stream, &any);
+    double t1 = now_ns();
+    if (r < 0) return NULL;
+    if (r == 0) Py_RETURN_NONE;
+    Bound *b = (Bound *)args[1];
+    if (any && ensure_context(b->dev)) return NULL;
+    double t2 = now_ns();
+    for (long k = 0; k < reps; k++)
+        for (int i = 0; i < b->n; i++)
+            if (launch_prepared((Launcher *)b->launchers[i], &p[i], stream)) return NULL;
+    double t3 = now_ns();
+    return Py_BuildValue("(dd)", (t1 - t0) / reps, (t3 - t2) / reps);
+}
+
+/* fl_bound_key(bound, i, dev, *values) -> bytes or None: launcher i's key as fl_launch_bound
+ * computes it (equal to fl_key of its full slots); None for another dev or an unsupported
+ * value. */
+static PyObject *fl_bound_key(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 3 || Py_TYPE(args[0]) != &BoundType) {
+        PyErr_SetString(PyExc_TypeError, "fl_bound_key(bound, i, dev, *values)");
+        return NULL;
+    }
+    Bound *b = (Bound *)args[0];
+    if (nargs != 3 + b->nvary) {
+        PyErr_Format(PyExc_TypeError, "expected %zd arguments, got %zd",
+                     3 + (Py_ssize_t)b->nvary, nargs);
+        return NULL;
+    }
+    long i = PyLong_AsLong(args[1]);
+    if (i == -1 && PyErr_Occurred()) return NULL;
+    if (i < 0 || i >= b->n) {
+        PyErr_SetString(PyExc_IndexError, "launcher index out of range");
+        return NULL;
+    }
+    long long dev = PyLong_AsLongLong(args[2]);
+    if (dev == -1 && PyErr_Occurred()) return NULL;
+    if (dev != b->dev) Py_RETURN_NONE;
+    PyObject *const *vals = args + 3;
+    for (long k = 0; k < i; k++) vals += b->nv[k];
+    KeyState ks;
+    int r = bound_key(b, (int)i, vals, &ks);
+    if (r < 0) return NULL;
+    if (r == 0) Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize(
+        (const char *)ks.key,
+        (Py_ssize_t)(sizeof(uint64_t) * 2 * ((Launcher *)b->launchers[i])->nslots));
+}
+
 /* fl_key(launcher, dev, *slots) -> bytes or None */
 static PyObject *fl_key(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     Launcher *self;
@@ -884,7 +1194,7 @@ static PyObject *fl_register(PyObject *mod, PyObject *const *args, Py_ssize_t na
         return NULL;
     }
     const uint64_t *key = (const uint64_t *)PyBytes_AS_STRING(kb);
-    uint64_t h = mix(0x51ed270b27f3ULL, (uint64_t)dev);
+    uint64_t h = hash_seed(dev);
     for (int i = 0; i < 2 * self->nslots; i++) h = mix(h, key[i]);
     PyObject *slots = args[12];
     if (PyTuple_GET_SIZE(slots) != self->nslots) {
@@ -1053,6 +1363,14 @@ static PyMethodDef methods[] = {
      "launch a group of kernels or NotImplemented"},
     {"fl_time_group", (PyCFunction)(void (*)(void))fl_time_group, METH_FASTCALL,
      "(prepare_ns, launch_ns) per repetition of a group"},
+    {"fl_bind", (PyCFunction)(void (*)(void))fl_bind, METH_FASTCALL,
+     "key a group's fixed slots once: Bound or None"},
+    {"fl_launch_bound", (PyCFunction)(void (*)(void))fl_launch_bound, METH_FASTCALL,
+     "launch a bound group with its varying slots or NotImplemented"},
+    {"fl_time_bound", (PyCFunction)(void (*)(void))fl_time_bound, METH_FASTCALL,
+     "(prepare_ns, launch_ns) per repetition of a bound group"},
+    {"fl_bound_key", (PyCFunction)(void (*)(void))fl_bound_key, METH_FASTCALL,
+     "a bound launcher's key bytes or None"},
     {"fl_key", (PyCFunction)(void (*)(void))fl_key, METH_FASTCALL, "native key bytes or None"},
     {"fl_register", (PyCFunction)(void (*)(void))fl_register, METH_FASTCALL, "store a variant"},
     {"fl_new", (PyCFunction)(void (*)(void))fl_new, METH_FASTCALL, "new Launcher"},
@@ -1066,7 +1384,7 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "lora_dispatch_native
                                     methods};
 
 PyMODINIT_FUNC PyInit_lora_dispatch_native(void) {
-    if (PyType_Ready(&LauncherType) < 0) return NULL;
+    if (PyType_Ready(&LauncherType) < 0 || PyType_Ready(&BoundType) < 0) return NULL;
     s_data_ptr = PyUnicode_InternFromString("data_ptr");
     s_dtype = PyUnicode_InternFromString("dtype");
     s_base = PyUnicode_InternFromString("base");

@@ -145,7 +145,7 @@ class AddPlan(NamedTuple):
     expand: ExpandPlan | None
     ws_numel: int  # float32 workspace of the partial products [SPLIT, S, T, R]
     ys: tuple  # its strides
-    memo: list  # weak refs to [weights, batch, workspace], then their group slot pieces
+    memo: list  # weak refs to [weights, batch, workspace], their group slot pieces, bound
     overlap: OverlapPlan | None = None  # one launch, expand beside shrink
     alt: AddPlan | None = None  # the two passes with the Gluon shrink and its split
 
@@ -306,7 +306,7 @@ def _overlap_plan(w, t: int, cfg: configs.OverlapConfig) -> AddPlan:
     )
     op = OverlapPlan((ntile * (nbs + nbe),), ntile, nbs, nbe, min(cfg.lag, ntile), k_split,
                      meta, tuple(meta[n] for n in _OVERLAP_CX), cfg.num_warps, cfg.num_stages)
-    return AddPlan(None, None, None, split * s * t * r, (s * t * r, t * r, r), [None] * 4, op)
+    return AddPlan(None, None, None, split * s * t * r, (s * t * r, t * r, r), [None] * 5, op)
 
 
 def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = None):
@@ -332,7 +332,7 @@ def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = 
         use_fused = mode == "fused" or (
             mode is None and t <= configs.fused_max_tokens(info, w.num_slots, w.max_rank))
         if use_fused:
-            plan = AddPlan(_fused_plan(w, t), None, None, 0, (), [None] * 4)
+            plan = AddPlan(_fused_plan(w, t), None, None, 0, (), [None] * 5)
         elif mode == "overlap":
             plan = _overlap_plan(w, t, configs.overlap_config(
                 info, t, w.in_features, w.total_out, w.max_rank, w.lora_a.element_size(),
@@ -360,7 +360,7 @@ def _two_pass_plan(w, t: int, split_k: int | None = None,
                       pdl=(1 if t <= 256 else 2) if pdl else 0)
     s_, r = w.num_slices, w.max_rank
     plans = [AddPlan(None, p, _expand_plan(w, t, p.split, cfg=expand_cfg, pdl=pdl),
-                     p.split * s_ * t * r, (s_ * t * r, t * r, r, 1), [None] * 4)
+                     p.split * s_ * t * r, (s_ * t * r, t * r, r, 1), [None] * 5)
              for p in (sp._replace(alt=None), sp.alt) if p is not None]
     return plans[0]._replace(alt=plans[1]) if len(plans) > 1 else plans[0]
 
@@ -722,7 +722,7 @@ def _memo_hit(m: list, w, batch, ws) -> bool:
 
 def _memoize(p: AddPlan, w, batch, ws, pieces: tuple) -> tuple:
     try:
-        p.memo[:] = (weakref.ref(w), weakref.ref(batch), weakref.ref(ws), pieces)
+        p.memo[:] = (weakref.ref(w), weakref.ref(batch), weakref.ref(ws), pieces, None)
     except TypeError:  # the views torch.compile passes: no memo
         pass
     return pieces
@@ -778,6 +778,54 @@ def _gluon_group_slots(p: AddPlan, base_out, x, w, batch, ws, t: int) -> tuple:
             os_[0], os_[1], *d)
 
 
+_UNBOUND = object()  # memo[4]: the group's fixed slots are not keyed in C (launch unbound)
+
+
+def _bound_slots(p: AddPlan, gluon: bool) -> tuple[tuple, tuple]:
+    """The memoized group slots of ``p`` with None at the per-call ones (``x`` and its
+    descriptor, ``base_out``, their strides), and those positions: what ``_group_slots`` /
+    ``_gluon_group_slots`` build, for ``LaunchGroup.bind``."""
+    a, b, c, d = p.memo[3][-4:]
+    if gluon:
+        ad = p.memo[3][1]
+        slots = (None, ad, None, *a, None, None, *b, None, *c, None, None, *d)
+        i = 3 + len(a)
+        head = (0, 2)
+    else:
+        slots = (None, *a, None, None, *b, None, *c, None, None, *d)
+        i = 1 + len(a)
+        head = (0,)
+    j = i + 2 + len(b)
+    return slots, (*head, i, i + 1, j, j + 1 + len(c), j + 2 + len(c))
+
+
+def _bound(group, p: AddPlan, gluon: bool):
+    """``memo[4]``: the launch group bound to the memoized slots (``LaunchGroup.bind``: their
+    keys computed once), bound on first use; None where it cannot be bound.
+
+    The memoized tensors are the weights', the batch's and the workspace's, which keep
+    their storage for the life of those objects (a static batch refills in place), so their
+    addresses can be keyed once.
+    """
+    m = p.memo
+    b = m[4]
+    if b is None:
+        b = m[4] = group.bind(*_bound_slots(p, gluon)) or _UNBOUND
+    return None if b is _UNBOUND else b
+
+
+def _launch_bound(group, p: AddPlan, grids: tuple, values: tuple, gluon: bool) -> bool:
+    """Launch the group through its bound slots (:func:`_bound`); False (nothing launched,
+    the binding dropped so the next call binds again) where it does not launch."""
+    b = _bound(group, p, gluon)
+    if b is None:
+        return False
+    if group.launch_bound(b, grids, values):
+        return True
+    p.memo[4] = None
+    return False
+
+
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
     if p.alt is not None:
         p = _pick(p, x, w)
@@ -791,11 +839,27 @@ def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
     # a Gluon shrink plan comes only from _pick, which checked x
     kind = 2 if sp.gluon is not None else _desc_kind(sp, x, w)
     if not kind and _GROUP is not None and _GROUP.available():
-        if _GROUP((sp.grid, p.expand.grid), _group_slots(p, base_out, x, w, batch, ws, t)):
+        grids = (sp.grid, p.expand.grid)
+        if _memo_hit(p.memo, w, batch, ws):
+            xs = x.stride()
+            os_ = base_out.stride()
+            if _launch_bound(_GROUP, p, grids, (x, xs[0], xs[1], base_out, os_[0], os_[1]),
+                             False):
+                return  # both launches in one native call, fixed slots keyed once
+        if _GROUP(grids, _group_slots(p, base_out, x, w, batch, ws, t)):
             return  # both launches in one native call
     elif kind == 2 and _GGROUP is not None and _GGROUP.available():
-        if _GGROUP((sp.gluon.grid, p.expand.grid),
-                   _gluon_group_slots(p, base_out, x, w, batch, ws, t)):
+        grids = (sp.gluon.grid, p.expand.grid)
+        m = p.memo
+        if _memo_hit(m, w, batch, ws):
+            xs = x.stride()
+            os_ = base_out.stride()
+            (k, tile) = m[3][0]
+            if _launch_bound(_GGROUP, p, grids,
+                             (rows_descriptor(x, t, k, xs[0], tile), x, xs[0], xs[1], base_out,
+                              os_[0], os_[1]), True):
+                return
+        if _GGROUP(grids, _gluon_group_slots(p, base_out, x, w, batch, ws, t)):
             return  # both launches in one native call
     _launch_shrink(sp, x, w, batch, ws, t, p.ys)
     _launch_expand(p.expand, ws, w, batch, base_out, t, p.ys)
