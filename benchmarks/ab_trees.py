@@ -10,9 +10,10 @@ so the kernels, configs and launch code all come from that tree (make one with
 variables for that tree's worker. The worker times, per shape (bf16, hidden
 4096, 4 adapters, ``op:T:rank`` with the ops of ``bench_kernels.py``): prefill (T > 256)
 with a cold L2 (median of CUDA-event times), decode as CUDA-graph replay per call over 8
-weight / input sets. Trees alternate within every round (host clocks and GPU temperature
-drift between rounds); the table keeps each tree's fastest round and the ratio to the first
-tree.
+weight / input sets; ``op:T:rank:host`` times the host's own µs per public call instead
+(the GPU kept busy, median of 15 rounds of 100 calls). Trees alternate within every round
+(host clocks and GPU temperature drift between rounds); the table keeps each tree's fastest
+round and the ratio to the first tree.
 """
 
 from __future__ import annotations
@@ -33,19 +34,47 @@ _SHAPES = (
 )
 
 
+def _host_us(fn, dev, n: int = 100, rounds: int = 15) -> float:
+    """Median host µs per call of ``fn`` over ``rounds`` rounds of ``n`` calls, each round
+    queued behind ~``n * 100`` µs of GPU spinning: only the host's own time is measured."""
+    import statistics
+    import time
+
+    import torch
+
+    from lora_dispatch.bench.timing import _busy
+
+    for _ in range(20):
+        fn()
+    per = []
+    for _ in range(rounds):
+        torch.cuda.synchronize(dev)
+        _busy(n * 100)
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            fn()
+        per.append((time.perf_counter_ns() - t0) / n / 1e3)
+    torch.cuda.synchronize(dev)
+    return statistics.median(per)
+
+
 def _worker(shapes: str) -> None:
     import torch
 
-    from lora_dispatch.bench.kernels import Problem, _build, _call, _cycle, min_bytes
+    from lora_dispatch.bench.kernels import Problem, _build, _call, _cycle, _public, min_bytes
     from lora_dispatch.bench.timing import copy_bandwidth_gbs, gpu_time_us, graph_time_us
 
     impl = __import__("lora_dispatch.kernels.triton", fromlist=["add_lora"])
     dev = torch.device("cuda")
     copy = copy_bandwidth_gbs(dev)
     for spec in shapes.split(","):
-        op, t, rank = spec.split(":")
+        op, t, rank, *how = spec.split(":")
         p = Problem(op, 4096, int(t), int(rank), 4, torch.bfloat16, dev)
-        if p.t > 256:
+        if how == ["host"]:
+            batch, items = _build(p, 1)
+            row = dict(shape=spec, method="host",
+                       us=_host_us(_public(p, batch, items[0]), dev))
+        elif p.t > 256:
             batch, items = _build(p, 1)
             us = gpu_time_us(_call(p, impl, batch, items[0]), dev, warmup_ms=10, rep_ms=40)
             pct = 100 * min_bytes(p) / (us * 1e-6) / 1e9 / copy

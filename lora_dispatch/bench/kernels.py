@@ -425,30 +425,41 @@ def run(quick: bool = False, device: torch.device | None = None,
 
 
 def _group_c_split(group, grids: tuple, slots: tuple, device: torch.device,
-                   reps: int = 200, rounds: int = 7) -> list[tuple[str, float]]:
+                   reps: int = 200, rounds: int = 7,
+                   bound: tuple | None = None) -> list[tuple[str, float]]:
     """The launch group's native call split in two, timed inside C (``fl_time_group``):
     keys and table lookups of both calls, then the parameter packing and the two driver
     launches; µs per call, median of ``rounds`` (``reps`` calls each, the GPU drained before
-    each round so the launch queue never fills)."""
+    each round so the launch queue never fills). ``bound``: ``(bound, values)`` of
+    ``LaunchGroup.bind`` also timed through ``fl_time_bound`` (only the per-call slots keyed)."""
     from ..launchers import native
 
-    time_group = getattr(native.load(), "fl_time_group", None)
+    mod = native.load()
+    time_group = getattr(mod, "fl_time_group", None)
     state = group._refresh()
     if time_group is None or state is None:
         return []
-    nats, _, stream, getdev, _ = state
+    nats, stream, getdev = state[0], state[2], state[3]
     dev = 0 if getdev is None else getdev()
-    prep, drv = [], []
-    for _ in range(rounds):
+    calls = {"group": lambda: time_group(reps, nats, grids, stream(dev), dev, *slots)}
+    if bound is not None and getattr(mod, "fl_time_bound", None) is not None:
+        calls["bound group"] = lambda: mod.fl_time_bound(reps, bound[0], nats, grids,
+                                                         stream(dev), dev, *bound[1])
+    out = []
+    for name, call in calls.items():
+        prep, drv = [], []
+        for _ in range(rounds):
+            torch.cuda.synchronize(device)
+            r = call()
+            if r is None:
+                break
+            prep.append(r[0] / 1e3)
+            drv.append(r[1] / 1e3)
         torch.cuda.synchronize(device)
-        r = time_group(reps, nats, grids, stream(dev), dev, *slots)
-        if r is None:
-            return []
-        prep.append(r[0] / 1e3)
-        drv.append(r[1] / 1e3)
-    torch.cuda.synchronize(device)
-    return [("group: C keys + lookups", statistics.median(prep)),
-            ("group: packing + driver", statistics.median(drv))]
+        if prep:
+            out += [(f"{name}: C keys + lookups", statistics.median(prep)),
+                    (f"{name}: packing + driver", statistics.median(drv))]
+    return out
 
 
 def host_breakdown(device: torch.device, log: Callable[[str], None] = print,
@@ -515,7 +526,22 @@ def host_breakdown(device: torch.device, log: Callable[[str], None] = print,
                          "tier": getattr(sk, "launch_tier", "?"), "host_us": us})
             log(f"host T={t:5d} {name:28s} {us:6.2f} us")
         if "launch group (both)" in parts:
-            for name, us in _group_c_split(group, (sp.grid, ep.grid), gslots, device):
+            e0 = len(sargs) + len(sp.tail) - len(sp.cx)  # the expand's first slot
+            varying = (L._S_X, *range(L._S_XS.start, L._S_XS.stop), e0 + L._E_OUT,
+                       *range(e0 + L._E_OS.start, e0 + L._E_OS.stop))
+            bslots = tuple(None if i in varying else v for i, v in enumerate(gslots))
+            bound = (group.bind(bslots, varying), tuple(gslots[i] for i in varying))
+            if bound[0] is not None:
+                parts["bound launch group (both)"] = (
+                    lambda group=group, g=(sp.grid, ep.grid), b=bound:
+                    group.launch_bound(b[0], g, b[1]))
+                us = host_time_us(parts["bound launch group (both)"], device, n=400)
+                rows.append({"op": "host_breakdown", "backend": "triton",
+                             "part": "bound launch group (both)", "T": t,
+                             "tier": getattr(sk, "launch_tier", "?"), "host_us": us})
+                log(f"host T={t:5d} {'bound launch group (both)':28s} {us:6.2f} us")
+            for name, us in _group_c_split(group, (sp.grid, ep.grid), gslots, device,
+                                           bound=bound if bound[0] is not None else None):
                 rows.append({"op": "host_breakdown", "backend": "triton", "part": name, "T": t,
                              "tier": getattr(sk, "launch_tier", "?"), "host_us": us})
                 log(f"host T={t:5d} {name:28s} {us:6.2f} us")
