@@ -38,45 +38,20 @@ def test_kernels_compile_without_spills(target, tmp_path, monkeypatch):
     assert "zero_fill" in names
 
 
-def test_gluon_variant_packs_for_the_native_tier(tmp_path, monkeypatch):
-    """The sm_90 Gluon shrink's descriptors were lowered to CUtensorMaps: the native tier
-    can pack the variant (T_DESC for ``x_desc`` / ``a_desc``) with the TMA metadata Triton
-    recorded (128-byte swizzle, 2-byte bf16 elements, host data type 9, 64 x 64 boxes)."""
+def _assert_packs(prefix: str, tmp_path, monkeypatch) -> None:
+    """The first sm_90 variant named ``prefix...`` was lowered with two CUtensorMaps: the
+    native tier can pack it (T_DESC for the first two parameters, then a pointer) with the
+    TMA metadata Triton recorded (128-byte swizzle, 2-byte bf16 elements, host data type
+    9, 64 x 64 boxes)."""
     import struct
 
     from lora_dispatch.launchers import native
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
-    gluon = [v for v in C.variants("sm90") if v[0].startswith("shrink_gluon-ws-s3-r64")]
-    if not gluon:
-        pytest.skip("no Gluon shrink in this Triton release")
-    name, fn, types, meta, div = gluon[0]
-    k = C.compiled_kernel("sm90", fn, types, meta, div)
-    names = list(fn.arg_names)
-    codes = native.variant_types(k, names)
-    assert codes is not None and list(codes[:3]) == [native.T_DESC, native.T_DESC,
-                                                      native.T_PTR]
-    blob = native.variant_descs(k)
-    assert len(blob) == 2 * 40
-    for i in range(2):
-        swizzle, size, dtype, fp4, rank, *block = struct.unpack_from("10i", blob, 40 * i)
-        assert (swizzle, size, dtype, fp4, rank, block[:2]) == (3, 2, 9, 0, 2, [64, 64])
-    assert native.variant_geometry(k, 2) is not None
-
-
-def test_gluon_expand_variant_packs_for_the_native_tier(tmp_path, monkeypatch):
-    """The sm_90 Gluon expand's ``out`` and ``B`` descriptors were lowered to CUtensorMaps
-    (TMA loads and the TMA store of ``out``): the native tier can pack the variant with the
-    TMA metadata Triton recorded (128-byte swizzle, bf16, 64 x 64 boxes)."""
-    import struct
-
-    from lora_dispatch.launchers import native
-
-    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
-    gluon = [v for v in C.variants("sm90") if v[0].startswith("expand_gluon-s3-r64")]
-    if not gluon:
-        pytest.skip("no Gluon expand in this Triton release")
-    name, fn, types, meta, div = gluon[0]
+    found = [v for v in C.variants("sm90") if v[0].startswith(prefix)]
+    if not found:
+        pytest.skip(f"no {prefix} variant in this Triton release")
+    name, fn, types, meta, div = found[0]
     k = C.compiled_kernel("sm90", fn, types, meta, div)
     codes = native.variant_types(k, list(fn.arg_names))
     assert codes is not None and list(codes[:3]) == [native.T_DESC, native.T_DESC,
@@ -87,3 +62,14 @@ def test_gluon_expand_variant_packs_for_the_native_tier(tmp_path, monkeypatch):
         swizzle, size, dtype, fp4, rank, *block = struct.unpack_from("10i", blob, 40 * i)
         assert (swizzle, size, dtype, fp4, rank, block[:2]) == (3, 2, 9, 0, 2, [64, 64])
     assert native.variant_geometry(k, 2) is not None
+
+
+def test_gluon_variant_packs_for_the_native_tier(tmp_path, monkeypatch):
+    """The Gluon shrink's ``x`` and ``A`` descriptors."""
+    _assert_packs("shrink_gluon-ws-s3-r64", tmp_path, monkeypatch)
+
+
+def test_gluon_expand_variant_packs_for_the_native_tier(tmp_path, monkeypatch):
+    """The Gluon expand's ``out`` and ``B`` descriptors (TMA loads and the TMA store of
+    ``out``)."""
+    _assert_packs("expand_gluon-s3-r64", tmp_path, monkeypatch)

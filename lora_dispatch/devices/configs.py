@@ -575,9 +575,9 @@ def _triton_version() -> tuple[int, int]:
         return (0, 0)
 
 
-def _gluon_unfit(info: DeviceInfo, k: int, slices: int, max_rank: int, itemsize: int,
-                 available: bool) -> str | None:
-    """Why the Gluon shrink cannot run this shape here (``None`` when it can)."""
+def _gluon_platform_unfit(info: DeviceInfo, itemsize: int, available: bool) -> str | None:
+    """Why no Gluon kernel of this backend runs here (``None`` when they can): the Gluon
+    Hopper API of Triton 3.6, compiled (not interpreted), an sm_90 GPU, 16-bit weights."""
     if not available:
         return "this Triton release has no usable Gluon Hopper API"
     if _triton_version() != (3, 6):
@@ -588,6 +588,15 @@ def _gluon_unfit(info: DeviceInfo, k: int, slices: int, max_rank: int, itemsize:
         return f"it needs a Hopper GPU (sm_90), not {info.name!r} ({info.capability})"
     if itemsize != 2:
         return f"it takes 16-bit weights, not {8 * itemsize}-bit"
+    return None
+
+
+def _gluon_unfit(info: DeviceInfo, k: int, slices: int, max_rank: int, itemsize: int,
+                 available: bool) -> str | None:
+    """Why the Gluon shrink cannot run this shape here (``None`` when it can)."""
+    why = _gluon_platform_unfit(info, itemsize, available)
+    if why is not None:
+        return why
     if slices > 3:
         return f"it takes at most 3 slices, not {slices}"
     if k % 64:
@@ -701,16 +710,9 @@ def gluon_expand_mode() -> str:
 def _gluon_expand_unfit(info: DeviceInfo, widths: tuple[int, ...], max_rank: int,
                         itemsize: int, block_n: int, available: bool) -> str | None:
     """Why the Gluon expand cannot run these weights here (``None`` when it can)."""
-    if not available:
-        return "this Triton release has no usable Gluon Hopper API"
-    if _triton_version() != (3, 6):
-        return f"the kernel is written for Triton 3.6's Gluon API, not {_triton_version()}"
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return "the Triton interpreter does not run Gluon"
-    if info.platform != "cuda" or info.capability is None or info.capability[0] != 9:
-        return f"it needs a Hopper GPU (sm_90), not {info.name!r} ({info.capability})"
-    if itemsize != 2:
-        return f"it takes 16-bit weights, not {8 * itemsize}-bit"
+    why = _gluon_platform_unfit(info, itemsize, available)
+    if why is not None:
+        return why
     if max_rank not in _GLUON_EXPAND_RANKS_FIT:
         return f"max_rank must be one of {_GLUON_EXPAND_RANKS_FIT}, got {max_rank}"
     if any(o % block_n for o in widths):

@@ -42,32 +42,7 @@ if AVAILABLE:
     )
 
     from .shrink_gluon_kernel import _descriptor, _layout
-
-    @gluon.jit
-    def _head(tiles_ptr, ranks_ptr, bounds_ptr, pid_m, pid_n, L, NT, S: gl.constexpr,
-              SPAN: gl.constexpr, ALIGN: gl.constexpr):
-        """Slot, rank (0: no slot, an unknown or empty one), rows of ``sorted_tokens``, then
-        the slice, first and end column of column group ``pid_n`` (as ``tiles.slice_block``)."""
-        slot = gl.load(tiles_ptr + pid_m)
-        start = gl.load(tiles_ptr + NT + pid_m)
-        end = gl.load(tiles_ptr + 2 * NT + pid_m)
-        ok = (slot >= 0) & (slot < L)
-        rank = gl.load(ranks_ptr + slot, mask=ok, other=0)
-        sl = pid_n * 0
-        c0 = pid_n * 0
-        c1 = pid_n * 0
-        first = pid_n * 0
-        for i in gl.static_range(S):
-            lo = gl.load(bounds_ptr + i)
-            hi = gl.load(bounds_ptr + i + 1)
-            nb = (hi - lo + SPAN - 1) // SPAN
-            hit = (pid_n >= first) & (pid_n < first + nb)
-            sl = gl.where(hit, i, sl)
-            c0 = gl.where(hit, lo + (pid_n - first) * SPAN, c0)
-            c1 = gl.where(hit, hi, c1)
-            first += nb
-        c0 = gl.multiple_of(c0, ALIGN)
-        return slot, rank, start, end, sl, c0, c1
+    from .tiles import slice_block, tile_head
 
     @gluon.jit
     def _issue(j, o_desc, b_desc, o_bufs, b_bufs, ready, row, c0, brow, use_tma,
@@ -107,9 +82,8 @@ if AVAILABLE:
         pid = gl.program_id(0)
         pid_n = pid % NB
         pid_m = pid // NB
-        slot, rank, start, end, sl, c0, c1 = _head(tiles_ptr + TILE * 3 * NT, ranks_ptr,
-                                                   bounds_ptr, pid_m, pid_n, L, NT, S,
-                                                   BN * NCOL, ALIGN)
+        slot, rank, start, end = tile_head(tiles_ptr + TILE * 3 * NT + pid_m, ranks_ptr, L, NT)
+        sl, c0, c1 = slice_block(bounds_ptr, pid_n, S, BN * NCOL, ALIGN)
         if (rank == 0) | (end <= start):  # no slot, an empty slot or no rows
             return
         n = end - start
