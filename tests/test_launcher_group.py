@@ -167,10 +167,9 @@ def test_launch_group_object_takes_native_tables_and_guards() -> None:
     assert g(empty, slots) is False and not g.native
 
 
-def test_add_lora_group_slots_follow_the_launch_argument_order() -> None:
-    """The memoized launch-group slots of add_lora are exactly shrink args + constexprs +
-    options, then the expand's: the order the separate launches use (CPU tensors: only the
-    host-side assembly is checked). A new workspace or batch rebuilds the memo."""
+def _add_lora_case():
+    """The launch module, qkv-like weights, a 5-token batch, T and add_lora's two-pass plan
+    (skips without the fast launcher)."""
     import lora_dispatch as ld
     from lora_dispatch.kernels.triton import launch as L
 
@@ -178,8 +177,14 @@ def test_add_lora_group_slots_follow_the_launch_argument_order() -> None:
         pytest.skip("no fast launcher")
     w = ld.LoRAWeights(3, 64, (32, 16, 16), 8, dtype=torch.float16)
     batch = ld.LoRABatch.from_token_adapters([0, 1, -1, 2, 0])
-    t = 5
-    p = L.plan_for("add", w, t, "two_pass")
+    return L, w, batch, 5, L.plan_for("add", w, 5, "two_pass")
+
+
+def test_add_lora_group_slots_follow_the_launch_argument_order() -> None:
+    """The memoized launch-group slots of add_lora are exactly shrink args + constexprs +
+    options, then the expand's: the order the separate launches use (CPU tensors: only the
+    host-side assembly is checked). A new workspace or batch rebuilds the memo."""
+    L, w, batch, t, p = _add_lora_case()
     sp, ep = p.shrink, p.expand
     ys = (w.num_slices * t * w.max_rank, t * w.max_rank, w.max_rank, 1)
     for ws in (torch.empty(4096), torch.empty(8192)):
@@ -198,15 +203,7 @@ def test_add_lora_bound_slots_leave_out_only_the_per_call_slots() -> None:
     """What add_lora binds is its memoized group slots with None at exactly ``x``,
     ``base_out`` and their strides; the values it then passes fill those positions back to
     the full slots."""
-    import lora_dispatch as ld
-    from lora_dispatch.kernels.triton import launch as L
-
-    if L._GROUP is None:
-        pytest.skip("no fast launcher")
-    w = ld.LoRAWeights(3, 64, (32, 16, 16), 8, dtype=torch.float16)
-    batch = ld.LoRABatch.from_token_adapters([0, 1, -1, 2, 0])
-    t = 5
-    p = L.plan_for("add", w, t, "two_pass")
+    L, w, batch, t, p = _add_lora_case()
     ws = torch.empty(4096)
     x = torch.randn(t, 128).half()[:, ::2]
     out = torch.randn(t, 3 * w.total_out)[:, 1 : 1 + w.total_out]

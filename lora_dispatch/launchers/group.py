@@ -124,6 +124,19 @@ class LaunchGroup:
         """Cheap check before assembling slots: every kernel has a native table now."""
         return (self._state if self._valid else self._refresh()) is not None
 
+    def _ready(self) -> tuple:
+        """``(state, device)`` where every kernel's guard passes now, else ``(None, None)``:
+        the checks of every launch (state: native tables, guards, stream, device getter,
+        ``fl_launch_group``, ``fl_bind``, ``fl_launch_bound``)."""
+        state = self._state if self._valid else self._refresh()
+        if state is None:
+            return None, None
+        for ready in state[1]:
+            if not ready():
+                return None, None
+        getdev = state[3]
+        return state, 0 if getdev is None else getdev()
+
     def __call__(self, grids: tuple, slots: tuple) -> bool:
         """Launch every kernel with its grid; False (nothing launched) if one cannot be.
 
@@ -138,15 +151,10 @@ class LaunchGroup:
         -------
         bool
         """
-        state = self._state if self._valid else self._refresh()
+        state, dev = self._ready()
         if state is None:
             return False
-        nats, readies, stream, getdev, group, _, _ = state
-        for ready in readies:
-            if not ready():
-                return False
-        dev = 0 if getdev is None else getdev()
-        if group(nats, grids, stream(dev), dev, *slots) is NotImplemented:
+        if state[4](state[0], grids, state[2](dev), dev, *slots) is NotImplemented:
             return False
         self.launches += 1
         return True
@@ -199,15 +207,12 @@ class LaunchGroup:
             another device: the caller then launches the kernels the usual way and binds
             again (a stale ``bound`` never launches).
         """
-        state = self._state if self._valid else self._refresh()
-        if state is None or bound is None:
+        if bound is None:
             return False
-        nats, readies, stream, getdev, _, _, launch = state
-        for ready in readies:
-            if not ready():
-                return False
-        dev = 0 if getdev is None else getdev()
-        if launch(bound, nats, grids, stream(dev), dev, *values) is NotImplemented:
+        state, dev = self._ready()
+        if state is None:
+            return False
+        if state[6](bound, state[0], grids, state[2](dev), dev, *values) is NotImplemented:
             return False
         self.launches += 1
         return True

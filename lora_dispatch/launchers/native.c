@@ -798,22 +798,43 @@ static double now_ns(void) {
     return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
+/* reps (args[0]) of an fl_time_* call: >= 1, or -1 with an exception set. */
+static long parse_reps(PyObject *const *args, Py_ssize_t nargs, const char *usage) {
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    long reps = PyLong_AsLong(args[0]);
+    if (reps == -1 && PyErr_Occurred()) return -1;
+    if (reps < 1) {
+        PyErr_SetString(PyExc_ValueError, "reps must be >= 1");
+        return -1;
+    }
+    return reps;
+}
+
+/* The second half of an fl_time_* call: the n prepared launches repeated reps times;
+ * (prep_ns / reps, launch ns per repetition). */
+static PyObject *time_launches(PyObject *const *launchers, Py_ssize_t n, Prepared *p,
+                               long reps, unsigned long long stream, long long dev, int any,
+                               double prep_ns) {
+    if (any && ensure_context(dev)) return NULL;
+    double t0 = now_ns();
+    for (long k = 0; k < reps; k++)
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (launch_prepared((Launcher *)launchers[i], &p[i], stream)) return NULL;
+    double t1 = now_ns();
+    return Py_BuildValue("(dd)", prep_ns / reps, (t1 - t0) / reps);
+}
+
 /* fl_time_group(reps, launchers, grids, stream, dev, *slots) -> (prepare_ns, launch_ns):
  * fl_launch_group's two halves timed apart (benchmarks): the keys and table lookups of
  * every call, then the packing and the driver launches of the group, each repeated reps
  * times in C; nanoseconds per repetition. None where the group would not launch. */
 static PyObject *fl_time_group(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "fl_time_group(reps, launchers, grids, stream, dev, "
-                                         "*slots)");
-        return NULL;
-    }
-    long reps = PyLong_AsLong(args[0]);
-    if (reps == -1 && PyErr_Occurred()) return NULL;
-    if (reps < 1) {
-        PyErr_SetString(PyExc_ValueError, "reps must be >= 1");
-        return NULL;
-    }
+    long reps = parse_reps(args, nargs, "fl_time_group(reps, launchers, grids, stream, dev, "
+                                        "*slots)");
+    if (reps < 0) return NULL;
     Prepared p[MAX_GROUP];
     Py_ssize_t n;
     unsigned long long stream;
@@ -824,14 +845,8 @@ static PyObject *fl_time_group(PyObject *mod, PyObject *const *args, Py_ssize_t 
     double t1 = now_ns();
     if (r < 0) return NULL;
     if (r == 0) Py_RETURN_NONE;
-    if (any && ensure_context(p[0].dev)) return NULL;
-    double t2 = now_ns();
-    for (long k = 0; k < reps; k++)
-        for (Py_ssize_t i = 0; i < n; i++)
-            if (launch_prepared((Launcher *)PyTuple_GET_ITEM(args[1], i), &p[i], stream))
-                return NULL;
-    double t3 = now_ns();
-    return Py_BuildValue("(dd)", (t1 - t0) / reps, (t3 - t2) / reps);
+    return time_launches(PySequence_Fast_ITEMS(args[1]), n, p, reps, stream, p[0].dev, any,
+                         t1 - t0);
 }
 
 /* A launch group keyed once (fl_bind): every slot but the varying ones, per launcher. */
@@ -1059,17 +1074,9 @@ static PyObject *fl_launch_bound(PyObject *mod, PyObject *const *args, Py_ssize_
 /* fl_time_bound(reps, bound, launchers, grids, stream, dev, *values) -> (prepare_ns,
  * launch_ns): fl_time_group for fl_launch_bound. None where it would not launch. */
 static PyObject *fl_time_bound(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "fl_time_bound(reps, bound, launchers, grids, stream, "
-                                         "dev, *values)");
-        return NULL;
-    }
-    long reps = PyLong_AsLong(args[0]);
-    if (reps == -1 && PyErr_Occurred()) return NULL;
-    if (reps < 1) {
-        PyErr_SetString(PyExc_ValueError, "reps must be >= 1");
-        return NULL;
-    }
+    long reps = parse_reps(args, nargs, "fl_time_bound(reps, bound, launchers, grids, "
+                                        "stream, dev, *values)");
+    if (reps < 0) return NULL;
     Prepared p[MAX_GROUP];
     unsigned long long stream;
     int any, r = 1;
@@ -1080,13 +1087,7 @@ static PyObject *fl_time_bound(PyObject *mod, PyObject *const *args, Py_ssize_t 
     if (r < 0) return NULL;
     if (r == 0) Py_RETURN_NONE;
     Bound *b = (Bound *)args[1];
-    if (any && ensure_context(b->dev)) return NULL;
-    double t2 = now_ns();
-    for (long k = 0; k < reps; k++)
-        for (int i = 0; i < b->n; i++)
-            if (launch_prepared((Launcher *)b->launchers[i], &p[i], stream)) return NULL;
-    double t3 = now_ns();
-    return Py_BuildValue("(dd)", (t1 - t0) / reps, (t3 - t2) / reps);
+    return time_launches(b->launchers, b->n, p, reps, stream, b->dev, any, t1 - t0);
 }
 
 /* fl_bound_key(bound, i, dev, *values) -> bytes or None: launcher i's key as fl_launch_bound
