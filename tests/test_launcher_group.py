@@ -512,8 +512,9 @@ def test_launch_group_bind_without_native_tables() -> None:
     assert g.launches == 0
 
 
-@needs_native
-def test_launch_group_bind_and_launch_bound_guards(monkeypatch) -> None:
+def _native_group():
+    """Two native-tier launchers of the test kernels in a group, its slots (``x`` and ``m``
+    varying), the fixed slots to bind, and ``register(*i)``: store kernel ``i``'s variant."""
     backend = reference_backend("cuda")
     a = fast_launch(k_first).build_for_tests(backend, lean=True, native=True)
     b = fast_launch(k_second).build_for_tests(backend, lean=True, native=True)
@@ -524,7 +525,6 @@ def test_launch_group_bind_and_launch_bound_guards(monkeypatch) -> None:
              *g.options(1, num_warps=4))
     varying = (0, 8)  # x of the first kernel, m of the second
     held = (None, *slots[1:8], None, *slots[9:])
-    empty = ((0,), (0,))
 
     def register(*which: int) -> None:
         ptr, i32, skip = native.T_PTR, native.T_I32, native.T_SKIP
@@ -535,6 +535,13 @@ def test_launch_group_bind_and_launch_bound_guards(monkeypatch) -> None:
             assert ns["_fl_natreg"](ns["_fl_nat"], 0, key, 1, 128, 1, 0, 0, 0, 0, types,
                                     object(), own)
 
+    return backend, a, b, g, x, slots, varying, held, register
+
+
+@needs_native
+def test_launch_group_bind_and_launch_bound_guards(monkeypatch) -> None:
+    backend, a, b, g, x, slots, varying, held, register = _native_group()
+    empty = ((0,), (0,))
     bound = g.bind(held, varying)
     assert bound is not None
     assert g.launch_bound(bound, empty, (x, 64)) is False  # no variant compiled yet
@@ -580,3 +587,134 @@ def test_launch_group_bind_and_launch_bound_guards(monkeypatch) -> None:
     assert g.launch_bound(bound, empty, (x, 64)) is True and g.launches == 6
     # a fixed slot outside the C keyer: no Bound
     assert g.bind((None, 4096, 1.5, *slots[3:]), varying) is None
+
+
+@needs_native
+def test_launch_group_hot_pieces_pass_exactly_when_launch_bound_does(monkeypatch) -> None:
+    """``LaunchGroup.hot``'s ``ready()`` and native call agree with ``launch_bound`` through
+    hooks, a plain launcher, another current device and rebuilt tables; after any of those
+    the pieces stay stale (fresh ones are taken again)."""
+    backend, a, b, g, x, slots, varying, held, register = _native_group()
+    empty = ((0,), (0,))
+    assert g.hot(None) is None
+    register(0, 1)
+    bound = g.bind(held, varying)
+    ready, launch, tables, stream, dev = g.hot(bound)
+
+    def via_hot(m: int = 64) -> bool:
+        return ready() and launch(bound, tables, empty, stream(dev), dev, x, m) is None
+
+    assert via_hot() and g.launch_bound(bound, empty, (x, 64))
+    assert ready() and not via_hot(65) and not g.launch_bound(bound, empty, (x, 65))
+    k_second.pre_run_hooks.append(lambda *args, **kwargs: None)
+    try:
+        assert not ready() and not g.launch_bound(bound, empty, (x, 64))
+    finally:
+        k_second.pre_run_hooks.clear()
+    assert via_hot()
+    a._fl_set_plain(True)
+    try:
+        assert not ready() and g.hot(bound) is None
+    finally:
+        a._fl_set_plain(False)
+    assert not ready()  # the group was refreshed: these pieces are stale
+    assert g.launch_bound(bound, empty, (x, 64))
+    ready, launch, tables, stream, dev = g.hot(bound)
+    assert via_hot()
+    cur = [0]
+    for ns in (a._fl_ns, b._fl_ns):
+        monkeypatch.delitem(ns, "_fl_cache")
+        monkeypatch.setitem(ns, "_fl_getdev", lambda: cur[0])
+    g._invalidate()
+    ready, launch, tables, stream, dev = g.hot(bound)
+    assert dev == 0 and via_hot()
+    cur[0] = 1
+    assert not ready() and not g.launch_bound(bound, empty, (x, 64))
+    cur[0] = 0
+    assert via_hot()
+    monkeypatch.undo()
+    g._invalidate()
+    ready, launch, tables, stream, dev = g.hot(bound)
+    a._fl_reset()
+    assert not ready()
+    a.build_for_tests(backend, lean=True, native=True)
+    register(0)
+    assert not ready() and not g.launch_bound(bound, empty, (x, 64))
+    pieces = g.hot(bound)
+    assert pieces is not None and pieces[1](bound, pieces[2], empty, 0, 0, x, 64) is \
+        NotImplemented  # a Bound of the old tables never launches
+
+
+class _HotGroup:
+    """A launch group's ``hot`` pieces with a scripted native call (CPU: device -1)."""
+
+    def __init__(self):
+        self.ok, self.calls, self.launches, self.result, self.stream = True, [], 0, None, 7
+
+    def hot(self, bound):
+        def launch(*args):
+            self.calls.append(args)
+            return self.result
+
+        return (lambda: self.ok), launch, "tables", lambda dev: self.stream, -1
+
+
+def test_add_lora_hot_path_launches_only_under_the_armed_conditions(monkeypatch) -> None:
+    """add_lora's armed per-call path passes the bound launch its per-call slots and
+    launches nothing (falls back) on another weights object, batch, group, thread, stream or
+    workspace generation, under capture, or when the group's guard fails; a declined native
+    call drops the path and the binding."""
+    import threading
+
+    L, w, batch, t, p = _add_lora_case()
+    g = _HotGroup()
+    monkeypatch.setattr(L, "_GROUP", g)
+    monkeypatch.setattr(L, "_raw_stream", lambda dev: g.stream)
+    capturing = [False]
+    monkeypatch.setattr(L, "_capturing", lambda: capturing[0])
+    monkeypatch.setitem(L._plans(w), ("add", t, None, None), p)
+    ws = torch.empty(4096)
+    x = torch.randn(t, 128).half()[:, ::2]
+    out = torch.randn(t, 3 * w.total_out)[:, 1 : 1 + w.total_out]
+    L._memoize(p, w, batch, ws, ((), (), (), ()))
+    L._arm_hot(p, g, x, ws)
+    assert p.memo[5] is None  # not bound yet
+    p.memo[4] = "B"
+    L._arm_hot(p, g, x, torch.empty(8))
+    assert p.memo[5] is None  # not the memoized workspace
+    L._arm_hot(p, g, x, ws)
+    hot = p.memo[5]
+    L.add_lora(out, x, w, batch)
+    grids = (p.shrink.grid, p.expand.grid)
+    assert g.calls == [("B", "tables", grids, 7, -1, x, *x.stride(), out, *out.stride())]
+    assert g.launches == 1
+    w2 = type(w)(3, 64, (32, 16, 16), 8, dtype=torch.float16)
+    b2 = type(batch).from_token_adapters([0, 1, -1, 2, 0])
+    assert not hot(out, x, w2, batch) and not hot(out, x, w, b2)
+    monkeypatch.setattr(L, "_GROUP", _HotGroup())
+    assert not hot(out, x, w, batch)
+    monkeypatch.setattr(L, "_GROUP", g)
+    capturing[0] = True
+    assert not hot(out, x, w, batch)
+    capturing[0] = False
+    g.stream = 8
+    assert not hot(out, x, w, batch)
+    g.stream = 7
+    g.ok = False
+    assert not hot(out, x, w, batch)
+    g.ok = True
+    seen = []
+    th = threading.Thread(target=lambda: seen.append(hot(out, x, w, batch)))
+    th.start()
+    th.join()
+    assert seen == [False] and len(g.calls) == 1
+    assert hot(out, x, w, batch) and len(g.calls) == 2
+    L._WS_GEN[0] += 1
+    assert not hot(out, x, w, batch) and len(g.calls) == 2
+    L._arm_hot(p, g, x, ws)
+    g.result = NotImplemented
+    assert not p.memo[5](out, x, w, batch)
+    assert p.memo[4] is None and p.memo[5] is None and g.launches == 2
+    alt = p._replace(alt=p, memo=[*p.memo[:4], "B", None])
+    L._arm_hot(alt, g, x, ws)
+    assert alt.memo[5] is None  # a plan with a Gluon alternative picks per call

@@ -429,6 +429,64 @@ def test_add_lora_launch_group_matches_separate_launches(monkeypatch):
         assert group.native and group.launches > 0
 
 
+def test_add_lora_per_call_path_matches_separate_launches(monkeypatch):
+    """Decode add_lora's armed per-call path (one native call after the first bound launch)
+    gives the separate launches' result bit for bit over many calls: a static batch
+    refilled between calls, fresh and strided inputs, two streams, a second thread, and a
+    larger plan that grows the workspace in between; every call launches the group once."""
+    import threading
+
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
+    group = tl_launch._GROUP
+    if group is None or tl_launch.shrink_kernel.launch_tier != "native":
+        pytest.skip("the per-call path needs the native launch group")
+    tl_launch.release_workspaces()
+    gen = torch.Generator().manual_seed(23)
+    w = make_weights(6, 4096, (4096, 1024, 1024), torch.bfloat16, seed=9)
+    side = torch.cuda.Stream(DEV)
+    for t in (1, 16, 64):
+        batch = ld.LoRABatch.empty(t, device=DEV)
+        p = tl_launch.plan_for("add", w, t)
+        armed = 0
+        for i in range(12):
+            slots = random_slots(t, w.num_slots, gen, frac_none=0.1 * (i % 3))
+            batch.update_(slots.to(DEV))
+            x = torch.randn(t, 2 * 4096, generator=gen).to(DEV, torch.bfloat16)
+            x = x[:, ::2] if i % 4 == 3 else x[:, :4096].contiguous()
+            base = torch.randn(t, w.total_out, generator=gen).to(DEV, torch.bfloat16)
+            if i == 6:  # another plan's larger workspace replaces the buffer
+                big = torch.randn(512, 4096, generator=gen).to(DEV, torch.bfloat16)
+                ld.add_lora(torch.zeros(512, w.total_out, device=DEV, dtype=torch.bfloat16),
+                            big, w, token_batch(random_slots(512, w.num_slots, gen)))
+            monkeypatch.setattr(tl_launch, "_GROUP", None)
+            want = base.clone()
+            ld.add_lora(want, x, w, batch)
+            monkeypatch.setattr(tl_launch, "_GROUP", group)
+            got = base.clone()
+            stream = side if i % 5 == 4 else torch.cuda.current_stream(DEV)
+            stream.wait_stream(torch.cuda.current_stream(DEV))
+            before = group.launches
+            if i == 9:  # another thread (its own workspace)
+                th = threading.Thread(target=ld.add_lora, args=(got, x, w, batch))
+                th.start()
+                th.join()
+            else:
+                with torch.cuda.stream(stream):
+                    ld.add_lora(got, x, w, batch)
+            torch.cuda.current_stream(DEV).wait_stream(stream)
+            if i:
+                assert group.launches == before + 1
+            armed += p.memo[5] is not None
+            torch.cuda.synchronize()
+            assert torch.equal(got, want), (t, i)
+            s = slots.to(DEV)
+            delta = ref_delta(ref_y(x, w, s), w, s, t)
+            assert rel(got.double() - base.double(), delta) <= TOL[torch.bfloat16]
+        assert armed >= 6, (t, armed)  # the per-call path was taken (not just the bound one)
+    tl_launch.release_workspaces()
+
+
 def _segment_slots(t, num_slots, gen, tail=64):
     """Prefill-like slots: random-length segments (slot -1 and empty slots included), then a
     ``tail`` of per-token random slots whose tiles are gathered."""

@@ -27,11 +27,15 @@ only the others:
 >>> bound = group.bind(slots, varying=(0, 7))  # slots 0 and 7 (x, out) change per call
 >>> if bound is None or not group.launch_bound(bound, grids, (x, out)):
 ...     bound = None  # launch each kernel the usual way, bind again next call
+
+A caller with its own per-call cache can take :meth:`launch_bound`'s pieces once
+(:meth:`LaunchGroup.hot`) and skip its Python layer.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from . import native as _native
@@ -186,6 +190,48 @@ class LaunchGroup:
             return None
         getdev = state[3]
         return state[5](state[0], varying, 0 if getdev is None else getdev(), *slots)
+
+    def hot(self, bound: Any) -> tuple[Callable[[], bool], Any, tuple, Any, int] | None:
+        """:meth:`launch_bound`'s pieces, for a caller that caches them per call site.
+
+        Returns ``(ready, launch, tables, stream, dev)``, or None where the group is not
+        native now. ``ready()`` is True while :meth:`launch_bound` would pass its guards with
+        these pieces: the group's native tables unchanged, every kernel's guard passing, and
+        the current device ``dev``. Then ``launch(bound, tables, grids, stream(dev), dev,
+        *values)`` is :meth:`launch_bound`'s native call: it returns NotImplemented where
+        nothing was launched (drop the pieces and ``bound``), else None (the caller adds one
+        to :attr:`launches`).
+
+        Parameters
+        ----------
+        bound : object
+            What :meth:`bind` returned.
+
+        Returns
+        -------
+        tuple or None
+        """
+        state = self._state if self._valid else self._refresh()
+        if state is None or bound is None:
+            return None
+        getdev = state[3]
+        dev = 0 if getdev is None else getdev()
+        readies = state[1]
+        if getdev is None and len(readies) == 2:  # the common case, unrolled
+            r0, r1 = readies
+
+            def ready() -> bool:
+                return self._valid and self._state is state and r0() and r1()
+        else:
+            def ready() -> bool:
+                if not self._valid or self._state is not state:
+                    return False
+                for r in readies:
+                    if not r():
+                        return False
+                return getdev is None or getdev() == dev
+
+        return ready, state[6], state[0], state[2], dev
 
     def launch_bound(self, bound: Any, grids: tuple, values: tuple) -> bool:
         """:meth:`__call__` for the slots of :meth:`bind` with ``values`` at ``varying``.
