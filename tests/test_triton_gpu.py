@@ -935,13 +935,14 @@ def test_shrink_gluon(hidden, outs, dtype, t, rank, uniform, poison_empty, monke
     check_all(w, xs, base, slots, batch, dtype)
 
 
-@pytest.mark.parametrize("split_k", [1, 2, 3, 5])
-def test_shrink_gluon_splits(split_k, monkeypatch):
-    """add_lora with the Gluon shrink writing 1, 2, 3 (uneven) and 5 partial products: equal
-    to the Triton shrink's two-pass result."""
+def _gluon_split_ab(env, t, split_k, seed, monkeypatch, check_plan):
+    """add_lora_two_pass with ``split_k`` partial products, ``env`` off then on (qkv, uniform
+    rank 64, segments): the ``on`` result against float64, and against ``off`` within
+    rounding. ``check_plan(plan, on)`` checks the picked plan of each run."""
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
     _hopper_gluon()
-    t = 2048
-    gen = torch.Generator().manual_seed(split_k)
+    gen = torch.Generator().manual_seed(seed)
     w = make_uniform(4, 4096, (4096, 1024, 1024), torch.bfloat16, 64, seed=split_k)
     slots = _segment_slots(t, w.num_slots, gen)
     batch = token_batch(slots)
@@ -949,18 +950,28 @@ def test_shrink_gluon_splits(split_k, monkeypatch):
     base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, torch.bfloat16)
     outs = {}
     for mode in ("0", "1"):
-        monkeypatch.setenv("LORA_DISPATCH_GLUON", mode)
+        monkeypatch.setenv(env, mode)
         w.__dict__.pop("_triton_plans", None)
-        from lora_dispatch.kernels.triton import launch as tl_launch
-
         p = tl_launch._pick(tk.plan_for("add", w, t, "two_pass", split_k), x, w)
-        assert p.shrink.split == split_k and (p.shrink.gluon is not None) == (mode == "1")
+        assert p.shrink.split == split_k
+        check_plan(p, mode == "1")
         out = base.clone()
         tk.add_lora_two_pass(out, x, w, batch, split_k=split_k)
         outs[mode] = out
     delta = ref_delta(ref_y(x, w, slots.to(DEV)), w, slots.to(DEV), t)
     assert rel(outs["1"].double() - base.double(), delta) <= TOL[torch.bfloat16]
     torch.testing.assert_close(outs["1"], outs["0"], rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("split_k", [1, 2, 3, 5])
+def test_shrink_gluon_splits(split_k, monkeypatch):
+    """add_lora with the Gluon shrink writing 1, 2, 3 (uneven) and 5 partial products: equal
+    to the Triton shrink's two-pass result."""
+
+    def check(p, on):
+        assert (p.shrink.gluon is not None) == on
+
+    _gluon_split_ab("LORA_DISPATCH_GLUON", 2048, split_k, split_k, monkeypatch, check)
 
 
 def test_shrink_gluon_auto_selection(monkeypatch):
@@ -1174,30 +1185,14 @@ def test_expand_gluon(hidden, outs, dtype, t, rank, uniform, poison_empty, monke
 def test_expand_gluon_splits(split_k, monkeypatch):
     """add_lora's Gluon expand summing 2 and 3 (uneven) partial products of the shrink:
     equal to float64 and, within rounding, to the Triton expand's result."""
-    _hopper_gluon()
-    t = 4096
-    gen = torch.Generator().manual_seed(20 + split_k)
-    w = make_uniform(4, 4096, (4096, 1024, 1024), torch.bfloat16, 64, seed=split_k)
-    slots = _segment_slots(t, w.num_slots, gen)
-    batch = token_batch(slots)
-    x = torch.randn(t, 4096, generator=gen).to(DEV, torch.bfloat16)
-    base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, torch.bfloat16)
-    outs = {}
-    for mode in ("0", "1"):
-        monkeypatch.setenv("LORA_DISPATCH_GLUON_EXPAND", mode)
-        w.__dict__.pop("_triton_plans", None)
-        from lora_dispatch.kernels.triton import launch as tl_launch
 
-        p = tl_launch._pick(tk.plan_for("add", w, t, "two_pass", split_k), x, w)
-        assert p.shrink.split == split_k and (p.expand.gluon is not None) == (mode == "1")
-        if mode == "1":
+    def check(p, on):
+        assert (p.expand.gluon is not None) == on
+        if on:
             assert p.expand.gluon.cx[2] == split_k
-        out = base.clone()
-        tk.add_lora_two_pass(out, x, w, batch, split_k=split_k)
-        outs[mode] = out
-    delta = ref_delta(ref_y(x, w, slots.to(DEV)), w, slots.to(DEV), t)
-    assert rel(outs["1"].double() - base.double(), delta) <= TOL[torch.bfloat16]
-    torch.testing.assert_close(outs["1"], outs["0"], rtol=2e-2, atol=2e-2)
+
+    _gluon_split_ab("LORA_DISPATCH_GLUON_EXPAND", 4096, split_k, 20 + split_k, monkeypatch,
+                    check)
 
 
 def test_expand_gluon_auto_selection(monkeypatch):
