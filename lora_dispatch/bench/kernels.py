@@ -469,8 +469,9 @@ def host_breakdown(device: torch.device, log: Callable[[str], None] = print,
     Each part peels one layer off the call: the public op (validation + dispatch), the
     backend function, the two-pass body (workspace + argument assembly + launches), both
     launches with pre-assembled arguments (as one launch group, and as two launches), one
-    launch alone, and the validation and workspace lookup by themselves; then the two-pass
-    body with the group against two separate launches, in alternating rounds. Differences
+    launch alone, and the validation and workspace lookup by themselves; ``add_lora``'s armed
+    per-call path alone (``launch._arm_hot``); then the two-pass body with the group against
+    two separate launches, in alternating rounds. Differences
     between parts are the cost of each layer.
     """
     import lora_dispatch as ld
@@ -525,6 +526,14 @@ def host_breakdown(device: torch.device, log: Callable[[str], None] = print,
             rows.append({"op": "host_breakdown", "backend": "triton", "part": name, "T": t,
                          "tier": getattr(sk, "launch_tier", "?"), "host_us": us})
             log(f"host T={t:5d} {name:28s} {us:6.2f} us")
+        hot = plan.memo[5]  # add_lora's armed per-call path (launch._arm_hot), if any
+        if hot is not None and hot(out, x, w, batch):
+            us = host_time_us(lambda hot=hot, out=out, x=x, w=w, b=batch: hot(out, x, w, b),
+                              device, n=400)
+            rows.append({"op": "host_breakdown", "backend": "triton",
+                         "part": "per-call path (armed)", "T": t,
+                         "tier": getattr(sk, "launch_tier", "?"), "host_us": us})
+            log(f"host T={t:5d} {'per-call path (armed)':28s} {us:6.2f} us")
         if "launch group (both)" in parts:
             e0 = len(sargs) + len(sp.tail) - len(sp.cx)  # the expand's first slot
             varying = (L._S_X, *range(L._S_XS.start, L._S_XS.stop), e0 + L._E_OUT,
