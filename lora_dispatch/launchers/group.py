@@ -226,10 +226,8 @@ class LaunchGroup:
             def ready() -> bool:
                 if not self._valid or self._state is not state:
                     return False
-                for r in readies:
-                    if not r():
-                        return False
-                return getdev is None or getdev() == dev
+                now, at = self._ready()
+                return now is state and at == dev
 
         return ready, state[6], state[0], state[2], dev
 
