@@ -36,7 +36,9 @@ _SHAPES = (
 
 def _host_us(fn, dev, n: int = 100, rounds: int = 15) -> float:
     """Median host µs per call of ``fn`` over ``rounds`` rounds of ``n`` calls, each round
-    queued behind ~``n * 100`` µs of GPU spinning: only the host's own time is measured."""
+    queued behind ~``n * 100`` µs of GPU spinning: only the host's own time is measured.
+    Kept here rather than ``timing.host_time_us`` so that every tree is timed alike (trees
+    before the twentieth session have a ``host_time_us`` that does not hold the GPU)."""
     import statistics
     import time
 

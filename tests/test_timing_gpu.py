@@ -80,3 +80,13 @@ def test_timed_interval_excludes_host_launch_time(dev):
 
     fast = timing.gpu_time_us(lambda: x.mul_(1.0), dev, warmup_ms=2, rep_ms=5)
     assert timing.gpu_time_us(slow, dev, warmup_ms=2, rep_ms=5) < fast + 5
+
+
+def test_host_time_never_waits_on_the_gpu(dev):
+    """4096 calls of ~50 µs of GPU work each, a few µs of host work: more launches than the
+    queue holds, so timing them back to back would wait on the GPU. ``host_time_us`` drops
+    the rounds in which the spin queued before them ended (the host waited) and reruns
+    them with fewer calls: what it reports is the host side."""
+    spin = 50 * 2000  # ~50 µs at ~2 GHz
+    us = timing.host_time_us(lambda: torch.cuda._sleep(spin), dev, n=4096, rounds=3)
+    assert us < 25

@@ -1,8 +1,9 @@
 """Timing primitives and result records for the benchmarks.
 
 GPU time uses CUDA events (``triton.testing.do_bench``, median) or CUDA-graph replay; host
-time is the median wall time of issuing calls back to back without synchronizing each one.
-On the CPU, GPU time falls back to synchronous wall time.
+time is the median wall time of issuing calls back to back without synchronizing each one,
+in rounds checked not to have waited on the GPU. On the CPU, GPU time falls back to
+synchronous wall time.
 """
 
 from __future__ import annotations
@@ -257,20 +258,44 @@ def host_time_us(
     rounds: int = 7,
     sync_each: bool = False,
 ) -> float:
-    """Median host wall time per call of ``fn`` over ``rounds`` rounds of ``n`` calls."""
-    for _ in range(min(n, 20)):
+    """Median host wall time per call of ``fn`` over ``rounds`` rounds of ``n`` calls.
+
+    On CUDA without ``sync_each``, each round is queued behind GPU spinning (:func:`_busy`)
+    meant to outlast it, and an event recorded after the spin says whether it did. Had the
+    host waited on the GPU anywhere in the round (a launch queue full of kernels slower than
+    their host side), the spin would have ended inside the round: such a round is dropped
+    and run again with half the calls (with a spin twice as long once ``n`` is 1). Every
+    round kept is the host's own time. ``sync_each`` synchronizes after every call instead
+    (wall time of whole calls).
+    """
+    warm = min(n, 20)
+    t0 = time.perf_counter_ns()
+    for _ in range(warm):
         fn()
+    est = (time.perf_counter_ns() - t0) / warm / 1e3  # µs per call, an upper bound
     _sync(device)
-    per = []
-    for _ in range(rounds):
+    hold = device.type == "cuda" and not sync_each and _sleep is not None
+    per: list[float] = []
+    scale = 1
+    while len(per) < rounds:
+        if hold:
+            _busy(max(200.0, 3.0 * n * (per[-1] if per else est)) * scale)
+            held = torch.cuda.Event()
+            held.record()
         t0 = time.perf_counter_ns()
         for _ in range(n):
             fn()
             if sync_each:
                 _sync(device)
         t1 = time.perf_counter_ns()
+        covered = not hold or not held.query()
         _sync(device)
-        per.append((t1 - t0) / n / 1e3)
+        if covered or scale >= 64:
+            per.append((t1 - t0) / n / 1e3)
+        elif n > 1:
+            n //= 2
+        else:
+            scale *= 2
     return statistics.median(per)
 
 

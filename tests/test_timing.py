@@ -1,0 +1,62 @@
+"""CPU tests of the benchmark timers' bookkeeping (the GPU ones are in test_timing_gpu.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lora_dispatch.bench import timing
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """``host_time_us`` on a pretend CUDA device: the spins it queues (µs) and the answers
+    of the event after each spin (True: the spin had ended, the round waited on the GPU)."""
+    spins: list[float] = []
+    answers: list[bool] = []
+
+    class Event:
+        def record(self) -> None:
+            pass
+
+        def query(self) -> bool:
+            return answers.pop(0) if answers else False
+
+    monkeypatch.setattr(timing, "_sleep", lambda cycles: None)
+    monkeypatch.setattr(timing, "_busy", spins.append)
+    monkeypatch.setattr(timing, "_sync", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    return spins, answers
+
+
+def test_host_time_reruns_rounds_that_waited_on_the_gpu(fake_cuda):
+    spins, answers = fake_cuda
+    answers += [True, True]  # the first two rounds outlast their spin
+    calls = []
+    us = timing.host_time_us(lambda: calls.append(1), torch.device("cuda"), n=64, rounds=3)
+    assert us > 0
+    assert len(calls) == 20 + 64 + 32 + 3 * 16  # warm-up, two dropped rounds, three kept
+    assert len(spins) == 5 and all(s >= 200 for s in spins)
+
+
+def test_host_time_lengthens_the_spin_at_one_call(fake_cuda):
+    spins, answers = fake_cuda
+    answers += [True, True, True]
+    calls = []
+    timing.host_time_us(lambda: calls.append(1), torch.device("cuda"), n=1, rounds=2)
+    assert len(calls) == 1 + 3 + 2
+    assert spins[1] == 2 * spins[0] and spins[2] == 4 * spins[0]
+
+
+def test_host_time_gives_up_on_a_spin_that_never_outlasts(fake_cuda):
+    spins, answers = fake_cuda
+    answers += [True] * 100
+    timing.host_time_us(lambda: None, torch.device("cuda"), n=4, rounds=2)
+    assert len(spins) == 2 + 7 + 1  # n 4 -> 2 -> 1, the spin x2 up to x64, then kept
+
+
+def test_host_time_does_not_hold_for_sync_each_or_cpu(fake_cuda):
+    spins, _ = fake_cuda
+    timing.host_time_us(lambda: None, torch.device("cuda"), n=8, rounds=2, sync_each=True)
+    timing.host_time_us(lambda: None, torch.device("cpu"), n=8, rounds=2)
+    assert spins == []
