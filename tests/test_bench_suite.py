@@ -46,7 +46,8 @@ def test_suite_quick_cpu(tmp_path, small, capsys):
         assert key in data
     captured = capsys.readouterr()
     assert "benchmark" in captured.out and "== layer ==" in captured.out
-    assert "[3/3 layer]" in captured.err
+    assert "[2/3 layer]" in captured.err  # kernels runs last (its profiler slows launches)
+    assert "[3/3 kernels]" in captured.err
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -127,3 +128,33 @@ def test_launch_section_runs_script(tmp_path, monkeypatch):
     monkeypatch.setattr(suite, "LAUNCH_SCRIPT", tmp_path / "missing.py")
     res = suite._launch(torch.device("cuda"), True, suite.Progress(), False)
     assert res["status"] == "skipped" and "not found" in res["note"]
+
+
+def test_kernel_sweep_times_hosts_before_the_profiler(monkeypatch):
+    """On CUDA, ``kernels.run`` takes every host column and the host breakdown before any
+    GPU timing (the copy bandwidth by the profiler included), and hands each row its own."""
+    from lora_dispatch.bench import kernels as kb
+
+    calls = []
+    dev = torch.device("cuda", 0)
+    probs = [(kb.Problem("add_lora", 64, t, 8, 2, torch.float16, dev), "triton") for t in (1, 16)]
+    monkeypatch.setattr(kb, "problems", lambda *args: probs)
+    monkeypatch.setattr(kb, "env_record", lambda d: {})
+    monkeypatch.setattr(kb, "host_breakdown", lambda d, log: calls.append("breakdown") or [{}])
+    monkeypatch.setattr(kb, "host_us", lambda p, b: calls.append(("host", p.t)) or 10.0 + p.t)
+
+    def copy_bw(d, method="clean"):
+        calls.append(("copy", method))
+        return 1.0
+
+    def measure(p, backend, bw, sets, bwk, host):
+        calls.append(("measure", p.t, host))
+        return {"op": p.op, "T": p.t, "host_us": host}
+
+    monkeypatch.setattr(kb, "copy_bandwidth_gbs", copy_bw)
+    monkeypatch.setattr(kb, "measure", measure)
+    meta, rows = kb.run(device=dev, log=lambda line: None)
+    assert calls == ["breakdown", ("host", 1), ("host", 16), ("copy", "clean"),
+                     ("copy", "kernel"), ("measure", 1, 11.0), ("measure", 16, 26.0)]
+    assert [r.get("host_us") for r in rows] == [11.0, 26.0, None]
+    assert "host_before_profiler" in meta

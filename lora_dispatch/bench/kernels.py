@@ -14,6 +14,7 @@ also work on the CPU under ``TRITON_INTERPRET=1``; ``--json PATH`` to choose the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import statistics
@@ -32,6 +33,7 @@ from .timing import (
     gpu_time_us,
     graph_time_us,
     host_time_us,
+    profiler_used,
     result_path,
     write_json,
 )
@@ -299,10 +301,40 @@ def _cycle(fns: list[Callable[[], object]]) -> Callable[[], object]:
     return lambda: next(it)()
 
 
+def host_us(p: Problem, backend: str, batch=None, item=None) -> float:
+    """Host µs per call of ``p``: the public op for the Triton backend (forced by
+    ``LORA_DISPATCH_BACKEND``), the backend function otherwise (:func:`host_time_us`)."""
+    import importlib
+
+    if batch is None:
+        batch, (item,) = _build(p, 1)
+    on_gpu = p.device.type == "cuda"
+    if backend != "triton":
+        impl = importlib.import_module(f"lora_dispatch.kernels.{backend}")
+        return host_time_us(_call(p, impl, batch, item), p.device, n=20 if on_gpu else 2,
+                            rounds=3 if on_gpu else 1)
+    from lora_dispatch import devices
+
+    prev = os.environ.get("LORA_DISPATCH_BACKEND")
+    os.environ["LORA_DISPATCH_BACKEND"] = "triton"
+    devices.reset()
+    try:
+        return host_time_us(_public(p, batch, item), p.device, n=100 if on_gpu else 3,
+                            rounds=5 if on_gpu else 1)
+    finally:
+        if prev is None:
+            os.environ.pop("LORA_DISPATCH_BACKEND", None)
+        else:
+            os.environ["LORA_DISPATCH_BACKEND"] = prev
+        devices.reset()
+
+
 def measure(p: Problem, backend: str, copy_bw: float | None, sets: int,
-            copy_bw_kernel: float | None = None) -> dict:
+            copy_bw_kernel: float | None = None, host: float | None = None) -> dict:
     """One benchmark row. ``copy_bw_kernel``: the copy bandwidth timed by the profiler, for
-    ``pct_copy_kernel`` (the row's own kernel time, ``kernel_us``, over the same ruler)."""
+    ``pct_copy_kernel`` (the row's own kernel time, ``kernel_us``, over the same ruler).
+    ``host``: the row's host µs taken earlier (:func:`host_us`, before the profiler ran in
+    this process); timed here after the GPU columns otherwise."""
     import importlib
 
     impl = importlib.import_module(f"lora_dispatch.kernels.{backend}")
@@ -317,23 +349,8 @@ def measure(p: Problem, backend: str, copy_bw: float | None, sets: int,
     else:
         gpu = host_time_us(fns[0], p.device, n=1, rounds=3, sync_each=True)
     graph = graph_time_us(_cycle(fns), p.device, inner=max(sets, 20), reps=20) if on_gpu else None
-    if backend == "triton":
-        from lora_dispatch import devices
-
-        prev = os.environ.get("LORA_DISPATCH_BACKEND")
-        os.environ["LORA_DISPATCH_BACKEND"] = "triton"
-        devices.reset()
-        try:
-            host = host_time_us(_public(p, batch, items[0]), p.device, n=100 if on_gpu else 3,
-                                rounds=5 if on_gpu else 1)
-        finally:
-            if prev is None:
-                os.environ.pop("LORA_DISPATCH_BACKEND", None)
-            else:
-                os.environ["LORA_DISPATCH_BACKEND"] = prev
-            devices.reset()
-    else:
-        host = host_time_us(fns[0], p.device, n=20 if on_gpu else 2, rounds=3 if on_gpu else 1)
+    if host is None:
+        host = host_us(p, backend, batch, items[0])
     nbytes = min_bytes(p)
     gbs = nbytes / (gpu * 1e-6) / 1e9
     path = None
@@ -395,21 +412,35 @@ def run(quick: bool = False, device: torch.device | None = None,
         tokens: tuple[int, ...] | None = None, ops: tuple[str, ...] | None = None,
         ) -> tuple[dict, list[dict]]:
     """Run the sweep; returns (meta, rows). With ``json_path``, rewrites it after each row.
-    ``tokens`` / ``ops`` narrow it (no reference rows, no host breakdown)."""
+    ``tokens`` / ``ops`` narrow it (no reference rows, no host breakdown).
+
+    On CUDA every host column (and the host breakdown) is timed first, before the
+    profiler's kernel times: ``meta["host_before_profiler"]`` says whether this process had
+    run the profiler before that (:func:`~lora_dispatch.bench.timing.profiler_used`).
+    """
     if device is None:
         cuda = torch.cuda.is_available()
         device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    copy_bw = copy_bandwidth_gbs(device)
-    copy_bw_kernel = copy_bandwidth_gbs(device, method="kernel")
+    todo = problems(quick, device, tokens, ops)
+    full = device.type == "cuda" and not quick and not (tokens or ops)
+    breakdown: list[dict] = []
+    hosts: dict[int, float] = {}
     meta = env_record(device)
-    meta["copy_gbs"] = copy_bw
-    meta["copy_gbs_kernel"] = copy_bw_kernel
     meta["quick"] = quick
+    meta["host_before_profiler"] = not profiler_used()
+    if device.type == "cuda":  # host columns first: the profiler's CUPTI slows later launches
+        if full:
+            breakdown = host_breakdown(device, log)
+        for i, (p, backend) in enumerate(todo):
+            with contextlib.suppress(Exception):  # measure() records the failure
+                hosts[i] = host_us(p, backend)
+    meta["copy_gbs"] = copy_bw = copy_bandwidth_gbs(device)
+    meta["copy_gbs_kernel"] = copy_bw_kernel = copy_bandwidth_gbs(device, method="kernel")
     rows = []
-    for p, backend in problems(quick, device, tokens, ops):
+    for i, (p, backend) in enumerate(todo):
         sets = 1 if device.type != "cuda" else max(1, min(8, (64 << 20) // max(min_bytes(p), 1)))
         try:
-            row = measure(p, backend, copy_bw, sets, copy_bw_kernel)
+            row = measure(p, backend, copy_bw, sets, copy_bw_kernel, hosts.get(i))
         except Exception as exc:  # keep the sweep going; the row records the failure
             row = {"op": p.op, "backend": backend, "T": p.t, "rank": p.rank,
                    "adapters": p.adapters, "error": repr(exc)[:300]}
@@ -417,8 +448,8 @@ def run(quick: bool = False, device: torch.device | None = None,
         log(format_table([row], COLUMNS).splitlines()[-1])
         if json_path:
             write_json(json_path, meta, rows)
-    if device.type == "cuda" and not quick and not (tokens or ops):
-        rows.extend(host_breakdown(device, log))
+    if full:
+        rows.extend(breakdown)
         if json_path:
             write_json(json_path, meta, rows)
     return meta, rows

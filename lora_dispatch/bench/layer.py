@@ -39,6 +39,7 @@ from .timing import (
     gpu_time_us,
     graph_time_us,
     host_time_us,
+    profiler_used,
     result_path,
     write_json,
 )
@@ -277,7 +278,7 @@ def run(quick: bool = False, device: torch.device | str | None = None,
     api = _launcher_api()
     meta.update(bench="layer", quick=quick, shape=shape.__dict__, dtype=str(dtype),
                 timing="cuda events" if on_gpu else "synchronous wall time (CPU)",
-                launcher=api[1]() if api else None)
+                launcher=api[1]() if api else None, host_before_profiler=not profiler_used())
     rows: list[dict] = []
     weights = None
     base: BaseLayer | None = None

@@ -28,6 +28,7 @@ __all__ = [
     "kernel_spans_us",
     "graph_time_us",
     "host_time_us",
+    "profiler_used",
     "result_path",
     "write_json",
     "format_table",
@@ -178,9 +179,21 @@ def _device_events(prof) -> list:
     return evs
 
 
+_PROFILED = [False]  # kernel_spans_us ran in this process
+
+
+def profiler_used() -> bool:
+    """Whether this process has run the profiler (:func:`kernel_spans_us`). CUPTI stays
+    attached after it: on an H200 with torch 2.11 every later launch took ~1 µs more host
+    time (an eager ``add_lora``, two launches, 10.5 -> 12.4 µs), so host times are taken
+    before it."""
+    return _PROFILED[0]
+
+
 def kernel_spans_us(fn: Callable[[], Any], device: torch.device, n: int = 20) -> list[float]:
     """Per call of ``fn``, first start to last end of its device activities (µs) as the
-    profiler (CUPTI) records them, each call after an L2 eviction.
+    profiler (CUPTI) records them, each call after an L2 eviction. Host times taken after
+    this in the same process carry the profiler's launch overhead (:func:`profiler_used`).
 
     Unlike CUDA events this leaves out the launch latency and the event records around the
     call (about 3 µs per call on an H200), so it is the time the kernels themselves take:
@@ -189,6 +202,7 @@ def kernel_spans_us(fn: Callable[[], Any], device: torch.device, n: int = 20) ->
     """
     from torch.profiler import ProfilerActivity, profile
 
+    _PROFILED[0] = True
     buf = _flush_buffer(device)
     e = _EVICT_KERNELS.get(device)
     if e is None:
