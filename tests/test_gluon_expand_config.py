@@ -47,6 +47,28 @@ def test_auto_hopper_wide_rank64_prefill(t, outs, rank, want):
     assert configs.expand_gluon(H200, t, outs, rank, 2, available=False) is None
 
 
+WIDE = configs.GluonExpandConfig(128, 64, 16, 4, 8)
+SHORT = configs.GluonExpandConfig(64, 64, 8, 4, 4)
+
+
+@pytest.mark.parametrize("t,outs,want", [
+    (4096, QKV, SHIPPED),  # one wave of 64-token programs (384 of 396 slots)
+    (4608, QKV, WIDE),  # 432 / 396 slots spill; 216 of 128 tokens fit 264
+    (5120, QKV, WIDE),
+    (5632, QKV, WIDE),  # 264 of 264
+    (6144, QKV, SHORT),  # 1152 of 512-column programs fill 2.9 waves
+    (7168, QKV, SHIPPED),  # the three tie at 85% of the last wave
+    (8192, QKV, SHIPPED),  # 768 of 792
+    (16384, QKV, SHIPPED),  # 3.9 waves: no fit
+    (5120, (14336, 14336), SHIPPED),  # 5.7 waves: no fit
+])
+def test_auto_tiling_fills_the_last_wave(t, outs, want, monkeypatch):
+    assert configs.expand_gluon(H200, t, outs, 64, 2) == want
+    monkeypatch.setenv(configs.ENV_GLUON_EXPAND, "1")
+    assert configs.expand_gluon(H200, t, outs, 64, 2) == want
+    assert configs.expand_gluon(H200, t, outs, 16, 2) == SHIPPED  # measured at rank 64 only
+
+
 def test_release_and_interpreter_gate(monkeypatch):
     monkeypatch.setattr(configs, "_triton_version", lambda: (3, 5))
     assert configs.expand_gluon(H200, 8192, QKV, 64, 2) is None

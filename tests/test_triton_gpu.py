@@ -1149,6 +1149,8 @@ def _check_out_view(w, x, slots, batch, dtype, buf, cols):
 
 @pytest.mark.parametrize("hidden,outs,dtype,t,rank,uniform", [
     (4096, (4096, 1024, 1024), torch.bfloat16, 8192, 64, True),
+    (4096, (4096, 1024, 1024), torch.bfloat16, 5120, 64, True),  # 128-token programs
+    (4096, (4096, 1024, 1024), torch.float16, 6144, 64, False),  # 8 blocks a program
     (4096, (4096, 1024, 1024), torch.float16, 2048, 16, False),
     (3584, (18944, 18944), torch.bfloat16, 4096, 64, True),
     (5120, (5120,), torch.float16, 2049, 128, False),

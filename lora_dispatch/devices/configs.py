@@ -755,4 +755,39 @@ def expand_gluon(info: DeviceInfo, t: int, widths: tuple[int, ...], max_rank: in
                            or max_rank not in _GLUON_EXPAND_RANKS
                            or sum(widths) < _GLUON_EXPAND_MIN_OUT):
         return None
-    return GluonExpandConfig(64, bn, 16, 4, 4)
+    bm, ncol = 64, 16
+    if info.family in _WAVE_FIT_FAMILIES and max_rank == 64:  # measured at rank 64
+        bm, ncol = _gluon_expand_fit(_units(info), _smem_per_unit(info.family), t,
+                                     tuple(widths), max_rank, itemsize, bn, 4)
+    return GluonExpandConfig(bm, bn, ncol, 4, bm // 16)
+
+
+# the Gluon expand's tiling where its grid quantizes into waves (H100 / H200): of (64-token
+# tiles, 16 blocks a program), (128, 16), (64, 8), the grid whose last wave is fullest at
+# the programs a unit's shared memory holds (the out / B ring: 64 KB / 96 KB a program at
+# 64 / 128 tokens, 4 stages, rank 64: 3 / 2 an SM); earlier on ties. H200 qkv r64, cold L2,
+# 3 alternating rounds (sweep_gluon_expand.py, sweep-gluon-expand-...json), shipped (64, 16)
+# -> pick: T=4608 47.2 -> 36.6 us, 5120 47.5 -> 39.6, 5632 47.1 -> 42.4 (all (128, 16):
+# (64, 16) spilled 1.1-1.3 waves), 6144 48.9 -> 47.1 ((64, 8)); add_lora r64 T=5120 69.1 ->
+# 60.3, 6144 70.9 -> 68.2; (64, 16) stays at T=4096, 7168 and 8192, where it was fastest
+_GLUON_EXPAND_TILINGS = ((64, 16), (128, 16), (64, 8))
+
+
+def _gluon_expand_fit(units: int, smem: int, t: int, widths: tuple[int, ...], rank: int,
+                      itemsize: int, block_n: int, stages: int) -> tuple[int, int]:
+    """``(block_m, col_blocks)`` of :data:`_GLUON_EXPAND_TILINGS` whose grid's last wave is
+    fullest (``cdiv(t, block_m)`` token tiles: segment tails and idle tiles left out), where
+    the first one's grid spills into a second wave; the first one where it fits one wave or
+    spans more than two (gate_up r64 T=5120, 5.7 waves: within 3% of the best tiling)."""
+    best, best_fill = _GLUON_EXPAND_TILINGS[0], -1.0
+    for bm, ncol in _GLUON_EXPAND_TILINGS:
+        per = stages * (bm * block_n + block_n * rank) * itemsize
+        slots = units * max(1, smem // per)
+        programs = -(-t // bm) * sum(-(-w // (block_n * ncol)) for w in widths)
+        waves = -(-programs // slots)
+        if best_fill < 0 and waves != 2:
+            return best
+        fill = programs / (slots * waves)
+        if fill > best_fill + 1e-9:
+            best, best_fill = (bm, ncol), fill
+    return best
