@@ -35,7 +35,7 @@ def test_host_time_reruns_rounds_that_waited_on_the_gpu(fake_cuda):
     calls = []
     us = timing.host_time_us(lambda: calls.append(1), torch.device("cuda"), n=64, rounds=3)
     assert us > 0
-    assert len(calls) == 20 + 64 + 32 + 3 * 16  # warm-up, two dropped rounds, three kept
+    assert len(calls) == 20 + 10 + 64 + 32 + 3 * 16  # warm-up, estimate, 2 dropped, 3 kept
     assert len(spins) == 5 and all(s >= 200 for s in spins)
 
 
@@ -44,7 +44,7 @@ def test_host_time_lengthens_the_spin_at_one_call(fake_cuda):
     answers += [True, True, True]
     calls = []
     timing.host_time_us(lambda: calls.append(1), torch.device("cuda"), n=1, rounds=2)
-    assert len(calls) == 1 + 3 + 2
+    assert len(calls) == 1 + 1 + 3 + 2
     assert spins[1] == 2 * spins[0] and spins[2] == 4 * spins[0]
 
 
@@ -60,3 +60,17 @@ def test_host_time_does_not_hold_for_sync_each_or_cpu(fake_cuda):
     timing.host_time_us(lambda: None, torch.device("cuda"), n=8, rounds=2, sync_each=True)
     timing.host_time_us(lambda: None, torch.device("cpu"), n=8, rounds=2)
     assert spins == []
+
+
+def test_host_time_estimate_leaves_out_the_first_calls(fake_cuda, monkeypatch):
+    """A first call that compiles (here: 1 s) must not size the spins."""
+    spins, _ = fake_cuda
+    clock = [0]
+    monkeypatch.setattr(timing.time, "perf_counter_ns", lambda: clock[0])
+
+    def fn():
+        clock[0] += 1_000_000_000 if clock[0] == 0 else 5_000  # 1 s, then 5 µs a call
+
+    us = timing.host_time_us(fn, torch.device("cuda"), n=100, rounds=3)
+    assert us == pytest.approx(5.0)
+    assert spins and max(spins) <= 3 * 100 * 5.0 + 1e-9

@@ -265,6 +265,9 @@ def graph_time_us(
     return statistics.median(times)
 
 
+_MAX_SPIN_US = 500_000.0  # a round that outlasts this runs again with fewer calls
+
+
 def host_time_us(
     fn: Callable[[], Any],
     device: torch.device,
@@ -282,18 +285,21 @@ def host_time_us(
     round kept is the host's own time. ``sync_each`` synchronizes after every call instead
     (wall time of whole calls).
     """
-    warm = min(n, 20)
+    for _ in range(min(n, 20)):  # the first calls may compile
+        fn()
+    _sync(device)
+    warm = min(n, 10)
     t0 = time.perf_counter_ns()
     for _ in range(warm):
         fn()
-    est = (time.perf_counter_ns() - t0) / warm / 1e3  # µs per call, an upper bound
+    est = (time.perf_counter_ns() - t0) / warm / 1e3  # µs per call
     _sync(device)
     hold = device.type == "cuda" and not sync_each and _sleep is not None
     per: list[float] = []
     scale = 1
     while len(per) < rounds:
         if hold:
-            _busy(max(200.0, 3.0 * n * (per[-1] if per else est)) * scale)
+            _busy(min(max(200.0, 3.0 * n * (per[-1] if per else est)) * scale, _MAX_SPIN_US))
             held = torch.cuda.Event()
             held.record()
         t0 = time.perf_counter_ns()
