@@ -288,13 +288,15 @@ def host_time_us(
     for _ in range(min(n, 20)):  # the first calls may compile
         fn()
     _sync(device)
-    warm = min(n, 10)
-    t0 = time.perf_counter_ns()
-    for _ in range(warm):
-        fn()
-    est = (time.perf_counter_ns() - t0) / warm / 1e3  # µs per call
-    _sync(device)
     hold = device.type == "cuda" and not sync_each and _sleep is not None
+    est = 0.0  # µs per call after the warm-up: sizes the first spin
+    if hold:
+        warm = min(n, 10)
+        t0 = time.perf_counter_ns()
+        for _ in range(warm):
+            fn()
+        est = (time.perf_counter_ns() - t0) / warm / 1e3
+        _sync(device)
     per: list[float] = []
     scale = 1
     while len(per) < rounds:
