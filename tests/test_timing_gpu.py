@@ -83,10 +83,10 @@ def test_timed_interval_excludes_host_launch_time(dev):
 
 
 def test_host_time_never_waits_on_the_gpu(dev):
-    """4096 calls of ~50 µs of GPU work each, a few µs of host work: more launches than the
-    queue holds, so timing them back to back would wait on the GPU. ``host_time_us`` drops
-    the rounds in which the spin queued before them ended (the host waited) and reruns
-    them with fewer calls: what it reports is the host side."""
+    """4096 calls of ~50 µs of GPU work each (~200 ms) and a few µs of host work each.
+    Where they overflow the launch queue, timing them back to back waits on the GPU;
+    ``host_time_us`` drops the rounds in which the spin queued before them ended and
+    reruns them with fewer calls, so it must report the host side either way."""
     spin = 50 * 2000  # ~50 µs at ~2 GHz
     us = timing.host_time_us(lambda: torch.cuda._sleep(spin), dev, n=4096, rounds=3)
     assert us < 25

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .info import DeviceInfo
 
@@ -170,18 +172,25 @@ def _token_bucket(t: int) -> int:
 _WAVE_FIT_FAMILIES = ("h100", "h200")
 
 
+def _fullest_last_wave(cands: tuple, grid: Callable[[Any], tuple[int, int]]) -> Any:
+    """The candidate whose grid's last wave is fullest, earlier on ties; ``grid(c)`` gives
+    ``(programs, programs a wave)``."""
+    best, best_fill = cands[0], -1.0
+    for c in cands:
+        programs, slots = grid(c)
+        fill = programs / (slots * -(-programs // slots))
+        if fill > best_fill + 1e-9:
+            best, best_fill = c, fill
+    return best
+
+
 def _fit_wave(units: int, smem: int, t: int, pairs: int, stages: int, block_n: int,
               row_bytes: int) -> tuple[int, int]:
     """``(block_m, split)`` of the shrink grid whose last wave is fullest (see above);
     ``row_bytes``: one row of a K step."""
-    best, best_fill = (64, 1), -1.0
-    for bm, sp in ((64, 1), (64, 2), (128, 2)):
-        slots = units * max(1, smem // (stages * (bm + block_n) * row_bytes))
-        programs = -(-t // bm) * pairs * sp
-        fill = programs / (slots * -(-programs // slots))
-        if fill > best_fill + 1e-9:
-            best, best_fill = (bm, sp), fill
-    return best
+    return _fullest_last_wave(((64, 1), (64, 2), (128, 2)), lambda c: (
+        -(-t // c[0]) * pairs * c[1],
+        units * max(1, smem // (stages * (c[0] + block_n) * row_bytes))))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -779,15 +788,13 @@ def _gluon_expand_fit(units: int, smem: int, t: int, widths: tuple[int, ...], ra
     fullest (``cdiv(t, block_m)`` token tiles: segment tails and idle tiles left out), where
     the first one's grid spills into a second wave; the first one where it fits one wave or
     spans more than two (gate_up r64 T=5120, 5.7 waves: within 3% of the best tiling)."""
-    best, best_fill = _GLUON_EXPAND_TILINGS[0], -1.0
-    for bm, ncol in _GLUON_EXPAND_TILINGS:
+    def grid(c: tuple[int, int]) -> tuple[int, int]:
+        bm, ncol = c
         per = stages * (bm * block_n + block_n * rank) * itemsize
-        slots = units * max(1, smem // per)
-        programs = -(-t // bm) * sum(-(-w // (block_n * ncol)) for w in widths)
-        waves = -(-programs // slots)
-        if best_fill < 0 and waves != 2:
-            return best
-        fill = programs / (slots * waves)
-        if fill > best_fill + 1e-9:
-            best, best_fill = (bm, ncol), fill
-    return best
+        return (-(-t // bm) * sum(-(-w // (block_n * ncol)) for w in widths),
+                units * max(1, smem // per))
+
+    programs, slots = grid(_GLUON_EXPAND_TILINGS[0])
+    if -(-programs // slots) != 2:
+        return _GLUON_EXPAND_TILINGS[0]
+    return _fullest_last_wave(_GLUON_EXPAND_TILINGS, grid)
