@@ -5,11 +5,14 @@
 
 Each shape is ``T:ranks:adapters[:max_rank]``: qkv weights (hidden 4096, bf16) with
 ``max_rank`` (default the largest rank) whose ``adapters`` slots load the ranks of the
-``/``-list in turn, and ``T`` tokens in one segment per adapter. The automatic launch keeps
-the Triton shrink and expand there (loaded ranks below ``max_rank``); the variants take the
-Gluon kernels anyway (``launch._uniform_ranks`` patched):
+``/``-list in turn, and ``T`` tokens in one segment per adapter. The Gluon kernels' work
+follows ``max_rank``; the registry takes them for such weights while the bytes they read past
+the real ranks stay small (``configs.gluon_takes_ranks``). Variants (``launch._gluon_takes``
+patched):
 
-- ``triton``: the registry as shipped;
+- ``shipped``: the registry as it is;
+- ``triton``: the Triton shrink and expand (the choice for any loaded rank below
+  ``max_rank`` up to the twentieth session);
 - ``gluon``: the Gluon shrink and the Gluon expand where the registry has them for ``T``;
 - ``gluon-shrink``: the Gluon shrink, the Triton expand;
 - ``gluon-br`` (shapes whose ``max_rank`` is above every loaded rank): ``gluon`` with the
@@ -89,7 +92,7 @@ def _shape(spec: str, dev: torch.device, copy: float | None, rows: list[dict], a
     max_rank = int(f[3]) if len(f) > 3 else max(ranks)
     w, batch, x, y, out, nbytes = _build(t, ranks, adapters, max_rank, dev)
     base = out.clone()
-    uniform, expand_gluon, shrink_gluon = L._uniform_ranks, C.expand_gluon, C.shrink_gluon
+    takes, expand_gluon, shrink_gluon = L._gluon_takes, C.expand_gluon, C.shrink_gluon
     br = max(16, C.next_pow2(max(ranks)))
 
     def cut(*a, **k):
@@ -97,12 +100,15 @@ def _shape(spec: str, dev: torch.device, copy: float | None, rows: list[dict], a
         return None if cfg is None else dataclasses.replace(cfg, block_r=br)
 
     def use(variant: str) -> None:
-        L._uniform_ranks = uniform if variant == "triton" else (lambda w: True)
+        L._gluon_takes = {"shipped": takes, "triton": lambda k, w, t: False}.get(
+            variant, lambda k, w, t: True)
         C.expand_gluon = (lambda *a, **k: None) if variant == "gluon-shrink" else expand_gluon
         C.shrink_gluon = cut if variant == "gluon-br" else shrink_gluon
         w.__dict__.pop("_triton_plans", None)
 
-    variants = ["triton", "gluon", "gluon-shrink"] + (["gluon-br"] if br < max_rank else [])
+    variants = ["shipped", "triton", "gluon", "gluon-shrink"]
+    if br < max_rank:
+        variants.append("gluon-br")
 
     calls = {"add_lora": lambda: impl.add_lora(out, x, w, batch),
              "qkv_expand": lambda: impl.expand(y, w, batch, out)}
@@ -146,7 +152,7 @@ def _shape(spec: str, dev: torch.device, copy: float | None, rows: list[dict], a
                 rows.append(row)
                 print(row, flush=True)
     finally:
-        L._uniform_ranks, C.expand_gluon, C.shrink_gluon = uniform, expand_gluon, shrink_gluon
+        L._gluon_takes, C.expand_gluon, C.shrink_gluon = takes, expand_gluon, shrink_gluon
         w.__dict__.pop("_triton_plans", None)
 
 

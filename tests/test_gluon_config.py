@@ -149,12 +149,12 @@ def test_plan_takes_the_gluon_split_and_keeps_the_triton_fallback(monkeypatch):
     assert p1.split == 1 and p1.gluon.cx[4:6] == (False, True)  # one split: writes zeros
 
 
-def test_pick_takes_the_gluon_plan_for_aligned_x_and_uniform_ranks(monkeypatch):
+def test_pick_takes_the_gluon_plan_for_aligned_x_and_fitting_ranks(monkeypatch):
     from lora_dispatch.kernels.triton import launch as L
 
     if not L.GLUON_AVAILABLE:
         pytest.skip("no Gluon in this Triton release")
-    w = ld.LoRAWeights(3, 256, (128, 64, 64), 16, dtype=torch.bfloat16)
+    w = ld.LoRAWeights(64, 256, (128, 64, 64), 16, dtype=torch.bfloat16)
     plan = L._shrink_plan(w, 4096, atomic=False, info=H200)
     x = torch.randn(4096, 264).to(torch.bfloat16)
     monkeypatch.setattr(L, "_NATIVE_DESC", [True])  # descriptors encoded in C: eager too
@@ -163,25 +163,56 @@ def test_pick_takes_the_gluon_plan_for_aligned_x_and_uniform_ranks(monkeypatch):
     assert L._pick(plan, x[:, :256], w) is plan  # eager: the fast-launched Triton kernel
     assert L._pick(plan, x[:, :256], w, capturing=True) is plan.alt
     assert L._pick(plan, x[:, 1:257], w, capturing=True) is plan  # misaligned: no TMA
+    b1 = [torch.randn(o, 1) for o in w.out_features]
     w.load(0, [torch.randn(8, 256)] * 3, [torch.randn(o, 8) for o in w.out_features], 1.0)
-    assert L._pick(plan, x[:, :256], w, capturing=True) is plan  # a slot of rank 8 < 16
+    assert L._pick(plan, x[:, :256], w, capturing=True) is plan.alt  # 24 A rows past ranks
+    for slot in range(1, 46):  # 8 + 45 * 15 = 683 ranks short: 2049 A rows > 4096 / 2
+        w.load(slot, [torch.randn(1, 256)] * 3, b1, 1.0)
+    assert L._pick(plan, x[:, :256], w, capturing=True) is plan
+    w.unload(45)  # 668 short: 2004 rows
+    assert L._pick(plan, x[:, :256], w, capturing=True) is plan.alt
+    w.load(45, [torch.randn(1, 256)] * 3, b1, 1.0)
     monkeypatch.setenv(configs.ENV_GLUON, "1")
     forced = L._shrink_plan(w, 4096, atomic=False, info=H200)
     assert L._pick(forced, x[:, :256], w) is forced.alt
 
 
-def test_uniform_ranks_memo_follows_loads():
+def test_rank_deficit_memo_follows_loads():
     from lora_dispatch.kernels.triton import launch as L
 
     w = ld.LoRAWeights(3, 64, (32,), 8)
-    assert L._uniform_ranks(w)  # nothing loaded
+    assert L._rank_deficit(w) == 0 and L._gluon_takes("shrink", w, 1)  # nothing loaded
     w.load(0, [torch.randn(8, 64)], [torch.randn(32, 8)], 1.0)
-    assert L._uniform_ranks(w)
+    assert L._rank_deficit(w) == 0
     w.load(1, [torch.randn(4, 64)], [torch.randn(32, 4)], 1.0)
-    assert not L._uniform_ranks(w)
+    assert L._rank_deficit(w) == 4
+    assert L._gluon_takes("shrink", w, 8) and not L._gluon_takes("shrink", w, 7)
+    assert L._gluon_takes("expand", w, 8) and not L._gluon_takes("expand", w, 7)
+    w.load(2, [torch.randn(1, 64)], [torch.randn(32, 1)], 1.0)
+    assert L._rank_deficit(w) == 11
     w.unload(1)
-    assert L._uniform_ranks(w)
-    assert not L._uniform_ranks(_view(w))  # inside torch.compile: no host ranks
+    w.unload(2)
+    assert L._rank_deficit(w) == 0
+    assert L._rank_deficit(_view(w)) is None  # inside torch.compile: no host ranks
+    assert not L._gluon_takes("shrink", _view(w), 8192)
+
+
+@pytest.mark.parametrize("t,slices,deficit,shrink,expand", [
+    (8192, 3, 0, True, True),  # uniform ranks
+    (8192, 3, 96, True, True),  # ab-mixed-ranks: 4 adapters 16 / 64 (A past ranks 3.5% of x)
+    (8192, 3, 544, True, True),  # 16 adapters 8 / 16 / 32 / 64 (20%): Gluon 11% faster
+    (2048, 3, 96, True, True),  # 4 adapters at T=2048 (14%): 4% faster
+    (2048, 3, 544, False, True),  # 16 adapters at T=2048 (80%): even; B 13% of out
+    (8192, 3, 3072, False, True),  # 128 adapters 16 / 64 (112%): the shrink 3% slower
+    (8192, 3, 4352, False, False),  # 128 adapters 8-64 (159%): 7% slower; B past ranks 27%
+    (4096, 1, 2048, True, True),  # one slice: A 50% of x, B 25% of out
+    (4096, 1, 2049, False, False),
+])
+def test_gluon_takes_ranks_by_the_bytes_past_them(t, slices, deficit, shrink, expand):
+    assert configs.gluon_takes_ranks("shrink", slices, deficit, t) is shrink
+    assert configs.gluon_takes_ranks("expand", slices, deficit, t) is expand
+    with pytest.raises(ValueError, match="kernel must be"):
+        configs.gluon_takes_ranks("fused", slices, deficit, t)
 
 
 def _view(w):

@@ -158,7 +158,8 @@ def test_gluon_expand_ok_checks_out_and_ranks(monkeypatch):
     assert not L._gluon_expand_ok(g, out, w)  # Triton's JIT path, not capturing
     monkeypatch.setattr(L, "_NATIVE_DESC", [True])
     w.load(0, [torch.randn(8, 256)] * 3, [torch.randn(o, 8) for o in w.out_features], 1.0)
-    assert not L._gluon_expand_ok(g, out, w)  # a slot of rank 8 < 64
+    assert not L._gluon_expand_ok(g, out, w)  # 56 B columns past rank 8 > 64 rows / 2
+    assert L._gluon_expand_ok(g, torch.zeros(112, 256, dtype=torch.bfloat16), w)
     assert forced.forced and L._gluon_expand_ok(forced, out, w)
 
 

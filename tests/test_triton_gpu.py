@@ -977,9 +977,9 @@ def test_shrink_gluon_splits(split_k, monkeypatch):
 def test_shrink_gluon_auto_selection(monkeypatch):
     """Automatic: uniform-rank prefill takes the Gluon shrink (the public shrink only below
     T ~ 4096), eagerly where the native tier launches it and inside CUDA-graph capture;
-    mixed ranks and decode the Triton kernels; loading a smaller rank switches it off (the
-    plan stays cached). A graph captured on the Gluon path replays to the eager result of
-    the Triton kernels."""
+    decode the Triton kernels; mixed ranks take it while the ``A`` rows past the ranks stay
+    within half of ``x``'s rows, and loads are seen by the cached plan. A graph captured on
+    the Gluon path replays to the eager result of the Triton kernels."""
     from lora_dispatch.kernels.triton import launch as tl_launch
 
     _hopper_gluon()
@@ -995,7 +995,14 @@ def test_shrink_gluon_auto_selection(monkeypatch):
     assert _shrink_kinds(w, x[:64], 64) == (0, 0)
     w.load(2, [torch.randn(16, 4096, device=DEV)] * 3,
            [torch.randn(o, 16, device=DEV) for o in w.out_features], 1.0)
-    assert _shrink_kinds(w, x, 8192)[1] != 2
+    assert _shrink_kinds(w, x, 8192) == (0, 2)  # 48 ranks short: 144 A rows past them
+    assert _shrink_kinds(w, x[:2048], 2048) == (2, 2)
+    w1 = ld.LoRAWeights(8, 4096, w.out_features, 64, dtype=torch.bfloat16, device=DEV)
+    for s in range(6):  # 6 * 63 ranks short: 1134 A rows past them
+        w1.load(s, [torch.randn(1, 4096, device=DEV)] * 3,
+                [torch.randn(o, 1, device=DEV) for o in w.out_features], 1.0)
+    assert _shrink_kinds(w1, x[:2048], 2048) == (0, 0)  # over 2048 / 2
+    assert _shrink_kinds(w1, x, 8192) == (0, 2)
     w.load(2, [torch.randn(64, 4096, device=DEV) / 64] * 3,
            [torch.randn(o, 64, device=DEV) for o in w.out_features], 1.0)
     assert _shrink_kinds(w, x, 8192) == (0, 2)
@@ -1198,11 +1205,12 @@ def test_expand_gluon_splits(split_k, monkeypatch):
 
 
 def test_expand_gluon_auto_selection(monkeypatch):
-    """Automatic: uniform rank-64 prefill from 4096 tokens on wide slices takes the Gluon
-    expand (eagerly where the native tier launches it, and inside CUDA-graph capture);
-    T = 2048, rank 16, a 4096-wide single slice, mixed ranks and an fp32 ``base_out`` keep
-    the Triton expand. The automatic add_lora (Gluon shrink, programmatic launch) matches
-    float64."""
+    """Automatic: rank-64 prefill from 4096 tokens on wide slices takes the Gluon expand
+    (eagerly where the native tier launches it, and inside CUDA-graph capture), mixed ranks
+    included while the ``B`` columns past the ranks stay within a quarter of ``out``'s rows
+    read and written; T = 2048, rank 16, a 4096-wide single slice and an fp32 ``base_out``
+    keep the Triton expand. The automatic add_lora on mixed ranks (both Gluon kernels,
+    programmatic launch) matches float64."""
     from lora_dispatch.kernels.triton import launch as tl_launch
 
     _hopper_gluon()
@@ -1225,12 +1233,10 @@ def test_expand_gluon_auto_selection(monkeypatch):
     assert _expand_kinds(w16, x, out) == (False, False)
     w1 = make_uniform(4, 4096, (4096,), dtype, 64)
     assert _expand_kinds(w1, x, out[:, :4096]) == (False, False)
-    w.load(2, [torch.randn(16, 4096, device=DEV)] * 3,
-           [torch.randn(o, 16, device=DEV) for o in w.out_features], 1.0)
-    assert _expand_kinds(w, x, out) == (False, False)
-    w.load(2, [torch.randn(64, 4096, device=DEV) / 64] * 3,
-           [torch.randn(o, 64, device=DEV) / 8 for o in w.out_features], 1.0)
-    assert _expand_kinds(w, x, out) == (True, True)
+    w.load(2, [torch.randn(16, 4096, device=DEV) / 64] * 3,
+           [torch.randn(o, 16, device=DEV) / 4 for o in w.out_features], 1.0)
+    assert _expand_kinds(w, x, out) == (True, True)  # 48 B columns past the ranks
+    assert _expand_kinds(w, x[:4096], out[:4096]) == (True, True)
     monkeypatch.undo()
     monkeypatch.setenv("LORA_DISPATCH_BACKEND", "triton")
     monkeypatch.delenv("LORA_DISPATCH_GLUON_EXPAND", raising=False)
@@ -1241,6 +1247,8 @@ def test_expand_gluon_auto_selection(monkeypatch):
     base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, dtype)
     got = base.clone()
     ld.add_lora(got, x, w, batch)
+    native = tl_launch.gluon_native()
+    assert _expand_kinds(w, x, got)[1] == native and _shrink_kinds(w, x, t)[1] == 2 * native
     delta = ref_delta(ref_y(x, w, slots.to(DEV)), w, slots.to(DEV), t)
     assert rel(got.double() - base.double(), delta) <= TOL[dtype]
 

@@ -45,6 +45,7 @@ __all__ = [
     "expand_gluon",
     "gluon_expand_mode",
     "ENV_GLUON_EXPAND",
+    "gluon_takes_ranks",
 ]
 
 ENV_TMA = "LORA_DISPATCH_TMA"
@@ -625,8 +626,9 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
     ``_GLUON_MIN_TOKENS`` from that many tokens (fewer for some shapes:
     ``_gluon_min_tokens``), where the shape fits (Triton 3.6, 16-bit, ``K % 64 == 0``, at most 3
     slices of at most 256 padded rank rows together); the launch then takes it for weights
-    whose loaded slots all have rank ``max_rank``, and eagerly only where the fast launcher's
-    native tier launches it (through Triton's JIT it costs ~50 us more host time per
+    whose loaded ranks fall short of ``max_rank`` by little enough (:func:`gluon_takes_ranks`:
+    its work follows ``max_rank``), and eagerly only where the fast launcher's native tier
+    launches it (through Triton's JIT it costs ~50 us more host time per
     ``add_lora``, see ``launch._pick``). ``1`` forces it for every ``T``, eager calls and any
     ranks included (``RuntimeError`` naming the reason where it cannot run); ``0`` turns it
     off.
@@ -739,8 +741,9 @@ def expand_gluon(info: DeviceInfo, t: int, widths: tuple[int, ...], max_rank: in
     least ``_GLUON_EXPAND_MIN_OUT`` wide together, where it fits (Triton 3.6, 16-bit weights,
     ``max_rank`` in 16 / 32 / 64 / 128, slice widths multiples of 64). The launch then takes
     it for an ``out`` of the weights' dtype that meets the TMA contract, for weights whose
-    loaded slots all have rank ``max_rank`` (``B``'s box is ``max_rank`` wide), eagerly
-    where the fast launcher's native tier launches it. ``1`` forces it for every ``T`` and
+    loaded ranks fall short of ``max_rank`` by little enough (:func:`gluon_takes_ranks`:
+    ``B``'s box is ``max_rank`` wide), eagerly where the fast launcher's native tier launches
+    it. ``1`` forces it for every ``T`` and
     any ranks (``RuntimeError`` naming the reason where it cannot run); ``0`` turns it off.
     Read when a launch plan is built.
 
@@ -769,6 +772,38 @@ def expand_gluon(info: DeviceInfo, t: int, widths: tuple[int, ...], max_rank: in
         bm, ncol = _gluon_expand_fit(_units(info), _smem_per_unit(info.family), t,
                                      tuple(widths), max_rank, itemsize, bn, 4)
     return GluonExpandConfig(bm, bn, ncol, 4, bm // 16)
+
+
+# The Gluon kernels' work follows max_rank: a slot's A box is max_rank rows a slice (the
+# shrink), its B box max_rank columns (the expand). Weights whose loaded slots have lower
+# ranks take them while the bytes those boxes read past the real ranks, if every loaded slot
+# is used, stay under this share of the stream the kernel is there for: x (the shrink), out
+# read and written (the expand). H200, qkv, max_rank 64, bf16, cold L2, 3 alternating rounds
+# (ab_mixed_ranks.py, ab-mixed-ranks-...json), add_lora Triton -> Gluon kernels: T=8192,
+# 4-16 adapters of ranks 8-64 (A past the ranks 3.5-20% of x) 96.2-98.9 -> 85.3-88.1 us;
+# T=4096 4 adapters 53.0 -> 47.1; T=2048 4 adapters 33.0 -> 31.8 (the shrink), 16 adapters
+# (80% of x) 36.5 -> 36.7; 128 adapters at T=8192 (112-159% of x) 120.0 / 128.8 -> 127.9 /
+# 132.6. The expand alone won at every shape tried (B past the ranks up to 27% of out's
+# bytes: 79.7 -> 77.9 us), so its share is where that was measured, not a break-even.
+_GLUON_PAD_SHARE = {"shrink": 0.5, "expand": 0.25}
+
+
+def gluon_takes_ranks(kernel: str, slices: int, deficit: int, t: int) -> bool:
+    """Whether the automatic Gluon ``kernel`` (``"shrink"`` or ``"expand"``) takes ``t``
+    tokens over weights whose loaded slots fall ``deficit`` ranks short of ``max_rank`` in
+    all (``sum(max_rank - rank)`` over loaded slots; 0: uniform ranks, always taken).
+
+    The shrink reads ``slices * deficit`` rows of ``A`` past the real ranks against ``x``'s
+    ``t`` rows of the same width; the expand ``deficit`` columns of ``B`` past them against
+    ``out``'s ``2 t`` rows (read and written) of the same width: each is taken while that
+    excess stays within ``_GLUON_PAD_SHARE`` of its stream."""
+    if kernel not in _GLUON_PAD_SHARE:
+        raise ValueError(f"kernel must be 'shrink' or 'expand', got {kernel!r}")
+    if deficit <= 0:
+        return True
+    excess = slices * deficit if kernel == "shrink" else deficit
+    stream = t if kernel == "shrink" else 2 * t
+    return excess <= _GLUON_PAD_SHARE[kernel] * stream
 
 
 # the Gluon expand's tiling where its grid quantizes into waves (H100 / H200): of (64-token

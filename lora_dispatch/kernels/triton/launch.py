@@ -48,7 +48,7 @@ class GluonPlan(NamedTuple):
     grid: tuple[int, int]
     cfg: configs.GluonShrinkConfig
     cx: tuple  # S, R, TILE, STAGES, ATOMIC, FILL, GATHER, PDL
-    forced: bool  # LORA_DISPATCH_GLUON=1: also for slots of rank below max_rank
+    forced: bool  # LORA_DISPATCH_GLUON=1: for any ranks
     tile: tuple  # x's descriptor tile and layout (shrink_gluon_kernel.x_tile)
     graph_only: bool = False  # automatic, too few tokens to pay its host cost eagerly
 
@@ -76,7 +76,7 @@ class GluonExpandPlan(NamedTuple):
     cfg: configs.GluonExpandConfig
     cx: tuple  # S, TILE, SPLIT, NCOL, STAGES, ALIGN, PDL, num_warps
     tile: tuple  # out's descriptor tile and layout (expand_gluon_kernel.out_tile)
-    forced: bool  # LORA_DISPATCH_GLUON_EXPAND=1: also for slots of rank below max_rank
+    forced: bool  # LORA_DISPATCH_GLUON_EXPAND=1: for any ranks
 
 
 class ExpandPlan(NamedTuple):
@@ -393,18 +393,28 @@ def _tma_ready(x) -> bool:
             and x.data_ptr() % 16 == 0)
 
 
-def _uniform_ranks(w) -> bool:
-    """Every loaded slot of ``w`` has rank ``max_rank`` (memoized per :attr:`version`; views
-    inside ``torch.compile`` carry no host ranks: ``False``)."""
+def _rank_deficit(w) -> int | None:
+    """``sum(max_rank - rank)`` over the loaded slots of ``w`` (0: uniform ranks; memoized
+    per :attr:`version`); ``None`` for views inside ``torch.compile``, which carry no host
+    ranks."""
     ranks = w.host_ranks
     if ranks is None:
-        return False
+        return None
     d = w.__dict__
-    memo = d.get("_uniform_ranks")
+    memo = d.get("_rank_deficit")
     if memo is None or memo[0] != w.version:
         r = w.max_rank
-        memo = d["_uniform_ranks"] = (w.version, all(v in (0, r) for v in ranks))
+        memo = d["_rank_deficit"] = (w.version, sum(r - v for v in ranks if v))
     return memo[1]
+
+
+def _gluon_takes(kernel: str, w, t: int) -> bool:
+    """Whether the automatic Gluon ``kernel`` (``shrink`` / ``expand``) takes ``t`` tokens over
+    ``w``'s loaded ranks (:func:`configs.gluon_takes_ranks`: its work follows ``max_rank``)."""
+    deficit = _rank_deficit(w)
+    if deficit is None:
+        return False
+    return not deficit or configs.gluon_takes_ranks(kernel, w.num_slices, deficit, t)
 
 
 _NATIVE_DESC: list = []  # [bool]: the Gluon shrink launches natively (computed once)
@@ -429,11 +439,11 @@ def gluon_native() -> bool:
 
 
 def _pick(p, x, w, capturing: bool | None = None):
-    """``p`` (a shrink or add plan), or its Gluon ``alt`` where ``x`` meets the TMA contract
-    and every loaded slot has rank ``max_rank`` (its work follows ``max_rank``), and the
-    launch is cheap on the host: through the native tier (:func:`gluon_native`) from
-    :func:`configs.gluon_graph_only`'s token count, or while a CUDA graph is being captured
-    (replay has no host cost). ``LORA_DISPATCH_GLUON=1``: always.
+    """``p`` (a shrink or add plan), or its Gluon ``alt`` where ``x`` meets the TMA contract,
+    the loaded ranks fall short of ``max_rank`` by little enough (:func:`_gluon_takes`: its
+    work follows ``max_rank``), and the launch is cheap on the host: through the native tier
+    (:func:`gluon_native`) from :func:`configs.gluon_graph_only`'s token count, or while a
+    CUDA graph is being captured (replay has no host cost). ``LORA_DISPATCH_GLUON=1``: always.
 
     Through Triton's JIT path the Gluon launch costs ~50 us more host time per ``add_lora``
     (H200 host, qkv r64 T=8192: 13.9 -> 62.6 us, ``_host_gluon.py``), as much as the GPU
@@ -450,7 +460,7 @@ def _pick(p, x, w, capturing: bool | None = None):
             capturing = x.is_cuda and _capturing()
         if not capturing:
             return p
-    return a if _uniform_ranks(w) else p
+    return a if _gluon_takes("shrink", w, x.shape[0]) else p
 
 
 def _desc_kind(p: ShrinkPlan, x, w) -> int:
@@ -527,8 +537,9 @@ def _launch_shrink_tma(p: ShrinkPlan, x, w, args: tuple) -> None:
 def _gluon_expand_ok(g: GluonExpandPlan, out, w) -> bool:
     """Whether the Gluon expand takes this call: ``out`` of the weights' dtype meets the TMA
     contract (16-byte base and row stride, unit column stride), ``B`` is contiguous, and
-    (unless forced) every loaded slot has rank ``max_rank`` and the launch is cheap on the
-    host (native tier, or inside CUDA-graph capture, as :func:`_pick`)."""
+    (unless forced) the loaded ranks fall short of ``max_rank`` by little enough
+    (:func:`_gluon_takes`) and the launch is cheap on the host (native tier, or inside
+    CUDA-graph capture, as :func:`_pick`)."""
     if out.dtype is not w.dtype or not _tma_ready(out):
         return False
     if getattr(w, "__dict__", None) is None:  # a view inside torch.compile: any B
@@ -539,7 +550,7 @@ def _gluon_expand_ok(g: GluonExpandPlan, out, w) -> bool:
         return True
     if not gluon_native() and not (out.is_cuda and _capturing()):
         return False
-    return _uniform_ranks(w)
+    return _gluon_takes("expand", w, out.shape[0])
 
 
 def _b_desc(w, c: configs.GluonExpandConfig):
