@@ -211,3 +211,53 @@ def test_launch_binds_every_parameter(monkeypatch):
     assert args["SPLIT"] == 2 and args["y_ptr"].numel() >= ap.ws_numel
     assert (args["stride_yp"], args["stride_ys"], args["stride_yt"], args["stride_yr"]) == \
         ap.ys
+
+
+def test_eager_add_lora_cuts_the_rank_block_to_the_loaded_ranks(monkeypatch):
+    """Eager add_lora on the Gluon shrink over weights whose loaded ranks all sit below
+    ``max_rank`` reads ``A`` and ``B`` in boxes as wide as the largest loaded rank (a power of
+    two, >= 16): a cut plan, cached; under CUDA-graph capture, or once a loaded rank needs
+    the full width, the plan as built (checked by binding both launches on a CPU)."""
+    L = _launch()
+    shrinks, expands = (_Bind(k.fn) for k in (L.shrink_gluon_kernel, L.expand_gluon_kernel))
+    monkeypatch.setattr(L, "shrink_gluon_kernel", shrinks)
+    monkeypatch.setattr(L, "expand_gluon_kernel", expands)
+    monkeypatch.setattr(L, "_GGROUP", None)
+    monkeypatch.setattr(L, "_NATIVE_DESC", [True])
+    monkeypatch.setattr(L, "_workspace", lambda n, x: torch.zeros(n))
+    monkeypatch.setattr(L, "describe", lambda dev: H200)
+    monkeypatch.setenv(configs.ENV_GLUON_EXPAND, "1")
+    monkeypatch.delenv(configs.ENV_GLUON, raising=False)
+    w = ld.LoRAWeights(4, 256, (128, 64, 64), 64, dtype=torch.bfloat16)
+    for slot, r in ((0, 16), (2, 9)):
+        w.load(slot, [torch.randn(r, 256)] * 3, [torch.randn(o, r) for o in w.out_features],
+               1.0)
+    t = 4096
+    batch = ld.LoRABatch.from_segments([2000, 2096], [0, 2])
+    x = torch.randn(t, 256).to(torch.bfloat16)
+    out = torch.zeros(t, 256, dtype=torch.bfloat16)
+
+    def boxes():
+        shrinks.calls.clear()
+        expands.calls.clear()
+        L.add_lora(out, x, w, batch)
+        (_, sa), = shrinks.calls
+        (_, ea), = expands.calls
+        assert sa["R"] == 64 and sa["x_desc"].base is x
+        return sa["a_desc"].block_shape[0], ea["b_desc"].block_shape[1]
+
+    assert boxes() == (16, 16)
+    plan = L.plan_for("add", w, t)
+    cut = L._plans(w)[("add", t, "cut", 16)]
+    assert cut.shrink.gluon.cfg.block_r == 16 and cut.expand.gluon.box_r == 16
+    assert plan.alt.shrink.gluon.cfg.block_r == 64 and plan.alt.expand.gluon.box_r == 0
+    assert boxes() == (16, 16) and L._plans(w)[("add", t, "cut", 16)] is cut
+    monkeypatch.setattr(L, "_capturing", lambda: True)
+    assert boxes() == (16, 16)  # a CPU x: no capture
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    assert boxes() == (64, 64)  # a captured graph outlives the loads: the full width
+    monkeypatch.setattr(L, "_capturing", lambda: False)
+    w.load(3, [torch.randn(17, 256)] * 3, [torch.randn(o, 17) for o in w.out_features], 1.0)
+    assert boxes() == (32, 32)
+    w.load(1, [torch.randn(40, 256)] * 3, [torch.randn(o, 40) for o in w.out_features], 1.0)
+    assert boxes() == (64, 64)  # no narrower power of two covers rank 40

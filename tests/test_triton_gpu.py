@@ -1253,6 +1253,65 @@ def test_expand_gluon_auto_selection(monkeypatch):
     assert rel(got.double() - base.double(), delta) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("t", [4096, 8192])
+def test_add_lora_gluon_cut_to_loaded_ranks(t, monkeypatch):
+    """Eager add_lora over max_rank-64 weights whose loaded ranks are 1-16 runs both Gluon
+    kernels with 16-wide rank boxes (the cut plan) on segments with a gathered tail, slot -1
+    and an empty slot, against float64 on a NaN-poisoned ``base_out`` row set; a CUDA graph
+    captured meanwhile (full-width boxes) replays right after a rank-64 adapter is loaded
+    into a slot the batch uses, and so do eager calls (the cut dropped)."""
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
+    _hopper_gluon()
+    if not tl_launch.gluon_native():
+        pytest.skip("eager Gluon launches need the fast launcher's native tier")
+    monkeypatch.delenv("LORA_DISPATCH_GLUON", raising=False)
+    monkeypatch.delenv("LORA_DISPATCH_GLUON_EXPAND", raising=False)
+    dtype, outs = torch.bfloat16, (4096, 1024, 1024)
+    gen = torch.Generator().manual_seed(t)
+    w = ld.LoRAWeights(6, 4096, outs, 64, dtype=dtype, device=DEV)
+
+    def load(slot, r, seed):
+        g = torch.Generator().manual_seed(seed)
+        w.load(slot, [(torch.randn(r, 4096, generator=g) / 64).to(DEV) for _ in outs],
+               [(torch.randn(o, r, generator=g) / r**0.5).to(DEV) for o in outs],
+               [0.5 + 0.1 * slot + 0.2 * i for i in range(3)])
+
+    for slot, r in ((0, 16), (2, 1), (3, 9), (4, 16)):
+        load(slot, r, slot)
+    slots = _segment_slots(t, w.num_slots, gen)
+    batch = token_batch(slots)
+    x = torch.randn(t, 4096, generator=gen).to(DEV, dtype)
+    base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, dtype)
+    base[slots.to(DEV) == -1] = float("nan")  # rows without an adapter stay as they are
+
+    def check(got):
+        keep = slots.to(DEV) != -1
+        assert torch.isnan(got[~keep]).all()
+        delta = ref_delta(ref_y(x, w, slots.to(DEV)), w, slots.to(DEV), t)
+        assert rel(got[keep].double() - base[keep].double(), delta[keep]) <= TOL[dtype]
+
+    got = base.clone()
+    ld.add_lora(got, x, w, batch)
+    assert ("add", t, "cut", 16) in tl_launch._plans(w)
+    check(got)
+    out = torch.empty_like(base)
+
+    def step():
+        out.copy_(base)
+        ld.add_lora(out, x, w, batch)
+
+    g = capture(step)
+    used = [s_ for s_ in (0, 3, 4) if (slots == s_).any()]
+    assert used
+    load(used[0], 64, 99)
+    g.replay()
+    check(out)
+    got = base.clone()
+    ld.add_lora(got, x, w, batch)
+    check(got)
+
+
 def test_expand_gluon_graph_replay(monkeypatch):
     """One capture of add_lora on the Gluon expand replays correctly (bit for bit against
     eager calls) while the batch switches between segments (TMA boxes) and per-token slots

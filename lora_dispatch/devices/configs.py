@@ -502,7 +502,8 @@ def pdl(info: DeviceInfo) -> bool:
 @dataclass(frozen=True)
 class GluonShrinkConfig:
     """The warp-specialized Gluon shrink (Hopper): ``block_m`` tokens a program, ``block_k``
-    K step, ``block_r`` rank rows a slice (``>= max_rank``), ``stages`` shared-memory ring
+    K step, ``block_r`` rank rows a slice (``>=`` every loaded rank: ``max_rank`` as planned,
+    cut for eager ``add_lora`` to the largest loaded rank), ``stages`` shared-memory ring
     depth, consumer warps (4 a warpgroup: ``block_m / 16`` rows of 16 each), K splits."""
 
     block_m: int

@@ -3,7 +3,7 @@
 Same outputs and epilogues as :mod:`.shrink_kernel` (``y[p, i, t, :r] = c[s, i] *
 x[t] @ A_i[s, :r]^T``, stored, atomically added or written with zeros past the rank), but a
 different work split: grid ``(tiles, SPLIT_K)``, and a program holds *every* rank row of its
-slot (one ``[BR, BK]`` block per slice, ``BR >= R``), so each ``x`` tile leaves L2 once.
+slot (one ``[BR, BK]`` block per slice, ``BR >=`` its rank), so each ``x`` tile leaves L2 once.
 
 Inside a program one producer warp issues the TMA loads of the ``[BM, BK]`` ``x`` tile and
 the ``S`` ``A`` blocks into a ring of ``STAGES`` shared-memory buffers (``ready`` /
