@@ -7,17 +7,17 @@ Each shape is ``T:ranks:adapters[:max_rank]``: qkv weights (hidden 4096, bf16) w
 ``max_rank`` (default the largest rank) whose ``adapters`` slots load the ranks of the
 ``/``-list in turn, and ``T`` tokens in one segment per adapter. The Gluon kernels' work
 follows ``max_rank``; the registry takes them for such weights while the bytes they read past
-the real ranks stay small (``configs.gluon_takes_ranks``). Variants (``launch._gluon_takes``
-patched):
+the real ranks stay small (``configs.gluon_takes_ranks``), and eager ``add_lora`` cuts their
+rank boxes to the largest loaded rank (``launch._cut_plan``). Variants (``launch`` patched):
 
 - ``shipped``: the registry as it is;
 - ``triton``: the Triton shrink and expand (the choice for any loaded rank below
   ``max_rank`` up to the twentieth session);
 - ``gluon``: the Gluon shrink and the Gluon expand where the registry has them for ``T``;
 - ``gluon-shrink``: the Gluon shrink, the Triton expand;
-- ``gluon-br`` (shapes whose ``max_rank`` is above every loaded rank): ``gluon`` with the
-  Gluon shrink's rank block cut to the largest loaded rank (``configs.shrink_gluon``
-  patched; right only because no slot's rank passes it).
+- ``no-cut`` and ``cut-shrink`` (shapes whose ``max_rank`` is above every loaded rank):
+  ``shipped`` with no box cut, and with the shrink's ``A`` boxes cut but the expand's ``B``
+  boxes ``max_rank`` wide.
 
 ``add_lora`` and the qkv ``lora_expand`` run through the backend; every variant's delta must
 match the reference backend's (float32 accumulation, relative norm 1e-2) before it is timed:
@@ -27,8 +27,6 @@ weights once, ``out`` read and written).
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 
@@ -76,14 +74,15 @@ def _build(t: int, ranks: list[int], adapters: int, max_rank: int, dev: torch.de
 
 
 def _kernels(w, t: int, x, out) -> str:
-    """Which shrink and expand kernels ``add_lora`` launches (``gluon`` / ``triton``)."""
+    """Which shrink and expand kernels eager ``add_lora`` launches, and its box cut."""
     plan = L._pick(impl.plan_for("add", w, t), x, w, capturing=True)
     if plan.shrink is None:
         return "fused"
     g = plan.expand.gluon
     e = g is not None and L._gluon_expand_ok(g, out, w)
+    cut = L._cut_rank(plan, w) if plan.shrink.gluon is not None else 0
     return (f"shrink {'gluon' if L._desc_kind(plan.shrink, x, w) == 2 else 'triton'}, "
-            f"expand {'gluon' if e else 'triton'}")
+            f"expand {'gluon' if e else 'triton'}" + (f", boxes cut to {cut}" if cut else ""))
 
 
 def _shape(spec: str, dev: torch.device, copy: float | None, rows: list[dict], args) -> None:
@@ -92,23 +91,22 @@ def _shape(spec: str, dev: torch.device, copy: float | None, rows: list[dict], a
     max_rank = int(f[3]) if len(f) > 3 else max(ranks)
     w, batch, x, y, out, nbytes = _build(t, ranks, adapters, max_rank, dev)
     base = out.clone()
-    takes, expand_gluon, shrink_gluon = L._gluon_takes, C.expand_gluon, C.shrink_gluon
-    br = max(16, C.next_pow2(max(ranks)))
-
-    def cut(*a, **k):
-        cfg = shrink_gluon(*a, **k)
-        return None if cfg is None else dataclasses.replace(cfg, block_r=br)
+    takes, expand_gluon, cut_rank, b_desc = (L._gluon_takes, C.expand_gluon, L._cut_rank,
+                                             L.b_descriptor)
 
     def use(variant: str) -> None:
-        L._gluon_takes = {"shipped": takes, "triton": lambda k, w, t: False}.get(
-            variant, lambda k, w, t: True)
+        L._gluon_takes = {"triton": lambda k, w, t: False, "gluon": lambda k, w, t: True,
+                          "gluon-shrink": lambda k, w, t: True}.get(variant, takes)
         C.expand_gluon = (lambda *a, **k: None) if variant == "gluon-shrink" else expand_gluon
-        C.shrink_gluon = cut if variant == "gluon-br" else shrink_gluon
-        w.__dict__.pop("_triton_plans", None)
+        L._cut_rank = (lambda p, w: 0) if variant == "no-cut" else cut_rank
+        L.b_descriptor = ((lambda b, bn, br=None: b_desc(b, bn)) if variant == "cut-shrink"
+                          else b_desc)
+        for memo in ("_triton_plans", "_gluon_a_desc", "_gluon_b_desc"):
+            w.__dict__.pop(memo, None)
 
     variants = ["shipped", "triton", "gluon", "gluon-shrink"]
-    if br < max_rank:
-        variants.append("gluon-br")
+    if max(16, C.next_pow2(max(ranks))) < max_rank:
+        variants += ["no-cut", "cut-shrink"]
 
     calls = {"add_lora": lambda: impl.add_lora(out, x, w, batch),
              "qkv_expand": lambda: impl.expand(y, w, batch, out)}
@@ -122,7 +120,7 @@ def _shape(spec: str, dev: torch.device, copy: float | None, rows: list[dict], a
             delta = want.double() - base.double()  # [T, N]
             ok = []
             for variant in variants:
-                if op == "qkv_expand" and variant in ("gluon-shrink", "gluon-br"):
+                if op == "qkv_expand" and variant not in ("shipped", "triton", "gluon"):
                     continue
                 use(variant)
                 out.copy_(base)
@@ -152,7 +150,8 @@ def _shape(spec: str, dev: torch.device, copy: float | None, rows: list[dict], a
                 rows.append(row)
                 print(row, flush=True)
     finally:
-        L._gluon_takes, C.expand_gluon, C.shrink_gluon = takes, expand_gluon, shrink_gluon
+        L._gluon_takes, C.expand_gluon, L._cut_rank, L.b_descriptor = (takes, expand_gluon,
+                                                                        cut_rank, b_desc)
         w.__dict__.pop("_triton_plans", None)
 
 
