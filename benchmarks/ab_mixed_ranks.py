@@ -7,17 +7,20 @@ Each shape is ``T:ranks:adapters[:max_rank]``: qkv weights (hidden 4096, bf16) w
 ``max_rank`` (default the largest rank) whose ``adapters`` slots load the ranks of the
 ``/``-list in turn, and ``T`` tokens in one segment per adapter. The Gluon kernels' work
 follows ``max_rank``; the registry takes them for such weights while the bytes they read past
-the real ranks stay small (``configs.gluon_takes_ranks``), and eager ``add_lora`` cuts their
-rank boxes to the largest loaded rank (``launch._cut_plan``). Variants (``launch`` patched):
+the real ranks stay small (``configs.gluon_takes_ranks``), and eager ``add_lora`` cuts the
+shrink's ``A`` boxes to the largest loaded rank (``launch._cut_plan``). Variants (``launch``
+patched):
 
 - ``shipped``: the registry as it is;
 - ``triton``: the Triton shrink and expand (the choice for any loaded rank below
   ``max_rank`` up to the twentieth session);
 - ``gluon``: the Gluon shrink and the Gluon expand where the registry has them for ``T``;
 - ``gluon-shrink``: the Gluon shrink, the Triton expand;
-- ``no-cut`` and ``cut-shrink`` (shapes whose ``max_rank`` is above every loaded rank):
-  ``shipped`` with no box cut, and with the shrink's ``A`` boxes cut but the expand's ``B``
-  boxes ``max_rank`` wide.
+- ``no-cut`` (shapes whose ``max_rank`` is above every loaded rank): ``shipped`` without the
+  box cut.
+
+``ab-mixed-ranks-cut-...json`` also has ``cut-shrink`` (the shrink's boxes cut) against
+``shipped`` when that cut the expand's ``B`` boxes too (``724b397``).
 
 ``add_lora`` and the qkv ``lora_expand`` run through the backend; every variant's delta must
 match the reference backend's (float32 accumulation, relative norm 1e-2) before it is timed:
@@ -91,22 +94,19 @@ def _shape(spec: str, dev: torch.device, copy: float | None, rows: list[dict], a
     max_rank = int(f[3]) if len(f) > 3 else max(ranks)
     w, batch, x, y, out, nbytes = _build(t, ranks, adapters, max_rank, dev)
     base = out.clone()
-    takes, expand_gluon, cut_rank, b_desc = (L._gluon_takes, C.expand_gluon, L._cut_rank,
-                                             L.b_descriptor)
+    takes, expand_gluon, cut_rank = L._gluon_takes, C.expand_gluon, L._cut_rank
 
     def use(variant: str) -> None:
         L._gluon_takes = {"triton": lambda k, w, t: False, "gluon": lambda k, w, t: True,
                           "gluon-shrink": lambda k, w, t: True}.get(variant, takes)
         C.expand_gluon = (lambda *a, **k: None) if variant == "gluon-shrink" else expand_gluon
         L._cut_rank = (lambda p, w: 0) if variant == "no-cut" else cut_rank
-        L.b_descriptor = ((lambda b, bn, br=None: b_desc(b, bn)) if variant == "cut-shrink"
-                          else b_desc)
         for memo in ("_triton_plans", "_gluon_a_desc", "_gluon_b_desc"):
             w.__dict__.pop(memo, None)
 
     variants = ["shipped", "triton", "gluon", "gluon-shrink"]
     if max(16, C.next_pow2(max(ranks))) < max_rank:
-        variants += ["no-cut", "cut-shrink"]
+        variants.append("no-cut")
 
     calls = {"add_lora": lambda: impl.add_lora(out, x, w, batch),
              "qkv_expand": lambda: impl.expand(y, w, batch, out)}
@@ -150,8 +150,7 @@ def _shape(spec: str, dev: torch.device, copy: float | None, rows: list[dict], a
                 rows.append(row)
                 print(row, flush=True)
     finally:
-        L._gluon_takes, C.expand_gluon, L._cut_rank, L.b_descriptor = (takes, expand_gluon,
-                                                                        cut_rank, b_desc)
+        L._gluon_takes, C.expand_gluon, L._cut_rank = takes, expand_gluon, cut_rank
         w.__dict__.pop("_triton_plans", None)
 
 

@@ -215,9 +215,10 @@ def test_launch_binds_every_parameter(monkeypatch):
 
 def test_eager_add_lora_cuts_the_rank_block_to_the_loaded_ranks(monkeypatch):
     """Eager add_lora on the Gluon shrink over weights whose loaded ranks all sit below
-    ``max_rank`` reads ``A`` and ``B`` in boxes as wide as the largest loaded rank (a power of
-    two, >= 16): a cut plan, cached; under CUDA-graph capture, or once a loaded rank needs
-    the full width, the plan as built (checked by binding both launches on a CPU)."""
+    ``max_rank`` reads ``A`` in boxes of as many rows as the largest loaded rank (a power of
+    two, >= 16; ``B``'s stay ``max_rank`` wide): a cut plan, cached; under CUDA-graph
+    capture, or once a loaded rank needs the full width, the plan as built (checked by
+    binding both launches on a CPU)."""
     L = _launch()
     shrinks, expands = (_Bind(k.fn) for k in (L.shrink_gluon_kernel, L.expand_gluon_kernel))
     monkeypatch.setattr(L, "shrink_gluon_kernel", shrinks)
@@ -246,18 +247,18 @@ def test_eager_add_lora_cuts_the_rank_block_to_the_loaded_ranks(monkeypatch):
         assert sa["R"] == 64 and sa["x_desc"].base is x
         return sa["a_desc"].block_shape[0], ea["b_desc"].block_shape[1]
 
-    assert boxes() == (16, 16)
+    assert boxes() == (16, 64)
     plan = L.plan_for("add", w, t)
     cut = L._plans(w)[("add", t, "cut", 16)]
-    assert cut.shrink.gluon.cfg.block_r == 16 and cut.expand.gluon.box_r == 16
-    assert plan.alt.shrink.gluon.cfg.block_r == 64 and plan.alt.expand.gluon.box_r == 0
-    assert boxes() == (16, 16) and L._plans(w)[("add", t, "cut", 16)] is cut
+    assert cut.shrink.gluon.cfg.block_r == 16 and cut.expand is plan.alt.expand
+    assert plan.alt.shrink.gluon.cfg.block_r == 64
+    assert boxes() == (16, 64) and L._plans(w)[("add", t, "cut", 16)] is cut
     monkeypatch.setattr(L, "_capturing", lambda: True)
-    assert boxes() == (16, 16)  # a CPU x: no capture
+    assert boxes() == (16, 64)  # a CPU x: no capture
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     assert boxes() == (64, 64)  # a captured graph outlives the loads: the full width
     monkeypatch.setattr(L, "_capturing", lambda: False)
     w.load(3, [torch.randn(17, 256)] * 3, [torch.randn(o, 17) for o in w.out_features], 1.0)
-    assert boxes() == (32, 32)
+    assert boxes() == (32, 64)
     w.load(1, [torch.randn(40, 256)] * 3, [torch.randn(o, 40) for o in w.out_features], 1.0)
     assert boxes() == (64, 64)  # no narrower power of two covers rank 40

@@ -1255,11 +1255,12 @@ def test_expand_gluon_auto_selection(monkeypatch):
 
 @pytest.mark.parametrize("t", [4096, 8192])
 def test_add_lora_gluon_cut_to_loaded_ranks(t, monkeypatch):
-    """Eager add_lora over max_rank-64 weights whose loaded ranks are 1-16 runs both Gluon
-    kernels with 16-wide rank boxes (the cut plan) on segments with a gathered tail, slot -1
-    and an empty slot, against float64 on a NaN-poisoned ``base_out`` row set; a CUDA graph
-    captured meanwhile (full-width boxes) replays right after a rank-64 adapter is loaded
-    into a slot the batch uses, and so do eager calls (the cut dropped)."""
+    """Eager add_lora over max_rank-64 weights whose loaded ranks are 1-16 runs the Gluon
+    shrink with 16-row ``A`` boxes (the cut plan) and the Gluon expand, on segments with a
+    gathered tail, slot -1 and an empty slot, against float64 (NaN in the rows without an
+    adapter, which must stay so); a CUDA graph captured meanwhile (full-width boxes) replays
+    right after a rank-64 adapter is loaded into a slot the batch uses, and so do eager
+    calls (the cut dropped)."""
     from lora_dispatch.kernels.triton import launch as tl_launch
 
     _hopper_gluon()

@@ -17,9 +17,8 @@ loads and stores, ``B`` still by TMA.
 
 Host contract (checked by the launcher): Hopper (sm_90), Triton 3.6, ``out`` of the weights'
 16-bit dtype with a 16-byte aligned base, unit column stride and a 16-byte multiple row
-stride, every slice width a multiple of ``BN``, ``R`` (``B``'s box width: the weights'
-``max_rank``, or for eager ``add_lora`` the power of two that covers every loaded rank) in
-16..128. ``benchmarks/probe_expand_tma.py`` is the prototype and its measurements.
+stride, every slice width a multiple of ``BN``, ``R`` (the weights' ``max_rank``) a power of
+two in 16..128. ``benchmarks/probe_expand_tma.py`` is the prototype and its measurements.
 """
 
 from __future__ import annotations
@@ -164,15 +163,12 @@ if AVAILABLE:
         """TMA descriptor of ``out [t, n]`` (16-bit, unit column stride) for :func:`out_tile`."""
         return _descriptor(out, [t, n], [row_stride, 1], *tile)
 
-    def b_descriptor(b, bn: int, br: int | None = None):
-        """TMA descriptor of a contiguous ``B [L, N, R]`` as ``[L * N, R]``, tile ``[bn, br]``
-        (default ``br = R``; a narrower box reads each row's first ``br`` columns: ranks up to
-        ``br``)."""
+    def b_descriptor(b, bn: int):
+        """TMA descriptor of a contiguous ``B [L, N, R]`` as ``[L * N, R]``, tile ``[bn, R]``."""
         r = b.shape[-1]
-        br = r if br is None else br
         b2 = b.view(-1, r)
-        return _descriptor(b2, list(b2.shape), [r, 1], [bn, br],
-                           _layout(bn, br, b.dtype == torch.float16))
+        return _descriptor(b2, list(b2.shape), [r, 1], [bn, r],
+                           _layout(bn, r, b.dtype == torch.float16))
 
 else:
     expand_gluon_kernel = None

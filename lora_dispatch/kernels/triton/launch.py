@@ -78,7 +78,6 @@ class GluonExpandPlan(NamedTuple):
     cx: tuple  # S, TILE, SPLIT, NCOL, STAGES, ALIGN, PDL, num_warps
     tile: tuple  # out's descriptor tile and layout (expand_gluon_kernel.out_tile)
     forced: bool  # LORA_DISPATCH_GLUON_EXPAND=1: for any ranks
-    box_r: int = 0  # B's box width (wgmma K) where cut below max_rank (0: max_rank)
 
 
 class ExpandPlan(NamedTuple):
@@ -562,20 +561,18 @@ def _gluon_expand_ok(g: GluonExpandPlan, out, w) -> bool:
     return _gluon_takes("expand", w, out.shape[0])
 
 
-def _b_desc(w, g: GluonExpandPlan):
-    """Descriptor of ``B [L * N, R]`` for the Gluon expand plan ``g``: boxes of its
-    ``block_n`` rows by ``box_r`` columns (kept on the weights object while its ``lora_b``
-    is the same tensor)."""
+def _b_desc(w, c: configs.GluonExpandConfig):
+    """Descriptor of ``B [L * N, R]`` for the Gluon expand's tiling ``c`` (kept on the
+    weights object while its ``lora_b`` is the same tensor)."""
     b = w.lora_b
     d = getattr(w, "__dict__", None)
-    key = (g.cfg.block_n, g.box_r)
     if d is not None:
         memo = d.get("_gluon_b_desc")
-        if memo is not None and memo[0] is b and memo[1] == key:
+        if memo is not None and memo[0] is b and memo[1] == c.block_n:
             return memo[2]
-    desc = b_descriptor(b, g.cfg.block_n, g.box_r or None)
+    desc = b_descriptor(b, c.block_n)
     if d is not None:
-        d["_gluon_b_desc"] = (b, key, desc)
+        d["_gluon_b_desc"] = (b, c.block_n, desc)
     return desc
 
 
@@ -583,7 +580,7 @@ def _gluon_expand_args(g: GluonExpandPlan, y, w, batch, out, t: int, ys: tuple) 
     """:mod:`.expand_gluon_kernel`'s parameters in signature order."""
     tm = batch.tile_map
     os0 = out.stride(0)
-    return (out_descriptor(out, t, w.total_out, os0, g.tile), _b_desc(w, g), y, out,
+    return (out_descriptor(out, t, w.total_out, os0, g.tile), _b_desc(w, g.cfg), y, out,
             w.ranks, w.slice_bounds, batch.sorted_tokens, tm, t, w.num_slots, tm.shape[2],
             w.total_out, g.nb, ys[0], ys[1], ys[2], ys[3], os0, *g.cx)
 
@@ -898,8 +895,8 @@ def _arm_hot(p: AddPlan, group, x, ws) -> None:
 
 
 def _cut_rank(p: AddPlan, w) -> int:
-    """The rank block of ``p``'s Gluon kernels cut to ``w``'s largest loaded rank (a power
-    of two, at least 16), or 0 where that is no narrower than ``p``'s or the ranks are not
+    """The rank block of ``p``'s Gluon shrink cut to ``w``'s largest loaded rank (a power of
+    two, at least 16), or 0 where that is no narrower than ``p``'s or the ranks are not
     known on the host."""
     memo = _rank_memo(w)
     if memo is None:
@@ -909,27 +906,27 @@ def _cut_rank(p: AddPlan, w) -> int:
 
 
 def _cut_plan(p: AddPlan, w, t: int, br: int) -> AddPlan:
-    """``p`` (with the Gluon shrink) whose Gluon kernels read ``br`` of each slot's rank
-    rows (the shrink's ``A`` boxes) and columns (the expand's ``B`` boxes) instead of
-    ``max_rank``: right while no loaded slot's rank passes ``br``, so taken for eager calls
-    only (a captured graph outlives the loads). Cached with the weights' plans."""
+    """``p`` (with the Gluon shrink) whose shrink reads ``br`` of each slot's ``A`` rows a
+    slice instead of ``max_rank``: right while no loaded slot's rank passes ``br``, so taken
+    for eager calls only (a captured graph outlives the loads). Cached with the weights'
+    plans.
+
+    The expand's ``B`` boxes stay ``max_rank`` wide: cut too, they lost 1.0-1.8 us at
+    T = 6144-8192 (H200, qkv, max_rank 64, ranks 1-16, ``ab-mixed-ranks-cut-...json``)."""
     plans = _plans(w)
     key = ("add", t, "cut", br)
     c = plans.get(key)
     if c is None:
-        sp, ep = p.shrink, p.expand
-        g = sp.gluon
-        sp = sp._replace(gluon=g._replace(cfg=dataclasses.replace(g.cfg, block_r=br)))
-        if ep.gluon is not None:
-            ep = ep._replace(gluon=ep.gluon._replace(box_r=br))
-        c = plans[key] = p._replace(shrink=sp, expand=ep, memo=[None] * len(p.memo))
+        g = p.shrink.gluon
+        sp = p.shrink._replace(gluon=g._replace(cfg=dataclasses.replace(g.cfg, block_r=br)))
+        c = plans[key] = p._replace(shrink=sp, memo=[None] * len(p.memo))
     return c
 
 
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
     if p.alt is not None:
         p = _pick(p, x, w)
-        if p.shrink.gluon is not None:  # eager: the rank block may follow the loaded ranks
+        if p.shrink.gluon is not None:  # eager: A's box may follow the loaded ranks
             br = _cut_rank(p, w)
             if br and not (x.is_cuda and _capturing()):
                 p = _cut_plan(p, w, t, br)
