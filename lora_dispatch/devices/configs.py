@@ -629,8 +629,8 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
     slices of at most 256 padded rank rows together); the launch then takes it for weights
     whose loaded ranks fall short of ``max_rank`` by little enough (:func:`gluon_takes_ranks`:
     its work follows ``max_rank``), and eagerly only where the fast launcher's native tier
-    launches it (through Triton's JIT it costs ~50 us more host time per
-    ``add_lora``, see ``launch._pick``). ``1`` forces it for every ``T``, eager calls and any
+    launches it (through Triton's JIT it costs ~50 us more host time per ``add_lora``, see
+    ``launch._pick``). ``1`` forces it for every ``T``, eager calls and any
     ranks included (``RuntimeError`` naming the reason where it cannot run); ``0`` turns it
     off.
     ``available``: whether the Gluon kernel module imported; ``atomic``: the public shrink's
@@ -744,9 +744,8 @@ def expand_gluon(info: DeviceInfo, t: int, widths: tuple[int, ...], max_rank: in
     it for an ``out`` of the weights' dtype that meets the TMA contract, for weights whose
     loaded ranks fall short of ``max_rank`` by little enough (:func:`gluon_takes_ranks`:
     ``B``'s box is ``max_rank`` wide), eagerly where the fast launcher's native tier launches
-    it. ``1`` forces it for every ``T`` and
-    any ranks (``RuntimeError`` naming the reason where it cannot run); ``0`` turns it off.
-    Read when a launch plan is built.
+    it. ``1`` forces it for every ``T`` and any ranks (``RuntimeError`` naming the reason
+    where it cannot run); ``0`` turns it off. Read when a launch plan is built.
 
     Raises
     ------

@@ -12,9 +12,11 @@ one stage in flight. A tile whose tokens are consecutive (a prefill segment) rea
 TMA at its first token; any other tile's consumer gathers its ``x`` rows with pointer loads
 into registers (wgmma's register operand) while the producer brings ``A`` alone. Rows a
 descriptor brings past the tile's end and ``A`` rows past a slot's rank (the next slice's)
-only feed accumulator entries the masked store drops, so any rank ``<= R`` is correct. Its
-``A`` reads follow ``R``, not the real ranks: the launcher picks it where the loaded ranks
-fall short of ``R`` by little against ``x`` (``configs.gluon_takes_ranks``).
+only feed accumulator entries the masked store drops, so any rank ``<= BR`` is correct
+(``BR``: ``R`` rounded up to a power of two, or for eager ``add_lora`` the largest loaded
+rank rounded up; ``R`` stays the slot stride). Its ``A`` reads follow ``BR``, not the real
+ranks: the launcher picks it where the loaded ranks fall short of ``R`` by little against
+``x`` (``configs.gluon_takes_ranks``).
 
 Host contract (checked by the launcher): Hopper (sm_90), Triton 3.6 (the Gluon API changes
 between releases), 16-bit weights, ``K % BK == 0``, ``K_SPLIT % BK == 0``, ``S <= 3``,
