@@ -395,9 +395,9 @@ def _tma_ready(x) -> bool:
 
 
 def _rank_memo(w) -> tuple | None:
-    """``(version, sum(max_rank - rank) over the loaded slots, the largest loaded rank)`` of
-    ``w`` (memoized per :attr:`version`); ``None`` for views inside ``torch.compile``, which
-    carry no host ranks."""
+    """``(version, sum(max_rank - rank) over the loaded slots, the largest loaded rank rounded
+    up to a power of two >= 16)`` of ``w`` (memoized per :attr:`version`); ``None`` for views
+    inside ``torch.compile``, which carry no host ranks."""
     ranks = w.host_ranks
     if ranks is None:
         return None
@@ -405,7 +405,8 @@ def _rank_memo(w) -> tuple | None:
     memo = d.get("_rank_memo")
     if memo is None or memo[0] != w.version:
         r = w.max_rank
-        memo = d["_rank_memo"] = (w.version, sum(r - v for v in ranks if v), max(ranks))
+        memo = d["_rank_memo"] = (w.version, sum(r - v for v in ranks if v),
+                                  max(16, configs.next_pow2(max(ranks))))
     return memo
 
 
@@ -899,10 +900,7 @@ def _cut_rank(p: AddPlan, w) -> int:
     two, at least 16), or 0 where that is no narrower than ``p``'s or the ranks are not
     known on the host."""
     memo = _rank_memo(w)
-    if memo is None:
-        return 0
-    br = max(16, configs.next_pow2(memo[2]))
-    return br if br < p.shrink.gluon.cfg.block_r else 0
+    return memo[2] if memo is not None and memo[2] < p.shrink.gluon.cfg.block_r else 0
 
 
 def _cut_plan(p: AddPlan, w, t: int, br: int) -> AddPlan:
