@@ -1251,6 +1251,9 @@ def test_expand_gluon_auto_selection(monkeypatch):
     assert _expand_kinds(w, x, got)[1] == native and _shrink_kinds(w, x, t)[1] == 2 * native
     delta = ref_delta(ref_y(x, w, slots.to(DEV)), w, slots.to(DEV), t)
     assert rel(got.double() - base.double(), delta) <= TOL[dtype]
+    w.load(2, [torch.randn(64, 4096, device=DEV) / 64] * 3,
+           [torch.randn(o, 64, device=DEV) / 8 for o in w.out_features], 1.0)
+    assert _expand_kinds(w, x, out) == (native, native)  # uniform again
 
 
 @pytest.mark.parametrize("t", [4096, 8192])
