@@ -7,20 +7,22 @@ Each shape is ``T:ranks:adapters[:max_rank]``: qkv weights (hidden 4096, bf16) w
 ``max_rank`` (default the largest rank) whose ``adapters`` slots load the ranks of the
 ``/``-list in turn, and ``T`` tokens in one segment per adapter. The Gluon kernels' work
 follows ``max_rank``; the registry takes them for such weights while the bytes they read past
-the real ranks stay small (``configs.gluon_takes_ranks``), and eager ``add_lora`` cuts the
-shrink's ``A`` boxes to the largest loaded rank (``launch._cut_plan``). Variants (``launch``
-patched):
+the real ranks stay small (``configs.gluon_takes_ranks``), and eager calls run the plans of
+weights whose ``max_rank`` is the loaded ranks' power-of-two box (``launch._cap``: configs,
+rank blocks and Gluon boxes). Variants (``launch`` patched):
 
 - ``shipped``: the registry as it is;
 - ``triton``: the Triton shrink and expand (the choice for any loaded rank below
   ``max_rank`` up to the twentieth session);
 - ``gluon``: the Gluon shrink and the Gluon expand where the registry has them for ``T``;
 - ``gluon-shrink``: the Gluon shrink, the Triton expand;
-- ``no-cut`` (shapes whose ``max_rank`` is above every loaded rank): ``shipped`` without the
-  box cut.
+- ``no-cap`` (shapes whose ``max_rank`` is above the loaded ranks' box): ``shipped`` with
+  the plans for ``max_rank``.
 
-``ab-mixed-ranks-cut-...json`` also has ``cut-shrink`` (the shrink's boxes cut) against
-``shipped`` when that cut the expand's ``B`` boxes too (``724b397``).
+Before the twenty-second session the eager cut was the Gluon shrink's ``A`` boxes alone
+(``no-cut`` in the files of then: that cut off). ``ab-mixed-ranks-cut-...json`` also has
+``cut-shrink`` (the shrink's boxes cut) against ``shipped`` when that cut the expand's ``B``
+boxes too (``724b397``).
 
 ``add_lora`` and the qkv ``lora_expand`` run through the backend; every variant's delta must
 match the reference backend's (float32 accumulation, relative norm 1e-2) before it is timed:
@@ -77,15 +79,15 @@ def _build(t: int, ranks: list[int], adapters: int, max_rank: int, dev: torch.de
 
 
 def _kernels(w, t: int, x, out) -> str:
-    """Which shrink and expand kernels eager ``add_lora`` launches, and its box cut."""
-    plan = L._pick(impl.plan_for("add", w, t), x, w, capturing=True)
+    """Which shrink and expand kernels eager ``add_lora`` launches, and its rank bound."""
+    cap = L._cap(w, x)
+    plan = L._pick(impl.plan_for("add", w, t, cap=cap), x, w, capturing=True)
     if plan.shrink is None:
         return "fused"
     g = plan.expand.gluon
     e = g is not None and L._gluon_expand_ok(g, out, w)
-    cut = L._cut_rank(plan, w) if plan.shrink.gluon is not None else 0
     return (f"shrink {'gluon' if L._desc_kind(plan.shrink, x, w) == 2 else 'triton'}, "
-            f"expand {'gluon' if e else 'triton'}" + (f", boxes cut to {cut}" if cut else ""))
+            f"expand {'gluon' if e else 'triton'}" + (f", planned for rank {cap}" if cap else ""))
 
 
 def _shape(spec: str, dev: torch.device, copy: float | None, rows: list[dict], args) -> None:
@@ -94,19 +96,19 @@ def _shape(spec: str, dev: torch.device, copy: float | None, rows: list[dict], a
     max_rank = int(f[3]) if len(f) > 3 else max(ranks)
     w, batch, x, y, out, nbytes = _build(t, ranks, adapters, max_rank, dev)
     base = out.clone()
-    takes, expand_gluon, cut_rank = L._gluon_takes, C.expand_gluon, L._cut_rank
+    takes, expand_gluon, cap = L._gluon_takes, C.expand_gluon, L._cap
 
     def use(variant: str) -> None:
-        L._gluon_takes = {"triton": lambda k, w, t: False, "gluon": lambda k, w, t: True,
-                          "gluon-shrink": lambda k, w, t: True}.get(variant, takes)
+        L._gluon_takes = {"triton": lambda *a: False, "gluon": lambda *a: True,
+                          "gluon-shrink": lambda *a: True}.get(variant, takes)
         C.expand_gluon = (lambda *a, **k: None) if variant == "gluon-shrink" else expand_gluon
-        L._cut_rank = (lambda p, w: 0) if variant == "no-cut" else cut_rank
+        L._cap = (lambda w, x: 0) if variant == "no-cap" else cap
         for memo in ("_triton_plans", "_gluon_a_desc", "_gluon_b_desc"):
             w.__dict__.pop(memo, None)
 
     variants = ["shipped", "triton", "gluon", "gluon-shrink"]
     if max(16, C.next_pow2(max(ranks))) < max_rank:
-        variants.append("no-cut")
+        variants.append("no-cap")
 
     calls = {"add_lora": lambda: impl.add_lora(out, x, w, batch),
              "qkv_expand": lambda: impl.expand(y, w, batch, out)}
@@ -120,7 +122,7 @@ def _shape(spec: str, dev: torch.device, copy: float | None, rows: list[dict], a
             delta = want.double() - base.double()  # [T, N]
             ok = []
             for variant in variants:
-                if op == "qkv_expand" and variant not in ("shipped", "triton", "gluon"):
+                if op == "qkv_expand" and variant not in ("shipped", "triton", "gluon", "no-cap"):
                     continue
                 use(variant)
                 out.copy_(base)
@@ -150,7 +152,7 @@ def _shape(spec: str, dev: torch.device, copy: float | None, rows: list[dict], a
                 rows.append(row)
                 print(row, flush=True)
     finally:
-        L._gluon_takes, C.expand_gluon, L._cut_rank = takes, expand_gluon, cut_rank
+        L._gluon_takes, C.expand_gluon, L._cap = takes, expand_gluon, cap
         w.__dict__.pop("_triton_plans", None)
 
 

@@ -8,7 +8,8 @@ Each (round, tree) runs this script's worker in a fresh process with ``PYTHONPAT
 so the kernels, configs and launch code all come from that tree (make one with
 ``git archive <commit> | tar -x -C .ab/old``); ``path+KEY=VALUE+...`` also sets environment
 variables for that tree's worker. The worker times, per shape (bf16, hidden
-4096, 4 adapters, ``op:T:rank`` with the ops of ``bench_kernels.py``): prefill (T > 256)
+4096, 4 adapters, ``op:T:rank`` with the ops of ``bench_kernels.py``; ``op:T:rank:max_rank``
+loads rank-``rank`` adapters into weights sized for ``max_rank``): prefill (T > 256)
 with a cold L2 (median of CUDA-event times), decode as CUDA-graph replay per call over 8
 weight / input sets; ``op:T:rank:host`` times the host's own µs per public call instead
 (the GPU kept busy, median of 15 rounds of 100 calls). Trees alternate within every round
@@ -60,6 +61,34 @@ def _host_us(fn, dev, n: int = 100, rounds: int = 15) -> float:
     return statistics.median(per)
 
 
+def _pool(p, max_rank: int, sets: int):
+    """``bench_kernels._build`` for rank-``p.rank`` adapters in weights sized for ``max_rank``
+    (public API only: any tree's worker runs it); ``y`` is zero past the rank."""
+    import torch
+
+    import lora_dispatch as ld
+    from lora_dispatch.bench.kernels import _outs, _slots
+
+    outs = _outs(p)
+    slots = _slots(p)
+    batch = ld.LoRABatch.from_segments([1] * len(slots), slots, device=p.device)
+    g = torch.Generator(device=p.device).manual_seed(0)
+    items = []
+    for _ in range(sets):
+        w = ld.LoRAWeights(p.adapters, p.hidden, outs, max_rank, dtype=p.dtype, device=p.device)
+        for s in range(p.adapters):
+            a = torch.randn(len(outs) * p.rank, p.hidden, generator=g, device=p.device)
+            a = list((a / p.hidden**0.5).split(p.rank))
+            b = torch.randn(sum(outs), p.rank, generator=g, device=p.device) / p.rank**0.5
+            w.load(s, a, list(b.split(list(outs))), 0.5)
+        x = torch.randn(p.t, p.hidden, generator=g, device=p.device).to(p.dtype)
+        y = torch.zeros(len(outs), p.t, max_rank, device=p.device)  # [S, T, max_rank]
+        y[:, :, :p.rank] = torch.randn(len(outs), p.t, p.rank, generator=g, device=p.device)
+        out = torch.randn(p.t, sum(outs), generator=g, device=p.device).to(p.dtype)
+        items.append((w, x, y, out))
+    return batch, items
+
+
 def _worker(shapes: str) -> None:
     import torch
 
@@ -72,17 +101,21 @@ def _worker(shapes: str) -> None:
     for spec in shapes.split(","):
         op, t, rank, *how = spec.split(":")
         p = Problem(op, 4096, int(t), int(rank), 4, torch.bfloat16, dev)
+        build = _build
+        if how and how[0].isdigit():
+            max_rank = int(how.pop(0))
+            build = lambda p, sets, m=max_rank: _pool(p, m, sets)  # noqa: E731
         if how == ["host"]:
-            batch, items = _build(p, 1)
+            batch, items = build(p, 1)
             row = dict(shape=spec, method="host",
                        us=_host_us(_public(p, batch, items[0]), dev))
         elif p.t > 256:
-            batch, items = _build(p, 1)
+            batch, items = build(p, 1)
             us = gpu_time_us(_call(p, impl, batch, items[0]), dev, warmup_ms=10, rep_ms=40)
             pct = 100 * min_bytes(p) / (us * 1e-6) / 1e9 / copy
             row = dict(shape=spec, method="cold", us=us, pct_copy=pct)
         else:
-            batch, items = _build(p, 8)
+            batch, items = build(p, 8)
             fn = _cycle([_call(p, impl, batch, it) for it in items])
             row = dict(shape=spec, method="graph", us=graph_time_us(fn, dev, inner=24, reps=20))
         print("ROW " + json.dumps(row), flush=True)

@@ -213,12 +213,13 @@ def test_launch_binds_every_parameter(monkeypatch):
         ap.ys
 
 
-def test_eager_add_lora_cuts_the_rank_block_to_the_loaded_ranks(monkeypatch):
-    """Eager add_lora on the Gluon shrink over weights whose loaded ranks all sit below
-    ``max_rank`` reads ``A`` in boxes of as many rows as the largest loaded rank (a power of
-    two, >= 16; ``B``'s stay ``max_rank`` wide): a cut plan, cached; under CUDA-graph
-    capture, or once a loaded rank needs the full width, the plan as built (checked by
-    binding both launches on a CPU)."""
+def test_eager_add_lora_plans_for_the_loaded_ranks(monkeypatch):
+    """Eager add_lora over weights whose loaded ranks all sit below ``max_rank`` runs the plan
+    of weights whose ``max_rank`` is the loaded ranks' box (a power of two, >= 16): the Gluon
+    shrink reads ``A`` and the (forced) Gluon expand ``B`` in boxes that wide, ``R`` staying
+    the slot stride; the plan is cached beside the full one. Under CUDA-graph capture, or
+    once a loaded rank needs the full width, the full plan (checked by binding both
+    launches on a CPU)."""
     L = _launch()
     shrinks, expands = (_Bind(k.fn) for k in (L.shrink_gluon_kernel, L.expand_gluon_kernel))
     monkeypatch.setattr(L, "shrink_gluon_kernel", shrinks)
@@ -245,20 +246,22 @@ def test_eager_add_lora_cuts_the_rank_block_to_the_loaded_ranks(monkeypatch):
         (_, sa), = shrinks.calls
         (_, ea), = expands.calls
         assert sa["R"] == 64 and sa["x_desc"].base is x
+        assert ea["stride_ys"] == t * 64  # the workspace keeps max_rank columns
         return sa["a_desc"].block_shape[0], ea["b_desc"].block_shape[1]
 
-    assert boxes() == (16, 64)
+    assert boxes() == (16, 16)
     plan = L.plan_for("add", w, t)
-    cut = L._plans(w)[("add", t, "cut", 16)]
-    assert cut.shrink.gluon.cfg.block_r == 16 and cut.expand is plan.alt.expand
-    assert plan.alt.shrink.gluon.cfg.block_r == 64
-    assert boxes() == (16, 64) and L._plans(w)[("add", t, "cut", 16)] is cut
+    cap = L._plans(w)[("add", t, None, None, 16)]
+    assert cap.alt.shrink.gluon.cfg.block_r == 16 and cap.alt.shrink.gluon.cap == 16
+    assert cap.alt.expand.gluon.cap == 16 and cap.alt.shrink.meta["RCAP"] == 16
+    assert plan.alt.shrink.gluon.cfg.block_r == 64 and plan.alt.expand.gluon.cap == 0
+    assert boxes() == (16, 16) and L._plans(w)[("add", t, None, None, 16)] is cap
     monkeypatch.setattr(L, "_capturing", lambda: True)
-    assert boxes() == (16, 64)  # a CPU x: no capture
+    assert boxes() == (16, 16)  # a CPU x: no capture
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     assert boxes() == (64, 64)  # a captured graph outlives the loads: the full width
     monkeypatch.setattr(L, "_capturing", lambda: False)
     w.load(3, [torch.randn(17, 256)] * 3, [torch.randn(o, 17) for o in w.out_features], 1.0)
-    assert boxes() == (32, 64)
+    assert boxes() == (32, 32)
     w.load(1, [torch.randn(40, 256)] * 3, [torch.randn(o, 40) for o in w.out_features], 1.0)
     assert boxes() == (64, 64)  # no narrower power of two covers rank 40

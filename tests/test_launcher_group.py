@@ -661,9 +661,10 @@ class _HotGroup:
 
 def test_add_lora_hot_path_launches_only_under_the_armed_conditions(monkeypatch) -> None:
     """add_lora's armed per-call path passes the bound launch its per-call slots and
-    launches nothing (falls back) on another weights object, batch, group, thread, stream or
-    workspace generation, under capture, or when the group's guard fails; a declined native
-    call drops the path and the binding."""
+    launches nothing (falls back) on another weights object or version (a load since),
+    batch, group, thread, stream or workspace generation, under capture, or when the group's
+    guard fails; a declined native call drops the path and the binding. Armed for the plan
+    of the loaded ranks, it sits on the plan add_lora looks up and launches the other."""
     import threading
 
     L, w, batch, t, p = _add_lora_case()
@@ -677,12 +678,12 @@ def test_add_lora_hot_path_launches_only_under_the_armed_conditions(monkeypatch)
     x = torch.randn(t, 128).half()[:, ::2]
     out = torch.randn(t, 3 * w.total_out)[:, 1 : 1 + w.total_out]
     L._memoize(p, w, batch, ws, ((), (), (), ()))
-    L._arm_hot(p, g, x, ws)
+    L._arm_hot(p, g, x, ws, w, p)
     assert p.memo[5] is None  # not bound yet
     p.memo[4] = "B"
-    L._arm_hot(p, g, x, torch.empty(8))
+    L._arm_hot(p, g, x, torch.empty(8), w, p)
     assert p.memo[5] is None  # not the memoized workspace
-    L._arm_hot(p, g, x, ws)
+    L._arm_hot(p, g, x, ws, w, p)
     hot = p.memo[5]
     L.add_lora(out, x, w, batch)
     grids = (p.shrink.grid, p.expand.grid)
@@ -709,12 +710,26 @@ def test_add_lora_hot_path_launches_only_under_the_armed_conditions(monkeypatch)
     th.join()
     assert seen == [False] and len(g.calls) == 1
     assert hot(out, x, w, batch) and len(g.calls) == 2
+    w.version += 1
+    assert not hot(out, x, w, batch) and len(g.calls) == 2  # weights loaded since arming
+    w.version -= 1
     L._WS_GEN[0] += 1
     assert not hot(out, x, w, batch) and len(g.calls) == 2
-    L._arm_hot(p, g, x, ws)
+    L._arm_hot(p, g, x, ws, w, p)
     g.result = NotImplemented
     assert not p.memo[5](out, x, w, batch)
     assert p.memo[4] is None and p.memo[5] is None and g.launches == 2
     alt = p._replace(alt=p, memo=[*p.memo[:4], "B", None])
-    L._arm_hot(alt, g, x, ws)
+    L._arm_hot(alt, g, x, ws, w, alt)
     assert alt.memo[5] is None  # a plan with a Gluon alternative picks per call
+    cap = p._replace(memo=[None] * 6)  # stands in for the plan of the loaded ranks
+    L._memoize(cap, w, batch, ws, ((), (), (), ()))
+    cap.memo[4] = "C"
+    g.result = None
+    L._arm_hot(cap, g, x, ws, w, p)
+    assert cap.memo[5] is None and p.memo[5] is not None
+    assert p.memo[5](out, x, w, batch)
+    assert g.calls[-1][:3] == ("C", "tables", (cap.shrink.grid, cap.expand.grid))
+    g.result = NotImplemented
+    assert not p.memo[5](out, x, w, batch)
+    assert cap.memo[4] is None and p.memo[5] is None

@@ -487,6 +487,82 @@ def test_add_lora_per_call_path_matches_separate_launches(monkeypatch):
     tl_launch.release_workspaces()
 
 
+@pytest.mark.parametrize("t", [1, 64, 256, 1024, 2048])
+def test_add_lora_plans_for_loaded_ranks(t):
+    """Eager add_lora and expand over max_rank-64 weights holding ranks 1-16 run the plans for
+    rank 16 (``RCAP`` 16) against float64, on the per-call path where it arms (decode); a load
+    of rank 64 into a slot the batch uses changes the weights' version, so the next call
+    takes the full plan (right), and an unload brings the rank-16 plan back; a CUDA graph
+    captured over the rank-16 weights (full plan) replays right after the rank-64 load."""
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
+    dtype, outs = torch.bfloat16, (4096, 1024, 1024)
+    gen = torch.Generator().manual_seed(400 + t)
+    w = ld.LoRAWeights(5, 4096, outs, 64, dtype=dtype, device=DEV)
+
+    def load(slot, r, seed):
+        g = torch.Generator().manual_seed(seed)
+        w.load(slot, [(torch.randn(r, 4096, generator=g) / 64).to(DEV) for _ in outs],
+               [(torch.randn(o, r, generator=g) / r**0.5).to(DEV) for o in outs],
+               [0.5 + 0.1 * slot + 0.2 * i for i in range(3)])
+
+    for slot, r in ((0, 16), (1, 1), (3, 9)):
+        load(slot, r, slot)
+    slots = (_segment_slots(t, w.num_slots, gen, tail=min(t, 64)) if t > 256
+             else random_slots(t, w.num_slots, gen))
+    slots[0] = 0
+    batch = token_batch(slots)
+    x = torch.randn(t, 4096, generator=gen).to(DEV, dtype)
+    base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, dtype)
+    s = slots.to(DEV)
+
+    def check(got):
+        delta = ref_delta(ref_y(x, w, s), w, s, t)
+        assert rel(got.double() - base.double(), delta) <= TOL[dtype]
+
+    entry = tl_launch.plan_for("add", w, t)
+    for _ in range(4):
+        got = base.clone()
+        ld.add_lora(got, x, w, batch)
+        check(got)
+    plans = tl_launch._plans(w)
+    assert plans[("add", t, None, None, 16)].expand.meta["RCAP"] == 16
+    y = torch.zeros(3, t, 64, device=DEV)
+    y[:, :, :16] = torch.randn(3, t, 16, generator=gen).to(DEV)
+    y[:, s == 1, 1:] = 0
+    y[:, s == 3, 9:] = 0
+    got = base.clone()
+    ld.lora_expand(y, w, batch, got)
+    assert ("expand", t, None, None, 16) in plans
+    assert rel(got.double() - base.double(), ref_delta(y.double(), w, s, t)) <= TOL[dtype]
+    out = torch.empty_like(base)
+
+    def step():
+        out.copy_(base)
+        ld.add_lora(out, x, w, batch)
+
+    g = capture(step)
+    load(0, 64, 99)
+    g.replay()
+    check(out)
+    for _ in range(2):
+        got = base.clone()
+        ld.add_lora(got, x, w, batch)
+        check(got)
+    if tl_launch._GROUP is not None and tl_launch.shrink_kernel.launch_tier == "native" \
+            and t <= 256:
+        assert entry.memo[5] is not None  # armed again, for the full plan
+    w.unload(0)
+    got = base.clone()
+    ld.add_lora(got, x, w, batch)
+    check(got)
+    load(0, 16, 7)
+    for _ in range(2):
+        got = base.clone()
+        ld.add_lora(got, x, w, batch)
+        check(got)
+
+
 def _segment_slots(t, num_slots, gen, tail=64):
     """Prefill-like slots: random-length segments (slot -1 and empty slots included), then a
     ``tail`` of per-token random slots whose tiles are gathered."""
@@ -1258,12 +1334,12 @@ def test_expand_gluon_auto_selection(monkeypatch):
 
 @pytest.mark.parametrize("t", [4096, 8192])
 def test_add_lora_gluon_cut_to_loaded_ranks(t, monkeypatch):
-    """Eager add_lora over max_rank-64 weights whose loaded ranks are 1-16 runs the Gluon
-    shrink with 16-row ``A`` boxes (the cut plan) and the Gluon expand, on segments with a
-    gathered tail, slot -1 and an empty slot, against float64 (NaN in the rows without an
-    adapter, which must stay so); a CUDA graph captured meanwhile (full-width boxes) replays
-    right after a rank-64 adapter is loaded into a slot the batch uses, and so do eager
-    calls (the cut dropped)."""
+    """Eager add_lora over max_rank-64 weights whose loaded ranks are 1-16 runs the plan for
+    rank 16 (the Gluon shrink with 16-row ``A`` boxes, the rank-16 Triton expand), on
+    segments with a gathered tail, slot -1 and an empty slot, against float64 (NaN in the
+    rows without an adapter, which must stay so); a CUDA graph captured meanwhile (the full
+    plan: Gluon expand) replays right after a rank-64 adapter is loaded into a slot the
+    batch uses, and so do eager calls (the full plan again)."""
     from lora_dispatch.kernels.triton import launch as tl_launch
 
     _hopper_gluon()
@@ -1297,7 +1373,9 @@ def test_add_lora_gluon_cut_to_loaded_ranks(t, monkeypatch):
 
     got = base.clone()
     ld.add_lora(got, x, w, batch)
-    assert ("add", t, "cut", 16) in tl_launch._plans(w)
+    cap = tl_launch._plans(w)[("add", t, None, None, 16)]
+    assert cap.alt.shrink.gluon.cfg.block_r == 16 and cap.alt.expand.gluon is None
+    assert tl_launch._desc_kind(tl_launch._pick(cap, x, w).shrink, x, w) == 2
     check(got)
     out = torch.empty_like(base)
 

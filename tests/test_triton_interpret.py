@@ -189,6 +189,38 @@ def test_add_lora_mixed_ranks_slices(dtype, impl):
     check(ADD_IMPLS[impl], w, x, base, slots, batch, TOL[dtype], impl)
 
 
+@pytest.mark.parametrize("impl", ["add_lora", "two_pass_split3", "shrink_expand"])
+@pytest.mark.parametrize("max_rank, ranks, cap", [(64, [1, 0, 8, 16, 5], 16),
+                                                  (128, [24, 3, 0, 40, 33], 64)])
+def test_eager_plans_for_the_loaded_ranks(impl, max_rank, ranks, cap):
+    """Loaded ranks below ``max_rank``: eager add_lora and the public expand run the plans
+    of weights whose ``max_rank`` is the loaded ranks' box (``RCAP``, ``R`` staying the
+    layout); right against float64 before and after a load that needs the full width."""
+    from lora_dispatch.kernels.triton import launch as L
+
+    gen = torch.Generator().manual_seed(max_rank + len(impl))
+    outs = (48, 16, 40)
+    w = make_weights(ranks, 96, outs, torch.float16, max_rank=max_rank, gen=gen)
+    t = 37
+    slots = torch.randint(-1, 5, (t,), generator=gen)
+    slots[:5] = torch.tensor([0, 1, -1, 2, 3])
+    x = poisoned((t, 96), torch.float16, gen, 1.0)
+    base = poisoned((t, sum(outs)), torch.float16, gen)
+    batch = ld.LoRABatch.from_token_adapters(slots)
+    check(ADD_IMPLS[impl], w, x, base, slots, batch, TOL[torch.float16], impl)
+    op, mode, split = {"add_lora": ("add", None, None), "two_pass_split3": ("add", "two_pass", 3),
+                       "shrink_expand": ("expand", None, None)}[impl]
+    p = L._plans(w)[(op, t, mode, split, cap)]
+    e = p if op == "expand" else p.expand
+    assert e.meta["RCAP"] == cap and e.meta["R"] == max_rank and e.meta["BR"] >= cap
+    if op == "add":
+        assert p.shrink.meta["RCAP"] == cap and p.ys[2] == max_rank
+    big = max_rank - 3
+    w.load(2, [torch.randn(big, 96, generator=gen) / 10 for _ in outs],
+           [torch.randn(o, big, generator=gen) / big**0.5 for o in outs], 0.7)
+    check(ADD_IMPLS[impl], w, x, base, slots, batch, TOL[torch.float16], impl + " full")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("split_k", [None, 1, 2, 5])
 def test_shrink_zeros_and_values(dtype, split_k, poison_empty):

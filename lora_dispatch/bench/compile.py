@@ -144,6 +144,13 @@ def variants(target: str):
                            {**sp.meta, "stride_xk": 1, "PDL": 1 if t <= 256 else 2}, sdiv)
                     yield (f"expand-pdl-{name}-r{rank}-T{t}", L.expand_kernel, et,
                            {**meta, "PDL": True}, ediv)
+    w = ld.LoRAWeights(4, 4096, (4096, 1024, 1024), 64, dtype=torch.bfloat16)
+    for t in (16, 2048):  # eager add_lora over rank-16 adapters in a rank-64 pool
+        sp = L._shrink_plan(w, t, atomic=False, info=info, cap=16)
+        yield f"shrink-qkv-r64cap16-T{t}", L.shrink_kernel, st, {**sp.meta, "stride_xk": 1}, sdiv
+        ep = L._expand_plan(w, t, sp.split, info=info, cap=16)
+        yield (f"expand-qkv-r64cap16-T{t}", L.expand_kernel, et,
+               {**ep.meta, "stride_yr": 1, "stride_on": 1}, ediv)
     if target == "sm90":
         yield from _gluon_variants(info, st, sdiv)
         yield from _gluon_expand_variants(info, et, ediv)

@@ -17,8 +17,9 @@ loads and stores, ``B`` still by TMA.
 
 Host contract (checked by the launcher): Hopper (sm_90), Triton 3.6, ``out`` of the weights'
 16-bit dtype with a 16-byte aligned base, unit column stride and a 16-byte multiple row
-stride, every slice width a multiple of ``BN``, ``R`` (the weights' ``max_rank``) a power of
-two in 16..128. ``benchmarks/probe_expand_tma.py`` is the prototype and its measurements.
+stride, every slice width a multiple of ``BN``, ``R`` (``B``'s box width: the weights'
+``max_rank``, or for eager calls the loaded ranks' power-of-two box) a power of two in
+16..128. ``benchmarks/probe_expand_tma.py`` is the prototype and its measurements.
 """
 
 from __future__ import annotations
@@ -163,12 +164,14 @@ if AVAILABLE:
         """TMA descriptor of ``out [t, n]`` (16-bit, unit column stride) for :func:`out_tile`."""
         return _descriptor(out, [t, n], [row_stride, 1], *tile)
 
-    def b_descriptor(b, bn: int):
-        """TMA descriptor of a contiguous ``B [L, N, R]`` as ``[L * N, R]``, tile ``[bn, R]``."""
+    def b_descriptor(b, bn: int, box: int | None = None):
+        """TMA descriptor of a contiguous ``B [L, N, R]`` as ``[L * N, R]``, tile ``[bn, box]``
+        (``box``: ``R``, or a power of two bounding every loaded rank)."""
         r = b.shape[-1]
+        box = r if box is None else box
         b2 = b.view(-1, r)
-        return _descriptor(b2, list(b2.shape), [r, 1], [bn, r],
-                           _layout(bn, r, b.dtype == torch.float16))
+        return _descriptor(b2, list(b2.shape), [r, 1], [bn, box],
+                           _layout(bn, box, b.dtype == torch.float16))
 
 else:
     expand_gluon_kernel = None

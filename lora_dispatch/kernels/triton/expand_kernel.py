@@ -6,10 +6,12 @@ row segments); groups tile every slice separately (``sum_i cdiv(out_i, BN * NCOL
 slices of different widths and offsets (q/k/v, gate/up) share one launch and no block
 straddles two slices; with ``TRIM`` a group that runs past its slice's end walks only the
 blocks inside it. Each program reads its tile's ``y`` rows (summing ``SPLIT`` partial
-products of a split-K shrink), the slot's ``B`` block up to the slot's rank, and
-read-add-writes ``out`` in its own dtype. Tiles without a slot, empty slots and tokens past
-``T`` are skipped. With ``PDL`` (``add_lora`` on Hopper) the kernel is launched while the
-shrink still runs and waits for it only before its first ``y`` read.
+products of a split-K shrink), the slot's ``B`` block up to the slot's rank (rounded up to
+8), and read-add-writes ``out`` in its own dtype. Tiles without a slot, empty slots and
+tokens past ``T`` are skipped. ``RCAP`` bounds every slot's rank (``R``, ``B``'s row length,
+or for eager calls the loaded ranks' power-of-two box): with ``BR >= RCAP`` a tile's ``y``
+rows are read once, before its column loop. With ``PDL`` (``add_lora`` on Hopper) the kernel
+is launched while the shrink still runs and waits for it only before its first ``y`` read.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ __all__ = ["expand_kernel"]
 @triton.jit
 def expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N, stride_yp,
                 stride_ys, stride_yt, stride_yr, stride_om, stride_on, flag_ptr, need,
-                R: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                BR: tl.constexpr, NCOL: tl.constexpr, PREFETCH: tl.constexpr,
+                R: tl.constexpr, RCAP: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr,
+                BN: tl.constexpr, BR: tl.constexpr, NCOL: tl.constexpr, PREFETCH: tl.constexpr,
                 PREC: tl.constexpr, WAIT: tl.constexpr, TRIM: tl.constexpr):
     """``out[tok, c0 + j * BN ...] += y[sl, tok, :rank] @ B[slot, cols, :rank]^T`` over the
-    ``NCOL`` column blocks of a tile of a slot with ``rank > 0``; with ``TRIM`` only over
-    the blocks that start before ``c1`` (a slice narrower than, or not a multiple of,
-    ``NCOL * BN``).
+    ``NCOL`` column blocks of a tile of a slot with ``0 < rank <= RCAP <= R`` (``R``: ``B``'s
+    row length); with ``TRIM`` only over the blocks that start before ``c1`` (a slice
+    narrower than, or not a multiple of, ``NCOL * BN``).
 
     ``WAIT`` is what stands between the tile's prologue (and first ``out`` block) and its
     first ``y`` read: 0 nothing, 1 ``griddepcontrol.wait`` (programmatic dependent launch),
@@ -40,6 +42,8 @@ def expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
     """
     YC: tl.constexpr = ".cg" if WAIT == 2 else ""
     offs_r = tl.arange(0, BR)  # [BR]
+    # B's columns read: the rank rounded up to 8 (16-byte vectors; B is zero past the rank)
+    rank8 = tl.multiple_of((rank + 7) // 8 * 8, 8)
     y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + offs_r[None, :] * stride_yr
     b_base = b_ptr + slot.to(tl.int64) * N * R + offs_r[:, None]  # [BR, 1]
     o_rows = out_ptr + tok64[:, None] * stride_om  # [BM, 1]
@@ -52,7 +56,7 @@ def expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
         pdl_wait()
     elif WAIT == 2:
         flag_wait(flag_ptr, need)
-    if BR >= R:
+    if BR >= RCAP:
         ym = m_mask[:, None] & (offs_r < rank)[None, :]  # [BM, BR]
         yb = tl.load(y_ptrs, mask=ym, other=0.0, cache_modifier=YC).to(tl.float32)  # [BM, BR]
         for p in tl.static_range(1, SPLIT):
@@ -77,8 +81,8 @@ def expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
         else:
             o = tl.load(o_ptrs, mask=mask, other=0.0)  # [BM, BN]
         b_ptrs = b_base + offs_n[None, :].to(tl.int64) * R  # [BR, BN]
-        if BR >= R:
-            bb = tl.load(b_ptrs, mask=(offs_r < R)[:, None] & n_mask[None, :], other=0.0)
+        if BR >= RCAP:
+            bb = tl.load(b_ptrs, mask=(offs_r < rank8)[:, None] & n_mask[None, :], other=0.0)
             acc = tl.dot(yb, bb, input_precision=PREC)  # [BM, BN]
         else:
             acc = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
@@ -89,7 +93,7 @@ def expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
                 for p in tl.static_range(1, SPLIT):
                     yr += tl.load(y_ptrs + r0 * stride_yr + p * stride_yp, mask=ym,
                                   other=0.0, cache_modifier=YC).to(tl.float32)
-                bm_ = ((offs_r + r0) < R)[:, None] & n_mask[None, :]  # [BR, BN]
+                bm_ = ((offs_r + r0) < rank8)[:, None] & n_mask[None, :]  # [BR, BN]
                 bb = tl.load(b_ptrs + r0, mask=bm_, other=0.0)  # [BR, BN]
                 acc += tl.dot(yr.to(bb.dtype), bb, input_precision=PREC)  # [BM, BN]
         # the delta is rounded to out's dtype before the add: one [BM, BN] layout change (of
@@ -106,8 +110,8 @@ def expand_kernel(
     y_ptr, b_ptr, out_ptr, ranks_ptr, bounds_ptr, tok_ptr, tiles_ptr,
     T, L, NT, N, NB,
     stride_yp, stride_ys, stride_yt, stride_yr, stride_om, stride_on,
-    S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr, SPLIT: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, NCOL: tl.constexpr,
+    S: tl.constexpr, R: tl.constexpr, RCAP: tl.constexpr, TILE: tl.constexpr,
+    SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, NCOL: tl.constexpr,
     PREFETCH: tl.constexpr, ALIGN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
     TRIM: tl.constexpr,
 ):
@@ -122,5 +126,5 @@ def expand_kernel(
 
     # flag_ptr / need unused: WAIT is 0 or 1 (PDL) here
     expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N, stride_yp,
-                stride_ys, stride_yt, stride_yr, stride_om, stride_on, tiles_ptr, 0, R, SPLIT,
-                BM, BN, BR, NCOL, PREFETCH, PREC, PDL, TRIM)
+                stride_ys, stride_yt, stride_yr, stride_om, stride_on, tiles_ptr, 0, R, RCAP,
+                SPLIT, BM, BN, BR, NCOL, PREFETCH, PREC, PDL, TRIM)

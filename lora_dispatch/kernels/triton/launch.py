@@ -11,7 +11,6 @@ from static maxima only, so every path is CUDA-graph capturable.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import weakref
 from typing import NamedTuple
@@ -52,6 +51,7 @@ class GluonPlan(NamedTuple):
     forced: bool  # LORA_DISPATCH_GLUON=1: for any ranks
     tile: tuple  # x's descriptor tile and layout (shrink_gluon_kernel.x_tile)
     graph_only: bool = False  # automatic, too few tokens to pay its host cost eagerly
+    cap: int = 0  # the plan's bound on the loaded ranks (0: max_rank)
 
 
 class ShrinkPlan(NamedTuple):
@@ -78,6 +78,7 @@ class GluonExpandPlan(NamedTuple):
     cx: tuple  # S, TILE, SPLIT, NCOL, STAGES, ALIGN, PDL, num_warps
     tile: tuple  # out's descriptor tile and layout (expand_gluon_kernel.out_tile)
     forced: bool  # LORA_DISPATCH_GLUON_EXPAND=1: for any ranks
+    cap: int = 0  # the plan's bound on the loaded ranks, B's box width (0: max_rank)
 
 
 class ExpandPlan(NamedTuple):
@@ -93,9 +94,9 @@ class ExpandPlan(NamedTuple):
 
 _OVERLAP_CX = ("S", "R", "TILE", "BM", "BNS", "BK", "RB", "EVEN_K", "BNE", "BR", "NCOL",
                "PREFETCH", "ALIGN", "PREC", "SPLIT")
-_SHRINK_CX = ("S", "R", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL", "PREC",
+_SHRINK_CX = ("S", "R", "RCAP", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL", "PREC",
               "PDL")
-_EXPAND_CX = ("S", "R", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH", "ALIGN",
+_EXPAND_CX = ("S", "R", "RCAP", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH", "ALIGN",
               "PREC", "PDL", "TRIM")
 
 
@@ -188,25 +189,33 @@ def _tiles(t: int, block_m: int, num_slots: int) -> int:
 
 def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
                  cfg: configs.ShrinkConfig | None = None, fill: bool = True,
-                 pdl: int = 0, info=None) -> ShrinkPlan:
+                 pdl: int = 0, info=None, cap: int = 0) -> ShrinkPlan:
     """The Triton shrink's plan; where the registry picks the Gluon shrink for this shape,
-    its plan (own tiling and K split) rides along in ``alt`` (see :func:`_pick`)."""
-    k, s, r = w.in_features, w.num_slices, w.max_rank
+    its plan (own tiling and K split) rides along in ``alt`` (see :func:`_pick`).
+
+    ``cap`` (0: ``max_rank``) bounds every loaded rank: the configs, the rank blocks and the
+    Gluon shrink's ``A`` boxes are those of weights whose ``max_rank`` is ``cap``
+    (:func:`_cap_plan`; a plan with one zero-fills no columns past ``cap``)."""
+    k, s = w.in_features, w.num_slices
+    r = cap or w.max_rank
+    if cap and fill and atomic:
+        raise ValueError("a capped shrink plan cannot write its own zeros (FILL)")
     info = describe(w.device) if info is None else info
     if cfg is None:
         cfg = configs.shrink_config(info, t, k, r, w.lora_a.element_size(), atomic, slices=s)
     gcfg = configs.shrink_gluon(info, t, k, s, r, w.lora_a.element_size(), GLUON_AVAILABLE,
                                 atomic)
-    plan = _shrink_plan_for(w, t, atomic, split_k, cfg, fill, pdl, info, None)
+    plan = _shrink_plan_for(w, t, atomic, split_k, cfg, fill, pdl, info, None, cap)
     if gcfg is None:
         return plan
     return plan._replace(alt=_shrink_plan_for(w, t, atomic, split_k, cfg, fill, pdl, info,
-                                              gcfg))
+                                              gcfg, cap))
 
 
 def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.ShrinkConfig,
-                     fill: bool, pdl: int, info, gcfg) -> ShrinkPlan:
+                     fill: bool, pdl: int, info, gcfg, cap: int = 0) -> ShrinkPlan:
     k, s, r = w.in_features, w.num_slices, w.max_rank
+    rcap = cap or r
     split = cfg.split_k if split_k is None else split_k
     if gcfg is not None and split_k is None:
         split = gcfg.split_k
@@ -216,7 +225,7 @@ def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.
     if gcfg is not None:
         k_split = _cdiv(k_split, gcfg.block_k) * gcfg.block_k
     split = _cdiv(k, k_split)
-    nb = _cdiv(s * _cdiv(r, cfg.block_n), cfg.rank_blocks)
+    nb = _cdiv(s * _cdiv(rcap, cfg.block_n), cfg.rank_blocks)
     tma = configs.shrink_tma(info, t)
     if tma and TensorDescriptor is None:
         if configs.tma_mode() == "1":
@@ -225,7 +234,7 @@ def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.
         tma = False
     tma = tma and k_split % cfg.block_k == 0 and (k * w.lora_a.element_size()) % 16 == 0
     meta = dict(
-        S=s, R=r, TILE=tile_index(cfg.block_m), BM=cfg.block_m, BN=cfg.block_n,
+        S=s, R=r, RCAP=rcap, TILE=tile_index(cfg.block_m), BM=cfg.block_m, BN=cfg.block_n,
         BK=cfg.block_k, RB=cfg.rank_blocks,
         EVEN_K=(k % k_split == 0 and k_split % cfg.block_k == 0),
         ATOMIC=atomic and split > 1, FILL=fill and atomic and split == 1, PREC=PREC, PDL=pdl,
@@ -238,21 +247,25 @@ def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.
             (s, r, tile_index(gcfg.block_m), gcfg.stages, meta["ATOMIC"], meta["FILL"], True,
              bool(pdl)),
             configs.gluon_mode() == "1", x_tile(gcfg.block_m, gcfg.block_k, w.dtype),
-            configs.gluon_mode() != "1" and configs.gluon_graph_only(info, t))
+            configs.gluon_mode() != "1" and configs.gluon_graph_only(info, t), cap)
     return ShrinkPlan((nb * _tiles(t, cfg.block_m, w.num_slots), split), nb, k_split, split, meta,
                       *_split_meta(meta, _SHRINK_CX, 0), tma, gluon)
 
 
 def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
-                 pdl: bool = False, info=None) -> ExpandPlan:
+                 pdl: bool = False, info=None, cap: int = 0) -> ExpandPlan:
     """The Triton expand's plan; with the registry's configs (``cfg`` not given), the Gluon
-    expand's plan rides along in ``gluon`` where the registry picks it for this shape."""
+    expand's plan rides along in ``gluon`` where the registry picks it for this shape.
+
+    ``cap`` (0: ``max_rank``) bounds every loaded rank: configs (and the Gluon expand's ``B``
+    boxes) are those of weights whose ``max_rank`` is ``cap`` (:func:`_cap_plan`)."""
     gluon = None
+    r = cap or w.max_rank
     if cfg is None:
         info = describe(w.device) if info is None else info
-        cfg = configs.expand_config(info, t, w.total_out, w.max_rank,
-                                    w.lora_b.element_size(), widths=tuple(w.out_features))
-        gcfg = configs.expand_gluon(info, t, tuple(w.out_features), w.max_rank,
+        cfg = configs.expand_config(info, t, w.total_out, r, w.lora_b.element_size(),
+                                    widths=tuple(w.out_features))
+        gcfg = configs.expand_gluon(info, t, tuple(w.out_features), r,
                                     w.lora_b.element_size(), expand_gluon_kernel is not None)
         if gcfg is not None:
             gnb = sum(_cdiv(o, gcfg.block_n * gcfg.col_blocks) for o in w.out_features)
@@ -261,11 +274,11 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
                 (w.num_slices, tile_index(gcfg.block_m), split, gcfg.col_blocks, gcfg.stages,
                  _align(w), bool(pdl), gcfg.num_warps),
                 out_tile(gcfg.block_m, gcfg.block_n, w.dtype),
-                configs.gluon_expand_mode() == "1")
+                configs.gluon_expand_mode() == "1", cap)
     span = cfg.block_n * cfg.col_blocks
     nb = sum(_cdiv(o, span) for o in w.out_features)
     meta = dict(
-        S=w.num_slices, R=w.max_rank, TILE=tile_index(cfg.block_m), SPLIT=split,
+        S=w.num_slices, R=w.max_rank, RCAP=r, TILE=tile_index(cfg.block_m), SPLIT=split,
         BM=cfg.block_m, BN=cfg.block_n, BR=cfg.block_r, NCOL=cfg.col_blocks,
         PREFETCH=cfg.prefetch, ALIGN=_align(w), PREC=PREC, PDL=pdl,
         TRIM=cfg.col_blocks > 1 and any(o % span for o in w.out_features),
@@ -310,7 +323,8 @@ def _overlap_plan(w, t: int, cfg: configs.OverlapConfig) -> AddPlan:
     return AddPlan(None, None, None, split * s * t * r, (s * t * r, t * r, r), [None] * 6, op)
 
 
-def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = None):
+def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = None,
+             cap: int = 0):
     """The cached launch plan of ``op`` (``shrink``, ``expand``, ``add``) for ``t`` tokens.
 
     ``mode`` (``add``) forces ``fused`` or ``two_pass``; by default the fused single
@@ -318,13 +332,23 @@ def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = 
     ``mode="zero_fill"`` (``shrink``) keeps the zero fill before a single K split instead
     of the kernel writing its own zeros.
     ``split_k`` overrides the configured number of K splits of the shrink.
+    ``cap`` (``expand``, two-pass ``add``; 0: none) plans for loaded ranks no larger than
+    ``cap``: right only while that holds (see :func:`_cap`).
     """
     plans = _plans(w)
-    key = (op, t, mode, split_k)
+    key = (op, t, mode, split_k) if not cap else (op, t, mode, split_k, cap)
     plan = plans.get(key)
     if plan is not None:
         return plan
-    if op == "shrink":
+    if cap and (op == "shrink" or mode in ("fused", "overlap")):
+        raise ValueError(f"cap is for the expand and the two-pass add_lora, not {op!r} "
+                         f"with mode {mode!r}")
+    if cap and not 16 <= cap < w.max_rank:
+        raise ValueError(f"cap must be in 16..max_rank - 1 ({w.max_rank - 1}), got {cap}")
+    if cap:
+        plan = (_expand_plan(w, t, 1, cap=cap) if op == "expand"
+                else _two_pass_plan(w, t, split_k, cap=cap))
+    elif op == "shrink":
         plan = _shrink_plan(w, t, atomic=True, split_k=split_k, fill=mode != "zero_fill")
     elif op == "expand":
         plan = _expand_plan(w, t, 1)
@@ -348,9 +372,10 @@ def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = 
 
 def _two_pass_plan(w, t: int, split_k: int | None = None,
                    shrink_cfg: configs.ShrinkConfig | None = None,
-                   expand_cfg: configs.ExpandConfig | None = None) -> AddPlan:
+                   expand_cfg: configs.ExpandConfig | None = None, cap: int = 0) -> AddPlan:
     """``add_lora``'s split-K shrink into a workspace, then the expand summing its partial
-    products (the registry's configs unless given; PDL where :func:`configs.pdl` allows)."""
+    products (the registry's configs unless given; PDL where :func:`configs.pdl` allows;
+    ``cap``: see :func:`_shrink_plan`)."""
     # the expand may start while the shrink runs (Hopper, native launches); the shrink lets
     # it in at once for decode (one wave) and as each program ends for prefill, where early
     # expand programs took slots from the shrink's later waves (H200 A/B,
@@ -358,9 +383,9 @@ def _two_pass_plan(w, t: int, split_k: int | None = None,
     # r64 T=8192 96.9 -> 95.1 us at the end, 100.4 at once)
     pdl = configs.pdl(describe(w.device))
     sp = _shrink_plan(w, t, atomic=False, split_k=split_k, cfg=shrink_cfg,
-                      pdl=(1 if t <= 256 else 2) if pdl else 0)
+                      pdl=(1 if t <= 256 else 2) if pdl else 0, cap=cap)
     s_, r = w.num_slices, w.max_rank
-    plans = [AddPlan(None, p, _expand_plan(w, t, p.split, cfg=expand_cfg, pdl=pdl),
+    plans = [AddPlan(None, p, _expand_plan(w, t, p.split, cfg=expand_cfg, pdl=pdl, cap=cap),
                      p.split * s_ * t * r, (s_ * t * r, t * r, r, 1), [None] * 6)
              for p in (sp._replace(alt=None), sp.alt) if p is not None]
     return plans[0]._replace(alt=plans[1]) if len(plans) > 1 else plans[0]
@@ -396,8 +421,9 @@ def _tma_ready(x) -> bool:
 
 def _rank_memo(w) -> tuple | None:
     """``(version, sum(max_rank - rank) over the loaded slots, the largest loaded rank rounded
-    up to a power of two >= 16)`` of ``w`` (memoized per :attr:`version`); ``None`` for views
-    inside ``torch.compile``, which carry no host ranks."""
+    up to a power of two >= 16 where that is below max_rank (else 0), the number of loaded
+    slots)`` of ``w`` (memoized per :attr:`version`); ``None`` for views inside
+    ``torch.compile``, which carry no host ranks."""
     ranks = w.host_ranks
     if ranks is None:
         return None
@@ -405,25 +431,40 @@ def _rank_memo(w) -> tuple | None:
     memo = d.get("_rank_memo")
     if memo is None or memo[0] != w.version:
         r = w.max_rank
+        box = max(16, configs.next_pow2(max(ranks)))
         memo = d["_rank_memo"] = (w.version, sum(r - v for v in ranks if v),
-                                  max(16, configs.next_pow2(max(ranks))))
+                                  box if box < r else 0, sum(1 for v in ranks if v))
     return memo
 
 
-def _rank_deficit(w) -> int | None:
-    """``sum(max_rank - rank)`` over the loaded slots of ``w`` (0: uniform ranks); ``None``
-    for views inside ``torch.compile``."""
+def _rank_deficit(w, cap: int = 0) -> int | None:
+    """``sum(cap - rank)`` over the loaded slots of ``w`` (``cap`` 0: ``max_rank``; 0: every
+    loaded rank is the bound); ``None`` for views inside ``torch.compile``."""
     memo = _rank_memo(w)
-    return None if memo is None else memo[1]
+    if memo is None:
+        return None
+    return memo[1] - memo[3] * (w.max_rank - cap) if cap else memo[1]
 
 
-def _gluon_takes(kernel: str, w, t: int) -> bool:
+def _gluon_takes(kernel: str, w, t: int, cap: int = 0) -> bool:
     """Whether the automatic Gluon ``kernel`` (``shrink`` / ``expand``) takes ``t`` tokens over
-    ``w``'s loaded ranks (:func:`configs.gluon_takes_ranks`: its work follows ``max_rank``)."""
-    deficit = _rank_deficit(w)
+    ``w``'s loaded ranks (:func:`configs.gluon_takes_ranks`: its work follows the plan's rank
+    bound, ``cap`` or ``max_rank``)."""
+    deficit = _rank_deficit(w, cap)
     if deficit is None:
         return False
     return not deficit or configs.gluon_takes_ranks(kernel, w.num_slices, deficit, t)
+
+
+def _cap(w, x) -> int:
+    """The rank bound an eager call over ``w`` plans for: the loaded ranks' power-of-two box
+    (at least 16) where that is below ``max_rank``, else 0 (plan for ``max_rank``). Always 0
+    during CUDA-graph capture (a graph outlives the loads) and for views inside
+    ``torch.compile`` (no host ranks)."""
+    memo = _rank_memo(w)
+    if memo is None or not memo[2] or (x.is_cuda and _capturing()):
+        return 0
+    return memo[2]
 
 
 _NATIVE_DESC: list = []  # [bool]: the Gluon shrink launches natively (computed once)
@@ -469,7 +510,7 @@ def _pick(p, x, w, capturing: bool | None = None):
             capturing = x.is_cuda and _capturing()
         if not capturing:
             return p
-    return a if _gluon_takes("shrink", w, x.shape[0]) else p
+    return a if _gluon_takes("shrink", w, x.shape[0], g.cap) else p
 
 
 def _desc_kind(p: ShrinkPlan, x, w) -> int:
@@ -559,21 +600,23 @@ def _gluon_expand_ok(g: GluonExpandPlan, out, w) -> bool:
         return True
     if not gluon_native() and not (out.is_cuda and _capturing()):
         return False
-    return _gluon_takes("expand", w, out.shape[0])
+    return _gluon_takes("expand", w, out.shape[0], g.cap)
 
 
-def _b_desc(w, c: configs.GluonExpandConfig):
-    """Descriptor of ``B [L * N, R]`` for the Gluon expand's tiling ``c`` (kept on the
-    weights object while its ``lora_b`` is the same tensor)."""
+def _b_desc(w, g: GluonExpandPlan):
+    """Descriptor of ``B [L * N, R]`` for the Gluon expand plan ``g``: boxes of its
+    ``block_n`` rows, ``g.cap`` (or ``R``) wide (kept on the weights object while its
+    ``lora_b`` is the same tensor)."""
     b = w.lora_b
     d = getattr(w, "__dict__", None)
+    key = (g.cfg.block_n, g.cap)
     if d is not None:
         memo = d.get("_gluon_b_desc")
-        if memo is not None and memo[0] is b and memo[1] == c.block_n:
+        if memo is not None and memo[0] is b and memo[1] == key:
             return memo[2]
-    desc = b_descriptor(b, c.block_n)
+    desc = b_descriptor(b, g.cfg.block_n, g.cap or None)
     if d is not None:
-        d["_gluon_b_desc"] = (b, c.block_n, desc)
+        d["_gluon_b_desc"] = (b, key, desc)
     return desc
 
 
@@ -581,7 +624,7 @@ def _gluon_expand_args(g: GluonExpandPlan, y, w, batch, out, t: int, ys: tuple) 
     """:mod:`.expand_gluon_kernel`'s parameters in signature order."""
     tm = batch.tile_map
     os0 = out.stride(0)
-    return (out_descriptor(out, t, w.total_out, os0, g.tile), _b_desc(w, g.cfg), y, out,
+    return (out_descriptor(out, t, w.total_out, os0, g.tile), _b_desc(w, g), y, out,
             w.ranks, w.slice_bounds, batch.sorted_tokens, tm, t, w.num_slots, tm.shape[2],
             w.total_out, g.nb, ys[0], ys[1], ys[2], ys[3], os0, *g.cx)
 
@@ -662,7 +705,8 @@ def expand(y: torch.Tensor, w, batch, base_out: torch.Tensor) -> None:
     """
     t = base_out.shape[0]
     if t:
-        _launch_expand(plan_for("expand", w, t), y, w, batch, base_out, t, (0, *y.stride()))
+        p = plan_for("expand", w, t, cap=_cap(w, base_out))
+        _launch_expand(p, y, w, batch, base_out, t, (0, *y.stride()))
 
 
 def add_lora_two_pass(base_out: torch.Tensor, x: torch.Tensor, w, batch,
@@ -670,7 +714,8 @@ def add_lora_two_pass(base_out: torch.Tensor, x: torch.Tensor, w, batch,
     """``add_lora`` as a split-K shrink into a workspace and an expand summing the splits."""
     t = x.shape[0]
     if t:
-        _two_pass(plan_for("add", w, t, "two_pass", split_k), base_out, x, w, batch, t)
+        _two_pass(plan_for("add", w, t, "two_pass", split_k), base_out, x, w, batch, t,
+                  "two_pass", split_k)
 
 
 def add_lora_fused(base_out: torch.Tensor, x: torch.Tensor, w, batch) -> None:
@@ -849,19 +894,23 @@ def _launch_bound(group, p: AddPlan, grids: tuple, values: tuple, gluon: bool) -
     return False
 
 
-def _arm_hot(p: AddPlan, group, x, ws) -> None:
-    """``memo[5]``: the plain two-pass group's per-call path, armed after a bound launch.
+def _arm_hot(p: AddPlan, group, x, ws, w, entry: AddPlan) -> None:
+    """``entry.memo[5]``: the plain two-pass group's per-call path, armed after a bound
+    launch of ``p`` (``entry``, the plan :func:`add_lora` looks up, or the plan it took for
+    the loaded ranks, :func:`_cap`).
 
-    It repeats that launch for ``x`` / ``base_out`` with the same weights and batch (the
-    memoized ones), on the same device, stream and thread with no workspace replaced since
-    (so the memoized workspace is the one :func:`_workspace` returns), outside CUDA-graph
-    capture, while ``group`` is ``_GROUP`` and passes its guards (:meth:`LaunchGroup.hot`).
-    It returns False, having launched nothing, where any of that fails; where the native
-    call declines it also drops itself and the binding. Only plans whose launch does not
-    depend on ``x`` beyond its strides take it: no Gluon or TMA alternative.
+    It repeats that launch for ``x`` / ``base_out`` with the same weights (at the same
+    :attr:`version`: same loaded ranks) and batch (the memoized ones), on the same device,
+    stream and thread with no workspace replaced since (so the memoized workspace is the one
+    :func:`_workspace` returns), outside CUDA-graph capture, while ``group`` is ``_GROUP`` and
+    passes its guards (:meth:`LaunchGroup.hot`). It returns False, having launched nothing,
+    where any of that fails; where the native call declines it also drops itself and the
+    binding. Only plans whose launch does not depend on ``x`` beyond its strides take it: no
+    Gluon or TMA alternative.
     """
     m = p.memo
-    m[5] = None
+    em = entry.memo
+    em[5] = None
     sp = p.shrink
     if p.alt is not None or p.expand.gluon is not None or sp.gluon is not None or sp.tma:
         return
@@ -875,59 +924,37 @@ def _arm_hot(p: AddPlan, group, x, ws) -> None:
     stream = stream_of(dev)
     if _raw_stream is None or _raw_stream(dev) != stream:
         return
-    ident, gen = _get_ident(), _WS_GEN[0]
+    ident, gen, ver = _get_ident(), _WS_GEN[0], w.version
     grids = (sp.grid, p.expand.grid)
 
     def hot(base_out, x, w, batch) -> bool:
-        if (wref() is not w or bref() is not batch or _GROUP is not group or _capturing()
-                or x.get_device() != dev or stream_of(dev) != stream or _get_ident() != ident
-                or _WS_GEN[0] != gen or not ready()):
+        if (wref() is not w or w.version != ver or bref() is not batch or _GROUP is not group
+                or _capturing() or x.get_device() != dev or stream_of(dev) != stream
+                or _get_ident() != ident or _WS_GEN[0] != gen or not ready()):
             return False
         xs = x.stride()
         os_ = base_out.stride()
         if launch(b, tables, grids, stream, dev, x, xs[0], xs[1], base_out, os_[0],
                   os_[1]) is NotImplemented:
-            m[4] = m[5] = None
+            m[4] = em[5] = None
             return False
         group.launches += 1
         return True
 
-    m[5] = hot
+    em[5] = hot
 
 
-def _cut_rank(p: AddPlan, w) -> int:
-    """The rank block of ``p``'s Gluon shrink cut to ``w``'s largest loaded rank (a power of
-    two, at least 16), or 0 where that is no narrower than ``p``'s or the ranks are not
-    known on the host."""
-    memo = _rank_memo(w)
-    return memo[2] if memo is not None and memo[2] < p.shrink.gluon.cfg.block_r else 0
-
-
-def _cut_plan(p: AddPlan, w, t: int, br: int) -> AddPlan:
-    """``p`` (with the Gluon shrink) whose shrink reads ``br`` of each slot's ``A`` rows a
-    slice instead of ``max_rank``: right while no loaded slot's rank passes ``br``, so taken
-    for eager calls only (a captured graph outlives the loads). Cached with the weights'
-    plans.
-
-    The expand's ``B`` boxes stay ``max_rank`` wide: cut too, they lost 1.0-1.8 us at
-    T = 6144-8192 (H200, qkv, max_rank 64, ranks 1-16, ``ab-mixed-ranks-cut-...json``)."""
-    plans = _plans(w)
-    key = ("add", t, "cut", br)
-    c = plans.get(key)
-    if c is None:
-        g = p.shrink.gluon
-        sp = p.shrink._replace(gluon=g._replace(cfg=dataclasses.replace(g.cfg, block_r=br)))
-        c = plans[key] = p._replace(shrink=sp, memo=[None] * len(p.memo))
-    return c
-
-
-def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
+def _two_pass(p: AddPlan, base_out, x, w, batch, t: int, mode: str | None = None,
+              split_k: int | None = None) -> None:
+    """``p`` (``plan_for("add", w, t, mode, split_k)``), or for an eager call over loaded
+    ranks below ``max_rank`` its plan for their box (:func:`_cap`), with the Gluon shrink
+    where :func:`_pick` takes it."""
+    entry = p
+    cap = _cap(w, x)
+    if cap:
+        p = plan_for("add", w, t, mode, split_k, cap)
     if p.alt is not None:
         p = _pick(p, x, w)
-        if p.shrink.gluon is not None:  # eager: A's box may follow the loaded ranks
-            br = _cut_rank(p, w)
-            if br and not (x.is_cuda and _capturing()):
-                p = _cut_plan(p, w, t, br)
     sp = p.shrink
     ws = _workspace(p.ws_numel, x)
     g = p.expand.gluon
@@ -944,7 +971,7 @@ def _two_pass(p: AddPlan, base_out, x, w, batch, t: int) -> None:
             os_ = base_out.stride()
             if _launch_bound(_GROUP, p, grids, (x, xs[0], xs[1], base_out, os_[0], os_[1]),
                              False):
-                _arm_hot(p, _GROUP, x, ws)  # for this call's device, stream and thread
+                _arm_hot(p, _GROUP, x, ws, w, entry)  # this device, stream, thread
                 return  # both launches in one native call, fixed slots keyed once
         if _GROUP(grids, _group_slots(p, base_out, x, w, batch, ws, t)):
             return  # both launches in one native call

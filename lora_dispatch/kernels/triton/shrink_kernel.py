@@ -1,17 +1,18 @@
 """Segmented shrink kernel: ``y[i, t, :r] = c[s, i] * x[t] @ A_i[s, :r]^T`` for every slice.
 
 Grid ``(NB * tiles, SPLIT_K)``. A slot's ``A`` rows are packed ``[S * r, K]`` (slice ``i`` in
-rows ``i * r ... i * r + r``); each slice is cut into ``NBR = cdiv(R, BN)`` blocks of ``BN``
-rows, and a program owns ``RB`` consecutive (slice, block) pairs, so ``NB = cdiv(S * NBR,
-RB)``. Axis 0 walks these groups (fastest, so the programs of one token tile run together
-and share ``x`` in L2), then the batch's tiles of ``BM`` tokens of one slot (``tile_map``);
-axis 1 the K splits (accumulated with float32 atomics, or written as separate partial
-products that the expand sums). Every ``x`` tile a program loads feeds all of its ``RB``
-blocks. A block never straddles two slices, so its output columns are contiguous: the
-store is vectorized (a per-column slice lookup made the epilogue's addressing cost 40% of
-the kernel on H200, see ``benchmarks/probe_shrink_ablate.py``). Programs whose tile has no
-slot, an empty slot, or whose blocks all start past the slot's rank exit at once; blocks
-past the rank inside a program load nothing.
+rows ``i * r ... i * r + r``, ``R`` rows a slot); each slice is cut into ``NBR = cdiv(RCAP,
+BN)`` blocks of ``BN`` rows (``RCAP``: a bound on every slot's rank, ``R`` or, for eager
+``add_lora``, the loaded ranks' power-of-two box), and a program owns ``RB`` consecutive
+(slice, block) pairs, so ``NB = cdiv(S * NBR, RB)``. Axis 0 walks these groups (fastest, so the
+programs of one token tile run together and share ``x`` in L2), then the batch's tiles of
+``BM`` tokens of one slot (``tile_map``); axis 1 the K splits (accumulated with float32
+atomics, or written as separate partial products that the expand sums). Every ``x`` tile a
+program loads feeds all of its ``RB`` blocks. A block never straddles two slices, so its output
+columns are contiguous: the store is vectorized (a per-column slice lookup made the epilogue's
+addressing cost 40% of the kernel on H200, see ``benchmarks/probe_shrink_ablate.py``). Programs
+whose tile has no slot, an empty slot, or whose blocks all start past the slot's rank exit at
+once; blocks past the rank inside a program load nothing.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def shrink_kernel(
     x_ptr, a_ptr, y_ptr, ranks_ptr, scal_ptr, tok_ptr, tiles_ptr,
     T, K, L, NT, K_SPLIT, NB,
     stride_xm, stride_xk, stride_yp, stride_ys, stride_yt,
-    S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr,
+    S: tl.constexpr, R: tl.constexpr, RCAP: tl.constexpr, TILE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
     EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, FILL: tl.constexpr, PREC: tl.constexpr,
     PDL: tl.constexpr,
@@ -185,7 +186,7 @@ def shrink_kernel(
     pid_k = tl.program_id(1)
     slot, rank, start, end = tile_head(tiles_ptr + TILE * 3 * NT + pid_m, ranks_ptr, L, NT)
     m_mask, tok64 = tile_rows(start, end, tok_ptr, T, BM)  # [BM], [BM]
-    NBR: tl.constexpr = (R + BN - 1) // BN
+    NBR: tl.constexpr = (RCAP + BN - 1) // BN  # blocks a slice: no slot's rank passes RCAP
     (sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3,
      live) = _blocks(pid_n, rank, S, NBR, BN, RB)
     if not live:  # no slot, an empty slot, or every block past the rank

@@ -47,7 +47,7 @@ def shrink_tma_kernel(
     x_desc, a_desc, x_ptr, a_ptr, y_ptr, ranks_ptr, scal_ptr, tok_ptr, tiles_ptr,
     T, K, L, NT, K_SPLIT, NB,
     stride_xm, stride_xk, stride_yp, stride_ys, stride_yt,
-    S: tl.constexpr, R: tl.constexpr, TILE: tl.constexpr,
+    S: tl.constexpr, R: tl.constexpr, RCAP: tl.constexpr, TILE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
     EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, FILL: tl.constexpr, PREC: tl.constexpr,
     PDL: tl.constexpr,
@@ -60,7 +60,7 @@ def shrink_tma_kernel(
     pid_k = tl.program_id(1)
     slot, rank, start, end = tile_head(tiles_ptr + TILE * 3 * NT + pid_m, ranks_ptr, L, NT)
     m_mask, tok64 = tile_rows(start, end, tok_ptr, T, BM)  # [BM], [BM]
-    NBR: tl.constexpr = (R + BN - 1) // BN
+    NBR: tl.constexpr = (RCAP + BN - 1) // BN  # no slot's rank passes RCAP
     (sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3,
      live) = _blocks(pid_n, rank, S, NBR, BN, RB)
     if not live:  # no slot, an empty slot, or every block past the rank
