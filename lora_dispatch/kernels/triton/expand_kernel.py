@@ -10,8 +10,12 @@ products of a split-K shrink), the slot's ``B`` block up to the slot's rank (rou
 8), and read-add-writes ``out`` in its own dtype. Tiles without a slot, empty slots and
 tokens past ``T`` are skipped. ``RCAP`` bounds every slot's rank (``R``, ``B``'s row length,
 or for eager calls the loaded ranks' power-of-two box): with ``BR >= RCAP`` a tile's ``y``
-rows are read once, before its column loop. With ``PDL`` (``add_lora`` on Hopper) the kernel
-is launched while the shrink still runs and waits for it only before its first ``y`` read.
+rows are read once, before its column loop. With ``RMASK`` (short tiles, where ``B``'s bytes
+weigh) ``B`` is read up to each slot's rank rounded up to 8 (16-byte vectors; ``B`` is zero
+past the rank), otherwise up to ``RCAP`` (a mask constant along ``B``'s rows: fewer
+registers; 3% on the rank-32 expand at T=8192, H200). With ``PDL`` (``add_lora`` on Hopper)
+the kernel is launched while the shrink still runs and waits for it only before its first
+``y`` read.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ __all__ = ["expand_kernel"]
 @triton.jit
 def expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N, stride_yp,
                 stride_ys, stride_yt, stride_yr, stride_om, stride_on, flag_ptr, need,
-                R: tl.constexpr, RCAP: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr,
-                BN: tl.constexpr, BR: tl.constexpr, NCOL: tl.constexpr, PREFETCH: tl.constexpr,
-                PREC: tl.constexpr, WAIT: tl.constexpr, TRIM: tl.constexpr):
+                R: tl.constexpr, RCAP: tl.constexpr, RMASK: tl.constexpr, SPLIT: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, NCOL: tl.constexpr,
+                PREFETCH: tl.constexpr, PREC: tl.constexpr, WAIT: tl.constexpr,
+                TRIM: tl.constexpr):
     """``out[tok, c0 + j * BN ...] += y[sl, tok, :rank] @ B[slot, cols, :rank]^T`` over the
     ``NCOL`` column blocks of a tile of a slot with ``0 < rank <= RCAP <= R`` (``R``: ``B``'s
     row length); with ``TRIM`` only over the blocks that start before ``c1`` (a slice
@@ -42,8 +47,10 @@ def expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
     """
     YC: tl.constexpr = ".cg" if WAIT == 2 else ""
     offs_r = tl.arange(0, BR)  # [BR]
-    # B's columns read: the rank rounded up to 8 (16-byte vectors; B is zero past the rank)
-    rank8 = tl.multiple_of((rank + 7) // 8 * 8, 8)
+    if RMASK:
+        rb = tl.multiple_of((rank + 7) // 8 * 8, 8)  # B's columns read
+    else:
+        rb = RCAP
     y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + offs_r[None, :] * stride_yr
     b_base = b_ptr + slot.to(tl.int64) * N * R + offs_r[:, None]  # [BR, 1]
     o_rows = out_ptr + tok64[:, None] * stride_om  # [BM, 1]
@@ -82,7 +89,7 @@ def expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
             o = tl.load(o_ptrs, mask=mask, other=0.0)  # [BM, BN]
         b_ptrs = b_base + offs_n[None, :].to(tl.int64) * R  # [BR, BN]
         if BR >= RCAP:
-            bb = tl.load(b_ptrs, mask=(offs_r < rank8)[:, None] & n_mask[None, :], other=0.0)
+            bb = tl.load(b_ptrs, mask=(offs_r < rb)[:, None] & n_mask[None, :], other=0.0)
             acc = tl.dot(yb, bb, input_precision=PREC)  # [BM, BN]
         else:
             acc = tl.zeros((BM, BN), dtype=tl.float32)  # [BM, BN]
@@ -93,7 +100,7 @@ def expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
                 for p in tl.static_range(1, SPLIT):
                     yr += tl.load(y_ptrs + r0 * stride_yr + p * stride_yp, mask=ym,
                                   other=0.0, cache_modifier=YC).to(tl.float32)
-                bm_ = ((offs_r + r0) < rank8)[:, None] & n_mask[None, :]  # [BR, BN]
+                bm_ = ((offs_r + r0) < rb)[:, None] & n_mask[None, :]  # [BR, BN]
                 bb = tl.load(b_ptrs + r0, mask=bm_, other=0.0)  # [BR, BN]
                 acc += tl.dot(yr.to(bb.dtype), bb, input_precision=PREC)  # [BM, BN]
         # the delta is rounded to out's dtype before the add: one [BM, BN] layout change (of
@@ -110,8 +117,9 @@ def expand_kernel(
     y_ptr, b_ptr, out_ptr, ranks_ptr, bounds_ptr, tok_ptr, tiles_ptr,
     T, L, NT, N, NB,
     stride_yp, stride_ys, stride_yt, stride_yr, stride_om, stride_on,
-    S: tl.constexpr, R: tl.constexpr, RCAP: tl.constexpr, TILE: tl.constexpr,
-    SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, NCOL: tl.constexpr,
+    S: tl.constexpr, R: tl.constexpr, RCAP: tl.constexpr, RMASK: tl.constexpr,
+    TILE: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    BR: tl.constexpr, NCOL: tl.constexpr,
     PREFETCH: tl.constexpr, ALIGN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
     TRIM: tl.constexpr,
 ):
@@ -127,4 +135,4 @@ def expand_kernel(
     # flag_ptr / need unused: WAIT is 0 or 1 (PDL) here
     expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N, stride_yp,
                 stride_ys, stride_yt, stride_yr, stride_om, stride_on, tiles_ptr, 0, R, RCAP,
-                SPLIT, BM, BN, BR, NCOL, PREFETCH, PREC, PDL, TRIM)
+                RMASK, SPLIT, BM, BN, BR, NCOL, PREFETCH, PREC, PDL, TRIM)

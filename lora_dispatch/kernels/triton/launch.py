@@ -94,10 +94,10 @@ class ExpandPlan(NamedTuple):
 
 _OVERLAP_CX = ("S", "R", "TILE", "BM", "BNS", "BK", "RB", "EVEN_K", "BNE", "BR", "NCOL",
                "PREFETCH", "ALIGN", "PREC", "SPLIT")
-_SHRINK_CX = ("S", "R", "RCAP", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL", "PREC",
-              "PDL")
-_EXPAND_CX = ("S", "R", "RCAP", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH", "ALIGN",
-              "PREC", "PDL", "TRIM")
+_SHRINK_CX = ("S", "R", "RCAP", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL",
+              "PREC", "PDL")
+_EXPAND_CX = ("S", "R", "RCAP", "RMASK", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH",
+              "ALIGN", "PREC", "PDL", "TRIM")
 
 
 try:
@@ -252,6 +252,12 @@ def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.
                       *_split_meta(meta, _SHRINK_CX, 0), tma, gluon)
 
 
+# fewest tokens whose expand reads B up to RCAP rather than each slot's rank rounded up to 8:
+# decode-sized tiles move B once per few rows; above, the per-rank mask's registers cost 3%
+# (H200, expand rank 32 T=8192, 39.0 -> 40.3 us) and B's bytes little (ab-trees-...json)
+_RMASK_TOKENS = 1024
+
+
 def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
                  pdl: bool = False, info=None, cap: int = 0) -> ExpandPlan:
     """The Triton expand's plan; with the registry's configs (``cfg`` not given), the Gluon
@@ -278,7 +284,8 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
     span = cfg.block_n * cfg.col_blocks
     nb = sum(_cdiv(o, span) for o in w.out_features)
     meta = dict(
-        S=w.num_slices, R=w.max_rank, RCAP=r, TILE=tile_index(cfg.block_m), SPLIT=split,
+        S=w.num_slices, R=w.max_rank, RCAP=r, RMASK=t <= _RMASK_TOKENS,
+        TILE=tile_index(cfg.block_m), SPLIT=split,
         BM=cfg.block_m, BN=cfg.block_n, BR=cfg.block_r, NCOL=cfg.col_blocks,
         PREFETCH=cfg.prefetch, ALIGN=_align(w), PREC=PREC, PDL=pdl,
         TRIM=cfg.col_blocks > 1 and any(o % span for o in w.out_features),
