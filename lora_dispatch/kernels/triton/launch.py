@@ -252,10 +252,12 @@ def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.
                       *_split_meta(meta, _SHRINK_CX, 0), tma, gluon)
 
 
-# fewest tokens whose expand reads B up to RCAP rather than each slot's rank rounded up to 8:
-# decode-sized tiles move B once per few rows; above, the per-rank mask's registers cost 3%
-# (H200, expand rank 32 T=8192, 39.0 -> 40.3 us) and B's bytes little (ab-trees-...json)
-_RMASK_TOKENS = 1024
+# most tokens whose expand reads B up to each slot's rank rounded up to 8 rather than RCAP:
+# decode tiles move B once per few rows (H200, CUDA graphs, rank-16 adapters in a rank-64
+# pool: gate_up T=64 9.52 -> 8.51 us, qkv T=256 6.70 -> 6.40, expand T=16 2.62 -> 2.52); above,
+# the per-rank mask cost more than B's bytes (uniform rank 16 add_lora T=1024 18.5 -> 19.8 us,
+# rank-32 expand T=8192 39.0 -> 40.3; ab-trees-rmask-...json)
+_RMASK_TOKENS = 256
 
 
 def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
