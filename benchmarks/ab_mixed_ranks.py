@@ -81,7 +81,7 @@ def _build(t: int, ranks: list[int], adapters: int, max_rank: int, dev: torch.de
 def _kernels(w, t: int, x, out) -> str:
     """Which shrink and expand kernels eager ``add_lora`` launches, and its rank bound."""
     cap = L._cap(w, x)
-    plan = L._pick(impl.plan_for("add", w, t, cap=cap), x, w, capturing=True)
+    plan = L._pick(impl.plan_for("add", w, t, cap=cap), x, w)
     if plan.shrink is None:
         return "fused"
     g = plan.expand.gluon

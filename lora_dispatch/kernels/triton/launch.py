@@ -393,7 +393,7 @@ def _two_pass_plan(w, t: int, split_k: int | None = None,
     pdl = configs.pdl(describe(w.device))
     sp = _shrink_plan(w, t, atomic=False, split_k=split_k, cfg=shrink_cfg,
                       pdl=(1 if t <= 256 else 2) if pdl else 0, cap=cap)
-    s_, r = w.num_slices, w.max_rank
+    s_, r = w.num_slices, cap or w.max_rank  # the workspace's rank columns
     plans = [AddPlan(None, p, _expand_plan(w, t, p.split, cfg=expand_cfg, pdl=pdl, cap=cap),
                      p.split * s_ * t * r, (s_ * t * r, t * r, r, 1), [None] * 6)
              for p in (sp._replace(alt=None), sp.alt) if p is not None]

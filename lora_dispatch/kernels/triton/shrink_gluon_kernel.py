@@ -189,7 +189,7 @@ if AVAILABLE:
         full = m_mask[:, None] & (cols < R)[None, :]  # [BM, BR]
         if FILL:  # every column below R, zeros past the rank
             gl.store(y_ptrs, gl.where((cols < rank)[None, :], acc * scale, 0.0), mask=full)
-        elif rank == R:  # a mask constant along the row: vector stores
+        elif (rank == R) | (rank == BR):  # a mask constant along the row: vector stores
             if ATOMIC:
                 gl.atomic_add(y_ptrs, acc * scale, mask=full, sem="relaxed")
             else:
