@@ -487,6 +487,14 @@ def test_add_lora_per_call_path_matches_separate_launches(monkeypatch):
     tl_launch.release_workspaces()
 
 
+def _load_seeded(w, slot, r, seed):
+    """Load a rank-``r`` adapter drawn from ``seed`` into ``slot`` of hidden-4096 weights."""
+    g = torch.Generator().manual_seed(seed)
+    w.load(slot, [(torch.randn(r, 4096, generator=g) / 64).to(DEV) for _ in w.out_features],
+           [(torch.randn(o, r, generator=g) / r**0.5).to(DEV) for o in w.out_features],
+           [0.5 + 0.1 * slot + 0.2 * i for i in range(w.num_slices)])
+
+
 @pytest.mark.parametrize("t", [1, 64, 256, 1024, 2048])
 def test_add_lora_plans_for_loaded_ranks(t):
     """Eager add_lora and expand over max_rank-64 weights holding ranks 1-16 run the plans for
@@ -501,10 +509,7 @@ def test_add_lora_plans_for_loaded_ranks(t):
     w = ld.LoRAWeights(5, 4096, outs, 64, dtype=dtype, device=DEV)
 
     def load(slot, r, seed):
-        g = torch.Generator().manual_seed(seed)
-        w.load(slot, [(torch.randn(r, 4096, generator=g) / 64).to(DEV) for _ in outs],
-               [(torch.randn(o, r, generator=g) / r**0.5).to(DEV) for o in outs],
-               [0.5 + 0.1 * slot + 0.2 * i for i in range(3)])
+        _load_seeded(w, slot, r, seed)
 
     for slot, r in ((0, 16), (1, 1), (3, 9)):
         load(slot, r, slot)
@@ -1352,10 +1357,7 @@ def test_add_lora_gluon_cut_to_loaded_ranks(t, monkeypatch):
     w = ld.LoRAWeights(6, 4096, outs, 64, dtype=dtype, device=DEV)
 
     def load(slot, r, seed):
-        g = torch.Generator().manual_seed(seed)
-        w.load(slot, [(torch.randn(r, 4096, generator=g) / 64).to(DEV) for _ in outs],
-               [(torch.randn(o, r, generator=g) / r**0.5).to(DEV) for o in outs],
-               [0.5 + 0.1 * slot + 0.2 * i for i in range(3)])
+        _load_seeded(w, slot, r, seed)
 
     for slot, r in ((0, 16), (2, 1), (3, 9), (4, 16)):
         load(slot, r, slot)
