@@ -194,8 +194,9 @@ def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
     its plan (own tiling and K split) rides along in ``alt`` (see :func:`_pick`).
 
     ``cap`` (0: ``max_rank``) bounds every loaded rank: the configs, the rank blocks and the
-    Gluon shrink's ``A`` boxes are those of weights whose ``max_rank`` is ``cap``
-    (:func:`_cap_plan`; a plan with one zero-fills no columns past ``cap``)."""
+    Gluon shrink's ``A`` boxes are those of weights whose ``max_rank`` is ``cap`` (see
+    :func:`_cap`). Such a plan writes no column past ``cap``, so it cannot fill ``y``'s zeros
+    (``FILL``): ``ValueError``."""
     k, s = w.in_features, w.num_slices
     r = cap or w.max_rank
     if cap and fill and atomic:
@@ -266,7 +267,7 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
     expand's plan rides along in ``gluon`` where the registry picks it for this shape.
 
     ``cap`` (0: ``max_rank``) bounds every loaded rank: configs (and the Gluon expand's ``B``
-    boxes) are those of weights whose ``max_rank`` is ``cap`` (:func:`_cap_plan`)."""
+    boxes) are those of weights whose ``max_rank`` is ``cap`` (see :func:`_cap`)."""
     gluon = None
     r = cap or w.max_rank
     if cfg is None:
@@ -905,8 +906,8 @@ def _launch_bound(group, p: AddPlan, grids: tuple, values: tuple, gluon: bool) -
 
 def _arm_hot(p: AddPlan, group, x, ws, w, entry: AddPlan) -> None:
     """``entry.memo[5]``: the plain two-pass group's per-call path, armed after a bound
-    launch of ``p`` (``entry``, the plan :func:`add_lora` looks up, or the plan it took for
-    the loaded ranks, :func:`_cap`).
+    launch of ``p``. ``entry`` is the plan :func:`add_lora` looks up; ``p`` is that plan or
+    the one :func:`_two_pass` took for the loaded ranks (:func:`_cap`).
 
     It repeats that launch for ``x`` / ``base_out`` with the same weights (at the same
     :attr:`version`: same loaded ranks) and batch (the memoized ones), on the same device,
