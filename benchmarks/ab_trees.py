@@ -1,18 +1,18 @@
 """A/B the Triton kernels of several source trees on one GPU, in alternating rounds.
 
     python benchmarks/ab_trees.py --trees old=.ab/old,new=. [--rounds 2] [--shapes ...]
-        [--json PATH]
+        [--adapters 4] [--json PATH]
     python benchmarks/ab_trees.py --trees off=.+LORA_DISPATCH_GLUON=0,on=.   # one tree, two envs
 
 Each (round, tree) runs this script's worker in a fresh process with ``PYTHONPATH=<tree>``,
 so the kernels, configs and launch code all come from that tree (make one with
 ``git archive <commit> | tar -x -C .ab/old``); ``path+KEY=VALUE+...`` also sets environment
 variables for that tree's worker. The worker times, per shape (bf16, hidden
-4096, 4 adapters, ``op:T:rank`` with the ops of ``bench_kernels.py``; ``op:T:rank:max_rank``
-loads rank-``rank`` adapters into weights sized for ``max_rank``): prefill (T > 256)
-with a cold L2 (median of CUDA-event times), decode as CUDA-graph replay per call over 8
-weight / input sets; ``op:T:rank:host`` times the host's own µs per public call instead
-(the GPU kept busy, median of 15 rounds of 100 calls). Trees alternate within every round
+4096, ``--adapters`` adapters (4), ``op:T:rank`` with the ops of ``bench_kernels.py``;
+``op:T:rank:max_rank`` loads rank-``rank`` adapters into weights sized for ``max_rank``):
+prefill (T > 256) with a cold L2 (median of CUDA-event times), decode as CUDA-graph replay
+per call over 8 weight / input sets; ``op:T:rank:host`` times the host's own µs per public
+call instead (the GPU kept busy, median of 15 rounds of 100 calls). Trees alternate within every round
 (host clocks and GPU temperature drift between rounds); the table keeps each tree's fastest
 round and the ratio to the first tree.
 """
@@ -89,7 +89,7 @@ def _pool(p, max_rank: int, sets: int):
     return batch, items
 
 
-def _worker(shapes: str) -> None:
+def _worker(shapes: str, adapters: int = 4) -> None:
     import torch
 
     from lora_dispatch.bench.kernels import Problem, _build, _call, _cycle, _public, min_bytes
@@ -100,7 +100,7 @@ def _worker(shapes: str) -> None:
     copy = copy_bandwidth_gbs(dev)
     for spec in shapes.split(","):
         op, t, rank, *how = spec.split(":")
-        p = Problem(op, 4096, int(t), int(rank), 4, torch.bfloat16, dev)
+        p = Problem(op, 4096, int(t), int(rank), adapters, torch.bfloat16, dev)
         build = _build
         if how and how[0].isdigit():
             max_rank = int(how.pop(0))
@@ -126,11 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trees", required=True, help="name=path,... (first is the baseline)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--shapes", default=_SHAPES)
+    ap.add_argument("--adapters", type=int, default=4)
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        _worker(args.shapes)
+        _worker(args.shapes, args.adapters)
         return 0
     trees, tree_env = [], {}
     for kv in args.trees.split(","):
@@ -149,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                        **tree_env[name])
             proc = subprocess.run(
                 [sys.executable, os.path.abspath(__file__), "--worker", "--trees", args.trees,
-                 "--shapes", args.shapes], env=env, capture_output=True, text=True,
-                cwd=os.path.abspath(path))
+                 "--shapes", args.shapes, "--adapters", str(args.adapters)], env=env,
+                capture_output=True, text=True, cwd=os.path.abspath(path))
             if proc.returncode:
                 print(f"round {r} tree {name} failed:\n{proc.stderr[-3000:]}", flush=True)
             for line in proc.stdout.splitlines():
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         from lora_dispatch.bench.timing import env_record, write_json
 
         meta = {**env_record(torch.device("cuda")), "trees": dict(trees), "env": tree_env,
-                "baseline": base, "rounds": args.rounds}
+                "baseline": base, "rounds": args.rounds, "adapters": args.adapters}
         write_json(args.json, meta, rounds)
     return 0
 

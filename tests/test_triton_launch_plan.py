@@ -73,3 +73,57 @@ def test_workspace_reused_per_stream_and_thread_and_grown(monkeypatch) -> None:
     assert launch._workspace(10, x) is not other_stream  # capture: the graph owns its buffer
     launch.release_workspaces()
     assert launch.workspace_bytes() == 0
+
+
+def test_tma_shrink_takes_the_pointer_shrinks_constexprs() -> None:
+    """``shrink_tma_kernel`` is launched with the pointer shrink's plan constexprs."""
+    from lora_dispatch.kernels.triton.shrink_tma_kernel import shrink_tma_kernel
+
+    assert tuple(_params(shrink_tma_kernel)[-len(launch._SHRINK_CX):]) == launch._SHRINK_CX
+
+
+def _info(name: str, arch: str, cap: tuple[int, int] | None, platform: str = "cuda"):
+    from lora_dispatch.devices.info import DeviceInfo
+
+    return DeviceInfo(platform, torch.device("cuda", 0), name, arch, 132, 32, cap)
+
+
+@pytest.mark.parametrize("t, split_k", [(1, None), (64, None), (2048, 4), (8192, 2)])
+def test_public_shrink_waits_on_its_zero_fill_on_hopper(t, split_k, monkeypatch) -> None:
+    """The public shrink's split-K plan (after a zero fill) waits on the fill
+    (``WAIT``: a programmatic dependent launch) on Hopper; not where PDL is off or missing,
+    not when the kernel writes its own zeros (one split), not for add_lora's workspace
+    shrink."""
+    import lora_dispatch as ld
+    from lora_dispatch.devices import configs
+
+    if tuple(int(v) for v in __import__("triton").__version__.split(".")[:2]) < (3, 4):
+        pytest.skip("programmatic dependent launch needs Triton 3.4+")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv(configs.ENV_PDL, raising=False)
+    h200 = _info("NVIDIA H200", "sm_90", (9, 0))
+    a100 = _info("NVIDIA A100-SXM4-80GB", "sm_80", (8, 0))
+    w = ld.LoRAWeights(4, 4096, (4096, 1024, 1024), 16, dtype=torch.bfloat16)
+    p = launch._shrink_plan(w, t, atomic=True, split_k=split_k, info=h200)
+    assert p.split > 1 and p.meta["ATOMIC"] and p.meta["WAIT"] == 1
+    zero_fill = launch._shrink_plan(w, t, atomic=True, split_k=1, fill=False, info=h200)
+    assert not zero_fill.meta["ATOMIC"] and zero_fill.meta["WAIT"] == 1  # plain stores
+    own = launch._shrink_plan(w, t, atomic=True, split_k=1, info=h200)
+    assert own.meta["FILL"] and own.meta["WAIT"] == 0
+    assert launch._shrink_plan(w, t, atomic=False, info=h200).meta["WAIT"] == 0
+    assert launch._shrink_plan(w, t, atomic=True, split_k=split_k,
+                               info=a100).meta["WAIT"] == 0
+    monkeypatch.setenv(configs.ENV_PDL, "0")
+    assert launch._shrink_plan(w, t, atomic=True, split_k=split_k,
+                               info=h200).meta["WAIT"] == 0
+    assert p.cx[launch._SHRINK_CX.index("WAIT")] == 1  # passed positionally
+
+
+def test_zero_fill_tails_trigger_only_for_a_waiting_shrink() -> None:
+    """The zero fill's constexprs: ``(ZERO_BLOCK, PDL)`` with ``PDL`` set only in the tail
+    used before a shrink that waits on it."""
+    from lora_dispatch.kernels.triton.fill_kernel import zero_kernel
+
+    assert _params(zero_kernel)[-2:] == ["BLOCK", "PDL"]
+    assert [tail[:2] for tail in launch._ZERO_TAILS] == [(launch.ZERO_BLOCK, 0),
+                                                         (launch.ZERO_BLOCK, 1)]

@@ -4,8 +4,10 @@ For each row: GPU time (``do_bench`` median, L2 flushed), CUDA-graph replay time
 (rotating over several weight / input sets so the graph does not run out of L2), host time
 per eager call, achieved GB/s from the minimal bytes (``x`` once, each used adapter's
 weights once at its real rank, the output written once and read too when adding) and the
-percentage of the device-to-device copy bandwidth measured in the same run. A few rows
-repeat with the reference backend.
+percentage of the device-to-device copy bandwidth measured in the same run. Prefill rows
+(T > 256) also time a copy of their own minimal bytes (``size_copy_us``) and give it as a
+percentage of the row's GPU time (``pct_size_copy``): the share of the copy ruler's speed a
+transfer of that size reaches at all. A few rows repeat with the reference backend.
 
 Run ``python benchmarks/bench_kernels.py`` (``--quick`` for a handful of small rows that
 also work on the CPU under ``TRITON_INTERPRET=1``; ``--json PATH`` to choose the output).
@@ -50,7 +52,7 @@ LAYERS = {
 DECODE_T = (1, 16, 64, 256)
 PREFILL_T = (2048, 8192)
 COLUMNS = ("op", "backend", "dtype", "T", "rank", "adapters", "gpu_us", "graph_us", "host_us",
-           "gbs", "pct_copy", "kernel_us", "pct_copy_kernel", "path")
+           "gbs", "pct_copy", "kernel_us", "pct_copy_kernel", "pct_size_copy", "path")
 
 
 @dataclass
@@ -353,6 +355,7 @@ def measure(p: Problem, backend: str, copy_bw: float | None, sets: int,
         host = host_us(p, backend, batch, items[0])
     nbytes = min_bytes(p)
     gbs = nbytes / (gpu * 1e-6) / 1e9
+    size_copy = size_copy_us(nbytes, p.device) if on_gpu and p.t > 256 else None
     path = None
     if backend == "triton" and p.op in ("add_lora", "shrink"):
         from lora_dispatch.kernels.triton import launch as L
@@ -380,7 +383,28 @@ def measure(p: Problem, backend: str, copy_bw: float | None, sets: int,
         "pct_copy_kernel": (100 * nbytes / kern / 1e3 / copy_bw_kernel)
         if kern and copy_bw_kernel else None,
         "path": path,
+        "size_copy_us": size_copy,
+        "pct_size_copy": 100 * size_copy / gpu if size_copy else None,
     }
+
+
+_SIZE_COPY: dict[tuple[int, str], float] = {}
+
+
+def size_copy_us(nbytes: int, device: torch.device) -> float:
+    """GPU µs (:func:`gpu_time_us`'s default method, as ``gpu_us``) of a device-to-device
+    copy that moves ``nbytes`` in all (``nbytes / 2`` read, as many written): the copy's own
+    time at a row's size, which launch and ramp-up weigh on at small sizes where the 1 GiB
+    copy bandwidth does not (memoized per size and device)."""
+    key = (nbytes, str(device))
+    us = _SIZE_COPY.get(key)
+    if us is None:
+        n = max(1, nbytes // 8)  # float32 elements: 4 bytes read and 4 written each
+        a = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+        b = torch.empty_like(a)
+        us = _SIZE_COPY[key] = gpu_time_us(lambda: b.copy_(a), device, warmup_ms=10,
+                                           rep_ms=40)
+    return us
 
 
 def problems(quick: bool, device: torch.device, tokens: tuple[int, ...] | None = None,
