@@ -12,9 +12,9 @@ variables for that tree's worker. The worker times, per shape (bf16, hidden
 ``op:T:rank:max_rank`` loads rank-``rank`` adapters into weights sized for ``max_rank``):
 prefill (T > 256) with a cold L2 (median of CUDA-event times), decode as CUDA-graph replay
 per call over 8 weight / input sets; ``op:T:rank:host`` times the host's own µs per public
-call instead (the GPU kept busy, median of 15 rounds of 100 calls). Trees alternate within every round
-(host clocks and GPU temperature drift between rounds); the table keeps each tree's fastest
-round and the ratio to the first tree.
+call instead (the GPU kept busy, median of 15 rounds of 100 calls). Trees alternate within
+every round (host clocks and GPU temperature drift between rounds); the table keeps each
+tree's fastest round and the ratio to the first tree.
 """
 
 from __future__ import annotations
