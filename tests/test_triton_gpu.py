@@ -693,58 +693,6 @@ def test_public_shrink_zero_fill_group(monkeypatch):
         torch.testing.assert_close(ys[1], ys[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("adapters, t, split_k", [
-    (16, 16, None), (16, 64, None), (1, 1, None), (127, 256, None), (4, 2048, 4),
-    (8, 8192, 4),
-])
-def test_public_shrink_waits_on_its_zero_fill(adapters, t, split_k, monkeypatch,
-                                              poison_empty):
-    """Hopper: the public shrink starts beside the zero fill of its NaN-poisoned output
-    (programmatic dependent launch) and waits before its first atomic; equal to float64
-    and to the shrink without PDL, eager and replayed from one CUDA graph over 6 refills,
-    every element past a rank exactly zero. T=8192 with 4 splits fills 24 MB while the
-    early token tiles finish their products: without the wait their sums would be lost."""
-    if torch.cuda.get_device_capability(DEV) < (9, 0):
-        pytest.skip("programmatic dependent launch needs compute capability 9.0")
-    gen = torch.Generator().manual_seed(t + adapters)
-    w = make_weights(adapters, 4096, (4096, 1024, 1024), torch.bfloat16, seed=t, max_rank=64)
-    x = torch.randn(t, 4096, generator=gen).to(DEV, torch.bfloat16)
-    batches = [random_slots(t, w.num_slots, gen, frac_none=0.1 * (i % 3)) for i in range(6)]
-
-    def run_all(pdl):
-        monkeypatch.setenv("LORA_DISPATCH_PDL", pdl)
-        w.__dict__.pop("_triton_plans", None)  # plans read the variable when built
-        plan = tk.plan_for("shrink", w, t, None, split_k)
-        assert plan.meta["ATOMIC"] and plan.meta["WAIT"] == (pdl == "1")
-        def shrink(batch):
-            return tk.shrink(x, w, batch, split_k) if split_k else ld.lora_shrink(x, w, batch)
-
-        eager = [shrink(token_batch(slots)) for slots in batches]
-        static = ld.LoRABatch.empty(t, device=DEV)
-        ys = torch.zeros(w.num_slices, t, w.max_rank, device=DEV)
-
-        def step():
-            ys.copy_(shrink(static))
-
-        g = capture(step)
-        replays = []
-        for slots in batches:
-            static.update_(slots)
-            g.replay()
-            replays.append(ys.clone())
-        return eager, replays
-
-    plain, plain_g = run_all("0")
-    pdl, pdl_g = run_all("1")
-    for slots, a, b, c, d in zip(batches, plain, pdl, plain_g, pdl_g, strict=True):
-        want = ref_y(x, w, slots.to(DEV))
-        for y in (b, d):
-            assert rel(y, want) <= TOL[torch.bfloat16]
-            assert torch.equal(y[want == 0], torch.zeros_like(y[want == 0]))
-            torch.testing.assert_close(y, a, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
-
-
 @pytest.mark.parametrize("t", [1, 64, 700, 2048])
 def test_add_lora_pdl_equals_plain_launches(t, monkeypatch):
     """Hopper: add_lora's expand launched with programmatic dependent launch (it waits for

@@ -159,11 +159,7 @@ def variants(target: str):
     meta = {**L._shrink_plan(w, 64, atomic=True, cfg=cfg).meta, "stride_xk": 1}
     yield "shrink-public-r16-T64", L.shrink_kernel, st, meta, sdiv
     yield ("zero_fill", L.zero_kernel, {"y_ptr": "*fp32"},
-           {"BLOCK": L.ZERO_BLOCK, "PDL": 0, "num_warps": 4, "num_stages": 1}, ("N",))
-    if target == "sm90":  # the public shrink started beside its zero fill (PDL)
-        yield "shrink-public-wait-r16-T64", L.shrink_kernel, st, {**meta, "WAIT": 1}, sdiv
-        yield ("zero_fill-pdl", L.zero_kernel, {"y_ptr": "*fp32"},
-               {"BLOCK": L.ZERO_BLOCK, "PDL": 1, "num_warps": 4, "num_stages": 1}, ("N",))
+           {"BLOCK": L.ZERO_BLOCK, "num_warps": 4, "num_stages": 1}, ("N",))
 
 
 def _gluon_variants(info, st: dict, sdiv: tuple):

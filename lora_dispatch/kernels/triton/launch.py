@@ -95,7 +95,7 @@ class ExpandPlan(NamedTuple):
 _OVERLAP_CX = ("S", "R", "TILE", "BM", "BNS", "BK", "RB", "EVEN_K", "BNE", "BR", "NCOL",
                "PREFETCH", "ALIGN", "PREC", "SPLIT")
 _SHRINK_CX = ("S", "R", "RCAP", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL",
-              "PREC", "PDL", "WAIT")
+              "PREC", "PDL")
 _EXPAND_CX = ("S", "R", "RCAP", "RMASK", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH",
               "ALIGN", "PREC", "PDL", "TRIM")
 
@@ -117,9 +117,8 @@ _GGROUP_OPTS = () if _GGROUP is None else _GGROUP.options(0)
 # option slots of the group's kernels (fixed at import: plans outlive a swapped _GROUP)
 _GROUP_OPTIONS = None if _GROUP is None else _GROUP.options
 _ZERO_WARPS = 4
-# the zero fill's constexprs and options, by whether the shrink after it waits on it (PDL)
-_ZERO_TAILS = tuple((ZERO_BLOCK, pdl) + (() if _ZGROUP is None else _ZGROUP.options(
-    0, num_warps=_ZERO_WARPS, num_stages=1)) for pdl in (0, 1))
+_ZERO_TAIL = (ZERO_BLOCK,) + (() if _ZGROUP is None else _ZGROUP.options(
+    0, num_warps=_ZERO_WARPS, num_stages=1))
 
 
 def _split_meta(meta: dict, names: tuple[str, ...], i: int) -> tuple:
@@ -235,14 +234,11 @@ def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.
                                "descriptors (triton.tools.tensor_descriptor, 3.4+)")
         tma = False
     tma = tma and k_split % cfg.block_k == 0 and (k * w.lora_a.element_size()) % 16 == 0
-    fill = fill and atomic and split == 1
     meta = dict(
         S=s, R=r, RCAP=rcap, TILE=tile_index(cfg.block_m), BM=cfg.block_m, BN=cfg.block_n,
         BK=cfg.block_k, RB=cfg.rank_blocks,
         EVEN_K=(k % k_split == 0 and k_split % cfg.block_k == 0),
-        ATOMIC=atomic and split > 1, FILL=fill, PREC=PREC, PDL=pdl,
-        # the public shrink after its zero fill: starts beside it, waits before storing
-        WAIT=int(atomic and not fill and configs.pdl(info)),
+        ATOMIC=atomic and split > 1, FILL=fill and atomic and split == 1, PREC=PREC, PDL=pdl,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     gluon = None
@@ -693,15 +689,16 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
             _launch_shrink(p, x, w, batch, y, t, ys)
             return y
         p = _pick(plan_for("shrink", w, t, "zero_fill", split_k), x, w)
+    # the fill stays a plain launch before the shrink: started beside it through PDL (the
+    # shrink waiting before its first store) it replayed 8% faster at T=1 but 3-4% slower at
+    # T=16 and 64, 1-2% at T >= 256 (H200, 1 and 16 adapters, ab-shrink-fill-pdl-...json)
     zgrid = (_cdiv(n, ZERO_BLOCK),)
-    kind = _desc_kind(p, x, w)
-    zpdl = p.meta["WAIT"] if kind < 2 else 0  # the Gluon shrink does not wait on the fill
-    if (not kind and _ZGROUP is not None and _ZGROUP.available()
-            and _ZGROUP((zgrid, p.grid), (y, n, *_ZERO_TAILS[zpdl],
+    if (not _desc_kind(p, x, w) and _ZGROUP is not None and _ZGROUP.available()
+            and _ZGROUP((zgrid, p.grid), (y, n, *_ZERO_TAIL,
                                           *_shrink_args(p, x, x.stride(), w, batch, y, t, ys),
                                           *p.tail))):
         return y  # both launches in one native call
-    zero_kernel[zgrid](y, n, ZERO_BLOCK, zpdl, num_warps=_ZERO_WARPS, num_stages=1)
+    zero_kernel[zgrid](y, n, ZERO_BLOCK, num_warps=_ZERO_WARPS, num_stages=1)
     _launch_shrink(p, x, w, batch, y, t, ys)
     return y
 

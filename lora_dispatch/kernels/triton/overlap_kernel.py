@@ -78,7 +78,7 @@ def overlap_kernel(
             _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2,
                           c02, n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k,
                           scal_ptr, y_ptr, stride_yp, stride_ys, stride_yt, S, R, BNS, RB,
-                          False, False, False)
+                          False, False)
         flag_arrive(flag)
     elif rank > 0:
         sl, c0, c1 = slice_block(bounds_ptr, blk, S, BNE * NCOL, ALIGN)

@@ -13,10 +13,6 @@ columns are contiguous: the store is vectorized (a per-column slice lookup made 
 addressing cost 40% of the kernel on H200, see ``benchmarks/probe_shrink_ablate.py``). Programs
 whose tile has no slot, an empty slot, or whose blocks all start past the slot's rank exit at
 once; blocks past the rank inside a program load nothing.
-
-``WAIT`` (the public shrink on Hopper): the kernel is a programmatic dependent launch of the
-zero fill of ``y`` (:mod:`.fill_kernel`), so its loads and products run while the fill does;
-``griddepcontrol.wait`` before the first store keeps every atomic after the zeros.
 """
 
 from __future__ import annotations
@@ -25,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ._jit import fast_launch
-from .tiles import pdl_launch_dependents, pdl_wait, tile_head, tile_rows
+from .tiles import pdl_launch_dependents, tile_head, tile_rows
 
 __all__ = ["shrink_kernel"]
 
@@ -89,14 +85,10 @@ def accumulate(x_ptr, a_ptr, slot, rank, tok64, m_mask, sl0, c00, n_mask0, sl1, 
 
 
 @triton.jit
-def _scale(scal_ptr, slot, sl, S: tl.constexpr):
-    return tl.load(scal_ptr + slot * S + tl.minimum(sl, S - 1))
-
-
-@triton.jit
-def _block_store(acc, scale, sl, c0, n_mask, m_mask, tok64, pid_k, y_ptr, stride_yp,
-                 stride_ys, stride_yt, S: tl.constexpr, R: tl.constexpr, BN: tl.constexpr,
-                 ATOMIC: tl.constexpr, FILL: tl.constexpr):
+def _block_store(acc, sl, c0, n_mask, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                 stride_yp, stride_ys, stride_yt, S: tl.constexpr, R: tl.constexpr,
+                 BN: tl.constexpr, ATOMIC: tl.constexpr, FILL: tl.constexpr):
+    scale = tl.load(scal_ptr + slot * S + tl.minimum(sl, S - 1))
     cols = tl.multiple_of(c0, BN) + tl.arange(0, BN)  # [BN]
     y_ptrs = (y_ptr + pid_k * stride_yp + sl * stride_ys + tok64[:, None] * stride_yt
               + cols[None, :])  # [BM, BN]
@@ -161,35 +153,21 @@ def _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, 
                   n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
                   stride_yp, stride_ys, stride_yt, S: tl.constexpr, R: tl.constexpr,
                   BN: tl.constexpr, RB: tl.constexpr, ATOMIC: tl.constexpr,
-                  FILL: tl.constexpr, WAIT: tl.constexpr):
-    """Scaled stores of the ``RB`` blocks; ``WAIT``: ``griddepcontrol.wait`` between the
-    scale loads and the first store (the kernel runs beside the zero fill of ``y``)."""
-    s0 = _scale(scal_ptr, slot, sl0, S)
-    s1 = s0
-    s2 = s0
-    s3 = s0
+                  FILL: tl.constexpr):
+    _block_store(acc0, sl0, c00, n_mask0, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                 stride_yp, stride_ys, stride_yt, S, R, BN, ATOMIC, FILL)
     if RB > 1:
-        s1 = _scale(scal_ptr, slot, sl1, S)
+        _block_store(acc1, sl1, c01, n_mask1, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                     stride_yp, stride_ys, stride_yt, S, R, BN, ATOMIC, FILL)
     if RB > 2:
-        s2 = _scale(scal_ptr, slot, sl2, S)
+        _block_store(acc2, sl2, c02, n_mask2, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                     stride_yp, stride_ys, stride_yt, S, R, BN, ATOMIC, FILL)
     if RB > 3:
-        s3 = _scale(scal_ptr, slot, sl3, S)
-    if WAIT:
-        pdl_wait()
-    _block_store(acc0, s0, sl0, c00, n_mask0, m_mask, tok64, pid_k, y_ptr, stride_yp,
-                 stride_ys, stride_yt, S, R, BN, ATOMIC, FILL)
-    if RB > 1:
-        _block_store(acc1, s1, sl1, c01, n_mask1, m_mask, tok64, pid_k, y_ptr, stride_yp,
-                     stride_ys, stride_yt, S, R, BN, ATOMIC, FILL)
-    if RB > 2:
-        _block_store(acc2, s2, sl2, c02, n_mask2, m_mask, tok64, pid_k, y_ptr, stride_yp,
-                     stride_ys, stride_yt, S, R, BN, ATOMIC, FILL)
-    if RB > 3:
-        _block_store(acc3, s3, sl3, c03, n_mask3, m_mask, tok64, pid_k, y_ptr, stride_yp,
-                     stride_ys, stride_yt, S, R, BN, ATOMIC, FILL)
+        _block_store(acc3, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                     stride_yp, stride_ys, stride_yt, S, R, BN, ATOMIC, FILL)
 
 
-@fast_launch(pdl="WAIT")
+@fast_launch
 @triton.jit
 def shrink_kernel(
     x_ptr, a_ptr, y_ptr, ranks_ptr, scal_ptr, tok_ptr, tiles_ptr,
@@ -198,7 +176,7 @@ def shrink_kernel(
     S: tl.constexpr, R: tl.constexpr, RCAP: tl.constexpr, TILE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
     EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, FILL: tl.constexpr, PREC: tl.constexpr,
-    PDL: tl.constexpr, WAIT: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     if PDL == 1:  # the expand after it may start now (it waits before reading y)
         pdl_launch_dependents()
@@ -223,6 +201,6 @@ def shrink_kernel(
 
     _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
                   n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                  stride_yp, stride_ys, stride_yt, S, R, BN, RB, ATOMIC, FILL, WAIT)
+                  stride_yp, stride_ys, stride_yt, S, R, BN, RB, ATOMIC, FILL)
     if PDL == 2:  # or once this program's work is done (several waves: see launch.py)
         pdl_launch_dependents()

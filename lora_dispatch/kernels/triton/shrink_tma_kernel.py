@@ -41,7 +41,7 @@ def _dots(acc0, acc1, acc2, acc3, xb, a_desc, ar0, ar1, ar2, ar3, k, RB: tl.cons
     return acc0, acc1, acc2, acc3
 
 
-@fast_launch(pdl="WAIT")
+@fast_launch
 @triton.jit
 def shrink_tma_kernel(
     x_desc, a_desc, x_ptr, a_ptr, y_ptr, ranks_ptr, scal_ptr, tok_ptr, tiles_ptr,
@@ -50,7 +50,7 @@ def shrink_tma_kernel(
     S: tl.constexpr, R: tl.constexpr, RCAP: tl.constexpr, TILE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
     EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, FILL: tl.constexpr, PREC: tl.constexpr,
-    PDL: tl.constexpr, WAIT: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     if PDL == 1:  # the expand after it may start now (it waits before reading y)
         pdl_launch_dependents()
@@ -101,6 +101,6 @@ def shrink_tma_kernel(
 
     _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
                   n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                  stride_yp, stride_ys, stride_yt, S, R, BN, RB, ATOMIC, FILL, WAIT)
+                  stride_yp, stride_ys, stride_yt, S, R, BN, RB, ATOMIC, FILL)
     if PDL == 2:  # or once this program's work is done (several waves: see launch.py)
         pdl_launch_dependents()
