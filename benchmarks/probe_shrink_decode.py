@@ -1,9 +1,9 @@
 """Where the public ``lora_shrink``'s decode time goes (GPU, CUDA-graph replay).
 
-    python benchmarks/probe_shrink_decode.py [--json PATH]
+    python benchmarks/probe_shrink_decode.py [--json PATH] [--adapters 4]
 
-For hidden 4096, rank 16 and 64, 4 adapters, T = 1, 16, 64, 256 (the benchmark's ``shrink``
-rows) it replays, each from a CUDA graph of 20 calls:
+For hidden 4096, rank 16 and 64, ``--adapters`` adapters (4), T = 1, 16, 64, 256 (the
+benchmark's ``shrink`` rows) it replays, each from a CUDA graph of 20 calls:
 
 - ``public``: ``lora_shrink`` as shipped (zero fill + split-K with atomics);
 - ``memset``: the zero fill alone;
@@ -30,8 +30,9 @@ from lora_dispatch.devices import current
 from lora_dispatch.kernels.triton import launch as L
 
 
-def _probe(t: int, rank: int, dev: torch.device, single: bool = True) -> dict:
-    p = Problem("shrink", 4096, t, rank, 4, torch.bfloat16, dev)
+def _probe(t: int, rank: int, dev: torch.device, single: bool = True,
+           adapters: int = 4) -> dict:
+    p = Problem("shrink", 4096, t, rank, adapters, torch.bfloat16, dev)
     batch, items = _build(p, 1)
     w, x, _, _ = items[0]
     s, r = w.num_slices, w.max_rank
@@ -70,7 +71,7 @@ def _probe(t: int, rank: int, dev: torch.device, single: bool = True) -> dict:
     print(f"T={t} r={rank} " + " ".join(
         f"{k}={v:.2f}" for k, v in res.items()
         if v is not None and (not k.startswith("single") or k == best)), flush=True)
-    return dict(T=t, rank=rank, **res)
+    return dict(T=t, rank=rank, adapters=adapters, **res)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,12 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", default="1,16,64,256")
     ap.add_argument("--ranks", default="16,64")
     ap.add_argument("--no-single", action="store_true", help="skip the single-pass variants")
+    ap.add_argument("--adapters", type=int, default=4)
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     rows = []
     for rank, t in itertools.product(map(int, args.ranks.split(",")),
                                      map(int, args.tokens.split(","))):
-        rows.append(_probe(t, rank, dev, single=not args.no_single))
+        rows.append(_probe(t, rank, dev, single=not args.no_single, adapters=args.adapters))
     if args.json:
         write_json(args.json, env_record(dev), rows)
     return 0
