@@ -40,6 +40,29 @@ def kernels_table(path: str) -> str:
     return "\n".join(out)
 
 
+def size_copy_table(path: str) -> str:
+    """Prefill rows (4 adapters) against a copy of their own minimal bytes: the copy's
+    speed as % of the 1 GiB copy bandwidth, and the op's GPU time as % of the copy's."""
+    d = json.load(open(path))
+    rows = {(r["op"], r["T"], r["rank"]): r for r in d["rows"]
+            if r.get("backend") == "triton" and r.get("adapters") == 4
+            and r.get("size_copy_us")}
+    heads = [(t, rank) for t in (8192, 2048) for rank in (16, 64)]
+    out = ["| op | " + " | ".join(f"T={t} r{rank}: copy · op" for t, rank in heads) + " |",
+           "|---|" + "---|" * len(heads)]
+    for op in ("shrink", "expand", "qkv_expand", "gate_up_expand", "add_lora"):
+        cells = []
+        for t, rank in heads:
+            r = rows.get((op, t, rank))
+            if r is None:
+                cells.append("-")
+                continue
+            copy_pct = 100 * r["bytes"] / r["size_copy_us"] / 1e3 / d["copy_gbs"]
+            cells.append(f"{copy_pct:.0f}% · {r['pct_size_copy']:.0f}%")
+        out.append(f"| {op} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def layer_table(path: str) -> str:
     d = json.load(open(path))
     rows = [r for r in d["rows"] if r.get("adapters") == 4]
@@ -76,6 +99,8 @@ if __name__ == "__main__":
     if not args:
         sys.exit(__doc__)
     print(kernels_table(args[0]))
+    print()
+    print(size_copy_table(args[0]))
     if len(args) > 1:
         print()
         print(layer_table(args[1]))
