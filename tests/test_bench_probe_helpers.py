@@ -67,3 +67,24 @@ def test_dense_shrink_log_counts_minimal_bytes_and_writes_every_row(tmp_path):
     data = json.loads(path.read_text())
     assert [r["kind"] for r in data["rows"]] == ["tma", "cublas"]
     assert data["copy_gbs"] == 1000.0
+
+
+def test_readme_size_copy_table_reads_both_rulers(tmp_path):
+    """``readme_tables.size_copy_table``: the same-size copy's speed over the 1 GiB copy
+    bandwidth, then the op's GPU time over the copy's; rows it has no copy for print '-'."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "readme_tables.py"
+    spec = importlib.util.spec_from_file_location("readme_tables", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    row = dict(op="expand", backend="triton", adapters=4, T=2048, rank=16, bytes=4_000_000,
+               gpu_us=2.0, size_copy_us=1.6, pct_size_copy=80.0)
+    f = tmp_path / "k.json"
+    f.write_text(json.dumps({"copy_gbs": 5000.0, "rows": [row, dict(row, adapters=1)]}))
+    lines = mod.size_copy_table(str(f)).splitlines()
+    expand = next(line for line in lines if line.startswith("| expand |"))
+    # 4 MB in 1.6 us = 2500 GB/s = 50% of 5000; the op takes 2.0 us: 80% of the copy's speed
+    assert expand == "| expand | - | - | 50% · 80% | - |"
+    assert next(line for line in lines if line.startswith("| shrink |")).count("-") == 4

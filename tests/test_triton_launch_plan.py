@@ -10,6 +10,7 @@ pytest.importorskip("triton")
 from lora_dispatch.kernels.triton import launch  # noqa: E402
 from lora_dispatch.kernels.triton.expand_kernel import expand_kernel  # noqa: E402
 from lora_dispatch.kernels.triton.shrink_kernel import shrink_kernel  # noqa: E402
+from lora_dispatch.kernels.triton.shrink_tma_kernel import shrink_tma_kernel  # noqa: E402
 
 
 def _params(kernel) -> list[str]:
@@ -20,6 +21,7 @@ def _params(kernel) -> list[str]:
 
 
 @pytest.mark.parametrize("kernel, names", [(shrink_kernel, launch._SHRINK_CX),
+                                           (shrink_tma_kernel, launch._SHRINK_CX),
                                            (expand_kernel, launch._EXPAND_CX)])
 def test_plans_pass_constexprs_in_signature_order(kernel, names) -> None:
     """Plans pass the constexprs positionally: they must be the kernel's last parameters."""
@@ -73,11 +75,4 @@ def test_workspace_reused_per_stream_and_thread_and_grown(monkeypatch) -> None:
     assert launch._workspace(10, x) is not other_stream  # capture: the graph owns its buffer
     launch.release_workspaces()
     assert launch.workspace_bytes() == 0
-
-
-def test_tma_shrink_takes_the_pointer_shrinks_constexprs() -> None:
-    """``shrink_tma_kernel`` is launched with the pointer shrink's plan constexprs."""
-    from lora_dispatch.kernels.triton.shrink_tma_kernel import shrink_tma_kernel
-
-    assert tuple(_params(shrink_tma_kernel)[-len(launch._SHRINK_CX):]) == launch._SHRINK_CX
 

@@ -5,9 +5,10 @@ For each row: GPU time (``do_bench`` median, L2 flushed), CUDA-graph replay time
 per eager call, achieved GB/s from the minimal bytes (``x`` once, each used adapter's
 weights once at its real rank, the output written once and read too when adding) and the
 percentage of the device-to-device copy bandwidth measured in the same run. Prefill rows
-(T > 256) also time a copy of their own minimal bytes (``size_copy_us``) and give it as a
-percentage of the row's GPU time (``pct_size_copy``): the share of the copy ruler's speed a
-transfer of that size reaches at all. A few rows repeat with the reference backend.
+(T > 256) also time a copy that moves their own minimal bytes (``size_copy_us``, events like
+``gpu_us``) and give the op's speed as a percentage of that copy's (``pct_size_copy``: 100
+means the op is as fast as copying its bytes, launch and ramp-up included). A few rows
+repeat with the reference backend.
 
 Run ``python benchmarks/bench_kernels.py`` (``--quick`` for a handful of small rows that
 also work on the CPU under ``TRITON_INTERPRET=1``; ``--json PATH`` to choose the output).
