@@ -400,11 +400,8 @@ def size_copy_us(nbytes: int, device: torch.device) -> float:
     key = (nbytes, str(device))
     us = _SIZE_COPY.get(key)
     if us is None:
-        n = max(1, nbytes // 8)  # float32 elements: 4 bytes read and 4 written each
-        a = torch.empty(n, dtype=torch.float32, device=device).uniform_()
-        b = torch.empty_like(a)
-        us = _SIZE_COPY[key] = gpu_time_us(lambda: b.copy_(a), device, warmup_ms=10,
-                                           rep_ms=40)
+        gbs = copy_bandwidth_gbs(device, nbytes // 2, warmup_ms=10, rep_ms=40)
+        us = _SIZE_COPY[key] = nbytes / gbs / 1e3
     return us
 
 

@@ -322,16 +322,17 @@ def host_time_us(
 
 
 def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30,
-                       method: str = "clean") -> float | None:
+                       method: str = "clean", **timing: float) -> float | None:
     """Measured device-to-device copy bandwidth (bytes read + written per second), GB/s,
-    timed by :func:`gpu_time_us` ``method``."""
+    of a copy of ``nbytes``, timed by :func:`gpu_time_us` ``method`` (``timing``: its
+    ``warmup_ms`` / ``rep_ms``)."""
     if device.type != "cuda":
         return None
-    n = nbytes // 4
+    n = max(1, nbytes // 4)
     a = torch.empty(n, dtype=torch.float32, device=device).uniform_()
     b = torch.empty_like(a)
-    us = gpu_time_us(lambda: b.copy_(a), device, method=method)
-    return 2 * nbytes / (us * 1e-6) / 1e9
+    us = gpu_time_us(lambda: b.copy_(a), device, method=method, **timing)
+    return 2 * 4 * n / (us * 1e-6) / 1e9
 
 
 def result_path(kind: str, device_name: str, directory: str | Path = "benchmarks/results") -> Path:
