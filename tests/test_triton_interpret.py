@@ -20,11 +20,16 @@ import sys  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from interpret_bounds import checked_memory  # noqa: E402
 
 import lora_dispatch as ld  # noqa: E402
 import lora_dispatch.devices as devices  # noqa: E402
 
 pytest.importorskip("triton")
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.runtime.errors import InterpreterError  # noqa: E402
+
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
 
 _SUBMODULES = ("_jit", "shrink_kernel", "shrink_tma_kernel", "expand_kernel", "fill_kernel",
@@ -67,7 +72,11 @@ def _interpret_env(request, monkeypatch):
         pytest.skip("this process was not started with TRITON_INTERPRET=1; "
                     "covered by test_interpreter_suite_in_fresh_process")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    yield
+    if not IN_PROCESS:
+        yield
+        return
+    with checked_memory():  # an access past every tensor argument raises, not reads junk
+        yield
 
 
 def test_interpreter_suite_in_fresh_process():
@@ -81,6 +90,24 @@ def test_interpreter_suite_in_fresh_process():
            os.path.abspath(__file__)]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+
+
+@triton.jit
+def _bump_kernel(x_ptr, n, SPAN: tl.constexpr):
+    offs = tl.arange(0, SPAN)  # [SPAN]
+    mask = offs < n  # [SPAN]
+    tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=mask, other=0.0) + 1.0, mask=mask)
+
+
+def test_bounds_checker_catches_a_read_past_the_tensor():
+    """The guard every test here runs under: masked-off addresses pass, one past raises."""
+    x = torch.zeros(8)
+    with checked_memory() as state:
+        _bump_kernel[(1,)](x, 8, SPAN=16)
+        assert state.checked == 16  # 8 loads, 8 stores
+        with pytest.raises(InterpreterError, match="OutOfBoundsAccess.*load of 1 of 9 unmasked"):
+            _bump_kernel[(1,)](x, 9, SPAN=16)
+    assert torch.equal(x, torch.ones(8))
 
 
 # bf16 is miscomputed by Triton 3.6's CPU interpreter: fp16 / fp32 only here.
@@ -257,6 +284,28 @@ def test_expand_fp16_y_and_mixed_out_dtype(dtype, poison_empty):
             assert rel(out.double() - base.double(), delta) <= tol
             has = adapter_rows(slots, w, t)
             assert torch.equal(out[~has], base[~has])
+
+
+@pytest.mark.parametrize("max_rank", [1, 4, 12, 20])
+def test_expand_max_rank_not_a_multiple_of_8_stays_in_b(max_rank):
+    """Short tiles read ``B`` up to the rank rounded up to 8 only where rows are 8-aligned:
+    rounding the last slot's last row of a ``max_rank=4`` pool ran past ``B`` (junk, at times
+    NaN, times the zero ``y``)."""
+    gen = torch.Generator().manual_seed(40 + max_rank)
+    dtype = torch.float32
+    outs = (24, 9)
+    ranks = [max_rank, max(1, max_rank - 1), max(1, max_rank - 3)]
+    w = make_weights(ranks, 32, outs, dtype, max_rank=max_rank, gen=gen)
+    t = 11
+    slots = torch.tensor([2, 0, -1, 2, 1, 2, 2, 0, 1, 2, 2])
+    batch = ld.LoRABatch.from_token_adapters(slots)
+    x = poisoned((t, 32), dtype, gen, 1.0)
+    y = ref_y(x, w, slots)
+    delta = ref_delta(y, w, slots, t)
+    base = poisoned((t, sum(outs)), dtype, gen)
+    out = base.clone()
+    tk.expand(y.float(), w, batch, out)  # under checked_memory (the autouse fixture)
+    assert rel(out.double() - base.double(), delta) <= TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

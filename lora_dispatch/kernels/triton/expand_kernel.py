@@ -11,11 +11,11 @@ products of a split-K shrink), the slot's ``B`` block up to the slot's rank (rou
 tokens past ``T`` are skipped. ``RCAP`` bounds every slot's rank (``R``, ``B``'s row length,
 or for eager calls the loaded ranks' power-of-two box): with ``BR >= RCAP`` a tile's ``y``
 rows are read once, before its column loop. With ``RMASK`` (short tiles, where ``B``'s bytes
-weigh) ``B`` is read up to each slot's rank rounded up to 8 (16-byte vectors; ``B`` is zero
-past the rank), otherwise up to ``RCAP`` (a mask constant along ``B``'s rows: fewer
-registers; 3% on the rank-32 expand at T=8192, H200). With ``PDL`` (``add_lora`` on Hopper)
-the kernel is launched while the shrink still runs and waits for it only before its first
-``y`` read.
+weigh) ``B`` is read up to each slot's rank, rounded up to 8 where ``R`` is a multiple of 8
+(16-byte vectors; ``B`` is zero past the rank), otherwise up to ``RCAP`` (a mask constant
+along ``B``'s rows: fewer registers; 3% on the rank-32 expand at T=8192, H200). With
+``PDL`` (``add_lora`` on Hopper) the kernel is launched while the shrink still runs and
+waits for it only before its first ``y`` read.
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ def expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
     """
     YC: tl.constexpr = ".cg" if WAIT == 2 else ""
     offs_r = tl.arange(0, BR)  # [BR]
-    if RMASK:
+    if RMASK and R % 8 == 0:
         rb = tl.multiple_of((rank + 7) // 8 * 8, 8)  # B's columns read
+    elif RMASK:  # rows not 16-byte vectors; rounding up would run past the row (and B)
+        rb = rank
     else:
         rb = RCAP
     y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + offs_r[None, :] * stride_yr
