@@ -85,3 +85,17 @@ def untouched_rows(token_slots, adapters, t):
     return [
         i for i in range(t) if (int(token_slots[i]) if i < len(token_slots) else -1) not in adapters
     ]
+
+
+class HotGroup:
+    """A launch group's ``hot`` pieces with a scripted native call (CPU: device -1)."""
+
+    def __init__(self):
+        self.ok, self.calls, self.launches, self.result, self.stream = True, [], 0, None, 7
+
+    def hot(self, bound):
+        def launch(*args):
+            self.calls.append(args)
+            return self.result
+
+        return (lambda: self.ok), launch, "tables", lambda dev: self.stream, -1

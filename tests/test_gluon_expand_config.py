@@ -5,6 +5,7 @@ check of ``base_out`` and the ranks, and the arguments bound to the kernel's sig
 from __future__ import annotations
 
 import inspect
+import weakref
 
 import pytest
 import torch
@@ -265,3 +266,121 @@ def test_eager_add_lora_plans_for_the_loaded_ranks(monkeypatch):
     assert boxes() == (32, 32)
     w.load(1, [torch.randn(40, 256)] * 3, [torch.randn(o, 40) for o in w.out_features], 1.0)
     assert boxes() == (64, 64)  # no narrower power of two covers rank 40
+
+
+def _prefill_case(monkeypatch, gluon_shrink: bool):
+    """Launch module, weights, batch, T, a two-pass plan with the (forced) Gluon expand
+    and the pointer or the Gluon shrink, its workspace, an ``x`` and ``out`` meeting the TMA
+    contract (CPU: the host-side assembly only)."""
+    L = _launch()
+    if gluon_shrink and (L._GXGROUP is None or L.shrink_gluon_kernel is None):
+        pytest.skip("no Gluon shrink launch group in this Triton release")
+    if L._XGROUP is None:
+        pytest.skip("no fast launcher")
+    monkeypatch.setenv(configs.ENV_GLUON_EXPAND, "1")
+    monkeypatch.setenv(configs.ENV_GLUON, "1" if gluon_shrink else "0")
+    monkeypatch.setattr(L, "describe", lambda dev: H200)
+    w = ld.LoRAWeights(3, 256, (128, 64, 64), 16, dtype=torch.bfloat16)
+    batch = ld.LoRABatch.from_segments([100, 28], [0, 2])
+    t = 128
+    entry = L._two_pass_plan(w, t)
+    p = entry.alt if gluon_shrink else entry
+    assert p.expand.gluon is not None and (p.shrink.gluon is not None) == gluon_shrink
+    ws = torch.empty(p.ws_numel)
+    x = torch.randn(t, 256).to(torch.bfloat16)
+    out = torch.zeros(t, 256, dtype=torch.bfloat16)
+    return L, w, batch, t, entry, p, ws, x, out
+
+
+def _same(a, b) -> bool:
+    if hasattr(a, "block_shape"):  # descriptors: built per call
+        return (a.base is b.base and (a.shape, a.strides, a.block_shape) ==
+                (b.shape, b.strides, b.block_shape) and a.layout == b.layout)
+    return a is b or (type(a) is int and a == b)
+
+
+@pytest.mark.parametrize("gluon_shrink", [False, True])
+def test_prefill_group_slots_follow_the_launch_argument_order(gluon_shrink, monkeypatch):
+    """The bound slots of the prefill launch group (the shrink, then the Gluon expand) with
+    the per-call values put in are exactly the separate launches' arguments and options, in
+    order; the per-call positions hold ``x``'s descriptor (Gluon shrink), ``x``, its
+    strides, ``out``'s descriptor, ``out`` and its row stride."""
+    L, w, batch, t, _, p, ws, x, out = _prefill_case(monkeypatch, gluon_shrink)
+    sp, g = p.shrink, p.expand.gluon
+    group = L._GXGROUP if gluon_shrink else L._XGROUP
+    slots, varying = L._xgroup_slots(p, group, w, batch, ws, t)
+    xs = x.stride()
+    od = L.out_descriptor(out, t, w.total_out, out.stride(0), g.tile)
+    if gluon_shrink:
+        shrink = (*L._gluon_args(sp.gluon, sp.k_split, x, w, batch, ws, t, p.ys),
+                  *group.options(0))
+        values = (L.rows_descriptor(x, t, 256, xs[0], sp.gluon.tile), x, *xs, od, out,
+                  out.stride(0))
+    else:
+        shrink = (*L._shrink_args(sp, x, xs, w, batch, ws, t, p.ys), *sp.tail)
+        values = (x, *xs, od, out, out.stride(0))
+    want = (*shrink, *L._gluon_expand_args(g, ws, w, batch, out, t, p.ys),
+            *group.options(1))
+    assert len(slots) == len(want) and len(varying) == len(values)
+    got = list(slots)
+    for i, v in zip(varying, values):
+        assert slots[i] is None
+        got[i] = v
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert _same(a, b), (i, a, b)
+
+
+@pytest.mark.parametrize("gluon_shrink", [False, True])
+def test_prefill_hot_path_launches_only_under_the_armed_conditions(gluon_shrink,
+                                                                   monkeypatch):
+    """The prefill plans' armed per-call path passes the bound launch fresh descriptors of
+    ``x`` and ``out`` and declines (launching nothing) where the call would take another
+    kernel: ``x`` off the TMA contract under the Gluon shrink, ``out`` off it or of another
+    dtype under the Gluon expand; and on another weights version, group or workspace
+    generation. A declined native call drops the path and the binding."""
+    from helpers import HotGroup
+
+    L, w, batch, t, entry, p, ws, x, out = _prefill_case(monkeypatch, gluon_shrink)
+    name = "_GXGROUP" if gluon_shrink else "_XGROUP"
+    g = HotGroup()
+    monkeypatch.setattr(L, name, g)
+    monkeypatch.setattr(L, "_raw_stream", lambda dev: g.stream)
+    monkeypatch.setattr(L, "_capturing", lambda: False)
+    L._arm_hot_desc(p, name, "B", x, ws, w, entry)
+    assert entry.memo[5] is None  # no group entry memoized for this workspace
+    p.memo[6] = (weakref.ref(w), weakref.ref(batch), weakref.ref(ws), g, "B")
+    L._arm_hot_desc(p, name, "B", x, ws, w, entry)
+    if not gluon_shrink:  # the entry plan: not armed where a Gluon shrink alternative exists
+        assert (entry.memo[5] is None) == (p.alt is not None)
+        if p.alt is not None:
+            return
+    hot = entry.memo[5]
+    assert hot(out, x, w, batch) and g.launches == 1
+    (call,) = g.calls
+    sp, ge = p.shrink, p.expand.gluon
+    grids = ((sp.gluon.grid if gluon_shrink else sp.grid), ge.grid)
+    assert call[:5] == ("B", "tables", grids, 7, -1)
+    vals = call[5:]
+    if gluon_shrink:
+        assert vals[0].base is x and vals[0].shape == [t, 256]
+        vals = vals[1:]
+    assert vals[:3] == (x, *x.stride()) and vals[4:] == (out, out.stride(0))
+    assert vals[3].base is out and vals[3].shape == [t, w.total_out]
+    buf = torch.zeros(t, 272, dtype=torch.bfloat16)
+    xm = torch.zeros(t, 264, dtype=torch.bfloat16)[:, 1:257]  # 2-byte base
+    assert not hot(out.float(), x, w, batch) and not hot(buf[:, 1:257], x, w, batch)
+    assert hot(out, xm, w, batch) != gluon_shrink  # the pointer shrink takes any x
+    assert hot(buf[:, :256], x, w, batch)  # a row stride of 272: still the contract
+    w.version += 1
+    assert not hot(out, x, w, batch)
+    w.version -= 1
+    monkeypatch.setattr(L, name, HotGroup())
+    assert not hot(out, x, w, batch)
+    monkeypatch.setattr(L, name, g)
+    L._WS_GEN[0] += 1
+    assert not hot(out, x, w, batch)
+    L._WS_GEN[0] -= 1
+    n = len(g.calls)
+    g.result = NotImplemented
+    assert not hot(out, x, w, batch) and len(g.calls) == n + 1
+    assert p.memo[6] is None and entry.memo[5] is None

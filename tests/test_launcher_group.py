@@ -11,6 +11,8 @@ torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
+from helpers import HotGroup  # noqa: E402
+
 from lora_dispatch.launchers import LaunchGroup, fast_launch, native  # noqa: E402
 from lora_dispatch.launchers.codegen import NOT_SET  # noqa: E402
 from lora_dispatch.launchers.versions import reference_backend  # noqa: E402
@@ -645,20 +647,6 @@ def test_launch_group_hot_pieces_pass_exactly_when_launch_bound_does(monkeypatch
         NotImplemented  # a Bound of the old tables never launches
 
 
-class _HotGroup:
-    """A launch group's ``hot`` pieces with a scripted native call (CPU: device -1)."""
-
-    def __init__(self):
-        self.ok, self.calls, self.launches, self.result, self.stream = True, [], 0, None, 7
-
-    def hot(self, bound):
-        def launch(*args):
-            self.calls.append(args)
-            return self.result
-
-        return (lambda: self.ok), launch, "tables", lambda dev: self.stream, -1
-
-
 def test_add_lora_hot_path_launches_only_under_the_armed_conditions(monkeypatch) -> None:
     """add_lora's armed per-call path passes the bound launch its per-call slots and
     launches nothing (falls back) on another weights object or version (a load since),
@@ -668,7 +656,7 @@ def test_add_lora_hot_path_launches_only_under_the_armed_conditions(monkeypatch)
     import threading
 
     L, w, batch, t, p = _add_lora_case()
-    g = _HotGroup()
+    g = HotGroup()
     monkeypatch.setattr(L, "_GROUP", g)
     monkeypatch.setattr(L, "_raw_stream", lambda dev: g.stream)
     capturing = [False]
@@ -692,7 +680,7 @@ def test_add_lora_hot_path_launches_only_under_the_armed_conditions(monkeypatch)
     w2 = type(w)(3, 64, (32, 16, 16), 8, dtype=torch.float16)
     b2 = type(batch).from_token_adapters([0, 1, -1, 2, 0])
     assert not hot(out, x, w2, batch) and not hot(out, x, w, b2)
-    monkeypatch.setattr(L, "_GROUP", _HotGroup())
+    monkeypatch.setattr(L, "_GROUP", HotGroup())
     assert not hot(out, x, w, batch)
     monkeypatch.setattr(L, "_GROUP", g)
     capturing[0] = True

@@ -1423,3 +1423,62 @@ def test_expand_gluon_forced_unfit(monkeypatch):
         w = ld.LoRAWeights(2, k, outs, rank, dtype=dtype, device=DEV)
         with pytest.raises(RuntimeError, match=why):
             tk.plan_for("expand", w, 4096)
+
+
+@pytest.mark.parametrize("shrink_gluon,expand_gluon,attr", [
+    ("1", "1", "_GXGROUP"), ("0", "1", "_XGROUP"), ("1", "0", "_GGROUP")])
+def test_add_lora_prefill_groups_match_separate_launches(shrink_gluon, expand_gluon, attr,
+                                                         monkeypatch):
+    """Eager prefill add_lora on the descriptor plans (Gluon shrink and / or Gluon expand)
+    issues both kernels as one bound launch group, then through the armed per-call path:
+    bit for bit the separate launches' result, on fresh ``x`` / ``base_out`` each call; an
+    ``x`` or ``base_out`` off the TMA contract (strided, misaligned, fp32) falls back to the
+    pointer kernels and still matches float64."""
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
+    _hopper_gluon()
+    group = getattr(tl_launch, attr)
+    if group is None or tl_launch.shrink_kernel.launch_tier != "native" \
+            or not tl_launch.gluon_native():
+        pytest.skip("the prefill launch groups need the native tier")
+    monkeypatch.setenv("LORA_DISPATCH_GLUON", shrink_gluon)
+    monkeypatch.setenv("LORA_DISPATCH_GLUON_EXPAND", expand_gluon)
+    monkeypatch.setenv("LORA_DISPATCH_BACKEND", "triton")
+    dtype, t = torch.bfloat16, 4096
+    w = make_uniform(4, 4096, (4096, 1024, 1024), dtype, 64, seed=8)
+    gen = torch.Generator().manual_seed(31)
+    slots = _segment_slots(t, w.num_slots, gen)
+    batch = token_batch(slots)
+    s = slots.to(DEV)
+    entry = tl_launch.plan_for("add", w, t)
+    outs = []
+    for i in range(6):
+        x = torch.randn(t, 4096, generator=gen).to(DEV, dtype)
+        base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, dtype)
+        monkeypatch.setattr(tl_launch, attr, None)
+        want = base.clone()
+        ld.add_lora(want, x, w, batch)
+        monkeypatch.setattr(tl_launch, attr, group)
+        before, hot = group.launches, entry.memo[5]
+        got = base.clone()
+        ld.add_lora(got, x, w, batch)
+        assert torch.equal(got, want), f"call {i}"
+        if i:
+            assert group.launches == before + 1 and hot is not None, f"call {i}"
+        outs.append((x, base, got))
+    x, base, got = outs[-1]
+    delta = ref_delta(ref_y(x, w, s), w, s, t)
+    assert rel(got.double() - base.double(), delta) <= TOL[dtype]
+    buf = torch.randn(t, 4096 + 8, generator=gen).to(DEV, dtype)
+    skew = torch.cat([base, base[:, :1]], 1)[:, 1:]  # 2-byte base, odd row stride
+    for xv, bv in ((buf[:, 1:4097], base), (x, base.float()), (x, skew), (buf[:, 1:4097], skew)):
+        x_ok = xv.data_ptr() % 16 == 0
+        out_ok = bv.dtype == dtype and bv.data_ptr() % 16 == 0
+        takes = {"_GXGROUP": x_ok and out_ok, "_XGROUP": out_ok, "_GGROUP": x_ok}[attr]
+        for _ in range(2):  # the first call of a new variant may compile it outside the group
+            before = group.launches
+            got = bv.clone()
+            ld.add_lora(got, xv, w, batch)
+        assert group.launches == before + takes, (attr, x_ok, out_ok)
+        delta = ref_delta(ref_y(xv, w, s), w, s, t)
+        assert rel(got.double() - bv.double(), delta) <= TOL[dtype]

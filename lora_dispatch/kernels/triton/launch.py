@@ -114,6 +114,13 @@ try:  # add_lora with the Gluon shrink (descriptors encoded by the native tier)
 except TypeError:  # the kernel is not a fast launcher
     _GGROUP = None
 _GGROUP_OPTS = () if _GGROUP is None else _GGROUP.options(0)
+try:  # add_lora at prefill: the shrink (pointer or Gluon), then the Gluon expand
+    _XGROUP: LaunchGroup | None = (None if _GROUP is None or expand_gluon_kernel is None
+                                   else LaunchGroup(shrink_kernel, expand_gluon_kernel))
+    _GXGROUP: LaunchGroup | None = (None if _XGROUP is None or shrink_gluon_kernel is None
+                                    else LaunchGroup(shrink_gluon_kernel, expand_gluon_kernel))
+except TypeError:  # the Gluon kernels are not fast launchers
+    _XGROUP = _GXGROUP = None
 # option slots of the group's kernels (fixed at import: plans outlive a swapped _GROUP)
 _GROUP_OPTIONS = None if _GROUP is None else _GROUP.options
 _ZERO_WARPS = 4
@@ -147,12 +154,15 @@ class AddPlan(NamedTuple):
     expand: ExpandPlan | None
     ws_numel: int  # float32 workspace of the partial products [SPLIT, S, T, R]
     ys: tuple  # its strides
-    memo: list  # weak refs to [weights, batch, workspace], group slot pieces, bound, hot path
+    # weak refs to [weights, batch, workspace], group slot pieces, bound, hot path, then the
+    # Gluon-expand group's entry (:func:`_xgroup_entry`)
+    memo: list
     overlap: OverlapPlan | None = None  # one launch, expand beside shrink
     alt: AddPlan | None = None  # the two passes with the Gluon shrink and its split
 
 
 _VIEW_PLANS: dict[tuple, dict] = {}
+_MEMO = 7  # AddPlan.memo's length
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -330,7 +340,7 @@ def _overlap_plan(w, t: int, cfg: configs.OverlapConfig) -> AddPlan:
     )
     op = OverlapPlan((ntile * (nbs + nbe),), ntile, nbs, nbe, min(cfg.lag, ntile), k_split,
                      meta, tuple(meta[n] for n in _OVERLAP_CX), cfg.num_warps, cfg.num_stages)
-    return AddPlan(None, None, None, split * s * t * r, (s * t * r, t * r, r), [None] * 6, op)
+    return AddPlan(None, None, None, split * s * t * r, (s * t * r, t * r, r), [None] * _MEMO, op)
 
 
 def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = None,
@@ -367,7 +377,7 @@ def plan_for(op: str, w, t: int, mode: str | None = None, split_k: int | None = 
         use_fused = mode == "fused" or (
             mode is None and t <= configs.fused_max_tokens(info, w.num_slots, w.max_rank))
         if use_fused:
-            plan = AddPlan(_fused_plan(w, t), None, None, 0, (), [None] * 6)
+            plan = AddPlan(_fused_plan(w, t), None, None, 0, (), [None] * _MEMO)
         elif mode == "overlap":
             plan = _overlap_plan(w, t, configs.overlap_config(
                 info, t, w.in_features, w.total_out, w.max_rank, w.lora_a.element_size(),
@@ -396,7 +406,7 @@ def _two_pass_plan(w, t: int, split_k: int | None = None,
                       pdl=(1 if t <= 256 else 2) if pdl else 0, cap=cap)
     s_, r = w.num_slices, cap or w.max_rank  # the workspace's rank columns
     plans = [AddPlan(None, p, _expand_plan(w, t, p.split, cfg=expand_cfg, pdl=pdl, cap=cap),
-                     p.split * s_ * t * r, (s_ * t * r, t * r, r, 1), [None] * 6)
+                     p.split * s_ * t * r, (s_ * t * r, t * r, r, 1), [None] * _MEMO)
              for p in (sp._replace(alt=None), sp.alt) if p is not None]
     return plans[0]._replace(alt=plans[1]) if len(plans) > 1 else plans[0]
 
@@ -630,13 +640,19 @@ def _b_desc(w, g: GluonExpandPlan):
     return desc
 
 
+def _gluon_expand_fixed(g: GluonExpandPlan, y, w, batch, t: int, ys: tuple) -> tuple:
+    """:mod:`.expand_gluon_kernel`'s parameters that do not depend on ``out``: those between
+    ``out``'s descriptor and ``out``, and those between ``out`` and its row stride."""
+    tm = batch.tile_map
+    return ((_b_desc(w, g), y), (w.ranks, w.slice_bounds, batch.sorted_tokens, tm, t,
+                                 w.num_slots, tm.shape[2], w.total_out, g.nb, *ys[:4]))
+
+
 def _gluon_expand_args(g: GluonExpandPlan, y, w, batch, out, t: int, ys: tuple) -> tuple:
     """:mod:`.expand_gluon_kernel`'s parameters in signature order."""
-    tm = batch.tile_map
+    a, b = _gluon_expand_fixed(g, y, w, batch, t, ys)
     os0 = out.stride(0)
-    return (out_descriptor(out, t, w.total_out, os0, g.tile), _b_desc(w, g), y, out,
-            w.ranks, w.slice_bounds, batch.sorted_tokens, tm, t, w.num_slots, tm.shape[2],
-            w.total_out, g.nb, ys[0], ys[1], ys[2], ys[3], os0, *g.cx)
+    return (out_descriptor(out, t, w.total_out, os0, g.tile), *a, out, *b, os0, *g.cx)
 
 
 def _launch_expand(p: ExpandPlan, y, w, batch, out, t: int, ys: tuple | None = None) -> None:
@@ -803,7 +819,7 @@ def _memo_hit(m: list, w, batch, ws) -> bool:
 
 def _memoize(p: AddPlan, w, batch, ws, pieces: tuple) -> tuple:
     try:
-        p.memo[:] = (weakref.ref(w), weakref.ref(batch), weakref.ref(ws), pieces, None, None)
+        p.memo[:6] = (weakref.ref(w), weakref.ref(batch), weakref.ref(ws), pieces, None, None)
     except TypeError:  # the views torch.compile passes: no memo
         pass
     return pieces
@@ -907,6 +923,81 @@ def _launch_bound(group, p: AddPlan, grids: tuple, values: tuple, gluon: bool) -
     return False
 
 
+_V = tuple(object() for _ in range(7))  # the Gluon-expand group's per-call slots
+
+
+def _xgroup_slots(p: AddPlan, group, w, batch, ws, t: int) -> tuple[tuple, tuple]:
+    """The slots of ``group`` (:data:`_XGROUP` or :data:`_GXGROUP`: ``p``'s shrink, then its
+    Gluon expand) for :meth:`LaunchGroup.bind`: None at the per-call ones, and their
+    positions. Those are ``x``'s descriptor (Gluon shrink only), ``x``, its two strides,
+    ``base_out``'s descriptor, ``base_out`` and its row stride, in that order."""
+    sp, g, ys = p.shrink, p.expand.gluon, p.ys
+    if sp.gluon is not None:
+        a, b = _gluon_fixed(sp.gluon, sp.k_split, w, batch, ws, t, ys)
+        shrink = (_V[0], _a_desc(w, sp.gluon.cfg), _V[1], *a, _V[2], _V[3], *b,
+                  *group.options(0))
+    else:
+        shrink = (*_shrink_args(sp, _V[1], _V[2:4], w, batch, ws, t, ys), *sp.tail)
+    e0, e1 = _gluon_expand_fixed(g, ws, w, batch, t, ys)
+    slots = (*shrink, _V[4], *e0, _V[5], *e1, _V[6], *g.cx, *group.options(1))
+    varying = tuple(i for i, v in enumerate(slots) if any(v is u for u in _V))
+    return tuple(None if i in varying else v for i, v in enumerate(slots)), varying
+
+
+def _xgroup_entry(p: AddPlan, group, w, batch, ws, t: int) -> tuple | None:
+    """``memo[6]``: ``(weights, batch, workspace weak refs, group, bound)`` with ``group``
+    bound to :func:`_xgroup_slots` (``_UNBOUND`` where it cannot be), memoized like
+    :func:`_group_pieces`; None for the views inside ``torch.compile``."""
+    m = p.memo
+    e = m[6]
+    if (e is not None and e[0]() is w and e[1]() is batch and e[2]() is ws
+            and e[3] is group):
+        return e
+    try:
+        refs = (weakref.ref(w), weakref.ref(batch), weakref.ref(ws))
+    except TypeError:
+        return None
+    e = m[6] = (*refs, group, group.bind(*_xgroup_slots(p, group, w, batch, ws, t))
+                or _UNBOUND)
+    return e
+
+
+def _launch_xgroup(p: AddPlan, base_out, x, w, batch, ws, t: int,
+                   entry: AddPlan | None = None) -> bool:
+    """``p``'s shrink (pointer or Gluon) then its Gluon expand as one bound launch group
+    (prefill ``add_lora``: ``x``'s and ``base_out``'s descriptors and their tensors are the
+    only per-call slots); False (nothing launched) where the group cannot take the call:
+    the TMA shrink, no native tier (yet: the separate launches compile the variants), the
+    views inside ``torch.compile``. After a launch, ``entry`` (the plan :func:`add_lora`
+    looks up) gets the per-call path (:func:`_arm_hot_desc`)."""
+    sp, g = p.shrink, p.expand.gluon
+    gluon = sp.gluon is not None  # a Gluon shrink plan comes only from _pick, which checked x
+    if not gluon and sp.tma and _tma_ready(x):
+        return False
+    group = _GXGROUP if gluon else _XGROUP
+    if group is None or not group.available():
+        return False
+    e = _xgroup_entry(p, group, w, batch, ws, t)
+    if e is None or e[4] is _UNBOUND:
+        return False
+    xs = x.stride()
+    os0 = base_out.stride(0)
+    od = out_descriptor(base_out, t, w.total_out, os0, g.tile)
+    if gluon:
+        gs = sp.gluon
+        ok = group.launch_bound(e[4], (gs.grid, g.grid), (
+            rows_descriptor(x, t, w.in_features, xs[0], gs.tile), x, xs[0], xs[1], od,
+            base_out, os0))
+    else:
+        ok = group.launch_bound(e[4], (sp.grid, g.grid),
+                                (x, xs[0], xs[1], od, base_out, os0))
+    if not ok:
+        p.memo[6] = None  # bind again next call
+    elif entry is not None:
+        _arm_hot_desc(p, "_GXGROUP" if gluon else "_XGROUP", e[4], x, ws, w, entry)
+    return ok
+
+
 def _arm_hot(p: AddPlan, group, x, ws, w, entry: AddPlan) -> None:
     """``entry.memo[5]``: the plain two-pass group's per-call path, armed after a bound
     launch of ``p``. ``entry`` is the plan :func:`add_lora` looks up; ``p`` is that plan or
@@ -957,6 +1048,91 @@ def _arm_hot(p: AddPlan, group, x, ws, w, entry: AddPlan) -> None:
     em[5] = hot
 
 
+_HOT_GROUPS = ("_GGROUP", "_GXGROUP", "_XGROUP")  # the descriptor plans' launch groups
+_G = globals()
+
+
+def _arm_hot_desc(p: AddPlan, name: str, bound, x, ws, w, entry: AddPlan) -> None:
+    """``entry.memo[5]``: the per-call path of a prefill two-pass plan whose launch takes
+    descriptors, armed after a bound launch of ``p`` through group ``name`` (one of
+    :data:`_HOT_GROUPS`: the Gluon shrink with the pointer expand, the Gluon shrink with the
+    Gluon expand, the pointer shrink with the Gluon expand).
+
+    It holds where :func:`_arm_hot`'s path holds (same weights at the same version, batch,
+    device, stream, thread and workspace generation, no capture, the group in place and
+    passing its guards), and, as those choices depend on the call's tensors: ``x`` meets
+    the TMA contract where the Gluon shrink runs, ``base_out`` of the weights' dtype meets
+    it where the Gluon expand runs. ``x``'s and ``base_out``'s descriptors are built per
+    call. Not armed where the shrink's kernel would depend on ``x`` otherwise (a pointer
+    plan with a Gluon alternative or a TMA shrink) or the expand's on ``base_out`` (a
+    Gluon expand plan the call did not take).
+    """
+    em = entry.memo
+    em[5] = None
+    group = _G[name]
+    sp, ep = p.shrink, p.expand
+    gs, ge = sp.gluon, (ep.gluon if name != "_GGROUP" else None)
+    if (gs is None and (p.alt is not None or sp.tma)) or (name == "_GGROUP"
+                                                          and ep.gluon is not None):
+        return
+    pieces = None if bound is None or bound is _UNBOUND else group.hot(bound)
+    dev = x.get_device()
+    if pieces is None or pieces[4] != dev:
+        return
+    ready, launch, tables, stream_of, _ = pieces
+    stream = stream_of(dev)
+    if _raw_stream is None or _raw_stream(dev) != stream:
+        return
+    m = p.memo
+    if name == "_GGROUP":
+        if m[2]() is not ws:
+            return
+        wref, bref = m[0], m[1]
+    else:
+        e = m[6]
+        if e is None or e[2]() is not ws:
+            return
+        wref, bref = e[0], e[1]
+    ident, gen, ver = _get_ident(), _WS_GEN[0], w.version
+    t, k, n, dt = x.shape[0], w.in_features, w.total_out, w.dtype
+    grids = (sp.grid if gs is None else gs.grid, ep.grid if ge is None else ge.grid)
+    xt = None if gs is None else gs.tile
+    ot = None if ge is None else ge.tile
+
+    def hot(base_out, x, w, batch) -> bool:
+        if (wref() is not w or w.version != ver or bref() is not batch
+                or _G[name] is not group or _capturing() or x.get_device() != dev
+                or stream_of(dev) != stream or _get_ident() != ident or _WS_GEN[0] != gen
+                or not ready()):
+            return False
+        if xt is not None and not _tma_ready(x):
+            return False
+        if ot is not None and (base_out.dtype is not dt or not _tma_ready(base_out)):
+            return False
+        xs = x.stride()
+        os_ = base_out.stride()
+        if ot is None:
+            vals = (rows_descriptor(x, t, k, xs[0], xt), x, xs[0], xs[1], base_out, os_[0],
+                    os_[1])
+        elif xt is None:
+            vals = (x, xs[0], xs[1], out_descriptor(base_out, t, n, os_[0], ot), base_out,
+                    os_[0])
+        else:
+            vals = (rows_descriptor(x, t, k, xs[0], xt), x, xs[0], xs[1],
+                    out_descriptor(base_out, t, n, os_[0], ot), base_out, os_[0])
+        if launch(bound, tables, grids, stream, dev, *vals) is NotImplemented:
+            if name == "_GGROUP":
+                m[4] = None
+            else:
+                m[6] = None
+            em[5] = None
+            return False
+        group.launches += 1
+        return True
+
+    em[5] = hot
+
+
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int, mode: str | None = None,
               split_k: int | None = None) -> None:
     """``p`` (``plan_for("add", w, t, mode, split_k)``), or for an eager call over loaded
@@ -971,9 +1147,11 @@ def _two_pass(p: AddPlan, base_out, x, w, batch, t: int, mode: str | None = None
     sp = p.shrink
     ws = _workspace(p.ws_numel, x)
     g = p.expand.gluon
-    if g is not None and _gluon_expand_ok(g, base_out, w):  # prefill: two launches
-        _launch_shrink(sp, x, w, batch, ws, t, p.ys)
-        expand_gluon_kernel[g.grid](*_gluon_expand_args(g, ws, w, batch, base_out, t, p.ys))
+    if g is not None and _gluon_expand_ok(g, base_out, w):  # prefill
+        if not _launch_xgroup(p, base_out, x, w, batch, ws, t, entry):
+            _launch_shrink(sp, x, w, batch, ws, t, p.ys)
+            expand_gluon_kernel[g.grid](*_gluon_expand_args(g, ws, w, batch, base_out, t,
+                                                            p.ys))
         return
     # a Gluon shrink plan comes only from _pick, which checked x
     kind = 2 if sp.gluon is not None else _desc_kind(sp, x, w)
@@ -998,6 +1176,7 @@ def _two_pass(p: AddPlan, base_out, x, w, batch, t: int, mode: str | None = None
             if _launch_bound(_GGROUP, p, grids,
                              (rows_descriptor(x, t, k, xs[0], tile), x, xs[0], xs[1], base_out,
                               os_[0], os_[1]), True):
+                _arm_hot_desc(p, "_GGROUP", m[4], x, ws, w, entry)
                 return
         if _GGROUP(grids, _gluon_group_slots(p, base_out, x, w, batch, ws, t)):
             return  # both launches in one native call
