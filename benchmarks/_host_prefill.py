@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 
 import lora_dispatch as ld
 from lora_dispatch.bench.kernels import Problem, _build
-from lora_dispatch.bench.timing import env_record, host_time_us, write_json
+from lora_dispatch.bench.timing import _busy, env_record, host_time_us, write_json
 from lora_dispatch.kernels.triton import launch as L
 
 
@@ -46,13 +47,86 @@ def _counts(saved: dict) -> dict:
     return {k: getattr(saved.get(k) or getattr(L, k), "launches", 0) for k in _GROUPS}
 
 
+def _best_us(fn, n: int, dev: torch.device, spin: bool) -> float:
+    """Best of 5 repeats of ``n`` calls, µs per call, each behind GPU spinning (``spin``)."""
+    best = float("inf")
+    for _ in range(5):
+        torch.cuda.synchronize(dev)
+        if spin:
+            _busy(n * 150)
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter_ns() - t0) / n / 1e3)
+    torch.cuda.synchronize(dev)
+    return best
+
+
+def parts(t: int, rank: int, dev: torch.device) -> dict:
+    """Host µs of the pieces of the armed per-call path of one prefill shape."""
+    p = Problem("add_lora", 4096, t, rank, 4, torch.bfloat16, dev)
+    batch, items = _build(p, 1)
+    w, x, _, out = items[0]
+    for _ in range(5):
+        ld.add_lora(out, x, w, batch)
+    entry = L.plan_for("add", w, t)
+    hot = entry.memo[5]
+    plan = L._pick(entry, x, w)
+    sp, ep = plan.shrink, plan.expand
+    res: dict[str, float | str | None] = {"T": t, "rank": rank, "armed": hot is not None}
+    gs, ge = sp.gluon, ep.gluon if L._gluon_expand_ok(ep.gluon, out, w) else None
+    name = "_GGROUP" if ge is None else ("_GXGROUP" if gs is not None else "_XGROUP")
+    res["group"] = name
+    table = {"public add_lora": lambda: ld.add_lora(out, x, w, batch)}
+    if hot is not None:
+        table["hot()"] = lambda: hot(out, x, w, batch)
+        bound = plan.memo[4] if name == "_GGROUP" else plan.memo[6][4]
+        ready, launch, tables, stream_of, d = getattr(L, name).hot(bound)
+        grids = (sp.grid if gs is None else gs.grid, ep.grid if ge is None else ge.grid)
+        xs, os_ = x.stride(), out.stride()
+        xd = None if gs is None else L.rows_descriptor(x, t, 4096, xs[0], gs.tile)
+        od = None if ge is None else L.out_descriptor(out, t, w.total_out, os_[0], ge.tile)
+        if ge is None:
+            vals = (xd, x, *xs, out, *os_)
+        elif gs is None:
+            vals = (x, *xs, od, out, os_[0])
+        else:
+            vals = (xd, x, *xs, od, out, os_[0])
+        s = stream_of(d)
+        table["native call, built slots"] = lambda: launch(bound, tables, grids, s, d, *vals)
+        checks = {"ready()": ready, "_tma_ready(x)": lambda: L._tma_ready(x)}
+        if gs is not None:
+            checks["rows_descriptor(x)"] = lambda: L.rows_descriptor(x, t, 4096, xs[0],
+                                                                     gs.tile)
+        if ge is not None:
+            checks["out_descriptor(out)"] = lambda: L.out_descriptor(out, t, w.total_out,
+                                                                     os_[0], ge.tile)
+    else:
+        checks = {}
+    for label, fn in table.items():
+        res[label] = _best_us(fn, 100, dev, True)
+    for label, fn in checks.items():
+        res[label] = _best_us(fn, 5000, dev, False)
+    print(f"T={t} r{rank} {name} armed={hot is not None}: " + "  ".join(
+        f"{k} {v:.2f}" for k, v in res.items() if isinstance(v, float)), flush=True)
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--json", default=None)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", default="2048,8192")
+    ap.add_argument("--parts", action="store_true",
+                    help="the armed path's pieces instead (best of 5, behind GPU spinning)")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
+    if args.parts:
+        rows = [parts(t, rank, dev) for rank in (16, 64)
+                for t in map(int, args.tokens.split(","))]
+        if args.json:
+            write_json(args.json, env_record(dev), rows)
+        return 0
     saved = {k: getattr(L, k) for k in ("_XGROUP", "_GXGROUP", "_arm_hot_desc")}
     paths = ("separate", "group", "hot")
     rows = []
