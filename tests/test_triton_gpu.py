@@ -1461,7 +1461,7 @@ def test_add_lora_prefill_groups_match_separate_launches(shrink_gluon, expand_gl
         monkeypatch.setattr(tl_launch, attr, group)
         before, hot, took = group.launches, entry.memo[5], []
         if hot is not None:  # armed after the first bound launch (call 0 or 1)
-            entry.memo[5] = lambda *a, hot=hot: took.append(hot(*a)) or took[-1]
+            entry.memo[5] = lambda *a, hot=hot, took=took: took.append(hot(*a)) or took[-1]
         got = base.clone()
         ld.add_lora(got, x, w, batch)
         assert torch.equal(got, want), f"call {i}"
