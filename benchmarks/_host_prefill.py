@@ -74,7 +74,8 @@ def parts(t: int, rank: int, dev: torch.device) -> dict:
     plan = L._pick(entry, x, w)
     sp, ep = plan.shrink, plan.expand
     res: dict[str, float | str | None] = {"T": t, "rank": rank, "armed": hot is not None}
-    gs, ge = sp.gluon, ep.gluon if L._gluon_expand_ok(ep.gluon, out, w) else None
+    gs = sp.gluon
+    ge = ep.gluon if ep.gluon is not None and L._gluon_expand_ok(ep.gluon, out, w) else None
     name = "_GGROUP" if ge is None else ("_GXGROUP" if gs is not None else "_XGROUP")
     res["group"] = name
     table = {"public add_lora": lambda: ld.add_lora(out, x, w, batch)}
