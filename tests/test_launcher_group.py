@@ -182,6 +182,40 @@ def _add_lora_case():
     return L, w, batch, 5, L.plan_for("add", w, 5, "two_pass")
 
 
+@needs_native
+def test_launch_group_checks_global_state_once(monkeypatch) -> None:
+    """Past its first kernel a group checks only each kernel's own guards (pre-run hooks, its
+    ``debug`` flag) where every kernel was built against the same global state objects; a
+    launch hook or a global knob change still stops the whole group, and a kernel built
+    against other snapshots keeps its full guard."""
+    backend = reference_backend("cuda")
+    a = fast_launch(k_first).build_for_tests(backend, lean=True, native=True)
+    b = fast_launch(k_second).build_for_tests(backend, lean=True, native=True)
+    g = LaunchGroup(a, b)
+    assert g.native
+    na, nb = a._fl_ns, b._fl_ns
+    readies = g._state[1]
+    assert readies == (na["_fl_ready"], nb["_fl_ready_local"])
+    assert all(r() for r in readies) and g._ready()[0] is not None
+    k_second.pre_run_hooks.append(lambda *args, **kwargs: None)
+    try:
+        assert not readies[1]() and g._ready()[0] is None
+    finally:
+        k_second.pre_run_hooks.clear()
+    if tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 5):
+        from triton import knobs
+
+        chain = knobs.runtime.launch_enter_hook
+        chain.calls.append(lambda *args: None)  # a launch hook: global, read by kernel 0
+        try:
+            assert readies[1]() and g._ready()[0] is None
+        finally:
+            chain.calls.pop()
+    monkeypatch.setitem(nb, "_fl_global_snap", (object(),) + nb["_fl_global_snap"][1:])
+    g._invalidate()
+    assert g._refresh()[1] == (na["_fl_ready"], nb["_fl_ready"])
+
+
 def test_add_lora_group_slots_follow_the_launch_argument_order() -> None:
     """The memoized launch-group slots of add_lora are exactly shrink args + constexprs +
     options, then the expand's: the order the separate launches use (CPU tensors: only the

@@ -1450,15 +1450,18 @@ def test_add_lora_prefill_groups_match_separate_launches(shrink_gluon, expand_gl
     batch = token_batch(slots)
     s = slots.to(DEV)
     entry = tl_launch.plan_for("add", w, t)
+    cases = [(torch.randn(t, 4096, generator=gen).to(DEV, dtype),
+              (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, dtype))
+             for _ in range(6)]
+    monkeypatch.setattr(tl_launch, attr, None)
+    wants = []
+    for x, base in cases:  # separate launches (they build the kernels' native tables)
+        wants.append(base.clone())
+        ld.add_lora(wants[-1], x, w, batch)
+    assert group.native
+    monkeypatch.setattr(tl_launch, attr, group)
     outs = []
-    for i in range(6):
-        x = torch.randn(t, 4096, generator=gen).to(DEV, dtype)
-        base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, dtype)
-        monkeypatch.setattr(tl_launch, attr, None)
-        want = base.clone()
-        ld.add_lora(want, x, w, batch)
-        assert group.native, "the separate launches built the kernels' native tables"
-        monkeypatch.setattr(tl_launch, attr, group)
+    for i, ((x, base), want) in enumerate(zip(cases, wants)):
         before, hot, took = group.launches, entry.memo[5], []
         if hot is not None:  # armed after the first bound launch (call 0 or 1)
             entry.memo[5] = lambda *a, hot=hot, took=took: took.append(hot(*a)) or took[-1]

@@ -8,6 +8,9 @@ The generated module defines
     the same key expression, returned (for tests and :meth:`FastLauncher.key`);
 ``_fl_ready()``
     whether a call may take the fast path now (the launch function's guards, no launch);
+``_fl_ready_local()``
+    ``_fl_ready`` without the checks of Triton's global state (hooks, knobs), which read
+    the same for every kernel whose ``_fl_global_snap`` holds the same objects;
 ``_fl_state()``
     the global state Triton folds into its options (snapshot taken at build time);
 ``_fl_entry(kernel)``
@@ -116,6 +119,14 @@ def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
     ns["_fl_prh"] = jit.pre_run_hooks  # Triton only ever appends to this list
     guard = " or ".join(["_fl_prh", f"not {adapter.hooks_idle_expr}"]
                         + state_checks)
+    # the guard's part that reads this kernel alone; the rest reads Triton's global state
+    # against the snapshots in _fl_global_snap (a launch group checks it once for kernels
+    # whose snapshots are the same objects)
+    local = [i for i, e in enumerate(adapter.state_exprs) if e.startswith("_fl_jit.")]
+    local_guard = " or ".join(["_fl_prh"] + [state_checks[i] for i in local])
+    ns["_fl_global_snap"] = tuple(
+        [ns[f"_fl_S{i}"] for i in range(len(adapter.state_exprs)) if i not in local]
+        + [ns.get(h) for h in ("_fl_H0", "_fl_H1", "_fl_CK", "_fl_rt")])
     if single_device:
         dev_src = "    _fl_dev = 0\n    _fl_e = _fl_cache.get(_fl_k)\n"
     else:
@@ -201,6 +212,14 @@ def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
         "",
         "def _fl_ready():",
         f"    if {guard}:",
+        "        return False",
+        "    if _fl_jit.used_global_vals:",
+        "        _fl_check_globals()",
+        "    return True",
+        "",
+        "",
+        "def _fl_ready_local():",
+        f"    if {local_guard}:",
         "        return False",
         "    if _fl_jit.used_global_vals:",
         "        _fl_check_globals()",

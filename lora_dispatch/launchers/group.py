@@ -47,6 +47,10 @@ __all__ = ["LaunchGroup"]
 _MAX = 4  # native.c MAX_GROUP
 
 
+def _same(a: tuple | None, b: tuple) -> bool:
+    return a is not None and len(a) == len(b) and all(u is v for u, v in zip(a, b))
+
+
 def _param_names(jit: Any) -> tuple[str, ...]:
     names = getattr(jit, "arg_names", None)
     if names is None:
@@ -108,9 +112,14 @@ class LaunchGroup:
                                                  for ns in nss):
             single = all("_fl_cache" in ns for ns in nss)
             mod = _native.load()  # loaded already: it built the tables
+            snap = nss[0].get("_fl_global_snap")
             self._state = (
                 tuple(ns["_fl_nat"] for ns in nss),
-                tuple(ns["_fl_ready"] for ns in nss),
+                # the first kernel's full guard; the others' own checks where Triton's global
+                # state they were built against is the same objects (checked once)
+                tuple(ns["_fl_ready_local"] if i and "_fl_ready_local" in ns and snap is not None
+                      and _same(ns.get("_fl_global_snap"), snap) else ns["_fl_ready"]
+                      for i, ns in enumerate(nss)),
                 nss[0]["_fl_stream"],
                 None if single else nss[0]["_fl_getdev"],
                 nss[0]["_fl_natgroup"],

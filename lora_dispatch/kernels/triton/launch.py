@@ -1098,6 +1098,7 @@ def _arm_hot_desc(p: AddPlan, name: str, bound, x, ws, w, entry: AddPlan) -> Non
     grids = (sp.grid if gs is None else gs.grid, ep.grid if ge is None else ge.grid)
     xt = None if gs is None else gs.tile
     ot = None if ge is None else ge.tile
+    isz = x.element_size()
 
     def hot(base_out, x, w, batch) -> bool:
         if (wref() is not w or w.version != ver or bref() is not batch
@@ -1105,12 +1106,15 @@ def _arm_hot_desc(p: AddPlan, name: str, bound, x, ws, w, entry: AddPlan) -> Non
                 or stream_of(dev) != stream or _get_ident() != ident or _WS_GEN[0] != gen
                 or not ready()):
             return False
-        if xt is not None and not _tma_ready(x):
-            return False
-        if ot is not None and (base_out.dtype is not dt or not _tma_ready(base_out)):
-            return False
         xs = x.stride()
         os_ = base_out.stride()
+        # the TMA contract (_tma_ready) where a descriptor is built
+        if xt is not None and (xs[1] != 1 or xs[0] < k or (xs[0] * isz) % 16
+                               or x.data_ptr() % 16):
+            return False
+        if ot is not None and (base_out.dtype is not dt or os_[1] != 1 or os_[0] < n
+                               or (os_[0] * isz) % 16 or base_out.data_ptr() % 16):
+            return False
         if ot is None:
             vals = (rows_descriptor(x, t, k, xs[0], xt), x, xs[0], xs[1], base_out, os_[0],
                     os_[1])
