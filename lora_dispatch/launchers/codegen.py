@@ -210,22 +210,8 @@ def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
         "    return _fl_d",
         "",
         "",
-        "def _fl_ready():",
-        f"    if {guard}:",
-        "        return False",
-        "    if _fl_jit.used_global_vals:",
-        "        _fl_check_globals()",
-        "    return True",
-        "",
-        "",
-        "def _fl_ready_local():",
-        f"    if {local_guard}:",
-        "        return False",
-        "    if _fl_jit.used_global_vals:",
-        "        _fl_check_globals()",
-        "    return True",
-        "",
-        "",
+        *_ready_src("_fl_ready", guard),
+        *_ready_src("_fl_ready_local", local_guard),
         "def _fl_state():",
         "    return (" + "".join(f"{e}, " for e in adapter.state_exprs) + ")",
         "",
@@ -235,6 +221,20 @@ def build_source(jit: Any, adapter: Adapter, backend: Any, inline: bool = True,
         "",
     ]
     return "\n".join(lines), ns
+
+
+def _ready_src(name: str, guard: str) -> list[str]:
+    """Source lines of a guard function ``name()``: False where ``guard`` holds."""
+    return [
+        f"def {name}():",
+        f"    if {guard}:",
+        "        return False",
+        "    if _fl_jit.used_global_vals:",
+        "        _fl_check_globals()",
+        "    return True",
+        "",
+        "",
+    ]
 
 
 def _native_table(jit: Any, plan: Any, opts: list[str], ns: dict[str, Any]) -> bool:
