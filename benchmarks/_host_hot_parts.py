@@ -10,14 +10,13 @@ armed the path, and why not where it did not.
 """
 
 import argparse
-import time
 
 import torch
 
 import lora_dispatch as ld
 from lora_dispatch import ops
 from lora_dispatch.bench.kernels import Problem, _build
-from lora_dispatch.bench.timing import _busy
+from lora_dispatch.bench.timing import best_host_us
 from lora_dispatch.kernels.triton import launch as L
 
 ap = argparse.ArgumentParser()
@@ -26,22 +25,6 @@ ap.add_argument("--idle", action="store_true",
                 help="do not queue GPU spinning before each repeat (the GPU may then set the pace)")
 args = ap.parse_args()
 dev = torch.device("cuda")
-
-
-def _best_us(fn, n: int, spin: bool) -> float:
-    """Best of 5 repeats of ``n`` calls, µs per call; each repeat queued behind ~``n * 100``
-    µs of GPU spinning where ``spin`` (and not ``--idle``): only the host's own time."""
-    best = float("inf")
-    for _ in range(5):
-        torch.cuda.synchronize()
-        if spin and not args.idle:
-            _busy(n * 100)
-        t0 = time.perf_counter_ns()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter_ns() - t0) / n / 1e3)
-    torch.cuda.synchronize()
-    return best
 
 
 def _why_not(plan) -> str:
@@ -94,7 +77,7 @@ def pieces(t: int, rank: int) -> None:
     for r in range(2):
         for table, n, spin in ((launches, 200, True), (checks, 20000, False)):
             for name, fn in table.items():
-                us = _best_us(fn, n, spin)
+                us = best_host_us(fn, dev, n, spin=spin and not args.idle)
                 print(f"T={t} r{rank} r{r} {name:18s} {us:.3f} us")
 
 

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 import lora_dispatch as ld
 from lora_dispatch.bench.kernels import Problem, _build
-from lora_dispatch.bench.timing import _busy, env_record, host_time_us, write_json
+from lora_dispatch.bench.timing import best_host_us, env_record, host_time_us, write_json
 from lora_dispatch.kernels.triton import launch as L
 
 
@@ -45,21 +44,6 @@ _GROUPS = ("_GROUP", "_GGROUP", "_XGROUP", "_GXGROUP")
 
 def _counts(saved: dict) -> dict:
     return {k: getattr(saved.get(k) or getattr(L, k), "launches", 0) for k in _GROUPS}
-
-
-def _best_us(fn, n: int, dev: torch.device, spin: bool) -> float:
-    """Best of 5 repeats of ``n`` calls, µs per call, each behind GPU spinning (``spin``)."""
-    best = float("inf")
-    for _ in range(5):
-        torch.cuda.synchronize(dev)
-        if spin:
-            _busy(n * 150)
-        t0 = time.perf_counter_ns()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter_ns() - t0) / n / 1e3)
-    torch.cuda.synchronize(dev)
-    return best
 
 
 def parts(t: int, rank: int, dev: torch.device) -> dict:
@@ -105,9 +89,9 @@ def parts(t: int, rank: int, dev: torch.device) -> dict:
     else:
         checks = {}
     for label, fn in table.items():
-        res[label] = _best_us(fn, 100, dev, True)
+        res[label] = best_host_us(fn, dev, 100, spin_us_per_call=150)
     for label, fn in checks.items():
-        res[label] = _best_us(fn, 5000, dev, False)
+        res[label] = best_host_us(fn, dev, 5000, spin=False)
     print(f"T={t} r{rank} {name} armed={hot is not None}: " + "  ".join(
         f"{k} {v:.2f}" for k, v in res.items() if isinstance(v, float)), flush=True)
     return res

@@ -74,3 +74,11 @@ def test_host_time_estimate_leaves_out_the_first_calls(fake_cuda, monkeypatch):
     us = timing.host_time_us(fn, torch.device("cuda"), n=100, rounds=3)
     assert us == pytest.approx(5.0)
     assert spins and max(spins) <= 3 * 100 * 5.0 + 1e-9
+
+
+def test_best_host_us_calls_n_times_per_repeat_and_keeps_the_best():
+    from lora_dispatch.bench.timing import best_host_us
+
+    calls = []
+    us = best_host_us(lambda: calls.append(1), torch.device("cpu"), 7, repeats=3)
+    assert len(calls) == 21 and 0 < us < 1e4

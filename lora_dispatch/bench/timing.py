@@ -268,6 +268,24 @@ def graph_time_us(
 _MAX_SPIN_US = 500_000.0  # a round that outlasts this runs again with fewer calls
 
 
+def best_host_us(fn: Callable[[], Any], device: torch.device, n: int, spin: bool = True,
+                 spin_us_per_call: float = 100.0, repeats: int = 5) -> float:
+    """Best of ``repeats`` repeats of ``n`` calls of ``fn``, host µs per call; with ``spin``
+    each repeat is queued behind ``n * spin_us_per_call`` µs of GPU spinning, so a GPU
+    slower than the host cannot set the pace (for timing pieces of a launch path)."""
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        if spin and device.type == "cuda":
+            _busy(n * spin_us_per_call)
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter_ns() - t0) / n / 1e3)
+    _sync(device)
+    return best
+
+
 def host_time_us(
     fn: Callable[[], Any],
     device: torch.device,
