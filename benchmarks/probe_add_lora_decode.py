@@ -1,0 +1,111 @@
+"""Decode ``add_lora`` (qkv) over many adapters: K splits x expand tilings (GPU, CUDA graphs).
+
+    python benchmarks/probe_add_lora_decode.py [--json PATH] [--adapters 1,4,16]
+
+For hidden 4096, qkv (4096 + 1024 + 1024), bf16, each (rank, T, adapters) it replays the
+two-pass ``add_lora`` from a CUDA graph with every K split of ``--splits`` and every expand
+tiling of ``--expand`` (``BMxBNxNCOL[xSTAGES][p]``, ``p``: prefetch; ``default``: the
+registry's for that many partial products), the shipped plan first. Each variant's output
+is checked against the shipped plan's before it is timed. With ``--parts`` the expand alone
+is timed per split too (its partial products read from a zeroed workspace), to show what
+summing them costs, and every expand tiling alone over one product (the public
+``lora_expand``'s case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from dataclasses import replace
+
+import torch
+
+from lora_dispatch.bench.kernels import Problem, _build
+from lora_dispatch.bench.timing import env_record, graph_time_us, write_json
+from lora_dispatch.devices import configs as C
+from lora_dispatch.devices import current
+from lora_dispatch.kernels.triton import launch as L
+
+
+def _expand_cfg(spec: str, default: C.ExpandConfig) -> C.ExpandConfig:
+    if spec == "default":
+        return default
+    parts = spec.rstrip("p").split("x")
+    bm, bn, ncol = map(int, parts[:3])
+    stages = int(parts[3]) if len(parts) > 3 else default.num_stages
+    return replace(default, block_m=bm, block_n=bn, col_blocks=ncol, num_stages=stages,
+                   prefetch=spec.endswith("p"))
+
+
+def _probe(t: int, rank: int, adapters: int, splits: list[int], expands: list[str],
+           parts: bool, dev: torch.device) -> dict:
+    p = Problem("add_lora", 4096, t, rank, adapters, torch.bfloat16, dev)
+    batch, items = _build(p, 1)
+    w, x, _, out = items[0]
+    info = current(dev)
+    shipped = L.plan_for("add", w, t)
+    widths = tuple(w.out_features)
+    e0 = C.expand_config(info, t, w.total_out, w.max_rank, 2, widths=widths)
+    base = out.clone()
+    want = base.clone()
+    L._two_pass(shipped, want, x, w, batch, t)
+    res: dict[str, float | None] = {
+        f"shipped/split{shipped.shrink.split}": graph_time_us(
+            lambda: L._two_pass(shipped, out, x, w, batch, t), dev)}
+    for split, es in itertools.product(splits, expands):
+        try:
+            shipped_e = C.expand_config(info, t, w.total_out, w.max_rank, 2, widths=widths,
+                                        partials=split)
+            plan = L._two_pass_plan(w, t, split, expand_cfg=_expand_cfg(es, shipped_e))
+            got = base.clone()
+            L._two_pass(plan, got, x, w, batch, t)
+            err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+            if not err < 2e-2:
+                print(f"T={t} r={rank} a={adapters} split{split} {es}: wrong ({err:.3g})")
+                continue
+            res[f"split{plan.shrink.split}/{es}"] = graph_time_us(
+                lambda plan=plan: L._two_pass(plan, out, x, w, batch, t), dev)
+        except Exception as exc:  # a tiling that fails to build is reported and skipped
+            print(f"T={t} r={rank} a={adapters} split{split} {es} failed: {exc!r}"[:300])
+    if parts:
+        for split in splits:
+            plan = L._two_pass_plan(w, t, split)
+            ws = torch.zeros((plan.shrink.split, w.num_slices, t, w.max_rank), device=dev)
+            res[f"expand_alone/split{plan.shrink.split}"] = graph_time_us(
+                lambda plan=plan, ws=ws: L._launch_expand(plan.expand, ws, w, batch, out, t,
+                                                          plan.ys), dev)
+        y1 = torch.zeros((1, w.num_slices, t, w.max_rank), device=dev)
+        for es in expands:  # the public expand's case: one product, no partials to sum
+            ep = L._expand_plan(w, t, 1, cfg=_expand_cfg(es, e0))
+            res[f"expand1/{es}"] = graph_time_us(
+                lambda ep=ep: L._launch_expand(ep, y1, w, batch, out, t), dev)
+    best = min((k for k in res if not k.startswith("expand") and res[k]),
+               key=lambda k: res[k])
+    print(f"T={t} r={rank} a={adapters} best {best}={res[best]:.2f} | " + " ".join(
+        f"{k}={v:.2f}" for k, v in res.items() if v is not None), flush=True)
+    return dict(T=t, rank=rank, adapters=adapters, shipped_expand=str(shipped.expand.meta),
+                **{k: None if v is None else round(v, 3) for k, v in res.items()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--tokens", default="16,64")
+    ap.add_argument("--ranks", default="16,64")
+    ap.add_argument("--adapters", default="1,4,16")
+    ap.add_argument("--splits", default="2,4,8")
+    ap.add_argument("--expand", default="default,16x128x1,16x128x1p,16x256x1x2,16x64x2,16x64x4")
+    ap.add_argument("--parts", action="store_true")
+    args = ap.parse_args(argv)
+    dev = torch.device("cuda")
+    ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
+    rows = [_probe(t, r, a, ints(args.splits), args.expand.split(","), args.parts, dev)
+            for r, t, a in itertools.product(ints(args.ranks), ints(args.tokens),
+                                             ints(args.adapters))]
+    if args.json:
+        write_json(args.json, env_record(dev), rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
