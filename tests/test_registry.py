@@ -382,6 +382,48 @@ def test_expand_prefetch_rule():
     assert (g64.block_n, g64.num_stages, g64.col_blocks) == (64, 1, 2)
 
 
+def test_decode_expand_over_partials_takes_two_column_blocks():
+    """An expand that sums split-K partial products (add_lora) at T <= 256 walks two column
+    blocks a program (rank 16: 16x64, prefetched; rank 64: 16x64 in 2 stages up to T=16,
+    16x128 at T=64, 32x128 at T=256); the public expand, the 256-column gate_up decode
+    tiling, rank loops (rank 128) and prefill keep theirs. The decode workspace shrink
+    takes 8 K splits up to T=16 at every rank."""
+    from lora_dispatch.devices import configs
+
+    for t in (1, 16, 64, 256):
+        for rank in (16, 64):
+            one = configs.expand_config(H100, t, 6144, rank, 2)
+            many = configs.expand_config(H100, t, 6144, rank, 2, partials=8)
+            assert one.col_blocks == 1, (t, rank, one)
+            got = (many.block_m, many.block_n, many.col_blocks, many.prefetch)
+            if rank == 16:
+                want = (16, 64, 2, True)
+            else:
+                want = (16, 64, 2, False) if t <= 16 else (
+                    (16 if t <= 64 else 32), 128, 2, False)
+            assert got == want, (t, rank, many)
+            assert configs.expand_config(H100, t, 6144, rank, 2, partials=1) == one
+            split = configs.shrink_config(H100, t, 4096, rank, 2, atomic=False, slices=3).split_k
+            assert split == (8 if t <= 16 or (rank <= 16 and t <= 64) else 4), (t, rank)
+    for t, n, rank in ((16, 28672, 16), (16, 28672, 64), (64, 6144, 128), (2048, 6144, 16),
+                       (1024, 6144, 64)):
+        assert (configs.expand_config(H100, t, n, rank, 2, partials=4)
+                == configs.expand_config(H100, t, n, rank, 2)), (t, n, rank)
+
+
+def test_add_lora_plan_expands_with_its_shrink_split(monkeypatch):
+    """``add_lora``'s expand plan is configured for the partial products its shrink writes
+    (planned as on an H100)."""
+    from lora_dispatch.kernels.triton import launch as L
+
+    monkeypatch.setattr(L, "describe", lambda device: H100)
+    w = ld.LoRAWeights(4, 4096, (4096, 1024, 1024), 16, dtype=torch.bfloat16)
+    p = L.plan_for("add", w, 16, "two_pass")
+    assert p.shrink.split > 1 and p.expand.meta["SPLIT"] == p.shrink.split
+    assert p.expand.meta["NCOL"] == 2 and p.expand.meta["BN"] == 64
+    assert L.plan_for("expand", w, 16).meta["NCOL"] == 1
+
+
 def test_tma_env(monkeypatch):
     from lora_dispatch.devices import configs
 

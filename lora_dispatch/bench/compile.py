@@ -129,7 +129,7 @@ def variants(target: str):
                     split = sp.split
                 else:
                     split = 1
-                ecfg = configs.expand_config(info, t, n, rank, 2, widths=outs)
+                ecfg = configs.expand_config(info, t, n, rank, 2, widths=outs, partials=split)
                 ep = L._expand_plan(w, t, split, cfg=ecfg)
                 meta = {**ep.meta, "stride_yr": 1, "stride_on": 1}
                 yield f"expand-{name}-r{rank}-T{t}", L.expand_kernel, et, meta, ediv

@@ -231,10 +231,12 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
         if tb <= 256:
             # about two programs per compute unit, fewer splits for wide ranks (H200
             # add_lora qkv graph replay: rank 64, T=64: 12.6 us with 4 splits vs 16.2 with
-            # 8; rank 16, T=256: 10.9 vs 12.5; T=1 keeps 8: 6.9 / 8.3 us)
+            # 8; rank 16, T=256: 10.9 vs 12.5; T=1 keeps 8: 6.9 / 8.3 us); up to T=16 8
+            # since the expand reads the partials in two column blocks a program (rank 64
+            # T=16, 1 / 16 adapters: 7.9 / 12.4 us with 4 splits, 7.0 / 12.1 with 8)
             while split > 1 and programs * split > 2 * units:
                 split //= 2
-            split = min(split, 8 if rank * min(t, 16) <= 256 else 4)
+            split = min(split, 8 if t <= 16 or rank * min(t, 16) <= 256 else 4)
         elif t <= 2048:
             split = min(split, 2)
         else:
@@ -275,9 +277,26 @@ def shrink_config(info: DeviceInfo, t: int, k: int, rank: int, itemsize: int,
                           _token_bucket(t), k, rank, slices, t, itemsize, atomic)
 
 
+# decode expands that sum a split-K shrink's partial products (add_lora): every program of a
+# tile re-reads all of them, so two column blocks a program halve those reads. H200, qkv,
+# CUDA graphs, 1 / 16 adapters (probe_add_lora_decode.py, add-decode-probe-...json), shipped
+# -> (BM x BN x blocks): rank 16 T=16 5.62 / 11.59 -> 4.65 / 7.69 us (16x64x2, prefetched),
+# T=64 6.33 / 12.10 -> 5.17 / 7.88, T=256 8.56 / 9.94 -> 7.85 / 8.60; rank 64 T=16 8.30 /
+# 17.50 -> 7.00 / 12.08 (16x64x2, 2 stages, with 8 splits), T=64 11.33 / 18.78 -> 8.52 /
+# 13.11 (16x128x2), T=256 14.04 / 19.97 -> 12.30 / 15.18 (32x128x2)
+def _partials_expand(tb: int, block_r: int) -> tuple[int, int, int, int, bool]:
+    """``(block_m, block_n, col_blocks, stages, prefetch)`` of a decode expand over split-K
+    partial products (see above)."""
+    if block_r <= 32:
+        return 16, 64, 2, 1, True
+    if tb <= 16:
+        return 16, 64, 2, 2, False
+    return (16 if tb <= 64 else 32), 128, 2, 1, False
+
+
 @functools.lru_cache(maxsize=4096)
 def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n: int,
-                   max_rank: int, itemsize: int) -> ExpandConfig:
+                   max_rank: int, itemsize: int, partials: int = 1) -> ExpandConfig:
     # one rank step up to 128 above T=256: a rank loop re-reads y (and its split partial
     # products) per column block (H200 add_lora qkv rank 128, probe_expand_rank.py: expand
     # T=8192 332 -> 77 us, add_lora 407 -> 151; T=2048 90 -> 23, add_lora 120 -> 53; on
@@ -319,6 +338,8 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
         # for 64 x 128 in 4 blocks, qkv 64.6 vs 71.8, gate_up 276.5 vs 304.3, qkv T=2048
         # 19.6 vs 23.6)
         block_m, block_n, warps, stages, ncol, prefetch = 64, 64, 4, 3, 8, True
+    if partials > 1 and tb <= 256 and max_rank <= block_r and not (tb <= 16 and n >= 16384):
+        block_m, block_n, ncol, stages, prefetch = _partials_expand(tb, block_r)
     if itemsize == 4:
         block_n = min(block_n, 64)
     block_n = min(block_n, max(16, next_pow2(n)))
@@ -347,15 +368,16 @@ _ONE_WAVE_PER_UNIT = 4
 
 
 def expand_config(info: DeviceInfo, t: int, n: int, max_rank: int, itemsize: int,
-                  widths: tuple[int, ...] | None = None) -> ExpandConfig:
+                  widths: tuple[int, ...] | None = None, partials: int = 1) -> ExpandConfig:
     """Config for an expand of ``t`` tokens into ``n`` output columns from rank ``max_rank``.
 
     ``widths``: the slices' output widths (``n`` in total); with them, rank 33-64 prefill
     on the families in ``_WIDE_EXPAND_FAMILIES`` may take 2048-column programs, or
-    1024-column ones when those fill one wave.
+    1024-column ones when those fill one wave. ``partials``: how many split-K partial
+    products of ``y`` the expand sums (``add_lora``; 1 for the public expand).
     """
     cfg = _expand_config(info.family, info.platform, _units(info), info.warp_size,
-                         _token_bucket(t), n, max_rank, itemsize)
+                         _token_bucket(t), n, max_rank, itemsize, max(1, partials))
     if not (widths and info.family in _WIDE_EXPAND_FAMILIES and t > 1024
             and 32 < max_rank <= 64 and itemsize <= 2):
         return cfg

@@ -283,7 +283,7 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
     if cfg is None:
         info = describe(w.device) if info is None else info
         cfg = configs.expand_config(info, t, w.total_out, r, w.lora_b.element_size(),
-                                    widths=tuple(w.out_features))
+                                    widths=tuple(w.out_features), partials=split)
         gcfg = configs.expand_gluon(info, t, tuple(w.out_features), r,
                                     w.lora_b.element_size(), expand_gluon_kernel is not None)
         if gcfg is not None:
