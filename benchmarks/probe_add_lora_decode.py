@@ -9,7 +9,8 @@ registry's for that many partial products), the shipped plan first. Each variant
 is checked against the shipped plan's before it is timed. With ``--parts`` the expand alone
 is timed per split too (its partial products read from a zeroed workspace), to show what
 summing them costs, and every expand tiling alone over one product (the public
-``lora_expand``'s case).
+``lora_expand``'s case). ``--op expand|qkv_expand|gate_up_expand`` times only the latter, for
+that op's slices.
 """
 
 from __future__ import annotations
@@ -35,6 +36,37 @@ def _expand_cfg(spec: str, default: C.ExpandConfig) -> C.ExpandConfig:
     stages = int(parts[3]) if len(parts) > 3 else default.num_stages
     return replace(default, block_m=bm, block_n=bn, col_blocks=ncol, num_stages=stages,
                    prefetch=spec.endswith("p"))
+
+
+def _expand_only(t: int, rank: int, adapters: int, op: str, expands: list[str],
+                 dev: torch.device) -> dict:
+    """The public expand's case (one product, no partials) for every tiling, checked."""
+    p = Problem(op, 4096, t, rank, adapters, torch.bfloat16, dev)
+    batch, items = _build(p, 1)
+    w, _, y, out = items[0]
+    y1 = y.unsqueeze(0)  # [1, S, T, R]
+    e0 = C.expand_config(current(dev), t, w.total_out, w.max_rank, 2,
+                         widths=tuple(w.out_features))
+    want = out.clone()
+    L._launch_expand(L.plan_for("expand", w, t), y1, w, batch, want, t)
+    res: dict[str, float | None] = {}
+    for es in expands:
+        try:
+            ep = L._expand_plan(w, t, 1, cfg=_expand_cfg(es, e0))
+            got = out.clone()
+            L._launch_expand(ep, y1, w, batch, got, t)
+            err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+            if not err < 2e-2:
+                print(f"{op} T={t} r={rank} a={adapters} {es}: wrong ({err:.3g})")
+                continue
+            res[f"expand1/{es}"] = graph_time_us(
+                lambda ep=ep: L._launch_expand(ep, y1, w, batch, out, t), dev)
+        except Exception as exc:  # a tiling that fails to build is reported and skipped
+            print(f"{op} T={t} r={rank} a={adapters} {es} failed: {exc!r}"[:300])
+    print(f"{op} T={t} r={rank} a={adapters} " + " ".join(
+        f"{k}={v:.2f}" for k, v in res.items() if v is not None), flush=True)
+    return dict(op=op, T=t, rank=rank, adapters=adapters, shipped_expand=str(e0),
+                **{k: None if v is None else round(v, 3) for k, v in res.items()})
 
 
 def _probe(t: int, rank: int, adapters: int, splits: list[int], expands: list[str],
@@ -96,12 +128,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--splits", default="2,4,8")
     ap.add_argument("--expand", default="default,16x128x1,16x128x1p,16x256x1x2,16x64x2,16x64x4")
     ap.add_argument("--parts", action="store_true")
+    ap.add_argument("--op", default="add_lora",
+                    choices=("add_lora", "expand", "qkv_expand", "gate_up_expand"),
+                    help="an expand op: only the public expand's tilings, no shrink")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
-    rows = [_probe(t, r, a, ints(args.splits), args.expand.split(","), args.parts, dev)
-            for r, t, a in itertools.product(ints(args.ranks), ints(args.tokens),
-                                             ints(args.adapters))]
+    shapes = itertools.product(ints(args.ranks), ints(args.tokens), ints(args.adapters))
+    if args.op == "add_lora":
+        rows = [_probe(t, r, a, ints(args.splits), args.expand.split(","), args.parts, dev)
+                for r, t, a in shapes]
+    else:
+        rows = [_expand_only(t, r, a, args.op, args.expand.split(","), dev)
+                for r, t, a in shapes]
     if args.json:
         write_json(args.json, env_record(dev), rows)
     return 0
