@@ -47,13 +47,14 @@ def _expand_only(t: int, rank: int, adapters: int, op: str, expands: list[str],
     y1 = y.unsqueeze(0)  # [1, S, T, R]
     e0 = C.expand_config(current(dev), t, w.total_out, w.max_rank, 2,
                          widths=tuple(w.out_features))
-    want = out.clone()
+    base = out.clone()  # timing adds into out
+    want = base.clone()
     L._launch_expand(L.plan_for("expand", w, t), y1, w, batch, want, t)
     res: dict[str, float | None] = {}
     for es in expands:
         try:
             ep = L._expand_plan(w, t, 1, cfg=_expand_cfg(es, e0))
-            got = out.clone()
+            got = base.clone()
             L._launch_expand(ep, y1, w, batch, got, t)
             err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
             if not err < 2e-2:

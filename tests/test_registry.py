@@ -362,17 +362,17 @@ def test_shrink_wave_fit_rule():
 
 
 def test_expand_prefetch_rule():
-    """The out prefetch: on at T <= 256 up to rank 32 (one-stage single blocks) except the
-    two-stage 256-column gate_up decode, off at T <= 1024 (two stages, two blocks), on above
-    for ranks above 32 only."""
+    """The out prefetch: on at T <= 64 up to rank 32 (one-stage single blocks of 64 or 128
+    columns) except the 256-column gate_up decode, off at T=256 (256-column blocks up to
+    rank 32) and T <= 1024 (two stages, two blocks), on above for ranks above 32 only."""
     from lora_dispatch.devices import configs
 
     for t in (1, 16, 64, 256, 1024, 2048, 4096, 8192):
         for n, rank in ((4096, 16), (6144, 16), (4096, 64), (6144, 64), (28672, 16)):
             e = configs.expand_config(H100, t, n, rank, 2)
-            if t <= 16 and n >= 16384:
+            if t <= 64 and n >= 16384 or t == 256:
                 want = False
-            elif t <= 256:
+            elif t <= 64:
                 want = rank <= 32
             else:
                 want = t > 1024 and rank > 32
@@ -380,6 +380,13 @@ def test_expand_prefetch_rule():
     g16, g64 = (configs.expand_config(H100, 16, 28672, r, 2) for r in (16, 64))
     assert (g16.block_n, g16.num_stages, g16.col_blocks) == (256, 2, 1)  # decode gate_up
     assert (g64.block_n, g64.num_stages, g64.col_blocks) == (64, 1, 2)
+    # the public decode expand's column blocks: 64 at T=1, then 128 (256 for gate_up)
+    for t, n, rank, want in ((1, 6144, 16, (16, 64)), (16, 6144, 16, (16, 128)),
+                             (64, 6144, 64, (16, 128)), (64, 28672, 16, (16, 256)),
+                             (64, 28672, 64, (16, 256)), (256, 6144, 16, (16, 256)),
+                             (256, 28672, 16, (16, 256)), (256, 6144, 64, (32, 128))):
+        e = configs.expand_config(H100, t, n, rank, 2)
+        assert (e.block_m, e.block_n) == want, (t, n, rank, e)
 
 
 def test_decode_expand_over_partials_takes_two_column_blocks():

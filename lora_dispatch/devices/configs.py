@@ -320,9 +320,24 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
                 block_n, stages, prefetch = 256, 2, False
             else:
                 ncol = 2
+        elif tb > 1:
+            # wider blocks: fewer programs for a batch over many adapters (one tile a slot).
+            # H200 public expand, T=16 / 64, 1 / 4 / 16 adapters (probe_add_lora_decode.py
+            # --op, expand1-...json), 64 -> 128 columns (256 for gate_up): qkv rank 16 T=64
+            # 2.59 / 2.65 / 4.10 -> 2.60 / 2.62 / 3.37 us, rank 64 T=16 2.66 / 3.05 / 5.80 ->
+            # 2.73 / 3.14 / 4.83, gate_up rank 16 T=64 4.39 / 4.73 / 11.36 -> 3.82 / 4.05 /
+            # 6.93; T=1 keeps 64 (2.12 vs 2.29 on qkv)
+            block_n = 256 if n >= 16384 else 128
+            prefetch = prefetch and block_n == 128
     elif tb <= 256:
         block_m, block_n, warps, stages, ncol = 32, 128, 4, 1, 1
         prefetch = block_r <= 32
+        if block_r <= 32:
+            # 16 x 256 (same probe, T=256, 1 / 4 / 16 adapters): qkv 3.48 / 3.64 / 4.52 ->
+            # 3.52 / 3.57 / 3.73 us, gate_up 8.18 / 8.35 / 11.45 -> 8.32 / 8.47 / 8.64,
+            # expand 2.98 / 3.09 / 3.46 -> 2.94 / 3.03 / 3.14; rank 64 keeps 32 x 128 (expand
+            # 3.74 vs 4.20 with one adapter)
+            block_m, block_n, prefetch = 16, 256, False
     elif tb <= 1024:
         block_m, block_n, warps, stages, ncol, prefetch = 32, 128, 4, 2, 2, False
     elif max_rank <= 32:
