@@ -12,7 +12,9 @@ benchmark's ``shrink`` rows) it replays, each from a CUDA graph of 20 calls:
   (what a zero-filling single-pass kernel would cost);
 - ``public/splitN``: the public op with ``N`` K splits instead of the configured number;
 - ``partials/SPLIT``: the split-K kernel writing per-split partial products (what
-  ``add_lora``'s shrink does), without the reduction.
+  ``add_lora``'s shrink does), without the reduction;
+- ``cfg/BKxWARPSxSTAGESxSPLIT`` (``--configs``): the public op's zero fill and split-K kernel
+  with that config (16-token tiles), checked against the public op first.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from lora_dispatch.kernels.triton import launch as L
 
 
 def _probe(t: int, rank: int, dev: torch.device, single: bool = True,
-           adapters: int = 4) -> dict:
+           adapters: int = 4, configs: tuple = ()) -> dict:
     p = Problem("shrink", 4096, t, rank, adapters, torch.bfloat16, dev)
     batch, items = _build(p, 1)
     w, x, _, _ = items[0]
@@ -66,6 +68,25 @@ def _probe(t: int, rank: int, dev: torch.device, single: bool = True,
         yp = torch.empty((sp.split, s, t, r), device=dev)
         res[f"partials/{sp.split}"] = graph_time_us(
             lambda sp=sp, yp=yp: L._launch_shrink(sp, x, w, batch, yp, t), dev)
+    for bk, warps, stages, split in configs:
+        cfg = C.ShrinkConfig(16, max(16, min(64, C.next_pow2(r))), bk, split, warps, stages)
+        sp = L._shrink_plan(w, t, atomic=True, split_k=split, cfg=cfg)
+        n = s * t * r
+
+        def fill_and_shrink(sp=sp, n=n):
+            y = torch.zeros((s, t, r), dtype=torch.float32, device=dev)
+            L._launch_shrink(sp, x, w, batch, y, t, (0, t * r, r, 1))
+            return y
+
+        try:
+            want = ld.lora_shrink(x, w, batch)
+            err = ((fill_and_shrink() - want).norm() / want.norm()).item()
+            if not err < 1e-3:
+                print(f"T={t} r={rank} {cfg}: wrong ({err:.3g})", flush=True)
+                continue
+            res[f"cfg/{bk}x{warps}x{stages}x{sp.split}"] = graph_time_us(fill_and_shrink, dev)
+        except Exception as exc:  # a config that fails to build is reported and skipped
+            print(f"T={t} r={rank} {cfg} failed: {exc!r}"[:200], flush=True)
     best = min((k for k in res if k.startswith("single")), key=lambda k: res[k] or 1e9,
                default=None)
     print(f"T={t} r={rank} " + " ".join(
@@ -81,12 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ranks", default="16,64")
     ap.add_argument("--no-single", action="store_true", help="skip the single-pass variants")
     ap.add_argument("--adapters", type=int, default=4)
+    ap.add_argument("--configs", default="",
+                    help="public shrink configs BKxWARPSxSTAGESxSPLIT,... (zero fill + kernel)")
     args = ap.parse_args(argv)
+    configs = tuple(tuple(map(int, c.split("x"))) for c in args.configs.split(",") if c)
     dev = torch.device("cuda")
     rows = []
     for rank, t in itertools.product(map(int, args.ranks.split(",")),
                                      map(int, args.tokens.split(","))):
-        rows.append(_probe(t, rank, dev, single=not args.no_single, adapters=args.adapters))
+        rows.append(_probe(t, rank, dev, single=not args.no_single, adapters=args.adapters,
+                           configs=configs))
     if args.json:
         write_json(args.json, env_record(dev), rows)
     return 0
