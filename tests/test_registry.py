@@ -418,6 +418,18 @@ def test_decode_expand_over_partials_takes_two_column_blocks():
                 == configs.expand_config(H100, t, n, rank, 2)), (t, n, rank)
 
 
+def test_public_decode_shrink_stages():
+    """The public (atomic) shrink pipelines 3 K steps at 1 < T <= 64, 4 elsewhere; the
+    workspace shrink keeps 4."""
+    from lora_dispatch.devices import configs
+
+    for t in (1, 2, 16, 64, 256):
+        pub = configs.shrink_config(H100, t, 4096, 16, 2, atomic=True)
+        ws = configs.shrink_config(H100, t, 4096, 16, 2, atomic=False, slices=3)
+        assert pub.num_stages == (3 if 1 < t <= 64 else 4), (t, pub)
+        assert ws.num_stages == 4 and (pub.block_k, ws.block_k) == (128, 128), (t, ws)
+
+
 def test_add_lora_plan_expands_with_its_shrink_split(monkeypatch):
     """``add_lora``'s expand plan is configured for the partial products its shrink writes
     (planned as on an H100)."""

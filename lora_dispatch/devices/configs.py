@@ -204,6 +204,12 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
         # one block per program: more, shorter programs beat sharing x (H200 add_lora shrink,
         # qkv rank 16, T=64: 7.9 us vs 8.9 with 3 blocks; rank 64, T=1: 7.5 vs 8.6)
         block_m, block_k, warps, stages, rank_blocks = 16, 128, 4, 4, 1
+        if atomic and 1 < tb <= 64:
+            # public shrink, 3 stages: 16 busy tiles (16 adapters) replayed 0.2 us faster,
+            # 1 and 4 adapters the same (H200, rank 16, T=16 / 64, fill + kernel:
+            # 4.61 / 4.53 -> 4.42 / 4.32 us; probe_shrink_decode.py --configs,
+            # shrink-decode-cfg-...json)
+            stages = 3
     elif block_n >= 64 or t <= 2048:
         # H200, qkv, T=2048: one block per program and two K splits fill the device (rank 16:
         # 13.4 us vs 14.8 with 3 blocks; rank 64: 16.9 vs 19.8 unsplit)
