@@ -505,16 +505,6 @@ def shrink_tma(info: DeviceInfo, t: int) -> bool:
     return t >= _TMA_MIN_TOKENS.get(info.family, 1 << 62)
 
 
-ENV_L2PF = "LORA_DISPATCH_L2PF"
-
-
-def shrink_l2_prefetch(info: DeviceInfo, t: int, slices: int, atomic: bool) -> bool:
-    """Whether the public decode shrink over single-slice weights asks L2 for its ``A``
-    rows as soon as it knows the slot (CUDA only; ``LORA_DISPATCH_L2PF=1``: experimental)."""
-    return (os.environ.get(ENV_L2PF, "0") == "1" and info.platform == "cuda" and atomic
-            and slices == 1 and t <= 64)
-
-
 def pdl(info: DeviceInfo) -> bool:
     """Whether ``add_lora``'s expand is launched with programmatic dependent launch.
 

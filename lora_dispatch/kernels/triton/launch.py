@@ -95,7 +95,7 @@ class ExpandPlan(NamedTuple):
 _OVERLAP_CX = ("S", "R", "TILE", "BM", "BNS", "BK", "RB", "EVEN_K", "BNE", "BR", "NCOL",
                "PREFETCH", "ALIGN", "PREC", "SPLIT")
 _SHRINK_CX = ("S", "R", "RCAP", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL",
-              "PREC", "PDL", "PF")
+              "PREC", "PDL")
 _EXPAND_CX = ("S", "R", "RCAP", "RMASK", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH",
               "ALIGN", "PREC", "PDL", "TRIM")
 
@@ -249,9 +249,6 @@ def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.
         BK=cfg.block_k, RB=cfg.rank_blocks,
         EVEN_K=(k % k_split == 0 and k_split % cfg.block_k == 0),
         ATOMIC=atomic and split > 1, FILL=fill and atomic and split == 1, PREC=PREC, PDL=pdl,
-        PF=(_cdiv(k_split * 2, 128) if configs.shrink_l2_prefetch(info, t, s, atomic)
-            and w.lora_a.element_size() == 2 and _cdiv(k_split * 2, 128) in (1, 2, 4, 8, 16)
-            else 0),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     gluon = None

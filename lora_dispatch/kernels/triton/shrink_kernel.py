@@ -167,22 +167,6 @@ def _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, 
                      stride_yp, stride_ys, stride_yt, S, R, BN, ATOMIC, FILL)
 
 
-@triton.jit
-def _prefetch_a(a_ptr, slot, L, live, k0, K, R: tl.constexpr, ROWS: tl.constexpr,
-                LINES: tl.constexpr, STEP: tl.constexpr):
-    """Ask L2 for the first ``ROWS`` rows of a single-slice slot's ``A`` over this program's
-    K range (``LINES`` lines of ``STEP`` elements), before the slot's rank is known."""
-    rows = tl.arange(0, ROWS)  # [ROWS]
-    offs = k0 + tl.arange(0, LINES) * STEP  # [LINES]
-    ok = live & (slot >= 0) & (slot < L)
-    ptrs = (a_ptr + slot.to(tl.int64) * R * K + rows[:, None].to(tl.int64) * K
-            + offs[None, :])  # [ROWS, LINES]
-    mask = ok & (rows < R)[:, None] & (offs < K)[None, :]  # [ROWS, LINES]
-    tl.inline_asm_elementwise("mov.u32 $0, 0; prefetch.global.L2 [$1];", "=r,l",
-                              [tl.where(mask, ptrs, a_ptr)], dtype=tl.int32, is_pure=False,
-                              pack=1)
-
-
 @fast_launch
 @triton.jit
 def shrink_kernel(
@@ -192,7 +176,7 @@ def shrink_kernel(
     S: tl.constexpr, R: tl.constexpr, RCAP: tl.constexpr, TILE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
     EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, FILL: tl.constexpr, PREC: tl.constexpr,
-    PDL: tl.constexpr, PF: tl.constexpr = 0,
+    PDL: tl.constexpr,
 ):
     if PDL == 1:  # the expand after it may start now (it waits before reading y)
         pdl_launch_dependents()
@@ -202,8 +186,6 @@ def shrink_kernel(
     pid_k = tl.program_id(1)
     slot, rank, start, end = tile_head(tiles_ptr + TILE * 3 * NT + pid_m, ranks_ptr, L, NT)
     m_mask, tok64 = tile_rows(start, end, tok_ptr, T, BM)  # [BM], [BM]
-    if PF > 0:  # single slice, 16-bit, CUDA: PF 128-byte lines a row of A's first 16 rows
-        _prefetch_a(a_ptr, slot, L, pid_n == 0, pid_k * K_SPLIT, K, R, 16, PF, 64)
     NBR: tl.constexpr = (RCAP + BN - 1) // BN  # blocks a slice: no slot's rank passes RCAP
     (sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3,
      live) = _blocks(pid_n, rank, S, NBR, BN, RB)
