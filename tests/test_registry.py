@@ -380,11 +380,13 @@ def test_expand_prefetch_rule():
     g16, g64 = (configs.expand_config(H100, 16, 28672, r, 2) for r in (16, 64))
     assert (g16.block_n, g16.num_stages, g16.col_blocks) == (256, 2, 1)  # decode gate_up
     assert (g64.block_n, g64.num_stages, g64.col_blocks) == (64, 1, 2)
-    # the public decode expand's column blocks: 64 at T=1, then 128 (256 for gate_up)
+    # the public decode expand's column blocks: 64 at T=1, then 128 (256 for gate_up); a
+    # rank loop (rank 128) keeps 64
     for t, n, rank, want in ((1, 6144, 16, (16, 64)), (16, 6144, 16, (16, 128)),
                              (64, 6144, 64, (16, 128)), (64, 28672, 16, (16, 256)),
                              (64, 28672, 64, (16, 256)), (256, 6144, 16, (16, 256)),
-                             (256, 28672, 16, (16, 256)), (256, 6144, 64, (32, 128))):
+                             (256, 28672, 16, (16, 256)), (256, 6144, 64, (32, 128)),
+                             (16, 6144, 128, (16, 64))):
         e = configs.expand_config(H100, t, n, rank, 2)
         assert (e.block_m, e.block_n) == want, (t, n, rank, e)
 
