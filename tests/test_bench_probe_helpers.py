@@ -69,16 +69,21 @@ def test_dense_shrink_log_counts_minimal_bytes_and_writes_every_row(tmp_path):
     assert data["copy_gbs"] == 1000.0
 
 
-def test_readme_size_copy_table_reads_both_rulers(tmp_path):
-    """``readme_tables.size_copy_table``: the same-size copy's speed over the 1 GiB copy
-    bandwidth, then the op's GPU time over the copy's; rows it has no copy for print '-'."""
+def _script(name: str):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "readme_tables.py"
-    spec = importlib.util.spec_from_file_location("readme_tables", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_size_copy_table_reads_both_rulers(tmp_path):
+    """``readme_tables.size_copy_table``: the same-size copy's speed over the 1 GiB copy
+    bandwidth, then the op's GPU time over the copy's; rows it has no copy for print '-'."""
+    mod = _script("readme_tables")
     row = dict(op="expand", backend="triton", adapters=4, T=2048, rank=16, bytes=4_000_000,
                gpu_us=2.0, size_copy_us=1.6, pct_size_copy=80.0)
     f = tmp_path / "k.json"
@@ -88,3 +93,15 @@ def test_readme_size_copy_table_reads_both_rulers(tmp_path):
     # 4 MB in 1.6 us = 2500 GB/s = 50% of 5000; the op takes 2.0 us: 80% of the copy's speed
     assert expand == "| expand | - | - | 50% · 80% | - |"
     assert next(line for line in lines if line.startswith("| shrink |")).count("-") == 4
+
+
+def test_decode_probe_reads_expand_tilings():
+    """``probe_add_lora_decode``'s ``BMxBNxNCOL[xSTAGES][p]`` specs: stages default to the
+    shipped config's, ``p`` turns the prefetch on, ``default`` is the shipped config."""
+    from lora_dispatch.devices.configs import ExpandConfig
+
+    mod = _script("probe_add_lora_decode")
+    base = ExpandConfig(16, 64, 16, 4, 1, 1, True)
+    assert mod._expand_cfg("default", base) is base
+    assert mod._expand_cfg("16x64x2p", base) == ExpandConfig(16, 64, 16, 4, 1, 2, True)
+    assert mod._expand_cfg("32x256x1x2", base) == ExpandConfig(32, 256, 16, 4, 2, 1, False)
