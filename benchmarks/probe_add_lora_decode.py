@@ -8,9 +8,8 @@ tiling of ``--expand`` (``BMxBNxNCOL[xSTAGES][p]``, ``p``: prefetch; ``default``
 registry's for that many partial products), the shipped plan first. Each variant's output
 is checked against the shipped plan's before it is timed. With ``--parts`` the expand alone
 is timed per split too (its partial products read from a zeroed workspace), to show what
-summing them costs, and every expand tiling alone over one product (the public
-``lora_expand``'s case). ``--op expand|qkv_expand|gate_up_expand`` times only the latter, for
-that op's slices.
+summing them costs. ``--op expand|qkv_expand|gate_up_expand`` times the public expand's case
+instead (one product, no partials to sum) for every tiling, for that op's slices.
 """
 
 from __future__ import annotations
@@ -38,6 +37,30 @@ def _expand_cfg(spec: str, default: C.ExpandConfig) -> C.ExpandConfig:
                    prefetch=spec.endswith("p"))
 
 
+def _checked(make, base: torch.Tensor, want: torch.Tensor, out: torch.Tensor,
+             dev: torch.device, what: str) -> float | None:
+    """Graph-replay µs of ``run(out)``, ``run = make()``, once ``run`` on a copy of ``base``
+    matched ``want``; ``None`` after printing why where it did not, or did not build."""
+    try:
+        run = make()
+        got = base.clone()
+        run(got)
+        err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+        if not err < 2e-2:
+            print(f"{what}: wrong ({err:.3g})", flush=True)
+            return None
+        return graph_time_us(lambda: run(out), dev)
+    except Exception as exc:  # a variant that fails to build is reported and skipped
+        print(f"{what} failed: {exc!r}"[:300], flush=True)
+        return None
+
+
+def _row(res: dict, what: str, **key) -> dict:
+    print(f"{what} " + " ".join(f"{k}={v:.2f}" for k, v in res.items() if v is not None),
+          flush=True)
+    return dict(**key, **{k: None if v is None else round(v, 3) for k, v in res.items()})
+
+
 def _expand_only(t: int, rank: int, adapters: int, op: str, expands: list[str],
                  dev: torch.device) -> dict:
     """The public expand's case (one product, no partials) for every tiling, checked."""
@@ -50,24 +73,15 @@ def _expand_only(t: int, rank: int, adapters: int, op: str, expands: list[str],
     base = out.clone()  # timing adds into out
     want = base.clone()
     L._launch_expand(L.plan_for("expand", w, t), y1, w, batch, want, t)
-    res: dict[str, float | None] = {}
-    for es in expands:
-        try:
-            ep = L._expand_plan(w, t, 1, cfg=_expand_cfg(es, e0))
-            got = base.clone()
-            L._launch_expand(ep, y1, w, batch, got, t)
-            err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
-            if not err < 2e-2:
-                print(f"{op} T={t} r={rank} a={adapters} {es}: wrong ({err:.3g})")
-                continue
-            res[f"expand1/{es}"] = graph_time_us(
-                lambda ep=ep: L._launch_expand(ep, y1, w, batch, out, t), dev)
-        except Exception as exc:  # a tiling that fails to build is reported and skipped
-            print(f"{op} T={t} r={rank} a={adapters} {es} failed: {exc!r}"[:300])
-    print(f"{op} T={t} r={rank} a={adapters} " + " ".join(
-        f"{k}={v:.2f}" for k, v in res.items() if v is not None), flush=True)
-    return dict(op=op, T=t, rank=rank, adapters=adapters, shipped_expand=str(e0),
-                **{k: None if v is None else round(v, 3) for k, v in res.items()})
+    what = f"{op} T={t} r={rank} a={adapters}"
+
+    def make(es: str):
+        ep = L._expand_plan(w, t, 1, cfg=_expand_cfg(es, e0))
+        return lambda o: L._launch_expand(ep, y1, w, batch, o, t)
+
+    res = {f"expand1/{es}": _checked(lambda es=es: make(es), base, want, out, dev,
+                                     f"{what} {es}") for es in expands}
+    return _row(res, what, op=op, T=t, rank=rank, adapters=adapters, shipped_expand=str(e0))
 
 
 def _probe(t: int, rank: int, adapters: int, splits: list[int], expands: list[str],
@@ -78,28 +92,23 @@ def _probe(t: int, rank: int, adapters: int, splits: list[int], expands: list[st
     info = current(dev)
     shipped = L.plan_for("add", w, t)
     widths = tuple(w.out_features)
-    e0 = C.expand_config(info, t, w.total_out, w.max_rank, 2, widths=widths)
-    base = out.clone()
+    base = out.clone()  # timing adds into out
     want = base.clone()
     L._two_pass(shipped, want, x, w, batch, t)
+    what = f"T={t} r={rank} a={adapters}"
     res: dict[str, float | None] = {
         f"shipped/split{shipped.shrink.split}": graph_time_us(
             lambda: L._two_pass(shipped, out, x, w, batch, t), dev)}
+
+    def make(split: int, es: str):
+        cfg = _expand_cfg(es, C.expand_config(info, t, w.total_out, w.max_rank, 2,
+                                              widths=widths, partials=split))
+        plan = L._two_pass_plan(w, t, split, expand_cfg=cfg)
+        return lambda o: L._two_pass(plan, o, x, w, batch, t)
+
     for split, es in itertools.product(splits, expands):
-        try:
-            shipped_e = C.expand_config(info, t, w.total_out, w.max_rank, 2, widths=widths,
-                                        partials=split)
-            plan = L._two_pass_plan(w, t, split, expand_cfg=_expand_cfg(es, shipped_e))
-            got = base.clone()
-            L._two_pass(plan, got, x, w, batch, t)
-            err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
-            if not err < 2e-2:
-                print(f"T={t} r={rank} a={adapters} split{split} {es}: wrong ({err:.3g})")
-                continue
-            res[f"split{plan.shrink.split}/{es}"] = graph_time_us(
-                lambda plan=plan: L._two_pass(plan, out, x, w, batch, t), dev)
-        except Exception as exc:  # a tiling that fails to build is reported and skipped
-            print(f"T={t} r={rank} a={adapters} split{split} {es} failed: {exc!r}"[:300])
+        res[f"split{split}/{es}"] = _checked(lambda split=split, es=es: make(split, es), base,
+                                             want, out, dev, f"{what} split{split} {es}")
     if parts:
         for split in splits:
             plan = L._two_pass_plan(w, t, split)
@@ -107,17 +116,11 @@ def _probe(t: int, rank: int, adapters: int, splits: list[int], expands: list[st
             res[f"expand_alone/split{plan.shrink.split}"] = graph_time_us(
                 lambda plan=plan, ws=ws: L._launch_expand(plan.expand, ws, w, batch, out, t,
                                                           plan.ys), dev)
-        y1 = torch.zeros((1, w.num_slices, t, w.max_rank), device=dev)
-        for es in expands:  # the public expand's case: one product, no partials to sum
-            ep = L._expand_plan(w, t, 1, cfg=_expand_cfg(es, e0))
-            res[f"expand1/{es}"] = graph_time_us(
-                lambda ep=ep: L._launch_expand(ep, y1, w, batch, out, t), dev)
     best = min((k for k in res if not k.startswith("expand") and res[k]),
-               key=lambda k: res[k])
-    print(f"T={t} r={rank} a={adapters} best {best}={res[best]:.2f} | " + " ".join(
-        f"{k}={v:.2f}" for k, v in res.items() if v is not None), flush=True)
-    return dict(T=t, rank=rank, adapters=adapters, shipped_expand=str(shipped.expand.meta),
-                **{k: None if v is None else round(v, 3) for k, v in res.items()})
+               key=lambda k: res[k], default=None)
+    head = f"{what} best {best}={res[best]:.2f} |" if best else what
+    return _row(res, head, T=t, rank=rank, adapters=adapters,
+                shipped_expand=str(shipped.expand.meta))
 
 
 def main(argv: list[str] | None = None) -> int:
