@@ -380,10 +380,10 @@ def test_expand_prefetch_rule():
     g16, g64 = (configs.expand_config(H100, 16, 28672, r, 2) for r in (16, 64))
     assert (g16.block_n, g16.num_stages, g16.col_blocks) == (256, 2, 1)  # decode gate_up
     assert (g64.block_n, g64.num_stages, g64.col_blocks) == (64, 1, 2)
-    # the public decode expand's column blocks: 64 at T=1, then 128 (256 for gate_up); a
-    # rank loop (rank 128) keeps 64
+    # the public decode expand's column blocks: 64 at T=1, then 128 up to rank 32 (256 for
+    # gate_up); ranks 33-64 below gate_up widths (a spill at 128) and rank loops keep 64
     for t, n, rank, want in ((1, 6144, 16, (16, 64)), (16, 6144, 16, (16, 128)),
-                             (64, 6144, 64, (16, 128)), (64, 28672, 16, (16, 256)),
+                             (64, 6144, 64, (16, 64)), (64, 28672, 16, (16, 256)),
                              (64, 28672, 64, (16, 256)), (256, 6144, 16, (16, 256)),
                              (256, 28672, 16, (16, 256)), (256, 6144, 64, (32, 128)),
                              (16, 6144, 128, (16, 64))):

@@ -144,6 +144,14 @@ def variants(target: str):
                            {**sp.meta, "stride_xk": 1, "PDL": 1 if t <= 256 else 2}, sdiv)
                     yield (f"expand-pdl-{name}-r{rank}-T{t}", L.expand_kernel, et,
                            {**meta, "PDL": True}, ediv)
+    for outs, name in (((4096, 1024, 1024), "qkv"), ((14336, 14336), "gate_up")):
+        for rank in (16, 64):  # the public decode expand (one product): 128 / 256 columns
+            w = ld.LoRAWeights(4, 4096, outs, rank, dtype=torch.bfloat16)
+            for t in (64, 256):
+                ecfg = configs.expand_config(info, t, w.total_out, rank, 2, widths=outs)
+                ep = L._expand_plan(w, t, 1, cfg=ecfg)
+                yield (f"expand-public-{name}-r{rank}-T{t}", L.expand_kernel, et,
+                       {**ep.meta, "stride_yr": 1, "stride_on": 1}, ediv)
     w = ld.LoRAWeights(4, 4096, (4096, 1024, 1024), 64, dtype=torch.bfloat16)
     for t in (16, 2048):  # eager add_lora over rank-16 adapters in a rank-64 pool
         sp = L._shrink_plan(w, t, atomic=False, info=info, cap=16)

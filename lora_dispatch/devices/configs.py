@@ -326,13 +326,16 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
                 block_n, stages, prefetch = 256, 2, False
             else:
                 ncol = 2
-        elif tb > 1 and max_rank <= block_r:
+        elif tb > 1 and max_rank <= block_r and (n >= 16384 or block_r <= 32):
             # wider blocks: fewer programs for a batch over many adapters (one tile a slot).
             # H200 public expand, T=16 / 64, 1 / 4 / 16 adapters (probe_add_lora_decode.py
             # --op, expand1-...json), 64 -> 128 columns (256 for gate_up): qkv rank 16 T=64
-            # 2.59 / 2.65 / 4.10 -> 2.60 / 2.62 / 3.37 us, rank 64 T=16 2.66 / 3.05 / 5.80 ->
-            # 2.73 / 3.14 / 4.83, gate_up rank 16 T=64 4.39 / 4.73 / 11.36 -> 3.82 / 4.05 /
-            # 6.93; T=1 keeps 64 (2.12 vs 2.29 on qkv), rank loops (rank > 64) unmeasured
+            # 2.59 / 2.65 / 4.10 -> 2.60 / 2.62 / 3.37 us, gate_up rank 16 T=64 4.39 / 4.73 /
+            # 11.36 -> 3.82 / 4.05 / 6.93, rank 64 T=64 8.44 / 8.55 / 23.10 -> 6.03 / 6.09 /
+            # 20.02. T=1 keeps 64 (2.12 vs 2.29 on qkv); ranks 33-64 below gate_up widths
+            # keep 64: 128 columns were faster there too (qkv rank 64 T=16 2.66 / 3.05 / 5.80
+            # -> 2.73 / 3.14 / 4.83) but spill 8 bytes on sm_90 at 4 warps (8 warps do not,
+            # unmeasured); rank loops (rank > 64) unmeasured
             block_n = 256 if n >= 16384 else 128
             prefetch = prefetch and block_n == 128
     elif tb <= 256:
