@@ -71,9 +71,8 @@ def _probe(t: int, rank: int, dev: torch.device, single: bool = True,
     for bk, warps, stages, split in configs:
         cfg = C.ShrinkConfig(16, max(16, min(64, C.next_pow2(r))), bk, split, warps, stages)
         sp = L._shrink_plan(w, t, atomic=True, split_k=split, cfg=cfg)
-        n = s * t * r
 
-        def fill_and_shrink(sp=sp, n=n):
+        def fill_and_shrink(sp=sp):
             y = torch.zeros((s, t, r), dtype=torch.float32, device=dev)
             L._launch_shrink(sp, x, w, batch, y, t, (0, t * r, r, 1))
             return y

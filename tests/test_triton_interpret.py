@@ -158,6 +158,12 @@ def ref_delta(y, w, slots, t):
     return delta
 
 
+def ref_y_delta(x, w, slots):
+    """float64 ``y [S, T, R]`` and the delta it adds ``[T, sum(out_features)]``."""
+    y = ref_y(x, w, slots)
+    return y, ref_delta(y, w, slots, x.shape[0])
+
+
 def rel(got, want):
     got = got.double()
     assert not torch.isnan(got).any(), "NaN in output (unwritten element?)"
@@ -273,8 +279,7 @@ def test_expand_fp16_y_and_mixed_out_dtype(dtype, poison_empty):
     slots = torch.randint(-1, 3, (t,), generator=gen)
     batch = ld.LoRABatch.from_token_adapters(slots)
     x = poisoned((t, 64), dtype, gen, 1.0)
-    y = ref_y(x, w, slots)
-    delta = ref_delta(y, w, slots, t)
+    y, delta = ref_y_delta(x, w, slots)
     for y_dtype in (torch.float32, torch.float16):
         for out_dtype in (torch.float32, torch.float16):
             base = poisoned((t, sum(outs)), out_dtype, gen)
@@ -300,8 +305,7 @@ def test_expand_max_rank_not_a_multiple_of_8_stays_in_b(max_rank):
     slots = torch.tensor([2, 0, -1, 2, 1, 2, 2, 0, 1, 2, 2])
     batch = ld.LoRABatch.from_token_adapters(slots)
     x = poisoned((t, 32), dtype, gen, 1.0)
-    y = ref_y(x, w, slots)
-    delta = ref_delta(y, w, slots, t)
+    y, delta = ref_y_delta(x, w, slots)
     base = poisoned((t, sum(outs)), dtype, gen)
     out = base.clone()
     tk.expand(y.float(), w, batch, out)  # under checked_memory (the autouse fixture)
@@ -553,8 +557,7 @@ def test_expand_config_variants(cfg):
     slots = torch.randint(-1, 4, (t,), generator=gen)
     batch = ld.LoRABatch.from_token_adapters(slots)
     x = poisoned((t, 48), dtype, gen, 1.0)
-    y = ref_y(x, w, slots)
-    delta = ref_delta(y, w, slots, t)
+    y, delta = ref_y_delta(x, w, slots)
     base = poisoned((t, sum(outs)), dtype, gen)
     out = base.clone()
     plan = L._expand_plan(w, t, 1, cfg=C.ExpandConfig(bm, bn, br, 4, 2, ncol, prefetch))

@@ -90,6 +90,11 @@ def compile_variant(target: str, fn, types: dict, meta: dict, div: tuple) -> tup
     return _compile(target, fn, types, meta, div)
 
 
+def _expand_meta(ep) -> dict:
+    """An expand plan's constexprs, with ``y``'s rank stride and ``out``'s column stride 1."""
+    return {**ep.meta, "stride_yr": 1, "stride_on": 1}
+
+
 def variants(target: str):
     """(name, kernel, argument types, constexprs + warps / stages, divisible int args)."""
     import torch
@@ -131,7 +136,7 @@ def variants(target: str):
                     split = 1
                 ecfg = configs.expand_config(info, t, n, rank, 2, widths=outs, partials=split)
                 ep = L._expand_plan(w, t, split, cfg=ecfg)
-                meta = {**ep.meta, "stride_yr": 1, "stride_on": 1}
+                meta = _expand_meta(ep)
                 yield f"expand-{name}-r{rank}-T{t}", L.expand_kernel, et, meta, ediv
                 if name == "qkv" and rank in (16, 64) and t >= 2048:  # add_lora overlapped
                     op = L._overlap_plan(w, t, configs.overlap_config(
@@ -151,14 +156,13 @@ def variants(target: str):
                 ecfg = configs.expand_config(info, t, w.total_out, rank, 2, widths=outs)
                 ep = L._expand_plan(w, t, 1, cfg=ecfg)
                 yield (f"expand-public-{name}-r{rank}-T{t}", L.expand_kernel, et,
-                       {**ep.meta, "stride_yr": 1, "stride_on": 1}, ediv)
+                       _expand_meta(ep), ediv)
     w = ld.LoRAWeights(4, 4096, (4096, 1024, 1024), 64, dtype=torch.bfloat16)
     for t in (16, 2048):  # eager add_lora over rank-16 adapters in a rank-64 pool
         sp = L._shrink_plan(w, t, atomic=False, info=info, cap=16)
         yield f"shrink-qkv-r64cap16-T{t}", L.shrink_kernel, st, {**sp.meta, "stride_xk": 1}, sdiv
         ep = L._expand_plan(w, t, sp.split, info=info, cap=16)
-        yield (f"expand-qkv-r64cap16-T{t}", L.expand_kernel, et,
-               {**ep.meta, "stride_yr": 1, "stride_on": 1}, ediv)
+        yield f"expand-qkv-r64cap16-T{t}", L.expand_kernel, et, _expand_meta(ep), ediv
     if target == "sm90":
         yield from _gluon_variants(info, st, sdiv)
         yield from _gluon_expand_variants(info, et, ediv)
