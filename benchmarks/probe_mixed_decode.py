@@ -13,11 +13,14 @@ round-robin), the two-pass plan from a CUDA graph:
 - ``shipped``: the plan for ``max_rank`` (what a graph runs);
 - ``capB``: the eager plan capped at ``B`` (right only while every loaded rank is at most
   ``B``; the target a graph-safe plan is measured against);
-- ``boxB[.sSPLIT][.eBMxBNxNCOL[xSTAGES][p]]``: the shrink's and the expand's configs as if
-  ``max_rank`` were ``B`` (``BN = B`` rank rows a shrink program, a ``B``-wide rank step in
-  the expand), run over the full ``max_rank``: each slot's programs and rank steps follow
-  its own rank (shrink programs past it exit, the expand loops ``cdiv(rank, B)`` steps).
-  ``.sSPLIT`` overrides the K split, ``.e...`` the expand's tiling.
+- ``SHRINK[|EXPAND]``, each side ``ship`` (the config for ``max_rank``) or ``boxB`` (the
+  config as if ``max_rank`` were ``B``: ``BN = B`` rank rows a shrink program, a ``B``-wide
+  rank step in the expand), run over the full ``max_rank``: each slot's programs and rank
+  steps follow its own rank (shrink programs past it exit, the expand loops ``cdiv(rank,
+  B)`` steps). The shrink side takes ``.sSPLIT`` (K split), the expand side
+  ``.eBMxBNxNCOL[xSTAGES][p]`` (tiling); the expand side defaults to the shrink side's box.
+
+``--parts`` also times each plan's shrink alone and expand alone.
 
 Each variant's output is checked against the shipped plan's before it is timed.
 """
@@ -64,29 +67,51 @@ def _tiling(spec: str, cfg: C.ExpandConfig) -> C.ExpandConfig:
                    prefetch=spec.endswith("p"))
 
 
+def _side(spec: str, w, t: int, info, shrink: bool, split: int = 0):
+    """The shrink's (``shrink``) or the expand's config of one side of a variant."""
+    head, *opts = spec.split(".")
+    box = w.max_rank if head == "ship" else int(head[3:])
+    if shrink:
+        cfg = C.shrink_config(info, t, w.in_features, box, w.lora_a.element_size(),
+                              atomic=False, slices=w.num_slices)
+        for o in opts:
+            if o.startswith("s"):
+                cfg = replace(cfg, split_k=int(o[1:]))
+        return cfg
+    cfg = C.expand_config(info, t, w.total_out, box, w.lora_b.element_size(),
+                          widths=tuple(w.out_features), partials=split)
+    for o in opts:
+        if o.startswith("e"):
+            cfg = _tiling(o[1:], cfg)
+    return cfg
+
+
 def variant_plan(spec: str, w, t: int, info):
     """The two-pass plan of variant ``spec`` (see the module docstring)."""
     if spec == "shipped":
         return L._two_pass_plan(w, t)
     if spec.startswith("cap"):
         return L._two_pass_plan(w, t, cap=int(spec[3:]))
-    head, *opts = spec.split(".")
-    box = int(head[3:])
-    scfg = C.shrink_config(info, t, w.in_features, box, w.lora_a.element_size(), atomic=False,
-                           slices=w.num_slices)
-    for o in opts:
-        if o.startswith("s"):
-            scfg = replace(scfg, split_k=int(o[1:]))
+    s_spec, _, e_spec = spec.partition("|")
+    scfg = _side(s_spec, w, t, info, True)
     split = L._shrink_plan_for(w, t, False, None, scfg, False, 0, info, None).split
-    ecfg = C.expand_config(info, t, w.total_out, box, w.lora_b.element_size(),
-                           widths=tuple(w.out_features), partials=split)
-    for o in opts:
-        if o.startswith("e"):
-            ecfg = _tiling(o[1:], ecfg)
+    ecfg = _side(e_spec or s_spec.split(".")[0], w, t, info, False, split)
     return L._two_pass_plan(w, t, shrink_cfg=scfg, expand_cfg=ecfg)
 
 
-def _probe(pool: str, t: int, adapters: int, variants: list[str], dev: torch.device) -> dict:
+def _parts(plan, w, batch, x, t: int, dev: torch.device) -> tuple:
+    """Graph-replay µs of the plan's shrink alone and expand alone (into its workspace)."""
+    ws = torch.zeros(plan.ws_numel, device=dev)
+    y = ws.as_strided((plan.shrink.split, w.num_slices, t, plan.ys[2]), plan.ys)
+    out = torch.zeros(t, w.total_out, dtype=w.dtype, device=dev)
+    return (graph_time_us(lambda: L._launch_shrink(plan.shrink, x, w, batch, y, t, plan.ys),
+                          dev),
+            graph_time_us(lambda: L._launch_expand(plan.expand, y, w, batch, out, t, plan.ys),
+                          dev))
+
+
+def _probe(pool: str, t: int, adapters: int, variants: list[str], parts: bool,
+           dev: torch.device) -> dict:
     w, batch, x, out = _pool(pool, adapters, t, dev)
     info = current(dev)
     base = out.clone()
@@ -107,6 +132,8 @@ def _probe(pool: str, t: int, adapters: int, variants: list[str], dev: torch.dev
                 continue
             res[v] = graph_time_us(lambda plan=plan: L._two_pass(plan, out, x, w, batch, t),
                                    dev)
+            if parts:
+                res[v + "/shrink"], res[v + "/expand"] = _parts(plan, w, batch, x, t, dev)
         except Exception as exc:  # a variant that fails to build is reported and skipped
             print(f"{what} {v} failed: {exc!r}"[:300], flush=True)
             res[v] = None
@@ -123,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", default="1,16,64,256")
     ap.add_argument("--adapters", default="4,16")
     ap.add_argument("--variants", default="shipped,cap16,box16,box32,box16.s8,box16.s4")
+    ap.add_argument("--parts", action="store_true",
+                    help="also time each plan's shrink and expand alone")
     args = ap.parse_args(argv)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # cpu: checks only
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
@@ -132,10 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                                         ints(args.adapters)):
         top = max(int(r) for r in pool.split(":")[0].split("/"))
         mr = int(pool.split(":")[1])
-        vs = [v for v in variants if not (v.startswith(("cap", "box"))
-                                          and int(v.split(".")[0][3:]) >= mr)
-              and not (v.startswith("cap") and int(v[3:]) < top)]
-        rows.append(_probe(pool, t, a, vs, dev))
+        vs = [v for v in variants if not (v.startswith("cap") and not top <= int(v[3:]) < mr)]
+        rows.append(_probe(pool, t, a, vs, args.parts, dev))
     if args.json:
         write_json(args.json, env_record(dev), rows)
     return 0
