@@ -18,7 +18,8 @@ round-robin), the two-pass plan from a CUDA graph:
   rank step in the expand), run over the full ``max_rank``: each slot's programs and rank
   steps follow its own rank (shrink programs past it exit, the expand loops ``cdiv(rank,
   B)`` steps). The shrink side takes ``.sSPLIT`` (K split), the expand side
-  ``.eBMxBNxNCOL[xSTAGES][p]`` (tiling); the expand side defaults to the shrink side's box.
+  ``.eBMxBNxNCOL[xSTAGES][p]`` (tiling), both ``.lLOW`` (the low-rank path's bound,
+  ``configs.LOW_RANK``; ``.l0``: off); the expand side defaults to the shrink side's box.
 
 ``--parts`` also times each plan's shrink alone and expand alone.
 
@@ -77,12 +78,16 @@ def _side(spec: str, w, t: int, info, shrink: bool, split: int = 0):
         for o in opts:
             if o.startswith("s"):
                 cfg = replace(cfg, split_k=int(o[1:]))
+            elif o.startswith("l"):
+                cfg = replace(cfg, low_rank=int(o[1:]))
         return cfg
     cfg = C.expand_config(info, t, w.total_out, box, w.lora_b.element_size(),
                           widths=tuple(w.out_features), partials=split)
     for o in opts:
         if o.startswith("e"):
             cfg = _tiling(o[1:], cfg)
+        elif o.startswith("l"):
+            cfg = replace(cfg, low_rank=int(o[1:]))
     return cfg
 
 

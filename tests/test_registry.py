@@ -420,6 +420,38 @@ def test_decode_expand_over_partials_takes_two_column_blocks():
                 == configs.expand_config(H100, t, n, rank, 2)), (t, n, rank)
 
 
+def test_decode_plans_take_the_low_rank_path():
+    """Decode configs (T <= 256) whose rank box is above ``LOW_RANK`` give tiles of ranks up
+    to it a narrower path (shrink and expand, public and add_lora's, every family); rank-16
+    boxes and prefill do not. Plans pass it as ``RLOW`` where it fits: not past the box, not
+    with the public shrink's own zeros (``FILL``, one K split)."""
+    from lora_dispatch.devices import configs
+    from lora_dispatch.kernels.triton import launch as L
+
+    low = configs.LOW_RANK
+    for info in (H100, A100, MI300X):
+        for t in (1, 16, 64, 256, 1024, 2048, 8192):
+            for rank in (8, 16, 32, 64, 128):
+                want = low if t <= 256 and rank > low else 0
+                for atomic in (True, False):
+                    sc = configs.shrink_config(info, t, 4096, rank, 2, atomic, slices=3)
+                    assert sc.low_rank == (want if sc.rank_blocks == 1 else 0), (t, rank, sc)
+                for partials in (1, 4):
+                    ec = configs.expand_config(info, t, 6144, rank, 2, partials=partials)
+                    assert ec.low_rank == want, (info.family, t, rank, partials, ec)
+    w = ld.LoRAWeights(4, 4096, (4096, 1024, 1024), 64, dtype=torch.float16)
+    p = L._two_pass_plan(w, 16)
+    assert p.shrink.meta["RLOW"] == p.expand.meta["RLOW"] == low
+    assert L._two_pass_plan(w, 16, cap=32).shrink.meta["RLOW"] == low
+    assert L._two_pass_plan(w, 16, cap=16).shrink.meta["RLOW"] == 0
+    assert L._two_pass_plan(w, 16, cap=16).expand.meta["RLOW"] == 0
+    assert L._two_pass_plan(w, 2048).shrink.meta["RLOW"] == 0
+    assert L._shrink_plan(w, 16, atomic=True, split_k=1).meta["RLOW"] == 0  # FILL
+    assert L._shrink_plan(w, 16, atomic=True, split_k=1, fill=False).meta["RLOW"] == low
+    w16 = ld.LoRAWeights(4, 4096, (4096,), 16, dtype=torch.float16)
+    assert L._expand_plan(w16, 16, 1).meta["RLOW"] == 0
+
+
 def test_public_decode_shrink_stages():
     """The public (atomic) shrink pipelines 3 K steps at 1 < T <= 64, 4 elsewhere; the
     workspace shrink keeps 4."""

@@ -254,6 +254,42 @@ def test_eager_plans_for_the_loaded_ranks(impl, max_rank, ranks, cap):
     check(ADD_IMPLS[impl], w, x, base, slots, batch, TOL[torch.float16], impl + " full")
 
 
+@pytest.mark.parametrize("t", [1, 16, 37])
+def test_graph_plan_takes_the_low_rank_path(t):
+    """The plan for ``max_rank`` (what a CUDA graph replays) over ranks on both sides of
+    ``configs.LOW_RANK``: tiles of ranks up to it take the shrink's and the expand's narrower
+    path (``RLOW``), the others the full one; both right against float64, for ``add_lora``'s
+    two passes and for the public shrink (split-K atomics) and expand."""
+    from lora_dispatch.devices import configs
+    from lora_dispatch.kernels.triton import launch as L
+
+    gen = torch.Generator().manual_seed(t)
+    outs = (48, 16, 40)
+    w = make_weights([1, 16, 17, 64, 0, 8], 96, outs, torch.float16, max_rank=64, gen=gen)
+    slots = (torch.arange(t) + 1) % 7 - 1  # slot 0 first, then every slot and -1
+    x = poisoned((t, 96), torch.float16, gen, 1.0)
+    base = poisoned((t, sum(outs)), torch.float16, gen)
+    batch = ld.LoRABatch.from_token_adapters(slots)
+    p = L._two_pass_plan(w, t, split_k=3)
+    assert p.shrink.meta["RLOW"] == p.expand.meta["RLOW"] == configs.LOW_RANK
+    assert p.shrink.meta["RCAP"] == p.expand.meta["RCAP"] == 64
+
+    def full(o, x_, w_, b_):
+        L._two_pass(p, o, x_, w_, b_, t)
+
+    check(full, w, x, base, slots, batch, TOL[torch.float16], "two passes")
+    sp = L.plan_for("shrink", w, t, split_k=2)
+    assert sp.meta["RLOW"] == configs.LOW_RANK and sp.meta["ATOMIC"]
+    y = tk.shrink(x, w, batch, split_k=2)
+    want_y, delta = ref_y_delta(x, w, slots)
+    assert rel(y, want_y) <= TOL[torch.float16]
+    assert torch.equal(y[want_y == 0], torch.zeros_like(y[want_y == 0]))
+    assert L.plan_for("expand", w, t).meta["RLOW"] == configs.LOW_RANK
+    out = base.clone()
+    tk.expand(want_y.float(), w, batch, out)
+    assert rel(out.double() - base.double(), delta) <= TOL[torch.float16]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("split_k", [None, 1, 2, 5])
 def test_shrink_zeros_and_values(dtype, split_k, poison_empty):

@@ -59,7 +59,9 @@ class ShrinkConfig:
     """Segmented ``x @ A^T``: tokens per tile, rank columns, K step, K splits, launch knobs.
 
     ``rank_blocks`` blocks of ``block_n`` rank rows share each loaded ``x`` tile in one
-    program (``block_n * rank_blocks`` rows per program).
+    program (``block_n * rank_blocks`` rows per program). ``low_rank`` (0: off): a tile
+    whose slot's rank is at most this takes ``low_rank``-row blocks instead (a second code
+    path in the same kernel, chosen on the device; see :data:`LOW_RANK`).
     """
 
     block_m: int
@@ -69,6 +71,7 @@ class ShrinkConfig:
     num_warps: int
     num_stages: int
     rank_blocks: int = 1
+    low_rank: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,8 @@ class ExpandConfig:
     """Segmented ``y @ B^T`` added into the output: tokens, columns, rank step, launch knobs.
 
     ``prefetch``: load each ``out`` block one step ahead into registers (the first one before
-    ``y`` is waited on).
+    ``y`` is waited on). ``low_rank`` (0: off): a tile whose slot's rank is at most this
+    takes a one-step ``low_rank``-wide rank block instead (see :data:`LOW_RANK`).
     """
 
     block_m: int
@@ -86,6 +90,7 @@ class ExpandConfig:
     num_stages: int
     col_blocks: int = 1
     prefetch: bool = False
+    low_rank: int = 0
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,21 @@ def _stages(platform: str, family: str, stages: int) -> int:
     if family == "a100" or family.startswith("sm_8"):
         return min(stages, 4)
     return stages
+
+
+# decode tiles of slots whose rank is at most this take a second, narrower code path of the
+# shrink and the expand where the plan's rank box (max_rank, or the eager cap) is wider: a
+# CUDA graph runs the plan for max_rank whatever ranks it replays over, so rank-16 adapters
+# in a rank-64 pool paid for 64-row shrink blocks and a 64-wide rank step. H200, qkv
+# add_lora, graph replay (probe_mixed_decode.py, mixed-decode-probe-...json): the plan for
+# max_rank 64 over rank-16 slots 5.6 / 10.9 / 12.2 us (T=1, T=16 and T=64 with 16
+# adapters) against 4.4 / 8.1 / 8.3 for the plan capped at 16
+LOW_RANK = 16
+
+
+def _low_rank(tb: int, box: int) -> int:
+    """The narrower path's rank bound for a decode plan whose rank box is ``box``."""
+    return LOW_RANK if tb <= 256 and box > LOW_RANK else 0
 
 
 def _token_bucket(t: int) -> int:
@@ -268,7 +288,7 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
         if -(-t // block_m) * (-(-pairs // rank_blocks)) * split > units * per_unit:
             block_k = 64
     return ShrinkConfig(block_m, block_n, block_k, split, _warps(warp, warps), stages,
-                        rank_blocks)
+                        rank_blocks, _low_rank(tb, rank) if rank_blocks == 1 else 0)
 
 
 def shrink_config(info: DeviceInfo, t: int, k: int, rank: int, itemsize: int,
@@ -368,7 +388,8 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
         block_n = min(block_n, 64)
     block_n = min(block_n, max(16, next_pow2(n)))
     return ExpandConfig(block_m, block_n, block_r, _warps(warp, warps),
-                        _stages(platform, family, stages), ncol, prefetch)
+                        _stages(platform, family, stages), ncol, prefetch,
+                        _low_rank(tb, max_rank))
 
 
 # prefill expand programs spanning 2048 columns (64 x 128 tiles, 16 blocks, 8 warps) above

@@ -15,7 +15,10 @@ weigh) ``B`` is read up to each slot's rank, rounded up to 8 where ``R`` is a mu
 (16-byte vectors; ``B`` is zero past the rank), otherwise up to ``RCAP`` (a mask constant
 along ``B``'s rows: fewer registers; 3% on the rank-32 expand at T=8192, H200). With
 ``PDL`` (``add_lora`` on Hopper) the kernel is launched while the shrink still runs and
-waits for it only before its first ``y`` read.
+waits for it only before its first ``y`` read. With ``RLOW`` a tile whose slot's rank is at most
+``RLOW`` takes a one-step ``RLOW``-wide rank block instead of ``BR`` (a second code path
+chosen on the device: a plan for ``RCAP``, a CUDA graph's, costs low-rank slots what a plan
+for their rank would).
 """
 
 from __future__ import annotations
@@ -123,7 +126,7 @@ def expand_kernel(
     TILE: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     BR: tl.constexpr, NCOL: tl.constexpr,
     PREFETCH: tl.constexpr, ALIGN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
-    TRIM: tl.constexpr,
+    TRIM: tl.constexpr, RLOW: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_n = pid % NB
@@ -135,6 +138,13 @@ def expand_kernel(
         return
 
     # flag_ptr / need unused: WAIT is 0 or 1 (PDL) here
+    if RLOW > 0:
+        if rank <= RLOW:
+            expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
+                        stride_yp, stride_ys, stride_yt, stride_yr, stride_om, stride_on,
+                        tiles_ptr, 0, R, RLOW, RMASK, SPLIT, BM, BN, RLOW, NCOL, PREFETCH, PREC,
+                        PDL, TRIM)
+            return
     expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N, stride_yp,
                 stride_ys, stride_yt, stride_yr, stride_om, stride_on, tiles_ptr, 0, R, RCAP,
                 RMASK, SPLIT, BM, BN, BR, NCOL, PREFETCH, PREC, PDL, TRIM)
