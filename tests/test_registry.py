@@ -394,8 +394,9 @@ def test_expand_prefetch_rule():
 def test_decode_expand_over_partials_takes_two_column_blocks():
     """An expand that sums split-K partial products (add_lora) at T <= 256 walks two column
     blocks a program (rank 16: 16x64, prefetched; rank 64: 16x64 in 2 stages up to T=16,
-    16x128 at T=64, 32x128 at T=256); the public expand, the 256-column gate_up decode
-    tiling, rank loops (rank 128) and prefill keep theirs. The decode workspace shrink
+    16x128 at T=64, 32x128 at T=256; rank loops, rank 128: 16x128 at T=16 / 64); the
+    public expand, the 256-column gate_up decode tiling, rank loops at T=1 / 256 and prefill
+    keep theirs. The decode workspace shrink
     takes 8 K splits up to T=16 at every rank."""
     from lora_dispatch.devices import configs
 
@@ -414,16 +415,19 @@ def test_decode_expand_over_partials_takes_two_column_blocks():
             assert configs.expand_config(H100, t, 6144, rank, 2, partials=1) == one
             split = configs.shrink_config(H100, t, 4096, rank, 2, atomic=False, slices=3).split_k
             assert split == (8 if t <= 16 or (rank <= 16 and t <= 64) else 4), (t, rank)
-    for t, n, rank in ((16, 28672, 16), (16, 28672, 64), (64, 6144, 128), (2048, 6144, 16),
-                       (1024, 6144, 64)):
+    for t, n, rank in ((16, 28672, 16), (16, 28672, 64), (1, 6144, 128), (256, 6144, 128),
+                       (2048, 6144, 16), (1024, 6144, 64)):
         assert (configs.expand_config(H100, t, n, rank, 2, partials=4)
                 == configs.expand_config(H100, t, n, rank, 2)), (t, n, rank)
+    for t in (16, 64):  # rank loops: two 128-column blocks
+        c = configs.expand_config(H100, t, 6144, 128, 2, partials=4)
+        assert (c.block_m, c.block_n, c.col_blocks, c.block_r) == (16, 128, 2, 64), (t, c)
 
 
 def test_decode_plans_take_the_low_rank_path():
-    """Decode configs (T <= 256) whose rank box is above ``LOW_RANK`` give tiles of ranks up
-    to it a narrower path (shrink and expand, public and add_lora's, every family); rank-16
-    boxes and prefill do not. Plans pass it as ``RLOW`` where it fits: not past the box, not
+    """Decode configs (shrink T <= 256, expand T <= 64) whose rank box is above ``LOW_RANK``
+    give tiles of ranks up to it a narrower path (public and add_lora's, every family);
+    rank-16 boxes and prefill do not. Plans pass it as ``RLOW`` where it fits: not past the box, not
     with the public shrink's own zeros (``FILL``, one K split)."""
     from lora_dispatch.devices import configs
     from lora_dispatch.kernels.triton import launch as L
@@ -436,6 +440,7 @@ def test_decode_plans_take_the_low_rank_path():
                 for atomic in (True, False):
                     sc = configs.shrink_config(info, t, 4096, rank, 2, atomic, slices=3)
                     assert sc.low_rank == (want if sc.rank_blocks == 1 else 0), (t, rank, sc)
+                want = want if t <= 64 else 0
                 for partials in (1, 4):
                     ec = configs.expand_config(info, t, 6144, rank, 2, partials=partials)
                     assert ec.low_rank == want, (info.family, t, rank, partials, ec)

@@ -162,18 +162,22 @@ def _stages(platform: str, family: str, stages: int) -> int:
 
 
 # decode tiles of slots whose rank is at most this take a second, narrower code path of the
-# shrink and the expand where the plan's rank box (max_rank, or the eager cap) is wider: a
-# CUDA graph runs the plan for max_rank whatever ranks it replays over, so rank-16 adapters
-# in a rank-64 pool paid for 64-row shrink blocks and a 64-wide rank step. H200, qkv
-# add_lora, graph replay (probe_mixed_decode.py, mixed-decode-probe-...json): the plan for
-# max_rank 64 over rank-16 slots 5.6 / 10.9 / 12.2 us (T=1, T=16 and T=64 with 16
-# adapters) against 4.4 / 8.1 / 8.3 for the plan capped at 16
+# shrink (T <= 256) and the expand (T <= 64) where the plan's rank box (max_rank, or the
+# eager cap) is wider: a CUDA graph runs the plan for max_rank whatever ranks it replays
+# over, so rank-16 adapters in a rank-64 pool paid for 64-row shrink blocks and a 64-wide
+# rank step. H200, qkv add_lora, graph replay, rank-16 adapters in a rank-64 pool, 4 / 16
+# adapters (probe_mixed_decode.py, mixed-decode-rlow-...json): T=1 5.78 / 5.76 -> 4.25 /
+# 4.42 us, T=16 7.00 / 10.88 -> 5.06 / 7.24, T=64 8.59 / 12.15 -> 6.16 / 8.24 (the plan
+# capped at 16: 4.37 / 4.41, 5.18 / 8.08, 5.89 / 8.28); in a rank-128 pool T=16 11.75 /
+# 28.93 -> 6.12 / 14.78; uniform rank 64 within 0.25 us. The expand's path at T=256 cost
+# rank-64 tiles 1.1-1.3 us (12.2 -> 13.4 us, 4 adapters; mixed-decode-rlow-t256-...json)
 LOW_RANK = 16
+_LOW_RANK_TOKENS = {"shrink": 256, "expand": 64}
 
 
-def _low_rank(tb: int, box: int) -> int:
-    """The narrower path's rank bound for a decode plan whose rank box is ``box``."""
-    return LOW_RANK if tb <= 256 and box > LOW_RANK else 0
+def _low_rank(kind: str, tb: int, box: int) -> int:
+    """The narrower path's rank bound for a decode ``kind`` plan whose rank box is ``box``."""
+    return LOW_RANK if tb <= _LOW_RANK_TOKENS[kind] and box > LOW_RANK else 0
 
 
 def _token_bucket(t: int) -> int:
@@ -288,7 +292,7 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
         if -(-t // block_m) * (-(-pairs // rank_blocks)) * split > units * per_unit:
             block_k = 64
     return ShrinkConfig(block_m, block_n, block_k, split, _warps(warp, warps), stages,
-                        rank_blocks, _low_rank(tb, rank) if rank_blocks == 1 else 0)
+                        rank_blocks, _low_rank("shrink", tb, rank) if rank_blocks == 1 else 0)
 
 
 def shrink_config(info: DeviceInfo, t: int, k: int, rank: int, itemsize: int,
@@ -382,14 +386,22 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
         # for 64 x 128 in 4 blocks, qkv 64.6 vs 71.8, gate_up 276.5 vs 304.3, qkv T=2048
         # 19.6 vs 23.6)
         block_m, block_n, warps, stages, ncol, prefetch = 64, 64, 4, 3, 8, True
-    if partials > 1 and tb <= 256 and max_rank <= block_r and not (tb <= 16 and n >= 16384):
-        block_m, block_n, ncol, stages, prefetch = _partials_expand(tb, block_r)
+    if partials > 1 and tb <= 256 and not (tb <= 16 and n >= 16384):
+        if max_rank <= block_r:
+            block_m, block_n, ncol, stages, prefetch = _partials_expand(tb, block_r)
+        elif 1 < tb <= 64:
+            # rank loops (rank > 64) over partials: two 128-column blocks a program as well.
+            # H200 qkv add_lora, graph replay, 4 / 16 adapters (probe_mixed_decode.py,
+            # mixed-decode-r128-...json), 16x64 -> 16x128x2: rank 128 T=16 18.3 / 51.5 ->
+            # 16.1 / 45.0 us, T=64 18.7 / 40.2 -> 15.9 / 38.8; T=1 lost (10.1 -> 13.2) and
+            # T=256 with 4 adapters (28.8 -> 30.9)
+            block_m, block_n, ncol, stages, prefetch = 16, 128, 2, 1, False
     if itemsize == 4:
         block_n = min(block_n, 64)
     block_n = min(block_n, max(16, next_pow2(n)))
     return ExpandConfig(block_m, block_n, block_r, _warps(warp, warps),
                         _stages(platform, family, stages), ncol, prefetch,
-                        _low_rank(tb, max_rank))
+                        _low_rank("expand", tb, max_rank))
 
 
 # prefill expand programs spanning 2048 columns (64 x 128 tiles, 16 blocks, 8 warps) above
