@@ -568,6 +568,56 @@ def test_add_lora_plans_for_loaded_ranks(t):
         check(got)
 
 
+@pytest.mark.parametrize("max_rank", [64, 128])
+@pytest.mark.parametrize("t", [1, 16, 64, 256])
+def test_graph_over_low_ranks_takes_the_narrow_path(max_rank, t):
+    """A CUDA graph of add_lora, the public shrink and the public expand over a pool whose
+    ranks sit on both sides of ``configs.LOW_RANK`` (16 adapters, one token each): the
+    captured plans carry ``RLOW`` where the registry gives it, and every replay, over
+    batches refilled with other slots, matches float64."""
+    from lora_dispatch.devices import configs
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
+    dtype, outs = torch.bfloat16, (4096, 1024, 1024)
+    gen = torch.Generator().manual_seed(900 + t + max_rank)
+    w = ld.LoRAWeights(17, 4096, outs, max_rank, dtype=dtype, device=DEV)
+    ranks = (1, 8, 16, 16, 17, 24, max_rank, 16)
+    for slot in range(16):
+        _load_seeded(w, slot, ranks[slot % len(ranks)], 50 + slot)
+    batch = ld.LoRABatch.empty(t, device=DEV)
+    x = torch.randn(t, 4096, generator=gen).to(DEV, dtype)
+    base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, dtype)
+    out, out2 = base.clone(), base.clone()
+    ys = torch.zeros(w.num_slices, t, max_rank, device=DEV)
+
+    def step():
+        out.copy_(base)
+        ld.add_lora(out, x, w, batch)
+        ys.copy_(ld.lora_shrink(x, w, batch))
+        out2.copy_(base)
+        ld.lora_expand(ys, w, batch, out2)
+
+    batch.update_(torch.arange(t) % 16)
+    g = capture(step)
+    p = tl_launch._plans(w)
+    add = p[("add", t, None, None)]
+    if add.shrink is not None:
+        assert add.shrink.meta["RLOW"] == configs.LOW_RANK
+        assert add.expand.meta["RLOW"] == (configs.LOW_RANK if t <= 64 or max_rank > 64
+                                           else 0)
+    for i in range(6):
+        slots = (torch.arange(t) + 3 * i) % 17 - (i % 2)  # every slot, -1, the empty one
+        batch.update_(slots)
+        x.copy_(torch.randn(t, 4096, generator=gen).to(DEV, dtype))
+        g.replay()
+        s = slots.to(DEV)
+        y64 = ref_y(x, w, s)
+        delta = ref_delta(y64, w, s, t)
+        assert rel(ys, y64) <= TOL[dtype]
+        assert rel(out.double() - base.double(), delta) <= TOL[dtype], i
+        assert rel(out2.double() - base.double(), delta) <= TOL[dtype], i
+
+
 def _segment_slots(t, num_slots, gen, tail=64):
     """Prefill-like slots: random-length segments (slot -1 and empty slots included), then a
     ``tail`` of per-token random slots whose tiles are gathered."""

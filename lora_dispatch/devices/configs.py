@@ -162,22 +162,23 @@ def _stages(platform: str, family: str, stages: int) -> int:
 
 
 # decode tiles of slots whose rank is at most this take a second, narrower code path of the
-# shrink (T <= 256) and the expand (T <= 64) where the plan's rank box (max_rank, or the
-# eager cap) is wider: a CUDA graph runs the plan for max_rank whatever ranks it replays
-# over, so rank-16 adapters in a rank-64 pool paid for 64-row shrink blocks and a 64-wide
-# rank step. H200, qkv add_lora, graph replay, rank-16 adapters in a rank-64 pool, 4 / 16
-# adapters (probe_mixed_decode.py, mixed-decode-rlow-...json): T=1 5.78 / 5.76 -> 4.25 /
-# 4.42 us, T=16 7.00 / 10.88 -> 5.06 / 7.24, T=64 8.59 / 12.15 -> 6.16 / 8.24 (the plan
-# capped at 16: 4.37 / 4.41, 5.18 / 8.08, 5.89 / 8.28); in a rank-128 pool T=16 11.75 /
-# 28.93 -> 6.12 / 14.78; uniform rank 64 within 0.25 us. The expand's path at T=256 cost
+# shrink (T <= 256) and the expand (T <= 64; T <= 256 over rank loops, rank > 64) where the
+# plan's rank box (max_rank, or the eager cap) is wider: a CUDA graph runs the plan for
+# max_rank whatever ranks it replays over, so rank-16 adapters in a rank-64 pool paid for
+# 64-row shrink blocks and a 64-wide rank step. H200, qkv add_lora, graph replay, 4 / 16
+# adapters (probe_mixed_decode.py, mixed-decode-rlow-...json): rank 16 in a rank-64 pool
+# T=1 5.78 / 5.76 -> 4.25 / 4.42 us, T=16 7.00 / 10.88 -> 5.06 / 7.24, T=64 8.59 / 12.15 ->
+# 6.16 / 8.24 (the plan capped at 16: 4.37 / 4.41, 5.18 / 8.08, 5.89 / 8.28); in a rank-128
+# pool T=16 11.75 / 28.93 -> 6.12 / 14.78, T=256 20.12 / 24.49 -> 10.87 / 13.76; uniform rank
+# 64 and 128 within 0.25 us and 0.7 us. The expand's path at T=256 below rank loops cost
 # rank-64 tiles 1.1-1.3 us (12.2 -> 13.4 us, 4 adapters; mixed-decode-rlow-t256-...json)
 LOW_RANK = 16
-_LOW_RANK_TOKENS = {"shrink": 256, "expand": 64}
 
 
 def _low_rank(kind: str, tb: int, box: int) -> int:
     """The narrower path's rank bound for a decode ``kind`` plan whose rank box is ``box``."""
-    return LOW_RANK if tb <= _LOW_RANK_TOKENS[kind] and box > LOW_RANK else 0
+    top = 256 if kind == "shrink" or box > 64 else 64
+    return LOW_RANK if tb <= top and box > LOW_RANK else 0
 
 
 def _token_bucket(t: int) -> int:
