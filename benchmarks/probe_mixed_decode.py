@@ -21,7 +21,8 @@ round-robin), the two-pass plan from a CUDA graph:
   ``.eBMxBNxNCOL[xSTAGES][p]`` (tiling), both ``.lLOW`` (the low-rank path's bound,
   ``configs.LOW_RANK``; ``.l0``: off); the expand side defaults to the shrink side's box.
 
-``--parts`` also times each plan's shrink alone and expand alone.
+``--parts`` also times each plan's shrink alone and expand alone. ``--op expand`` times the
+public expand (one product, the real ``y``) instead, with each variant's expand side.
 
 Each variant's output is checked against the shipped plan's before it is timed.
 """
@@ -115,28 +116,50 @@ def _parts(plan, w, batch, x, t: int, dev: torch.device) -> tuple:
                           dev))
 
 
+def expand_plan(spec: str, w, t: int, info):
+    """The public expand's plan (one product) of variant ``spec``: ``shipped``, ``capB`` or
+    an expand side (see the module docstring)."""
+    if spec == "shipped":
+        return L._expand_plan(w, t, 1)
+    if spec.startswith("cap"):
+        return L._expand_plan(w, t, 1, cap=int(spec[3:]))
+    return L._expand_plan(w, t, 1, cfg=_side(spec, w, t, info, False, 1))
+
+
 def _probe(pool: str, t: int, adapters: int, variants: list[str], parts: bool,
-           dev: torch.device) -> dict:
+           dev: torch.device, op: str = "add_lora") -> dict:
     w, batch, x, out = _pool(pool, adapters, t, dev)
     info = current(dev)
     base = out.clone()
     want = base.clone()
-    L._two_pass(L._two_pass_plan(w, t), want, x, w, batch, t)
+    if op == "expand":
+        y1 = L.shrink(x, w, batch).unsqueeze(0)  # [1, S, T, R]
+
+        def run(plan, o):
+            L._launch_expand(plan, y1, w, batch, o, t)
+
+        make = expand_plan
+        parts = False
+    else:
+        def run(plan, o):
+            L._two_pass(plan, o, x, w, batch, t)
+
+        make = variant_plan
+    run(make("shipped", w, t, info), want)
     res: dict[str, float | None] = {}
-    what = f"pool={pool} T={t} a={adapters}"
+    what = f"{op} pool={pool} T={t} a={adapters}"
     for v in variants:
         try:
-            plan = variant_plan(v, w, t, info)
+            plan = make(v, w, t, info)
             got = base.clone()
-            L._two_pass(plan, got, x, w, batch, t)
+            run(plan, got)
             err = ((got.float() - want.float()).abs().max()
                    / want.float().abs().max()).item()
             if not err < 2e-2:
                 print(f"{what} {v}: wrong ({err:.3g})", flush=True)
                 res[v] = None
                 continue
-            res[v] = graph_time_us(lambda plan=plan: L._two_pass(plan, out, x, w, batch, t),
-                                   dev)
+            res[v] = graph_time_us(lambda plan=plan: run(plan, out), dev)
             if parts:
                 res[v + "/shrink"], res[v + "/expand"] = _parts(plan, w, batch, x, t, dev)
         except Exception as exc:  # a variant that fails to build is reported and skipped
@@ -144,7 +167,7 @@ def _probe(pool: str, t: int, adapters: int, variants: list[str], parts: bool,
             res[v] = None
     print(what + " " + " ".join(f"{k}={v:.2f}" for k, v in res.items() if v is not None),
           flush=True)
-    return dict(pool=pool, T=t, adapters=adapters,
+    return dict(op=op, pool=pool, T=t, adapters=adapters,
                 **{k: None if v is None else round(v, 3) for k, v in res.items()})
 
 
@@ -155,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", default="1,16,64,256")
     ap.add_argument("--adapters", default="4,16")
     ap.add_argument("--variants", default="shipped,cap16,box16,box32,box16.s8,box16.s4")
+    ap.add_argument("--op", default="add_lora", choices=("add_lora", "expand"),
+                    help="expand: the public expand (one product, variants' expand side)")
     ap.add_argument("--parts", action="store_true",
                     help="also time each plan's shrink and expand alone")
     args = ap.parse_args(argv)
@@ -167,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         top = max(int(r) for r in pool.split(":")[0].split("/"))
         mr = int(pool.split(":")[1])
         vs = [v for v in variants if not (v.startswith("cap") and not top <= int(v[3:]) < mr)]
-        rows.append(_probe(pool, t, a, vs, args.parts, dev))
+        rows.append(_probe(pool, t, a, vs, args.parts, dev, args.op))
     if args.json:
         write_json(args.json, env_record(dev), rows)
     return 0
