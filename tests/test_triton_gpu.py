@@ -605,6 +605,7 @@ def test_graph_over_low_ranks_takes_the_narrow_path(max_rank, t):
         assert add.shrink.meta["RLOW"] == configs.LOW_RANK
         assert add.expand.meta["RLOW"] == (configs.LOW_RANK if t <= 64 or max_rank > 64
                                            else 0)
+    assert p[("expand", t, None, None)].meta["RLOW"] == configs.LOW_RANK
     for i in range(6):
         slots = (torch.arange(t) + 3 * i) % 17 - (i % 2)  # every slot, -1, the empty one
         batch.update_(slots)

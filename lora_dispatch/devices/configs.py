@@ -162,7 +162,7 @@ def _stages(platform: str, family: str, stages: int) -> int:
 
 
 # decode tiles of slots whose rank is at most this take a second, narrower code path of the
-# shrink (T <= 256) and the expand (T <= 64; T <= 256 over rank loops, rank > 64) where the
+# shrink and the expand (T <= 256; add_lora's expand below rank loops T <= 64) where the
 # plan's rank box (max_rank, or the eager cap) is wider: a CUDA graph runs the plan for
 # max_rank whatever ranks it replays over, so rank-16 adapters in a rank-64 pool paid for
 # 64-row shrink blocks and a 64-wide rank step. H200, qkv add_lora, graph replay, 4 / 16
@@ -170,14 +170,18 @@ def _stages(platform: str, family: str, stages: int) -> int:
 # T=1 5.78 / 5.76 -> 4.25 / 4.42 us, T=16 7.00 / 10.88 -> 5.06 / 7.24, T=64 8.59 / 12.15 ->
 # 6.16 / 8.24 (the plan capped at 16: 4.37 / 4.41, 5.18 / 8.08, 5.89 / 8.28); in a rank-128
 # pool T=16 11.75 / 28.93 -> 6.12 / 14.78, T=256 20.12 / 24.49 -> 10.87 / 13.76; uniform rank
-# 64 and 128 within 0.25 us and 0.7 us. The expand's path at T=256 below rank loops cost
-# rank-64 tiles 1.1-1.3 us (12.2 -> 13.4 us, 4 adapters; mixed-decode-rlow-t256-...json)
+# 64 and 128 within 0.25 us and 0.7 us. add_lora's expand (over partials) at T=256 below
+# rank loops cost rank-64 tiles 1.1-1.3 us there (12.2 -> 13.4 us, 4 adapters;
+# mixed-decode-rlow-t256-...json); the public expand at T=256 gained even on uniform rank 64
+# (4.94 / 7.54 -> 4.69 / 6.86 us, 1 / 16 adapters; rank 16 in a rank-64 pool 4.67 / 6.91 ->
+# 3.68 / 5.20; mixed-expand-t256-...json) and lost at most 0.07 us below (mixed-expand-...json)
 LOW_RANK = 16
 
 
-def _low_rank(kind: str, tb: int, box: int) -> int:
-    """The narrower path's rank bound for a decode ``kind`` plan whose rank box is ``box``."""
-    top = 256 if kind == "shrink" or box > 64 else 64
+def _low_rank(kind: str, tb: int, box: int, partials: int = 1) -> int:
+    """The narrower path's rank bound for a decode ``kind`` plan whose rank box is ``box``
+    (an expand summing ``partials`` split-K products)."""
+    top = 64 if kind == "expand" and partials > 1 and box <= 64 else 256
     return LOW_RANK if tb <= top and box > LOW_RANK else 0
 
 
@@ -402,7 +406,7 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
     block_n = min(block_n, max(16, next_pow2(n)))
     return ExpandConfig(block_m, block_n, block_r, _warps(warp, warps),
                         _stages(platform, family, stages), ncol, prefetch,
-                        _low_rank("expand", tb, max_rank))
+                        _low_rank("expand", tb, max_rank, partials))
 
 
 # prefill expand programs spanning 2048 columns (64 x 128 tiles, 16 blocks, 8 warps) above
