@@ -19,7 +19,8 @@ round-robin), the two-pass plan from a CUDA graph:
   steps follow its own rank (shrink programs past it exit, the expand loops ``cdiv(rank,
   B)`` steps). The shrink side takes ``.sSPLIT`` (K split), the expand side
   ``.eBMxBNxNCOL[xSTAGES][p]`` (tiling), both ``.lLOW`` (the low-rank path's bound,
-  ``configs.LOW_RANK``; ``.l0``: off); the expand side defaults to the shrink side's box.
+  ``configs.LOW_RANK``; ``.l0``: off) and ``.mMID`` (a second, wider bound); the expand
+  side defaults to the shrink side's box.
 
 ``--parts`` also times each plan's shrink alone and expand alone. ``--op expand`` times the
 public expand (one product, the real ``y``) instead, with each variant's expand side.
@@ -81,6 +82,8 @@ def _side(spec: str, w, t: int, info, shrink: bool, split: int = 0):
                 cfg = replace(cfg, split_k=int(o[1:]))
             elif o.startswith("l"):
                 cfg = replace(cfg, low_rank=int(o[1:]))
+            elif o.startswith("m"):
+                cfg = replace(cfg, mid_rank=int(o[1:]))
         return cfg
     cfg = C.expand_config(info, t, w.total_out, box, w.lora_b.element_size(),
                           widths=tuple(w.out_features), partials=split)
@@ -89,6 +92,8 @@ def _side(spec: str, w, t: int, info, shrink: bool, split: int = 0):
             cfg = _tiling(o[1:], cfg)
         elif o.startswith("l"):
             cfg = replace(cfg, low_rank=int(o[1:]))
+        elif o.startswith("m"):
+            cfg = replace(cfg, mid_rank=int(o[1:]))
     return cfg
 
 

@@ -61,7 +61,8 @@ class ShrinkConfig:
     ``rank_blocks`` blocks of ``block_n`` rank rows share each loaded ``x`` tile in one
     program (``block_n * rank_blocks`` rows per program). ``low_rank`` (0: off): a tile
     whose slot's rank is at most this takes ``low_rank``-row blocks instead (a second code
-    path in the same kernel, chosen on the device; see :data:`LOW_RANK`).
+    path in the same kernel, chosen on the device; see :data:`LOW_RANK`); ``mid_rank`` (0:
+    off) a third, for ranks up to it.
     """
 
     block_m: int
@@ -72,6 +73,7 @@ class ShrinkConfig:
     num_stages: int
     rank_blocks: int = 1
     low_rank: int = 0
+    mid_rank: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ class ExpandConfig:
 
     ``prefetch``: load each ``out`` block one step ahead into registers (the first one before
     ``y`` is waited on). ``low_rank`` (0: off): a tile whose slot's rank is at most this
-    takes a one-step ``low_rank``-wide rank block instead (see :data:`LOW_RANK`).
+    takes a one-step ``low_rank``-wide rank block instead (see :data:`LOW_RANK`); ``mid_rank``
+    (0: off) the same for ranks up to it.
     """
 
     block_m: int
@@ -91,6 +94,7 @@ class ExpandConfig:
     col_blocks: int = 1
     prefetch: bool = False
     low_rank: int = 0
+    mid_rank: int = 0
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ weigh) ``B`` is read up to each slot's rank, rounded up to 8 where ``R`` is a mu
 along ``B``'s rows: fewer registers; 3% on the rank-32 expand at T=8192, H200). With
 ``PDL`` (``add_lora`` on Hopper) the kernel is launched while the shrink still runs and
 waits for it only before its first ``y`` read. With ``RLOW`` a tile whose slot's rank is at most
-``RLOW`` takes a one-step ``RLOW``-wide rank block instead of ``BR`` (a second code path
-chosen on the device: a plan for ``RCAP``, a CUDA graph's, costs low-rank slots what a plan
-for their rank would).
+``RLOW`` takes a one-step ``RLOW``-wide rank block instead of ``BR`` (with ``RMID``, one whose
+rank is at most ``RMID`` an ``RMID``-wide one): code paths chosen on the device, so a plan for
+``RCAP``, a CUDA graph's, costs low-rank slots what a plan for their rank would.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def expand_kernel(
     TILE: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     BR: tl.constexpr, NCOL: tl.constexpr,
     PREFETCH: tl.constexpr, ALIGN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
-    TRIM: tl.constexpr, RLOW: tl.constexpr,
+    TRIM: tl.constexpr, RLOW: tl.constexpr, RMID: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_n = pid % NB
@@ -145,6 +145,13 @@ def expand_kernel(
                         tiles_ptr, 0, R, RLOW, RMASK, SPLIT, BM, BN, RLOW, NCOL, PREFETCH, PREC,
                         PDL, TRIM)
             return
+        if RMID > 0:
+            if rank <= RMID:
+                expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
+                            stride_yp, stride_ys, stride_yt, stride_yr, stride_om, stride_on,
+                            tiles_ptr, 0, R, RMID, RMASK, SPLIT, BM, BN, RMID, NCOL, PREFETCH,
+                            PREC, PDL, TRIM)
+                return
     expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N, stride_yp,
                 stride_ys, stride_yt, stride_yr, stride_om, stride_on, tiles_ptr, 0, R, RCAP,
                 RMASK, SPLIT, BM, BN, BR, NCOL, PREFETCH, PREC, PDL, TRIM)

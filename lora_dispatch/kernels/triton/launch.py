@@ -95,9 +95,9 @@ class ExpandPlan(NamedTuple):
 _OVERLAP_CX = ("S", "R", "TILE", "BM", "BNS", "BK", "RB", "EVEN_K", "BNE", "BR", "NCOL",
                "PREFETCH", "ALIGN", "PREC", "SPLIT")
 _SHRINK_CX = ("S", "R", "RCAP", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL",
-              "PREC", "PDL", "RLOW")
+              "PREC", "PDL", "RLOW", "RMID")
 _EXPAND_CX = ("S", "R", "RCAP", "RMASK", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH",
-              "ALIGN", "PREC", "PDL", "TRIM", "RLOW")
+              "ALIGN", "PREC", "PDL", "TRIM", "RLOW", "RMID")
 
 
 try:
@@ -247,14 +247,16 @@ def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.
     fill = fill and atomic and split == 1
     # the narrower path takes the place of a program's one block of a slice's rows: no FILL
     # (it writes no column past its rows)
-    rlow = cfg.low_rank
+    rlow, rmid = cfg.low_rank, cfg.mid_rank
     if not (16 <= rlow < rcap <= cfg.block_n and cfg.rank_blocks == 1 and not (fill or tma)):
-        rlow = 0
+        rlow = rmid = 0
+    if not rlow < rmid < rcap:
+        rmid = 0
     meta = dict(
         S=s, R=r, RCAP=rcap, TILE=tile_index(cfg.block_m), BM=cfg.block_m, BN=cfg.block_n,
         BK=cfg.block_k, RB=cfg.rank_blocks,
         EVEN_K=(k % k_split == 0 and k_split % cfg.block_k == 0),
-        ATOMIC=atomic and split > 1, FILL=fill, PREC=PREC, PDL=pdl, RLOW=rlow,
+        ATOMIC=atomic and split > 1, FILL=fill, PREC=PREC, PDL=pdl, RLOW=rlow, RMID=rmid,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     gluon = None
@@ -309,6 +311,7 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
         PREFETCH=cfg.prefetch, ALIGN=_align(w), PREC=PREC, PDL=pdl,
         TRIM=cfg.col_blocks > 1 and any(o % span for o in w.out_features),
         RLOW=cfg.low_rank if 16 <= cfg.low_rank < r else 0,
+        RMID=cfg.mid_rank if 16 <= cfg.low_rank < cfg.mid_rank < r else 0,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta,

@@ -14,9 +14,9 @@ addressing cost 40% of the kernel on H200, see ``benchmarks/probe_shrink_ablate.
 whose tile has no slot, an empty slot, or whose blocks all start past the slot's rank exit at
 once; blocks past the rank inside a program load nothing. With ``RLOW`` (a program's one block
 covering a slice's ``RCAP`` rows: ``RB = 1``, ``BN >= RCAP``, no ``FILL``) a tile whose slot's
-rank is at most ``RLOW`` runs the same product over ``RLOW`` rows instead: a second code path
-chosen on the device, so a plan for ``RCAP`` (a CUDA graph's) costs low-rank slots what a plan
-for their rank would.
+rank is at most ``RLOW`` runs the same product over ``RLOW`` rows instead (and, with ``RMID``,
+one whose rank is at most ``RMID`` over ``RMID`` rows): code paths chosen on the device, so a
+plan for ``RCAP`` (a CUDA graph's) costs low-rank slots what a plan for their rank would.
 """
 
 from __future__ import annotations
@@ -171,6 +171,21 @@ def _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, 
                      stride_yp, stride_ys, stride_yt, S, R, BN, ATOMIC, FILL)
 
 
+@triton.jit
+def _narrow(x_ptr, a_ptr, y_ptr, scal_ptr, slot, rank, tok64, m_mask, pid_n, pid_k, K_SPLIT, K,
+            stride_xm, stride_xk, stride_yp, stride_ys, stride_yt, S: tl.constexpr,
+            R: tl.constexpr, BM: tl.constexpr, W: tl.constexpr, BK: tl.constexpr,
+            EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, PREC: tl.constexpr):
+    """Slice ``pid_n``'s first ``W`` rows of a tile whose slot's rank is in ``1 ... W``."""
+    sl, c0, n_mask, _ = _block(pid_n, rank, S, 1, W)
+    acc, _, _, _ = accumulate(
+        x_ptr, a_ptr, slot, rank, tok64, m_mask, sl, c0, n_mask, sl, c0, n_mask, sl, c0, n_mask,
+        sl, c0, n_mask, pid_k * K_SPLIT, K_SPLIT, K, stride_xm, stride_xk, S, R, BM, W, BK, 1,
+        EVEN_K, PREC)
+    _block_store(acc, sl, c0, n_mask, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr, stride_yp,
+                 stride_ys, stride_yt, S, R, W, ATOMIC, False)
+
+
 @fast_launch
 @triton.jit
 def shrink_kernel(
@@ -180,7 +195,7 @@ def shrink_kernel(
     S: tl.constexpr, R: tl.constexpr, RCAP: tl.constexpr, TILE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
     EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, FILL: tl.constexpr, PREC: tl.constexpr,
-    PDL: tl.constexpr, RLOW: tl.constexpr,
+    PDL: tl.constexpr, RLOW: tl.constexpr, RMID: tl.constexpr,
 ):
     if PDL == 1:  # the expand after it may start now (it waits before reading y)
         pdl_launch_dependents()
@@ -190,19 +205,23 @@ def shrink_kernel(
     pid_k = tl.program_id(1)
     slot, rank, start, end = tile_head(tiles_ptr + TILE * 3 * NT + pid_m, ranks_ptr, L, NT)
     m_mask, tok64 = tile_rows(start, end, tok_ptr, T, BM)  # [BM], [BM]
-    if RLOW > 0:
-        if rank <= RLOW:  # RB = 1, one block a slice: program pid_n owns slice pid_n's rows
+    if RLOW > 0:  # RB = 1, one block a slice: program pid_n owns slice pid_n's rows
+        if rank <= RLOW:
             if rank > 0:
-                sl, c0, n_mask, _ = _block(pid_n, rank, S, 1, RLOW)
-                acc, _, _, _ = accumulate(
-                    x_ptr, a_ptr, slot, rank, tok64, m_mask, sl, c0, n_mask, sl, c0, n_mask,
-                    sl, c0, n_mask, sl, c0, n_mask, pid_k * K_SPLIT, K_SPLIT, K, stride_xm,
-                    stride_xk, S, R, BM, RLOW, BK, 1, EVEN_K, PREC)
-                _block_store(acc, sl, c0, n_mask, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
-                             stride_yp, stride_ys, stride_yt, S, R, RLOW, ATOMIC, False)
+                _narrow(x_ptr, a_ptr, y_ptr, scal_ptr, slot, rank, tok64, m_mask, pid_n, pid_k,
+                        K_SPLIT, K, stride_xm, stride_xk, stride_yp, stride_ys, stride_yt, S, R,
+                        BM, RLOW, BK, EVEN_K, ATOMIC, PREC)
             if PDL == 2:
                 pdl_launch_dependents()
             return
+        if RMID > 0:
+            if rank <= RMID:
+                _narrow(x_ptr, a_ptr, y_ptr, scal_ptr, slot, rank, tok64, m_mask, pid_n, pid_k,
+                        K_SPLIT, K, stride_xm, stride_xk, stride_yp, stride_ys, stride_yt, S, R,
+                        BM, RMID, BK, EVEN_K, ATOMIC, PREC)
+                if PDL == 2:
+                    pdl_launch_dependents()
+                return
     NBR: tl.constexpr = (RCAP + BN - 1) // BN  # blocks a slice: no slot's rank passes RCAP
     (sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3,
      live) = _blocks(pid_n, rank, S, NBR, BN, RB)

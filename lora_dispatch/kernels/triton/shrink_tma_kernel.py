@@ -50,7 +50,7 @@ def shrink_tma_kernel(
     S: tl.constexpr, R: tl.constexpr, RCAP: tl.constexpr, TILE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
     EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, FILL: tl.constexpr, PREC: tl.constexpr,
-    PDL: tl.constexpr, RLOW: tl.constexpr,  # RLOW: always 0 here (plans give TMA none)
+    PDL: tl.constexpr, RLOW: tl.constexpr, RMID: tl.constexpr,  # 0 here (plans give TMA none)
 ):
     if PDL == 1:  # the expand after it may start now (it waits before reading y)
         pdl_launch_dependents()
