@@ -426,10 +426,11 @@ def test_decode_expand_over_partials_takes_two_column_blocks():
 
 def test_decode_plans_take_the_low_rank_path():
     """Decode configs (T <= 256; add_lora's expand over partials below rank loops T <= 64)
-    whose rank box is above ``LOW_RANK`` give tiles of ranks up to it a narrower path (public and
-    add_lora's, every family); rank-16 boxes and prefill do not. Plans pass it as ``RLOW``
-    where it fits: not past the box, not with the public shrink's own zeros (``FILL``, one
-    K split)."""
+    whose rank box is above ``LOW_RANK`` give tiles of ranks up to it a narrower path, and
+    those up to ``MID_RANK`` a second one where the box is above that too (public and
+    add_lora's, every family); rank-16 boxes and prefill do not. Plans pass them as ``RLOW``
+    / ``RMID`` where they fit: not past the box, not with the public shrink's own zeros
+    (``FILL``, one K split)."""
     from lora_dispatch.devices import configs
     from lora_dispatch.kernels.triton import launch as L
 
@@ -438,16 +439,21 @@ def test_decode_plans_take_the_low_rank_path():
         for t in (1, 16, 64, 256, 1024, 2048, 8192):
             for rank in (8, 16, 32, 64, 128):
                 want = low if t <= 256 and rank > low else 0
+                mid = configs.MID_RANK if want and rank > configs.MID_RANK else 0
                 for atomic in (True, False):
                     sc = configs.shrink_config(info, t, 4096, rank, 2, atomic, slices=3)
-                    assert sc.low_rank == (want if sc.rank_blocks == 1 else 0), (t, rank, sc)
+                    got = (sc.low_rank, sc.mid_rank)
+                    assert got == ((want, mid) if sc.rank_blocks == 1 else (0, 0)), (t, rank, sc)
                 for partials in (1, 4):
                     ec = configs.expand_config(info, t, 6144, rank, 2, partials=partials)
                     top = 64 if partials > 1 and rank <= 64 else 256
-                    assert ec.low_rank == (want if t <= top else 0), (t, rank, partials, ec)
+                    got = (ec.low_rank, ec.mid_rank)
+                    assert got == ((want, mid) if t <= top else (0, 0)), (t, rank, partials, ec)
     w = ld.LoRAWeights(4, 4096, (4096, 1024, 1024), 64, dtype=torch.float16)
     p = L._two_pass_plan(w, 16)
     assert p.shrink.meta["RLOW"] == p.expand.meta["RLOW"] == low
+    assert p.shrink.meta["RMID"] == p.expand.meta["RMID"] == configs.MID_RANK
+    assert L._two_pass_plan(w, 16, cap=32).shrink.meta["RMID"] == 0  # box 32: one path
     assert L._two_pass_plan(w, 16, cap=32).shrink.meta["RLOW"] == low
     assert L._two_pass_plan(w, 16, cap=16).shrink.meta["RLOW"] == 0
     assert L._two_pass_plan(w, 16, cap=16).expand.meta["RLOW"] == 0

@@ -581,7 +581,7 @@ def test_graph_over_low_ranks_takes_the_narrow_path(max_rank, t):
     dtype, outs = torch.bfloat16, (4096, 1024, 1024)
     gen = torch.Generator().manual_seed(900 + t + max_rank)
     w = ld.LoRAWeights(17, 4096, outs, max_rank, dtype=dtype, device=DEV)
-    ranks = (1, 8, 16, 16, 17, 24, max_rank, 16)
+    ranks = (1, 8, 16, 32, 17, 24, max_rank, 16)
     for slot in range(16):
         _load_seeded(w, slot, ranks[slot % len(ranks)], 50 + slot)
     batch = ld.LoRABatch.empty(t, device=DEV)
@@ -606,6 +606,7 @@ def test_graph_over_low_ranks_takes_the_narrow_path(max_rank, t):
         assert add.expand.meta["RLOW"] == (configs.LOW_RANK if t <= 64 or max_rank > 64
                                            else 0)
     assert p[("expand", t, None, None)].meta["RLOW"] == configs.LOW_RANK
+    assert p[("expand", t, None, None)].meta["RMID"] == configs.MID_RANK
     for i in range(6):
         slots = (torch.arange(t) + 3 * i) % 17 - (i % 2)  # every slot, -1, the empty one
         batch.update_(slots)

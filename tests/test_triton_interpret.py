@@ -257,21 +257,23 @@ def test_eager_plans_for_the_loaded_ranks(impl, max_rank, ranks, cap):
 @pytest.mark.parametrize("t", [1, 16, 37])
 def test_graph_plan_takes_the_low_rank_path(t):
     """The plan for ``max_rank`` (what a CUDA graph replays) over ranks on both sides of
-    ``configs.LOW_RANK``: tiles of ranks up to it take the shrink's and the expand's narrower
-    path (``RLOW``), the others the full one; both right against float64, for ``add_lora``'s
-    two passes and for the public shrink (split-K atomics) and expand."""
+    ``configs.LOW_RANK`` and ``MID_RANK``: tiles of ranks up to them take the shrink's and
+    the expand's narrower paths (``RLOW``, ``RMID``), the others the full one; all right
+    against float64, for ``add_lora``'s two passes and for the public shrink (split-K
+    atomics) and expand."""
     from lora_dispatch.devices import configs
     from lora_dispatch.kernels.triton import launch as L
 
     gen = torch.Generator().manual_seed(t)
     outs = (48, 16, 40)
-    w = make_weights([1, 16, 17, 64, 0, 8], 96, outs, torch.float16, max_rank=64, gen=gen)
-    slots = (torch.arange(t) + 1) % 7 - 1  # slot 0 first, then every slot and -1
+    w = make_weights([1, 16, 17, 64, 0, 8, 32], 96, outs, torch.float16, max_rank=64, gen=gen)
+    slots = (torch.arange(t) + 1) % 8 - 1  # slot 0 first, then every slot and -1
     x = poisoned((t, 96), torch.float16, gen, 1.0)
     base = poisoned((t, sum(outs)), torch.float16, gen)
     batch = ld.LoRABatch.from_token_adapters(slots)
     p = L._two_pass_plan(w, t, split_k=3)
     assert p.shrink.meta["RLOW"] == p.expand.meta["RLOW"] == configs.LOW_RANK
+    assert p.shrink.meta["RMID"] == p.expand.meta["RMID"] == configs.MID_RANK
     assert p.shrink.meta["RCAP"] == p.expand.meta["RCAP"] == 64
 
     def full(o, x_, w_, b_):

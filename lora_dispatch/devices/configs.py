@@ -178,15 +178,25 @@ def _stages(platform: str, family: str, stages: int) -> int:
 # rank loops cost rank-64 tiles 1.1-1.3 us there (12.2 -> 13.4 us, 4 adapters;
 # mixed-decode-rlow-t256-...json); the public expand at T=256 gained even on uniform rank 64
 # (4.94 / 7.54 -> 4.69 / 6.86 us, 1 / 16 adapters; rank 16 in a rank-64 pool 4.67 / 6.91 ->
-# 3.68 / 5.20; mixed-expand-t256-...json) and lost at most 0.07 us below (mixed-expand-...json)
+# 3.68 / 5.20; mixed-expand-t256-...json) and lost at most 0.07 us below (mixed-expand-...json).
+# A second path for ranks 17-32 where the box is wider still (MID_RANK; mixed-decode-mid-...json,
+# 4 / 16 adapters): rank 32 in a rank-64 pool T=16 6.91 / 11.05 -> 5.48 / 8.06 us, T=64 8.58
+# / 12.25 -> 6.62 / 9.26 (capped at 32: 5.70 / 9.79, 6.96 / 9.48); in a rank-128 pool T=16
+# 25.9 -> 11.9 (16 adapters); uniform rank 64 and 128 within 0.1 us but the public expand at
+# T=256 (5.36 -> 5.54, 4 adapters)
 LOW_RANK = 16
 
 
-def _low_rank(kind: str, tb: int, box: int, partials: int = 1) -> int:
-    """The narrower path's rank bound for a decode ``kind`` plan whose rank box is ``box``
-    (an expand summing ``partials`` split-K products)."""
+MID_RANK = 2 * LOW_RANK
+
+
+def _low_ranks(kind: str, tb: int, box: int, partials: int = 1) -> tuple[int, int]:
+    """The narrower paths' rank bounds ``(low_rank, mid_rank)`` for a decode ``kind`` plan
+    whose rank box is ``box`` (an expand summing ``partials`` split-K products)."""
     top = 64 if kind == "expand" and partials > 1 and box <= 64 else 256
-    return LOW_RANK if tb <= top and box > LOW_RANK else 0
+    if tb > top or box <= LOW_RANK:
+        return 0, 0
+    return LOW_RANK, MID_RANK if box > MID_RANK else 0
 
 
 def _token_bucket(t: int) -> int:
@@ -301,7 +311,8 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
         if -(-t // block_m) * (-(-pairs // rank_blocks)) * split > units * per_unit:
             block_k = 64
     return ShrinkConfig(block_m, block_n, block_k, split, _warps(warp, warps), stages,
-                        rank_blocks, _low_rank("shrink", tb, rank) if rank_blocks == 1 else 0)
+                        rank_blocks, *(_low_ranks("shrink", tb, rank) if rank_blocks == 1
+                                       else (0, 0)))
 
 
 def shrink_config(info: DeviceInfo, t: int, k: int, rank: int, itemsize: int,
@@ -410,7 +421,7 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
     block_n = min(block_n, max(16, next_pow2(n)))
     return ExpandConfig(block_m, block_n, block_r, _warps(warp, warps),
                         _stages(platform, family, stages), ncol, prefetch,
-                        _low_rank("expand", tb, max_rank, partials))
+                        *_low_ranks("expand", tb, max_rank, partials))
 
 
 # prefill expand programs spanning 2048 columns (64 x 128 tiles, 16 blocks, 8 warps) above
