@@ -175,15 +175,20 @@ def _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, 
 def _narrow(x_ptr, a_ptr, y_ptr, scal_ptr, slot, rank, tok64, m_mask, pid_n, pid_k, K_SPLIT, K,
             stride_xm, stride_xk, stride_yp, stride_ys, stride_yt, S: tl.constexpr,
             R: tl.constexpr, BM: tl.constexpr, W: tl.constexpr, BK: tl.constexpr,
-            EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, PREC: tl.constexpr):
-    """Slice ``pid_n``'s first ``W`` rows of a tile whose slot's rank is in ``1 ... W``."""
-    sl, c0, n_mask, _ = _block(pid_n, rank, S, 1, W)
-    acc, _, _, _ = accumulate(
-        x_ptr, a_ptr, slot, rank, tok64, m_mask, sl, c0, n_mask, sl, c0, n_mask, sl, c0, n_mask,
-        sl, c0, n_mask, pid_k * K_SPLIT, K_SPLIT, K, stride_xm, stride_xk, S, R, BM, W, BK, 1,
-        EVEN_K, PREC)
-    _block_store(acc, sl, c0, n_mask, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr, stride_yp,
-                 stride_ys, stride_yt, S, R, W, ATOMIC, False)
+            EVEN_K: tl.constexpr, ATOMIC: tl.constexpr, PREC: tl.constexpr,
+            PDL: tl.constexpr):
+    """Slice ``pid_n``'s first ``W`` rows of a tile whose slot's rank is in ``0 ... W`` (0:
+    nothing to write), then the end-of-work PDL trigger (``PDL == 2``)."""
+    if rank > 0:
+        sl, c0, n_mask, _ = _block(pid_n, rank, S, 1, W)
+        acc, _, _, _ = accumulate(
+            x_ptr, a_ptr, slot, rank, tok64, m_mask, sl, c0, n_mask, sl, c0, n_mask, sl, c0,
+            n_mask, sl, c0, n_mask, pid_k * K_SPLIT, K_SPLIT, K, stride_xm, stride_xk, S, R, BM,
+            W, BK, 1, EVEN_K, PREC)
+        _block_store(acc, sl, c0, n_mask, m_mask, tok64, slot, pid_k, scal_ptr, y_ptr,
+                     stride_yp, stride_ys, stride_yt, S, R, W, ATOMIC, False)
+    if PDL == 2:
+        pdl_launch_dependents()
 
 
 @fast_launch
@@ -207,20 +212,15 @@ def shrink_kernel(
     m_mask, tok64 = tile_rows(start, end, tok_ptr, T, BM)  # [BM], [BM]
     if RLOW > 0:  # RB = 1, one block a slice: program pid_n owns slice pid_n's rows
         if rank <= RLOW:
-            if rank > 0:
-                _narrow(x_ptr, a_ptr, y_ptr, scal_ptr, slot, rank, tok64, m_mask, pid_n, pid_k,
-                        K_SPLIT, K, stride_xm, stride_xk, stride_yp, stride_ys, stride_yt, S, R,
-                        BM, RLOW, BK, EVEN_K, ATOMIC, PREC)
-            if PDL == 2:
-                pdl_launch_dependents()
+            _narrow(x_ptr, a_ptr, y_ptr, scal_ptr, slot, rank, tok64, m_mask, pid_n, pid_k,
+                    K_SPLIT, K, stride_xm, stride_xk, stride_yp, stride_ys, stride_yt, S, R, BM,
+                    RLOW, BK, EVEN_K, ATOMIC, PREC, PDL)
             return
         if RMID > 0:
             if rank <= RMID:
                 _narrow(x_ptr, a_ptr, y_ptr, scal_ptr, slot, rank, tok64, m_mask, pid_n, pid_k,
                         K_SPLIT, K, stride_xm, stride_xk, stride_yp, stride_ys, stride_yt, S, R,
-                        BM, RMID, BK, EVEN_K, ATOMIC, PREC)
-                if PDL == 2:
-                    pdl_launch_dependents()
+                        BM, RMID, BK, EVEN_K, ATOMIC, PREC, PDL)
                 return
     NBR: tl.constexpr = (RCAP + BN - 1) // BN  # blocks a slice: no slot's rank passes RCAP
     (sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3,
