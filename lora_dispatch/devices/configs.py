@@ -185,8 +185,6 @@ def _stages(platform: str, family: str, stages: int) -> int:
 # 25.9 -> 11.9 (16 adapters); uniform rank 64 and 128 within 0.1 us but the public expand at
 # T=256 (5.36 -> 5.54, 4 adapters)
 LOW_RANK = 16
-
-
 MID_RANK = 2 * LOW_RANK
 
 

@@ -197,6 +197,14 @@ def _tiles(t: int, block_m: int, num_slots: int) -> int:
     return _cdiv(t, block_m) + min(t, num_slots)
 
 
+def _narrow_ranks(cfg, rcap: int, fits: bool = True) -> tuple[int, int]:
+    """``(RLOW, RMID)`` of a plan whose rank box is ``rcap``: the config's narrow-path bounds
+    (``low_rank``, ``mid_rank``) where they fall below the box and the kernel's tiling
+    ``fits`` them, else 0."""
+    low = cfg.low_rank if fits and 16 <= cfg.low_rank < rcap else 0
+    return low, (cfg.mid_rank if low and low < cfg.mid_rank < rcap else 0)
+
+
 def _shrink_plan(w, t: int, atomic: bool, split_k: int | None = None,
                  cfg: configs.ShrinkConfig | None = None, fill: bool = True,
                  pdl: int = 0, info=None, cap: int = 0) -> ShrinkPlan:
@@ -245,13 +253,10 @@ def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.
         tma = False
     tma = tma and k_split % cfg.block_k == 0 and (k * w.lora_a.element_size()) % 16 == 0
     fill = fill and atomic and split == 1
-    # the narrower path takes the place of a program's one block of a slice's rows: no FILL
-    # (it writes no column past its rows)
-    rlow, rmid = cfg.low_rank, cfg.mid_rank
-    if not (16 <= rlow < rcap <= cfg.block_n and cfg.rank_blocks == 1 and not (fill or tma)):
-        rlow = rmid = 0
-    if not rlow < rmid < rcap:
-        rmid = 0
+    # the narrower paths take the place of a program's one block of a slice's rows: no FILL
+    # (they write no column past their rows)
+    rlow, rmid = _narrow_ranks(cfg, rcap, rcap <= cfg.block_n and cfg.rank_blocks == 1
+                               and not (fill or tma))
     meta = dict(
         S=s, R=r, RCAP=rcap, TILE=tile_index(cfg.block_m), BM=cfg.block_m, BN=cfg.block_n,
         BK=cfg.block_k, RB=cfg.rank_blocks,
@@ -304,14 +309,14 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
                 configs.gluon_expand_mode() == "1", cap)
     span = cfg.block_n * cfg.col_blocks
     nb = sum(_cdiv(o, span) for o in w.out_features)
+    rlow, rmid = _narrow_ranks(cfg, r)
     meta = dict(
         S=w.num_slices, R=w.max_rank, RCAP=r, RMASK=t <= _RMASK_TOKENS,
         TILE=tile_index(cfg.block_m), SPLIT=split,
         BM=cfg.block_m, BN=cfg.block_n, BR=cfg.block_r, NCOL=cfg.col_blocks,
         PREFETCH=cfg.prefetch, ALIGN=_align(w), PREC=PREC, PDL=pdl,
         TRIM=cfg.col_blocks > 1 and any(o % span for o in w.out_features),
-        RLOW=cfg.low_rank if 16 <= cfg.low_rank < r else 0,
-        RMID=cfg.mid_rank if 16 <= cfg.low_rank < cfg.mid_rank < r else 0,
+        RLOW=rlow, RMID=rmid,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta,
