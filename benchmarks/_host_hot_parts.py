@@ -4,8 +4,9 @@
 
 Best of 5 repeats per piece, two rounds, each repeat queued behind GPU spinning (``--idle``:
 not), so a GPU slower than the host cannot set the pace.
-The pieces: the closure (``launch._arm_hot``), its native call alone, and each check it
-makes; the public op's own checks and lookups. Every shape also reports whether its plan
+The pieces: the armed path (``launch._arm_hot``: a native ``Hot``, ``launchers/add_hot.c``),
+the public op's native entry to it, the bound group's native call alone, and each check the
+Python path makes; the public op's own checks and lookups. Every shape also reports whether its plan
 armed the path, and why not where it did not.
 """
 
@@ -62,6 +63,8 @@ def pieces(t: int, rank: int) -> None:
         s = stream_of(d)
         xs, os_ = x.stride(), out.stride()
         launches["hot()"] = lambda: hot(out, x, w, batch)
+        if ops._hot_add is not None:  # the public op's native entry (add_hot.c)
+            launches["fl_hot_add"] = lambda: ops._hot_add(out, x, w, batch)
         launches["native call only"] = lambda: launch(bound, tables, grids, s, d, x, xs[0],
                                                       xs[1], out, os_[0], os_[1])
         checks.update({
@@ -74,6 +77,18 @@ def pieces(t: int, rank: int) -> None:
             "get_ident()": L._get_ident,
             "empty lambda": lambda: None,
         })
+    if armed and type(hot).__name__ == "Hot":  # the capture check asked in Python instead
+        saved = L._capturing
+        L._capturing = lambda: False  # a stand-in: the Hot calls it instead of the driver
+        plan.memo[5] = None
+        for _ in range(3):
+            ld.add_lora(out, x, w, batch)
+        py_hot = plan.memo[5]
+        L._capturing = saved
+        if py_hot is not None and py_hot(out, x, w, batch):
+            launches["hot(), capture check by a Python stand-in"] = (
+                lambda: py_hot(out, x, w, batch))
+        plan.memo[5] = hot
     for r in range(2):
         for table, n, spin in ((launches, 200, True), (checks, 20000, False)):
             for name, fn in table.items():

@@ -88,6 +88,9 @@ def _check_base_out(base_out: object, w: LoRAWeights, t: int) -> None:
 
 _is_compiling = torch.compiler.is_compiling
 _Tensor = torch.Tensor
+# add_lora(base_out, x, w, batch) -> bool: the Triton backend's per-call path in C
+# (launchers/add_hot.c), set when it first arms one; True when it launched the call
+_hot_add = None
 
 
 def _fast_ok(base_out: object, x: object, w: object, batch: object) -> bool:
@@ -157,6 +160,8 @@ def add_lora(
         t = _validate(x, w, batch, True)
         _check_base_out(base_out, w, t)
         torch.ops.lora_dispatch.add_lora(base_out, x, *_weight_args(w), *_batch_args(batch))
+    elif _hot_add is not None and _hot_add(base_out, x, w, batch):
+        pass
     elif _fast_ok(base_out, x, w, batch):
         _impl(w).add_lora(base_out, x, w, batch)
     else:

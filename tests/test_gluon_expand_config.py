@@ -13,6 +13,7 @@ import torch
 import lora_dispatch as ld
 from lora_dispatch.devices import configs
 from lora_dispatch.devices.info import DeviceInfo
+from lora_dispatch.launchers import native
 
 H200 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA H200", "sm_90", 132, 32, (9, 0))
 A100 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA A100-SXM4-80GB", "sm_80", 108, 32,
@@ -330,6 +331,7 @@ def test_prefill_group_slots_follow_the_launch_argument_order(gluon_shrink, monk
         assert _same(a, b), (i, a, b)
 
 
+@pytest.mark.skipif(not native.available(), reason="the per-call path is native (add_hot.c)")
 @pytest.mark.parametrize("gluon_shrink", [False, True])
 def test_prefill_hot_path_launches_only_under_the_armed_conditions(gluon_shrink,
                                                                    monkeypatch):

@@ -681,6 +681,7 @@ def test_launch_group_hot_pieces_pass_exactly_when_launch_bound_does(monkeypatch
         NotImplemented  # a Bound of the old tables never launches
 
 
+@needs_native
 def test_add_lora_hot_path_launches_only_under_the_armed_conditions(monkeypatch) -> None:
     """add_lora's armed per-call path passes the bound launch its per-call slots and
     launches nothing (falls back) on another weights object or version (a load since),
@@ -755,3 +756,88 @@ def test_add_lora_hot_path_launches_only_under_the_armed_conditions(monkeypatch)
     g.result = NotImplemented
     assert not p.memo[5](out, x, w, batch)
     assert cap.memo[4] is None and p.memo[5] is None
+
+
+@needs_native
+def test_public_add_lora_takes_the_native_path_exactly_where_validation_passes(
+        monkeypatch) -> None:
+    """``ops.add_lora`` reaches the armed native path (``launchers/add_hot.c``) through
+    ``w._fl_hot[T]`` only where ``ops._fast_ok`` passes the call and ``w``'s backend selection
+    is the arming backend's at the registry's generation; every other call goes to the
+    Python path, which raises the public errors or launches through the backend."""
+    import types
+
+    import lora_dispatch as ld
+    from lora_dispatch import ops
+    from lora_dispatch.devices import registry
+
+    L, w, batch, t, p = _add_lora_case()
+    g = HotGroup()
+    monkeypatch.setattr(L, "_GROUP", g)
+    monkeypatch.setattr(L, "_raw_stream", lambda dev: g.stream)
+    monkeypatch.setattr(L, "_capturing", lambda: False)
+    monkeypatch.setitem(L._plans(w), ("add", t, None, None), p)
+    monkeypatch.setattr(ops, "_hot_add", None)
+    fake = types.SimpleNamespace(impl=types.SimpleNamespace(add_lora=L.add_lora))
+    w._selection = (registry.generation, fake)
+    ws = torch.empty(4096)
+    x = torch.randn(t, 128).half()[:, ::2]
+    out = torch.randn(t, 3 * w.total_out)[:, 1 : 1 + w.total_out]
+    L._memoize(p, w, batch, ws, ((), (), (), ()))
+    p.memo[4] = "B"
+    L._arm_hot(p, g, x, ws, w, p)
+    hot_add = ops._hot_add
+    assert hot_add is not None and w._fl_hot[t] is p.memo
+
+    checked = []
+    fast_ok = ops._fast_ok
+    monkeypatch.setattr(ops, "_fast_ok", lambda *a: checked.append(1) or fast_ok(*a))
+    ld.add_lora(out, x, w, batch)
+    assert not checked and len(g.calls) == 1  # the public op's checks ran in C
+    assert g.calls[0][5:] == (x, *x.stride(), out, *out.stride())
+
+    def with_attr(obj, name, value):
+        old = getattr(obj, name)
+        setattr(obj, name, value)
+        try:
+            return hot_add(out, x, w, batch), fast_ok(out, x, w, batch)
+        finally:
+            setattr(obj, name, old)
+
+    calls = {
+        "valid": (out, x),
+        "x columns": (out, torch.randn(t, 63).half()),
+        "x dtype": (out, x.float()),
+        "x 3-d": (out, x[None]),
+        "x subclass": (out, torch.nn.Parameter(x, requires_grad=False)),
+        "x not a tensor": (out, x.tolist()),
+        "x on meta": (out, x.to("meta")),
+        "out rows": (out[:-1], x),
+        "out columns": (out[:, :-1], x),
+        "out fp64": (out.double(), x),
+        "out int": (out.int(), x),
+        "out fp32": (out.float(), x),
+        "out bf16": (out.bfloat16(), x),
+        "out on meta": (out.to("meta"), x),
+    }
+    for what, (o, xv) in calls.items():
+        n = len(g.calls)
+        took = hot_add(o, xv, w, batch)
+        assert took == fast_ok(o, xv, w, batch), what
+        assert len(g.calls) == n + took, what
+    assert with_attr(batch, "max_slot", w.num_slots) == (False, False)
+    assert with_attr(batch, "max_slot", None) == (True, True)
+    assert with_attr(batch, "num_tokens", t + 1) == (False, False)
+    assert with_attr(batch, "capacity", t - 1) == (False, False)
+    with pytest.raises(ValueError, match="x"):
+        ld.add_lora(out, torch.randn(t, 63).half(), w, batch)
+    # another selection, or the registry's next generation: the Python path decides
+    assert with_attr(w, "_selection", (registry.generation, fake)) == (False, True)
+    monkeypatch.setattr(registry, "generation", registry.generation + 1)
+    assert not hot_add(out, x, w, batch)
+    monkeypatch.setattr(registry, "generation", registry.generation - 1)
+    n = len(g.calls)
+    assert hot_add(out, x, w, batch) and len(g.calls) == n + 1
+    g.result = NotImplemented  # a stale binding: dropped, and the public path with it
+    assert not hot_add(out, x, w, batch) and p.memo[5] is None
+    assert not hot_add(out, x, w, batch) and len(g.calls) == n + 2

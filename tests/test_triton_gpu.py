@@ -448,7 +448,7 @@ def test_add_lora_per_call_path_matches_separate_launches(monkeypatch):
     for t in (1, 16, 64):
         batch = ld.LoRABatch.empty(t, device=DEV)
         p = tl_launch.plan_for("add", w, t)
-        armed = 0
+        armed, native, hot, hot_before = 0, 0, None, None
         for i in range(12):
             slots = random_slots(t, w.num_slots, gen, frac_none=0.1 * (i % 3))
             batch.update_(slots.to(DEV))
@@ -477,13 +477,40 @@ def test_add_lora_per_call_path_matches_separate_launches(monkeypatch):
             torch.cuda.current_stream(DEV).wait_stream(stream)
             if i:
                 assert group.launches == before + 1
-            armed += p.memo[5] is not None
+            if hot is not None and hot is p.memo[5]:
+                native += hot.calls - hot_before
+            hot = p.memo[5]
+            armed += hot is not None
+            hot_before = None if hot is None else hot.calls
+            assert hot is None or type(hot).__name__ == "Hot"
             torch.cuda.synchronize()
             assert torch.equal(got, want), (t, i)
             s = slots.to(DEV)
             delta = ref_delta(ref_y(x, w, s), w, s, t)
             assert rel(got.double() - base.double(), delta) <= TOL[torch.bfloat16]
         assert armed >= 6, (t, armed)  # the per-call path was taken (not just the bound one)
+        # the public op took the native per-call path (add_hot.c) on the main stream and
+        # thread once armed there (each switch of stream, thread or workspace, and the first
+        # strided x, re-arms it)
+        assert native >= 3, (t, native)
+        for j in range(4):  # plain calls: the native path from the second on
+            hot = p.memo[5]
+            calls = None if hot is None else hot.calls
+            ld.add_lora(base.clone(), x, w, batch)
+            assert j == 0 or (hot is p.memo[5] and hot.calls == calls + 1), (t, j)
+        hot = p.memo[5]
+        calls = hot.calls
+        graph, got = torch.cuda.CUDAGraph(), base.clone()
+        with torch.cuda.graph(graph):  # captured: the graph owns its workspace, no hot path
+            ld.add_lora(got, x, w, batch)
+        assert hot.calls == calls
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(got, want), (t, "graph")
+        w.version += 1  # a load since arming: declines
+        ld.add_lora(base.clone(), x, w, batch)
+        assert hot.calls == calls
+        w.version -= 1
     tl_launch.release_workspaces()
 
 
@@ -1528,6 +1555,13 @@ def test_add_lora_prefill_groups_match_separate_launches(shrink_gluon, expand_gl
     x, base, got = outs[-1]
     delta = ref_delta(ref_y(x, w, s), w, s, t)
     assert rel(got.double() - base.double(), delta) <= TOL[dtype]
+    entry.memo[5] = None  # the public op through the native path itself (no wrapper)
+    for i, ((x, base), want) in enumerate(zip(cases[:3], wants)):
+        got = base.clone()
+        ld.add_lora(got, x, w, batch)
+        assert torch.equal(got, want), f"native call {i}"
+        hot = entry.memo[5]
+        assert type(hot).__name__ == "Hot" and hot.calls == i, f"native call {i}"
     buf = torch.randn(t, 4096 + 8, generator=gen).to(DEV, dtype)
     outs_of = {
         "aligned": lambda: base.clone(),

@@ -19,6 +19,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <dlfcn.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,8 @@ static retain_t p_retain;
 static ptr_attr_t p_ptr_attr;
 static err_str_t p_err_str;
 static encode_tiled_t p_encode_tiled; /* NULL on drivers without TMA */
+typedef CUresult (*is_capturing_t)(CUstream, CUstreamCaptureStatus *);
+static is_capturing_t p_is_capturing; /* add_hot.c */
 
 static PyObject *s_data_ptr, *s_dtype, *s_base, *s_block_shape, *s_layout, *s_shape,
     *s_strides, *s_padding, *s_nan;
@@ -401,6 +404,7 @@ static int load_cuda(void) {
     p_ptr_attr = (ptr_attr_t)dlsym(h, "cuPointerGetAttribute");
     p_err_str = (err_str_t)dlsym(h, "cuGetErrorString");
     p_encode_tiled = (encode_tiled_t)dlsym(h, "cuTensorMapEncodeTiled");
+    p_is_capturing = (is_capturing_t)dlsym(h, "cuStreamIsCapturing");
     launch_ex_t lx = (launch_ex_t)dlsym(h, "cuLaunchKernelEx");
     if (!p_ctx_get || !p_ctx_set || !p_dev_get || !p_retain || !p_ptr_attr || !p_err_str || !lx) {
         PyErr_SetString(PyExc_RuntimeError, "fast_launch native path: libcuda lacks a symbol");
@@ -1358,7 +1362,12 @@ static PyObject *fl_clear(PyObject *mod, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+#include "add_hot.c"
+
 static PyMethodDef methods[] = {
+    {"fl_hot", fl_hot, METH_O, "arm add_lora's per-call path: Hot"},
+    {"fl_hot_add", (PyCFunction)(void (*)(void))fl_hot_add, METH_FASTCALL,
+     "add_lora through the Hot of w's plan for x's rows: bool"},
     {"fl_launch", (PyCFunction)(void (*)(void))fl_launch, METH_FASTCALL, "launch or NotImplemented"},
     {"fl_launch_group", (PyCFunction)(void (*)(void))fl_launch_group, METH_FASTCALL,
      "launch a group of kernels or NotImplemented"},
@@ -1385,7 +1394,9 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "lora_dispatch_native
                                     methods};
 
 PyMODINIT_FUNC PyInit_lora_dispatch_native(void) {
-    if (PyType_Ready(&LauncherType) < 0 || PyType_Ready(&BoundType) < 0) return NULL;
+    if (PyType_Ready(&LauncherType) < 0 || PyType_Ready(&BoundType) < 0 ||
+        PyType_Ready(&HotType) < 0)
+        return NULL;
     s_data_ptr = PyUnicode_InternFromString("data_ptr");
     s_dtype = PyUnicode_InternFromString("dtype");
     s_base = PyUnicode_InternFromString("base");
@@ -1396,7 +1407,7 @@ PyMODINIT_FUNC PyInit_lora_dispatch_native(void) {
     s_padding = PyUnicode_InternFromString("padding");
     s_nan = PyUnicode_InternFromString("nan");
     if (!s_data_ptr || !s_dtype || !s_base || !s_block_shape || !s_layout || !s_shape ||
-        !s_strides || !s_padding || !s_nan)
+        !s_strides || !s_padding || !s_nan || hot_init_strings())
         return NULL;
     return PyModule_Create(&moddef);
 }

@@ -52,6 +52,7 @@ logger = logging.getLogger("lora_dispatch.launchers")
 
 _ENV = "LORA_DISPATCH_NATIVE"
 _SRC = Path(__file__).with_name("native.c")
+_HOT_SRC = _SRC.with_name("add_hot.c")  # included by native.c
 
 # slot codes (native.c)
 C_SKIP, C_GENERIC, C_GENERIC_SA, C_GENERIC_NOSPEC, C_CONSTEXPR, C_OPTION = range(6)
@@ -150,7 +151,7 @@ def _compiler() -> str:
 
 
 def _build() -> Any:
-    src = _SRC.read_text()
+    src = _SRC.read_text() + _HOT_SRC.read_text()
     inc = _cuda_include()
     py_inc = sysconfig.get_paths()["include"]
     cc = _compiler()

@@ -19,7 +19,10 @@ import torch
 
 from lora_dispatch.batch import tile_index
 from lora_dispatch.devices import configs
+from lora_dispatch.devices import registry as _registry
 from lora_dispatch.devices.info import describe
+from lora_dispatch.launchers import native as _native
+from lora_dispatch.weights import SUPPORTED_DTYPES
 
 from .expand_gluon_kernel import b_descriptor, expand_gluon_kernel, out_descriptor, out_tile
 from .expand_kernel import expand_kernel
@@ -774,6 +777,7 @@ _SYNCS: dict[tuple[int, int, int], torch.Tensor] = {}
 _WS_GEN = [0]  # bumped whenever a buffer of those tables is replaced or dropped
 _get_ident = threading.get_ident
 _capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", lambda: False)
+_TORCH_CAPTURING = _capturing  # the native per-call path asks the driver instead
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 
@@ -1013,19 +1017,68 @@ def _launch_xgroup(p: AddPlan, base_out, x, w, batch, ws, t: int,
     return ok
 
 
+def _hot_native():
+    """The native module where it loads (None: no per-call path)."""
+    try:
+        return _native.load()
+    except _native.NativeUnavailable:
+        return None
+
+
+def _install_hot(em: list, w, batch_ref, w_ref, name: str, group, pieces: tuple, ws_gen: int,
+                 ident: int, grids: tuple, t: int, kind: int = 0, xt=None, ot=None,
+                 on_decline=None) -> None:
+    """``em[5]``: a native per-call path (``launchers/add_hot.c``) repeating ``group``'s bound
+    launch for new ``x`` / ``base_out``; where ``w``'s backend selection is this backend, the
+    public op takes it too (``w._fl_hot[t]`` is ``em``)."""
+    mod = _hot_native()
+    if mod is None:
+        return
+    ready, launch, tables, stream_of, dev, bound = pieces
+    d = getattr(w, "__dict__", None)
+    sel = None if d is None else d.get("_selection")
+    if sel is None or sel[0] != _registry.generation or sel[1].impl.add_lora is not add_lora:
+        sel = None
+    if on_decline is None:
+        def on_decline() -> None:
+            em[5] = None
+    spec = {
+        "wref": w_ref, "bref": batch_ref, "ver": w.version, "sel": sel,
+        "reg": vars(_registry), "gdict": _G, "gname": name, "group": group,
+        "gen_list": _WS_GEN, "gen": ws_gen, "ident": ident, "ready": ready,
+        "stream_of": stream_of,
+        "capturing": None if _capturing is _TORCH_CAPTURING else _capturing,
+        "stream_obj": stream_of(dev), "dev_obj": dev, "dev": dev, "device": w.device,
+        "tensor_type": torch.Tensor, "w_type": type(w), "b_type": type(batch_ref()),
+        "t": t, "k": w.in_features, "n": w.total_out, "num_slots": w.num_slots,
+        "isz": w.dtype.itemsize, "dtype": w.dtype, "out_dtypes": tuple(SUPPORTED_DTYPES),
+        "launch": launch, "bound": bound, "tables": tables, "grids": grids,
+        "kind": kind, "xdesc": rows_descriptor, "xtile": xt, "odesc": out_descriptor,
+        "otile": ot, "t_obj": t, "k_obj": w.in_features, "n_obj": w.total_out,
+        "on_decline": on_decline,
+    }
+    em[5] = mod.fl_hot(spec)
+    if d is not None and sel is not None:
+        d.setdefault("_fl_hot", {})[t] = em
+        from lora_dispatch import ops
+
+        ops._hot_add = mod.fl_hot_add
+
+
 def _arm_hot(p: AddPlan, group, x, ws, w, entry: AddPlan) -> None:
     """``entry.memo[5]``: the plain two-pass group's per-call path, armed after a bound
     launch of ``p``. ``entry`` is the plan :func:`add_lora` looks up; ``p`` is that plan or
     the one :func:`_two_pass` took for the loaded ranks (:func:`_cap`).
 
-    It repeats that launch for ``x`` / ``base_out`` with the same weights (at the same
-    :attr:`version`: same loaded ranks) and batch (the memoized ones), on the same device,
-    stream and thread with no workspace replaced since (so the memoized workspace is the one
-    :func:`_workspace` returns), outside CUDA-graph capture, while ``group`` is ``_GROUP`` and
-    passes its guards (:meth:`LaunchGroup.hot`). It returns False, having launched nothing,
-    where any of that fails; where the native call declines it also drops itself and the
-    binding. Only plans whose launch does not depend on ``x`` beyond its strides take it: no
-    Gluon or TMA alternative.
+    The path (a native ``Hot``, ``launchers/add_hot.c``) repeats that launch for ``x`` /
+    ``base_out`` where the call is one the public op's validation passes, with the same
+    weights (at the same :attr:`version`: same loaded ranks) and batch (the memoized ones),
+    on the same device, stream and thread with no workspace replaced since (so the memoized
+    workspace is the one :func:`_workspace` returns), outside CUDA-graph capture, while
+    ``group`` is ``_GROUP`` and passes its guards (:meth:`LaunchGroup.hot`). It returns
+    False, having launched nothing, where any of that fails; where the native call declines
+    it also drops itself and the binding. Only plans whose launch does not depend on ``x``
+    beyond its strides take it: no Gluon or TMA alternative.
     """
     m = p.memo
     em = entry.memo
@@ -1038,29 +1091,15 @@ def _arm_hot(p: AddPlan, group, x, ws, w, entry: AddPlan) -> None:
     dev = x.get_device()
     if pieces is None or pieces[4] != dev or m[2]() is not ws:
         return
-    ready, launch, tables, stream_of, _ = pieces
-    wref, bref = m[0], m[1]
-    stream = stream_of(dev)
+    stream = pieces[3](dev)
     if _raw_stream is None or _raw_stream(dev) != stream:
         return
-    ident, gen, ver = _get_ident(), _WS_GEN[0], w.version
-    grids = (sp.grid, p.expand.grid)
 
-    def hot(base_out, x, w, batch) -> bool:
-        if (wref() is not w or w.version != ver or bref() is not batch or _GROUP is not group
-                or _capturing() or x.get_device() != dev or stream_of(dev) != stream
-                or _get_ident() != ident or _WS_GEN[0] != gen or not ready()):
-            return False
-        xs = x.stride()
-        os_ = base_out.stride()
-        if launch(b, tables, grids, stream, dev, x, xs[0], xs[1], base_out, os_[0],
-                  os_[1]) is NotImplemented:
-            m[4] = em[5] = None
-            return False
-        group.launches += 1
-        return True
+    def on_decline() -> None:
+        m[4] = em[5] = None
 
-    em[5] = hot
+    _install_hot(em, w, m[1], m[0], "_GROUP", group, (*pieces, b), _WS_GEN[0], _get_ident(),
+                 (sp.grid, p.expand.grid), x.shape[0], on_decline=on_decline)
 
 
 _HOT_GROUPS = ("_GGROUP", "_GXGROUP", "_XGROUP")  # the descriptor plans' launch groups
@@ -1094,8 +1133,7 @@ def _arm_hot_desc(p: AddPlan, name: str, bound, x, ws, w, entry: AddPlan) -> Non
     dev = x.get_device()
     if pieces is None or pieces[4] != dev:
         return
-    ready, launch, tables, stream_of, _ = pieces
-    stream = stream_of(dev)
+    stream = pieces[3](dev)
     if _raw_stream is None or _raw_stream(dev) != stream:
         return
     m = p.memo
@@ -1108,48 +1146,16 @@ def _arm_hot_desc(p: AddPlan, name: str, bound, x, ws, w, entry: AddPlan) -> Non
         if e is None or e[2]() is not ws:
             return
         wref, bref = e[0], e[1]
-    ident, gen, ver = _get_ident(), _WS_GEN[0], w.version
-    t, k, n, dt = x.shape[0], w.in_features, w.total_out, w.dtype
     grids = (sp.grid if gs is None else gs.grid, ep.grid if ge is None else ge.grid)
-    xt = None if gs is None else gs.tile
-    ot = None if ge is None else ge.tile
-    isz = x.element_size()
+    slot = 4 if name == "_GGROUP" else 6
 
-    def hot(base_out, x, w, batch) -> bool:
-        if (wref() is not w or w.version != ver or bref() is not batch
-                or _G[name] is not group or _capturing() or x.get_device() != dev
-                or stream_of(dev) != stream or _get_ident() != ident or _WS_GEN[0] != gen
-                or not ready()):
-            return False
-        xs = x.stride()
-        os_ = base_out.stride()
-        # the TMA contract (_tma_ready) where a descriptor is built
-        if xt is not None and (xs[1] != 1 or xs[0] < k or (xs[0] * isz) % 16
-                               or x.data_ptr() % 16):
-            return False
-        if ot is not None and (base_out.dtype is not dt or os_[1] != 1 or os_[0] < n
-                               or (os_[0] * isz) % 16 or base_out.data_ptr() % 16):
-            return False
-        if ot is None:
-            vals = (rows_descriptor(x, t, k, xs[0], xt), x, xs[0], xs[1], base_out, os_[0],
-                    os_[1])
-        elif xt is None:
-            vals = (x, xs[0], xs[1], out_descriptor(base_out, t, n, os_[0], ot), base_out,
-                    os_[0])
-        else:
-            vals = (rows_descriptor(x, t, k, xs[0], xt), x, xs[0], xs[1],
-                    out_descriptor(base_out, t, n, os_[0], ot), base_out, os_[0])
-        if launch(bound, tables, grids, stream, dev, *vals) is NotImplemented:
-            if name == "_GGROUP":
-                m[4] = None
-            else:
-                m[6] = None
-            em[5] = None
-            return False
-        group.launches += 1
-        return True
+    def on_decline() -> None:
+        m[slot] = em[5] = None
 
-    em[5] = hot
+    _install_hot(em, w, bref, wref, name, group, (*pieces, bound), _WS_GEN[0], _get_ident(),
+                 grids, x.shape[0], kind=(gs is not None) | (ge is not None) << 1,
+                 xt=None if gs is None else gs.tile, ot=None if ge is None else ge.tile,
+                 on_decline=on_decline)
 
 
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int, mode: str | None = None,
