@@ -35,7 +35,7 @@ def _set(path: str, saved: dict) -> None:
     L._arm_hot_desc = saved["_arm_hot_desc"] if path == "hot" else _no_arm
 
 
-def _no_arm(p, name, bound, x, ws, w, entry) -> None:
+def _no_arm(p, name, bound, x, ws, w, entry, base_out=None) -> None:
     entry.memo[5] = None
 
 

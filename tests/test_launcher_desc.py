@@ -88,6 +88,29 @@ def test_native_key_of_descriptors_refines_triton():
     assert launcher.native_key(big, y, 4096, BLOCK=64) is None
 
 
+def test_raw_descriptor_keys_as_the_descriptor_it_stands_for():
+    """``fl_raw_desc`` (the descriptor as fields, which add_lora's native per-call path sets
+    per call) keys exactly as the descriptor it was made from, for its own launcher only;
+    objects that are not host descriptors give None."""
+    backend = reference_backend("cuda")
+    launcher = FastLauncher(k_desc).build_for_tests(backend, lean=True, native=True)
+    other = FastLauncher(k_desc).build_for_tests(backend, lean=True, native=True)
+    mod = native.load()
+    table = launcher._fl_ns["_fl_nat"]
+    rng = random.Random(11)
+    y = torch.empty(16, dtype=torch.float32)
+    for _ in range(100):
+        d = _descs(rng)
+        raw = mod.fl_raw_desc(table, d)
+        assert raw is not None
+        assert launcher.native_key(raw, y, 4096, BLOCK=64) == launcher.native_key(
+            d, y, 4096, BLOCK=64)
+        assert other.native_key(raw, y, 4096, BLOCK=64) is None
+    assert mod.fl_raw_desc(table, y) is None
+    with pytest.raises(TypeError):
+        mod.fl_raw_desc(y, d)
+
+
 @pytest.mark.skipif(GTD is None, reason="no Gluon in this Triton release")
 def test_equal_layouts_share_a_key():
     """Two equal layout objects key the same (Triton keys the layout by its repr); a

@@ -52,6 +52,7 @@ typedef struct {
     int kind;                 /* HOT_X_DESC | HOT_OUT_DESC */
     PyObject *xdesc, *xtile;  /* xdesc(x, t, k, x_row_stride, xtile) */
     PyObject *odesc, *otile;  /* odesc(base_out, t, n, out_row_stride, otile) */
+    PyObject *xraw, *oraw;    /* RawDesc standing in for those (None: call xdesc / odesc) */
     PyObject *t_obj, *k_obj, *n_obj;
     PyObject *on_decline;     /* callable() when the launch returned NotImplemented */
     unsigned long long calls; /* launches made */
@@ -67,7 +68,7 @@ static PyObject *fl_launch_bound(PyObject *mod, PyObject *const *args, Py_ssize_
     X(wref) X(bref) X(sel) X(reg) X(gdict) X(gname) X(group) X(gen_list) X(ready) \
     X(stream_of) X(capturing) X(stream_obj) X(dev_obj) X(device) X(tensor_type) X(w_type) \
     X(b_type) X(dtype) X(out_dtypes) X(launch) X(bound) X(tables) X(grids) X(xdesc) \
-    X(xtile) X(odesc) X(otile) X(t_obj) X(k_obj) X(n_obj) X(on_decline)
+    X(xtile) X(odesc) X(otile) X(xraw) X(oraw) X(t_obj) X(k_obj) X(n_obj) X(on_decline)
 
 static int hot_traverse(Hot *self, visitproc visit, void *arg) {
 #define V(f) Py_VISIT(self->f);
@@ -180,11 +181,24 @@ static int on_device(Hot *self, PyObject *o) {
 
 /* The TMA contract of a row-major [rows, cols] operand (launch._tma_ready): unit inner stride,
  * rows not overlapping, 16-byte row pitch and base. */
-static int tma_ok(PyObject *o, const long long *st, long long cols, long long isz) {
+static int tma_ok(PyObject *o, const long long *st, long long cols, long long isz,
+                  uint64_t *addr) {
     if (st[1] != 1 || st[0] < cols || (st[0] * isz) % 16) return 0;
-    uint64_t addr;
-    if (data_ptr(o, &addr)) { PyErr_Clear(); return 0; }
-    return addr % 16 == 0;
+    if (data_ptr(o, addr)) { PyErr_Clear(); return 0; }
+    return *addr % 16 == 0;
+}
+
+/* A RawDesc of this Hot set to a [rows, cols] operand at addr with row stride rs. */
+static PyObject *raw_set(PyObject *raw, uint64_t addr, long long rows, long long cols,
+                         long long rs) {
+    RawDesc *r = (RawDesc *)raw;
+    r->addr = addr;
+    r->shape[0] = rows;
+    r->shape[1] = cols;
+    r->strides[0] = rs;
+    r->strides[1] = 1;
+    Py_INCREF(raw);
+    return raw;
 }
 
 /* Everything but the launch: 1 (launch) or 0 (the Python path takes the call). */
@@ -275,18 +289,29 @@ static PyObject *hot_call(Hot *self, PyObject *const *args, size_t nargsf, PyObj
     int ok = pair_ll(xst, xs);
     PyObject *ost = ok ? PyObject_CallMethodNoArgs(out, s_stride) : NULL;
     ok = ok && pair_ll(ost, os);
-    if (ok && (self->kind & HOT_X_DESC)) ok = tma_ok(x, xs, self->k, self->isz);
-    if (ok && (self->kind & HOT_OUT_DESC)) ok = tma_ok(out, os, self->n, self->isz);
+    uint64_t xa = 0, oa = 0;
+    if (ok && (self->kind & HOT_X_DESC)) ok = tma_ok(x, xs, self->k, self->isz, &xa);
+    if (ok && (self->kind & HOT_OUT_DESC)) ok = tma_ok(out, os, self->n, self->isz, &oa);
     PyObject *xd = NULL, *od = NULL, *res = NULL;
     if (ok && (self->kind & HOT_X_DESC)) {
-        PyObject *a[5] = {x, self->t_obj, self->k_obj, PyTuple_GET_ITEM(xst, 0), self->xtile};
-        xd = PyObject_Vectorcall(self->xdesc, a, 5, NULL);
-        if (!xd) goto done;
+        if (self->xraw != Py_None) {
+            xd = raw_set(self->xraw, xa, self->t, self->k, xs[0]);
+        } else {
+            PyObject *a[5] = {x, self->t_obj, self->k_obj, PyTuple_GET_ITEM(xst, 0),
+                              self->xtile};
+            xd = PyObject_Vectorcall(self->xdesc, a, 5, NULL);
+            if (!xd) goto done;
+        }
     }
     if (ok && (self->kind & HOT_OUT_DESC)) {
-        PyObject *a[5] = {out, self->t_obj, self->n_obj, PyTuple_GET_ITEM(ost, 0), self->otile};
-        od = PyObject_Vectorcall(self->odesc, a, 5, NULL);
-        if (!od) goto done;
+        if (self->oraw != Py_None) {
+            od = raw_set(self->oraw, oa, self->t, self->n, os[0]);
+        } else {
+            PyObject *a[5] = {out, self->t_obj, self->n_obj, PyTuple_GET_ITEM(ost, 0),
+                              self->otile};
+            od = PyObject_Vectorcall(self->odesc, a, 5, NULL);
+            if (!od) goto done;
+        }
     }
     if (!ok) {
         PyErr_Clear();
@@ -399,6 +424,13 @@ static PyObject *fl_hot(PyObject *mod, PyObject *spec) {
         if (val == -1 && PyErr_Occurred()) goto fail;
         if (ints[i].dst) *ints[i].dst = val;
         else h->kind = (int)val;
+    }
+    if ((h->xraw != Py_None && (Py_TYPE(h->xraw) != &RawDescType ||
+                                ((RawDesc *)h->xraw)->rank != 2)) ||
+        (h->oraw != Py_None && (Py_TYPE(h->oraw) != &RawDescType ||
+                                ((RawDesc *)h->oraw)->rank != 2))) {
+        PyErr_SetString(PyExc_TypeError, "fl_hot: xraw / oraw must be rank-2 RawDescs or None");
+        goto fail;
     }
     if (h->kind < 0 || h->kind > (HOT_X_DESC | HOT_OUT_DESC)) {
         PyErr_SetString(PyExc_ValueError, "fl_hot: kind must be 0-3");

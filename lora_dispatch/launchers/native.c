@@ -248,6 +248,32 @@ static int key_desc(Launcher *self, Py_ssize_t cls, PyObject *o, uint64_t *tag, 
     return 1;
 }
 
+/* A host tensor descriptor given by its fields (fl_raw_desc): keyed as the descriptor it was
+ * made from for one launcher, its base address, shape and strides set by the C caller that
+ * owns it before each launch (add_hot.c), so no Python descriptor is built per call. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *launcher; /* the Launcher its key words are for */
+    uint64_t tag, val;  /* those key words */
+    uint64_t addr;
+    int rank, padding;
+    int64_t shape[MAX_DESC_RANK], strides[MAX_DESC_RANK];
+} RawDesc;
+
+static void raw_desc_dealloc(RawDesc *self) {
+    Py_XDECREF(self->launcher);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject RawDescType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "lora_dispatch_native.RawDesc",
+    .tp_basicsize = sizeof(RawDesc),
+    .tp_dealloc = (destructor)raw_desc_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A tensor descriptor as raw fields, keyed for one launcher (fl_raw_desc).",
+};
+
 /* Key of one slot. Returns 1 on success, 0 when the slot is outside this keyer
  * (the Python path takes the call), -1 with an exception set. */
 static int key_slot(Launcher *self, int code, PyObject *o, uint64_t *tag, uint64_t *val,
@@ -318,6 +344,14 @@ static int key_slot(Launcher *self, int code, PyObject *o, uint64_t *tag, uint64
         *ptr = addr;
         *tag = G_TENSOR;
         *val = 2 * (uint64_t)idx + (code == C_GENERIC_SA ? !(addr & 15) : 0);
+        return 1;
+    }
+    if (Py_TYPE(o) == &RawDescType) {
+        RawDesc *r = (RawDesc *)o;
+        if (r->launcher != (PyObject *)self) return 0;
+        *tag = r->tag;
+        *val = r->val;
+        *ptr = r->addr;
         return 1;
     }
     Py_ssize_t nd = PyTuple_GET_SIZE(self->desc_types);
@@ -545,19 +579,34 @@ static int read_ints(PyObject *desc, PyObject *name, int n, int64_t *out, int i)
  * unchanged), plus its shape and strides. Returns the map, or NULL with an exception. */
 static CUtensorMap *desc_map(Launcher *self, int i, const DescMeta *m, PyObject *desc,
                              uint64_t addr, int64_t *shape, int64_t *strides) {
-    int n = m->rank;
-    if (read_ints(desc, s_shape, n, shape, i) || read_ints(desc, s_strides, n, strides, i))
-        return NULL;
+    int n = m->rank, padding;
+    if (Py_TYPE(desc) == &RawDescType) {
+        const RawDesc *r = (const RawDesc *)desc;
+        if (r->rank != n) {
+            PyErr_Format(PyExc_ValueError, "tensor descriptor (at %d): rank %d, the kernel "
+                         "was compiled for rank %d", i, r->rank, n);
+            return NULL;
+        }
+        memcpy(shape, r->shape, sizeof(int64_t) * (size_t)n);
+        memcpy(strides, r->strides, sizeof(int64_t) * (size_t)n);
+        padding = r->padding;
+    } else {
+        if (read_ints(desc, s_shape, n, shape, i) || read_ints(desc, s_strides, n, strides, i))
+            return NULL;
+        padding = -1;
+    }
     if (strides[n - 1] != 1) {
         PyErr_Format(PyExc_ValueError, "tensor descriptor (at %d): last dimension must be "
                      "contiguous (stride 1)", i);
         return NULL;
     }
     if (m->fp4_padded) shape[n - 1] *= 2;
-    PyObject *pad = PyObject_GetAttr(desc, s_padding);
-    if (!pad) return NULL;
-    int padding = PyUnicode_Check(pad) && PyUnicode_Compare(pad, s_nan) == 0;
-    Py_DECREF(pad);
+    if (padding < 0) {
+        PyObject *pad = PyObject_GetAttr(desc, s_padding);
+        if (!pad) return NULL;
+        padding = PyUnicode_Check(pad) && PyUnicode_Compare(pad, s_nan) == 0;
+        Py_DECREF(pad);
+    }
     if (!self->dcache) {
         void *mem = NULL;
         size_t bytes = sizeof(DescCache) * (size_t)self->nparams;
@@ -1362,10 +1411,51 @@ static PyObject *fl_clear(PyObject *mod, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* fl_raw_desc(launcher, desc) -> RawDesc or None: a RawDesc keyed as the host descriptor desc
+ * for launcher, with desc's address, shape, strides and padding (None where desc is not
+ * keyed in C). */
+static PyObject *fl_raw_desc(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || Py_TYPE(args[0]) != &LauncherType) {
+        PyErr_SetString(PyExc_TypeError, "fl_raw_desc(launcher, desc)");
+        return NULL;
+    }
+    Launcher *l = (Launcher *)args[0];
+    PyObject *d = args[1];
+    Py_ssize_t nd = PyTuple_GET_SIZE(l->desc_types), cls = -1;
+    for (Py_ssize_t i = 0; i < nd; i++)
+        if ((PyObject *)Py_TYPE(d) == PyTuple_GET_ITEM(l->desc_types, i)) cls = i;
+    if (cls < 0) Py_RETURN_NONE;
+    uint64_t tag, val, addr;
+    int r = key_desc(l, cls, d, &tag, &val, &addr);
+    if (r < 0) return NULL;
+    if (!r) Py_RETURN_NONE;
+    int rank = (int)((val >> 7) & 7);
+    RawDesc *o = PyObject_New(RawDesc, &RawDescType);
+    if (!o) return NULL;
+    memset((char *)o + sizeof(PyObject), 0, sizeof(RawDesc) - sizeof(PyObject));
+    Py_INCREF(l);
+    o->launcher = (PyObject *)l;
+    o->tag = tag;
+    o->val = val;
+    o->addr = addr;
+    o->rank = rank;
+    if (read_ints(d, s_shape, rank, o->shape, 0) || read_ints(d, s_strides, rank, o->strides, 0)) {
+        Py_DECREF(o);
+        return NULL;
+    }
+    PyObject *pad = PyObject_GetAttr(d, s_padding);
+    if (!pad) { Py_DECREF(o); return NULL; }
+    o->padding = PyUnicode_Check(pad) && PyUnicode_Compare(pad, s_nan) == 0;
+    Py_DECREF(pad);
+    return (PyObject *)o;
+}
+
 #include "add_hot.c"
 
 static PyMethodDef methods[] = {
     {"fl_hot", fl_hot, METH_O, "arm add_lora's per-call path: Hot"},
+    {"fl_raw_desc", (PyCFunction)(void (*)(void))fl_raw_desc, METH_FASTCALL,
+     "a descriptor as raw fields keyed for a launcher: RawDesc or None"},
     {"fl_hot_add", (PyCFunction)(void (*)(void))fl_hot_add, METH_FASTCALL,
      "add_lora through the Hot of w's plan for x's rows: bool"},
     {"fl_launch", (PyCFunction)(void (*)(void))fl_launch, METH_FASTCALL, "launch or NotImplemented"},
@@ -1395,7 +1485,7 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "lora_dispatch_native
 
 PyMODINIT_FUNC PyInit_lora_dispatch_native(void) {
     if (PyType_Ready(&LauncherType) < 0 || PyType_Ready(&BoundType) < 0 ||
-        PyType_Ready(&HotType) < 0)
+        PyType_Ready(&HotType) < 0 || PyType_Ready(&RawDescType) < 0)
         return NULL;
     s_data_ptr = PyUnicode_InternFromString("data_ptr");
     s_dtype = PyUnicode_InternFromString("dtype");

@@ -1013,7 +1013,7 @@ def _launch_xgroup(p: AddPlan, base_out, x, w, batch, ws, t: int,
     if not ok:
         p.memo[6] = None  # bind again next call
     elif entry is not None:
-        _arm_hot_desc(p, "_GXGROUP" if gluon else "_XGROUP", e[4], x, ws, w, entry)
+        _arm_hot_desc(p, "_GXGROUP" if gluon else "_XGROUP", e[4], x, ws, w, entry, base_out)
     return ok
 
 
@@ -1026,15 +1026,26 @@ def _hot_native():
 
 
 def _install_hot(em: list, w, batch_ref, w_ref, name: str, group, pieces: tuple, ws_gen: int,
-                 ident: int, grids: tuple, t: int, kind: int = 0, xt=None, ot=None,
-                 on_decline=None) -> None:
+                 ident: int, grids: tuple, x, kind: int = 0, xt=None, ot=None,
+                 on_decline=None, base_out=None) -> None:
     """``em[5]``: a native per-call path (``launchers/add_hot.c``) repeating ``group``'s bound
     launch for new ``x`` / ``base_out``; where ``w``'s backend selection is this backend, the
-    public op takes it too (``w._fl_hot[t]`` is ``em``)."""
+    public op takes it too (``w._fl_hot[t]`` is ``em``). Where the launch is native, the
+    descriptors of ``x`` (``kind & 1``) and of ``base_out`` (``kind & 2``, given) are passed as
+    raw fields set in C per call (``fl_raw_desc``), not built in Python."""
     mod = _hot_native()
     if mod is None:
         return
     ready, launch, tables, stream_of, dev, bound = pieces
+    t = x.shape[0]
+    xraw = oraw = None
+    if kind and launch is mod.fl_launch_bound:
+        if kind & 1:
+            xraw = mod.fl_raw_desc(tables[0], rows_descriptor(x, t, w.in_features,
+                                                              x.stride(0), xt))
+        if kind & 2 and base_out is not None:
+            oraw = mod.fl_raw_desc(tables[1], out_descriptor(base_out, t, w.total_out,
+                                                             base_out.stride(0), ot))
     d = getattr(w, "__dict__", None)
     sel = None if d is None else d.get("_selection")
     if sel is None or sel[0] != _registry.generation or sel[1].impl.add_lora is not add_lora:
@@ -1054,7 +1065,8 @@ def _install_hot(em: list, w, batch_ref, w_ref, name: str, group, pieces: tuple,
         "isz": w.dtype.itemsize, "dtype": w.dtype, "out_dtypes": tuple(SUPPORTED_DTYPES),
         "launch": launch, "bound": bound, "tables": tables, "grids": grids,
         "kind": kind, "xdesc": rows_descriptor, "xtile": xt, "odesc": out_descriptor,
-        "otile": ot, "t_obj": t, "k_obj": w.in_features, "n_obj": w.total_out,
+        "otile": ot, "xraw": xraw, "oraw": oraw, "t_obj": t, "k_obj": w.in_features,
+        "n_obj": w.total_out,
         "on_decline": on_decline,
     }
     em[5] = mod.fl_hot(spec)
@@ -1099,14 +1111,15 @@ def _arm_hot(p: AddPlan, group, x, ws, w, entry: AddPlan) -> None:
         m[4] = em[5] = None
 
     _install_hot(em, w, m[1], m[0], "_GROUP", group, (*pieces, b), _WS_GEN[0], _get_ident(),
-                 (sp.grid, p.expand.grid), x.shape[0], on_decline=on_decline)
+                 (sp.grid, p.expand.grid), x, on_decline=on_decline)
 
 
 _HOT_GROUPS = ("_GGROUP", "_GXGROUP", "_XGROUP")  # the descriptor plans' launch groups
 _G = globals()
 
 
-def _arm_hot_desc(p: AddPlan, name: str, bound, x, ws, w, entry: AddPlan) -> None:
+def _arm_hot_desc(p: AddPlan, name: str, bound, x, ws, w, entry: AddPlan,
+                  base_out=None) -> None:
     """``entry.memo[5]``: the per-call path of a prefill two-pass plan whose launch takes
     descriptors, armed after a bound launch of ``p`` through group ``name`` (one of
     :data:`_HOT_GROUPS`: the Gluon shrink with the pointer expand, the Gluon shrink with the
@@ -1153,9 +1166,9 @@ def _arm_hot_desc(p: AddPlan, name: str, bound, x, ws, w, entry: AddPlan) -> Non
         m[slot] = em[5] = None
 
     _install_hot(em, w, bref, wref, name, group, (*pieces, bound), _WS_GEN[0], _get_ident(),
-                 grids, x.shape[0], kind=(gs is not None) | (ge is not None) << 1,
+                 grids, x, kind=(gs is not None) | (ge is not None) << 1,
                  xt=None if gs is None else gs.tile, ot=None if ge is None else ge.tile,
-                 on_decline=on_decline)
+                 on_decline=on_decline, base_out=base_out)
 
 
 def _two_pass(p: AddPlan, base_out, x, w, batch, t: int, mode: str | None = None,
@@ -1201,7 +1214,7 @@ def _two_pass(p: AddPlan, base_out, x, w, batch, t: int, mode: str | None = None
             if _launch_bound(_GGROUP, p, grids,
                              (rows_descriptor(x, t, k, xs[0], tile), x, xs[0], xs[1], base_out,
                               os_[0], os_[1]), True):
-                _arm_hot_desc(p, "_GGROUP", m[4], x, ws, w, entry)
+                _arm_hot_desc(p, "_GGROUP", m[4], x, ws, w, entry, base_out)
                 return
         if _GGROUP(grids, _gluon_group_slots(p, base_out, x, w, batch, ws, t)):
             return  # both launches in one native call
