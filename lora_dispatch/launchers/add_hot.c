@@ -5,8 +5,8 @@
  * _arm_hot and _arm_hot_desc) holding what that launch was made for; calling it
  *   hot(base_out, x, w, batch) -> bool
  * makes every check of the public op's fast validation (ops._fast_ok) and of the armed path
- * (same weights at the same version, batch, backend selection, launch group, device, stream,
- * thread, workspace generation, no stream capture, the group's guards), builds the varying
+ * (same weights at the same version, batch, launch group, device, stream, thread, workspace
+ * generation, no stream capture, the group's guards), builds the varying
  * slots (x and base_out, their strides, their tensor descriptors where the plan takes TMA
  * kernels) and launches the group. It returns False, having launched nothing, where any
  * check fails; the caller then takes the Python path, which validates (raising the public
@@ -14,7 +14,7 @@
  *
  * fl_hot_add(base_out, x, w, batch) -> bool is the public op's entry: it finds the Hot of
  * w's plan for x's row count (w._fl_hot[T] is that plan's memo list, the Hot at HOT_MEMO)
- * and calls it.
+ * and calls it where w's backend selection is the one the Hot was armed under.
  */
 
 #define HOT_MEMO 5 /* launch.AddPlan.memo index of the armed per-call path */
