@@ -188,15 +188,22 @@ static int tma_ok(PyObject *o, const long long *st, long long cols, long long is
     return *addr % 16 == 0;
 }
 
-/* A RawDesc of this Hot set to a [rows, cols] operand at addr with row stride rs. */
-static PyObject *raw_set(PyObject *raw, uint64_t addr, long long rows, long long cols,
-                         long long rs) {
+/* The descriptor of a [rows, cols] operand o at addr with strides st (a tuple): raw set to
+ * it, or where raw is None, fn(o, rows, cols, row_stride, tile). New reference, or NULL with
+ * an exception set. */
+static PyObject *hot_desc(PyObject *raw, uint64_t addr, PyObject *fn, PyObject *o,
+                          PyObject *rows, PyObject *cols, PyObject *st, PyObject *tile) {
+    if (raw == Py_None) {
+        PyObject *a[5] = {o, rows, cols, PyTuple_GET_ITEM(st, 0), tile};
+        return PyObject_Vectorcall(fn, a, 5, NULL);
+    }
     RawDesc *r = (RawDesc *)raw;
     r->addr = addr;
-    r->shape[0] = rows;
-    r->shape[1] = cols;
-    r->strides[0] = rs;
+    r->shape[0] = PyLong_AsLongLong(rows);
+    r->shape[1] = PyLong_AsLongLong(cols);
+    r->strides[0] = PyLong_AsLongLong(PyTuple_GET_ITEM(st, 0));
     r->strides[1] = 1;
+    if (PyErr_Occurred()) return NULL;
     Py_INCREF(raw);
     return raw;
 }
@@ -293,26 +300,14 @@ static PyObject *hot_call(Hot *self, PyObject *const *args, size_t nargsf, PyObj
     if (ok && (self->kind & HOT_X_DESC)) ok = tma_ok(x, xs, self->k, self->isz, &xa);
     if (ok && (self->kind & HOT_OUT_DESC)) ok = tma_ok(out, os, self->n, self->isz, &oa);
     PyObject *xd = NULL, *od = NULL, *res = NULL;
-    if (ok && (self->kind & HOT_X_DESC)) {
-        if (self->xraw != Py_None) {
-            xd = raw_set(self->xraw, xa, self->t, self->k, xs[0]);
-        } else {
-            PyObject *a[5] = {x, self->t_obj, self->k_obj, PyTuple_GET_ITEM(xst, 0),
-                              self->xtile};
-            xd = PyObject_Vectorcall(self->xdesc, a, 5, NULL);
-            if (!xd) goto done;
-        }
-    }
-    if (ok && (self->kind & HOT_OUT_DESC)) {
-        if (self->oraw != Py_None) {
-            od = raw_set(self->oraw, oa, self->t, self->n, os[0]);
-        } else {
-            PyObject *a[5] = {out, self->t_obj, self->n_obj, PyTuple_GET_ITEM(ost, 0),
-                              self->otile};
-            od = PyObject_Vectorcall(self->odesc, a, 5, NULL);
-            if (!od) goto done;
-        }
-    }
+    if (ok && (self->kind & HOT_X_DESC) &&
+        !(xd = hot_desc(self->xraw, xa, self->xdesc, x, self->t_obj, self->k_obj, xst,
+                        self->xtile)))
+        goto done;
+    if (ok && (self->kind & HOT_OUT_DESC) &&
+        !(od = hot_desc(self->oraw, oa, self->odesc, out, self->t_obj, self->n_obj, ost,
+                        self->otile)))
+        goto done;
     if (!ok) {
         PyErr_Clear();
         res = Py_False;
@@ -412,8 +407,9 @@ static PyObject *fl_hot(PyObject *mod, PyObject *spec) {
         goto fail;
     }
     struct { const char *name; long long *dst; } ints[] = {
-        {"ver", &h->ver}, {"gen", &h->gen}, {"dev", &h->dev}, {"t", &h->t}, {"k", &h->k},
-        {"n", &h->n}, {"num_slots", &h->num_slots}, {"isz", &h->isz}, {"kind", NULL}};
+        {"ver", &h->ver}, {"gen", &h->gen}, {"dev_obj", &h->dev}, {"t_obj", &h->t},
+        {"k_obj", &h->k}, {"n_obj", &h->n}, {"num_slots", &h->num_slots}, {"isz", &h->isz},
+        {"kind", NULL}};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         PyObject *o = PyDict_GetItemString(spec, ints[i].name);
         if (!o) {
@@ -486,8 +482,13 @@ static PyObject *fl_hot_add(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     if (!s_hot_tensor || (PyObject *)Py_TYPE(args[1]) != s_hot_tensor) Py_RETURN_FALSE;
-    PyObject *table = PyObject_GetAttr(args[2], s_fl_hot);
-    if (!table) { PyErr_Clear(); Py_RETURN_FALSE; }
+    PyObject *table = NULL; /* no AttributeError raised and cleared for weights never armed */
+#if PY_VERSION_HEX >= 0x030D0000
+    int found = PyObject_GetOptionalAttr(args[2], s_fl_hot, &table);
+#else
+    int found = _PyObject_LookupAttr(args[2], s_fl_hot, &table);
+#endif
+    if (found <= 0) { PyErr_Clear(); Py_RETURN_FALSE; }
     PyObject *shape = PyDict_CheckExact(table) ? PyObject_GetAttr(args[1], s_shape) : NULL;
     PyObject *memo = NULL;
     if (shape && PyTuple_Check(shape) && PyTuple_GET_SIZE(shape) == 2)
