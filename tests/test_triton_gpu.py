@@ -92,6 +92,23 @@ def capture(step):
     return g
 
 
+def capture_all_three(w, batch, x, base):
+    """A CUDA graph of ``add_lora``, the public shrink and the public expand over ``x``:
+    ``(graph, out, ys, out2)``, where each replay sets ``out = base + add_lora``,
+    ``ys = lora_shrink(x)`` and ``out2 = base + lora_expand(ys)``."""
+    out, out2 = base.clone(), base.clone()
+    ys = torch.zeros(w.num_slices, x.shape[0], w.max_rank, device=x.device)
+
+    def step():
+        out.copy_(base)
+        ld.add_lora(out, x, w, batch)
+        ys.copy_(ld.lora_shrink(x, w, batch))
+        out2.copy_(base)
+        ld.lora_expand(ys, w, batch, out2)
+
+    return capture(step), out, ys, out2
+
+
 def token_batch(slots):
     """Device batch from per-token slots.
 
@@ -231,18 +248,7 @@ def test_cuda_graph_replay_50_batches(dtype):
     batch = ld.LoRABatch.empty(cap, device=DEV)
     x = torch.randn(cap, 4096, generator=gen).to(DEV, dtype)
     base = (0.5 * torch.randn(cap, w.total_out, generator=gen)).to(DEV, dtype)
-    out = base.clone()
-    ys = torch.zeros(w.num_slices, cap, w.max_rank, device=DEV)
-    out2 = base.clone()
-
-    def step():
-        out.copy_(base)
-        ld.add_lora(out, x, w, batch)
-        ys.copy_(ld.lora_shrink(x, w, batch))
-        out2.copy_(base)
-        ld.lora_expand(ys, w, batch, out2)
-
-    g = capture(step)
+    g, out, ys, out2 = capture_all_three(w, batch, x, base)
     for i in range(50):
         n = int(torch.randint(0, cap + 1, (1,), generator=gen))
         slots = random_slots(n, w.num_slots, gen, frac_none=0.1 * (i % 4))
@@ -614,18 +620,8 @@ def test_graph_over_low_ranks_takes_the_narrow_path(max_rank, t):
     batch = ld.LoRABatch.empty(t, device=DEV)
     x = torch.randn(t, 4096, generator=gen).to(DEV, dtype)
     base = (0.5 * torch.randn(t, w.total_out, generator=gen)).to(DEV, dtype)
-    out, out2 = base.clone(), base.clone()
-    ys = torch.zeros(w.num_slices, t, max_rank, device=DEV)
-
-    def step():
-        out.copy_(base)
-        ld.add_lora(out, x, w, batch)
-        ys.copy_(ld.lora_shrink(x, w, batch))
-        out2.copy_(base)
-        ld.lora_expand(ys, w, batch, out2)
-
     batch.update_(torch.arange(t) % 16)
-    g = capture(step)
+    g, out, ys, out2 = capture_all_three(w, batch, x, base)
     p = tl_launch._plans(w)
     add = p[("add", t, None, None)]
     if add.shrink is not None:
