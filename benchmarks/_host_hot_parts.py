@@ -4,7 +4,7 @@
 
 Best of 5 repeats per piece, two rounds, each repeat queued behind GPU spinning (``--idle``:
 not), so a GPU slower than the host cannot set the pace.
-The pieces: the armed path (``launch._arm_hot``: a native ``Hot``, ``launchers/add_hot.c``),
+The pieces: the armed path (``launch._arm_hot``: a native ``Hot``, ``launchers/hot.c``),
 the public op's native entry to it, the bound group's native call alone, and each check the
 Python path makes; the public op's own checks and lookups. Every shape also reports whether its plan
 armed the path, and why not where it did not.
@@ -63,7 +63,7 @@ def pieces(t: int, rank: int) -> None:
         s = stream_of(d)
         xs, os_ = x.stride(), out.stride()
         launches["hot()"] = lambda: hot(out, x, w, batch)
-        if ops._hot_add is not None:  # the public op's native entry (add_hot.c)
+        if ops._hot_add is not None:  # the public op's native entry (hot.c)
             launches["fl_hot_add"] = lambda: ops._hot_add(out, x, w, batch)
         launches["native call only"] = lambda: launch(bound, tables, grids, s, d, x, xs[0],
                                                       xs[1], out, os_[0], os_[1])

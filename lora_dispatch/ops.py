@@ -88,9 +88,12 @@ def _check_base_out(base_out: object, w: LoRAWeights, t: int) -> None:
 
 _is_compiling = torch.compiler.is_compiling
 _Tensor = torch.Tensor
-# add_lora(base_out, x, w, batch) -> bool: the Triton backend's per-call path in C
-# (launchers/add_hot.c), set when it first arms one; True when it launched the call
+# the Triton backend's per-call paths in C (launchers/hot.c), each set when it first arms
+# one: add_lora(base_out, x, w, batch) -> bool and lora_expand(y, w, batch, base_out) -> bool
+# (True: launched), lora_shrink(x, w, batch) -> y, or False (the Python path takes the call)
 _hot_add = None
+_hot_shrink = None
+_hot_expand = None
 
 
 def _fast_ok(base_out: object, x: object, w: object, batch: object) -> bool:
@@ -186,7 +189,11 @@ def lora_shrink(x: torch.Tensor, w: LoRAWeights, batch: LoRABatch) -> torch.Tens
     Tensor [num_slices, T, max_rank] float32
         Zero for tokens without an adapter and past each slot's rank.
     """
-    compiling = torch.compiler.is_compiling()
+    compiling = _is_compiling()
+    if not compiling and _hot_shrink is not None:
+        y = _hot_shrink(x, w, batch)
+        if y is not False:
+            return y
     t = _validate(x, w, batch, compiling)
     if compiling:
         return torch.ops.lora_dispatch.lora_shrink(x, *_weight_args(w), *_batch_args(batch))
@@ -213,7 +220,21 @@ def lora_expand(
     Tensor
         ``base_out``.
     """
-    compiling = torch.compiler.is_compiling()
+    compiling = _is_compiling()
+    if not compiling and _hot_expand is not None and _hot_expand(y, w, batch, base_out):
+        return base_out
+    t = _validate_expand(y, w, batch, base_out, compiling)
+    if not compiling:
+        if t:
+            _impl(w).expand(y, w, batch, base_out)
+    else:
+        torch.ops.lora_dispatch.lora_expand(y, base_out, *_weight_args(w), *_batch_args(batch))
+    return base_out
+
+
+def _validate_expand(y: object, w: object, batch: object, base_out: object,
+                     compiling: bool) -> int:
+    """:func:`lora_expand`'s checks (raising its errors); returns T."""
     _check_objects(w, batch)
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"y must be a Tensor, got {type(y).__name__}")
@@ -228,11 +249,7 @@ def lora_expand(
     _check_base_out(base_out, w, t)
     if not compiling:
         _check_batch_tokens(batch, w, t)
-        if t:
-            _impl(w).expand(y, w, batch, base_out)
-    else:
-        torch.ops.lora_dispatch.lora_expand(y, base_out, *_weight_args(w), *_batch_args(batch))
-    return base_out
+    return t
 
 
 # --------------------------------------------------------------------------- custom ops

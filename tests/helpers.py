@@ -88,14 +88,28 @@ def untouched_rows(token_slots, adapters, t):
 
 
 class HotGroup:
-    """A launch group's ``hot`` pieces with a scripted native call (CPU: device -1)."""
+    """A launch group's ``hot`` pieces with a scripted native call (CPU: device -1), and a
+    scripted ``bind`` / ``launch_bound`` (``binds``: the varying indices of each bind)."""
 
-    def __init__(self):
+    def __init__(self, dev: int = -1):
         self.ok, self.calls, self.launches, self.result, self.stream = True, [], 0, None, 7
+        self.dev, self.binds = dev, []
+
+    def available(self):
+        return True
+
+    def bind(self, slots, varying):
+        self.binds.append(varying)
+        return f"B{len(self.binds)}"
+
+    def launch_bound(self, bound, grids, values):
+        self.calls.append((bound, "tables", grids, self.stream, self.dev, *values))
+        self.launches += self.result is None
+        return self.result is None
 
     def hot(self, bound):
         def launch(*args):
             self.calls.append(args)
             return self.result
 
-        return (lambda: self.ok), launch, "tables", lambda dev: self.stream, -1
+        return (lambda: self.ok), launch, "tables", lambda dev: self.stream, self.dev

@@ -331,7 +331,7 @@ def test_prefill_group_slots_follow_the_launch_argument_order(gluon_shrink, monk
         assert _same(a, b), (i, a, b)
 
 
-@pytest.mark.skipif(not native.available(), reason="the per-call path is native (add_hot.c)")
+@pytest.mark.skipif(not native.available(), reason="the per-call path is native (hot.c)")
 @pytest.mark.parametrize("gluon_shrink", [False, True])
 def test_prefill_hot_path_launches_only_under_the_armed_conditions(gluon_shrink,
                                                                    monkeypatch):

@@ -761,7 +761,7 @@ def test_add_lora_hot_path_launches_only_under_the_armed_conditions(monkeypatch)
 @needs_native
 def test_public_add_lora_takes_the_native_path_exactly_where_validation_passes(
         monkeypatch) -> None:
-    """``ops.add_lora`` reaches the armed native path (``launchers/add_hot.c``) through
+    """``ops.add_lora`` reaches the armed native path (``launchers/hot.c``) through
     ``w._fl_hot[T]`` only where ``ops._fast_ok`` passes the call and ``w``'s backend selection
     is the arming backend's at the registry's generation; every other call goes to the
     Python path, which raises the public errors or launches through the backend."""
@@ -841,3 +841,215 @@ def test_public_add_lora_takes_the_native_path_exactly_where_validation_passes(
     g.result = NotImplemented  # a stale binding: dropped, and the public path with it
     assert not hot_add(out, x, w, batch) and p.memo[5] is None
     assert not hot_add(out, x, w, batch) and len(g.calls) == n + 2
+
+
+def _pub_case(monkeypatch):
+    """``_add_lora_case`` with the public shrink's and expand's groups scripted
+    (:class:`HotGroup`), no public entries armed yet, and ``w`` selecting this backend."""
+    import types
+
+    from lora_dispatch import ops
+    from lora_dispatch.devices import registry
+
+    L, w, batch, t, _ = _add_lora_case()
+    g = HotGroup()
+    for name in ("_ZGROUP", "_SGROUP", "_EGROUP"):
+        monkeypatch.setattr(L, name, g)
+    monkeypatch.setattr(L, "_raw_stream", lambda dev: g.stream)
+    monkeypatch.setattr(L, "_capturing", lambda: False)
+    for name in L._HOT_ENTRIES:
+        monkeypatch.setattr(ops, name, None)
+    impl = types.SimpleNamespace(add_lora=L.add_lora, shrink=L.shrink, expand=L.expand)
+    w._selection = (registry.generation, types.SimpleNamespace(impl=impl))
+    return L, ops, w, batch, t, g
+
+
+def _arm_pub(L, w, batch, g, op, name, x, grids, t, need_ms=False):
+    import threading
+    import weakref
+
+    em = [None]
+    layout = {"_ZGROUP": L._Z_PUB_LAYOUT, "_SGROUP": L._S_PUB_LAYOUT,
+              "_EGROUP": L._E_PUB_LAYOUT}[name]
+    L._install_hot(em, w, weakref.ref(batch), weakref.ref(w), name, g, (*g.hot("B"), "B"),
+                   L._WS_GEN[0], threading.get_ident(), grids, x, op=op, slot=0, t=t,
+                   layout=layout, need_ms=need_ms)
+    return em
+
+
+def _valid(fn, *args) -> bool:
+    try:
+        fn(*args)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+@needs_native
+def test_public_shrink_takes_the_native_path_exactly_where_validation_passes(
+        monkeypatch) -> None:
+    """``ops.lora_shrink`` reaches its armed native path (``w._fl_hot_s[T]``) only where the
+    public validation passes (and ``batch.max_slot`` is known where the plan writes its own
+    zeros); the path allocates ``y`` and passes it to both kernels of the bound group, and
+    returns it. A stale binding drops the path."""
+    import lora_dispatch as ld
+
+    L, ops, w, batch, t, g = _pub_case(monkeypatch)
+    x = torch.randn(t, 128).half()[:, ::2]
+    grids = ((3,), (2, 2))
+    em = _arm_pub(L, w, batch, g, L.OP_SHRINK, "_ZGROUP", x, grids, t)
+    assert w._fl_hot_s[t] is em and ops._hot_shrink is not None
+    y = ld.lora_shrink(x, w, batch)
+    assert y.shape == (w.num_slices, t, w.max_rank) and y.dtype == torch.float32
+    assert g.calls == [("B", "tables", grids, 7, -1, y, x, y, *x.stride())]
+    assert g.launches == 1 and em[0].calls == 1
+    hot = ops._hot_shrink
+    calls = {
+        "valid": x,
+        "contiguous": x.contiguous(),
+        "x columns": torch.randn(t, 63).half(),
+        "x rows": x[:-1],
+        "x dtype": x.float(),
+        "x 3-d": x[None],
+        "x subclass": torch.nn.Parameter(x, requires_grad=False),
+        "x not a tensor": x.tolist(),
+        "x on meta": x.to("meta"),
+    }
+    for what, xv in calls.items():
+        n = len(g.calls)
+        took = hot(xv, w, batch) is not False
+        assert took == (what in ("valid", "contiguous")), what
+        assert took <= _valid(ops._validate, xv, w, batch, False), what
+        assert len(g.calls) == n + took, what
+    for attr, value, took in (("max_slot", w.num_slots, False), ("max_slot", None, True),
+                              ("num_tokens", t + 1, False), ("capacity", t - 1, False)):
+        old = getattr(batch, attr)
+        setattr(batch, attr, value)
+        try:
+            assert (hot(x, w, batch) is not False) == took, attr
+            assert took <= _valid(ops._validate, x, w, batch, False), attr
+        finally:
+            setattr(batch, attr, old)
+    with pytest.raises(ValueError, match="in_features"):
+        ld.lora_shrink(torch.randn(t, 63).half(), w, batch)
+    em = _arm_pub(L, w, batch, g, L.OP_SHRINK, "_SGROUP", x, (grids[1],), t, need_ms=True)
+    y = hot(x, w, batch)
+    assert g.calls[-1] == ("B", "tables", (grids[1],), 7, -1, x, y, *x.stride())
+    batch.max_slot, old = None, batch.max_slot
+    try:
+        assert hot(x, w, batch) is False  # the plan writing its own zeros needs the slots
+    finally:
+        batch.max_slot = old
+    g.result = NotImplemented
+    assert hot(x, w, batch) is False and em[0] is None
+
+
+@needs_native
+def test_public_expand_takes_the_native_path_only_where_validation_passes(
+        monkeypatch) -> None:
+    """``ops.lora_expand`` reaches its armed native path (``w._fl_hot_e[T]``, T: ``base_out``'s
+    rows) only where the public validation passes and ``y`` has the armed dtype; it passes
+    ``y``, ``base_out`` and their strides in the bound group's slot order."""
+    import lora_dispatch as ld
+
+    L, ops, w, batch, t, g = _pub_case(monkeypatch)
+    y = torch.randn(w.num_slices, t, 2 * w.max_rank)[:, :, ::2]
+    out = torch.randn(t, 3 * w.total_out)[:, 1 : 1 + w.total_out]
+    em = _arm_pub(L, w, batch, g, L.OP_EXPAND, "_EGROUP", y, ((4,),), t)
+    assert w._fl_hot_e[t] is em
+    assert ld.lora_expand(y, w, batch, out) is out
+    assert g.calls == [("B", "tables", ((4,),), 7, -1, y, out, *y.stride(), *out.stride())]
+    hot = ops._hot_expand
+    s, r = w.num_slices, w.max_rank
+    calls = {  # (y, base_out): the hot path takes it
+        "valid": (y, out, True),
+        "y contiguous": (y.contiguous(), out, True),
+        "out bf16": (y, out.bfloat16(), True),
+        "y fp16 (not the armed dtype)": (y.half(), out, False),
+        "y subclass": (torch.nn.Parameter(y, requires_grad=False), out, False),
+        "y slices": (torch.randn(s + 1, t, r), out, False),
+        "y rank": (torch.randn(s, t, r - 1), out, False),
+        "y rows": (torch.randn(s, t - 1, r), out, False),
+        "y 2-d": (y[0], out, False),
+        "y int": (y.int(), out, False),
+        "y on meta": (y.to("meta"), out, False),
+        "out rows": (y, out[:-1], False),
+        "out columns": (y, out[:, :-1], False),
+        "out fp64": (y, out.double(), False),
+        "out int": (y, out.int(), False),
+        "out on meta": (y, out.to("meta"), False),
+        "out not a tensor": (y, out.tolist(), False),
+    }
+    for what, (yv, o, want) in calls.items():
+        n = len(g.calls)
+        took = hot(yv, w, batch, o)
+        assert took == want, what
+        assert took <= _valid(ops._validate_expand, yv, w, batch, o, False), what
+        assert len(g.calls) == n + took, what
+    with pytest.raises(ValueError, match="base_out"):
+        ld.lora_expand(y, w, batch, out[:-1])
+    g.result = NotImplemented
+    assert not hot(y, w, batch, out) and em[0] is None
+
+
+@needs_native
+def test_public_ops_bind_on_the_second_call_with_the_same_objects(monkeypatch) -> None:
+    """``_launch_pub`` records the first Python-path call's batch, plan and weights version
+    and binds (then launches and arms) on the next call with the same ones: calls that
+    alternate between batches, follow a load, or run under capture never bind."""
+    L, ops, w, batch, t, g = _pub_case(monkeypatch)
+    g.dev = 0
+    monkeypatch.setattr(torch.Tensor, "get_device", lambda self: 0)
+    y = torch.randn(w.num_slices, t, w.max_rank)
+    out = torch.randn(t, w.total_out)
+    p = L.plan_for("expand", w, t)
+    values = (y, out, *y.stride(), *out.stride())
+
+    def launch(b):
+        return L._launch_pub(L.OP_EXPAND, "_EGROUP", p, w, b, y, t, tuple(range(24)),
+                             L._E_PUB, ((4,),), values, L._E_PUB_LAYOUT)
+
+    assert not launch(batch) and not g.binds
+    assert launch(batch) and g.binds == [L._E_PUB] and g.calls[-1][4:] == (0, *values)
+    assert w._fl_hot_e[t][0] is not None and ops._hot_expand is not None
+    b2 = type(batch).from_token_adapters([0, 1, -1, 2, 0])
+    assert not launch(b2) and not launch(batch) and len(g.binds) == 1
+    assert launch(batch) and len(g.binds) == 2
+    w.version += 1
+    assert not launch(batch) and len(g.binds) == 2
+    monkeypatch.setattr(L, "_capturing", lambda: True)
+    assert not launch(batch) and len(g.binds) == 2
+
+
+@needs_native
+def test_hot_layout_codes_must_fit_the_op(monkeypatch) -> None:
+    """``fl_hot`` refuses a layout naming a value the op's call does not have (no NULL slot
+    can reach a launch)."""
+    import threading
+    import weakref
+
+    import lora_dispatch as ld
+    from lora_dispatch.kernels.triton import launch as L
+
+    monkeypatch.setattr(L, "_capturing", lambda: False)  # no driver query on the CPU
+
+    w = ld.LoRAWeights(3, 64, (32, 16, 16), 8, dtype=torch.float16)
+    batch = ld.LoRABatch.from_token_adapters([0, 1, -1, 2, 0])
+    g = HotGroup()
+    x = torch.randn(5, 64).half()
+
+    def arm(op, layout, kind=0):
+        em = [None]
+        L._install_hot(em, w, weakref.ref(batch), weakref.ref(w), "_GROUP", g,
+                       (*g.hot("B"), "B"), 0, threading.get_ident(), ((1,),), x, kind,
+                       op=op, slot=0, layout=layout)
+        return em[0]
+
+    assert arm(L.OP_SHRINK, (L.V_Y, L.V_X, L.V_Y, L.V_XS0, L.V_XS1)) is not None
+    for op, layout in ((L.OP_SHRINK, (L.V_O,)), (L.OP_SHRINK, (L.V_YS0,)),
+                       (L.OP_EXPAND, (L.V_X,)), (L.OP_ADD, (L.V_Y,)), (L.OP_ADD, (L.V_XD,)),
+                       (L.OP_ADD, (12,))):
+        with pytest.raises(ValueError, match="layout code"):
+            arm(op, layout)
+    with pytest.raises(ValueError, match="op must be"):
+        arm(L.OP_SHRINK, (), kind=1)

@@ -495,7 +495,7 @@ def test_add_lora_per_call_path_matches_separate_launches(monkeypatch):
             delta = ref_delta(ref_y(x, w, s), w, s, t)
             assert rel(got.double() - base.double(), delta) <= TOL[torch.bfloat16]
         assert armed >= 6, (t, armed)  # the per-call path was taken (not just the bound one)
-        # the public op took the native per-call path (add_hot.c) on the main stream and
+        # the public op took the native per-call path (hot.c) on the main stream and
         # thread once armed there (each switch of stream, thread or workspace, and the first
         # strided x, re-arms it)
         assert native >= 3, (t, native)

@@ -64,7 +64,7 @@ static ptr_attr_t p_ptr_attr;
 static err_str_t p_err_str;
 static encode_tiled_t p_encode_tiled; /* NULL on drivers without TMA */
 typedef CUresult (*is_capturing_t)(CUstream, CUstreamCaptureStatus *);
-static is_capturing_t p_is_capturing; /* add_hot.c */
+static is_capturing_t p_is_capturing; /* hot.c */
 
 static PyObject *s_data_ptr, *s_dtype, *s_base, *s_block_shape, *s_layout, *s_shape,
     *s_strides, *s_padding, *s_nan;
@@ -250,7 +250,7 @@ static int key_desc(Launcher *self, Py_ssize_t cls, PyObject *o, uint64_t *tag, 
 
 /* A host tensor descriptor given by its fields (fl_raw_desc): keyed as the descriptor it was
  * made from for one launcher, its base address, shape and strides set by the C caller that
- * owns it before each launch (add_hot.c), so no Python descriptor is built per call. */
+ * owns it before each launch (hot.c), so no Python descriptor is built per call. */
 typedef struct {
     PyObject_HEAD
     PyObject *launcher; /* the Launcher its key words are for */
@@ -1450,14 +1450,18 @@ static PyObject *fl_raw_desc(PyObject *mod, PyObject *const *args, Py_ssize_t na
     return (PyObject *)o;
 }
 
-#include "add_hot.c"
+#include "hot.c"
 
 static PyMethodDef methods[] = {
-    {"fl_hot", fl_hot, METH_O, "arm add_lora's per-call path: Hot"},
+    {"fl_hot", fl_hot, METH_O, "arm a public op's per-call path: Hot"},
     {"fl_raw_desc", (PyCFunction)(void (*)(void))fl_raw_desc, METH_FASTCALL,
      "a descriptor as raw fields keyed for a launcher: RawDesc or None"},
     {"fl_hot_add", (PyCFunction)(void (*)(void))fl_hot_add, METH_FASTCALL,
      "add_lora through the Hot of w's plan for x's rows: bool"},
+    {"fl_hot_shrink", (PyCFunction)(void (*)(void))fl_hot_shrink, METH_FASTCALL,
+     "lora_shrink through the Hot of w's plan for x's rows: y or False"},
+    {"fl_hot_expand", (PyCFunction)(void (*)(void))fl_hot_expand, METH_FASTCALL,
+     "lora_expand through the Hot of w's plan for base_out's rows: bool"},
     {"fl_launch", (PyCFunction)(void (*)(void))fl_launch, METH_FASTCALL, "launch or NotImplemented"},
     {"fl_launch_group", (PyCFunction)(void (*)(void))fl_launch_group, METH_FASTCALL,
      "launch a group of kernels or NotImplemented"},

@@ -52,7 +52,7 @@ logger = logging.getLogger("lora_dispatch.launchers")
 
 _ENV = "LORA_DISPATCH_NATIVE"
 _SRC = Path(__file__).with_name("native.c")
-_HOT_SRC = _SRC.with_name("add_hot.c")  # included by native.c
+_HOT_SRC = _SRC.with_name("hot.c")  # included by native.c
 
 # slot codes (native.c)
 C_SKIP, C_GENERIC, C_GENERIC_SA, C_GENERIC_NOSPEC, C_CONSTEXPR, C_OPTION = range(6)

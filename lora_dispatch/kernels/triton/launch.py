@@ -109,8 +109,11 @@ try:
     _GROUP: LaunchGroup | None = LaunchGroup(shrink_kernel, expand_kernel)
     # the public shrink: its zero fill, then the split-K atomics
     _ZGROUP: LaunchGroup | None = LaunchGroup(zero_kernel, shrink_kernel)
+    # the public shrink writing its own zeros, and the public expand (bound per call site)
+    _SGROUP: LaunchGroup | None = LaunchGroup(shrink_kernel)
+    _EGROUP: LaunchGroup | None = LaunchGroup(expand_kernel)
 except (ImportError, TypeError):  # no fast launcher: each kernel launches on its own
-    _GROUP = _ZGROUP = None
+    _GROUP = _ZGROUP = _SGROUP = _EGROUP = None
 try:  # add_lora with the Gluon shrink (descriptors encoded by the native tier)
     _GGROUP: LaunchGroup | None = (None if _GROUP is None or shrink_gluon_kernel is None
                                    else LaunchGroup(shrink_gluon_kernel, expand_kernel))
@@ -446,8 +449,19 @@ def _expand_args(p: ExpandPlan, y, w, batch, out, os_, t: int, ys) -> tuple:
 
 
 # where the per-call values sit in those tuples (the launch group memoizes the rest)
-_S_X, _S_XS = 0, slice(13, 15)
-_E_OUT, _E_OS = 2, slice(16, 18)
+_S_X, _S_Y, _S_XS = 0, 2, slice(13, 15)
+_E_Y, _E_OUT, _E_YS, _E_OS = 0, 2, slice(13, 16), slice(16, 18)
+
+# the native per-call path's ops and the codes of its layouts (launchers/hot.c)
+OP_ADD, OP_SHRINK, OP_EXPAND = 0, 1, 2
+V_X, V_XS0, V_XS1, V_XD, V_O, V_OS0, V_OS1, V_OD, V_Y, V_YS0, V_YS1, V_YS2 = range(12)
+# add_lora's groups by descriptor kind (x's: 1, base_out's: 2): their varying slots in order
+_ADD_LAYOUTS = (
+    (V_X, V_XS0, V_XS1, V_O, V_OS0, V_OS1),
+    (V_XD, V_X, V_XS0, V_XS1, V_O, V_OS0, V_OS1),
+    (V_X, V_XS0, V_XS1, V_OD, V_O, V_OS0),
+    (V_XD, V_X, V_XS0, V_XS1, V_OD, V_O, V_OS0),
+)
 
 
 def _tma_ready(x) -> bool:
@@ -713,6 +727,7 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
         return y
     p = _pick(plan_for("shrink", w, t, None, split_k), x, w)
     ys = (0, t * r, r, 1)  # every split adds into y
+    pub = split_k is None and p.alt is None and not _desc_kind(p, x, w)
     if p.meta["FILL"]:
         # one K split: the kernel writes every element, zeros included, where the batch's
         # spare tiles reach every token without a slot below T: a batch whose slots the
@@ -720,18 +735,26 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
         # name slots >= num_slots, whose extra tiles push the spare ones past the grid)
         ms = batch.max_slot
         if ms is not None and ms < w.num_slots and batch.num_tokens <= t:
-            _launch_shrink(p, x, w, batch, y, t, ys)
+            args = _shrink_args(p, x, x.stride(), w, batch, y, t, ys)
+            if not (pub and _launch_pub(OP_SHRINK, "_SGROUP", p, w, batch, x, t,
+                                        (*args, *p.tail), _S_PUB, (p.grid,),
+                                        (x, y, *x.stride()), _S_PUB_LAYOUT, True)):
+                _launch_shrink(p, x, w, batch, y, t, ys)
             return y
         p = _pick(plan_for("shrink", w, t, "zero_fill", split_k), x, w)
+        pub = False  # the fallback of a plan that writes its own zeros: not armed
     # the fill stays a plain launch before the shrink: started beside it through PDL (the
     # shrink waiting before its first store) it replayed 8% faster at T=1 but 3-4% slower at
     # T=16 and 64, 1-2% at T >= 256 (H200, 1 and 16 adapters, ab-shrink-fill-pdl-...json)
     zgrid = (_cdiv(n, ZERO_BLOCK),)
-    if (not _desc_kind(p, x, w) and _ZGROUP is not None and _ZGROUP.available()
-            and _ZGROUP((zgrid, p.grid), (y, n, *_ZERO_TAIL,
-                                          *_shrink_args(p, x, x.stride(), w, batch, y, t, ys),
-                                          *p.tail))):
-        return y  # both launches in one native call
+    if not _desc_kind(p, x, w) and _ZGROUP is not None and _ZGROUP.available():
+        slots = (y, n, *_ZERO_TAIL, *_shrink_args(p, x, x.stride(), w, batch, y, t, ys),
+                 *p.tail)
+        if pub and _launch_pub(OP_SHRINK, "_ZGROUP", p, w, batch, x, t, slots, _Z_PUB,
+                               (zgrid, p.grid), (y, x, y, *x.stride()), _Z_PUB_LAYOUT):
+            return y
+        if _ZGROUP((zgrid, p.grid), slots):
+            return y  # both launches in one native call
     zero_kernel[zgrid](y, n, ZERO_BLOCK, num_warps=_ZERO_WARPS, num_stages=1)
     _launch_shrink(p, x, w, batch, y, t, ys)
     return y
@@ -751,9 +774,66 @@ def expand(y: torch.Tensor, w, batch, base_out: torch.Tensor) -> None:
         without an adapter are not touched.
     """
     t = base_out.shape[0]
-    if t:
-        p = plan_for("expand", w, t, cap=_cap(w, base_out))
-        _launch_expand(p, y, w, batch, base_out, t, (0, *y.stride()))
+    if not t:
+        return
+    p = plan_for("expand", w, t, cap=_cap(w, base_out))
+    ys = (0, *y.stride())
+    if p.gluon is None and y.dim() == 3:
+        os_ = base_out.stride()
+        if _launch_pub(OP_EXPAND, "_EGROUP", p, w, batch, y, t,
+                       (*_expand_args(p, y, w, batch, base_out, os_, t, ys), *p.tail),
+                       _E_PUB, (p.grid,), (y, base_out, *ys[1:], *os_), _E_PUB_LAYOUT):
+            return
+    _launch_expand(p, y, w, batch, base_out, t, ys)
+
+
+# the public ops' bound groups: their varying slots (indices, in slot order) and what each is
+_S_PUB = (_S_X, _S_Y, _S_XS.start, _S_XS.start + 1)  # x, y, x's strides
+_S_PUB_LAYOUT = (V_X, V_Y, V_XS0, V_XS1)
+_Z_PUB = (0, *(2 + len(_ZERO_TAIL) + i for i in _S_PUB))  # the fill's y, then the shrink's
+_Z_PUB_LAYOUT = (V_Y, *_S_PUB_LAYOUT)
+_E_PUB = (_E_Y, _E_OUT, *range(_E_YS.start, _E_YS.stop), *range(_E_OS.start, _E_OS.stop))
+_E_PUB_LAYOUT = (V_Y, V_O, V_YS0, V_YS1, V_YS2, V_OS0, V_OS1)
+
+
+def _launch_pub(op: int, name: str, p, w, batch, x, t: int, slots: tuple,
+                varying: tuple, grids: tuple, values: tuple, layout: tuple,
+                need_ms: bool = False) -> bool:
+    """A public shrink / expand through launch group ``name`` bound to ``slots`` (their
+    ``varying`` ones per call: ``values``), arming its native per-call path
+    (:func:`_install_hot`); False (nothing launched) where it does not launch: the caller
+    launches the usual way.
+
+    The group is bound on the second consecutive Python-path call of plan ``p`` with the
+    same weights (at the same version) and batch, on the GPU outside capture; the first one
+    only records them (``w._fl_pub``), so calls alternating between batches never bind.
+    ``x``: the call's ``x`` (shrink) or ``y`` (expand)."""
+    group = _G[name]
+    d = getattr(w, "__dict__", None)
+    if (group is None or d is None or x.get_device() < 0 or not group.available()
+            or _hot_native() is None):
+        return False
+    memo = d.get("_fl_pub")
+    if memo is None:
+        memo = d["_fl_pub"] = {}
+    key = (op, t)
+    e = memo.get(key)
+    if e is None or e[0]() is not batch or e[1] is not p or e[2] != w.version:
+        memo[key] = (weakref.ref(batch), p, w.version)
+        return False
+    if _capturing():
+        return False
+    bound = group.bind(slots, varying)
+    if bound is None or not group.launch_bound(bound, grids, values):
+        return False
+    pieces = group.hot(bound)
+    dev = x.get_device()
+    if pieces is not None and pieces[4] == dev and _raw_stream is not None and (
+            _raw_stream(dev) == pieces[3](dev)):
+        _install_hot([None], w, e[0], weakref.ref(w), name, group, (*pieces, bound),
+                     _WS_GEN[0], _get_ident(), grids, x, op=op, slot=0, t=t, layout=layout,
+                     need_ms=need_ms)
+    return True
 
 
 def add_lora_two_pass(base_out: torch.Tensor, x: torch.Tensor, w, batch,
@@ -1025,19 +1105,32 @@ def _hot_native():
         return None
 
 
+_HOT_TABLES = ("_fl_hot", "_fl_hot_s", "_fl_hot_e")  # w's per-T tables of the public entries
+_HOT_ENTRIES = ("_hot_add", "_hot_shrink", "_hot_expand")  # their names in ops
+
+
 def _install_hot(em: list, w, batch_ref, w_ref, name: str, group, pieces: tuple, ws_gen: int,
                  ident: int, grids: tuple, x, kind: int = 0, xt=None, ot=None,
-                 on_decline=None, base_out=None) -> None:
-    """``em[5]``: a native per-call path (``launchers/add_hot.c``) repeating ``group``'s bound
-    launch for new ``x`` / ``base_out``; where ``w``'s backend selection is this backend, the
-    public op takes it too (``w._fl_hot[t]`` is ``em``). Where the launch is native, the
-    descriptors of ``x`` (``kind & 1``) and of ``base_out`` (``kind & 2``, given) are passed as
-    raw fields set in C per call (``fl_raw_desc``), not built in Python."""
+                 on_decline=None, base_out=None, *, op: int = OP_ADD, slot: int = 5,
+                 t: int | None = None, layout: tuple | None = None,
+                 need_ms: bool = False) -> None:
+    """``em[slot]``: a native per-call path (``launchers/hot.c``) repeating ``group``'s bound
+    launch for the call's tensors; where ``w``'s backend selection is this backend, the
+    public op ``op`` takes it too (``w._fl_hot[t]`` is ``em`` for ``add_lora``,
+    ``w._fl_hot_s[t]`` / ``w._fl_hot_e[t]`` for ``lora_shrink`` / ``lora_expand``).
+
+    ``x``: the call's input (``add_lora``, ``lora_shrink``) or ``y`` (``lora_expand``), for
+    its device; ``t``: the row count (default ``x``'s). ``layout``: the group's varying
+    slots as ``V_*`` codes (default: ``add_lora``'s for ``kind``). Where the launch is
+    native, the descriptors of ``x`` (``kind & 1``) and of ``base_out`` (``kind & 2``,
+    given) are passed as raw fields set in C per call (``fl_raw_desc``), not built in
+    Python. ``need_ms``: the call needs ``batch.max_slot`` known (a shrink writing its own
+    zeros)."""
     mod = _hot_native()
     if mod is None:
         return
     ready, launch, tables, stream_of, dev, bound = pieces
-    t = x.shape[0]
+    t = x.shape[0] if t is None else t
     xraw = oraw = None
     if kind and launch is mod.fl_launch_bound:
         if kind & 1:
@@ -1048,33 +1141,39 @@ def _install_hot(em: list, w, batch_ref, w_ref, name: str, group, pieces: tuple,
                                                              base_out.stride(0), ot))
     d = getattr(w, "__dict__", None)
     sel = None if d is None else d.get("_selection")
-    if sel is None or sel[0] != _registry.generation or sel[1].impl.add_lora is not add_lora:
+    fn = (add_lora, shrink, expand)[op]
+    if (sel is None or sel[0] != _registry.generation
+            or getattr(sel[1].impl, fn.__name__, None) is not fn):
         sel = None
     if on_decline is None:
         def on_decline() -> None:
-            em[5] = None
+            em[slot] = None
+    ydtype = x.dtype if op == OP_EXPAND else torch.float32
     spec = {
-        "wref": w_ref, "bref": batch_ref, "ver": w.version, "sel": sel,
+        "op": op, "wref": w_ref, "bref": batch_ref, "ver": w.version, "sel": sel,
         "reg": vars(_registry), "gdict": _G, "gname": name, "group": group,
         "gen_list": _WS_GEN, "gen": ws_gen, "ident": ident, "ready": ready,
         "stream_of": stream_of,
         "capturing": None if _capturing is _TORCH_CAPTURING else _capturing,
         "stream_obj": stream_of(dev), "dev_obj": dev, "device": w.device,
         "tensor_type": torch.Tensor, "w_type": type(w), "b_type": type(batch_ref()),
-        "num_slots": w.num_slots,
+        "num_slots": w.num_slots, "s": w.num_slices, "r": w.max_rank, "need_ms": need_ms,
         "isz": w.dtype.itemsize, "dtype": w.dtype, "out_dtypes": tuple(SUPPORTED_DTYPES),
+        "ydtype": ydtype, "alloc": torch.empty, "yshape": (w.num_slices, t, w.max_rank),
         "launch": launch, "bound": bound, "tables": tables, "grids": grids,
-        "kind": kind, "xdesc": rows_descriptor, "xtile": xt, "odesc": out_descriptor,
+        "kind": kind, "layout": bytes(_ADD_LAYOUTS[kind] if layout is None else layout),
+        "xdesc": rows_descriptor, "xtile": xt, "odesc": out_descriptor,
         "otile": ot, "xraw": xraw, "oraw": oraw, "t_obj": t, "k_obj": w.in_features,
         "n_obj": w.total_out,
         "on_decline": on_decline,
     }
-    em[5] = mod.fl_hot(spec)
+    em[slot] = mod.fl_hot(spec)
     if d is not None and sel is not None:
-        d.setdefault("_fl_hot", {})[t] = em
+        d.setdefault(_HOT_TABLES[op], {})[t] = em
         from lora_dispatch import ops
 
-        ops._hot_add = mod.fl_hot_add
+        setattr(ops, _HOT_ENTRIES[op], getattr(mod, ("fl_hot_add", "fl_hot_shrink",
+                                                     "fl_hot_expand")[op]))
 
 
 def _arm_hot(p: AddPlan, group, x, ws, w, entry: AddPlan) -> None:
@@ -1082,7 +1181,7 @@ def _arm_hot(p: AddPlan, group, x, ws, w, entry: AddPlan) -> None:
     launch of ``p``. ``entry`` is the plan :func:`add_lora` looks up; ``p`` is that plan or
     the one :func:`_two_pass` took for the loaded ranks (:func:`_cap`).
 
-    The path (a native ``Hot``, ``launchers/add_hot.c``) repeats that launch for ``x`` /
+    The path (a native ``Hot``, ``launchers/hot.c``) repeats that launch for ``x`` /
     ``base_out`` where the call is one the public op's validation passes, with the same
     weights (at the same :attr:`version`: same loaded ranks) and batch (the memoized ones),
     on the same device, stream and thread with no workspace replaced since (so the memoized

@@ -1,29 +1,38 @@
-/* add_lora's per-call path in one C call (included by native.c).
+/* The public ops' per-call paths in one C call each (included by native.c).
  *
- * An eager add_lora whose two launches were bound once (a Bound of fl_bind) repeats them for
- * each new x / base_out. The Python side arms a Hot per plan (kernels/triton/launch.py,
- * _arm_hot and _arm_hot_desc) holding what that launch was made for; calling it
- *   hot(base_out, x, w, batch) -> bool
- * makes every check of the public op's fast validation (ops._fast_ok) and of the armed path
- * (same weights at the same version, batch, launch group, device, stream, thread, workspace
- * generation, no stream capture, the group's guards), builds the varying
- * slots (x and base_out, their strides, their tensor descriptors where the plan takes TMA
- * kernels) and launches the group. It returns False, having launched nothing, where any
- * check fails; the caller then takes the Python path, which validates (raising the public
- * errors) and launches the same kernels.
+ * An eager call whose launches were bound once (a Bound of fl_bind) repeats them for each new
+ * x / y / base_out. The Python side arms a Hot per plan (kernels/triton/launch.py: _arm_hot
+ * and _arm_hot_desc for add_lora, _arm_pub for lora_shrink and lora_expand) holding what that
+ * launch was made for; calling it
+ *   add_lora:    hot(base_out, x, w, batch) -> bool
+ *   lora_shrink: hot(x, w, batch) -> y (a new float32 [S, T, R] tensor) or False
+ *   lora_expand: hot(y, w, batch, base_out) -> bool
+ * makes every check of the public op's validation and of the armed path (same weights at the
+ * same version, batch, launch group, device, stream, thread, workspace generation, no stream
+ * capture, the group's guards), builds the varying slots (the call's tensors, their strides,
+ * their tensor descriptors where the plan takes TMA kernels, in the order of the Hot's
+ * layout) and launches the group. It returns False, having launched nothing, where any check
+ * fails; the caller then takes the Python path, which validates (raising the public errors)
+ * and launches the same kernels.
  *
- * fl_hot_add(base_out, x, w, batch) -> bool is the public op's entry: it finds the Hot of
- * w's plan for x's row count (w._fl_hot[T] is that plan's memo list, the Hot at HOT_MEMO)
- * and calls it where w's backend selection is the one the Hot was armed under.
+ * fl_hot_add / fl_hot_shrink / fl_hot_expand are the public ops' entries: each finds the Hot
+ * of w's plan for the call's row count (w._fl_hot[T] is add_lora's plan memo list, the Hot at
+ * HOT_MEMO; w._fl_hot_s[T] / w._fl_hot_e[T] a one-item list) and calls it where w's backend
+ * selection is the one the Hot was armed under.
  */
 
 #define HOT_MEMO 5 /* launch.AddPlan.memo index of the armed per-call path */
 
 enum { HOT_X_DESC = 1, HOT_OUT_DESC = 2 };
+enum { OP_ADD, OP_SHRINK, OP_EXPAND, OP_COUNT };
+/* the varying values a layout names (launch.py mirrors these codes) */
+enum { V_X, V_XS0, V_XS1, V_XD, V_O, V_OS0, V_OS1, V_OD, V_Y, V_YS0, V_YS1, V_YS2, V_COUNT };
+#define HOT_MAX_VARYING 16
 
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
+    int op;                   /* OP_ADD, OP_SHRINK, OP_EXPAND */
     /* what the launch was made for */
     PyObject *wref, *bref;    /* weakrefs to the weights and the batch */
     long long ver;            /* w.version */
@@ -41,15 +50,20 @@ typedef struct {
     PyObject *stream_obj, *dev_obj, *device;
     unsigned long long stream;
     long long dev;
-    /* the call's contract (ops._fast_ok) */
+    /* the call's contract (the public op's validation) */
     PyObject *tensor_type, *w_type, *b_type;
-    long long t, k, n, num_slots, isz;
+    long long t, k, n, s, r, num_slots, isz;
+    int need_ms;              /* batch.max_slot must be known (not None) */
     PyObject *dtype;          /* w.dtype */
-    PyObject *out_dtypes;     /* tuple: base_out dtypes add_lora takes */
+    PyObject *out_dtypes;     /* tuple: base_out dtypes the op takes */
+    PyObject *ydtype;         /* lora_expand: y's dtype; lora_shrink: the new y's */
+    PyObject *alloc, *yshape, *alloc_kw; /* lora_shrink: alloc(yshape, dtype=, device=) */
     /* the launch */
     PyObject *launch;         /* fl_launch_bound (called in C) or a stand-in callable */
     PyObject *bound, *tables, *grids;
     int kind;                 /* HOT_X_DESC | HOT_OUT_DESC */
+    int nv;                   /* varying slots */
+    unsigned char layout[HOT_MAX_VARYING]; /* V_* of each, in slot order */
     PyObject *xdesc, *xtile;  /* xdesc(x, t, k, x_row_stride, xtile) */
     PyObject *odesc, *otile;  /* odesc(base_out, t, n, out_row_stride, otile) */
     PyObject *xraw, *oraw;    /* RawDesc standing in for those (None: call xdesc / odesc) */
@@ -60,20 +74,22 @@ typedef struct {
 
 static PyObject *s_hot_tensor; /* torch.Tensor, set by the first fl_hot */
 static PyObject *s_version, *s_selection, *s_generation, *s_launches, *s_stride, *s_device,
-    *s_num_tokens, *s_capacity, *s_max_slot, *s_fl_hot;
+    *s_num_tokens, *s_capacity, *s_max_slot, *s_fl_hot, *s_fl_hot_s, *s_fl_hot_e;
 
 static PyObject *fl_launch_bound(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 
 #define HOT_FIELDS(X) \
     X(wref) X(bref) X(sel) X(reg) X(gdict) X(gname) X(group) X(gen_list) X(ready) \
     X(stream_of) X(capturing) X(stream_obj) X(dev_obj) X(device) X(tensor_type) X(w_type) \
-    X(b_type) X(dtype) X(out_dtypes) X(launch) X(bound) X(tables) X(grids) X(xdesc) \
-    X(xtile) X(odesc) X(otile) X(xraw) X(oraw) X(t_obj) X(k_obj) X(n_obj) X(on_decline)
+    X(b_type) X(dtype) X(out_dtypes) X(ydtype) X(alloc) X(yshape) X(launch) X(bound) \
+    X(tables) X(grids) X(xdesc) X(xtile) X(odesc) X(otile) X(xraw) X(oraw) X(t_obj) X(k_obj) \
+    X(n_obj) X(on_decline)
 
 static int hot_traverse(Hot *self, visitproc visit, void *arg) {
 #define V(f) Py_VISIT(self->f);
     HOT_FIELDS(V)
 #undef V
+    Py_VISIT(self->alloc_kw);
     return 0;
 }
 
@@ -81,6 +97,7 @@ static int hot_clear(Hot *self) {
 #define C(f) Py_CLEAR(self->f);
     HOT_FIELDS(C)
 #undef C
+    Py_CLEAR(self->alloc_kw);
     return 0;
 }
 
@@ -117,7 +134,9 @@ static PyTypeObject HotType = {
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(Hot, vectorcall),
     .tp_getset = hot_getset,
-    .tp_doc = "add_lora's armed per-call path: hot(base_out, x, w, batch) -> bool.",
+    .tp_doc = "a public op's armed per-call path: hot(base_out, x, w, batch) -> bool "
+              "(add_lora), hot(x, w, batch) -> y or False (lora_shrink), "
+              "hot(y, w, batch, base_out) -> bool (lora_expand).",
 };
 
 /* An object's integer attribute into *v: 1, or 0 (missing / not an int: no error set). */
@@ -133,14 +152,24 @@ static int attr_ll(PyObject *o, PyObject *name, long long *v) {
     return ok;
 }
 
-/* A 2-d size (tensor.shape / tensor.stride()) into v: 1, or 0 (no error set). */
-static int pair_ll(PyObject *seq, long long *v) {
+/* An n-d size (tensor.shape / tensor.stride()) into v: 1, or 0 (no error set). */
+static int ints_ll(PyObject *seq, Py_ssize_t n, long long *v) {
     if (!seq) { PyErr_Clear(); return 0; }
-    int ok = PyTuple_Check(seq) && PyTuple_GET_SIZE(seq) == 2;
-    for (int i = 0; ok && i < 2; i++) {
+    int ok = PyTuple_Check(seq) && PyTuple_GET_SIZE(seq) == n;
+    for (Py_ssize_t i = 0; ok && i < n; i++) {
         v[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(seq, i));
         if (v[i] == -1 && PyErr_Occurred()) { PyErr_Clear(); ok = 0; }
     }
+    return ok;
+}
+
+/* o.shape == want (n ints): 1, or 0 (no error set). */
+static int shape_is(PyObject *o, Py_ssize_t n, const long long *want) {
+    long long v[3];
+    PyObject *shape = PyObject_GetAttr(o, s_shape);
+    int ok = ints_ll(shape, n, v);
+    Py_XDECREF(shape);
+    for (Py_ssize_t i = 0; ok && i < n; i++) ok = v[i] == want[i];
     return ok;
 }
 
@@ -208,10 +237,13 @@ static PyObject *hot_desc(PyObject *raw, uint64_t addr, PyObject *fn, PyObject *
     return raw;
 }
 
-/* Everything but the launch: 1 (launch) or 0 (the Python path takes the call). */
-static int hot_checks(Hot *self, PyObject *out, PyObject *x, PyObject *w, PyObject *batch) {
-    if ((PyObject *)Py_TYPE(x) != self->tensor_type ||
-        (PyObject *)Py_TYPE(out) != self->tensor_type || (PyObject *)Py_TYPE(w) != self->w_type ||
+/* Everything but the launch: 1 (launch) or 0 (the Python path takes the call). x, out, y:
+ * the call's tensors the op takes (NULL where it takes none). */
+static int hot_checks(Hot *self, PyObject *out, PyObject *x, PyObject *y, PyObject *w,
+                      PyObject *batch) {
+    PyObject *tt = self->tensor_type;
+    if ((x && (PyObject *)Py_TYPE(x) != tt) || (out && (PyObject *)Py_TYPE(out) != tt) ||
+        (y && (PyObject *)Py_TYPE(y) != tt) || (PyObject *)Py_TYPE(w) != self->w_type ||
         (PyObject *)Py_TYPE(batch) != self->b_type)
         return 0;
     if (deref(self->wref) != w || deref(self->bref) != batch) return 0;
@@ -226,30 +258,35 @@ static int hot_checks(Hot *self, PyObject *out, PyObject *x, PyObject *w, PyObje
     v = PyLong_AsLongLong(gen);
     if (v == -1 && PyErr_Occurred()) { PyErr_Clear(); return 0; }
     if (v != self->gen) return 0;
-    /* ops._fast_ok */
-    long long xs[2], os[2];
-    PyObject *shape = PyObject_GetAttr(x, s_shape);
-    int ok = pair_ll(shape, xs) && xs[0] == self->t && xs[1] == self->k;
-    Py_XDECREF(shape);
-    if (!ok) return 0;
-    shape = PyObject_GetAttr(out, s_shape);
-    ok = pair_ll(shape, os) && os[0] == self->t && os[1] == self->n;
-    Py_XDECREF(shape);
-    if (!ok || !attr_is(x, s_dtype, self->dtype)) return 0;
-    PyObject *odt = PyObject_GetAttr(out, s_dtype);
-    if (!odt) { PyErr_Clear(); return 0; }
-    Py_DECREF(odt);
-    if (!in_tuple(odt, self->out_dtypes)) return 0;
-    if ((self->kind & HOT_OUT_DESC) && odt != self->dtype) return 0;
-    if (!on_device(self, x) || !on_device(self, out)) return 0;
+    /* the public op's validation (ops._fast_ok for add_lora) */
+    if (x) {
+        long long want[2] = {self->t, self->k};
+        if (!shape_is(x, 2, want) || !attr_is(x, s_dtype, self->dtype) || !on_device(self, x))
+            return 0;
+    }
+    if (y) {
+        long long want[3] = {self->s, self->t, self->r};
+        if (!shape_is(y, 3, want) || !attr_is(y, s_dtype, self->ydtype) || !on_device(self, y))
+            return 0;
+    }
+    if (out) {
+        long long want[2] = {self->t, self->n};
+        if (!shape_is(out, 2, want)) return 0;
+        PyObject *odt = PyObject_GetAttr(out, s_dtype);
+        if (!odt) { PyErr_Clear(); return 0; }
+        Py_DECREF(odt);
+        if (!in_tuple(odt, self->out_dtypes)) return 0;
+        if ((self->kind & HOT_OUT_DESC) && odt != self->dtype) return 0;
+        if (!on_device(self, out)) return 0;
+    }
     long long nt, cap;
     if (!attr_ll(batch, s_num_tokens, &nt) || !attr_ll(batch, s_capacity, &cap) ||
         nt > self->t || self->t > cap)
         return 0;
     PyObject *ms = PyObject_GetAttr(batch, s_max_slot);
     if (!ms) { PyErr_Clear(); return 0; }
-    ok = ms == Py_None;
-    if (!ok && PyLong_CheckExact(ms)) {
+    int ok = ms == Py_None && !self->need_ms;
+    if (ms != Py_None && PyLong_CheckExact(ms)) {
         v = PyLong_AsLongLong(ms);
         ok = !(v == -1 && PyErr_Occurred()) && v < self->num_slots;
         PyErr_Clear();
@@ -283,62 +320,84 @@ static int hot_checks(Hot *self, PyObject *out, PyObject *x, PyObject *w, PyObje
     return ok;
 }
 
+static const Py_ssize_t hot_nargs[OP_COUNT] = {4, 3, 4};
+
 static PyObject *hot_call(Hot *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 4 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
-        PyErr_SetString(PyExc_TypeError, "hot(base_out, x, w, batch)");
+    if (nargs != hot_nargs[self->op] || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, self->op == OP_ADD ? "hot(base_out, x, w, batch)"
+                                         : self->op == OP_SHRINK ? "hot(x, w, batch)"
+                                                                 : "hot(y, w, batch, base_out)");
         return NULL;
     }
-    PyObject *out = args[0], *x = args[1];
-    if (!self->launch || !hot_checks(self, out, x, args[2], args[3])) Py_RETURN_FALSE;
-    long long xs[2], os[2];
-    PyObject *xst = PyObject_CallMethodNoArgs(x, s_stride);
-    int ok = pair_ll(xst, xs);
-    PyObject *ost = ok ? PyObject_CallMethodNoArgs(out, s_stride) : NULL;
-    ok = ok && pair_ll(ost, os);
+    PyObject *out = NULL, *x = NULL, *y = NULL, *w, *batch;
+    switch (self->op) {
+    case OP_ADD: out = args[0]; x = args[1]; w = args[2]; batch = args[3]; break;
+    case OP_SHRINK: x = args[0]; w = args[1]; batch = args[2]; break;
+    default: y = args[0]; w = args[1]; batch = args[2]; out = args[3];
+    }
+    if (!self->launch || !hot_checks(self, out, x, y, w, batch)) Py_RETURN_FALSE;
+    PyObject *vals[V_COUNT] = {NULL};
+    PyObject *xst = NULL, *ost = NULL, *yst = NULL, *xd = NULL, *od = NULL, *ynew = NULL;
+    PyObject *res = NULL;
+    long long xs[2], os[2], ys[3];
+    int ok = 1;
+    if (x) {
+        xst = PyObject_CallMethodNoArgs(x, s_stride);
+        ok = ints_ll(xst, 2, xs);
+    }
+    if (ok && out) {
+        ost = PyObject_CallMethodNoArgs(out, s_stride);
+        ok = ints_ll(ost, 2, os);
+    }
+    if (ok && y) {
+        yst = PyObject_CallMethodNoArgs(y, s_stride);
+        ok = ints_ll(yst, 3, ys);
+    }
     uint64_t xa = 0, oa = 0;
     if (ok && (self->kind & HOT_X_DESC)) ok = tma_ok(x, xs, self->k, self->isz, &xa);
     if (ok && (self->kind & HOT_OUT_DESC)) ok = tma_ok(out, os, self->n, self->isz, &oa);
-    PyObject *xd = NULL, *od = NULL, *res = NULL;
-    if (ok && (self->kind & HOT_X_DESC) &&
-        !(xd = hot_desc(self->xraw, xa, self->xdesc, x, self->t_obj, self->k_obj, xst,
-                        self->xtile)))
-        goto done;
-    if (ok && (self->kind & HOT_OUT_DESC) &&
-        !(od = hot_desc(self->oraw, oa, self->odesc, out, self->t_obj, self->n_obj, ost,
-                        self->otile)))
-        goto done;
     if (!ok) {
         PyErr_Clear();
         res = Py_False;
         Py_INCREF(res);
         goto done;
     }
-    /* the varying slots of the bound group, in the order launch._xgroup_slots / the plain
-     * group bind them */
-    PyObject *call[5 + 7] = {self->bound, self->tables, self->grids, self->stream_obj,
-                             self->dev_obj};
-    PyObject **v = call + 5;
-    PyObject *xs0 = PyTuple_GET_ITEM(xst, 0), *xs1 = PyTuple_GET_ITEM(xst, 1);
-    PyObject *os0 = PyTuple_GET_ITEM(ost, 0), *os1 = PyTuple_GET_ITEM(ost, 1);
-    switch (self->kind) {
-    case 0: /* x, its strides, base_out, its strides */
-        v[0] = x; v[1] = xs0; v[2] = xs1; v[3] = out; v[4] = os0; v[5] = os1;
-        v += 6;
-        break;
-    case HOT_X_DESC:
-        v[0] = xd; v[1] = x; v[2] = xs0; v[3] = xs1; v[4] = out; v[5] = os0; v[6] = os1;
-        v += 7;
-        break;
-    case HOT_OUT_DESC:
-        v[0] = x; v[1] = xs0; v[2] = xs1; v[3] = od; v[4] = out; v[5] = os0;
-        v += 6;
-        break;
-    default:
-        v[0] = xd; v[1] = x; v[2] = xs0; v[3] = xs1; v[4] = od; v[5] = out; v[6] = os0;
-        v += 7;
+    if ((self->kind & HOT_X_DESC) &&
+        !(xd = hot_desc(self->xraw, xa, self->xdesc, x, self->t_obj, self->k_obj, xst,
+                        self->xtile)))
+        goto done;
+    if ((self->kind & HOT_OUT_DESC) &&
+        !(od = hot_desc(self->oraw, oa, self->odesc, out, self->t_obj, self->n_obj, ost,
+                        self->otile)))
+        goto done;
+    if (self->op == OP_SHRINK) { /* the op's result: alloc(yshape, dtype=ydtype, device=) */
+        PyObject *a[3] = {self->yshape, self->ydtype, self->device};
+        if (!(ynew = PyObject_Vectorcall(self->alloc, a, 1, self->alloc_kw))) goto done;
     }
-    Py_ssize_t nc = v - call;
+    if (x) {
+        vals[V_X] = x;
+        vals[V_XS0] = PyTuple_GET_ITEM(xst, 0);
+        vals[V_XS1] = PyTuple_GET_ITEM(xst, 1);
+    }
+    if (out) {
+        vals[V_O] = out;
+        vals[V_OS0] = PyTuple_GET_ITEM(ost, 0);
+        vals[V_OS1] = PyTuple_GET_ITEM(ost, 1);
+    }
+    if (y) {
+        vals[V_Y] = y;
+        for (int i = 0; i < 3; i++) vals[V_YS0 + i] = PyTuple_GET_ITEM(yst, i);
+    } else {
+        vals[V_Y] = ynew;
+    }
+    vals[V_XD] = xd;
+    vals[V_OD] = od;
+    /* the varying slots of the bound group, in its slot order */
+    PyObject *call[5 + HOT_MAX_VARYING] = {self->bound, self->tables, self->grids,
+                                           self->stream_obj, self->dev_obj};
+    for (int i = 0; i < self->nv; i++) call[5 + i] = vals[self->layout[i]];
+    Py_ssize_t nc = 5 + self->nv;
     PyObject *r;
     if (PyCFunction_Check(self->launch) &&
         PyCFunction_GET_FUNCTION(self->launch) == (PyCFunction)(void (*)(void))fl_launch_bound)
@@ -368,13 +427,20 @@ static PyObject *hot_call(Hot *self, PyObject *const *args, size_t nargsf, PyObj
     int sr = PyObject_SetAttr(self->group, s_launches, next);
     Py_DECREF(next);
     if (sr) goto done;
-    res = Py_True;
-    Py_INCREF(res);
+    if (ynew) {
+        res = ynew;
+        ynew = NULL;
+    } else {
+        res = Py_True;
+        Py_INCREF(res);
+    }
 done:
     Py_XDECREF(xst);
     Py_XDECREF(ost);
+    Py_XDECREF(yst);
     Py_XDECREF(xd);
     Py_XDECREF(od);
+    Py_XDECREF(ynew);
     return res;
 }
 
@@ -406,10 +472,12 @@ static PyObject *fl_hot(PyObject *mod, PyObject *spec) {
         PyErr_SetString(PyExc_TypeError, "fl_hot: a spec entry has the wrong type");
         goto fail;
     }
+    long long op, kind, need_ms;
     struct { const char *name; long long *dst; } ints[] = {
         {"ver", &h->ver}, {"gen", &h->gen}, {"dev_obj", &h->dev}, {"t_obj", &h->t},
-        {"k_obj", &h->k}, {"n_obj", &h->n}, {"num_slots", &h->num_slots}, {"isz", &h->isz},
-        {"kind", NULL}};
+        {"k_obj", &h->k}, {"n_obj", &h->n}, {"s", &h->s}, {"r", &h->r},
+        {"num_slots", &h->num_slots}, {"isz", &h->isz}, {"kind", &kind}, {"op", &op},
+        {"need_ms", &need_ms}};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         PyObject *o = PyDict_GetItemString(spec, ints[i].name);
         if (!o) {
@@ -418,18 +486,51 @@ static PyObject *fl_hot(PyObject *mod, PyObject *spec) {
         }
         long long val = PyLong_AsLongLong(o);
         if (val == -1 && PyErr_Occurred()) goto fail;
-        if (ints[i].dst) *ints[i].dst = val;
-        else h->kind = (int)val;
+        *ints[i].dst = val;
+    }
+    if (op < 0 || op >= OP_COUNT || kind < 0 || kind > (HOT_X_DESC | HOT_OUT_DESC) ||
+        (op != OP_ADD && kind)) {
+        PyErr_SetString(PyExc_ValueError, "fl_hot: op must be 0-2, kind 0-3 (0 unless op 0)");
+        goto fail;
+    }
+    h->op = (int)op;
+    h->kind = (int)kind;
+    h->need_ms = need_ms != 0;
+    /* the layout: each code names a value the op's call has */
+    PyObject *lay = PyDict_GetItemString(spec, "layout");
+    if (!lay || !PyBytes_Check(lay) || PyBytes_GET_SIZE(lay) > HOT_MAX_VARYING) {
+        PyErr_SetString(PyExc_TypeError, "fl_hot: layout must be bytes of at most 16 codes");
+        goto fail;
+    }
+    h->nv = (int)PyBytes_GET_SIZE(lay);
+    for (int i = 0; i < h->nv; i++) {
+        unsigned char c = (unsigned char)PyBytes_AS_STRING(lay)[i];
+        int has_x = h->op != OP_EXPAND, has_o = h->op != OP_SHRINK;
+        int fine = c < V_COUNT &&
+                   (c == V_Y ? h->op != OP_ADD
+                    : c >= V_YS0 ? h->op == OP_EXPAND
+                    : c == V_XD ? (h->kind & HOT_X_DESC) != 0
+                    : c == V_OD ? (h->kind & HOT_OUT_DESC) != 0
+                    : c <= V_XS1 ? has_x : has_o);
+        if (!fine) {
+            PyErr_Format(PyExc_ValueError, "fl_hot: layout code %d does not fit op %d kind %d",
+                         (int)c, h->op, h->kind);
+            goto fail;
+        }
+        h->layout[i] = c;
+    }
+    if (h->op == OP_SHRINK) {
+        if (!PyCallable_Check(h->alloc) || !PyTuple_Check(h->yshape)) {
+            PyErr_SetString(PyExc_TypeError, "fl_hot: a shrink needs alloc and yshape");
+            goto fail;
+        }
+        if (!(h->alloc_kw = Py_BuildValue("(ss)", "dtype", "device"))) goto fail;
     }
     if ((h->xraw != Py_None && (Py_TYPE(h->xraw) != &RawDescType ||
                                 ((RawDesc *)h->xraw)->rank != 2)) ||
         (h->oraw != Py_None && (Py_TYPE(h->oraw) != &RawDescType ||
                                 ((RawDesc *)h->oraw)->rank != 2))) {
         PyErr_SetString(PyExc_TypeError, "fl_hot: xraw / oraw must be rank-2 RawDescs or None");
-        goto fail;
-    }
-    if (h->kind < 0 || h->kind > (HOT_X_DESC | HOT_OUT_DESC)) {
-        PyErr_SetString(PyExc_ValueError, "fl_hot: kind must be 0-3");
         goto fail;
     }
     if (h->sel != Py_None) {
@@ -475,36 +576,68 @@ static int hot_selected(Hot *h, PyObject *w) {
     return v == h->sel_gen;
 }
 
+/* The Hot of op for this call, or NULL (no error set): w's per-T table (the attribute attr)
+ * holds a list whose item idx is the Hot of w's plan for the call's row count, the rows of
+ * args[trow]; args[tt] must be a plain tensor. */
+static Hot *hot_find(PyObject *const *args, int op, Py_ssize_t tt, Py_ssize_t trow,
+                     PyObject *w, PyObject *attr, Py_ssize_t idx) {
+    if (!s_hot_tensor || (PyObject *)Py_TYPE(args[tt]) != s_hot_tensor) return NULL;
+    PyObject *table = NULL; /* no AttributeError raised and cleared for weights never armed */
+#if PY_VERSION_HEX >= 0x030D0000
+    int found = PyObject_GetOptionalAttr(w, attr, &table);
+#else
+    int found = _PyObject_LookupAttr(w, attr, &table);
+#endif
+    if (found <= 0) { PyErr_Clear(); return NULL; }
+    PyObject *shape = PyDict_CheckExact(table) ? PyObject_GetAttr(args[trow], s_shape) : NULL;
+    PyObject *memo = NULL;
+    if (shape && PyTuple_Check(shape) && PyTuple_GET_SIZE(shape) >= 1)
+        memo = PyDict_GetItemWithError(table, PyTuple_GET_ITEM(shape, 0));
+    Py_XDECREF(shape);
+    Py_DECREF(table); /* memo stays alive: the plan or w's table holds it */
+    if (!memo || !PyList_CheckExact(memo) || PyList_GET_SIZE(memo) <= idx) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *h = PyList_GET_ITEM(memo, idx);
+    if (Py_TYPE(h) != &HotType || ((Hot *)h)->op != op || !hot_selected((Hot *)h, w))
+        return NULL;
+    return (Hot *)h;
+}
+
+static PyObject *hot_entry(PyObject *const *args, Py_ssize_t nargs, Hot *h) {
+    if (!h) Py_RETURN_FALSE;
+    Py_INCREF(h); /* the call may drop it from its table */
+    PyObject *r = hot_call(h, args, (size_t)nargs, NULL);
+    Py_DECREF(h);
+    return r;
+}
+
 /* fl_hot_add(base_out, x, w, batch) -> bool: the Hot of w's plan for x's rows, called. */
 static PyObject *fl_hot_add(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "fl_hot_add(base_out, x, w, batch)");
         return NULL;
     }
-    if (!s_hot_tensor || (PyObject *)Py_TYPE(args[1]) != s_hot_tensor) Py_RETURN_FALSE;
-    PyObject *table = NULL; /* no AttributeError raised and cleared for weights never armed */
-#if PY_VERSION_HEX >= 0x030D0000
-    int found = PyObject_GetOptionalAttr(args[2], s_fl_hot, &table);
-#else
-    int found = _PyObject_LookupAttr(args[2], s_fl_hot, &table);
-#endif
-    if (found <= 0) { PyErr_Clear(); Py_RETURN_FALSE; }
-    PyObject *shape = PyDict_CheckExact(table) ? PyObject_GetAttr(args[1], s_shape) : NULL;
-    PyObject *memo = NULL;
-    if (shape && PyTuple_Check(shape) && PyTuple_GET_SIZE(shape) == 2)
-        memo = PyDict_GetItemWithError(table, PyTuple_GET_ITEM(shape, 0));
-    Py_XDECREF(shape);
-    Py_DECREF(table); /* memo stays alive: the plan holds it */
-    if (!memo || !PyList_CheckExact(memo) || PyList_GET_SIZE(memo) <= HOT_MEMO) {
-        PyErr_Clear();
-        Py_RETURN_FALSE;
+    return hot_entry(args, nargs, hot_find(args, OP_ADD, 1, 1, args[2], s_fl_hot, HOT_MEMO));
+}
+
+/* fl_hot_shrink(x, w, batch) -> y or False: w._fl_hot_s[T][0], called. */
+static PyObject *fl_hot_shrink(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "fl_hot_shrink(x, w, batch)");
+        return NULL;
     }
-    PyObject *h = PyList_GET_ITEM(memo, HOT_MEMO);
-    if (Py_TYPE(h) != &HotType || !hot_selected((Hot *)h, args[2])) Py_RETURN_FALSE;
-    Py_INCREF(h); /* the call may drop it from the memo */
-    PyObject *r = hot_call((Hot *)h, args, (size_t)nargs, NULL);
-    Py_DECREF(h);
-    return r;
+    return hot_entry(args, nargs, hot_find(args, OP_SHRINK, 0, 0, args[1], s_fl_hot_s, 0));
+}
+
+/* fl_hot_expand(y, w, batch, base_out) -> bool: w._fl_hot_e[T][0] (T: base_out's rows). */
+static PyObject *fl_hot_expand(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "fl_hot_expand(y, w, batch, base_out)");
+        return NULL;
+    }
+    return hot_entry(args, nargs, hot_find(args, OP_EXPAND, 0, 3, args[1], s_fl_hot_e, 0));
 }
 
 static int hot_init_strings(void) {
@@ -512,7 +645,7 @@ static int hot_init_strings(void) {
         {&s_version, "version"}, {&s_selection, "_selection"}, {&s_generation, "generation"},
         {&s_launches, "launches"}, {&s_stride, "stride"}, {&s_device, "device"},
         {&s_num_tokens, "num_tokens"}, {&s_capacity, "capacity"}, {&s_max_slot, "max_slot"},
-        {&s_fl_hot, "_fl_hot"}};
+        {&s_fl_hot, "_fl_hot"}, {&s_fl_hot_s, "_fl_hot_s"}, {&s_fl_hot_e, "_fl_hot_e"}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!(*names[i].dst = PyUnicode_InternFromString(names[i].s))) return -1;
     return 0;
