@@ -435,6 +435,88 @@ def test_add_lora_launch_group_matches_separate_launches(monkeypatch):
         assert group.native and group.launches > 0
 
 
+@pytest.mark.parametrize("t", [1, 16, 64, 256])
+def test_public_shrink_expand_per_call_paths_match_separate_launches(t):
+    """The public ``lora_shrink`` / ``lora_expand`` through their armed native paths
+    (``launchers/hot.c``) match the separate launches (no groups, no native entries) over
+    calls with a refilled static batch, fresh and strided inputs and a side stream; once
+    armed, plain calls take the native path; capture and a load since arming decline."""
+    from lora_dispatch import ops
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
+    groups = ("_ZGROUP", "_SGROUP", "_EGROUP")
+    if tl_launch._EGROUP is None or tl_launch.shrink_kernel.launch_tier != "native":
+        pytest.skip("the per-call path needs the native launch groups")
+    gen = torch.Generator().manual_seed(31 + t)
+    w = make_weights(6, 4096, (4096, 1024, 1024), torch.bfloat16, seed=9)
+    batch = ld.LoRABatch.empty(t, device=DEV)
+    side = torch.cuda.Stream(DEV)
+
+    def separate(fn, *args):
+        saved = [getattr(tl_launch, g) for g in groups]
+        entries = ops._hot_shrink, ops._hot_expand
+        for g in groups:
+            setattr(tl_launch, g, None)
+        ops._hot_shrink = ops._hot_expand = None
+        try:
+            return fn(*args)
+        finally:
+            for g, v in zip(groups, saved):
+                setattr(tl_launch, g, v)
+            ops._hot_shrink, ops._hot_expand = entries
+
+    def hots():
+        return (w.__dict__.get("_fl_hot_s", {}).get(t, [None])[0],
+                w.__dict__.get("_fl_hot_e", {}).get(t, [None])[0])
+
+    native = [0, 0]
+    for i in range(10):
+        slots = random_slots(t, w.num_slots, gen, frac_none=0.1 * (i % 3))
+        batch.update_(slots.to(DEV))
+        x = torch.randn(t, 2 * 4096, generator=gen).to(DEV, torch.bfloat16)
+        x = x[:, ::2] if i % 4 == 3 else x[:, :4096].contiguous()
+        base = torch.randn(t, w.total_out, generator=gen).to(DEV, torch.bfloat16)
+        y_want = separate(ld.lora_shrink, x, w, batch)
+        before = [None if h is None else h.calls for h in hots()]
+        stream = side if i % 5 == 4 else torch.cuda.current_stream(DEV)
+        stream.wait_stream(torch.cuda.current_stream(DEV))
+        with torch.cuda.stream(stream):
+            y = ld.lora_shrink(x, w, batch)
+            got = ld.lora_expand(y, w, batch, base.clone())
+        torch.cuda.current_stream(DEV).wait_stream(stream)
+        for j, h in enumerate(hots()):
+            if h is not None and before[j] is not None:
+                native[j] += h.calls - before[j]
+        want = separate(ld.lora_expand, y, w, batch, base.clone())
+        torch.cuda.synchronize()
+        torch.testing.assert_close(y, y_want, rtol=1e-5, atol=1e-5)  # split-K atomics
+        assert torch.equal(got, want), (t, i)
+        s = slots.to(DEV)
+        y64 = ref_y(x, w, s)
+        assert rel(y, y64) <= TOL[torch.bfloat16]
+        assert rel(got.double() - base.double(), ref_delta(y64, w, s, t)) <= TOL[torch.bfloat16]
+    assert native[0] >= 3 and native[1] >= 3, (t, native)
+    for j in range(4):  # plain calls: the native paths from the second on
+        before = [None if h is None else h.calls for h in hots()]
+        y = ld.lora_shrink(x, w, batch)
+        ld.lora_expand(y, w, batch, base.clone())
+        after = [None if h is None else h.calls for h in hots()]
+        assert j == 0 or [a - b for a, b in zip(after, before)] == [1, 1], (t, j)
+    calls = [h.calls for h in hots()]
+    graph, got = torch.cuda.CUDAGraph(), base.clone()
+    with torch.cuda.graph(graph):  # captured: the Python path (the graph owns y)
+        yg = ld.lora_shrink(x, w, batch)
+        ld.lora_expand(yg, w, batch, got)
+    assert [h.calls for h in hots()] == calls
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(yg, y, rtol=1e-5, atol=1e-5)
+    w.version += 1  # a load since arming: declines
+    ld.lora_expand(ld.lora_shrink(x, w, batch), w, batch, base.clone())
+    assert [h.calls for h in hots()] == calls
+    w.version -= 1
+
+
 def test_add_lora_per_call_path_matches_separate_launches(monkeypatch):
     """Decode add_lora's armed per-call path (one native call after the first bound launch)
     gives the separate launches' result bit for bit over many calls: a static batch
