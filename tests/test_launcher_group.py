@@ -865,15 +865,13 @@ def _pub_case(monkeypatch):
 
 
 def _arm_pub(L, w, batch, g, op, name, x, grids, t, need_ms=False):
-    import threading
     import weakref
 
     em = [None]
     layout = {"_ZGROUP": L._Z_PUB_LAYOUT, "_SGROUP": L._S_PUB_LAYOUT,
               "_EGROUP": L._E_PUB_LAYOUT}[name]
-    L._install_hot(em, w, weakref.ref(batch), weakref.ref(w), name, g, (*g.hot("B"), "B"),
-                   L._WS_GEN[0], threading.get_ident(), grids, x, op=op, slot=0, t=t,
-                   layout=layout, need_ms=need_ms)
+    L._install_hot(em, w, weakref.ref(batch), weakref.ref(w), name, g, "B", grids, x, op=op,
+                   slot=0, t=t, layout=layout, need_ms=need_ms)
     return em
 
 
@@ -1006,7 +1004,7 @@ def test_public_ops_bind_on_the_second_call_with_the_same_objects(monkeypatch) -
     values = (y, out, *y.stride(), *out.stride())
 
     def launch(b):
-        return L._launch_pub(L.OP_EXPAND, "_EGROUP", p, w, b, y, t, tuple(range(24)),
+        return L._launch_pub(L.OP_EXPAND, "_EGROUP", p, w, b, y, t, lambda: tuple(range(24)),
                              L._E_PUB, ((4,),), values, L._E_PUB_LAYOUT)
 
     assert not launch(batch) and not g.binds
@@ -1025,24 +1023,23 @@ def test_public_ops_bind_on_the_second_call_with_the_same_objects(monkeypatch) -
 def test_hot_layout_codes_must_fit_the_op(monkeypatch) -> None:
     """``fl_hot`` refuses a layout naming a value the op's call does not have (no NULL slot
     can reach a launch)."""
-    import threading
     import weakref
 
     import lora_dispatch as ld
     from lora_dispatch.kernels.triton import launch as L
 
+    g = HotGroup()
     monkeypatch.setattr(L, "_capturing", lambda: False)  # no driver query on the CPU
+    monkeypatch.setattr(L, "_raw_stream", lambda dev: g.stream)
 
     w = ld.LoRAWeights(3, 64, (32, 16, 16), 8, dtype=torch.float16)
     batch = ld.LoRABatch.from_token_adapters([0, 1, -1, 2, 0])
-    g = HotGroup()
     x = torch.randn(5, 64).half()
 
     def arm(op, layout, kind=0):
         em = [None]
-        L._install_hot(em, w, weakref.ref(batch), weakref.ref(w), "_GROUP", g,
-                       (*g.hot("B"), "B"), 0, threading.get_ident(), ((1,),), x, kind,
-                       op=op, slot=0, layout=layout)
+        L._install_hot(em, w, weakref.ref(batch), weakref.ref(w), "_GROUP", g, "B", ((1,),),
+                       x, kind, op=op, slot=0, layout=layout)
         return em[0]
 
     assert arm(L.OP_SHRINK, (L.V_Y, L.V_X, L.V_Y, L.V_XS0, L.V_XS1)) is not None

@@ -435,6 +435,18 @@ def test_add_lora_launch_group_matches_separate_launches(monkeypatch):
         assert group.native and group.launches > 0
 
 
+def _refill_step(batch, w, t, gen, i):
+    """Step ``i`` of a per-call path test: ``batch`` refilled on the device (0%, 10% or 20%
+    of the tokens without an adapter), a bf16 ``x [t, 4096]`` (strided every fourth step)
+    and a ``base_out``. Returns ``(slots, x, base)``."""
+    slots = random_slots(t, w.num_slots, gen, frac_none=0.1 * (i % 3))
+    batch.update_(slots.to(DEV))
+    x = torch.randn(t, 2 * 4096, generator=gen).to(DEV, torch.bfloat16)
+    x = x[:, ::2] if i % 4 == 3 else x[:, :4096].contiguous()
+    base = torch.randn(t, w.total_out, generator=gen).to(DEV, torch.bfloat16)
+    return slots, x, base
+
+
 @pytest.mark.parametrize("t", [1, 16, 64, 256])
 def test_public_shrink_expand_per_call_paths_match_separate_launches(t):
     """The public ``lora_shrink`` / ``lora_expand`` through their armed native paths
@@ -471,11 +483,7 @@ def test_public_shrink_expand_per_call_paths_match_separate_launches(t):
 
     native = [0, 0]
     for i in range(10):
-        slots = random_slots(t, w.num_slots, gen, frac_none=0.1 * (i % 3))
-        batch.update_(slots.to(DEV))
-        x = torch.randn(t, 2 * 4096, generator=gen).to(DEV, torch.bfloat16)
-        x = x[:, ::2] if i % 4 == 3 else x[:, :4096].contiguous()
-        base = torch.randn(t, w.total_out, generator=gen).to(DEV, torch.bfloat16)
+        slots, x, base = _refill_step(batch, w, t, gen, i)
         y_want = separate(ld.lora_shrink, x, w, batch)
         before = [(h, None if h is None else h.calls) for h in hots()]
         stream = side if i % 5 == 4 else torch.cuda.current_stream(DEV)
@@ -538,11 +546,7 @@ def test_add_lora_per_call_path_matches_separate_launches(monkeypatch):
         p = tl_launch.plan_for("add", w, t)
         armed, native, hot, hot_before = 0, 0, None, None
         for i in range(12):
-            slots = random_slots(t, w.num_slots, gen, frac_none=0.1 * (i % 3))
-            batch.update_(slots.to(DEV))
-            x = torch.randn(t, 2 * 4096, generator=gen).to(DEV, torch.bfloat16)
-            x = x[:, ::2] if i % 4 == 3 else x[:, :4096].contiguous()
-            base = torch.randn(t, w.total_out, generator=gen).to(DEV, torch.bfloat16)
+            slots, x, base = _refill_step(batch, w, t, gen, i)
             if i == 6:  # another plan's larger workspace replaces the buffer
                 big = torch.randn(512, 4096, generator=gen).to(DEV, torch.bfloat16)
                 ld.add_lora(torch.zeros(512, w.total_out, device=DEV, dtype=torch.bfloat16),

@@ -735,10 +735,10 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
         # name slots >= num_slots, whose extra tiles push the spare ones past the grid)
         ms = batch.max_slot
         if ms is not None and ms < w.num_slots and batch.num_tokens <= t:
-            args = _shrink_args(p, x, x.stride(), w, batch, y, t, ys)
-            if not (pub and _launch_pub(OP_SHRINK, "_SGROUP", p, w, batch, x, t,
-                                        (*args, *p.tail), _S_PUB, (p.grid,),
-                                        (x, y, *x.stride()), _S_PUB_LAYOUT, True)):
+            if not (pub and _launch_pub(
+                    OP_SHRINK, "_SGROUP", p, w, batch, x, t,
+                    lambda: (*_shrink_args(p, x, x.stride(), w, batch, y, t, ys), *p.tail),
+                    _S_PUB, (p.grid,), (x, y, *x.stride()), _S_PUB_LAYOUT, True)):
                 _launch_shrink(p, x, w, batch, y, t, ys)
             return y
         p = _pick(plan_for("shrink", w, t, "zero_fill", split_k), x, w)
@@ -750,7 +750,7 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
     if not _desc_kind(p, x, w) and _ZGROUP is not None and _ZGROUP.available():
         slots = (y, n, *_ZERO_TAIL, *_shrink_args(p, x, x.stride(), w, batch, y, t, ys),
                  *p.tail)
-        if pub and _launch_pub(OP_SHRINK, "_ZGROUP", p, w, batch, x, t, slots, _Z_PUB,
+        if pub and _launch_pub(OP_SHRINK, "_ZGROUP", p, w, batch, x, t, lambda: slots, _Z_PUB,
                                (zgrid, p.grid), (y, x, y, *x.stride()), _Z_PUB_LAYOUT):
             return y
         if _ZGROUP((zgrid, p.grid), slots):
@@ -781,7 +781,7 @@ def expand(y: torch.Tensor, w, batch, base_out: torch.Tensor) -> None:
     if p.gluon is None and y.dim() == 3:
         os_ = base_out.stride()
         if _launch_pub(OP_EXPAND, "_EGROUP", p, w, batch, y, t,
-                       (*_expand_args(p, y, w, batch, base_out, os_, t, ys), *p.tail),
+                       lambda: (*_expand_args(p, y, w, batch, base_out, os_, t, ys), *p.tail),
                        _E_PUB, (p.grid,), (y, base_out, *ys[1:], *os_), _E_PUB_LAYOUT):
             return
     _launch_expand(p, y, w, batch, base_out, t, ys)
@@ -796,13 +796,13 @@ _E_PUB = (_E_Y, _E_OUT, *range(_E_YS.start, _E_YS.stop), *range(_E_OS.start, _E_
 _E_PUB_LAYOUT = (V_Y, V_O, V_YS0, V_YS1, V_YS2, V_OS0, V_OS1)
 
 
-def _launch_pub(op: int, name: str, p, w, batch, x, t: int, slots: tuple,
+def _launch_pub(op: int, name: str, p, w, batch, x, t: int, slots,
                 varying: tuple, grids: tuple, values: tuple, layout: tuple,
                 need_ms: bool = False) -> bool:
-    """A public shrink / expand through launch group ``name`` bound to ``slots`` (their
-    ``varying`` ones per call: ``values``), arming its native per-call path
-    (:func:`_install_hot`); False (nothing launched) where it does not launch: the caller
-    launches the usual way.
+    """A public shrink / expand through launch group ``name`` bound to ``slots()`` (their
+    ``varying`` ones per call: ``values``; built only where it binds), arming its native
+    per-call path (:func:`_install_hot`); False (nothing launched) where it does not launch:
+    the caller launches the usual way.
 
     The group is bound on the second consecutive Python-path call of plan ``p`` with the
     same weights (at the same version) and batch, on the GPU outside capture; the first one
@@ -823,16 +823,11 @@ def _launch_pub(op: int, name: str, p, w, batch, x, t: int, slots: tuple,
         return False
     if _capturing():
         return False
-    bound = group.bind(slots, varying)
+    bound = group.bind(slots(), varying)
     if bound is None or not group.launch_bound(bound, grids, values):
         return False
-    pieces = group.hot(bound)
-    dev = x.get_device()
-    if pieces is not None and pieces[4] == dev and _raw_stream is not None and (
-            _raw_stream(dev) == pieces[3](dev)):
-        _install_hot([None], w, e[0], weakref.ref(w), name, group, (*pieces, bound),
-                     _WS_GEN[0], _get_ident(), grids, x, op=op, slot=0, t=t, layout=layout,
-                     need_ms=need_ms)
+    _install_hot([None], w, e[0], weakref.ref(w), name, group, bound, grids, x, op=op, slot=0,
+                 t=t, layout=layout, need_ms=need_ms)
     return True
 
 
@@ -1109,15 +1104,17 @@ _HOT_TABLES = ("_fl_hot", "_fl_hot_s", "_fl_hot_e")  # w's per-T tables of the p
 _HOT_ENTRIES = ("_hot_add", "_hot_shrink", "_hot_expand")  # their names in ops
 
 
-def _install_hot(em: list, w, batch_ref, w_ref, name: str, group, pieces: tuple, ws_gen: int,
-                 ident: int, grids: tuple, x, kind: int = 0, xt=None, ot=None,
-                 on_decline=None, base_out=None, *, op: int = OP_ADD, slot: int = 5,
-                 t: int | None = None, layout: tuple | None = None,
-                 need_ms: bool = False) -> None:
-    """``em[slot]``: a native per-call path (``launchers/hot.c``) repeating ``group``'s bound
-    launch for the call's tensors; where ``w``'s backend selection is this backend, the
-    public op ``op`` takes it too (``w._fl_hot[t]`` is ``em`` for ``add_lora``,
-    ``w._fl_hot_s[t]`` / ``w._fl_hot_e[t]`` for ``lora_shrink`` / ``lora_expand``).
+def _install_hot(em: list, w, batch_ref, w_ref, name: str, group, bound, grids: tuple, x,
+                 kind: int = 0, xt=None, ot=None, on_decline=None, base_out=None, *,
+                 op: int = OP_ADD, slot: int = 5, t: int | None = None,
+                 layout: tuple | None = None, need_ms: bool = False) -> None:
+    """``em[slot]``: a native per-call path (``launchers/hot.c``) repeating ``group``'s
+    launch ``bound`` (:meth:`LaunchGroup.bind`) for the call's tensors, on this device,
+    current stream and thread, at the current workspace generation; where ``w``'s backend
+    selection is this backend, the public op ``op`` takes it too (``w._fl_hot[t]`` is ``em``
+    for ``add_lora``, ``w._fl_hot_s[t]`` / ``w._fl_hot_e[t]`` for ``lora_shrink`` /
+    ``lora_expand``). Not armed (``em`` untouched) where ``group`` has no native pieces for
+    ``bound`` on ``x``'s device and current stream.
 
     ``x``: the call's input (``add_lora``, ``lora_shrink``) or ``y`` (``lora_expand``), for
     its device; ``t``: the row count (default ``x``'s). ``layout``: the group's varying
@@ -1127,9 +1124,14 @@ def _install_hot(em: list, w, batch_ref, w_ref, name: str, group, pieces: tuple,
     Python. ``need_ms``: the call needs ``batch.max_slot`` known (a shrink writing its own
     zeros)."""
     mod = _hot_native()
-    if mod is None:
+    pieces = None if mod is None or bound is None or bound is _UNBOUND else group.hot(bound)
+    dev = x.get_device()
+    if pieces is None or pieces[4] != dev:
         return
-    ready, launch, tables, stream_of, dev, bound = pieces
+    ready, launch, tables, stream_of, _ = pieces
+    stream = stream_of(dev)
+    if _raw_stream is None or _raw_stream(dev) != stream:
+        return
     t = x.shape[0] if t is None else t
     xraw = oraw = None
     if kind and launch is mod.fl_launch_bound:
@@ -1152,10 +1154,10 @@ def _install_hot(em: list, w, batch_ref, w_ref, name: str, group, pieces: tuple,
     spec = {
         "op": op, "wref": w_ref, "bref": batch_ref, "ver": w.version, "sel": sel,
         "reg": vars(_registry), "gdict": _G, "gname": name, "group": group,
-        "gen_list": _WS_GEN, "gen": ws_gen, "ident": ident, "ready": ready,
+        "gen_list": _WS_GEN, "gen": _WS_GEN[0], "ident": _get_ident(), "ready": ready,
         "stream_of": stream_of,
         "capturing": None if _capturing is _TORCH_CAPTURING else _capturing,
-        "stream_obj": stream_of(dev), "dev_obj": dev, "device": w.device,
+        "stream_obj": stream, "dev_obj": dev, "device": w.device,
         "tensor_type": torch.Tensor, "w_type": type(w), "b_type": type(batch_ref()),
         "num_slots": w.num_slots, "s": w.num_slices, "r": w.max_rank, "need_ms": need_ms,
         "isz": w.dtype.itemsize, "dtype": w.dtype, "out_dtypes": tuple(SUPPORTED_DTYPES),
@@ -1197,20 +1199,14 @@ def _arm_hot(p: AddPlan, group, x, ws, w, entry: AddPlan) -> None:
     sp = p.shrink
     if p.alt is not None or p.expand.gluon is not None or sp.gluon is not None or sp.tma:
         return
-    b = m[4]
-    pieces = None if b is None or b is _UNBOUND else group.hot(b)
-    dev = x.get_device()
-    if pieces is None or pieces[4] != dev or m[2]() is not ws:
-        return
-    stream = pieces[3](dev)
-    if _raw_stream is None or _raw_stream(dev) != stream:
+    if m[2]() is not ws:
         return
 
     def on_decline() -> None:
         m[4] = em[5] = None
 
-    _install_hot(em, w, m[1], m[0], "_GROUP", group, (*pieces, b), _WS_GEN[0], _get_ident(),
-                 (sp.grid, p.expand.grid), x, on_decline=on_decline)
+    _install_hot(em, w, m[1], m[0], "_GROUP", group, m[4], (sp.grid, p.expand.grid), x,
+                 on_decline=on_decline)
 
 
 _HOT_GROUPS = ("_GGROUP", "_GXGROUP", "_XGROUP")  # the descriptor plans' launch groups
@@ -1241,13 +1237,6 @@ def _arm_hot_desc(p: AddPlan, name: str, bound, x, ws, w, entry: AddPlan,
     if (gs is None and (p.alt is not None or sp.tma)) or (name == "_GGROUP"
                                                           and ep.gluon is not None):
         return
-    pieces = None if bound is None or bound is _UNBOUND else group.hot(bound)
-    dev = x.get_device()
-    if pieces is None or pieces[4] != dev:
-        return
-    stream = pieces[3](dev)
-    if _raw_stream is None or _raw_stream(dev) != stream:
-        return
     m = p.memo
     if name == "_GGROUP":
         if m[2]() is not ws:
@@ -1264,8 +1253,8 @@ def _arm_hot_desc(p: AddPlan, name: str, bound, x, ws, w, entry: AddPlan,
     def on_decline() -> None:
         m[slot] = em[5] = None
 
-    _install_hot(em, w, bref, wref, name, group, (*pieces, bound), _WS_GEN[0], _get_ident(),
-                 grids, x, kind=(gs is not None) | (ge is not None) << 1,
+    _install_hot(em, w, bref, wref, name, group, bound, grids, x,
+                 kind=(gs is not None) | (ge is not None) << 1,
                  xt=None if gs is None else gs.tile, ot=None if ge is None else ge.tile,
                  on_decline=on_decline, base_out=base_out)
 
