@@ -31,11 +31,13 @@ def cfg_tuple(c):
 @pytest.mark.parametrize("t,slices,rank,want", [
     (8192, 3, 64, (64, 64, 64, 6, 4, 1)),  # qkv r64: 128 programs, one wave
     (4096, 3, 64, (64, 64, 64, 6, 4, 2)),
-    (2048, 3, 64, (64, 64, 64, 6, 4, 4)),
+    (2048, 3, 64, (64, 64, 64, 6, 4, 2)),  # rank 64: two splits for the expand's re-reads
+    (2048, 3, 32, (64, 64, 32, 6, 4, 4)),
+    (1024, 1, 64, (64, 64, 64, 6, 4, 4)),
     (8192, 3, 16, (128, 64, 16, 6, 8, 2)),  # 48 rank rows: 128-token tiles
     (8192, 1, 64, (128, 64, 64, 6, 8, 2)),
     (8192, 2, 64, (64, 64, 64, 6, 4, 1)),
-    (2048, 1, 128, (64, 64, 128, 6, 4, 4)),
+    (2048, 1, 128, (64, 64, 128, 6, 4, 2)),
     (8192, 3, 24, (64, 64, 32, 6, 4, 1)),
     (8192, 2, 128, (64, 64, 128, 5, 4, 1)),  # 256 rows: the ring fits 5 stages
 ])
@@ -138,8 +140,8 @@ def test_plan_takes_the_gluon_split_and_keeps_the_triton_fallback(monkeypatch):
         return
     assert p.gluon is None and p.split == 2  # the Triton kernel keeps its own split
     g = p.alt
-    assert g.gluon is not None and g.split == g.gluon.grid[1] == 4 and g.alt is None
-    assert g.gluon.grid[0] == 2048 // 64 + 5 and g.k_split == 1024
+    assert g.gluon is not None and g.split == g.gluon.grid[1] == 2 and g.alt is None
+    assert g.gluon.grid[0] == 2048 // 64 + 5 and g.k_split == 2048
     assert g.gluon.cx == (3, 64, 2, 6, False, False, True, False) and not g.gluon.forced
     p3 = L._shrink_plan(w, 2048, atomic=True, split_k=3, info=H200).alt
     assert p3.split == 3 and p3.k_split % 64 == 0 and p3.gluon.cx[4:6] == (True, False)

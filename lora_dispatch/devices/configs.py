@@ -770,6 +770,12 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
     split = max(1, min(4, units // tiles, k // (bk * 4)))
     if atomic and 2 * tiles >= units:
         split = 1
+    if not atomic and br >= 64 and t >= 2048:
+        # every expand program re-reads each split's [block_m, br] fp32 partials: two splits
+        # beat four at rank 64 (H100 add_lora T=2048, probe_add_prefill.py, kernel time:
+        # qkv 35.9 -> 32.7 us, gate_up 107.2 -> 103.4, one slice 25.5 -> 24.7; at rank 16 /
+        # 32 four stay faster, 25.3 vs 26.4 and 27.6 vs 28.7)
+        split = min(split, 2)
     return GluonShrinkConfig(bm, bk, br, stages, bm // 16, split)
 
 
