@@ -735,7 +735,9 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
     launch plan is built (plans are cached per weights and ``T``).
 
     The grid is ``tiles x split_k`` with one program a compute unit (the ring takes most of
-    its shared memory), so ``split_k`` tops up the programs of short batches. The public
+    its shared memory), so ``split_k`` tops up the programs of short batches; ``add_lora``'s
+    plan (not ``atomic``) keeps at most two splits from T=2048 where the rank box is 64 or
+    more, since its expand re-reads every split's partial products. The public
     shrink (``atomic``) takes it automatically only while 64-token tiles fill under half the
     units: at T=8192 on the H200 it lost to the Triton shrink with split-2 atomics (22.2 ->
     24.1 us at rank 16, ``ab-gluon-...json``) and with one split (21.9 -> 23.7,
@@ -772,9 +774,11 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
         split = 1
     if not atomic and br >= 64 and t >= 2048:
         # every expand program re-reads each split's [block_m, br] fp32 partials: two splits
-        # beat four at rank 64 (H100 add_lora T=2048, probe_add_prefill.py, kernel time:
-        # qkv 35.9 -> 32.7 us, gate_up 107.2 -> 103.4, one slice 25.5 -> 24.7; at rank 16 /
-        # 32 four stay faster, 25.3 vs 26.4 and 27.6 vs 28.7)
+        # beat four from a rank box of 64 (add_lora T=2048, probe_add_prefill.py, kernel
+        # time, 4 -> 2 splits: H100 qkv r64 35.5 -> 32.7 us, gate_up r64 107.2 -> 103.4, one
+        # slice r64 25.7 -> 24.7; H200 qkv r64 31.2 -> 29.8, one slice rank 128 27.1 -> 25.4).
+        # Four stay faster at ranks 16 / 32 (H100 qkv 25.4 vs 26.4, 27.8 vs 28.7) and for one
+        # slice r64 at T=1024 (H200 18.9 vs 19.7)
         split = min(split, 2)
     return GluonShrinkConfig(bm, bk, br, stages, bm // 16, split)
 
