@@ -1,11 +1,14 @@
 """Decode ``add_lora`` (qkv) over many adapters: K splits x expand tilings (GPU, CUDA graphs).
 
     python benchmarks/probe_add_lora_decode.py [--json PATH] [--adapters 1,4,16]
+        [--layer qkv|gate_up]
 
-For hidden 4096, qkv (4096 + 1024 + 1024), bf16, each (rank, T, adapters) it replays the
+For hidden 4096, qkv (4096 + 1024 + 1024; ``--layer gate_up``: 2 x 14336), bf16, each (rank,
+T, adapters) it replays the
 two-pass ``add_lora`` from a CUDA graph with every K split of ``--splits`` and every expand
 tiling of ``--expand`` (``BMxBNxNCOL[xSTAGES][p]``, ``p``: prefetch; ``default``: the
-registry's for that many partial products), the shipped plan first. Each variant's output
+registry's for that many partial products; a ``wN`` before ``p`` sets the warps, e.g.
+``32x128x1x1w8``), the shipped plan first. Each variant's output
 is checked against the shipped plan's before it is timed. With ``--parts`` the expand alone
 is timed per split too (its partial products read from a zeroed workspace), to show what
 summing them costs. ``--op expand|qkv_expand|gate_up_expand`` times the public expand's case
@@ -30,10 +33,12 @@ from lora_dispatch.kernels.triton import launch as L
 def _expand_cfg(spec: str, default: C.ExpandConfig) -> C.ExpandConfig:
     if spec == "default":
         return default
-    parts = spec.rstrip("p").split("x")
+    body, _, warps = spec.rstrip("p").partition("w")
+    parts = body.split("x")
     bm, bn, ncol = map(int, parts[:3])
     stages = int(parts[3]) if len(parts) > 3 else default.num_stages
     return replace(default, block_m=bm, block_n=bn, col_blocks=ncol, num_stages=stages,
+                   num_warps=int(warps) if warps else default.num_warps,
                    prefetch=spec.endswith("p"))
 
 
@@ -85,8 +90,10 @@ def _expand_only(t: int, rank: int, adapters: int, op: str, expands: list[str],
 
 
 def _probe(t: int, rank: int, adapters: int, splits: list[int], expands: list[str],
-           parts: bool, dev: torch.device) -> dict:
-    p = Problem("add_lora", 4096, t, rank, adapters, torch.bfloat16, dev)
+           parts: bool, dev: torch.device, layer: str = "qkv") -> dict:
+    # the weights' slices: add_lora's (qkv) or gate_up's
+    p = Problem("add_lora" if layer == "qkv" else "gate_up_expand", 4096, t, rank, adapters,
+                torch.bfloat16, dev)
     batch, items = _build(p, 1)
     w, x, _, out = items[0]
     info = current(dev)
@@ -95,7 +102,7 @@ def _probe(t: int, rank: int, adapters: int, splits: list[int], expands: list[st
     base = out.clone()  # timing adds into out
     want = base.clone()
     L._two_pass(shipped, want, x, w, batch, t)
-    what = f"T={t} r={rank} a={adapters}"
+    what = f"{layer} T={t} r={rank} a={adapters}"
     res: dict[str, float | None] = {
         f"shipped/split{shipped.shrink.split}": graph_time_us(
             lambda: L._two_pass(shipped, out, x, w, batch, t), dev)}
@@ -119,7 +126,7 @@ def _probe(t: int, rank: int, adapters: int, splits: list[int], expands: list[st
     best = min((k for k in res if not k.startswith("expand") and res[k]),
                key=lambda k: res[k], default=None)
     head = f"{what} best {best}={res[best]:.2f} |" if best else what
-    return _row(res, head, T=t, rank=rank, adapters=adapters,
+    return _row(res, head, layer=layer, T=t, rank=rank, adapters=adapters,
                 shipped_expand=str(shipped.expand.meta))
 
 
@@ -135,13 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--op", default="add_lora",
                     choices=("add_lora", "expand", "qkv_expand", "gate_up_expand"),
                     help="an expand op: only the public expand's tilings, no shrink")
+    ap.add_argument("--layer", default="qkv", choices=("qkv", "gate_up"),
+                    help="add_lora's weights: qkv (4096 + 1024 + 1024) or gate_up (2 x 14336)")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
     shapes = itertools.product(ints(args.ranks), ints(args.tokens), ints(args.adapters))
     if args.op == "add_lora":
-        rows = [_probe(t, r, a, ints(args.splits), args.expand.split(","), args.parts, dev)
-                for r, t, a in shapes]
+        rows = [_probe(t, r, a, ints(args.splits), args.expand.split(","), args.parts, dev,
+                       args.layer) for r, t, a in shapes]
     else:
         rows = [_expand_only(t, r, a, args.op, args.expand.split(","), dev)
                 for r, t, a in shapes]

@@ -394,10 +394,10 @@ def test_expand_prefetch_rule():
 def test_decode_expand_over_partials_takes_two_column_blocks():
     """An expand that sums split-K partial products (add_lora) at T <= 256 walks two column
     blocks a program (rank 16: 16x64, prefetched; rank 64: 16x64 in 2 stages up to T=16,
-    16x128 at T=64, 32x128 at T=256; rank loops, rank 128: 16x128 at T=16 / 64); the
-    public expand, the 256-column gate_up decode tiling, rank loops at T=1 / 256 and prefill
-    keep theirs. The decode workspace shrink
-    takes 8 K splits up to T=16 at every rank."""
+    16x128 at T=64, 32x128 at T=256; rank loops, rank 128: 16x128 at T=16 / 64, one
+    16x128 block at T = 65-256, where 32x128 spilled); the public expand, the 256-column
+    gate_up decode tiling, rank loops at T=1 and prefill keep theirs. The decode workspace
+    shrink takes 8 K splits up to T=16 at every rank, at most 2 for rank loops above T=64."""
     from lora_dispatch.devices import configs
 
     for t in (1, 16, 64, 256):
@@ -415,13 +415,22 @@ def test_decode_expand_over_partials_takes_two_column_blocks():
             assert configs.expand_config(H100, t, 6144, rank, 2, partials=1) == one
             split = configs.shrink_config(H100, t, 4096, rank, 2, atomic=False, slices=3).split_k
             assert split == (8 if t <= 16 or (rank <= 16 and t <= 64) else 4), (t, rank)
-    for t, n, rank in ((16, 28672, 16), (16, 28672, 64), (1, 6144, 128), (256, 6144, 128),
-                       (2048, 6144, 16), (1024, 6144, 64)):
+    for t, n, rank in ((16, 28672, 16), (16, 28672, 64), (1, 6144, 128), (2048, 6144, 16),
+                       (1024, 6144, 64)):
         assert (configs.expand_config(H100, t, n, rank, 2, partials=4)
                 == configs.expand_config(H100, t, n, rank, 2)), (t, n, rank)
     for t in (16, 64):  # rank loops: two 128-column blocks
         c = configs.expand_config(H100, t, 6144, 128, 2, partials=4)
         assert (c.block_m, c.block_n, c.col_blocks, c.block_r) == (16, 128, 2, 64), (t, c)
+    for t, n in ((65, 6144), (128, 6144), (256, 6144), (256, 28672)):  # then one, two splits
+        c = configs.expand_config(H100, t, n, 128, 2, partials=2)
+        assert (c.block_m, c.block_n, c.col_blocks, c.block_r, c.num_warps) == \
+            (16, 128, 1, 64, 4), (t, n, c)
+        assert configs.expand_config(H100, t, n, 128, 2).block_m == 32  # public: 32x128
+        for slices in (1, 2, 3):
+            assert configs.shrink_config(H100, t, 4096, 128, 2, atomic=False,
+                                         slices=slices).split_k <= 2, (t, slices)
+    assert configs.shrink_config(H100, 64, 4096, 128, 2, atomic=False, slices=3).split_k == 4
 
 
 def test_decode_plans_take_the_low_rank_path():

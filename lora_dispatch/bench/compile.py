@@ -119,7 +119,8 @@ def variants(target: str):
     for outs, name in (((4096, 1024, 1024), "qkv"), ((14336, 14336), "gate_up")):
         for rank in (16, 32, 64, 128):
             w = ld.LoRAWeights(4, 4096, outs, rank, dtype=torch.bfloat16)
-            for t in (16, 2048, 8192) if rank in (16, 64) else (64, 1024, 8192):
+            for t in {16: (16, 2048, 8192), 64: (16, 2048, 8192), 32: (64, 1024, 8192),
+                      128: (64, 256, 1024, 8192)}[rank]:
                 s, n = w.num_slices, w.total_out
                 if name == "qkv":
                     cfg = configs.shrink_config(info, t, 4096, rank, 2, False, slices=s)

@@ -284,6 +284,12 @@ def _shrink_config(family: str, platform: str, units: int, warp: int, tb: int, k
             while split > 1 and programs * split > 2 * units:
                 split //= 2
             split = min(split, 8 if t <= 16 or rank * min(t, 16) <= 256 else 4)
+            if rank > 64 and t > 64:
+                # the expand loops over 64-rank steps here, re-reading every partial per step
+                # (H200 add_lora qkv rank 128, graph replay, 1 / 4 / 16 adapters, with the
+                # expand below: T=256 28.3 / 27.8 / 45.2 -> 23.0 / 23.0 / 34.2 us, T=128
+                # 17.0 / 17.3 / 42.0 -> 17.8 / 17.7 / 29.0; probe_add_lora_decode.py)
+                split = min(split, 2)
         elif t <= 2048:
             split = min(split, 2)
         else:
@@ -407,6 +413,11 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
     if partials > 1 and tb <= 256 and not (tb <= 16 and n >= 16384):
         if max_rank <= block_r:
             block_m, block_n, ncol, stages, prefetch = _partials_expand(tb, block_r)
+        elif tb > 64:
+            # rank loops over partials at T = 65-256: 16 x 128 (the 32 x 128 tile spilled 88
+            # bytes on sm_90 at 255 registers; 166, none, here), with two splits (see
+            # _shrink_config)
+            block_m, block_n, ncol, stages, prefetch = 16, 128, 1, 1, False
         elif 1 < tb <= 64:
             # rank loops (rank > 64) over partials: two 128-column blocks a program as well.
             # H200 qkv add_lora, graph replay, 4 / 16 adapters (probe_mixed_decode.py,
