@@ -23,8 +23,7 @@ from collections import defaultdict
 import torch
 
 from lora_dispatch.bench.timing import (
-    _evict,
-    _flush_buffer,
+    call_activities,
     copy_bandwidth_gbs,
     env_record,
     gpu_time_us,
@@ -62,25 +61,10 @@ def _min_bytes(outs: tuple[int, ...], t: int, rank: int, adapters: int) -> int:
 
 def kernel_breakdown(fn, device: torch.device, n: int = 10) -> dict[str, float]:
     """Median duration (µs) per kernel name over ``n`` calls of ``fn``, each after an L2
-    eviction (whose own kernels are left out)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    buf = _flush_buffer(device)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        _evict(buf)
-        torch.cuda.synchronize(device)
-    evict_names = {e.name for e in prof.events()
-                   if e.device_type == torch.autograd.DeviceType.CUDA}
-    fn()
-    torch.cuda.synchronize(device)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            _evict(buf)
-            fn()
-        torch.cuda.synchronize(device)
+    eviction (:func:`~lora_dispatch.bench.timing.call_activities`)."""
     per = defaultdict(list)
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA and e.name not in evict_names:
+    for grp in call_activities(fn, device, n):
+        for e in grp:
             per[e.name[:40]].append(e.time_range.end - e.time_range.start)
     return {k: round(statistics.median(v), 2) for k, v in per.items()}
 

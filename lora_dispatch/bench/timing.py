@@ -26,6 +26,7 @@ __all__ = [
     "copy_bandwidth_gbs",
     "gpu_time_us",
     "kernel_spans_us",
+    "call_activities",
     "graph_time_us",
     "host_time_us",
     "profiler_used",
@@ -190,16 +191,11 @@ def profiler_used() -> bool:
     return _PROFILED[0]
 
 
-def kernel_spans_us(fn: Callable[[], Any], device: torch.device, n: int = 20) -> list[float]:
-    """Per call of ``fn``, first start to last end of its device activities (µs) as the
-    profiler (CUPTI) records them, each call after an L2 eviction. Host times taken after
-    this in the same process carry the profiler's launch overhead (:func:`profiler_used`).
-
-    Unlike CUDA events this leaves out the launch latency and the event records around the
-    call (about 3 µs per call on an H200), so it is the time the kernels themselves take:
-    what a roofline compares. Kernels that overlap (programmatic dependent launch) count
-    once. ``fn`` must issue the same activities on the current stream every call.
-    """
+def call_activities(fn: Callable[[], Any], device: torch.device, n: int = 20) -> list[list]:
+    """The profiler's (CUPTI) device activities of each of ``n`` calls of ``fn``, each call
+    after an L2 eviction whose own activities are left out: one list per call, by start time.
+    Host times taken after this in the same process carry the profiler's launch overhead
+    (:func:`profiler_used`). ``fn`` must issue the same activities every call."""
     from torch.profiler import ProfilerActivity, profile
 
     _PROFILED[0] = True
@@ -224,11 +220,20 @@ def kernel_spans_us(fn: Callable[[], Any], device: torch.device, n: int = 20) ->
     if per < 1 or rem:
         raise RuntimeError(f"kernel_spans_us: {len(evs)} device activities for {n} calls "
                            f"with {e} per eviction: fn does not issue the same work per call")
-    spans = []
-    for i in range(n):
-        grp = evs[i * (e + per) + e:(i + 1) * (e + per)]
-        spans.append(max(g.time_range.end for g in grp) - min(g.time_range.start for g in grp))
-    return [float(s) for s in spans]
+    return [evs[i * (e + per) + e:(i + 1) * (e + per)] for i in range(n)]
+
+
+def kernel_spans_us(fn: Callable[[], Any], device: torch.device, n: int = 20) -> list[float]:
+    """Per call of ``fn``, first start to last end of its device activities (µs) as the
+    profiler (CUPTI) records them, each call after an L2 eviction (:func:`call_activities`).
+
+    Unlike CUDA events this leaves out the launch latency and the event records around the
+    call (about 3 µs per call on an H200), so it is the time the kernels themselves take:
+    what a roofline compares. Kernels that overlap (programmatic dependent launch) count
+    once. ``fn`` must issue the same activities on the current stream every call.
+    """
+    return [float(max(g.time_range.end for g in grp) - min(g.time_range.start for g in grp))
+            for grp in call_activities(fn, device, n)]
 
 
 def graph_time_us(
