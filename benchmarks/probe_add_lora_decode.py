@@ -23,7 +23,7 @@ from dataclasses import replace
 
 import torch
 
-from lora_dispatch.bench.kernels import Problem, _build
+from lora_dispatch.bench.kernels import LAYERS, Problem, _build
 from lora_dispatch.bench.timing import env_record, graph_time_us, write_json
 from lora_dispatch.devices import configs as C
 from lora_dispatch.devices import current
@@ -91,9 +91,8 @@ def _expand_only(t: int, rank: int, adapters: int, op: str, expands: list[str],
 
 def _probe(t: int, rank: int, adapters: int, splits: list[int], expands: list[str],
            parts: bool, dev: torch.device, layer: str = "qkv") -> dict:
-    # the weights' slices: add_lora's (qkv) or gate_up's
-    p = Problem("add_lora" if layer == "qkv" else "gate_up_expand", 4096, t, rank, adapters,
-                torch.bfloat16, dev)
+    p = Problem("add_lora", 4096, t, rank, adapters, torch.bfloat16, dev,
+                outs=LAYERS["gate_up_expand"] if layer == "gate_up" else None)
     batch, items = _build(p, 1)
     w, x, _, out = items[0]
     info = current(dev)

@@ -158,3 +158,19 @@ def test_kernel_sweep_times_hosts_before_the_profiler(monkeypatch):
                      ("copy", "kernel"), ("measure", 1, 11.0), ("measure", 16, 26.0)]
     assert [r.get("host_us") for r in rows] == [11.0, 26.0, None]
     assert "host_before_profiler" in meta
+
+
+def test_problem_slices_drive_bytes_and_inputs():
+    """A Problem's ``outs`` (the probes' gate_up / one-slice add_lora) sets the weights
+    ``_build`` makes and the bytes ``min_bytes`` counts; without it the op's LAYERS entry."""
+    from lora_dispatch.bench import kernels as kb
+
+    cpu = torch.device("cpu")
+    qkv = kb.Problem("add_lora", 64, 300, 8, 2, torch.float16, cpu)
+    gu = kb.Problem("add_lora", 64, 300, 8, 2, torch.float16, cpu, outs=(96, 96))
+    batch, ((w, x, y, out),) = kb._build(gu, 1)
+    assert tuple(w.out_features) == (96, 96) and out.shape == (300, 192)
+    assert x.shape == (300, 64) and y.shape == (2, 300, 8)
+    assert kb._outs(qkv) == (64, 16, 16)
+    # x, both adapters' A (2 slices) and B, out read and written; fp16
+    assert kb.min_bytes(gu) == 2 * (300 * 64 + 2 * 8 * (2 * 64 + 192) + 2 * 300 * 192)

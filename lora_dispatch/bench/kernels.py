@@ -65,9 +65,12 @@ class Problem:
     adapters: int
     dtype: torch.dtype
     device: torch.device
+    outs: tuple[int, ...] | None = None  # the slices' widths; default: LAYERS[op] scaled
 
 
 def _outs(p: Problem) -> tuple[int, ...]:
+    if p.outs is not None:
+        return p.outs
     return tuple(o * p.hidden // 4096 for o in LAYERS[p.op])
 
 
