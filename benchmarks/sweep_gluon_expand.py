@@ -1,12 +1,13 @@
 """Sweep the Gluon expand's token tile and column blocks over T (GPU).
 
     python benchmarks/sweep_gluon_expand.py [--json PATH] [--shapes qkv_expand:5120:64,...]
-                                            [--rounds 3]
+                                            [--rounds 3] [--candidates 64x16x4,64x16x6x3,...]
 
 Each shape (``op:T:rank`` of ``bench_kernels``: ``expand``, ``qkv_expand``,
 ``gate_up_expand``, ``add_lora``; bf16, hidden 4096, 4 adapters) runs its backend op with the
 registry's configs except the Gluon expand's, replaced by each candidate ``(block_m,
-col_blocks, stages)`` (``configs.expand_gluon`` patched, plans rebuilt); ``triton`` is the
+col_blocks, stages[, b_stages])`` (``BMxNCOLxSTAGES[xBSTAGES]``: ``out``'s ring depth, then
+``B``'s own; ``configs.expand_gluon`` patched, plans rebuilt); ``triton`` is the
 Triton expand (no Gluon), ``auto`` the registry's own choice. Every candidate's ``out``
 must match the Triton expand's (relative norm 1e-2) before it is
 timed: cold L2, median of CUDA events, ``--rounds`` alternating rounds (median of rounds),
@@ -45,8 +46,11 @@ def _sweep(spec: str, dev: torch.device, copy: float | None, rows: list[dict], a
 
     fn = _call(p, impl, batch, item)
     variants = {"triton": None, "auto": "auto"}
-    variants.update({f"bm{bm}/ncol{n}/st{s}": C.GluonExpandConfig(bm, 64, n, s, bm // 16)
-                     for bm, n, s in CANDIDATES})
+    cands = (CANDIDATES if not args.candidates else
+             [tuple(int(v) for v in c.split("x")) for c in args.candidates.split(",")])
+    for bm, n, s, *b in cands:
+        name = f"bm{bm}/ncol{n}/st{s}" + (f"/b{b[0]}" if b else "")
+        variants[name] = C.GluonExpandConfig(bm, 64, n, s, bm // 16, *b)
     try:
         use(None)
         out.copy_(base)
@@ -85,7 +89,13 @@ def _sweep(spec: str, dev: torch.device, copy: float | None, rows: list[dict], a
 
 def main(argv: list[str] | None = None) -> int:
     return probe_main(argv, __doc__, SHAPES, _sweep,
-                      extra_args=lambda ap: ap.add_argument("--rounds", type=int, default=3))
+                      extra_args=_args)
+
+
+def _args(ap) -> None:
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--candidates", default=None,
+                    help="BMxNCOLxSTAGES[xBSTAGES],... (default: the built-in grid)")
 
 
 if __name__ == "__main__":

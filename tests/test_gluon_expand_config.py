@@ -20,7 +20,7 @@ A100 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA A100-SXM4-80GB", "sm_
                   (8, 0))
 MI300X = DeviceInfo("rocm", torch.device("cuda", 0), "AMD Instinct MI300X", "gfx942", 304, 64)
 QKV = (4096, 1024, 1024)
-SHIPPED = configs.GluonExpandConfig(64, 64, 16, 4, 4)
+SHIPPED = configs.GluonExpandConfig(64, 64, 16, 5, 4, 3)  # out ring 5, B ring 3
 
 
 @pytest.fixture(autouse=True)
@@ -49,8 +49,8 @@ def test_auto_hopper_wide_rank64_prefill(t, outs, rank, want):
     assert configs.expand_gluon(H200, t, outs, rank, 2, available=False) is None
 
 
-WIDE = configs.GluonExpandConfig(128, 64, 16, 4, 8)
-SHORT = configs.GluonExpandConfig(64, 64, 8, 4, 4)
+WIDE = configs.GluonExpandConfig(128, 64, 16, 4, 8, 4)
+SHORT = configs.GluonExpandConfig(64, 64, 8, 5, 4, 3)
 
 
 @pytest.mark.parametrize("t,outs,want", [
@@ -104,6 +104,8 @@ def test_env_forces_and_turns_off(monkeypatch):
     dict(block_m=64, block_n=32, col_blocks=16, stages=4, num_warps=4),
     dict(block_m=64, block_n=64, col_blocks=16, stages=2, num_warps=4),
     dict(block_m=64, block_n=64, col_blocks=0, stages=4, num_warps=4),
+    dict(block_m=64, block_n=64, col_blocks=16, stages=4, num_warps=4, b_stages=1),
+    dict(block_m=64, block_n=64, col_blocks=16, stages=4, num_warps=4, b_stages=9),
 ])
 def test_config_validated(kw):
     with pytest.raises(ValueError, match="GluonExpandConfig"):
@@ -128,7 +130,7 @@ def test_plan_carries_the_gluon_launch(monkeypatch):
     g = p.gluon
     assert g is not None and not g.forced and g.cfg == SHIPPED
     assert g.nb == 4 + 1 + 1 and g.grid == (6 * (8192 // 64 + 5),)
-    assert g.cx == (3, L.tile_index(64), 2, 16, 4, 16, True, 4)
+    assert g.cx == (3, L.tile_index(64), 2, 16, 5, 3, 16, True, 4)
     assert g.tile[0] == [64, 64]
     assert L._expand_plan(w, 2048, 1, info=H200).gluon is None
     assert L._expand_plan(w, 8192, 1, cfg=p_cfg(L, w), info=H200).gluon is None
@@ -196,8 +198,8 @@ def test_launch_binds_every_parameter(monkeypatch):
     (grid, args), = bind.calls
     p = L.plan_for("expand", w, t).gluon
     assert grid == p.grid
-    assert (args["S"], args["SPLIT"], args["NCOL"], args["STAGES"], args["PDL"],
-            args["num_warps"]) == (3, 1, 16, 4, False, 4)
+    assert (args["S"], args["SPLIT"], args["NCOL"], args["STAGES"], args["BSTAGES"],
+            args["PDL"], args["num_warps"]) == (3, 1, 16, 5, 3, False, 4)
     assert (args["T"], args["N"], args["NB"], args["stride_om"]) == (t, 256, p.nb, 256)
     assert (args["stride_yp"], args["stride_ys"], args["stride_yt"]) == (0, t * 16, 16)
     assert args["o_desc"].base is out and args["o_desc"].shape == [t, 256]

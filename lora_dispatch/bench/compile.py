@@ -245,7 +245,8 @@ def _gluon_expand_variants(info, et: dict, ediv: tuple):
         out = torch.empty(t, w.total_out, dtype=torch.bfloat16)
         od = out_descriptor(out, t, w.total_out, w.total_out, g.tile)
         bd = b_descriptor(w.lora_b, c.block_n)
-        meta = dict(zip(("S", "TILE", "SPLIT", "NCOL", "STAGES", "ALIGN", "PDL"), g.cx),
+        meta = dict(zip(("S", "TILE", "SPLIT", "NCOL", "STAGES", "BSTAGES", "ALIGN", "PDL"),
+                        g.cx),
                     num_warps=c.num_warps, num_stages=1)
         types = {k: v for k, v in et.items() if k != "b_ptr"}
         name = f"expand_gluon-s{w.num_slices}-r{rank}-T{t}{'-pdl' if pdl else ''}"

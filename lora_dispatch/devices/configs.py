@@ -798,15 +798,20 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
 class GluonExpandConfig:
     """The Gluon expand with ``out`` in a shared-memory ring (Hopper): ``block_m`` tokens a
     program (16 per warp), ``block_n`` columns a block, ``col_blocks`` blocks a program,
-    ``stages`` ring depth (``out`` and ``B`` blocks), warps."""
+    ``stages`` depth of the ``out`` ring (loads ``stages - 2`` blocks ahead), warps,
+    ``b_stages`` depth of the ``B`` ring (0: ``stages``)."""
 
     block_m: int
     block_n: int
     col_blocks: int
     stages: int
     num_warps: int
+    b_stages: int = 0  # B's own ring depth (0: ``stages``)
 
     def __post_init__(self) -> None:
+        if self.b_stages and not 2 <= self.b_stages <= 8:
+            raise ValueError(f"GluonExpandConfig: b_stages must be 0 or in 2..8, got "
+                             f"{self.b_stages}")
         if self.block_m not in (64, 128) or self.num_warps != self.block_m // 16:
             raise ValueError("GluonExpandConfig: block_m must be 64 (4 warps) or 128 (8 "
                              f"warps), got {self.block_m} with {self.num_warps} warps")
@@ -888,8 +893,19 @@ def expand_gluon(info: DeviceInfo, t: int, widths: tuple[int, ...], max_rank: in
     bm, ncol = 64, 16
     if info.family in _WAVE_FIT_FAMILIES and max_rank == 64:  # measured at rank 64
         bm, ncol = _gluon_expand_fit(_units(info), _smem_per_unit(info.family), t,
-                                     tuple(widths), max_rank, itemsize, bn, 4)
-    return GluonExpandConfig(bm, bn, ncol, 4, bm // 16)
+                                     tuple(widths), max_rank, itemsize, bn)
+    stages, b_stages = _GLUON_EXPAND_RINGS[bm]
+    return GluonExpandConfig(bm, bn, ncol, stages, bm // 16, b_stages)
+
+
+# ring depths (out, B) by token tile: out's loads run stages - 2 blocks ahead, B's
+# min(that, b_stages - 1). 64-token tiles: 5 / 3 (64 KB at rank 64, three programs an SM, as
+# the old shared 4 / 4) against 4 / 4, H200 qkv r64, 4 adapters, cold L2, 3 rounds within
+# 0.3% (sweep_gluon_expand.py, sweep-gluon-expand-rings{,2}-...json): T=8192 61.06 -> 59.86 us,
+# T=4096 31.78 -> 31.23, gate_up T=8192 266.98 -> 265.34, add_lora T=8192 86.75 -> 85.38,
+# 64 x 8 blocks at T=6144 47.46 -> 46.24; 128-token tiles keep 4 / 4 (5 / 3: T=5120 39.52 ->
+# 42.37, gate_up 178.1 -> 191.3). Deeper out rings with B at 2 stages or 8 out stages lost
+_GLUON_EXPAND_RINGS = {64: (5, 3), 128: (4, 4)}
 
 
 # The Gluon kernels' work follows max_rank: a slot's A box is max_rank rows a slice (the
@@ -926,24 +942,26 @@ def gluon_takes_ranks(kernel: str, slices: int, deficit: int, t: int) -> bool:
 
 # the Gluon expand's tiling where its grid quantizes into waves (H100 / H200): of (64-token
 # tiles, 16 blocks a program), (128, 16), (64, 8), the grid whose last wave is fullest at
-# the programs a unit's shared memory holds (the out / B ring: 64 KB / 96 KB a program at
-# 64 / 128 tokens, 4 stages, rank 64: 3 / 2 an SM); earlier on ties. H200 qkv r64, cold L2,
-# 3 alternating rounds (sweep_gluon_expand.py, sweep-gluon-expand-...json), shipped (64, 16)
-# -> pick: T=4608 47.2 -> 36.6 us, 5120 47.5 -> 39.6, 5632 47.1 -> 42.4 (all (128, 16):
-# (64, 16) spilled 1.1-1.3 waves), 6144 48.9 -> 47.1 ((64, 8)); add_lora r64 T=5120 69.1 ->
-# 60.3, 6144 70.9 -> 68.2; (64, 16) stays at T=4096, 7168 and 8192, where it was fastest
+# the programs a unit's shared memory holds (the out and B rings, _GLUON_EXPAND_RINGS:
+# 64 KB / 96 KB a program at 64 / 128 tokens, rank 64: 3 / 2 an SM); earlier on ties. H200
+# qkv r64, cold L2, 3 alternating rounds (sweep_gluon_expand.py, sweep-gluon-expand-...json),
+# shipped (64, 16) -> pick (4-stage rings then): T=4608 47.2 -> 36.6 us, 5120 47.5 -> 39.6,
+# 5632 47.1 -> 42.4 (all (128, 16): (64, 16) spilled 1.1-1.3 waves), 6144 48.9 -> 47.1
+# ((64, 8)); add_lora r64 T=5120 69.1 -> 60.3, 6144 70.9 -> 68.2; (64, 16) stays at T=4096,
+# 7168 and 8192, where it was fastest
 _GLUON_EXPAND_TILINGS = ((64, 16), (128, 16), (64, 8))
 
 
 def _gluon_expand_fit(units: int, smem: int, t: int, widths: tuple[int, ...], rank: int,
-                      itemsize: int, block_n: int, stages: int) -> tuple[int, int]:
+                      itemsize: int, block_n: int) -> tuple[int, int]:
     """``(block_m, col_blocks)`` of :data:`_GLUON_EXPAND_TILINGS` whose grid's last wave is
     fullest (``cdiv(t, block_m)`` token tiles: segment tails and idle tiles left out), where
     the first one's grid spills into a second wave; the first one where it fits one wave or
     spans more than two (gate_up r64 T=5120, 5.7 waves: within 3% of the best tiling)."""
     def grid(c: tuple[int, int]) -> tuple[int, int]:
         bm, ncol = c
-        per = stages * (bm * block_n + block_n * rank) * itemsize
+        so, sb = _GLUON_EXPAND_RINGS[bm]
+        per = (so * bm + sb * rank) * block_n * itemsize
         return (-(-t // bm) * sum(-(-w // (block_n * ncol)) for w in widths),
                 units * max(1, smem // per))
 

@@ -46,19 +46,22 @@ if AVAILABLE:
     from .tiles import slice_block, tile_head
 
     @gluon.jit
-    def _issue(j, o_desc, b_desc, o_bufs, b_bufs, ready, row, c0, brow, use_tma,
-               STAGES: gl.constexpr):
-        """TMA loads of column block ``j``: its ``B`` rows and, on the TMA path, its ``out``
-        box, into ring stage ``j % STAGES``."""
+    def _issue_out(j, o_desc, o_bufs, o_ready, row, c0, STAGES: gl.constexpr):
+        """TMA load of column block ``j``'s ``out`` box into ``out`` ring stage ``j % STAGES``."""
         BN: gl.constexpr = o_desc.block_type.shape[1]
         s = j % STAGES
-        col = c0 + j * BN
-        if use_tma:
-            mbarrier.expect(ready.index(s), o_desc.block_type.nbytes + b_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(o_desc, [row, col], ready.index(s), o_bufs.index(s))
-        else:
-            mbarrier.expect(ready.index(s), b_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(b_desc, [brow + col, 0], ready.index(s), b_bufs.index(s))
+        mbarrier.expect(o_ready.index(s), o_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(o_desc, [row, c0 + j * BN], o_ready.index(s),
+                                        o_bufs.index(s))
+
+    @gluon.jit
+    def _issue_b(j, b_desc, b_bufs, b_ready, c0, brow, BSTAGES: gl.constexpr):
+        """TMA load of column block ``j``'s ``B`` rows into ``B`` ring stage ``j % BSTAGES``."""
+        BN: gl.constexpr = b_desc.block_type.shape[0]
+        s = j % BSTAGES
+        mbarrier.expect(b_ready.index(s), b_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(b_desc, [brow + c0 + j * BN, 0], b_ready.index(s),
+                                        b_bufs.index(s))
 
     @fast_launch(pdl="PDL")
     @gluon.jit
@@ -67,7 +70,8 @@ if AVAILABLE:
         T, L, NT, N, NB,
         stride_yp, stride_ys, stride_yt, stride_yr, stride_om,
         S: gl.constexpr, TILE: gl.constexpr, SPLIT: gl.constexpr, NCOL: gl.constexpr,
-        STAGES: gl.constexpr, ALIGN: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr,
+        STAGES: gl.constexpr, BSTAGES: gl.constexpr, ALIGN: gl.constexpr, PDL: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
         BM: gl.constexpr = o_desc.block_type.shape[0]
         BN: gl.constexpr = o_desc.block_type.shape[1]
@@ -78,7 +82,8 @@ if AVAILABLE:
         YL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=ACC, k_width=2)
         TN: gl.constexpr = BN // 8
         CO: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TN, TN], [num_warps, 1], [1, 0])
-        AHEAD: gl.constexpr = STAGES - 2  # a stage is reloaded once its TMA store has read it
+        AHEAD: gl.constexpr = STAGES - 2  # an out stage is reloaded once its TMA store read it
+        BAHEAD: gl.constexpr = AHEAD if AHEAD < BSTAGES else BSTAGES - 1  # B: wgmma done
 
         pid = gl.program_id(0)
         pid_n = pid % NB
@@ -96,15 +101,21 @@ if AVAILABLE:
         brow = slot * N
 
         o_bufs = gl.allocate_shared_memory(dt, [STAGES, BM, BN], o_desc.layout)
-        b_bufs = gl.allocate_shared_memory(dt, [STAGES, BN, R], b_desc.layout)
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        b_bufs = gl.allocate_shared_memory(dt, [BSTAGES, BN, R], b_desc.layout)
+        o_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        b_ready = gl.allocate_shared_memory(gl.int64, [BSTAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
-            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(o_ready.index(i), count=1)
+        for i in gl.static_range(BSTAGES):
+            mbarrier.init(b_ready.index(i), count=1)
         fence_async_shared()
-        for i in gl.static_range(AHEAD):
+        if use_tma:
+            for i in gl.static_range(AHEAD):
+                if i < ncol:
+                    _issue_out(i, o_desc, o_bufs, o_ready, first, c0, STAGES)
+        for i in gl.static_range(BAHEAD):
             if i < ncol:
-                _issue(i, o_desc, b_desc, o_bufs, b_bufs, ready, first, c0, brow, use_tma,
-                       STAGES)
+                _issue_b(i, b_desc, b_bufs, b_ready, c0, brow, BSTAGES)
 
         if PDL:  # launched beside the shrink that writes y (add_lora): wait for it
             gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32,
@@ -130,16 +141,22 @@ if AVAILABLE:
 
         for j in range(ncol):
             s = j % STAGES
+            sb = j % BSTAGES
             if j + AHEAD < ncol:
-                tma.store_wait(1)
-                gl.thread_barrier()
-                _issue(j + AHEAD, o_desc, b_desc, o_bufs, b_bufs, ready, first, c0, brow,
-                       use_tma, STAGES)
-            mbarrier.wait(ready.index(s), (j // STAGES) & 1)
-            acc = warpgroup_mma(yb, b_bufs.index(s).permute((1, 0)), zero, use_acc=False)
+                if use_tma:
+                    tma.store_wait(1)
+            gl.thread_barrier()
+            if j + AHEAD < ncol:
+                if use_tma:
+                    _issue_out(j + AHEAD, o_desc, o_bufs, o_ready, first, c0, STAGES)
+            if j + BAHEAD < ncol:
+                _issue_b(j + BAHEAD, b_desc, b_bufs, b_ready, c0, brow, BSTAGES)
+            mbarrier.wait(b_ready.index(sb), (j // BSTAGES) & 1)
+            acc = warpgroup_mma(yb, b_bufs.index(sb).permute((1, 0)), zero, use_acc=False)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])  # [BM, BN]
             col = c0 + j * BN
             if use_tma:
+                mbarrier.wait(o_ready.index(s), (j // STAGES) & 1)
                 ob = o_bufs.index(s)
                 o = ob.load(ACC)  # [BM, BN]
                 gl.thread_barrier()
@@ -153,7 +170,6 @@ if AVAILABLE:
                 og = gl.load(o_ptrs, mask=mc[:, None], other=0.0)  # [BM, BN]
                 gl.store(o_ptrs, (og.to(gl.float32) + d.to(gl.float32)).to(dt),
                          mask=mc[:, None])
-                gl.thread_barrier()
         tma.store_wait(0)
 
     def out_tile(bm: int, bn: int, dtype) -> tuple:

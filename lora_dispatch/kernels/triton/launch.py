@@ -78,7 +78,7 @@ class GluonExpandPlan(NamedTuple):
     grid: tuple[int]
     nb: int
     cfg: configs.GluonExpandConfig
-    cx: tuple  # S, TILE, SPLIT, NCOL, STAGES, ALIGN, PDL, num_warps
+    cx: tuple  # S, TILE, SPLIT, NCOL, STAGES, BSTAGES, ALIGN, PDL, num_warps
     tile: tuple  # out's descriptor tile and layout (expand_gluon_kernel.out_tile)
     forced: bool  # LORA_DISPATCH_GLUON_EXPAND=1: for any ranks
     cap: int = 0  # the plan's bound on the loaded ranks, B's box width (0: max_rank)
@@ -310,7 +310,7 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
             gluon = GluonExpandPlan(
                 (gnb * _tiles(t, gcfg.block_m, w.num_slots),), gnb, gcfg,
                 (w.num_slices, tile_index(gcfg.block_m), split, gcfg.col_blocks, gcfg.stages,
-                 _align(w), bool(pdl), gcfg.num_warps),
+                 gcfg.b_stages or gcfg.stages, _align(w), bool(pdl), gcfg.num_warps),
                 out_tile(gcfg.block_m, gcfg.block_n, w.dtype),
                 configs.gluon_expand_mode() == "1", cap)
     span = cfg.block_n * cfg.col_blocks
