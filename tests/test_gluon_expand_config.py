@@ -49,6 +49,16 @@ def test_auto_hopper_wide_rank64_prefill(t, outs, rank, want):
     assert configs.expand_gluon(H200, t, outs, rank, 2, available=False) is None
 
 
+def test_auto_h100_keeps_the_triton_expand_on_wide_outputs():
+    """H100: the Gluon expand takes qkv widths but not gate_up's (Triton measured ahead)."""
+    h100 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA H100 80GB HBM3", "sm_90", 132,
+                      32, (9, 0))
+    assert h100.family == "h100"
+    assert configs.expand_gluon(h100, 8192, QKV, 64, 2) == SHIPPED
+    assert configs.expand_gluon(h100, 8192, (14336, 14336), 64, 2) is None
+    assert configs.expand_gluon(H200, 8192, (14336, 14336), 64, 2) == SHIPPED
+
+
 WIDE = configs.GluonExpandConfig(128, 64, 16, 4, 8, 4)
 SHORT = configs.GluonExpandConfig(64, 64, 8, 5, 4, 3)
 

@@ -831,6 +831,11 @@ class GluonExpandConfig:
 _GLUON_EXPAND_MIN_TOKENS: dict[str, int] = {"h100": 4096, "h200": 4096}
 _GLUON_EXPAND_RANKS = (64,)  # max_rank of the automatic choice
 _GLUON_EXPAND_MIN_OUT = 6144  # sum of the slices' widths
+# families where the Triton expand stays ahead on wide outputs (sum of the slices' widths
+# above this): H100, cold L2, 3 rounds (sweep-gluon-expand-rings-h100-...json):
+# gate_up r64 T=8192 Triton 349.6 us against Gluon 360.4-361.0 (every ring depth), while
+# qkv r64 gains (T=8192 79.5 -> 77.3, T=4096 39.8 -> 38.8); on the H200 gate_up gains too
+_GLUON_EXPAND_MAX_OUT: dict[str, int] = {"h100": 16384}
 _GLUON_EXPAND_RANKS_FIT = (16, 32, 64, 128)  # B's [block_n, max_rank] TMA box and wgmma K
 
 
@@ -862,7 +867,8 @@ def expand_gluon(info: DeviceInfo, t: int, widths: tuple[int, ...], max_rank: in
 
     Automatic (``LORA_DISPATCH_GLUON_EXPAND`` unset or ``auto``): Hopper families in
     ``_GLUON_EXPAND_MIN_TOKENS`` from that many tokens, for ``max_rank`` 64 and slices at
-    least ``_GLUON_EXPAND_MIN_OUT`` wide together, where it fits (Triton 3.6, 16-bit weights,
+    least ``_GLUON_EXPAND_MIN_OUT`` (and on H100 at most ``_GLUON_EXPAND_MAX_OUT``) wide
+    together, where it fits (Triton 3.6, 16-bit weights,
     ``max_rank`` in 16 / 32 / 64 / 128, slice widths multiples of 64). The launch then takes
     it for an ``out`` of the weights' dtype that meets the TMA contract, for weights whose
     loaded ranks fall short of ``max_rank`` by little enough (:func:`gluon_takes_ranks`:
@@ -888,7 +894,8 @@ def expand_gluon(info: DeviceInfo, t: int, widths: tuple[int, ...], max_rank: in
         return None
     if mode == "auto" and (t < _GLUON_EXPAND_MIN_TOKENS.get(info.family, 1 << 62)
                            or max_rank not in _GLUON_EXPAND_RANKS
-                           or sum(widths) < _GLUON_EXPAND_MIN_OUT):
+                           or sum(widths) < _GLUON_EXPAND_MIN_OUT
+                           or sum(widths) > _GLUON_EXPAND_MAX_OUT.get(info.family, 1 << 62)):
         return None
     bm, ncol = 64, 16
     if info.family in _WAVE_FIT_FAMILIES and max_rank == 64:  # measured at rank 64
