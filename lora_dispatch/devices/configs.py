@@ -833,8 +833,9 @@ _GLUON_EXPAND_RANKS = (64,)  # max_rank of the automatic choice
 _GLUON_EXPAND_MIN_OUT = 6144  # sum of the slices' widths
 # families where the Triton expand stays ahead on wide outputs (sum of the slices' widths
 # above this): H100, cold L2, 3 rounds (sweep-gluon-expand-rings-h100-...json):
-# gate_up r64 T=8192 Triton 349.6 us against Gluon 360.4-361.0 (every ring depth), while
-# qkv r64 gains (T=8192 79.5 -> 77.3, T=4096 39.8 -> 38.8); on the H200 gate_up gains too
+# gate_up r64 T=8192 Triton 349.6-350.6 us against Gluon 360.4-361.0 (every ring depth; at
+# T=4096 Gluon 184.0 against 185.7), while qkv r64 gains (T=8192 79.5 -> 77.3, T=4096 39.8 ->
+# 38.8; sweep-gluon-expand-gateup-...json too); on the H200 gate_up gains as well
 _GLUON_EXPAND_MAX_OUT: dict[str, int] = {"h100": 16384}
 _GLUON_EXPAND_RANKS_FIT = (16, 32, 64, 128)  # B's [block_n, max_rank] TMA box and wgmma K
 
