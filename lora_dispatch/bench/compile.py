@@ -217,8 +217,9 @@ def _gluon_variants(info, st: dict, sdiv: tuple):
 
 def _gluon_expand_variants(info, et: dict, ediv: tuple):
     """The Gluon expand where Hopper picks it (qkv and gate_up rank 64 prefill, ``add_lora``'s
-    programmatic launch and one split, the public expand), and forced at rank 16 and 128
-    (where this Triton release runs it)."""
+    programmatic launch and one split, the public expand; gate_up forced, as the H100 target
+    here keeps the Triton expand on gate_up widths and the H200 takes Gluon), and forced at
+    rank 16 and 128 (where this Triton release runs it)."""
     import torch
 
     import lora_dispatch as ld
@@ -231,7 +232,7 @@ def _gluon_expand_variants(info, et: dict, ediv: tuple):
     from triton.runtime.jit import mangle_type
 
     for outs, rank, t, pdl, forced in (((4096, 1024, 1024), 64, 8192, True, False),
-                                       ((14336, 14336), 64, 4096, False, False),
+                                       ((14336, 14336), 64, 4096, False, True),  # H200's
                                        ((4096, 1024, 1024), 16, 8192, False, True),
                                        ((4096, 1024, 1024), 128, 8192, True, True)):
         w = ld.LoRAWeights(4, 4096, outs, rank, dtype=torch.bfloat16)
