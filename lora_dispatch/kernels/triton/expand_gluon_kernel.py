@@ -4,8 +4,9 @@ Same result as :mod:`.expand_kernel` (``out[t, off_i + n] += y[i, t, :r] @ B_i[s
 rounded to ``out``'s dtype before the add, ``SPLIT`` partial products of ``y`` summed), same
 grid and column groups (``NB`` groups of up to ``NCOL`` blocks of ``BN`` columns, fastest,
 times the batch's tiles), but each program keeps a ring of ``STAGES`` ``[BM, BN]`` ``out``
-blocks and their ``[BN, R]`` ``B`` blocks in shared memory, filled by TMA ``STAGES - 2``
-blocks ahead. The wgmma takes ``y`` from registers and ``B`` from the ring; ``out`` is read
+blocks, filled by TMA ``STAGES - 2`` blocks ahead, and a ring of ``BSTAGES`` ``[BN, R]``
+``B`` blocks, filled ``min(STAGES - 2, BSTAGES - 1)`` ahead, in shared memory. The wgmma
+takes ``y`` from registers and ``B`` from its ring (waiting for ``B`` only); ``out`` is read
 from shared memory in the accumulator's own layout (no register layout change) and the sum
 goes back from the same buffer by a TMA store.
 
