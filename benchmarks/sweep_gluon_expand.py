@@ -7,9 +7,9 @@ Each shape (``op:T:rank`` of ``bench_kernels``: ``expand``, ``qkv_expand``,
 ``gate_up_expand``, ``add_lora``; bf16, hidden 4096, 4 adapters) runs its backend op with the
 registry's configs except the Gluon expand's, replaced by each candidate ``(block_m,
 col_blocks, stages[, b_stages])`` (``BMxNCOLxSTAGES[xBSTAGES]``: ``out``'s ring depth, then
-``B``'s own; ``configs.expand_gluon`` patched, plans rebuilt); ``triton`` is the
-Triton expand (no Gluon), ``auto`` the registry's own choice. Every candidate's ``out``
-must match the Triton expand's (relative norm 1e-2) before it is
+``B``'s own, ``STAGES`` where left out; ``configs.expand_gluon`` patched, plans rebuilt);
+``triton`` is the Triton expand (no Gluon), ``auto`` the registry's own choice. Every
+candidate's ``out`` must match the Triton expand's (relative norm 1e-2) before it is
 timed: cold L2, median of CUDA events, ``--rounds`` alternating rounds (median of rounds),
 percent of the copy bandwidth from ``bench_kernels``' minimal bytes.
 """
@@ -50,7 +50,7 @@ def _sweep(spec: str, dev: torch.device, copy: float | None, rows: list[dict], a
              [tuple(int(v) for v in c.split("x")) for c in args.candidates.split(",")])
     for bm, n, s, *b in cands:
         name = f"bm{bm}/ncol{n}/st{s}" + (f"/b{b[0]}" if b else "")
-        variants[name] = C.GluonExpandConfig(bm, 64, n, s, bm // 16, *b)
+        variants[name] = C.GluonExpandConfig(bm, 64, n, s, bm // 16, b[0] if b else s)
     try:
         use(None)
         out.copy_(base)

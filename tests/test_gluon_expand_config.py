@@ -109,11 +109,11 @@ def test_env_forces_and_turns_off(monkeypatch):
 
 
 @pytest.mark.parametrize("kw", [
-    dict(block_m=32, block_n=64, col_blocks=16, stages=4, num_warps=2),
-    dict(block_m=64, block_n=64, col_blocks=16, stages=4, num_warps=8),
-    dict(block_m=64, block_n=32, col_blocks=16, stages=4, num_warps=4),
-    dict(block_m=64, block_n=64, col_blocks=16, stages=2, num_warps=4),
-    dict(block_m=64, block_n=64, col_blocks=0, stages=4, num_warps=4),
+    dict(block_m=32, block_n=64, col_blocks=16, stages=4, num_warps=2, b_stages=4),
+    dict(block_m=64, block_n=64, col_blocks=16, stages=4, num_warps=8, b_stages=4),
+    dict(block_m=64, block_n=32, col_blocks=16, stages=4, num_warps=4, b_stages=4),
+    dict(block_m=64, block_n=64, col_blocks=16, stages=2, num_warps=4, b_stages=4),
+    dict(block_m=64, block_n=64, col_blocks=0, stages=4, num_warps=4, b_stages=4),
     dict(block_m=64, block_n=64, col_blocks=16, stages=4, num_warps=4, b_stages=1),
     dict(block_m=64, block_n=64, col_blocks=16, stages=4, num_warps=4, b_stages=9),
 ])

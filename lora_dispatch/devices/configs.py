@@ -799,18 +799,18 @@ class GluonExpandConfig:
     """The Gluon expand with ``out`` in a shared-memory ring (Hopper): ``block_m`` tokens a
     program (16 per warp), ``block_n`` columns a block, ``col_blocks`` blocks a program,
     ``stages`` depth of the ``out`` ring (loads ``stages - 2`` blocks ahead), warps,
-    ``b_stages`` depth of the ``B`` ring (0: ``stages``)."""
+    ``b_stages`` depth of the ``B`` ring."""
 
     block_m: int
     block_n: int
     col_blocks: int
     stages: int
     num_warps: int
-    b_stages: int = 0  # B's own ring depth (0: ``stages``)
+    b_stages: int
 
     def __post_init__(self) -> None:
-        if self.b_stages and not 2 <= self.b_stages <= 8:
-            raise ValueError(f"GluonExpandConfig: b_stages must be 0 or in 2..8, got "
+        if not 2 <= self.b_stages <= 8:
+            raise ValueError(f"GluonExpandConfig: b_stages must be in 2..8, got "
                              f"{self.b_stages}")
         if self.block_m not in (64, 128) or self.num_warps != self.block_m // 16:
             raise ValueError("GluonExpandConfig: block_m must be 64 (4 warps) or 128 (8 "
@@ -835,7 +835,7 @@ _GLUON_EXPAND_MIN_OUT = 6144  # sum of the slices' widths
 # above this): H100, cold L2, 3 rounds (sweep-gluon-expand-rings-h100-...json):
 # gate_up r64 T=8192 Triton 349.6-350.6 us against Gluon 360.4-361.0 (every ring depth; at
 # T=4096 Gluon 184.0 against 185.7), while qkv r64 gains (T=8192 79.5 -> 77.3, T=4096 39.8 ->
-# 38.8; sweep-gluon-expand-gateup-...json too); on the H200 gate_up gains as well
+# 38.9; sweep-gluon-expand-gateup-...json too); on the H200 gate_up gains as well
 _GLUON_EXPAND_MAX_OUT: dict[str, int] = {"h100": 16384}
 _GLUON_EXPAND_RANKS_FIT = (16, 32, 64, 128)  # B's [block_n, max_rank] TMA box and wgmma K
 
@@ -912,7 +912,8 @@ def expand_gluon(info: DeviceInfo, t: int, widths: tuple[int, ...], max_rank: in
 # 0.3% (sweep_gluon_expand.py, sweep-gluon-expand-rings{,2}-...json): T=8192 61.06 -> 59.86 us,
 # T=4096 31.78 -> 31.23, gate_up T=8192 266.98 -> 265.34, add_lora T=8192 86.75 -> 85.38,
 # 64 x 8 blocks at T=6144 47.46 -> 46.24; 128-token tiles keep 4 / 4 (5 / 3: T=5120 39.52 ->
-# 42.37, gate_up 178.1 -> 191.3). Deeper out rings with B at 2 stages or 8 out stages lost
+# 42.37, gate_up 178.1 -> 191.3). 6 / 2 won at qkv T=4096 (30.69) and on the H100 (qkv
+# T=8192 76.45 against 77.34) but lost gate_up on the H200 (269.14); 8 / 2 lost 6-22%
 _GLUON_EXPAND_RINGS = {64: (5, 3), 128: (4, 4)}
 
 

@@ -310,7 +310,7 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
             gluon = GluonExpandPlan(
                 (gnb * _tiles(t, gcfg.block_m, w.num_slots),), gnb, gcfg,
                 (w.num_slices, tile_index(gcfg.block_m), split, gcfg.col_blocks, gcfg.stages,
-                 gcfg.b_stages or gcfg.stages, _align(w), bool(pdl), gcfg.num_warps),
+                 gcfg.b_stages, _align(w), bool(pdl), gcfg.num_warps),
                 out_tile(gcfg.block_m, gcfg.block_n, w.dtype),
                 configs.gluon_expand_mode() == "1", cap)
     span = cfg.block_n * cfg.col_blocks
