@@ -42,11 +42,27 @@ from lora_dispatch.bench.kernels import (
     shipped_expand_row,
 )
 from lora_dispatch.kernels.triton import launch as L
-from lora_dispatch.kernels.triton.expand_gluon_kernel import _issue
 from lora_dispatch.kernels.triton.tiles import slice_block, tile_head
 
 _SHAPES = ("qkv_expand:8192:64,expand:8192:64,gate_up_expand:8192:64,qkv_expand:2048:64,"
            "expand:2048:64,qkv_expand:8192:16,expand:8192:16")
+
+
+@gluon.jit
+def _issue(j, o_desc, b_desc, o_bufs, b_bufs, ready, row, c0, brow, use_tma,
+           STAGES: gl.constexpr):
+    """TMA loads of column block ``j``: its ``B`` rows and, on the TMA path, its ``out`` box,
+    into ring stage ``j % STAGES`` (one barrier for both, as the library kernel before its
+    rings were split)."""
+    BN: gl.constexpr = o_desc.block_type.shape[1]
+    s = j % STAGES
+    col = c0 + j * BN
+    if use_tma:
+        mbarrier.expect(ready.index(s), o_desc.block_type.nbytes + b_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(o_desc, [row, col], ready.index(s), o_bufs.index(s))
+    else:
+        mbarrier.expect(ready.index(s), b_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(b_desc, [brow + col, 0], ready.index(s), b_bufs.index(s))
 
 
 @gluon.jit

@@ -21,6 +21,7 @@ A100 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA A100-SXM4-80GB", "sm_
 MI300X = DeviceInfo("rocm", torch.device("cuda", 0), "AMD Instinct MI300X", "gfx942", 304, 64)
 QKV = (4096, 1024, 1024)
 SHIPPED = configs.GluonExpandConfig(64, 64, 16, 5, 4, 3)  # out ring 5, B ring 3
+WIDE_BLOCKS = configs.GluonExpandConfig(64, 128, 16, 4, 4, 2)  # gate_up, H200, T >= 8192
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +35,9 @@ def _triton_36(monkeypatch):
 @pytest.mark.parametrize("t,outs,rank,want", [
     (8192, QKV, 64, SHIPPED),
     (4096, QKV, 64, SHIPPED),
-    (8192, (14336, 14336), 64, SHIPPED),
+    (8192, (14336, 14336), 64, WIDE_BLOCKS),
+    (4096, (14336, 14336), 64, SHIPPED),
+    (8192, (14336, 14336 + 64), 64, SHIPPED),  # a width off 128 keeps 64-column blocks
     (4095, QKV, 64, None),  # T=2048 lost (probe), 4096 won
     (8192, QKV, 16, None),  # rank 16 lost
     (8192, QKV, 128, None),  # not measured
@@ -56,7 +59,7 @@ def test_auto_h100_keeps_the_triton_expand_on_wide_outputs():
     assert h100.family == "h100"
     assert configs.expand_gluon(h100, 8192, QKV, 64, 2) == SHIPPED
     assert configs.expand_gluon(h100, 8192, (14336, 14336), 64, 2) is None
-    assert configs.expand_gluon(H200, 8192, (14336, 14336), 64, 2) == SHIPPED
+    assert configs.expand_gluon(H200, 8192, (14336, 14336), 64, 2) == WIDE_BLOCKS
 
 
 WIDE = configs.GluonExpandConfig(128, 64, 16, 4, 8, 4)
@@ -116,6 +119,8 @@ def test_env_forces_and_turns_off(monkeypatch):
     dict(block_m=64, block_n=64, col_blocks=0, stages=4, num_warps=4, b_stages=4),
     dict(block_m=64, block_n=64, col_blocks=16, stages=4, num_warps=4, b_stages=1),
     dict(block_m=64, block_n=64, col_blocks=16, stages=4, num_warps=4, b_stages=9),
+    dict(block_m=64, block_n=128, col_blocks=16, stages=4, num_warps=4, b_stages=2,
+         b_block=32),
 ])
 def test_config_validated(kw):
     with pytest.raises(ValueError, match="GluonExpandConfig"):
@@ -141,7 +146,7 @@ def test_plan_carries_the_gluon_launch(monkeypatch):
     assert g is not None and not g.forced and g.cfg == SHIPPED
     assert g.nb == 4 + 1 + 1 and g.grid == (6 * (8192 // 64 + 5),)
     assert g.cx == (3, L.tile_index(64), 2, 16, 5, 3, 16, True, 4)
-    assert g.tile[0] == [64, 64]
+    assert g.tile[0] == [64, 1, 64]  # out as [T, N / 64, 64]: boxes of 1 x 64 columns
     assert L._expand_plan(w, 2048, 1, info=H200).gluon is None
     assert L._expand_plan(w, 8192, 1, cfg=p_cfg(L, w), info=H200).gluon is None
     monkeypatch.setattr(L, "describe", lambda dev: H200)
@@ -212,7 +217,8 @@ def test_launch_binds_every_parameter(monkeypatch):
             args["PDL"], args["num_warps"]) == (3, 1, 16, 5, 3, False, 4)
     assert (args["T"], args["N"], args["NB"], args["stride_om"]) == (t, 256, p.nb, 256)
     assert (args["stride_yp"], args["stride_ys"], args["stride_yt"]) == (0, t * 16, 16)
-    assert args["o_desc"].base is out and args["o_desc"].shape == [t, 256]
+    assert args["o_desc"].base is out and args["o_desc"].shape == [t, 4, 64]
+    assert args["o_desc"].strides == [256, 64, 1] and args["o_desc"].block_shape == [64, 1, 64]
     assert args["b_desc"].shape == [3 * 256, 16] and args["b_desc"].block_shape == [64, 16]
     shrinks = []
     monkeypatch.setattr(L, "_launch_shrink", lambda *a: shrinks.append(a))
@@ -379,7 +385,7 @@ def test_prefill_hot_path_launches_only_under_the_armed_conditions(gluon_shrink,
         assert vals[0].base is x and vals[0].shape == [t, 256]
         vals = vals[1:]
     assert vals[:3] == (x, *x.stride()) and vals[4:] == (out, out.stride(0))
-    assert vals[3].base is out and vals[3].shape == [t, w.total_out]
+    assert vals[3].base is out and vals[3].shape == [t, w.total_out // 64, 64]
     buf = torch.zeros(t, 272, dtype=torch.bfloat16)
     xm = torch.zeros(t, 264, dtype=torch.bfloat16)[:, 1:257]  # 2-byte base
     assert not hot(out.float(), x, w, batch) and not hot(buf[:, 1:257], x, w, batch)

@@ -245,7 +245,7 @@ def _gluon_expand_variants(info, et: dict, ediv: tuple):
         c = g.cfg
         out = torch.empty(t, w.total_out, dtype=torch.bfloat16)
         od = out_descriptor(out, t, w.total_out, w.total_out, g.tile)
-        bd = b_descriptor(w.lora_b, c.block_n)
+        bd = b_descriptor(w.lora_b, c.b_block or c.block_n)
         meta = dict(zip(("S", "TILE", "SPLIT", "NCOL", "STAGES", "BSTAGES", "ALIGN", "PDL"),
                         g.cx),
                     num_warps=c.num_warps, num_stages=1)

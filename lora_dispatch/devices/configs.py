@@ -799,7 +799,8 @@ class GluonExpandConfig:
     """The Gluon expand with ``out`` in a shared-memory ring (Hopper): ``block_m`` tokens a
     program (16 per warp), ``block_n`` columns a block, ``col_blocks`` blocks a program,
     ``stages`` depth of the ``out`` ring (loads ``stages - 2`` blocks ahead), warps,
-    ``b_stages`` depth of the ``B`` ring."""
+    ``b_stages`` depth of the ``B`` ring, ``b_block`` columns a ``B`` box (one wgmma; 0:
+    ``block_n``, else 64 below a ``block_n`` of 128: two wgmmas a block)."""
 
     block_m: int
     block_n: int
@@ -807,6 +808,7 @@ class GluonExpandConfig:
     stages: int
     num_warps: int
     b_stages: int
+    b_block: int = 0
 
     def __post_init__(self) -> None:
         if not 2 <= self.b_stages <= 8:
@@ -818,6 +820,9 @@ class GluonExpandConfig:
         if self.block_n not in (64, 128):
             raise ValueError(f"GluonExpandConfig: block_n must be 64 or 128, got "
                              f"{self.block_n}")
+        if self.b_block not in (0, 64, self.block_n):
+            raise ValueError(f"GluonExpandConfig: b_block must be 0, 64 or block_n, got "
+                             f"{self.b_block}")
         if not 3 <= self.stages <= 8 or not 1 <= self.col_blocks <= 64:
             raise ValueError(f"GluonExpandConfig: stages must be in 3..8 and col_blocks in "
                              f"1..64, got {self.stages} and {self.col_blocks}")
@@ -875,7 +880,9 @@ def expand_gluon(info: DeviceInfo, t: int, widths: tuple[int, ...], max_rank: in
     loaded ranks fall short of ``max_rank`` by little enough (:func:`gluon_takes_ranks`:
     ``B``'s box is ``max_rank`` wide), eagerly where the fast launcher's native tier launches
     it. ``1`` forces it for every ``T`` and any ranks (``RuntimeError`` naming the reason
-    where it cannot run); ``0`` turns it off. Read when a launch plan is built.
+    where it cannot run); ``0`` turns it off. Read when a launch plan is built. Blocks are
+    64 columns, or 128 (``_GLUON_EXPAND_WIDE_BLOCKS``: gate_up widths from 8192 tokens on
+    the H200, rank 64); the token tile and column span fill the last wave where measured.
 
     Raises
     ------
@@ -898,6 +905,10 @@ def expand_gluon(info: DeviceInfo, t: int, widths: tuple[int, ...], max_rank: in
                            or sum(widths) < _GLUON_EXPAND_MIN_OUT
                            or sum(widths) > _GLUON_EXPAND_MAX_OUT.get(info.family, 1 << 62)):
         return None
+    wide = _GLUON_EXPAND_WIDE_BLOCKS.get(info.family)
+    if (wide is not None and t >= wide[0] and sum(widths) > wide[1] and max_rank == 64
+            and not any(o % 128 for o in widths)):
+        return GluonExpandConfig(64, 128, 16, 4, 4, 2)
     bm, ncol = 64, 16
     if info.family in _WAVE_FIT_FAMILIES and max_rank == 64:  # measured at rank 64
         bm, ncol = _gluon_expand_fit(_units(info), _smem_per_unit(info.family), t,
@@ -915,6 +926,17 @@ def expand_gluon(info: DeviceInfo, t: int, widths: tuple[int, ...], max_rank: in
 # 42.37, gate_up 178.1 -> 191.3). 6 / 2 won at qkv T=4096 (30.69) and on the H100 (qkv
 # T=8192 76.45 against 77.34) but lost gate_up on the H200 (269.14); 8 / 2 lost 6-22%
 _GLUON_EXPAND_RINGS = {64: (5, 3), 128: (4, 4)}
+# families taking 128-column blocks (out boxes of 2 x 64 columns, one run of 256 bytes a row;
+# rings 4 / 2: 96 KB, two programs an SM) from (tokens, total width above): a TMA stream of
+# [64, 64] boxes alone reaches 85.8% of the copy on [8192, 6144] and 87.3% on [8192, 28672],
+# [64, 2, 64] boxes 93.3% / 95.8% (probe_tma_rmw.py, tma-rmw-...json). H200 gate_up r64, 4
+# adapters, cold L2, 3 rounds (sweep_gluon_expand.py, sweep-gluon-expand-wide-...json), 64 x
+# 16 blocks of 64 -> 64 x 16 of 128: T=8192 266.1 -> 252.6 us (and 265.6 -> 252.4, 265.9 ->
+# 252.4 in two more runs), T=4096 141.2 -> 139.3, T=5120 169.9 -> 171.9; on qkv widths it
+# lost (T=8192 60.0 -> 65.9, T=4096 30.9 -> 34.7; two 64-column B boxes a block, 3 / 2
+# rings and three programs an SM: 58.8 at T=8192 but 32.0 at T=4096, 52.1 at T=6144 against
+# 46.3)
+_GLUON_EXPAND_WIDE_BLOCKS: dict[str, tuple[int, int]] = {"h200": (8192, 16384)}
 
 
 # The Gluon kernels' work follows max_rank: a slot's A box is max_rank rows a slice (the

@@ -229,9 +229,15 @@ static PyObject *hot_desc(PyObject *raw, uint64_t addr, PyObject *fn, PyObject *
     RawDesc *r = (RawDesc *)raw;
     r->addr = addr;
     r->shape[0] = PyLong_AsLongLong(rows);
-    r->shape[1] = PyLong_AsLongLong(cols);
     r->strides[0] = PyLong_AsLongLong(PyTuple_GET_ITEM(st, 0));
-    r->strides[1] = 1;
+    if (r->rank == 3) { /* [rows, cols / sub, sub]: the columns as sub-wide blocks */
+        r->shape[1] = PyLong_AsLongLong(cols) / r->shape[2];
+        r->strides[1] = r->shape[2];
+        r->strides[2] = 1;
+    } else {
+        r->shape[1] = PyLong_AsLongLong(cols);
+        r->strides[1] = 1;
+    }
     if (PyErr_Occurred()) return NULL;
     Py_INCREF(raw);
     return raw;
@@ -529,8 +535,11 @@ static PyObject *fl_hot(PyObject *mod, PyObject *spec) {
     if ((h->xraw != Py_None && (Py_TYPE(h->xraw) != &RawDescType ||
                                 ((RawDesc *)h->xraw)->rank != 2)) ||
         (h->oraw != Py_None && (Py_TYPE(h->oraw) != &RawDescType ||
-                                ((RawDesc *)h->oraw)->rank != 2))) {
-        PyErr_SetString(PyExc_TypeError, "fl_hot: xraw / oraw must be rank-2 RawDescs or None");
+                                (((RawDesc *)h->oraw)->rank != 2 &&
+                                 (((RawDesc *)h->oraw)->rank != 3 ||
+                                  ((RawDesc *)h->oraw)->shape[2] < 1))))) {
+        PyErr_SetString(PyExc_TypeError, "fl_hot: xraw must be a rank-2 RawDesc or None, "
+                        "oraw a rank-2 or rank-3 one or None");
         goto fail;
     }
     if (h->sel != Py_None) {

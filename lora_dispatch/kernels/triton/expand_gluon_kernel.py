@@ -48,12 +48,14 @@ if AVAILABLE:
 
     @gluon.jit
     def _issue_out(j, o_desc, o_bufs, o_ready, row, c0, STAGES: gl.constexpr):
-        """TMA load of column block ``j``'s ``out`` box into ``out`` ring stage ``j % STAGES``."""
-        BN: gl.constexpr = o_desc.block_type.shape[1]
+        """TMA load of column block ``j``'s ``out`` box into ``out`` ring stage ``j % STAGES``
+        (the box's second coordinate counts 64-column sub-blocks)."""
+        SUB: gl.constexpr = o_desc.block_type.shape[2]
+        BN: gl.constexpr = o_desc.block_type.shape[1] * SUB
         s = j % STAGES
         mbarrier.expect(o_ready.index(s), o_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(o_desc, [row, c0 + j * BN], o_ready.index(s),
-                                        o_bufs.index(s))
+        tma.async_copy_global_to_shared(o_desc, [row, (c0 + j * BN) // SUB, 0],
+                                        o_ready.index(s), o_bufs.index(s))
 
     @gluon.jit
     def _issue_b(j, b_desc, b_bufs, b_ready, c0, brow, BSTAGES: gl.constexpr):
@@ -63,6 +65,26 @@ if AVAILABLE:
         mbarrier.expect(b_ready.index(s), b_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(b_desc, [brow + c0 + j * BN, 0], b_ready.index(s),
                                         b_bufs.index(s))
+
+    @gluon.jit
+    def _b_step(q, nq, yb, zero, b_desc, b_bufs, b_ready, c0, brow, BAHEAD: gl.constexpr,
+                BSTAGES: gl.constexpr):
+        """B box ``q`` of ``nq``: the load ``BAHEAD`` boxes ahead issued, then ``yb @ B^T``
+        over box ``q`` once it landed (``[BM, BB]``, fp32)."""
+        if q + BAHEAD < nq:
+            _issue_b(q + BAHEAD, b_desc, b_bufs, b_ready, c0, brow, BSTAGES)
+        sb = q % BSTAGES
+        mbarrier.wait(b_ready.index(sb), (q // BSTAGES) & 1)
+        acc = warpgroup_mma(yb, b_bufs.index(sb).permute((1, 0)), zero, use_acc=False)
+        return warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+
+    @gluon.jit
+    def _rows_add(acc, o_rows, mc, col, cols, CO: gl.constexpr, dt: gl.constexpr):
+        """``out[rows, col + cols] += acc`` (rounded to ``out``'s dtype first) by pointers."""
+        d = gl.convert_layout(acc.to(dt), CO)  # [BM, BB]
+        o_ptrs = o_rows + (col + cols)[None, :]  # [BM, BB]
+        og = gl.load(o_ptrs, mask=mc[:, None], other=0.0)  # [BM, BB]
+        gl.store(o_ptrs, (og.to(gl.float32) + d.to(gl.float32)).to(dt), mask=mc[:, None])
 
     @fast_launch(pdl="PDL")
     @gluon.jit
@@ -75,16 +97,21 @@ if AVAILABLE:
         num_warps: gl.constexpr,
     ):
         BM: gl.constexpr = o_desc.block_type.shape[0]
-        BN: gl.constexpr = o_desc.block_type.shape[1]
+        G: gl.constexpr = o_desc.block_type.shape[1]
+        SUB: gl.constexpr = o_desc.block_type.shape[2]
+        BN: gl.constexpr = G * SUB
+        BB: gl.constexpr = b_desc.block_type.shape[0]  # columns of a B box (a wgmma's N)
+        NSUB: gl.constexpr = BN // BB  # B boxes (wgmmas) an out box
         R: gl.constexpr = b_desc.block_type.shape[1]
         dt: gl.constexpr = o_desc.dtype
         ACC: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BN, 16])
+            version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BB, 16])
         YL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=ACC, k_width=2)
-        TN: gl.constexpr = BN // 8
+        TN: gl.constexpr = BB // 8
         CO: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TN, TN], [num_warps, 1], [1, 0])
         AHEAD: gl.constexpr = STAGES - 2  # an out stage is reloaded once its TMA store read it
-        BAHEAD: gl.constexpr = AHEAD if AHEAD < BSTAGES else BSTAGES - 1  # B: wgmma done
+        # B boxes ahead; a B stage is reloaded once its wgmma is done
+        BAHEAD: gl.constexpr = AHEAD * NSUB if AHEAD * NSUB < BSTAGES else BSTAGES - 1
 
         pid = gl.program_id(0)
         pid_n = pid % NB
@@ -101,8 +128,8 @@ if AVAILABLE:
         ncol = gl.minimum((c1 - c0 + BN - 1) // BN, NCOL)
         brow = slot * N
 
-        o_bufs = gl.allocate_shared_memory(dt, [STAGES, BM, BN], o_desc.layout)
-        b_bufs = gl.allocate_shared_memory(dt, [BSTAGES, BN, R], b_desc.layout)
+        o_bufs = gl.allocate_shared_memory(dt, [STAGES, BM, G, SUB], o_desc.layout)
+        b_bufs = gl.allocate_shared_memory(dt, [BSTAGES, BB, R], b_desc.layout)
         o_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         b_ready = gl.allocate_shared_memory(gl.int64, [BSTAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
@@ -115,7 +142,7 @@ if AVAILABLE:
                 if i < ncol:
                     _issue_out(i, o_desc, o_bufs, o_ready, first, c0, STAGES)
         for i in gl.static_range(BAHEAD):
-            if i < ncol:
+            if i < ncol * NSUB:
                 _issue_b(i, b_desc, b_bufs, b_ready, c0, brow, BSTAGES)
 
         if PDL:  # launched beside the shrink that writes y (add_lora): wait for it
@@ -137,12 +164,11 @@ if AVAILABLE:
         tok_c = gl.load(tok_ptr + rows_c, mask=rows_c < end, other=T)  # [BM]
         mc = (tok_c >= 0) & (tok_c < T)  # [BM]
         o_rows = out_ptr + gl.where(mc, tok_c, 0).to(gl.int64)[:, None] * stride_om  # [BM, 1]
-        cols = gl.arange(0, BN, layout=gl.SliceLayout(0, CO))  # [BN]
-        zero = gl.zeros([BM, BN], gl.float32, ACC)  # [BM, BN]
+        cols = gl.arange(0, BB, layout=gl.SliceLayout(0, CO))  # [BB]
+        zero = gl.zeros([BM, BB], gl.float32, ACC)  # [BM, BB]
 
         for j in range(ncol):
             s = j % STAGES
-            sb = j % BSTAGES
             if j + AHEAD < ncol:
                 if use_tma:
                     tma.store_wait(1)
@@ -150,36 +176,45 @@ if AVAILABLE:
             if j + AHEAD < ncol:
                 if use_tma:
                     _issue_out(j + AHEAD, o_desc, o_bufs, o_ready, first, c0, STAGES)
-            if j + BAHEAD < ncol:
-                _issue_b(j + BAHEAD, b_desc, b_bufs, b_ready, c0, brow, BSTAGES)
-            mbarrier.wait(b_ready.index(sb), (j // BSTAGES) & 1)
-            acc = warpgroup_mma(yb, b_bufs.index(sb).permute((1, 0)), zero, use_acc=False)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])  # [BM, BN]
             col = c0 + j * BN
+            acc = _b_step(j * NSUB, ncol * NSUB, yb, zero, b_desc, b_bufs, b_ready, c0, brow,
+                          BAHEAD, BSTAGES)  # [BM, BB]
+            if NSUB == 2:
+                gl.thread_barrier()  # every warp's wgmma of the first B box is done
+                acc2 = _b_step(j * NSUB + 1, ncol * NSUB, yb, zero, b_desc, b_bufs, b_ready,
+                               c0, brow, BAHEAD, BSTAGES)  # [BM, BB]
             if use_tma:
+                if NSUB == 2:
+                    d3 = gl.permute(gl.join(acc.to(dt), acc2.to(dt)), (0, 2, 1))  # [BM, 2, SUB]
+                else:
+                    d3 = gl.reshape(acc.to(dt), [BM, G, SUB])  # [BM, G, SUB]
                 mbarrier.wait(o_ready.index(s), (j // STAGES) & 1)
                 ob = o_bufs.index(s)
-                o = ob.load(ACC)  # [BM, BN]
+                o = ob.load(d3.type.layout)  # [BM, G, SUB]
                 gl.thread_barrier()
-                ob.store((o.to(gl.float32) + acc.to(dt).to(gl.float32)).to(dt))
+                ob.store((o.to(gl.float32) + d3.to(gl.float32)).to(dt))
                 fence_async_shared()
                 gl.thread_barrier()
-                tma.async_copy_shared_to_global(o_desc, [first, col], ob)
+                tma.async_copy_shared_to_global(o_desc, [first, col // SUB, 0], ob)
             else:
-                d = gl.convert_layout(acc.to(dt), CO)  # [BM, BN]
-                o_ptrs = o_rows + (col + cols)[None, :]  # [BM, BN]
-                og = gl.load(o_ptrs, mask=mc[:, None], other=0.0)  # [BM, BN]
-                gl.store(o_ptrs, (og.to(gl.float32) + d.to(gl.float32)).to(dt),
-                         mask=mc[:, None])
+                _rows_add(acc, o_rows, mc, col, cols, CO, dt)
+                if NSUB == 2:
+                    _rows_add(acc2, o_rows, mc, col + BB, cols, CO, dt)
         tma.store_wait(0)
 
     def out_tile(bm: int, bn: int, dtype) -> tuple:
-        """``out``'s descriptor tile and shared layout (once per plan)."""
-        return [bm, bn], _layout(bm, bn, dtype == torch.float16)
+        """``out``'s descriptor tile (``[bm, bn / 64, 64]``: ``bn`` columns as 64-column
+        sub-blocks) and shared layout (once per plan)."""
+        tile = [bm, bn // 64, 64]
+        dt = gl.float16 if dtype == torch.float16 else gl.bfloat16
+        return tile, gl.NVMMASharedLayout.get_default_for(tile, dt)
 
     def out_descriptor(out, t: int, n: int, row_stride: int, tile: tuple):
-        """TMA descriptor of ``out [t, n]`` (16-bit, unit column stride) for :func:`out_tile`."""
-        return _descriptor(out, [t, n], [row_stride, 1], *tile)
+        """TMA descriptor of ``out [t, n]`` (16-bit, unit column stride, ``n`` a multiple of
+        64) viewed as ``[t, n / 64, 64]`` for :func:`out_tile`: a box's rows are ``bn``
+        contiguous columns, fetched as one run where the shared layout keeps the 128-byte
+        swizzle."""
+        return _descriptor(out, [t, n // 64, 64], [row_stride, 64, 1], *tile)
 
     def b_descriptor(b, bn: int, box: int | None = None):
         """TMA descriptor of a contiguous ``B [L, N, R]`` as ``[L * N, R]``, tile ``[bn, box]``

@@ -661,12 +661,12 @@ def _b_desc(w, g: GluonExpandPlan):
     ``lora_b`` is the same tensor)."""
     b = w.lora_b
     d = getattr(w, "__dict__", None)
-    key = (g.cfg.block_n, g.cap)
+    key = (g.cfg.b_block or g.cfg.block_n, g.cap)
     if d is not None:
         memo = d.get("_gluon_b_desc")
         if memo is not None and memo[0] is b and memo[1] == key:
             return memo[2]
-    desc = b_descriptor(b, g.cfg.block_n, g.cap or None)
+    desc = b_descriptor(b, key[0], g.cap or None)
     if d is not None:
         d["_gluon_b_desc"] = (b, key, desc)
     return desc
