@@ -38,11 +38,11 @@ def test_kernels_compile_without_spills(target, tmp_path, monkeypatch):
     assert "zero_fill" in names
 
 
-def _assert_packs(prefix: str, tmp_path, monkeypatch) -> None:
+def _assert_packs(prefix: str, tmp_path, monkeypatch, boxes=((64, 64), (64, 64))) -> None:
     """The first sm_90 variant named ``prefix...`` was lowered with two CUtensorMaps: the
     native tier can pack it (T_DESC for the first two parameters, then a pointer) with the
     TMA metadata Triton recorded (128-byte swizzle, 2-byte bf16 elements, host data type
-    9, 64 x 64 boxes)."""
+    9, ``boxes``: each descriptor's box, its rank the box's length)."""
     import struct
 
     from lora_dispatch.launchers import native
@@ -58,9 +58,10 @@ def _assert_packs(prefix: str, tmp_path, monkeypatch) -> None:
                                                       native.T_PTR]
     blob = native.variant_descs(k)
     assert len(blob) == 2 * 40
-    for i in range(2):
+    for i, box in enumerate(boxes):
         swizzle, size, dtype, fp4, rank, *block = struct.unpack_from("10i", blob, 40 * i)
-        assert (swizzle, size, dtype, fp4, rank, block[:2]) == (3, 2, 9, 0, 2, [64, 64])
+        assert (swizzle, size, dtype, fp4, rank, block[:rank]) == (3, 2, 9, 0, len(box),
+                                                                   list(box))
     assert native.variant_geometry(k, 2) is not None
 
 
@@ -70,6 +71,6 @@ def test_gluon_variant_packs_for_the_native_tier(tmp_path, monkeypatch):
 
 
 def test_gluon_expand_variant_packs_for_the_native_tier(tmp_path, monkeypatch):
-    """The Gluon expand's ``out`` and ``B`` descriptors (TMA loads and the TMA store of
-    ``out``)."""
-    _assert_packs("expand_gluon-s3-r64", tmp_path, monkeypatch)
+    """The Gluon expand's ``out`` (a ``[T, N / 64, 64]`` view, ``[64, 1, 64]`` boxes) and
+    ``B`` descriptors (TMA loads and the TMA store of ``out``)."""
+    _assert_packs("expand_gluon-s3-r64", tmp_path, monkeypatch, ((64, 1, 64), (64, 64)))
