@@ -3,12 +3,16 @@
 Same result as :mod:`.expand_kernel` (``out[t, off_i + n] += y[i, t, :r] @ B_i[s, n, :r]^T``,
 rounded to ``out``'s dtype before the add, ``SPLIT`` partial products of ``y`` summed), same
 grid and column groups (``NB`` groups of up to ``NCOL`` blocks of ``BN`` columns, fastest,
-times the batch's tiles), but each program keeps a ring of ``STAGES`` ``[BM, BN]`` ``out``
-blocks, filled by TMA ``STAGES - 2`` blocks ahead, and a ring of ``BSTAGES`` ``[BN, R]``
-``B`` blocks, filled ``min(STAGES - 2, BSTAGES - 1)`` ahead, in shared memory. The wgmma
-takes ``y`` from registers and ``B`` from its ring (waiting for ``B`` only); ``out`` is read
-from shared memory in the accumulator's own layout (no register layout change) and the sum
-goes back from the same buffer by a TMA store.
+times the batch's tiles), but each program keeps a ring of ``STAGES`` ``out`` blocks, filled
+by TMA ``STAGES - 2`` blocks ahead, and a ring of ``BSTAGES`` ``[BB, R]`` ``B`` boxes
+(``BB``: ``BN``, or 64 under a 128-column block, two boxes a block), filled
+``min((STAGES - 2) * BN / BB, BSTAGES - 1)`` boxes ahead, in shared memory. ``out`` is seen
+as ``[T, N / 64, 64]`` and a block as a ``[BM, BN / 64, 64]`` box, so each of its rows is one
+run of ``2 * BN`` bytes while the shared layout keeps the 128-byte swizzle (a 2-D box is at
+most 128 bytes wide with it; ``benchmarks/probe_tma_rmw.py``). The wgmma takes ``y`` from
+registers and ``B`` from its ring (waiting for ``B`` only); its result, reshaped to the box,
+gives the layout ``out`` is read from shared memory in, and the sum goes back from the same
+buffer by a TMA store.
 
 A TMA box of ``out`` covers ``BM`` consecutive rows from the tile's first token, so it is
 used where the tile's tokens are consecutive and either fill ``BM`` rows or end at ``T - 1``
@@ -18,7 +22,7 @@ loads and stores, ``B`` still by TMA.
 
 Host contract (checked by the launcher): Hopper (sm_90), Triton 3.6, ``out`` of the weights'
 16-bit dtype with a 16-byte aligned base, unit column stride and a 16-byte multiple row
-stride, every slice width a multiple of ``BN``, ``R`` (``B``'s box width: the weights'
+stride, every slice width a multiple of ``BN`` (64 or 128), ``R`` (``B``'s box width: the weights'
 ``max_rank``, or for eager calls the loaded ranks' power-of-two box) a power of two in
 16..128. ``benchmarks/probe_expand_tma.py`` is the prototype and its measurements.
 """
