@@ -231,16 +231,23 @@ def _gluon_expand_variants(info, et: dict, ediv: tuple):
         return
     from triton.runtime.jit import mangle_type
 
+    pick = configs.expand_gluon
+    # two 64-column B boxes a 128-column block (b_block; sweeps only, not picked by a family)
+    sub = configs.GluonExpandConfig(64, 128, 8, 3, 4, 3, 64)
     for outs, rank, t, pdl, forced in (((4096, 1024, 1024), 64, 8192, True, False),
                                        ((14336, 14336), 64, 4096, False, True),  # H200's
                                        ((4096, 1024, 1024), 16, 8192, False, True),
-                                       ((4096, 1024, 1024), 128, 8192, True, True)):
+                                       ((4096, 1024, 1024), 128, 8192, True, True),
+                                       ((4096, 1024, 1024), 64, 8192, True, sub)):
         w = ld.LoRAWeights(4, 4096, outs, rank, dtype=torch.bfloat16)
         os.environ[configs.ENV_GLUON_EXPAND] = "1" if forced else "auto"
+        if isinstance(forced, configs.GluonExpandConfig):
+            configs.expand_gluon = lambda *a, _c=forced, **k: _c
         try:
             g = L._expand_plan(w, t, 1, pdl=pdl, info=info)
         finally:
             del os.environ[configs.ENV_GLUON_EXPAND]
+            configs.expand_gluon = pick
         g = g.gluon
         c = g.cfg
         out = torch.empty(t, w.total_out, dtype=torch.bfloat16)
@@ -250,7 +257,8 @@ def _gluon_expand_variants(info, et: dict, ediv: tuple):
                         g.cx),
                     num_warps=c.num_warps, num_stages=1)
         types = {k: v for k, v in et.items() if k != "b_ptr"}
-        name = f"expand_gluon-s{w.num_slices}-r{rank}-T{t}{'-pdl' if pdl else ''}"
+        name = (f"expand_gluon-s{w.num_slices}-r{rank}-T{t}{'-pdl' if pdl else ''}"
+                + (f"-bn{c.block_n}-bb{c.b_block}" if c.b_block else ""))
         yield (name, L.expand_gluon_kernel,
                {**types, "o_desc": mangle_type(od), "b_desc": mangle_type(bd)}, meta, ediv)
 
