@@ -5,11 +5,10 @@
 
 Each shape (``op:T:rank`` of ``bench_kernels``: ``expand``, ``qkv_expand``,
 ``gate_up_expand``, ``add_lora``; bf16, hidden 4096, 4 adapters) runs its backend op with the
-registry's configs except the Gluon expand's, replaced by each candidate ``(block_m,
-col_blocks, stages[, b_stages])`` (``BMxNCOLxSTAGES[xBSTAGES[xBN]]``: ``out``'s ring depth,
-then ``B``'s own, ``STAGES`` where left out, then the columns of a block, 64 where left
-out, then those of a ``B`` box, the block's where left out; ``configs.expand_gluon``
-patched, plans rebuilt);
+registry's configs except the Gluon expand's, replaced by each candidate
+``BMxNCOLxSTAGES[xBSTAGES[xBN[xBB]]]`` (token tile, blocks a program, ``out``'s ring depth,
+then ``B``'s, ``STAGES`` where left out, the columns of a block, 64 where left out, and of a
+``B`` box, the block's where left out; ``configs.expand_gluon`` patched, plans rebuilt);
 ``triton`` is the Triton expand (no Gluon), ``auto`` the registry's own choice. Every
 candidate's ``out`` must match the Triton expand's (relative norm 1e-2, and its largest
 error within 5% of the largest delta, so one block left out shows) before it is timed:

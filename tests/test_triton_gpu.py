@@ -82,7 +82,8 @@ def rel(got, want):
 def block_score(got, want, bm=16, bn=64):
     """Worst ``[bm, bn]`` block of ``got - want``: its error norm over its ``want`` norm plus
     20 times the whole error's RMS at the block's size. A block left unwritten or added
-    twice scores ~0.8 or more where ``rel`` is within tolerance; rounding alone ~0.05."""
+    twice scores ~0.8 or more where ``rel`` is within tolerance; bf16 rounding alone ~0.005
+    (both measured on a CPU replay of the check)."""
     err = got.double() - want
     assert not torch.isnan(err).any(), "NaN in output"
     t, n = err.shape
@@ -1448,6 +1449,9 @@ def test_expand_gluon(hidden, outs, dtype, t, rank, uniform, poison_empty, monke
     x = torch.randn(t, hidden, generator=gen).to(DEV, dtype)
     buf = (0.5 * torch.randn(t, n + 72, generator=gen)).to(DEV, dtype)
     assert _expand_kinds(w, x, buf[:, 64:64 + n]) == (True, True)
+    if sum(outs) > 16384 and t >= 8192 and rank == 64:  # the H200's 128-column blocks
+        wide = devices.describe(DEV).family == "h200"
+        assert tk.plan_for("expand", w, t).gluon.cfg.block_n == (128 if wide else 64)
     _check_out_view(w, x, slots, batch, dtype, buf, slice(64, 64 + n))
     assert _expand_kinds(w, x, buf[:, 1:1 + n]) == (False, False)
     _check_out_view(w, x, slots, batch, dtype, buf, slice(1, 1 + n))

@@ -234,15 +234,16 @@ def _gluon_expand_variants(info, et: dict, ediv: tuple):
     pick = configs.expand_gluon
     # two 64-column B boxes a 128-column block (b_block; sweeps only, not picked by a family)
     sub = configs.GluonExpandConfig(64, 128, 8, 3, 4, 3, 64)
-    for outs, rank, t, pdl, forced in (((4096, 1024, 1024), 64, 8192, True, False),
-                                       ((14336, 14336), 64, 4096, False, True),  # H200's
-                                       ((4096, 1024, 1024), 16, 8192, False, True),
-                                       ((4096, 1024, 1024), 128, 8192, True, True),
-                                       ((4096, 1024, 1024), 64, 8192, True, sub)):
+    for outs, rank, t, pdl, forced, cfg in (
+            ((4096, 1024, 1024), 64, 8192, True, False, None),
+            ((14336, 14336), 64, 4096, False, True, None),  # H200's
+            ((4096, 1024, 1024), 16, 8192, False, True, None),
+            ((4096, 1024, 1024), 128, 8192, True, True, None),
+            ((4096, 1024, 1024), 64, 8192, True, True, sub)):
         w = ld.LoRAWeights(4, 4096, outs, rank, dtype=torch.bfloat16)
         os.environ[configs.ENV_GLUON_EXPAND] = "1" if forced else "auto"
-        if isinstance(forced, configs.GluonExpandConfig):
-            configs.expand_gluon = lambda *a, _c=forced, **k: _c
+        if cfg is not None:
+            configs.expand_gluon = lambda *a, _c=cfg, **k: _c
         try:
             g = L._expand_plan(w, t, 1, pdl=pdl, info=info)
         finally:

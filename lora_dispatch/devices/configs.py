@@ -931,7 +931,7 @@ _GLUON_EXPAND_RINGS = {64: (5, 3), 128: (4, 4)}
 # [64, 64] boxes alone reaches 85.8% of the copy on [8192, 6144] and 87.3% on [8192, 28672],
 # [64, 2, 64] boxes 93.3% / 95.8% (probe_tma_rmw.py, tma-rmw-...json). H200 gate_up r64, 4
 # adapters, cold L2, 3 rounds (sweep_gluon_expand.py, sweep-gluon-expand-wide-...json), 64 x
-# 16 blocks of 64 -> 64 x 16 of 128: T=8192 266.1 -> 252.6 us (and 265.6 -> 252.4, 265.9 ->
+# 16 blocks of 64 -> 64 x 16 of 128: T=8192 266.1 -> 252.6 us (and 265.6 -> 253.0, 265.9 ->
 # 252.4 in two more runs), T=4096 141.2 -> 139.3, T=5120 169.9 -> 171.9; on qkv widths it
 # lost (T=8192 60.0 -> 65.9, T=4096 30.9 -> 34.7; two 64-column B boxes a block, 3 / 2
 # rings and three programs an SM: 58.8 at T=8192 but 32.0 at T=4096, 52.1 at T=6144 against
