@@ -1,0 +1,186 @@
+"""Read-only stream of ``x`` through a TMA ring: which box shapes read fastest (GPU).
+
+    python benchmarks/probe_tma_read.py [--json PATH] [--shapes 8192x4096,2048x4096]
+
+The prefill shrink reads ``x [T, K]`` once and writes almost nothing. Its Gluon kernel moves
+``x`` as ``[BM, 64]`` boxes (128 contiguous bytes a row, the 128-byte swizzle's limit), and
+the read-modify-write probe (``probe_tma_rmw.py``) found such boxes 7-9 points of the copy
+bandwidth slower than ``[BM, G, 64]`` boxes of a ``[T, K / 64, 64]`` view. This times the
+same question for reads alone: a program owns ``BM`` rows and one of ``SPLIT`` spans of
+``K``, and walks it in boxes through a ring of ``STAGES`` buffers (``STAGES - 1`` loads in
+flight). Consumers:
+
+- ``wait``: nothing but the barrier wait (the TMA engine's rate);
+- ``sum``: every box read from shared memory into registers and summed (what a wgmma with a
+  register ``A`` operand would pay for a 3-D box it cannot read from shared memory).
+
+Beside them: ``x.sum(1)``, cuBLAS ``x @ A^T`` (N = 64 and 192) and ``x.clone()`` (read and
+write). Each program's sum is checked against ``x``'s. Cold L2, median of CUDA events; % of
+the copy bandwidth (1 GiB, same run) from the bytes of ``x``.
+"""
+
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
+
+
+@gluon.jit
+def _issue(desc, bufs, ready, row, c, s, THREE: gl.constexpr):
+    mbarrier.expect(ready.index(s), desc.block_type.nbytes)
+    if THREE:
+        tma.async_copy_global_to_shared(desc, [row, c, 0], ready.index(s), bufs.index(s))
+    else:
+        tma.async_copy_global_to_shared(desc, [row, c], ready.index(s), bufs.index(s))
+
+
+@gluon.jit
+def _ring_read(desc, out_ptr, NSPLIT, KSTEPS: gl.constexpr, STAGES: gl.constexpr,
+               THREE: gl.constexpr, CONSUME: gl.constexpr, num_warps: gl.constexpr):
+    BM: gl.constexpr = desc.block_type.shape[0]
+    AHEAD: gl.constexpr = STAGES - 1
+    if THREE:
+        G: gl.constexpr = desc.block_type.shape[1]
+        LY: gl.constexpr = gl.BlockedLayout([1, 1, 8], [4, 1, 8], [num_warps, 1, 1], [2, 1, 0])
+        STEP: gl.constexpr = G
+        shape: gl.constexpr = [STAGES, BM, G, 64]
+        acc = gl.zeros([BM, G, 64], gl.float32, LY)
+    else:
+        BN: gl.constexpr = desc.block_type.shape[1]
+        TN: gl.constexpr = BN // 8 if BN // 8 <= 32 else 32
+        LY: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TN, TN], [num_warps, 1], [1, 0])
+        STEP: gl.constexpr = BN
+        shape: gl.constexpr = [STAGES, BM, BN]
+        acc = gl.zeros([BM, BN], gl.float32, LY)
+    pid = gl.program_id(0)
+    row = (pid // NSPLIT) * BM
+    c0 = (pid % NSPLIT) * KSTEPS * STEP
+    bufs = gl.allocate_shared_memory(desc.dtype, shape, desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+    fence_async_shared()
+    for i in gl.static_range(AHEAD):
+        if i < KSTEPS:
+            _issue(desc, bufs, ready, row, c0 + i * STEP, i, THREE)
+    for j in range(KSTEPS):
+        gl.thread_barrier()
+        if j + AHEAD < KSTEPS:
+            _issue(desc, bufs, ready, row, c0 + (j + AHEAD) * STEP, (j + AHEAD) % STAGES,
+                   THREE)
+        s = j % STAGES
+        mbarrier.wait(ready.index(s), (j // STAGES) & 1)
+        if CONSUME:
+            acc += bufs.index(s).load(LY).to(gl.float32)
+    if THREE:
+        total = gl.sum(gl.sum(gl.sum(acc, axis=2), axis=1), axis=0)
+    else:
+        total = gl.sum(gl.sum(acc, axis=1), axis=0)
+    gl.store(out_ptr + pid, total)
+
+
+# name: (3-d, BM, BN or G, STAGES, SPLIT); the Gluon shrink runs 64 x 64 boxes, 6 stages,
+# one program a unit
+VARIANTS = {
+    "2d 64x64 st6 split1 (the shrink's)": (False, 64, 64, 6, 1),
+    "2d 64x64 st6 split2": (False, 64, 64, 6, 2),
+    "2d 64x64 st12 split1": (False, 64, 64, 12, 1),
+    "2d 128x64 st6 split1": (False, 128, 64, 6, 1),
+    "2d 128x64 st6 split2": (False, 128, 64, 6, 2),
+    "3d 64x2x64 st6 split1": (True, 64, 2, 6, 1),
+    "3d 64x2x64 st6 split2": (True, 64, 2, 6, 2),
+    "3d 64x2x64 st4 split2": (True, 64, 2, 4, 2),
+    "3d 64x4x64 st4 split1": (True, 64, 4, 4, 1),
+    "3d 64x4x64 st3 split2": (True, 64, 4, 3, 2),
+    "3d 128x2x64 st4 split1": (True, 128, 2, 4, 1),
+    "3d 128x2x64 st4 split2": (True, 128, 2, 4, 2),
+}
+
+
+def _launch(x: torch.Tensor, out: torch.Tensor, three: bool, bm: int, bn: int, stages: int,
+            split: int, consume: bool):
+    t, k = x.shape
+    if three:
+        layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
+        desc = TensorDescriptor(x.view(t, k // 64, 64), [t, k // 64, 64], [k, 64, 1],
+                                [bm, bn, 64], layout)
+        steps = k // (64 * bn * split)
+    else:
+        layout = gl.NVMMASharedLayout.get_default_for([bm, bn], gl.bfloat16)
+        desc = TensorDescriptor(x, [t, k], [k, 1], [bm, bn], layout)
+        steps = k // (bn * split)
+    grid = ((t // bm) * split,)
+    nprog = grid[0]
+    return nprog, lambda: _ring_read[grid](desc, out, split, steps, stages, three, consume,
+                                           num_warps=4)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--shapes", default="8192x4096,2048x4096")
+    args = ap.parse_args(argv)
+    dev = torch.device("cuda")
+    copy = copy_bandwidth_gbs(dev)
+    print(f"copy bandwidth (1 GiB) {copy:.0f} GB/s", flush=True)
+    rows = []
+    for spec in args.shapes.split(","):
+        t, k = (int(v) for v in spec.split("x"))
+        x = torch.randn(t, k, device=dev).to(torch.bfloat16)
+        want = x.float().sum()
+        out = torch.empty(4 * t, device=dev, dtype=torch.float32)
+        a64 = torch.randn(64, k, device=dev, dtype=torch.bfloat16)
+        a192 = torch.randn(192, k, device=dev, dtype=torch.bfloat16)
+        nbytes = x.numel() * x.element_size()
+        fns = {"x.sum(1)": (1, lambda x=x: x.sum(1)),
+               "cublas x@A^T N=64": (1, lambda x=x, a=a64: x @ a.t()),
+               "cublas x@A^T N=192": (1, lambda x=x, a=a192: x @ a.t()),
+               "x.clone() (read + write)": (2, lambda x=x: x.clone())}
+        scale = max(1, 8192 // t)  # shorter batches split K further (the shrink's split)
+        for name, v in VARIANTS.items():
+            three, bm, bn, stages, split = v
+            split *= scale
+            if k // ((64 * bn if three else bn) * split) < 1:
+                continue
+            for consume in (False, True):
+                label = f"{name} {'sum' if consume else 'wait'}"
+                if scale > 1:
+                    label = label.replace("split", f"x{scale} split")
+                try:
+                    nprog, fn = _launch(x, out, three, bm, bn, stages, split, consume)
+                    out.fill_(float("nan"))
+                    fn()
+                    torch.cuda.synchronize()
+                    if consume:
+                        got = out[:nprog].double().sum().item()
+                        if abs(got - want.item()) > 1e-3 * x.numel() ** 0.5 + 1e-3 * abs(
+                                want.item()):
+                            print(f"{spec} {label}: wrong sum {got} vs {want.item()}",
+                                  flush=True)
+                            continue
+                    fns[label] = (1, fn)
+                except Exception as exc:  # a box the TMA or the compiler refuses is reported
+                    print(f"{spec} {label} failed: {exc!r}"[:300], flush=True)
+        for _ in range(2):  # alternating rounds, the last kept
+            res = {name: gpu_time_us(fn, dev, warmup_ms=5, rep_ms=30)
+                   for name, (_, fn) in fns.items()}
+        for name, us in res.items():
+            mult = fns[name][0]
+            row = dict(shape=spec, variant=name, us=round(us, 2),
+                       pct_copy=round(100 * mult * nbytes / us / 1e3 / copy, 1))
+            rows.append(row)
+            print(row, flush=True)
+    if args.json:
+        write_json(args.json, {**env_record(dev), "copy_gbs": copy}, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
