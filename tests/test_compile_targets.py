@@ -74,3 +74,38 @@ def test_gluon_expand_variant_packs_for_the_native_tier(tmp_path, monkeypatch):
     """The Gluon expand's ``out`` (a ``[T, N / 64, 64]`` view, ``[64, 1, 64]`` boxes) and
     ``B`` descriptors (TMA loads and the TMA store of ``out``)."""
     _assert_packs("expand_gluon-s3-r64", tmp_path, monkeypatch, ((64, 1, 64), (64, 64)))
+
+
+@pytest.mark.parametrize("three", [False, True])
+def test_tma_read_probe_compiles(three, tmp_path, monkeypatch):
+    """``benchmarks/probe_tma_read.py``'s ring (2-D ``[64, 64]`` and 3-D ``[64, 2, 64]``
+    boxes, each box summed in registers) builds for sm_90 without spills, so the probe runs
+    when a GPU session reaches it."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+    from triton.runtime.jit import mangle_type
+
+    gl = pytest.importorskip("triton.experimental.gluon.language")
+    hopper = pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "probe_tma_read.py"
+    spec = importlib.util.spec_from_file_location("probe_tma_read", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    if three:
+        layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
+        x = torch.empty(256, 64, 64, dtype=torch.bfloat16)
+        desc = hopper.TensorDescriptor(x, [256, 64, 64], [4096, 64, 1], [64, 2, 64], layout)
+        steps = 4096 // 128
+    else:
+        layout = gl.NVMMASharedLayout.get_default_for([64, 64], gl.bfloat16)
+        x = torch.empty(256, 4096, dtype=torch.bfloat16)
+        desc = hopper.TensorDescriptor(x, [256, 4096], [4096, 1], [64, 64], layout)
+        steps = 4096 // 64
+    meta = dict(KSTEPS=steps, STAGES=6, THREE=three, CONSUME=True, num_warps=4, num_stages=1)
+    k = C.compiled_kernel("sm90", probe._ring_read,
+                          {"desc": mangle_type(desc), "out_ptr": "*fp32"}, meta, ())
+    assert "cp.async.bulk.tensor" in k.asm["ptx"]
+    assert k.metadata.shared >= 6 * 64 * 64 * 2
