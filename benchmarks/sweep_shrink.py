@@ -1,7 +1,8 @@
 """Sweep shrink-kernel configs on prefill shapes (GPU): BM, BN, rank blocks, BK, stages, warps,
 split-K.
 
-    python benchmarks/sweep_shrink.py [--json PATH]
+    python benchmarks/sweep_shrink.py [--json PATH] [--small | --mid | --focused] [--atomic]
+        [--tma] [--tokens 8192,2048] [--ranks 16,64]
 
 Times the workspace-mode shrink (the one ``add_lora`` launches) with ``do_bench`` medians and
 prints GB/s from the minimal bytes against the copy bandwidth measured in the same run.
@@ -102,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="the public shrink's mode (zero fill + float32 atomics), not add_lora's")
     ap.add_argument("--op", default="shrink", choices=("shrink", "add_lora"),
                     help="add_lora: the fused qkv shape (S = 3 slices) that add_lora shrinks")
+    ap.add_argument("--tma", action="store_true",
+                    help="the TMA shrink kernel (x and A through tensor descriptors) instead "
+                         "of the pointer-load one")
     args = ap.parse_args(argv)
-    os.environ[C.ENV_TMA] = "0"  # the pointer-load kernel (probe_shrink_tma.py times TMA)
+    os.environ[C.ENV_TMA] = "1" if args.tma else "0"
     dev = torch.device("cuda")
     copy = copy_bandwidth_gbs(dev)
     rows = []
@@ -146,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             s_, k_ = w.num_slices, w.in_features  # x once, A of the used slots, y in fp32
             nbytes = t * k_ * 2 + min(4, t) * s_ * rank * k_ * 2 + t * s_ * rank * 4
             gbs = nbytes / (us * 1e-6) / 1e9
-            row = dict(op=args.op, atomic=args.atomic, T=t, rank=rank, default=cfg == default,
+            row = dict(op=args.op, atomic=args.atomic, tma=args.tma, T=t, rank=rank,
+                       default=cfg == default,
                        us=us, gbs=gbs,
                        pct_copy=100 * gbs / copy, **cfg.__dict__)
             rows.append(row)
