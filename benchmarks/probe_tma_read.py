@@ -16,27 +16,19 @@ flight). Consumers:
 
 Beside them: ``x.sum(1)``, cuBLAS ``x @ A^T`` (N = 64 and 192) and ``x.clone()`` (read and
 write). Each program's sum is checked against ``x``'s. Cold L2, median of CUDA events; % of
-the copy bandwidth (1 GiB, same run) from the bytes of ``x``.
+the copy bandwidth (1 GiB, same run) from the bytes of ``x``. The ring's boxes, layouts and
+rounds are ``probe_tma_rmw.py``'s (imported from this directory).
 """
 
 from __future__ import annotations
 
 import torch
+from probe_tma_rmw import box_descriptor, issue_box, ring_layout, time_rounds
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier
 
-from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
-
-
-@gluon.jit
-def _issue(desc, bufs, ready, row, c, s, THREE: gl.constexpr):
-    mbarrier.expect(ready.index(s), desc.block_type.nbytes)
-    if THREE:
-        tma.async_copy_global_to_shared(desc, [row, c, 0], ready.index(s), bufs.index(s))
-    else:
-        tma.async_copy_global_to_shared(desc, [row, c], ready.index(s), bufs.index(s))
+from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, write_json
 
 
 @gluon.jit
@@ -44,19 +36,14 @@ def _ring_read(desc, out_ptr, NSPLIT, KSTEPS: gl.constexpr, STAGES: gl.constexpr
                THREE: gl.constexpr, CONSUME: gl.constexpr, num_warps: gl.constexpr):
     BM: gl.constexpr = desc.block_type.shape[0]
     AHEAD: gl.constexpr = STAGES - 1
+    STEP: gl.constexpr = desc.block_type.shape[1]  # G (3-d) or BN
+    LY: gl.constexpr = ring_layout(THREE, STEP, num_warps)
     if THREE:
-        G: gl.constexpr = desc.block_type.shape[1]
-        LY: gl.constexpr = gl.BlockedLayout([1, 1, 8], [4, 1, 8], [num_warps, 1, 1], [2, 1, 0])
-        STEP: gl.constexpr = G
-        shape: gl.constexpr = [STAGES, BM, G, 64]
-        acc = gl.zeros([BM, G, 64], gl.float32, LY)
+        shape: gl.constexpr = [STAGES, BM, STEP, 64]
+        acc = gl.zeros([BM, STEP, 64], gl.float32, LY)
     else:
-        BN: gl.constexpr = desc.block_type.shape[1]
-        TN: gl.constexpr = BN // 8 if BN // 8 <= 32 else 32
-        LY: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TN, TN], [num_warps, 1], [1, 0])
-        STEP: gl.constexpr = BN
-        shape: gl.constexpr = [STAGES, BM, BN]
-        acc = gl.zeros([BM, BN], gl.float32, LY)
+        shape: gl.constexpr = [STAGES, BM, STEP]
+        acc = gl.zeros([BM, STEP], gl.float32, LY)
     pid = gl.program_id(0)
     row = (pid // NSPLIT) * BM
     c0 = (pid % NSPLIT) * KSTEPS * STEP
@@ -67,11 +54,11 @@ def _ring_read(desc, out_ptr, NSPLIT, KSTEPS: gl.constexpr, STAGES: gl.constexpr
     fence_async_shared()
     for i in gl.static_range(AHEAD):
         if i < KSTEPS:
-            _issue(desc, bufs, ready, row, c0 + i * STEP, i, THREE)
+            issue_box(desc, bufs, ready, row, c0 + i * STEP, i, THREE)
     for j in range(KSTEPS):
         gl.thread_barrier()
         if j + AHEAD < KSTEPS:
-            _issue(desc, bufs, ready, row, c0 + (j + AHEAD) * STEP, (j + AHEAD) % STAGES,
+            issue_box(desc, bufs, ready, row, c0 + (j + AHEAD) * STEP, (j + AHEAD) % STAGES,
                    THREE)
         s = j % STAGES
         mbarrier.wait(ready.index(s), (j // STAGES) & 1)
@@ -104,20 +91,11 @@ VARIANTS = {
 
 def _launch(x: torch.Tensor, out: torch.Tensor, three: bool, bm: int, bn: int, stages: int,
             split: int, consume: bool):
-    t, k = x.shape
-    if three:
-        layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
-        desc = TensorDescriptor(x.view(t, k // 64, 64), [t, k // 64, 64], [k, 64, 1],
-                                [bm, bn, 64], layout)
-        steps = k // (64 * bn * split)
-    else:
-        layout = gl.NVMMASharedLayout.get_default_for([bm, bn], gl.bfloat16)
-        desc = TensorDescriptor(x, [t, k], [k, 1], [bm, bn], layout)
-        steps = k // (bn * split)
-    grid = ((t // bm) * split,)
-    nprog = grid[0]
-    return nprog, lambda: _ring_read[grid](desc, out, split, steps, stages, three, consume,
-                                           num_warps=4)
+    desc, span = box_descriptor(x, three, bm, bn)
+    steps = x.shape[1] // (span * split)
+    grid = ((x.shape[0] // bm) * split,)
+    return grid[0], lambda: _ring_read[grid](desc, out, split, steps, stages, three, consume,
+                                             num_warps=4)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                     fns[label] = (1, fn)
                 except Exception as exc:  # a box the TMA or the compiler refuses is reported
                     print(f"{spec} {label} failed: {exc!r}"[:300], flush=True)
-        for _ in range(2):  # alternating rounds, the last kept
-            res = {name: gpu_time_us(fn, dev, warmup_ms=5, rep_ms=30)
-                   for name, (_, fn) in fns.items()}
+        res = time_rounds({name: fn for name, (_, fn) in fns.items()}, dev)
         for name, us in res.items():
             mult = fns[name][0]
             row = dict(shape=spec, variant=name, us=round(us, 2),

@@ -28,22 +28,60 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
 
 
+@gluon.constexpr_function
+def ring_layout(three, width, num_warps):
+    """Registers' layout of one ring box: ``[BM, G, 64]`` (3-d) or ``[BM, width]``, 16-byte
+    vectors along the contiguous columns."""
+    if three:
+        return gl.BlockedLayout([1, 1, 8], [4, 1, 8], [num_warps, 1, 1], [2, 1, 0])
+    tn = min(width // 8, 32)
+    return gl.BlockedLayout([1, 8], [32 // tn, tn], [num_warps, 1], [1, 0])
+
+
+@gluon.jit
+def issue_box(desc, bufs, ready, row, c, s, THREE: gl.constexpr):
+    """TMA load of the box at row ``row``, column step ``c`` into ring stage ``s``."""
+    mbarrier.expect(ready.index(s), desc.block_type.nbytes)
+    if THREE:
+        tma.async_copy_global_to_shared(desc, [row, c, 0], ready.index(s), bufs.index(s))
+    else:
+        tma.async_copy_global_to_shared(desc, [row, c], ready.index(s), bufs.index(s))
+
+
+def box_descriptor(a: torch.Tensor, three: bool, bm: int, bn: int):
+    """``(descriptor, columns a box)`` of a contiguous bf16 ``a [T, N]``: ``[bm, bn]`` boxes
+    (128-byte swizzle at ``bn`` 64, unswizzled above), or with ``three`` ``[bm, bn, 64]``
+    boxes of ``a`` viewed as ``[T, N / 64, 64]`` (swizzle kept, ``bn * 128`` contiguous bytes
+    a row)."""
+    t, n = a.shape
+    if three:
+        layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
+        return TensorDescriptor(a.view(t, n // 64, 64), [t, n // 64, 64], [n, 64, 1],
+                                [bm, bn, 64], layout), bn * 64
+    layout = (gl.NVMMASharedLayout.get_default_for([bm, bn], gl.bfloat16) if bn == 64 else
+              gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2))
+    return TensorDescriptor(a, [t, n], [n, 1], [bm, bn], layout), bn
+
+
+def time_rounds(fns: dict, dev: torch.device, rounds: int = 2) -> dict:
+    """Cold-L2 event medians (µs) of each callable, the variants alternating over
+    ``rounds`` rounds; the last round's."""
+    for _ in range(rounds):
+        res = {name: gpu_time_us(fn, dev, warmup_ms=5, rep_ms=30) for name, fn in fns.items()}
+    return res
+
+
 @gluon.jit
 def _ring_rmw(o_desc, NB, NCOL: gl.constexpr, STAGES: gl.constexpr, THREE: gl.constexpr,
               num_warps: gl.constexpr):
     BM: gl.constexpr = o_desc.block_type.shape[0]
     AHEAD: gl.constexpr = STAGES - 2
+    STEP: gl.constexpr = o_desc.block_type.shape[1]  # G (3-d) or BN
+    LY: gl.constexpr = ring_layout(THREE, STEP, num_warps)
     if THREE:
-        G: gl.constexpr = o_desc.block_type.shape[1]
-        LY: gl.constexpr = gl.BlockedLayout([1, 1, 8], [4, 1, 8], [num_warps, 1, 1], [2, 1, 0])
-        STEP: gl.constexpr = G
-        shape: gl.constexpr = [STAGES, BM, G, 64]
+        shape: gl.constexpr = [STAGES, BM, STEP, 64]
     else:
-        BN: gl.constexpr = o_desc.block_type.shape[1]
-        TN: gl.constexpr = BN // 8 if BN // 8 <= 32 else 32
-        LY: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TN, TN], [num_warps, 1], [1, 0])
-        STEP: gl.constexpr = BN
-        shape: gl.constexpr = [STAGES, BM, BN]
+        shape: gl.constexpr = [STAGES, BM, STEP]
     pid = gl.program_id(0)
     row = (pid // NB) * BM
     c0 = (pid % NB) * STEP * NCOL
@@ -53,26 +91,14 @@ def _ring_rmw(o_desc, NB, NCOL: gl.constexpr, STAGES: gl.constexpr, THREE: gl.co
         mbarrier.init(ready.index(i), count=1)
     fence_async_shared()
     for i in gl.static_range(AHEAD):
-        mbarrier.expect(ready.index(i), o_desc.block_type.nbytes)
-        if THREE:
-            tma.async_copy_global_to_shared(o_desc, [row, c0 + i * STEP, 0], ready.index(i),
-                                            bufs.index(i))
-        else:
-            tma.async_copy_global_to_shared(o_desc, [row, c0 + i * STEP], ready.index(i),
-                                            bufs.index(i))
+        issue_box(o_desc, bufs, ready, row, c0 + i * STEP, i, THREE)
     for j in range(NCOL):
         if j + AHEAD < NCOL:
             tma.store_wait(1)
         gl.thread_barrier()
         if j + AHEAD < NCOL:
-            sa = (j + AHEAD) % STAGES
-            mbarrier.expect(ready.index(sa), o_desc.block_type.nbytes)
-            if THREE:
-                tma.async_copy_global_to_shared(o_desc, [row, c0 + (j + AHEAD) * STEP, 0],
-                                                ready.index(sa), bufs.index(sa))
-            else:
-                tma.async_copy_global_to_shared(o_desc, [row, c0 + (j + AHEAD) * STEP],
-                                                ready.index(sa), bufs.index(sa))
+            issue_box(o_desc, bufs, ready, row, c0 + (j + AHEAD) * STEP, (j + AHEAD) % STAGES,
+                      THREE)
         s = j % STAGES
         mbarrier.wait(ready.index(s), (j // STAGES) & 1)
         buf = bufs.index(s)
@@ -104,20 +130,9 @@ VARIANTS = {
 
 
 def _launch(out: torch.Tensor, three: bool, bm: int, bn: int, ncol: int, stages: int):
-    t, n = out.shape
-    dt = gl.bfloat16
-    if three:
-        view = out.view(t, n // 64, 64)
-        layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
-        desc = TensorDescriptor(view, [t, n // 64, 64], [n, 64, 1], [bm, bn, 64], layout)
-        span = bn * 64 * ncol
-    else:
-        layout = (gl.NVMMASharedLayout.get_default_for([bm, bn], dt) if bn == 64 else
-                  gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2))
-        desc = TensorDescriptor(out, [t, n], [n, 1], [bm, bn], layout)
-        span = bn * ncol
-    nb = n // span
-    grid = ((t // bm) * nb,)
+    desc, span = box_descriptor(out, three, bm, bn)
+    nb = out.shape[1] // (span * ncol)
+    grid = ((out.shape[0] // bm) * nb,)
     return lambda: _ring_rmw[grid](desc, nb, ncol, stages, three, num_warps=4)
 
 
@@ -151,9 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 fns[name] = fn
             except Exception as exc:  # a box the TMA or the compiler refuses is reported
                 print(f"{spec} {name} failed: {exc!r}"[:300], flush=True)
-        for _ in range(2):  # alternating rounds, the last kept
-            res = {name: gpu_time_us(fn, dev, warmup_ms=5, rep_ms=30) for name, fn in fns.items()}
-        for name, us in res.items():
+        for name, us in time_rounds(fns, dev).items():
             row = dict(shape=spec, variant=name, us=round(us, 2),
                        pct_copy=round(100 * nbytes / us / 1e3 / copy, 1))
             rows.append(row)

@@ -4,7 +4,8 @@ split-K.
     python benchmarks/sweep_shrink.py [--json PATH] [--small | --mid | --focused] [--atomic]
         [--tma] [--tokens 8192,2048] [--ranks 16,64]
 
-Times the workspace-mode shrink (the one ``add_lora`` launches) with ``do_bench`` medians and
+Times the workspace-mode shrink (the one ``add_lora`` launches; ``--atomic``: the public
+op's, zero fill included where it needs one) with cold-L2 event medians (``gpu_time_us``) and
 prints GB/s from the minimal bytes against the copy bandwidth measured in the same run.
 """
 

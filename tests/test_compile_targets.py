@@ -77,35 +77,35 @@ def test_gluon_expand_variant_packs_for_the_native_tier(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("three", [False, True])
-def test_tma_read_probe_compiles(three, tmp_path, monkeypatch):
-    """``benchmarks/probe_tma_read.py``'s ring (2-D ``[64, 64]`` and 3-D ``[64, 2, 64]``
-    boxes, each box summed in registers) builds for sm_90 without spills, so the probe runs
-    when a GPU session reaches it."""
-    import importlib.util
+def test_tma_ring_probes_compile(three, tmp_path, monkeypatch):
+    """``benchmarks/probe_tma_read.py``'s ring (each box summed in registers) and
+    ``probe_tma_rmw.py``'s, which it shares boxes and layouts with, build for sm_90 on 2-D
+    ``[64, 64]`` and 3-D ``[64, 2, 64]`` boxes, so the probes run when a GPU session reaches
+    them."""
     from pathlib import Path
 
     import torch
     from triton.runtime.jit import mangle_type
 
-    gl = pytest.importorskip("triton.experimental.gluon.language")
-    hopper = pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
+    pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "probe_tma_read.py"
-    spec = importlib.util.spec_from_file_location("probe_tma_read", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
-    if three:
-        layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
-        x = torch.empty(256, 64, 64, dtype=torch.bfloat16)
-        desc = hopper.TensorDescriptor(x, [256, 64, 64], [4096, 64, 1], [64, 2, 64], layout)
-        steps = 4096 // 128
-    else:
-        layout = gl.NVMMASharedLayout.get_default_for([64, 64], gl.bfloat16)
-        x = torch.empty(256, 4096, dtype=torch.bfloat16)
-        desc = hopper.TensorDescriptor(x, [256, 4096], [4096, 1], [64, 64], layout)
-        steps = 4096 // 64
-    meta = dict(KSTEPS=steps, STAGES=6, THREE=three, CONSUME=True, num_warps=4, num_stages=1)
-    k = C.compiled_kernel("sm90", probe._ring_read,
-                          {"desc": mangle_type(desc), "out_ptr": "*fp32"}, meta, ())
-    assert "cp.async.bulk.tensor" in k.asm["ptx"]
-    assert k.metadata.shared >= 6 * 64 * 64 * 2
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import probe_tma_read
+    import probe_tma_rmw
+
+    bn = 2 if three else 64
+    desc, span = probe_tma_rmw.box_descriptor(torch.empty(256, 4096, dtype=torch.bfloat16),
+                                              three, 64, bn)
+    assert span == (128 if three else 64)
+    types = {"desc": mangle_type(desc), "out_ptr": "*fp32"}
+    read = C.compiled_kernel("sm90", probe_tma_read._ring_read, types,
+                             dict(KSTEPS=4096 // span, STAGES=6, THREE=three, CONSUME=True,
+                                  num_warps=4, num_stages=1), ())
+    rmw = C.compiled_kernel("sm90", probe_tma_rmw._ring_rmw, {"o_desc": mangle_type(desc)},
+                            dict(NCOL=8, STAGES=5, THREE=three, num_warps=4, num_stages=1), ())
+    for k, stages in ((read, 6), (rmw, 5)):
+        assert "cp.async.bulk.tensor" in k.asm["ptx"]
+        assert k.metadata.shared >= stages * 64 * 64 * 2
+    dims = "3d" if three else "2d"
+    assert f"cp.async.bulk.tensor.{dims}" in read.asm["ptx"]
+    assert f"cp.async.bulk.tensor.{dims}" in rmw.asm["ptx"]
