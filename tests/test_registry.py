@@ -391,6 +391,26 @@ def test_expand_prefetch_rule():
         assert (e.block_m, e.block_n) == want, (t, n, rank, e)
 
 
+def test_expand_reads_y_early_where_measured():
+    """``y_early`` (``y`` read before the rank is known): decode expands over fewer than 8
+    partial products, prefill tiles with a 64-wide rank step (the 2048-column rank-64 tiling
+    included); not over 8 partials, nor rank-16 / rank-32 prefill tiles."""
+    from lora_dispatch.devices import configs
+
+    for dev in (H100, A100, MI300X):
+        for t in (1, 16, 64, 256):
+            for rank in (16, 64):
+                assert configs.expand_config(dev, t, 6144, rank, 2).y_early, (t, rank)
+                assert configs.expand_config(dev, t, 28672, rank, 2, partials=4).y_early
+                assert not configs.expand_config(dev, t, 6144, rank, 2, partials=8).y_early
+        for t in (2048, 8192):
+            for n, widths in ((6144, (4096, 1024, 1024)), (28672, (14336, 14336)),
+                              (4096, (4096,))):
+                for rank, want in ((16, False), (32, False), (64, True)):
+                    c = configs.expand_config(dev, t, n, rank, 2, widths=widths, partials=2)
+                    assert c.y_early is want, (t, n, rank, c)
+
+
 def test_decode_expand_over_partials_takes_two_column_blocks():
     """An expand that sums split-K partial products (add_lora) at T <= 256 walks two column
     blocks a program (rank 16: 16x64, prefetched; rank 64: 16x64 in 2 stages up to T=16,

@@ -83,7 +83,8 @@ class ExpandConfig:
     ``prefetch``: load each ``out`` block one step ahead into registers (the first one before
     ``y`` is waited on). ``low_rank`` (0: off): a tile whose slot's rank is at most this
     takes a one-step ``low_rank``-wide rank block instead (see :data:`LOW_RANK`); ``mid_rank``
-    (0: off) the same for ranks up to it.
+    (0: off) the same for ranks up to it. ``y_early``: a one-step tile reads ``y`` before its
+    slot's rank is known and zeroes the columns past it afterwards (see ``_y_early``).
     """
 
     block_m: int
@@ -95,6 +96,7 @@ class ExpandConfig:
     prefetch: bool = False
     low_rank: int = 0
     mid_rank: int = 0
+    y_early: bool = False
 
 
 @dataclass(frozen=True)
@@ -430,7 +432,23 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
     block_n = min(block_n, max(16, next_pow2(n)))
     return ExpandConfig(block_m, block_n, block_r, _warps(warp, warps),
                         _stages(platform, family, stages), ncol, prefetch,
-                        *_low_ranks("expand", tb, max_rank, partials))
+                        *_low_ranks("expand", tb, max_rank, partials),
+                        _y_early(tb, block_r, partials))
+
+
+# y read before the tile's rank is known, up to the rank box, its columns past the rank
+# zeroed after the load: the load then waits on the token ids alone and Triton places it in
+# the dot's operand layout (no shared-memory round trip). H200, ab_trees.py, 3 alternating
+# rounds, 1 / 4 / 16 adapters (ab-yw-decode-a*-...json, ab-yw-prefill-...json), us:
+# public decode expands gate_up r16 T=64 4.54 / 6.09 / 9.38 -> 4.38 / 5.79 / 9.00, T=16
+# 2.68 / 3.51 / 8.38 -> 2.55 / 3.51 / 8.12, qkv r64 T=64 3.38 / 3.83 / 7.80 -> 3.16 / 3.33 /
+# 7.08; add_lora over 4 partials r64 T=256 13.48 / 14.20 / 18.31 -> 12.93 / 13.80 / 17.98;
+# prefill rank 64 qkv expand T=2048 19.07 -> 18.11, add_lora 32.37 -> 30.56. Off over 8
+# partials (add_lora r16 T=1 4.28-4.29 -> 4.34-4.36 with every adapter count) and for
+# rank-16 and rank-32 prefill tiles (gate_up r16 T=8192 233.4 -> 238.4, qkv 54.7 -> 55.4,
+# add_lora 74.6 -> 75.2; rank 32 unmeasured: 80 -> 96 registers on sm_90 at gate_up)
+def _y_early(tb: int, block_r: int, partials: int) -> bool:
+    return partials < 8 if tb <= 256 else block_r == 64
 
 
 # prefill expand programs spanning 2048 columns (64 x 128 tiles, 16 blocks, 8 warps) above
@@ -471,7 +489,7 @@ def expand_config(info: DeviceInfo, t: int, n: int, max_rank: int, itemsize: int
     if (all(w % _WIDE_SPAN == 0 for w in widths)
             and -(-t // 64) * (sum(widths) // _WIDE_SPAN) >= 1.5 * units):
         return ExpandConfig(64, 128, cfg.block_r, _warps(info.warp_size, 8), cfg.num_stages,
-                            _WIDE_SPAN // 128, True)
+                            _WIDE_SPAN // 128, True, y_early=cfg.y_early)
     long_ = -(-t // 64) * sum(-(-w // (64 * 16)) for w in widths)  # programs of 16 blocks
     if ((cfg.block_m, cfg.block_n, cfg.col_blocks) == (64, 64, 8)
             and _ONE_WAVE_PER_UNIT * units / 2 < long_ <= _ONE_WAVE_PER_UNIT * units):

@@ -18,7 +18,8 @@ along ``B``'s rows: fewer registers; 3% on the rank-32 expand at T=8192, H200). 
 waits for it only before its first ``y`` read. With ``RLOW`` a tile whose slot's rank is at most
 ``RLOW`` takes a one-step ``RLOW``-wide rank block instead of ``BR`` (with ``RMID``, one whose
 rank is at most ``RMID`` an ``RMID``-wide one): code paths chosen on the device, so a plan for
-``RCAP``, a CUDA graph's, costs low-rank slots what a plan for their rank would.
+``RCAP``, a CUDA graph's, costs low-rank slots what a plan for their rank would. With ``YEARLY``
+a one-step tile reads ``y`` without waiting for its slot's rank (columns past it zeroed after).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
                 R: tl.constexpr, RCAP: tl.constexpr, RMASK: tl.constexpr, SPLIT: tl.constexpr,
                 BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, NCOL: tl.constexpr,
                 PREFETCH: tl.constexpr, PREC: tl.constexpr, WAIT: tl.constexpr,
-                TRIM: tl.constexpr):
+                TRIM: tl.constexpr, YEARLY: tl.constexpr):
     """``out[tok, c0 + j * BN ...] += y[sl, tok, :rank] @ B[slot, cols, :rank]^T`` over the
     ``NCOL`` column blocks of a tile of a slot with ``0 < rank <= RCAP <= R`` (``R``: ``B``'s
     row length); with ``TRIM`` only over the blocks that start before ``c1`` (a slice
@@ -46,7 +47,9 @@ def expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
 
     ``WAIT`` is what stands between the tile's prologue (and first ``out`` block) and its
     first ``y`` read: 0 nothing, 1 ``griddepcontrol.wait`` (programmatic dependent launch),
-    2 :func:`flag_wait` on ``flag_ptr`` reaching ``need`` (``y`` then read past L1).
+    2 :func:`flag_wait` on ``flag_ptr`` reaching ``need`` (``y`` then read past L1). With
+    ``YEARLY`` (and ``BR >= RCAP``) ``y`` is read up to ``RCAP`` and its columns past the
+    rank are zeroed after the load, which then waits on the token ids only.
     """
     YC: tl.constexpr = ".cg" if WAIT == 2 else ""
     offs_r = tl.arange(0, BR)  # [BR]
@@ -69,11 +72,18 @@ def expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
     elif WAIT == 2:
         flag_wait(flag_ptr, need)
     if BR >= RCAP:
-        ym = m_mask[:, None] & (offs_r < rank)[None, :]  # [BM, BR]
+        if YEARLY and BR == RCAP:
+            ym = m_mask[:, None]  # [BM, 1]
+        elif YEARLY:
+            ym = m_mask[:, None] & (offs_r < RCAP)[None, :]  # [BM, BR]
+        else:
+            ym = m_mask[:, None] & (offs_r < rank)[None, :]  # [BM, BR]
         yb = tl.load(y_ptrs, mask=ym, other=0.0, cache_modifier=YC).to(tl.float32)  # [BM, BR]
         for p in tl.static_range(1, SPLIT):
             yb += tl.load(y_ptrs + p * stride_yp, mask=ym, other=0.0,
                           cache_modifier=YC).to(tl.float32)
+        if YEARLY:
+            yb = tl.where((offs_r < rank)[None, :], yb, 0.0)
         yb = yb.to(b_ptr.dtype.element_ty)
 
     if TRIM:
@@ -126,7 +136,7 @@ def expand_kernel(
     TILE: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     BR: tl.constexpr, NCOL: tl.constexpr,
     PREFETCH: tl.constexpr, ALIGN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
-    TRIM: tl.constexpr, RLOW: tl.constexpr, RMID: tl.constexpr,
+    TRIM: tl.constexpr, RLOW: tl.constexpr, RMID: tl.constexpr, YEARLY: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_n = pid % NB
@@ -143,15 +153,15 @@ def expand_kernel(
             expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
                         stride_yp, stride_ys, stride_yt, stride_yr, stride_om, stride_on,
                         tiles_ptr, 0, R, RLOW, RMASK, SPLIT, BM, BN, RLOW, NCOL, PREFETCH, PREC,
-                        PDL, TRIM)
+                        PDL, TRIM, YEARLY)
             return
         if RMID > 0:
             if rank <= RMID:
                 expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
                             stride_yp, stride_ys, stride_yt, stride_yr, stride_om, stride_on,
                             tiles_ptr, 0, R, RMID, RMASK, SPLIT, BM, BN, RMID, NCOL, PREFETCH,
-                            PREC, PDL, TRIM)
+                            PREC, PDL, TRIM, YEARLY)
                 return
     expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N, stride_yp,
                 stride_ys, stride_yt, stride_yr, stride_om, stride_on, tiles_ptr, 0, R, RCAP,
-                RMASK, SPLIT, BM, BN, BR, NCOL, PREFETCH, PREC, PDL, TRIM)
+                RMASK, SPLIT, BM, BN, BR, NCOL, PREFETCH, PREC, PDL, TRIM, YEARLY)

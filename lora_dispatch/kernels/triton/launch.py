@@ -100,7 +100,7 @@ _OVERLAP_CX = ("S", "R", "TILE", "BM", "BNS", "BK", "RB", "EVEN_K", "BNE", "BR",
 _SHRINK_CX = ("S", "R", "RCAP", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL",
               "PREC", "PDL", "RLOW", "RMID")
 _EXPAND_CX = ("S", "R", "RCAP", "RMASK", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH",
-              "ALIGN", "PREC", "PDL", "TRIM", "RLOW", "RMID")
+              "ALIGN", "PREC", "PDL", "TRIM", "RLOW", "RMID", "YEARLY")
 
 
 try:
@@ -322,7 +322,7 @@ def _expand_plan(w, t: int, split: int, cfg: configs.ExpandConfig | None = None,
         BM=cfg.block_m, BN=cfg.block_n, BR=cfg.block_r, NCOL=cfg.col_blocks,
         PREFETCH=cfg.prefetch, ALIGN=_align(w), PREC=PREC, PDL=pdl,
         TRIM=cfg.col_blocks > 1 and any(o % span for o in w.out_features),
-        RLOW=rlow, RMID=rmid,
+        RLOW=rlow, RMID=rmid, YEARLY=cfg.y_early,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ExpandPlan((nb * _tiles(t, cfg.block_m, w.num_slots),), nb, meta,

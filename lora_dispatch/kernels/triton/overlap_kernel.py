@@ -85,7 +85,7 @@ def overlap_kernel(
         expand_rows(y_ptr, b_ptr, out_ptr, slot, rank, sl, c0, c1, m_mask, tok64, N,
                     stride_yp, stride_ys, stride_yt, 1, stride_om, stride_on, flag, NBS, R,
                     R, False, SPLIT, BM, BNE,
-                    BR, NCOL, PREFETCH, PREC, 2, False)
+                    BR, NCOL, PREFETCH, PREC, 2, False, False)
     done = tl.atomic_add(sync_ptr + 1, 1, sem="acq_rel")
     if done == NTILE * (NBS + NBE) - 1:  # every other program has finished: reset for the next
         for i in range(0, NTILE, 1024):
