@@ -439,14 +439,16 @@ def _expand_config(family: str, platform: str, units: int, warp: int, tb: int, n
 # y read before the tile's rank is known, up to the rank box, its columns past the rank
 # zeroed after the load: the load then waits on the token ids alone and Triton places it in
 # the dot's operand layout (no shared-memory round trip). H200, ab_trees.py, 3 alternating
-# rounds, 1 / 4 / 16 adapters (ab-yw-decode-a*-...json, ab-yw-prefill-...json), us:
+# rounds, 1 / 4 / 16 adapters, on everywhere (ab-yw-always-*-...json; the rule below against
+# the old tree: ab-yearly-*-...json, H100 too), us:
 # public decode expands gate_up r16 T=64 4.54 / 6.09 / 9.38 -> 4.38 / 5.79 / 9.00, T=16
 # 2.68 / 3.51 / 8.38 -> 2.55 / 3.51 / 8.12, qkv r64 T=64 3.38 / 3.83 / 7.80 -> 3.16 / 3.33 /
 # 7.08; add_lora over 4 partials r64 T=256 13.48 / 14.20 / 18.31 -> 12.93 / 13.80 / 17.98;
 # prefill rank 64 qkv expand T=2048 19.07 -> 18.11, add_lora 32.37 -> 30.56. Off over 8
 # partials (add_lora r16 T=1 4.28-4.29 -> 4.34-4.36 with every adapter count) and for
 # rank-16 and rank-32 prefill tiles (gate_up r16 T=8192 233.4 -> 238.4, qkv 54.7 -> 55.4,
-# add_lora 74.6 -> 75.2; rank 32 unmeasured: 80 -> 96 registers on sm_90 at gate_up)
+# add_lora 74.6 -> 75.2; rank 32 unmeasured: 80 -> 96 registers on sm_90 at gate_up).
+# Measured on H100 / H200 only; other families take the same rule
 def _y_early(tb: int, block_r: int, partials: int) -> bool:
     return partials < 8 if tb <= 256 else block_r == 64
 
