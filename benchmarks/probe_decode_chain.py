@@ -131,7 +131,7 @@ def _case(n: int, t: int, adapters: int, r: int, nsets: int, dev: torch.device,
         y = torch.randn(t, r, generator=g, device=dev)
         out = torch.randn(t, n, generator=g, device=dev).to(dt)
         sets.append((b, y, out))
-    meta = torch.arange(nt, dtype=torch.int32, device=dev).repeat(4)  # [4 * nt]
+    meta = torch.arange(nt, dtype=torch.int32, device=dev).repeat(3)  # [3 * nt], rmw/d1-d3
     grid = (nb * nt,)
 
     def expand(head, s):

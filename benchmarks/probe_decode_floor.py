@@ -18,7 +18,13 @@ import torch
 
 import lora_dispatch as ld
 from lora_dispatch.bench.kernels import Problem, _build, min_bytes
-from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, graph_time_us, write_json
+from lora_dispatch.bench.timing import (
+    copy_bandwidth_gbs,
+    env_record,
+    graph_time_us,
+    pct_of_copy,
+    write_json,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                     nbytes = min_bytes(p) if name == "lora_expand" else 2 * out.numel() * 2
                     row = dict(op=op, T=t, adapters=adapters, rank=args.rank, variant=name,
                                graph_us=round(us, 3), bytes=nbytes,
-                               pct_copy=round(100 * nbytes / us / 1e3 / copy, 1))
+                               pct_copy=round(pct_of_copy(nbytes, us, copy), 1))
                     rows.append(row)
                     print(row, flush=True)
     if args.json:

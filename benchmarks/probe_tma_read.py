@@ -28,7 +28,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier
 
-from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, write_json
+from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, pct_of_copy, write_json
 
 
 @gluon.jit
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, us in res.items():
             mult = fns[name][0]
             row = dict(shape=spec, variant=name, us=round(us, 2),
-                       pct_copy=round(100 * mult * nbytes / us / 1e3 / copy, 1))
+                       pct_copy=round(pct_of_copy(mult * nbytes, us, copy), 1))
             rows.append(row)
             print(row, flush=True)
     if args.json:

@@ -25,7 +25,13 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, gpu_time_us, write_json
+from lora_dispatch.bench.timing import (
+    copy_bandwidth_gbs,
+    env_record,
+    gpu_time_us,
+    pct_of_copy,
+    write_json,
+)
 
 
 @gluon.constexpr_function
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{spec} {name} failed: {exc!r}"[:300], flush=True)
         for name, us in time_rounds(fns, dev).items():
             row = dict(shape=spec, variant=name, us=round(us, 2),
-                       pct_copy=round(100 * nbytes / us / 1e3 / copy, 1))
+                       pct_copy=round(pct_of_copy(nbytes, us, copy), 1))
             rows.append(row)
             print(row, flush=True)
     if args.json:

@@ -82,3 +82,12 @@ def test_best_host_us_calls_n_times_per_repeat_and_keeps_the_best():
     calls = []
     us = best_host_us(lambda: calls.append(1), torch.device("cpu"), 7, repeats=3)
     assert len(calls) == 21 and 0 < us < 1e4
+
+
+def test_pct_of_copy():
+    """Bytes over µs against a GB/s ruler: 4 GB in 1000 µs is 4000 GB/s, half of 8000;
+    missing times or rulers give ``None`` rather than a number."""
+    assert timing.pct_of_copy(4e9 / 1e3, 1.0, 8000.0) == pytest.approx(50.0)
+    assert timing.pct_of_copy(4e9, 1000.0, 4000.0) == pytest.approx(100.0)
+    for us, copy in ((None, 4000.0), (0.0, 4000.0), (1.0, None)):
+        assert timing.pct_of_copy(1e6, us, copy) is None

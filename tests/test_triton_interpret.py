@@ -607,23 +607,27 @@ def test_expand_config_variants(cfg):
 
 
 @pytest.mark.parametrize("y_early", [False, True])
-@pytest.mark.parametrize("cfg", [(16, 64, 64, 1, 1), (16, 16, 64, 2, 3), (32, 32, 16, 1, 2),
-                                 (16, 16, 32, 3, 1)])
+@pytest.mark.parametrize("cfg", [(16, 64, 64, 1, 1, 64), (16, 16, 64, 2, 3, 64),
+                                 (32, 32, 16, 1, 2, 64), (16, 16, 32, 3, 1, 64),
+                                 (16, 32, 64, 1, 2, 48)])
 def test_expand_ignores_y_past_each_rank(cfg, y_early):
     """``y`` past a slot's rank (NaN here, in every partial product) never reaches ``out``,
     whether the expand reads ``y`` by the rank or up to the rank box and zeroes the columns
     past the rank afterwards (``YEARLY``); one rank step (``BR >= RCAP``, with and without a
-    narrower low-rank path), rank loops (``BR < RCAP``), 1-3 partial products."""
+    narrower low-rank path; ``BR > RCAP`` at ``max_rank`` 48), rank loops (``BR < RCAP``),
+    1-3 partial products."""
     from lora_dispatch.devices import configs as C
     from lora_dispatch.kernels.triton import launch as L
 
-    bm, bn, br, ncol, split = cfg
+    bm, bn, br, ncol, split, max_rank = cfg
     gen = torch.Generator().manual_seed(sum(cfg) + y_early)
     dtype = torch.float16
     outs = (72, 24, 40)
-    w = make_weights([40, 3, 0, 17, 64, 16], 48, outs, dtype, max_rank=64, gen=gen)
+    ranks = [min(r, max_rank) for r in (40, 3, 0, 17, 64, 16)]
+    w = make_weights(ranks, 48, outs, dtype, max_rank=max_rank, gen=gen)
     t = 37
     slots = torch.randint(-1, 6, (t,), generator=gen)
+    slots[-1] = 4  # the last row of y is read: a read past its R columns leaves the tensor
     batch = ld.LoRABatch.from_token_adapters(slots)
     x = poisoned((t, 48), dtype, gen, 1.0)
     y, delta = ref_y_delta(x, w, slots)  # [S, T, R]
@@ -640,6 +644,7 @@ def test_expand_ignores_y_past_each_rank(cfg, y_early):
     ecfg = C.ExpandConfig(bm, bn, br, 4, 2, ncol, False, low, 0, y_early)
     plan = L._expand_plan(w, t, split, cfg=ecfg)
     assert plan.meta["YEARLY"] is y_early and plan.meta["RLOW"] == low
+    assert plan.meta["RCAP"] == max_rank
     L._launch_expand(plan, ys, w, batch, out, t)
     assert not torch.isnan(out).any()
     assert rel(out.double() - base.double(), delta) <= TOL[dtype]

@@ -36,6 +36,7 @@ from .timing import (
     gpu_time_us,
     graph_time_us,
     host_time_us,
+    pct_of_copy,
     profiler_used,
     result_path,
     write_json,
@@ -237,7 +238,7 @@ class DenseShrinkLog:
             **extra: Any) -> dict:
         nbytes = t * k * 2 + n * k * 2 + t * n * 4 * split
         row = dict(kind=kind, T=t, N=n, cfg=cfg, us=round(us, 2),
-                   pct_copy=round(100 * nbytes / us / 1e3 / self.copy, 1), **extra)
+                   pct_copy=round(pct_of_copy(nbytes, us, self.copy), 1), **extra)
         self.rows.append(row)
         print(row, flush=True)
         if self.path:
@@ -382,10 +383,9 @@ def measure(p: Problem, backend: str, copy_bw: float | None, sets: int,
         "adapters": p.adapters, "gpu_us": gpu, "graph_us": graph, "host_us": host,
         "bytes": nbytes, "gbs": gbs, "pct_copy": 100 * gbs / copy_bw if copy_bw else None,
         "gpu_us_do_bench": dob,
-        "pct_copy_do_bench": (100 * nbytes / dob / 1e3 / copy_bw) if dob and copy_bw else None,
+        "pct_copy_do_bench": pct_of_copy(nbytes, dob, copy_bw),
         "kernel_us": kern,
-        "pct_copy_kernel": (100 * nbytes / kern / 1e3 / copy_bw_kernel)
-        if kern and copy_bw_kernel else None,
+        "pct_copy_kernel": pct_of_copy(nbytes, kern, copy_bw_kernel),
         "path": path,
         "size_copy_us": size_copy,
         "pct_size_copy": 100 * size_copy / gpu if size_copy else None,

@@ -24,6 +24,7 @@ import torch
 __all__ = [
     "env_record",
     "copy_bandwidth_gbs",
+    "pct_of_copy",
     "gpu_time_us",
     "kernel_spans_us",
     "call_activities",
@@ -356,6 +357,14 @@ def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30,
     b = torch.empty_like(a)
     us = gpu_time_us(lambda: b.copy_(a), device, method=method, **timing)
     return 2 * 4 * n / (us * 1e-6) / 1e9
+
+
+def pct_of_copy(nbytes: float, us: float | None, copy_gbs: float | None) -> float | None:
+    """``nbytes`` moved in ``us`` µs as a percentage of ``copy_gbs`` (GB/s); ``None`` when
+    either time or bandwidth is missing (no GPU, nothing timed)."""
+    if not us or not copy_gbs:
+        return None
+    return 100 * nbytes / us / 1e3 / copy_gbs
 
 
 def result_path(kind: str, device_name: str, directory: str | Path = "benchmarks/results") -> Path:
