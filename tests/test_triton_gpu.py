@@ -287,6 +287,55 @@ def test_cuda_graph_replay_50_batches(dtype):
         assert rel(out2.double() - base.double(), delta) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("t", [1, 16, 64, 200])
+def test_public_shrink_tickets_eager_and_graph(t):
+    """The eager public decode shrink in one launch (K splits ordered on ticket words):
+    60 refills of a static batch, each call on the main or a side stream and its ``y``
+    NaN-filled before it is freed (so the next call's unwritten elements show), then 300
+    calls in a row, all equal the float64 reference; every ticket word is back to zero
+    arrivals with its generation published. A captured call keeps the zero fill."""
+    from lora_dispatch.kernels.triton import launch as tl_launch
+
+    gen = torch.Generator().manual_seed(40 + t)
+    dtype = torch.bfloat16
+    w = make_weights(9, 4096, (4096, 1024, 1024), dtype, max_rank=64, seed=8)  # ranks 1-64
+    assert tl_launch._ticket_plan(w, t, None, tk.plan_for("shrink", w, t)) is not None
+    batch = ld.LoRABatch.empty(t, device=DEV)
+    x = torch.randn(t, 4096, generator=gen).to(DEV, dtype)
+    side = torch.cuda.Stream(DEV)
+    for i in range(60):
+        slots = random_slots(t, w.num_slots, gen, frac_none=0.15 * (i % 3))
+        batch.update_(slots if i % 2 else slots.to(DEV))
+        x.copy_(torch.randn(t, 4096, generator=gen).to(DEV, dtype))
+        stream = side if i % 4 == 3 else torch.cuda.current_stream(DEV)
+        stream.wait_stream(torch.cuda.current_stream(DEV))
+        with torch.cuda.stream(stream):
+            y = ld.lora_shrink(x, w, batch)
+        torch.cuda.current_stream(DEV).wait_stream(stream)
+        want = ref_y(x, w, slots.to(DEV))
+        assert rel(y, want) <= TOL[dtype], i
+        assert torch.equal(y[want == 0], torch.zeros_like(y[want == 0])), i
+        y.fill_(float("nan"))
+        y.record_stream(stream)
+        del y
+    outs = [ld.lora_shrink(x, w, batch) for _ in range(300)]
+    for y in outs[::37]:
+        torch.testing.assert_close(y, outs[0], rtol=1e-5, atol=1e-5)
+    assert rel(outs[-1], want) <= TOL[dtype]
+    torch.cuda.synchronize()
+    bufs = [b for k, b in tl_launch._TICKETS.items() if k[0] == DEV.index]
+    assert len(bufs) >= 2  # the main and the side stream
+    for buf in bufs:
+        words = buf.numel() // 2
+        assert torch.equal(buf[:words] & 0xFFFF, torch.zeros_like(buf[:words]))
+        assert torch.equal(buf[words:], buf[:words] >> 16)
+    yg = torch.empty_like(outs[0])
+    g = capture(lambda: yg.copy_(ld.lora_shrink(x, w, batch)))
+    g.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(yg, outs[0], rtol=1e-5, atol=1e-5)
+
+
 def test_torch_compile_fullgraph():
     gen = torch.Generator().manual_seed(11)
     dtype = torch.bfloat16
@@ -475,7 +524,7 @@ def test_public_shrink_expand_per_call_paths_match_separate_launches(t):
     from lora_dispatch import ops
     from lora_dispatch.kernels.triton import launch as tl_launch
 
-    groups = ("_ZGROUP", "_SGROUP", "_EGROUP")
+    groups = ("_ZGROUP", "_SGROUP", "_EGROUP", "_TGROUP")
     if tl_launch._EGROUP is None or tl_launch.shrink_kernel.launch_tier != "native":
         pytest.skip("the per-call path needs the native launch groups")
     gen = torch.Generator().manual_seed(31 + t)

@@ -32,7 +32,8 @@ from triton.runtime.errors import InterpreterError  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
 
-_SUBMODULES = ("_jit", "shrink_kernel", "shrink_tma_kernel", "expand_kernel", "fill_kernel",
+_SUBMODULES = ("_jit", "shrink_kernel", "shrink_ticket_kernel", "shrink_tma_kernel",
+               "expand_kernel", "fill_kernel",
                "fused_kernel", "overlap_kernel", "launch")
 
 
@@ -454,6 +455,87 @@ def test_unchecked_slots_and_tokens_past_t(poison_empty):
     batch._fill(slots[:t], name="token_slots")
     batch.max_slot = None  # as after a fill from a device tensor
     assert rel(tk.shrink(x, w, batch, split_k=1), ref_y(x, w, s)) <= TOL[dtype]
+
+
+# (BM, BN, BK, K splits, RB, low_rank, mid_rank): the public decode tiling with and without
+# the narrow paths, 3 splits (not a power of two), rank blocks shared by a program
+_TICKET_CFGS = ((16, 64, 32, 4, 1, 16, 32), (16, 64, 16, 3, 1, 0, 0), (32, 16, 32, 2, 3, 0, 0))
+
+
+@pytest.mark.parametrize("cfg", _TICKET_CFGS, ids=lambda c: "x".join(map(str, c)))
+def test_shrink_tickets(cfg, poison_empty):
+    """The one-launch public shrink: every element of a NaN-poisoned ``y`` written over
+    mixed ranks (0, 1, narrow-path and full ones), slot -1, slots the host never checked, and
+    three launches on one ticket buffer, which each leave it ready for the next."""
+    L = sys.modules["lora_dispatch.kernels.triton.launch"]
+    bm, bn, bk, split, rb, low, mid = cfg
+    gen = torch.Generator().manual_seed(29 + split)
+    dtype = torch.float16
+    k = 128  # 3 splits: 48-column spans, the last one short
+    w = make_weights([1, 40, 0, 16, 64, 24], k, (24, 16), dtype, max_rank=64, gen=gen)
+    c = devices.configs.ShrinkConfig(bm, bn, bk, split, 4, 1, rb, low, mid)
+    batch = ld.LoRABatch.empty(40)
+    words = 64
+    tk_buf = torch.zeros(2 * words, dtype=torch.int32)
+    for step, t in enumerate((37, 1, 23)):
+        slots = torch.randint(-1, 6, (t,), generator=gen)
+        slots[0] = 4  # a rank-64 slot
+        if step == 2:
+            slots[[1, 5]] = torch.tensor([9, 6])  # >= num_slots: never checked on the host
+        batch._fill(slots, name="token_slots")
+        p = L._shrink_plan(w, t, atomic=True, split_k=split, cfg=c, fill=False)
+        assert p.split == split and (p.meta["RLOW"] > 0) == (low > 0)
+        tp = L.ticket_plan(p, t)
+        assert tp.words <= words
+        x = poisoned((t, k), dtype, gen, 1.0)
+        y = torch.empty((w.num_slices, t, w.max_rank), dtype=torch.float32)
+        L.shrink_ticket_kernel[tp.grid](*L._ticket_args(tp, x, x.stride(), w, batch, tk_buf, y, t),
+                                       *tp.cx, num_warps=tp.num_warps, num_stages=tp.num_stages)
+        s = slots.clone()
+        s[s >= w.num_slots] = -1
+        want = ref_y(x, w, s)
+        assert rel(y, want) <= TOL[dtype], f"step {step}"
+        assert torch.equal(y[want == 0], torch.zeros_like(y[want == 0])), f"step {step}"
+        cnt, flag = tk_buf[:words], tk_buf[words:]
+        assert torch.equal(cnt & 0xFFFF, torch.zeros_like(cnt)), "arrival counts left behind"
+        assert torch.equal(flag, cnt >> 16), "a generation not published"
+    assert int((tk_buf[:words] >> 16).max()) == 3  # a column of a rank-64 tile: every launch
+
+
+def test_public_shrink_takes_tickets(monkeypatch, poison_empty):
+    """``lora_shrink`` at decode: the one-launch path (eager, a built and a static batch),
+    the zero fill before the splits where ``LORA_DISPATCH_SHRINK_TICKET=0``."""
+    L = sys.modules["lora_dispatch.kernels.triton.launch"]
+    gen = torch.Generator().manual_seed(31)
+    w = make_weights([8, 0, 16], 64, (32, 16, 16), torch.float16, max_rank=16, gen=gen)
+    calls = {"ticket": 0, "zero": 0}
+    for name, kern in (("ticket", "shrink_ticket_kernel"), ("zero", "zero_kernel")):
+        real = getattr(L, kern)
+
+        class Spy:
+            def __init__(self, real, name):
+                self.real, self.name = real, name
+
+            def __getitem__(self, grid):
+                calls[self.name] += 1
+                return self.real[grid]
+
+        monkeypatch.setattr(L, kern, Spy(real, name))
+    monkeypatch.setattr(L, "_TGROUP", None)
+    monkeypatch.setattr(L, "_ZGROUP", None)
+    slots = torch.tensor([2, -1, 0, 2, 1, 0, -1])
+    x = poisoned((7, 64), torch.float16, gen, 1.0)
+    for static in (False, True):
+        batch = ld.LoRABatch.empty(16).update_(slots) if static else \
+            ld.LoRABatch.from_token_adapters(slots)
+        for mode, want in (("auto", "ticket"), ("0", "zero")):
+            monkeypatch.setenv("LORA_DISPATCH_SHRINK_TICKET", mode)
+            L._plans(w).clear()
+            before = dict(calls)
+            y = tk.shrink(x, w, batch, split_k=4)
+            assert calls[want] == before[want] + 1
+            assert sum(calls.values()) == sum(before.values()) + 1
+            assert rel(y, ref_y(x, w, slots)) <= TOL[torch.float16]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

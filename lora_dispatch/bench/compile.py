@@ -171,6 +171,17 @@ def variants(target: str):
     cfg = configs.shrink_config(info, 64, 4096, 16, 2, True, slices=1)
     meta = {**L._shrink_plan(w, 64, atomic=True, cfg=cfg).meta, "stride_xk": 1}
     yield "shrink-public-r16-T64", L.shrink_kernel, st, meta, sdiv
+    tst = dict(st, slots_ptr="*i32", tick_ptr="*i32")
+    tdiv = ("K", "K_SPLIT", "stride_xm", "stride_ys", "stride_yt")
+    for outs, rank, t in (((4096,), 16, 64), ((4096, 1024, 1024), 16, 1),
+                          ((4096, 1024, 1024), 64, 16)):  # the public decode shrink, one launch
+        w = ld.LoRAWeights(4, 4096, outs, rank, dtype=torch.bfloat16)
+        cfg = configs.shrink_config(info, t, 4096, rank, 2, True, slices=len(outs))
+        tp = L.ticket_plan(L._shrink_plan(w, t, atomic=True, cfg=cfg, info=info), t)
+        meta = {**dict(zip(L._TICKET_CX, tp.cx)), "num_warps": tp.num_warps,
+                "num_stages": tp.num_stages, "stride_xk": 1}
+        yield (f"shrink-ticket-s{len(outs)}-r{rank}-T{t}", L.shrink_ticket_kernel, tst, meta,
+               tdiv)
     yield ("zero_fill", L.zero_kernel, {"y_ptr": "*fp32"},
            {"BLOCK": L.ZERO_BLOCK, "num_warps": 4, "num_stages": 1}, ("N",))
 

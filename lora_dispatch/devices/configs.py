@@ -46,12 +46,16 @@ __all__ = [
     "gluon_expand_mode",
     "ENV_GLUON_EXPAND",
     "gluon_takes_ranks",
+    "shrink_ticket",
+    "ticket_mode",
+    "ENV_TICKET",
 ]
 
 ENV_TMA = "LORA_DISPATCH_TMA"
 ENV_PDL = "LORA_DISPATCH_PDL"
 ENV_GLUON = "LORA_DISPATCH_GLUON"
 ENV_GLUON_EXPAND = "LORA_DISPATCH_GLUON_EXPAND"
+ENV_TICKET = "LORA_DISPATCH_SHRINK_TICKET"
 
 
 @dataclass(frozen=True)
@@ -551,6 +555,34 @@ def fused_max_tokens(info: DeviceInfo, num_slots: int, max_rank: int) -> int:
 
 
 _FUSED_MAX_TOKENS: dict[str, int] = {"h100": 0, "h200": 0}
+
+
+# most tokens for which an eager public split-K shrink orders its K splits on ticket words
+# (one launch) instead of a zero fill before them (two launches)
+TICKET_MAX_TOKENS = 256
+
+
+def ticket_mode() -> str:
+    """``LORA_DISPATCH_SHRINK_TICKET`` as ``auto``, ``0`` or ``1`` (``ValueError`` for
+    anything else)."""
+    mode = os.environ.get(ENV_TICKET, "auto").strip().lower() or "auto"
+    if mode not in ("auto", "0", "1"):
+        raise ValueError(f"{ENV_TICKET} must be 'auto', '0' or '1', got {mode!r}")
+    return mode
+
+
+def shrink_ticket(info: DeviceInfo, t: int) -> bool:
+    """Whether an eager public shrink of ``t`` tokens, split over K, runs as one launch
+    whose splits order themselves on ticket words
+    (:mod:`lora_dispatch.kernels.triton.shrink_ticket_kernel`) rather than after a zero fill
+    of ``y`` (CUDA-graph capture keeps the fill: replayed, it is the faster of the two).
+
+    Automatic: up to :data:`TICKET_MAX_TOKENS` tokens on every device. ``1``: at every
+    ``T`` where the shrink splits K; ``0``: never. Read when a launch plan is built.
+    """
+    del info
+    mode = ticket_mode()
+    return mode == "1" or (mode == "auto" and t <= TICKET_MAX_TOKENS)
 
 
 # fewest tokens for which the shrink reads through tensor descriptors (TMA), per family where

@@ -32,6 +32,7 @@ from .overlap_kernel import SYNC_HEAD, overlap_kernel
 from .shrink_gluon_kernel import AVAILABLE as GLUON_AVAILABLE
 from .shrink_gluon_kernel import a_descriptor, rows_descriptor, shrink_gluon_kernel, x_tile
 from .shrink_kernel import shrink_kernel
+from .shrink_ticket_kernel import SWEEP_ROWS, shrink_ticket_kernel
 from .shrink_tma_kernel import shrink_tma_kernel
 
 try:
@@ -72,6 +73,19 @@ class ShrinkPlan(NamedTuple):
     alt: ShrinkPlan | None = None  # the Gluon plan, taken where x and the ranks allow
 
 
+class TicketPlan(NamedTuple):
+    """The public decode shrink in one launch (:mod:`.shrink_ticket_kernel`): ``ShrinkPlan``
+    ``base``'s tiling, its K splits ordered on the batch's ticket words."""
+
+    grid: tuple[int, int]
+    words: int  # ticket words of the tile programs (one per program column)
+    cx: tuple
+    num_warps: int
+    num_stages: int
+    tail: tuple  # cx then the launch-option slots of _TGROUP
+    base: ShrinkPlan
+
+
 class GluonExpandPlan(NamedTuple):
     """The Gluon expand's launch (:mod:`.expand_gluon_kernel`)."""
 
@@ -97,6 +111,8 @@ class ExpandPlan(NamedTuple):
 
 _OVERLAP_CX = ("S", "R", "TILE", "BM", "BNS", "BK", "RB", "EVEN_K", "BNE", "BR", "NCOL",
                "PREFETCH", "ALIGN", "PREC", "SPLIT")
+_TICKET_CX = ("S", "R", "RCAP", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "PREC", "RLOW", "RMID",
+              "SW")
 _SHRINK_CX = ("S", "R", "RCAP", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL",
               "PREC", "PDL", "RLOW", "RMID")
 _EXPAND_CX = ("S", "R", "RCAP", "RMASK", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH",
@@ -112,8 +128,10 @@ try:
     # the public shrink writing its own zeros, and the public expand (bound per call site)
     _SGROUP: LaunchGroup | None = LaunchGroup(shrink_kernel)
     _EGROUP: LaunchGroup | None = LaunchGroup(expand_kernel)
+    # the public decode shrink without a fill (split-K ordered on the batch's tickets)
+    _TGROUP: LaunchGroup | None = LaunchGroup(shrink_ticket_kernel)
 except (ImportError, TypeError):  # no fast launcher: each kernel launches on its own
-    _GROUP = _ZGROUP = _SGROUP = _EGROUP = None
+    _GROUP = _ZGROUP = _SGROUP = _EGROUP = _TGROUP = None
 try:  # add_lora with the Gluon shrink (descriptors encoded by the native tier)
     _GGROUP: LaunchGroup | None = (None if _GROUP is None or shrink_gluon_kernel is None
                                    else LaunchGroup(shrink_gluon_kernel, expand_kernel))
@@ -728,6 +746,20 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
     p = _pick(plan_for("shrink", w, t, None, split_k), x, w)
     ys = (0, t * r, r, 1)  # every split adds into y
     pub = split_k is None and p.alt is None and not _desc_kind(p, x, w)
+    tp = _ticket_plan(w, t, split_k, p)
+    if tp is not None and not (x.is_cuda and _capturing()):
+        # eagerly one launch, its K splits ordered on this stream's ticket words: 3.1-3.6 us
+        # less host time a call than the fill's and the shrink's launches, 0.4-0.8 us more
+        # GPU time at 1 / 4 adapters (H200, ab-ticket-decode-...json); graphs keep the fill
+        tk = _tickets(tp.words, x)
+        if not (pub and _launch_pub(
+                OP_SHRINK, "_TGROUP", tp, w, batch, x, t,
+                lambda: (*_ticket_args(tp, x, x.stride(), w, batch, tk, y, t), *tp.tail),
+                _S_PUB, (tp.grid,), (x, y, *x.stride()), _S_PUB_LAYOUT)):
+            shrink_ticket_kernel[tp.grid](
+                *_ticket_args(tp, x, x.stride(), w, batch, tk, y, t), *tp.cx,
+                num_warps=tp.num_warps, num_stages=tp.num_stages)
+        return y
     if p.meta["FILL"]:
         # one K split: the kernel writes every element, zeros included, where the batch's
         # spare tiles reach every token without a slot below T: a batch whose slots the
@@ -785,6 +817,43 @@ def expand(y: torch.Tensor, w, batch, base_out: torch.Tensor) -> None:
                        _E_PUB, (p.grid,), (y, base_out, *ys[1:], *os_), _E_PUB_LAYOUT):
             return
     _launch_expand(p, y, w, batch, base_out, t, ys)
+
+
+def _ticket_plan(w, t: int, split_k: int | None, p: ShrinkPlan) -> TicketPlan | None:
+    """The one-launch public shrink over plan ``p``'s tiling (cached beside it), or None where
+    it is not taken: one K split, descriptors, or :func:`configs.shrink_ticket` says no."""
+    plans = _plans(w)
+    key = ("ticket", t, split_k)
+    if key in plans:
+        tp = plans[key]
+        return tp if tp is not None and tp.base is p else None
+    tp = None
+    if (p.split > 1 and not p.tma and p.gluon is None and p.alt is None
+            and configs.shrink_ticket(describe(w.device), t)):
+        tp = ticket_plan(p, t)
+    plans[key] = tp
+    return tp
+
+
+def ticket_plan(p: ShrinkPlan, t: int) -> TicketPlan:
+    """:mod:`.shrink_ticket_kernel`'s launch over split-K shrink plan ``p`` for ``t`` tokens."""
+    m = p.meta
+    meta = dict(m, SW=SWEEP_ROWS)
+    words = p.grid[0]  # nb * tiles
+    cx = tuple(meta[n] for n in _TICKET_CX)
+    opts = () if _TGROUP is None else _TGROUP.options(
+        0, num_warps=m["num_warps"], num_stages=m["num_stages"])
+    return TicketPlan((words + _cdiv(t, SWEEP_ROWS), p.split), words, cx, m["num_warps"],
+                      m["num_stages"], cx + opts, p)
+
+
+def _ticket_args(tp: TicketPlan, x, xs, w, batch, tk, y, t: int) -> tuple:
+    """``shrink_ticket_kernel``'s parameters before its constexprs, in signature order
+    (``y`` contiguous ``[S, T, R]``)."""
+    p, tm, r = tp.base, batch.tile_map, w.max_rank
+    return (x, w.lora_a, y, w.ranks, w.scalings, batch.sorted_tokens, tm, batch.token_slots,
+            tk, t, w.in_features, w.num_slots, tm.shape[2], p.k_split, p.nb, tk.numel() // 2,
+            xs[0], xs[1], t * r, r)  # ticket words, then their flags from tk.numel() // 2
 
 
 # the public ops' bound groups: their varying slots (indices, in slot order) and what each is
@@ -849,6 +918,7 @@ def add_lora_fused(base_out: torch.Tensor, x: torch.Tensor, w, batch) -> None:
 
 _WORKSPACES: dict[tuple[int, int, int], torch.Tensor] = {}
 _SYNCS: dict[tuple[int, int, int], torch.Tensor] = {}
+_TICKETS: dict[tuple[int, int, int], torch.Tensor] = {}
 _WS_GEN = [0]  # bumped whenever a buffer of those tables is replaced or dropped
 _get_ident = threading.get_ident
 _capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", lambda: False)
@@ -892,18 +962,26 @@ def _sync(numel: int, x: torch.Tensor) -> torch.Tensor:
     return _per_stream(_SYNCS, numel, x, torch.int32, torch.zeros)
 
 
+def _tickets(words: int, x: torch.Tensor) -> torch.Tensor:
+    """A zeroed-at-birth ``int32 [2 * n]`` buffer, ``n >= words``, of ticket words (then
+    their flags) for :mod:`.shrink_ticket_kernel`, which leaves every word ready for its
+    next launch: one per (device, stream, thread), so launches sharing one run in order."""
+    return _per_stream(_TICKETS, 2 * words, x, torch.int32, torch.zeros)
+
+
 def workspace_bytes() -> int:
-    """Bytes held by the eager add_lora workspaces and overlap flag buffers (one each per
-    device, stream and thread)."""
+    """Bytes held by the eager add_lora workspaces, overlap flag buffers and public shrink
+    ticket buffers (one each per device, stream and thread)."""
     return sum(b.numel() * b.element_size()
-               for b in (*_WORKSPACES.values(), *_SYNCS.values()))
+               for b in (*_WORKSPACES.values(), *_SYNCS.values(), *_TICKETS.values()))
 
 
 def release_workspaces() -> None:
-    """Drop the eager add_lora workspaces (the caching allocator reuses their memory once
-    the work queued on their streams is done)."""
+    """Drop the eager add_lora workspaces, flag and ticket buffers (the caching allocator
+    reuses their memory once the work queued on their streams is done)."""
     _WORKSPACES.clear()
     _SYNCS.clear()
+    _TICKETS.clear()
     _WS_GEN[0] += 1
 
 
