@@ -899,23 +899,27 @@ def _tma_plans(w, cap):
     assert tk.plan_for("add", w, cap).shrink.tma and tk.plan_for("shrink", w, cap).tma
 
 
-def test_public_shrink_zero_fill_group(monkeypatch):
+@pytest.mark.parametrize("ticket", ["0", "auto"])
+def test_public_shrink_zero_fill_group(ticket, monkeypatch):
     """The public lora_shrink launches its zero fill and the split-K shrink as one launch
-    group where the native tier is on; equal to separate launches and to float64, every
-    element past a slot's rank exactly zero, on a side stream."""
+    group where the native tier is on (``LORA_DISPATCH_SHRINK_TICKET=0``), or eagerly at
+    decode the one-launch shrink through its own group; equal to separate launches and to
+    float64, every element past a slot's rank exactly zero, on a side stream."""
     from lora_dispatch.kernels.triton import launch as tl_launch
 
-    group = tl_launch._ZGROUP
+    monkeypatch.setenv("LORA_DISPATCH_SHRINK_TICKET", ticket)
+    attr = "_ZGROUP" if ticket == "0" else "_TGROUP"
+    group = getattr(tl_launch, attr)
     gen = torch.Generator().manual_seed(8)
     w = make_weights(4, 4096, (4096, 1024, 1024), torch.bfloat16, seed=2)
     side = torch.cuda.Stream(DEV)
-    for t in (1, 64, 700):
+    for t in (1, 64, 700) if ticket == "0" else (1, 64, 256):
         assert not tk.plan_for("shrink", w, t).meta["FILL"], "one split: no fill, no group"
         slots = random_slots(t, w.num_slots, gen)
         batch = token_batch(slots)
         x = torch.randn(t, 4096, generator=gen).to(DEV, torch.bfloat16)
         want = ref_y(x, w, slots.to(DEV))
-        ys = group_runs(monkeypatch, "_ZGROUP", group, side,
+        ys = group_runs(monkeypatch, attr, group, side,
                         lambda x=x, batch=batch: ld.lora_shrink(x, w, batch))
         for y in ys:
             assert rel(y, want) <= TOL[torch.bfloat16]

@@ -752,13 +752,15 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
         # less host time a call than the fill's and the shrink's launches, 0.4-0.8 us more
         # GPU time at 1 / 4 adapters (H200, ab-ticket-decode-...json); graphs keep the fill
         tk = _tickets(tp.words, x)
-        if not (pub and _launch_pub(
-                OP_SHRINK, "_TGROUP", tp, w, batch, x, t,
-                lambda: (*_ticket_args(tp, x, x.stride(), w, batch, tk, y, t), *tp.tail),
-                _S_PUB, (tp.grid,), (x, y, *x.stride()), _S_PUB_LAYOUT)):
-            shrink_ticket_kernel[tp.grid](
-                *_ticket_args(tp, x, x.stride(), w, batch, tk, y, t), *tp.cx,
-                num_warps=tp.num_warps, num_stages=tp.num_stages)
+        args = _ticket_args(tp, x, x.stride(), w, batch, tk, y, t)
+        if pub and _launch_pub(OP_SHRINK, "_TGROUP", tp, w, batch, x, t,
+                               lambda: (*args, *tp.tail), _S_PUB, (tp.grid,),
+                               (x, y, *x.stride()), _S_PUB_LAYOUT):
+            return y
+        if _TGROUP is None or not _TGROUP.available() or not _TGROUP((tp.grid,),
+                                                                     (*args, *tp.tail)):
+            shrink_ticket_kernel[tp.grid](*args, *tp.cx, num_warps=tp.num_warps,
+                                          num_stages=tp.num_stages)
         return y
     if p.meta["FILL"]:
         # one K split: the kernel writes every element, zeros included, where the batch's
