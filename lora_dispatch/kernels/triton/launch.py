@@ -147,6 +147,7 @@ except TypeError:  # the Gluon kernels are not fast launchers
     _XGROUP = _GXGROUP = None
 # option slots of the group's kernels (fixed at import: plans outlive a swapped _GROUP)
 _GROUP_OPTIONS = None if _GROUP is None else _GROUP.options
+_TGROUP_OPTIONS = None if _TGROUP is None else _TGROUP.options
 _ZERO_WARPS = 4
 _ZERO_TAIL = (ZERO_BLOCK,) + (() if _ZGROUP is None else _ZGROUP.options(
     0, num_warps=_ZERO_WARPS, num_stages=1))
@@ -843,7 +844,7 @@ def ticket_plan(p: ShrinkPlan, t: int) -> TicketPlan:
     meta = dict(m, SW=SWEEP_ROWS)
     words = p.grid[0]  # nb * tiles
     cx = tuple(meta[n] for n in _TICKET_CX)
-    opts = () if _TGROUP is None else _TGROUP.options(
+    opts = () if _TGROUP_OPTIONS is None else _TGROUP_OPTIONS(
         0, num_warps=m["num_warps"], num_stages=m["num_stages"])
     return TicketPlan((words + _cdiv(t, SWEEP_ROWS), p.split), words, cx, m["num_warps"],
                       m["num_stages"], cx + opts, p)
