@@ -1050,3 +1050,36 @@ def test_hot_layout_codes_must_fit_the_op(monkeypatch) -> None:
             arm(op, layout)
     with pytest.raises(ValueError, match="op must be"):
         arm(L.OP_SHRINK, (), kind=1)
+
+
+def test_public_per_call_slots_name_the_kernels_parameters() -> None:
+    """The native per-call paths of the public ops rewrite these parameter slots per call:
+    they must be the kernels' ``x`` / ``y`` / ``out`` and their strides (a slot off by one
+    would launch with a stride as ``K_SPLIT``), and the argument builders must fill every
+    parameter before the constexprs."""
+    import torch
+
+    import lora_dispatch as ld
+    from lora_dispatch.kernels.triton import launch as L
+
+    def names(kernel, slots):
+        jit = getattr(kernel, "_fl_jit", None) or getattr(kernel, "__wrapped__", kernel)
+        return [jit.arg_names[i] for i in slots]
+
+    assert names(L.shrink_kernel, L._S_PUB) == ["x_ptr", "y_ptr", "stride_xm", "stride_xk"]
+    assert names(L.shrink_ticket_kernel, L._T_PUB) == ["x_ptr", "y_ptr", "stride_xm",
+                                                       "stride_xk"]
+    assert names(L.expand_kernel, L._E_PUB) == ["y_ptr", "out_ptr", "stride_ys", "stride_yt",
+                                                "stride_yr", "stride_om", "stride_on"]
+    w = ld.LoRAWeights(3, 64, (32, 16), 16, dtype=torch.float16)
+    batch = ld.LoRABatch.from_token_adapters(torch.tensor([0, -1, 2]))
+    x = torch.randn(3, 64).half()
+    p = L._shrink_plan(w, 3, atomic=True, split_k=2, fill=False)
+    tp = L.ticket_plan(p, 3)
+    y = torch.empty(2, 3, 16)
+    args = L._ticket_args(tp, x, x.stride(), w, batch, torch.zeros(2 * tp.words,
+                                                                   dtype=torch.int32), y, 3)
+    jit = getattr(L.shrink_ticket_kernel, "_fl_jit", L.shrink_ticket_kernel)
+    params = [n for i, n in enumerate(jit.arg_names) if i not in jit.constexprs]
+    assert len(args) == len(params) and len(tp.cx) == len(jit.arg_names) - len(params)
+    assert [args[i] for i in L._T_PUB] == [x, y, *x.stride()]

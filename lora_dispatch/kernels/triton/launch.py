@@ -755,7 +755,7 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
         tk = _tickets(tp.words, x)
         args = _ticket_args(tp, x, x.stride(), w, batch, tk, y, t)
         if pub and _launch_pub(OP_SHRINK, "_TGROUP", tp, w, batch, x, t,
-                               lambda: (*args, *tp.tail), _S_PUB, (tp.grid,),
+                               lambda: (*args, *tp.tail), _T_PUB, (tp.grid,),
                                (x, y, *x.stride()), _S_PUB_LAYOUT):
             return y
         if _TGROUP is None or not _TGROUP.available() or not _TGROUP((tp.grid,),
@@ -861,6 +861,7 @@ def _ticket_args(tp: TicketPlan, x, xs, w, batch, tk, y, t: int) -> tuple:
 
 # the public ops' bound groups: their varying slots (indices, in slot order) and what each is
 _S_PUB = (_S_X, _S_Y, _S_XS.start, _S_XS.start + 1)  # x, y, x's strides
+_T_PUB = (0, 2, 16, 17)  # the same in shrink_ticket_kernel's parameters
 _S_PUB_LAYOUT = (V_X, V_Y, V_XS0, V_XS1)
 _Z_PUB = (0, *(2 + len(_ZERO_TAIL) + i for i in _S_PUB))  # the fill's y, then the shrink's
 _Z_PUB_LAYOUT = (V_Y, *_S_PUB_LAYOUT)
