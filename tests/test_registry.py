@@ -533,6 +533,23 @@ def test_tma_env(monkeypatch):
         configs.shrink_tma(H100, 8192)
 
 
+def test_shrink_ticket_env(monkeypatch):
+    """LORA_DISPATCH_SHRINK_TICKET: automatic up to 256 tokens (eager decode, measured on
+    the H200's host time), 1 everywhere, 0 never, other values name the variable."""
+    from lora_dispatch.devices import configs
+
+    monkeypatch.delenv(configs.ENV_TICKET, raising=False)
+    assert configs.shrink_ticket(H100, 1) and configs.shrink_ticket(A100, 256)
+    assert not configs.shrink_ticket(H100, 257)
+    monkeypatch.setenv(configs.ENV_TICKET, "1")
+    assert configs.shrink_ticket(H100, 8192)
+    monkeypatch.setenv(configs.ENV_TICKET, "0")
+    assert not configs.shrink_ticket(H100, 1)
+    monkeypatch.setenv(configs.ENV_TICKET, "yes")
+    with pytest.raises(ValueError, match=configs.ENV_TICKET):
+        configs.shrink_ticket(H100, 1)
+
+
 def test_pdl_rule(monkeypatch):
     """LORA_DISPATCH_PDL: automatic on CUDA 9.0+ with Triton 3.4+ outside the interpreter,
     off elsewhere; 0 turns it off, 1 raises where it cannot run, other values name the

@@ -293,7 +293,8 @@ def test_public_shrink_tickets_eager_and_graph(t):
     60 refills of a static batch, each call on the main or a side stream and its ``y``
     NaN-filled before it is freed (so the next call's unwritten elements show), then 300
     calls in a row, all equal the float64 reference; every ticket word is back to zero
-    arrivals with its generation published. A captured call keeps the zero fill."""
+    arrivals with its generation published. A captured call (the zero fill's path) equals
+    them."""
     from lora_dispatch.kernels.triton import launch as tl_launch
 
     gen = torch.Generator().manual_seed(40 + t)

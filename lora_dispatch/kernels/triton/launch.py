@@ -737,6 +737,13 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
     -------
     Tensor [num_slices, T, max_rank] float32
         ``c[s, i] * x[t] @ A_i[s, :r]^T`` in ``[:, t, :r]``, zeros elsewhere.
+
+    Notes
+    -----
+    One K split: the kernel writes every element (host-known batches). Several: eagerly up
+    to :data:`configs.TICKET_MAX_TOKENS` tokens one launch whose splits order themselves on
+    this stream's ticket words (:mod:`.shrink_ticket_kernel`), otherwise (and under
+    CUDA-graph capture) a zero fill, then the splits' float32 atomics.
     """
     t = x.shape[0]
     r = w.max_rank
