@@ -835,8 +835,7 @@ def _ticket_plan(w, t: int, split_k: int | None, p: ShrinkPlan) -> TicketPlan | 
     plans = _plans(w)
     key = ("ticket", t, split_k)
     if key in plans:
-        tp = plans[key]
-        return tp if tp is not None and tp.base is p else None
+        return plans[key]
     tp = None
     if (p.split > 1 and not p.tma and p.gluon is None and p.alt is None
             and configs.shrink_ticket(describe(w.device), t)):

@@ -47,17 +47,39 @@ def _ticket(word_ptr, n):
 
 @triton.jit
 def _publish(flag_ptr, gen):
-    """The first split's stores are done: a CTA barrier, then a release store at GPU scope."""
+    """The first split's stores are done: a CTA barrier, then a release store at GPU scope
+    (:func:`.tiles.flag_arrive`'s order, storing a generation rather than counting)."""
     tl.debug_barrier()
     tl.atomic_xchg(flag_ptr, gen, sem="release")
 
 
 @triton.jit
 def _await(flag_ptr, gen):
-    """Spin until the first split has published ``gen`` (acquire reads)."""
+    """Spin until the first split has published ``gen`` (acquire reads). Equality, not
+    :func:`.tiles.flag_wait`'s ``<``: the 16-bit generation wraps."""
     v = tl.atomic_add(flag_ptr, 0, sem="acquire")
     while v != gen:
         v = tl.atomic_add(flag_ptr, 0, sem="acquire")
+
+
+@triton.jit
+def _ordered_store(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
+                   n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, scal_ptr, y_ptr, word_ptr,
+                   nsplit, NC, stride_ys, stride_yt, S: tl.constexpr, R: tl.constexpr,
+                   BN: tl.constexpr, RB: tl.constexpr):
+    """This K split's ``RB`` blocks into ``y`` in ticket order: the first to arrive stores
+    them with zeros past the rank, then publishes; the others wait, then add."""
+    first, gen = _ticket(word_ptr, nsplit)
+    if first:
+        _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
+                      n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, 0, scal_ptr, y_ptr, 0,
+                      stride_ys, stride_yt, S, R, BN, RB, False, True)
+        _publish(word_ptr + NC, gen)
+    else:
+        _await(word_ptr + NC, gen)
+        _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
+                      n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, 0, scal_ptr, y_ptr, 0,
+                      stride_ys, stride_yt, S, R, BN, RB, True, False)
 
 
 @triton.jit
@@ -97,17 +119,9 @@ def _narrow_ticket(x_ptr, a_ptr, y_ptr, scal_ptr, word_ptr, slot, rank, tok64, m
         y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + cols[None, :]
         tl.store(y_ptrs, tl.zeros((BM, BN), dtype=tl.float32),
                  mask=m_mask[:, None] & (cols < R)[None, :])
-    first, gen = _ticket(word_ptr, nsplit)
-    if first:
-        _store_blocks(acc, acc, acc, acc, sl, c0, n_mask, sl, c0, n_mask, sl, c0, n_mask, sl,
-                      c0, n_mask, m_mask, tok64, slot, 0, scal_ptr, y_ptr, 0, stride_ys,
-                      stride_yt, S, R, W, 1, False, True)
-        _publish(word_ptr + NC, gen)
-    else:
-        _await(word_ptr + NC, gen)
-        _store_blocks(acc, acc, acc, acc, sl, c0, n_mask, sl, c0, n_mask, sl, c0, n_mask, sl,
-                      c0, n_mask, m_mask, tok64, slot, 0, scal_ptr, y_ptr, 0, stride_ys,
-                      stride_yt, S, R, W, 1, True, False)
+    _ordered_store(acc, acc, acc, acc, sl, c0, n_mask, sl, c0, n_mask, sl, c0, n_mask, sl, c0,
+                   n_mask, m_mask, tok64, slot, scal_ptr, y_ptr, word_ptr, nsplit, NC,
+                   stride_ys, stride_yt, S, R, W, 1)
 
 
 @fast_launch
@@ -162,14 +176,6 @@ def shrink_ticket_kernel(
         x_ptr, a_ptr, slot, rank, tok64, m_mask, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2,
         c02, n_mask2, sl3, c03, n_mask3, pid_k * K_SPLIT, K_SPLIT, K, stride_xm, stride_xk, S,
         R, BM, BN, BK, RB, EVEN_K, PREC)
-    first, gen = _ticket(word_ptr, nsplit)
-    if first:
-        _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
-                      n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, 0, scal_ptr, y_ptr, 0,
-                      stride_ys, stride_yt, S, R, BN, RB, False, True)
-        _publish(word_ptr + NC, gen)
-    else:
-        _await(word_ptr + NC, gen)
-        _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
-                      n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, 0, scal_ptr, y_ptr, 0,
-                      stride_ys, stride_yt, S, R, BN, RB, True, False)
+    _ordered_store(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
+                   n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, scal_ptr, y_ptr, word_ptr,
+                   nsplit, NC, stride_ys, stride_yt, S, R, BN, RB)
