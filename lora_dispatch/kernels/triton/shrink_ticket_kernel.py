@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ._jit import fast_launch
-from .shrink_kernel import _block, _blocks, _store_blocks, _zero_blocks, accumulate
+from .shrink_kernel import _block, _blocks, _store_blocks, _zero_block, _zero_blocks, accumulate
 from .tiles import tile_head, tile_rows
 
 __all__ = ["shrink_ticket_kernel", "SWEEP_ROWS"]
@@ -106,22 +106,34 @@ def _narrow_ticket(x_ptr, a_ptr, y_ptr, scal_ptr, word_ptr, slot, rank, tok64, m
                    pid_k, nsplit, K_SPLIT, K, NC, stride_xm, stride_xk, stride_ys, stride_yt,
                    S: tl.constexpr, R: tl.constexpr, BM: tl.constexpr, W: tl.constexpr,
                    BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr,
-                   PREC: tl.constexpr):
+                   PREC: tl.constexpr, EARLY: tl.constexpr):
     """Slice ``pid_n``'s first ``W`` rows of a tile of a live slot whose rank is at most
     ``W``; split 0 also zeroes the slice's columns ``W ... R``."""
     sl, c0, n_mask, _ = _block(pid_n, rank, S, 1, W)
+    if EARLY:
+        first, gen = _ticket(word_ptr, nsplit)
+        if first:
+            _zero_block(sl, 0, m_mask, tok64, y_ptr, stride_ys, stride_yt, S, R, BM, BN)
+            _publish(word_ptr + NC, gen)
     acc, _, _, _ = accumulate(
         x_ptr, a_ptr, slot, rank, tok64, m_mask, sl, c0, n_mask, sl, c0, n_mask, sl, c0,
         n_mask, sl, c0, n_mask, pid_k * K_SPLIT, K_SPLIT, K, stride_xm, stride_xk, S, R, BM,
         W, BK, 1, EVEN_K, PREC)
-    if pid_k == 0:
-        cols = W + tl.arange(0, BN)  # [BN]
-        y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + cols[None, :]
-        tl.store(y_ptrs, tl.zeros((BM, BN), dtype=tl.float32),
-                 mask=m_mask[:, None] & (cols < R)[None, :])
-    _ordered_store(acc, acc, acc, acc, sl, c0, n_mask, sl, c0, n_mask, sl, c0, n_mask, sl, c0,
-                   n_mask, m_mask, tok64, slot, scal_ptr, y_ptr, word_ptr, nsplit, NC,
-                   stride_ys, stride_yt, S, R, W, 1)
+    if EARLY:
+        if not first:
+            _await(word_ptr + NC, gen)
+        _store_blocks(acc, acc, acc, acc, sl, c0, n_mask, sl, c0, n_mask, sl, c0, n_mask, sl,
+                      c0, n_mask, m_mask, tok64, slot, 0, scal_ptr, y_ptr, 0, stride_ys,
+                      stride_yt, S, R, W, 1, True, False)
+    else:
+        if pid_k == 0:
+            cols = W + tl.arange(0, BN)  # [BN]
+            y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + cols[None, :]
+            tl.store(y_ptrs, tl.zeros((BM, BN), dtype=tl.float32),
+                     mask=m_mask[:, None] & (cols < R)[None, :])
+        _ordered_store(acc, acc, acc, acc, sl, c0, n_mask, sl, c0, n_mask, sl, c0, n_mask, sl,
+                       c0, n_mask, m_mask, tok64, slot, scal_ptr, y_ptr, word_ptr, nsplit, NC,
+                       stride_ys, stride_yt, S, R, W, 1)
 
 
 @fast_launch
@@ -133,7 +145,7 @@ def shrink_ticket_kernel(
     S: tl.constexpr, R: tl.constexpr, RCAP: tl.constexpr, TILE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
     EVEN_K: tl.constexpr, PREC: tl.constexpr, RLOW: tl.constexpr, RMID: tl.constexpr,
-    SW: tl.constexpr,
+    SW: tl.constexpr, EARLY: tl.constexpr = 0,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -155,14 +167,14 @@ def shrink_ticket_kernel(
         if rank <= RLOW:
             _narrow_ticket(x_ptr, a_ptr, y_ptr, scal_ptr, word_ptr, slot, rank, tok64, m_mask,
                            pid_n, pid_k, nsplit, K_SPLIT, K, NC, stride_xm, stride_xk,
-                           stride_ys, stride_yt, S, R, BM, RLOW, BN, BK, EVEN_K, PREC)
+                           stride_ys, stride_yt, S, R, BM, RLOW, BN, BK, EVEN_K, PREC, EARLY)
             return
         if RMID > 0:
             if rank <= RMID:
                 _narrow_ticket(x_ptr, a_ptr, y_ptr, scal_ptr, word_ptr, slot, rank, tok64,
                                m_mask, pid_n, pid_k, nsplit, K_SPLIT, K, NC, stride_xm,
                                stride_xk, stride_ys, stride_yt, S, R, BM, RMID, BN, BK, EVEN_K,
-                               PREC)
+                               PREC, EARLY)
                 return
     NBR: tl.constexpr = (RCAP + BN - 1) // BN  # blocks a slice: no slot's rank passes RCAP
     (sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3,
@@ -172,10 +184,23 @@ def shrink_ticket_kernel(
             _zero_blocks(sl0, c00, sl1, c01, sl2, c02, sl3, c03, m_mask, tok64, y_ptr,
                          stride_ys, stride_yt, S, R, BM, BN, RB)
         return
+    if EARLY:
+        first, gen = _ticket(word_ptr, nsplit)
+        if first:
+            _zero_blocks(sl0, c00, sl1, c01, sl2, c02, sl3, c03, m_mask, tok64, y_ptr,
+                         stride_ys, stride_yt, S, R, BM, BN, RB)
+            _publish(word_ptr + NC, gen)
     acc0, acc1, acc2, acc3 = accumulate(
         x_ptr, a_ptr, slot, rank, tok64, m_mask, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2,
         c02, n_mask2, sl3, c03, n_mask3, pid_k * K_SPLIT, K_SPLIT, K, stride_xm, stride_xk, S,
         R, BM, BN, BK, RB, EVEN_K, PREC)
+    if EARLY:
+        if not first:
+            _await(word_ptr + NC, gen)
+        _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
+                      n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, 0, scal_ptr, y_ptr, 0,
+                      stride_ys, stride_yt, S, R, BN, RB, True, False)
+        return
     _ordered_store(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
                    n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, scal_ptr, y_ptr, word_ptr,
                    nsplit, NC, stride_ys, stride_yt, S, R, BN, RB)
