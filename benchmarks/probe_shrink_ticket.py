@@ -58,7 +58,7 @@ def _calls(p: Problem, sets: int) -> tuple[dict, list, list]:
             args = L._ticket_args(tp, x, x.stride(), w, batch, tk, y, p.t)
 
             def call(args=args, tp=tp, early=early):
-                L.shrink_ticket_kernel[tp.grid](*args, *tp.cx, early, num_warps=tp.num_warps,
+                L.shrink_ticket_kernel[tp.grid](*args, *tp.cx[:-1], early, num_warps=tp.num_warps,
                                                 num_stages=tp.num_stages)
 
             fns[VARIANTS[1 + early]].append(call)

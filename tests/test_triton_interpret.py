@@ -491,7 +491,7 @@ def test_shrink_tickets(cfg, early, poison_empty):
         x = poisoned((t, k), dtype, gen, 1.0)
         y = torch.empty((w.num_slices, t, w.max_rank), dtype=torch.float32)
         L.shrink_ticket_kernel[tp.grid](*L._ticket_args(tp, x, x.stride(), w, batch, tk_buf, y, t),
-                                       *tp.cx, early, num_warps=tp.num_warps,
+                                       *tp.cx[:-1], early, num_warps=tp.num_warps,
                                        num_stages=tp.num_stages)
         s = slots.clone()
         s[s >= w.num_slots] = -1

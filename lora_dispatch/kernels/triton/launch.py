@@ -112,7 +112,7 @@ class ExpandPlan(NamedTuple):
 _OVERLAP_CX = ("S", "R", "TILE", "BM", "BNS", "BK", "RB", "EVEN_K", "BNE", "BR", "NCOL",
                "PREFETCH", "ALIGN", "PREC", "SPLIT")
 _TICKET_CX = ("S", "R", "RCAP", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "PREC", "RLOW", "RMID",
-              "SW")
+              "SW", "EARLY")
 _SHRINK_CX = ("S", "R", "RCAP", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL",
               "PREC", "PDL", "RLOW", "RMID")
 _EXPAND_CX = ("S", "R", "RCAP", "RMASK", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH",
@@ -847,7 +847,7 @@ def _ticket_plan(w, t: int, split_k: int | None, p: ShrinkPlan) -> TicketPlan | 
 def ticket_plan(p: ShrinkPlan, t: int) -> TicketPlan:
     """:mod:`.shrink_ticket_kernel`'s launch over split-K shrink plan ``p`` for ``t`` tokens."""
     m = p.meta
-    meta = dict(m, SW=SWEEP_ROWS)
+    meta = dict(m, SW=SWEEP_ROWS, EARLY=0)
     words = p.grid[0]  # nb * tiles
     cx = tuple(meta[n] for n in _TICKET_CX)
     opts = () if _TGROUP_OPTIONS is None else _TGROUP_OPTIONS(

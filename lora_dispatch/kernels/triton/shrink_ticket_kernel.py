@@ -145,7 +145,7 @@ def shrink_ticket_kernel(
     S: tl.constexpr, R: tl.constexpr, RCAP: tl.constexpr, TILE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
     EVEN_K: tl.constexpr, PREC: tl.constexpr, RLOW: tl.constexpr, RMID: tl.constexpr,
-    SW: tl.constexpr, EARLY: tl.constexpr = 0,
+    SW: tl.constexpr, EARLY: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
