@@ -7,15 +7,14 @@ T = 1, 16, 64, 256, over the benchmark's rotating weight sets (weights from DRAM
 
 - ``fill``: ``lora_shrink`` as a graph holds it: the zero fill, then the split-K atomics
   (the same two launches eagerly);
-- ``late``: :mod:`shrink_ticket_kernel` with ``EARLY=0``: the first split to finish stores,
-  publishes, the others wait for it after their K loops, then add;
-- ``early``: ``EARLY=1``: every split takes its ticket as it starts, the first zeroes its
-  blocks and publishes before its K loop, the others wait (almost never) after theirs.
+- ``ticket``: :mod:`shrink_ticket_kernel` (the eager path) in one launch, on a ticket buffer
+  zeroed once, outside the graph.
 
-The ticket variants run on a ticket buffer zeroed once, outside the graph. Every variant's
-``y`` after the timed replays is checked against ``fill``'s eager result. Rounds alternate the
-variants' order; the JSON keeps every round (``graph_us`` median of 20 replays of 20 calls,
-``gpu_us`` events).
+``shrink-ticket-orders-…json`` (commit ``ee62eee``) holds a third variant, ``late``: that
+commit's ``EARLY=0`` order (the thirty-fourth session's; its ``early`` is the one shipped).
+Every variant's ``y`` after the timed replays is checked against ``fill``'s eager result.
+Rounds alternate the variants' order; the JSON keeps every round (``graph_us``: median of 20
+replays of 20 calls; ``gpu_us``: events).
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from lora_dispatch.bench.kernels import Problem, _build, min_bytes
 from lora_dispatch.bench.timing import env_record, gpu_time_us, graph_time_us, write_json
 from lora_dispatch.kernels.triton import launch as L
 
-VARIANTS = ("fill", "late", "early")
+VARIANTS = ("fill", "ticket")
 
 
 def _calls(p: Problem, sets: int) -> tuple[dict, list, list]:
@@ -52,17 +51,16 @@ def _calls(p: Problem, sets: int) -> tuple[dict, list, list]:
 
         fns["fill"].append(fill)
         outs.append(("fill", yf, len(wants) - 1))
-        for early in (0, 1):
-            tk = torch.zeros(2 * tp.words, dtype=torch.int32, device=x.device)
-            y = torch.full((w.num_slices, p.t, w.max_rank), float("nan"), device=x.device)
-            args = L._ticket_args(tp, x, x.stride(), w, batch, tk, y, p.t)
+        tk = torch.zeros(2 * tp.words, dtype=torch.int32, device=x.device)
+        y = torch.full((w.num_slices, p.t, w.max_rank), float("nan"), device=x.device)
+        args = L._ticket_args(tp, x, x.stride(), w, batch, tk, y, p.t)
 
-            def call(args=args, tp=tp, early=early):
-                L.shrink_ticket_kernel[tp.grid](*args, *tp.cx[:-1], early, num_warps=tp.num_warps,
-                                                num_stages=tp.num_stages)
+        def ticket(args=args, tp=tp):
+            L.shrink_ticket_kernel[tp.grid](*args, *tp.cx, num_warps=tp.num_warps,
+                                            num_stages=tp.num_stages)
 
-            fns[VARIANTS[1 + early]].append(call)
-            outs.append((VARIANTS[1 + early], y, len(wants) - 1))
+        fns["ticket"].append(ticket)
+        outs.append(("ticket", y, len(wants) - 1))
     return fns, outs, wants
 
 
@@ -88,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         sets = max(1, min(8, (64 << 20) // max(min_bytes(p), 1)))
         fns, outs, wants = _calls(p, sets)
         for rnd in range(args.rounds):
-            order = VARIANTS[rnd % 3:] + VARIANTS[:rnd % 3]
+            order = VARIANTS[rnd % 2:] + VARIANTS[:rnd % 2]
             for v in order:
                 g = graph_time_us(_cycle(fns[v]), dev, inner=max(sets, 20), reps=20)
                 e = gpu_time_us(fns[v][0], dev, warmup_ms=5, rep_ms=20)
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             err = ((y - wants[i]).norm() / wants[i].norm()).item()
             assert err < 1e-3 and not y.isnan().any(), (v, t, rank, a, err)
         line = " ".join(
-            f"{v}={min(r['graph_us'] for r in rows[-3 * args.rounds:] if r['variant'] == v):.2f}"
+            f"{v}={min(r['graph_us'] for r in rows[-2 * args.rounds:] if r['variant'] == v):.2f}"
             for v in VARIANTS)
         print(f"r{rank} a{a} T={t} graph best: {line}", flush=True)
         if args.json:

@@ -112,7 +112,7 @@ class ExpandPlan(NamedTuple):
 _OVERLAP_CX = ("S", "R", "TILE", "BM", "BNS", "BK", "RB", "EVEN_K", "BNE", "BR", "NCOL",
                "PREFETCH", "ALIGN", "PREC", "SPLIT")
 _TICKET_CX = ("S", "R", "RCAP", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "PREC", "RLOW", "RMID",
-              "SW", "EARLY")
+              "SW")
 _SHRINK_CX = ("S", "R", "RCAP", "TILE", "BM", "BN", "BK", "RB", "EVEN_K", "ATOMIC", "FILL",
               "PREC", "PDL", "RLOW", "RMID")
 _EXPAND_CX = ("S", "R", "RCAP", "RMASK", "TILE", "SPLIT", "BM", "BN", "BR", "NCOL", "PREFETCH",
@@ -757,8 +757,9 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
     tp = _ticket_plan(w, t, split_k, p)
     if tp is not None and not (x.is_cuda and _capturing()):
         # eagerly one launch, its K splits ordered on this stream's ticket words: 3.1-3.6 us
-        # less host time a call than the fill's and the shrink's launches, 0.4-0.8 us more
-        # GPU time at 1 / 4 adapters (H200, ab-ticket-decode-...json); graphs keep the fill
+        # less host time a call than the fill's and the shrink's launches; replayed in a graph
+        # it runs level with them (H100, shrink-ticket-orders-...json), so graphs keep the
+        # fill and need no ticket words of their own
         tk = _tickets(tp.words, x)
         args = _ticket_args(tp, x, x.stride(), w, batch, tk, y, t)
         if pub and _launch_pub(OP_SHRINK, "_TGROUP", tp, w, batch, x, t,
@@ -847,7 +848,7 @@ def _ticket_plan(w, t: int, split_k: int | None, p: ShrinkPlan) -> TicketPlan | 
 def ticket_plan(p: ShrinkPlan, t: int) -> TicketPlan:
     """:mod:`.shrink_ticket_kernel`'s launch over split-K shrink plan ``p`` for ``t`` tokens."""
     m = p.meta
-    meta = dict(m, SW=SWEEP_ROWS, EARLY=0)
+    meta = dict(m, SW=SWEEP_ROWS)
     words = p.grid[0]  # nb * tiles
     cx = tuple(meta[n] for n in _TICKET_CX)
     opts = () if _TGROUP_OPTIONS is None else _TGROUP_OPTIONS(

@@ -4,13 +4,17 @@ zeros in every other element of ``y``, in one launch.
 Grid ``(NB * tiles + cdiv(T, SW), SPLIT_K)``. The first ``NB * tiles`` columns of axis 0 are
 :mod:`.shrink_kernel`'s tile programs (same tiling, same ``RLOW`` / ``RMID`` narrow paths); the
 K splits of one program column order themselves on that column's ticket word,
-``tick_ptr[pid]`` (an int32: arrivals in the low 16 bits, a generation above):
+``tick_ptr[pid]`` (an int32: arrivals in the low 16 bits, a generation above), taken as each
+split starts (the atomic's round trip beside the tile's token loads):
 
-- the first to arrive stores its product (zeros past the rank: ``FILL``'s store) and then
-  publishes the generation in ``tick_ptr[NC + pid]`` (release);
-- the others wait for it (acquire) and add theirs with relaxed float32 atomics;
-- the last resets the arrival count and advances the generation, so the words are ready for
-  the next launch without a fill (a buffer is zeroed once, when made: ``launch._tickets``).
+- the first to arrive stores zeros over its blocks' columns below ``R`` and publishes the
+  generation in ``tick_ptr[NC + pid]`` (CTA barrier, release), then runs its K loop;
+- every split adds its product with relaxed float32 atomics, the others after an acquire
+  read of the flag (by then nearly always published: the zeros took one split's prologue,
+  the product a whole K loop);
+- the last to arrive resets the arrival count and advances the generation, so the words are
+  ready for the next launch without a fill (a buffer is zeroed once, when made:
+  ``launch._tickets``).
 
 A waiter waits only on a program that has already taken its ticket (it is resident), so the
 order cannot deadlock. Launches that share a ticket buffer must run one after another (the
@@ -18,6 +22,11 @@ host keeps one per stream). Split 0 of a tile program whose blocks all start pas
 rank writes those blocks' zeros. The last ``cdiv(T, SW)`` columns (split 0) sweep the tokens:
 every token whose slot is ``-1``, unknown (``>= L``) or empty gets a zero row in every slice,
 whatever the tile map holds, so no element of ``y`` depends on what the buffer held before.
+
+The thirty-fourth session's order (the first split to *finish* stored its product, then
+published; the others waited after their K loops) replayed 0.3-0.7 µs slower in CUDA graphs
+at T <= 64 (H100, ``benchmarks/probe_shrink_ticket.py``): its waiters waited on a ticket round
+trip, a store and a fence after the first K loop ended.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ def _ticket(word_ptr, n):
 
 @triton.jit
 def _publish(flag_ptr, gen):
-    """The first split's stores are done: a CTA barrier, then a release store at GPU scope
+    """The first split's zeros are stored: a CTA barrier, then a release store at GPU scope
     (:func:`.tiles.flag_arrive`'s order, storing a generation rather than counting)."""
     tl.debug_barrier()
     tl.atomic_xchg(flag_ptr, gen, sem="release")
@@ -60,26 +69,6 @@ def _await(flag_ptr, gen):
     v = tl.atomic_add(flag_ptr, 0, sem="acquire")
     while v != gen:
         v = tl.atomic_add(flag_ptr, 0, sem="acquire")
-
-
-@triton.jit
-def _ordered_store(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
-                   n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, scal_ptr, y_ptr, word_ptr,
-                   nsplit, NC, stride_ys, stride_yt, S: tl.constexpr, R: tl.constexpr,
-                   BN: tl.constexpr, RB: tl.constexpr):
-    """This K split's ``RB`` blocks into ``y`` in ticket order: the first to arrive stores
-    them with zeros past the rank, then publishes; the others wait, then add."""
-    first, gen = _ticket(word_ptr, nsplit)
-    if first:
-        _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
-                      n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, 0, scal_ptr, y_ptr, 0,
-                      stride_ys, stride_yt, S, R, BN, RB, False, True)
-        _publish(word_ptr + NC, gen)
-    else:
-        _await(word_ptr + NC, gen)
-        _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
-                      n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, 0, scal_ptr, y_ptr, 0,
-                      stride_ys, stride_yt, S, R, BN, RB, True, False)
 
 
 @triton.jit
@@ -106,34 +95,23 @@ def _narrow_ticket(x_ptr, a_ptr, y_ptr, scal_ptr, word_ptr, slot, rank, tok64, m
                    pid_k, nsplit, K_SPLIT, K, NC, stride_xm, stride_xk, stride_ys, stride_yt,
                    S: tl.constexpr, R: tl.constexpr, BM: tl.constexpr, W: tl.constexpr,
                    BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr,
-                   PREC: tl.constexpr, EARLY: tl.constexpr):
+                   PREC: tl.constexpr):
     """Slice ``pid_n``'s first ``W`` rows of a tile of a live slot whose rank is at most
-    ``W``; split 0 also zeroes the slice's columns ``W ... R``."""
+    ``W`` (``BN >= R``: the first split's zeros cover the slice's columns)."""
     sl, c0, n_mask, _ = _block(pid_n, rank, S, 1, W)
-    if EARLY:
-        first, gen = _ticket(word_ptr, nsplit)
-        if first:
-            _zero_block(sl, 0, m_mask, tok64, y_ptr, stride_ys, stride_yt, S, R, BM, BN)
-            _publish(word_ptr + NC, gen)
+    first, gen = _ticket(word_ptr, nsplit)
+    if first:
+        _zero_block(sl, 0, m_mask, tok64, y_ptr, stride_ys, stride_yt, S, R, BM, BN)
+        _publish(word_ptr + NC, gen)
     acc, _, _, _ = accumulate(
         x_ptr, a_ptr, slot, rank, tok64, m_mask, sl, c0, n_mask, sl, c0, n_mask, sl, c0,
         n_mask, sl, c0, n_mask, pid_k * K_SPLIT, K_SPLIT, K, stride_xm, stride_xk, S, R, BM,
         W, BK, 1, EVEN_K, PREC)
-    if EARLY:
-        if not first:
-            _await(word_ptr + NC, gen)
-        _store_blocks(acc, acc, acc, acc, sl, c0, n_mask, sl, c0, n_mask, sl, c0, n_mask, sl,
-                      c0, n_mask, m_mask, tok64, slot, 0, scal_ptr, y_ptr, 0, stride_ys,
-                      stride_yt, S, R, W, 1, True, False)
-    else:
-        if pid_k == 0:
-            cols = W + tl.arange(0, BN)  # [BN]
-            y_ptrs = y_ptr + sl * stride_ys + tok64[:, None] * stride_yt + cols[None, :]
-            tl.store(y_ptrs, tl.zeros((BM, BN), dtype=tl.float32),
-                     mask=m_mask[:, None] & (cols < R)[None, :])
-        _ordered_store(acc, acc, acc, acc, sl, c0, n_mask, sl, c0, n_mask, sl, c0, n_mask, sl,
-                       c0, n_mask, m_mask, tok64, slot, scal_ptr, y_ptr, word_ptr, nsplit, NC,
-                       stride_ys, stride_yt, S, R, W, 1)
+    if not first:
+        _await(word_ptr + NC, gen)
+    _store_blocks(acc, acc, acc, acc, sl, c0, n_mask, sl, c0, n_mask, sl, c0, n_mask, sl, c0,
+                  n_mask, m_mask, tok64, slot, 0, scal_ptr, y_ptr, 0, stride_ys, stride_yt, S,
+                  R, W, 1, True, False)
 
 
 @fast_launch
@@ -145,7 +123,7 @@ def shrink_ticket_kernel(
     S: tl.constexpr, R: tl.constexpr, RCAP: tl.constexpr, TILE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
     EVEN_K: tl.constexpr, PREC: tl.constexpr, RLOW: tl.constexpr, RMID: tl.constexpr,
-    SW: tl.constexpr, EARLY: tl.constexpr,
+    SW: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -167,14 +145,14 @@ def shrink_ticket_kernel(
         if rank <= RLOW:
             _narrow_ticket(x_ptr, a_ptr, y_ptr, scal_ptr, word_ptr, slot, rank, tok64, m_mask,
                            pid_n, pid_k, nsplit, K_SPLIT, K, NC, stride_xm, stride_xk,
-                           stride_ys, stride_yt, S, R, BM, RLOW, BN, BK, EVEN_K, PREC, EARLY)
+                           stride_ys, stride_yt, S, R, BM, RLOW, BN, BK, EVEN_K, PREC)
             return
         if RMID > 0:
             if rank <= RMID:
                 _narrow_ticket(x_ptr, a_ptr, y_ptr, scal_ptr, word_ptr, slot, rank, tok64,
                                m_mask, pid_n, pid_k, nsplit, K_SPLIT, K, NC, stride_xm,
                                stride_xk, stride_ys, stride_yt, S, R, BM, RMID, BN, BK, EVEN_K,
-                               PREC, EARLY)
+                               PREC)
                 return
     NBR: tl.constexpr = (RCAP + BN - 1) // BN  # blocks a slice: no slot's rank passes RCAP
     (sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02, n_mask2, sl3, c03, n_mask3,
@@ -184,23 +162,17 @@ def shrink_ticket_kernel(
             _zero_blocks(sl0, c00, sl1, c01, sl2, c02, sl3, c03, m_mask, tok64, y_ptr,
                          stride_ys, stride_yt, S, R, BM, BN, RB)
         return
-    if EARLY:
-        first, gen = _ticket(word_ptr, nsplit)
-        if first:
-            _zero_blocks(sl0, c00, sl1, c01, sl2, c02, sl3, c03, m_mask, tok64, y_ptr,
-                         stride_ys, stride_yt, S, R, BM, BN, RB)
-            _publish(word_ptr + NC, gen)
+    first, gen = _ticket(word_ptr, nsplit)
+    if first:
+        _zero_blocks(sl0, c00, sl1, c01, sl2, c02, sl3, c03, m_mask, tok64, y_ptr, stride_ys,
+                     stride_yt, S, R, BM, BN, RB)
+        _publish(word_ptr + NC, gen)
     acc0, acc1, acc2, acc3 = accumulate(
         x_ptr, a_ptr, slot, rank, tok64, m_mask, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2,
         c02, n_mask2, sl3, c03, n_mask3, pid_k * K_SPLIT, K_SPLIT, K, stride_xm, stride_xk, S,
         R, BM, BN, BK, RB, EVEN_K, PREC)
-    if EARLY:
-        if not first:
-            _await(word_ptr + NC, gen)
-        _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
-                      n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, 0, scal_ptr, y_ptr, 0,
-                      stride_ys, stride_yt, S, R, BN, RB, True, False)
-        return
-    _ordered_store(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
-                   n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, scal_ptr, y_ptr, word_ptr,
-                   nsplit, NC, stride_ys, stride_yt, S, R, BN, RB)
+    if not first:
+        _await(word_ptr + NC, gen)
+    _store_blocks(acc0, acc1, acc2, acc3, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2, c02,
+                  n_mask2, sl3, c03, n_mask3, m_mask, tok64, slot, 0, scal_ptr, y_ptr, 0,
+                  stride_ys, stride_yt, S, R, BN, RB, True, False)
