@@ -24,9 +24,10 @@ every token whose slot is ``-1``, unknown (``>= L``) or empty gets a zero row in
 whatever the tile map holds, so no element of ``y`` depends on what the buffer held before.
 
 The thirty-fourth session's order (the first split to *finish* stored its product, then
-published; the others waited after their K loops) replayed 0.3-0.7 µs slower in CUDA graphs
-at T <= 64 (H100, ``benchmarks/probe_shrink_ticket.py``): its waiters waited on a ticket round
-trip, a store and a fence after the first K loop ended.
+published; the others waited after their K loops) replayed up to 0.6 us slower in CUDA
+graphs at T <= 64 (0.4-0.6 at rank 16 with 1-4 adapters; H100,
+``benchmarks/probe_shrink_ticket.py``): its waiters waited on a ticket round trip, a store and
+a fence after the first K loop ended.
 """
 
 from __future__ import annotations
