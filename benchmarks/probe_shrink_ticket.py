@@ -25,7 +25,7 @@ import itertools
 import torch
 
 import lora_dispatch as ld
-from lora_dispatch.bench.kernels import Problem, _build, min_bytes
+from lora_dispatch.bench.kernels import Problem, _build, _cycle, min_bytes
 from lora_dispatch.bench.timing import env_record, gpu_time_us, graph_time_us, write_json
 from lora_dispatch.kernels.triton import launch as L
 
@@ -62,11 +62,6 @@ def _calls(p: Problem, sets: int) -> tuple[dict, list, list]:
         fns["ticket"].append(ticket)
         outs.append(("ticket", y, len(wants) - 1))
     return fns, outs, wants
-
-
-def _cycle(fns: list):
-    it = itertools.cycle(fns)
-    return lambda: next(it)()
 
 
 def main(argv: list[str] | None = None) -> int:
