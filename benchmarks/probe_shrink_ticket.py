@@ -12,7 +12,8 @@ T = 1, 16, 64, 256, over the benchmark's rotating weight sets (weights from DRAM
 
 ``shrink-ticket-orders-…json`` (commit ``ee62eee``) holds a third variant, ``late``: that
 commit's ``EARLY=0`` order (the thirty-fourth session's; its ``early`` is the one shipped).
-Every variant's ``y`` after the timed replays is checked against ``fill``'s eager result.
+Every variant's ``y`` after the timed replays is checked against the reference backend's
+(torch matmuls in float32 over the same inputs, no Triton kernel).
 Rounds alternate the variants' order; the JSON keeps every round (``graph_us``: median of 20
 replays of 20 calls; ``gpu_us``: events).
 """
@@ -24,9 +25,9 @@ import itertools
 
 import torch
 
-import lora_dispatch as ld
 from lora_dispatch.bench.kernels import Problem, _build, _cycle, min_bytes
 from lora_dispatch.bench.timing import env_record, gpu_time_us, graph_time_us, write_json
+from lora_dispatch.kernels import reference
 from lora_dispatch.kernels.triton import launch as L
 
 VARIANTS = ("fill", "ticket")
@@ -37,7 +38,7 @@ def _calls(p: Problem, sets: int) -> tuple[dict, list, list]:
     fns: dict[str, list] = {v: [] for v in VARIANTS}
     outs, wants = [], []
     for w, x, _, _ in items:
-        wants.append(ld.lora_shrink(x, w, batch))
+        wants.append(reference.shrink(x, w, batch).double())
         sp = L._pick(L.plan_for("shrink", w, p.t), x, w)
         tp = L._ticket_plan(w, p.t, None, sp)
         assert tp is not None and not sp.meta["FILL"], "no ticket plan"
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                                  graph_us=g, gpu_us=e))
         torch.cuda.synchronize()
         for v, y, i in outs:
-            err = ((y - wants[i]).norm() / wants[i].norm()).item()
+            err = ((y.double() - wants[i]).norm() / wants[i].norm()).item()
             assert err < 1e-3 and not y.isnan().any(), (v, t, rank, a, err)
         line = " ".join(
             f"{v}={min(r['graph_us'] for r in rows[-2 * args.rounds:] if r['variant'] == v):.2f}"

@@ -758,7 +758,7 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
     if tp is not None and not (x.is_cuda and _capturing()):
         # eagerly one launch, its K splits ordered on this stream's ticket words: 3.1-3.6 us
         # less host time a call than the fill's and the shrink's launches; replayed in a graph
-        # it runs level with them (H100, shrink-ticket-orders-...json), so graphs keep the
+        # it runs level with them (H100, shrink-ticket-shipped-...json), so graphs keep the
         # fill and need no ticket words of their own
         tk = _tickets(tp.words, x)
         args = _ticket_args(tp, x, x.stride(), w, batch, tk, y, t)

@@ -5,7 +5,8 @@ Grid ``(NB * tiles + cdiv(T, SW), SPLIT_K)``. The first ``NB * tiles`` columns o
 :mod:`.shrink_kernel`'s tile programs (same tiling, same ``RLOW`` / ``RMID`` narrow paths); the
 K splits of one program column order themselves on that column's ticket word,
 ``tick_ptr[pid]`` (an int32: arrivals in the low 16 bits, a generation above), taken as each
-split starts (the atomic's round trip beside the tile's token loads):
+split starts (issued after the tile's token loads; whether its round trip overlaps theirs is
+up to ptxas's schedule, not checked):
 
 - the first to arrive stores zeros over its blocks' columns below ``R`` and publishes the
   generation in ``tick_ptr[NC + pid]`` (CTA barrier, release), then runs its K loop;
@@ -36,7 +37,7 @@ import triton
 import triton.language as tl
 
 from ._jit import fast_launch
-from .shrink_kernel import _block, _blocks, _store_blocks, _zero_block, _zero_blocks, accumulate
+from .shrink_kernel import _block, _blocks, _store_blocks, _zero_blocks, accumulate
 from .tiles import tile_head, tile_rows
 
 __all__ = ["shrink_ticket_kernel", "SWEEP_ROWS"]
@@ -73,6 +74,20 @@ def _await(flag_ptr, gen):
 
 
 @triton.jit
+def _open(word_ptr, nsplit, NC, sl0, c00, sl1, c01, sl2, c02, sl3, c03, m_mask, tok64, y_ptr,
+          stride_ys, stride_yt, S: tl.constexpr, R: tl.constexpr, BM: tl.constexpr,
+          BN: tl.constexpr, RB: tl.constexpr):
+    """This K split's ticket, taken as it starts; the first to arrive zeroes the ``RB``
+    blocks' columns below ``R`` and publishes. Returns (first, generation)."""
+    first, gen = _ticket(word_ptr, nsplit)
+    if first:
+        _zero_blocks(sl0, c00, sl1, c01, sl2, c02, sl3, c03, m_mask, tok64, y_ptr, stride_ys,
+                     stride_yt, S, R, BM, BN, RB)
+        _publish(word_ptr + NC, gen)
+    return first, gen
+
+
+@triton.jit
 def _sweep(j, slots_ptr, ranks_ptr, y_ptr, T, L, stride_ys, stride_yt, S: tl.constexpr,
            R: tl.constexpr, BN: tl.constexpr, SW: tl.constexpr):
     """Zero rows of ``y`` for tokens ``j * SW ...`` without a live slot."""
@@ -100,10 +115,8 @@ def _narrow_ticket(x_ptr, a_ptr, y_ptr, scal_ptr, word_ptr, slot, rank, tok64, m
     """Slice ``pid_n``'s first ``W`` rows of a tile of a live slot whose rank is at most
     ``W`` (``BN >= R``: the first split's zeros cover the slice's columns)."""
     sl, c0, n_mask, _ = _block(pid_n, rank, S, 1, W)
-    first, gen = _ticket(word_ptr, nsplit)
-    if first:
-        _zero_block(sl, 0, m_mask, tok64, y_ptr, stride_ys, stride_yt, S, R, BM, BN)
-        _publish(word_ptr + NC, gen)
+    first, gen = _open(word_ptr, nsplit, NC, sl, 0, sl, 0, sl, 0, sl, 0, m_mask, tok64, y_ptr,
+                       stride_ys, stride_yt, S, R, BM, BN, 1)
     acc, _, _, _ = accumulate(
         x_ptr, a_ptr, slot, rank, tok64, m_mask, sl, c0, n_mask, sl, c0, n_mask, sl, c0,
         n_mask, sl, c0, n_mask, pid_k * K_SPLIT, K_SPLIT, K, stride_xm, stride_xk, S, R, BM,
@@ -163,11 +176,8 @@ def shrink_ticket_kernel(
             _zero_blocks(sl0, c00, sl1, c01, sl2, c02, sl3, c03, m_mask, tok64, y_ptr,
                          stride_ys, stride_yt, S, R, BM, BN, RB)
         return
-    first, gen = _ticket(word_ptr, nsplit)
-    if first:
-        _zero_blocks(sl0, c00, sl1, c01, sl2, c02, sl3, c03, m_mask, tok64, y_ptr, stride_ys,
-                     stride_yt, S, R, BM, BN, RB)
-        _publish(word_ptr + NC, gen)
+    first, gen = _open(word_ptr, nsplit, NC, sl0, c00, sl1, c01, sl2, c02, sl3, c03, m_mask,
+                       tok64, y_ptr, stride_ys, stride_yt, S, R, BM, BN, RB)
     acc0, acc1, acc2, acc3 = accumulate(
         x_ptr, a_ptr, slot, rank, tok64, m_mask, sl0, c00, n_mask0, sl1, c01, n_mask1, sl2,
         c02, n_mask2, sl3, c03, n_mask3, pid_k * K_SPLIT, K_SPLIT, K, stride_xm, stride_xk, S,
