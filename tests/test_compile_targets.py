@@ -76,12 +76,12 @@ def test_gluon_expand_variant_packs_for_the_native_tier(tmp_path, monkeypatch):
     _assert_packs("expand_gluon-s3-r64", tmp_path, monkeypatch, ((64, 1, 64), (64, 64)))
 
 
-@pytest.mark.parametrize("three", [False, True])
-def test_tma_ring_probes_compile(three, tmp_path, monkeypatch):
-    """``benchmarks/probe_tma_read.py``'s ring (each box summed in registers) and
-    ``probe_tma_rmw.py``'s, which it shares boxes and layouts with, build for sm_90 on 2-D
-    ``[64, 64]`` and 3-D ``[64, 2, 64]`` boxes, so the probes run when a GPU session reaches
-    them."""
+@pytest.mark.parametrize("kind", [0, 1, 2])
+def test_tma_ring_probes_compile(kind, tmp_path, monkeypatch):
+    """``benchmarks/probe_tma_read.py``'s ring and ``probe_tma_rmw.py``'s, which it shares
+    boxes and layouts with, build for sm_90 on 2-D ``[64, 64]``, 3-D ``[64, 2, 64]`` and
+    (read probe) ``perm`` ``[2, 64, 64]`` boxes, each box summed in registers (3-D) or fed
+    to wgmma (2-D, ``perm``), so the probes run when a GPU session reaches them."""
     from pathlib import Path
 
     import torch
@@ -93,19 +93,26 @@ def test_tma_ring_probes_compile(three, tmp_path, monkeypatch):
     import probe_tma_read
     import probe_tma_rmw
 
-    bn = 2 if three else 64
-    desc, span = probe_tma_rmw.box_descriptor(torch.empty(256, 4096, dtype=torch.bfloat16),
-                                              three, 64, bn)
-    assert span == (128 if three else 64)
+    x = torch.empty(256, 4096, dtype=torch.bfloat16)
+    if kind == 2:
+        desc, span = probe_tma_read.perm_descriptor(x, 64, 2)
+    else:
+        desc, span = probe_tma_rmw.box_descriptor(x, kind == 1, 64, 2 if kind else 64)
+    assert span == (128 if kind else 64)
     types = {"desc": mangle_type(desc), "out_ptr": "*fp32"}
     read = C.compiled_kernel("sm90", probe_tma_read._ring_read, types,
-                             dict(KSTEPS=4096 // span, STAGES=6, THREE=three, CONSUME=True,
-                                  num_warps=4, num_stages=1), ())
-    rmw = C.compiled_kernel("sm90", probe_tma_rmw._ring_rmw, {"o_desc": mangle_type(desc)},
-                            dict(NCOL=8, STAGES=5, THREE=three, num_warps=4, num_stages=1), ())
-    for k, stages in ((read, 6), (rmw, 5)):
+                             dict(KSTEPS=4096 // span, STAGES=6, KIND=kind,
+                                  CONSUME=1 if kind == 1 else 2, num_warps=4, num_stages=1), ())
+    built = [(read, 6)]
+    if kind < 2:
+        built.append((C.compiled_kernel("sm90", probe_tma_rmw._ring_rmw,
+                                        {"o_desc": mangle_type(desc)},
+                                        dict(NCOL=8, STAGES=5, THREE=kind == 1, num_warps=4,
+                                             num_stages=1), ()), 5))
+    dims = "2d" if kind == 0 else "3d"
+    for k, stages in built:
         assert "cp.async.bulk.tensor" in k.asm["ptx"]
         assert k.metadata.shared >= stages * 64 * 64 * 2
-    dims = "3d" if three else "2d"
-    assert f"cp.async.bulk.tensor.{dims}" in read.asm["ptx"]
-    assert f"cp.async.bulk.tensor.{dims}" in rmw.asm["ptx"]
+        assert f"cp.async.bulk.tensor.{dims}" in k.asm["ptx"]
+    if kind != 1:
+        assert "wgmma" in read.asm["ptx"]

@@ -1049,7 +1049,7 @@ def test_hot_layout_codes_must_fit_the_op(monkeypatch) -> None:
         with pytest.raises(ValueError, match="layout code"):
             arm(op, layout)
     with pytest.raises(ValueError, match="op must be"):
-        arm(L.OP_SHRINK, (), kind=1)
+        arm(L.OP_SHRINK, (), kind=2)  # the shrink's call has no base_out
 
 
 def test_public_per_call_slots_name_the_kernels_parameters() -> None:
@@ -1071,6 +1071,12 @@ def test_public_per_call_slots_name_the_kernels_parameters() -> None:
                                                        "stride_xk"]
     assert names(L.expand_kernel, L._E_PUB) == ["y_ptr", "out_ptr", "stride_ys", "stride_yt",
                                                 "stride_yr", "stride_om", "stride_on"]
+    if L.shrink_gluon_kernel is not None:
+        assert names(L.shrink_gluon_kernel, L._GS_PUB) == ["x_desc", "x_ptr", "y_ptr",
+                                                           "stride_xm", "stride_xk"]
+        assert names(L.expand_gluon_kernel, L._GE_PUB) == ["o_desc", "y_ptr", "out_ptr",
+                                                           "stride_ys", "stride_yt",
+                                                           "stride_yr", "stride_om"]
     w = ld.LoRAWeights(3, 64, (32, 16), 16, dtype=torch.float16)
     batch = ld.LoRABatch.from_token_adapters(torch.tensor([0, -1, 2]))
     x = torch.randn(3, 64).half()

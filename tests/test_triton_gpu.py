@@ -516,20 +516,32 @@ def _refill_step(batch, w, t, gen, i):
     return slots, x, base
 
 
-@pytest.mark.parametrize("t", [1, 16, 64, 256])
-def test_public_shrink_expand_per_call_paths_match_separate_launches(t):
+@pytest.mark.parametrize("t,max_rank", [(1, 128), (16, 128), (64, 128), (256, 128),
+                                        (2048, 16), (4096, 64)])
+def test_public_shrink_expand_per_call_paths_match_separate_launches(t, max_rank):
     """The public ``lora_shrink`` / ``lora_expand`` through their armed native paths
     (``launchers/hot.c``) match the separate launches (no groups, no native entries) over
     calls with a refilled static batch, fresh and strided inputs and a side stream; once
-    armed, plain calls take the native path; capture and a load since arming decline."""
+    armed, plain calls take the native path; capture and a load since arming decline. At
+    T=2048 / 4096 on Hopper the shrink (and at 4096 the rank-64 expand) run the Gluon kernels,
+    whose paths encode ``x``'s / ``out``'s descriptor per call; a strided ``x`` (every fourth
+    call) takes the pointer shrink."""
     from lora_dispatch import ops
     from lora_dispatch.kernels.triton import launch as tl_launch
 
-    groups = ("_ZGROUP", "_SGROUP", "_EGROUP", "_TGROUP")
+    groups = ("_ZGROUP", "_SGROUP", "_EGROUP", "_TGROUP", "_GZGROUP", "_GSGROUP", "_GEGROUP")
     if tl_launch._EGROUP is None or tl_launch.shrink_kernel.launch_tier != "native":
         pytest.skip("the per-call path needs the native launch groups")
     gen = torch.Generator().manual_seed(31 + t)
-    w = make_weights(6, 4096, (4096, 1024, 1024), torch.bfloat16, seed=9)
+    w = make_weights(6, 4096, (4096, 1024, 1024), torch.bfloat16, max_rank=max_rank, seed=9)
+    if t >= 2048:
+        xt = torch.empty(t, 4096, device=DEV, dtype=torch.bfloat16)
+        sp = tl_launch._pick(tl_launch.plan_for("shrink", w, t), xt, w)
+        ep = tl_launch.plan_for("expand", w, t, cap=tl_launch._cap(w, xt))
+        gluon = (tl_launch._desc_kind(sp, xt, w) == 2,
+                 ep.gluon is not None and tl_launch._gluon_expand_ok(ep.gluon, xt, w))
+        hopper = torch.cuda.get_device_capability(DEV) == (9, 0) and tl_launch.gluon_native()
+        assert gluon == ((hopper, hopper and t == 4096)), gluon
     batch = ld.LoRABatch.empty(t, device=DEV)
     side = torch.cuda.Stream(DEV)
 

@@ -494,9 +494,12 @@ static PyObject *fl_hot(PyObject *mod, PyObject *spec) {
         if (val == -1 && PyErr_Occurred()) goto fail;
         *ints[i].dst = val;
     }
+    /* descriptors of the operands the op's call has: x (add, shrink), out (add, expand) */
     if (op < 0 || op >= OP_COUNT || kind < 0 || kind > (HOT_X_DESC | HOT_OUT_DESC) ||
-        (op != OP_ADD && kind)) {
-        PyErr_SetString(PyExc_ValueError, "fl_hot: op must be 0-2, kind 0-3 (0 unless op 0)");
+        (op == OP_SHRINK && (kind & HOT_OUT_DESC)) ||
+        (op == OP_EXPAND && (kind & HOT_X_DESC))) {
+        PyErr_SetString(PyExc_ValueError, "fl_hot: op must be 0-2, kind 0-3 (shrink: 0-1, "
+                        "expand: 0 or 2)");
         goto fail;
     }
     h->op = (int)op;

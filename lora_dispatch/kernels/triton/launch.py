@@ -145,6 +145,19 @@ try:  # add_lora at prefill: the shrink (pointer or Gluon), then the Gluon expan
                                     else LaunchGroup(shrink_gluon_kernel, expand_gluon_kernel))
 except TypeError:  # the Gluon kernels are not fast launchers
     _XGROUP = _GXGROUP = None
+try:  # the public ops through the Gluon kernels: the fill then the split-K Gluon shrink, the
+    # Gluon shrink writing its own zeros, the Gluon expand (descriptors encoded natively)
+    _GZGROUP: LaunchGroup | None = (None if _ZGROUP is None or shrink_gluon_kernel is None
+                                    else LaunchGroup(zero_kernel, shrink_gluon_kernel))
+    _GSGROUP: LaunchGroup | None = (None if _GZGROUP is None
+                                    else LaunchGroup(shrink_gluon_kernel))
+    _GEGROUP: LaunchGroup | None = (None if _EGROUP is None or expand_gluon_kernel is None
+                                    else LaunchGroup(expand_gluon_kernel))
+except TypeError:  # the Gluon kernels are not fast launchers
+    _GZGROUP = _GSGROUP = _GEGROUP = None
+# their Gluon kernels' option slots (fixed at import, as _GROUP_OPTIONS)
+_GS_OPTS = () if _GSGROUP is None else _GSGROUP.options(0)
+_GE_OPTS = () if _GEGROUP is None else _GEGROUP.options(0)
 # option slots of the group's kernels (fixed at import: plans outlive a swapped _GROUP)
 _GROUP_OPTIONS = None if _GROUP is None else _GROUP.options
 _TGROUP_OPTIONS = None if _TGROUP is None else _TGROUP.options
@@ -753,7 +766,8 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
         return y
     p = _pick(plan_for("shrink", w, t, None, split_k), x, w)
     ys = (0, t * r, r, 1)  # every split adds into y
-    pub = split_k is None and p.alt is None and not _desc_kind(p, x, w)
+    kind = _desc_kind(p, x, w)
+    pub = split_k is None and p.alt is None and kind != 1
     tp = _ticket_plan(w, t, split_k, p)
     if tp is not None and not (x.is_cuda and _capturing()):
         # eagerly one launch, its K splits ordered on this stream's ticket words: 3.1-3.6 us
@@ -778,6 +792,10 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
         # name slots >= num_slots, whose extra tiles push the spare ones past the grid)
         ms = batch.max_slot
         if ms is not None and ms < w.num_slots and batch.num_tokens <= t:
+            if kind == 2:
+                if not (pub and _pub_gluon_shrink(p, x, w, batch, y, t, ys)):
+                    _launch_shrink(p, x, w, batch, y, t, ys)
+                return y
             if not (pub and _launch_pub(
                     OP_SHRINK, "_SGROUP", p, w, batch, x, t,
                     lambda: (*_shrink_args(p, x, x.stride(), w, batch, y, t, ys), *p.tail),
@@ -790,6 +808,8 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
     # shrink waiting before its first store) it replayed 8% faster at T=1 but 3-4% slower at
     # T=16 and 64, 1-2% at T >= 256 (H200, 1 and 16 adapters, ab-shrink-fill-pdl-...json)
     zgrid = (_cdiv(n, ZERO_BLOCK),)
+    if kind == 2 and pub and _pub_gluon_shrink(p, x, w, batch, y, t, ys, zgrid):
+        return y
     if not _desc_kind(p, x, w) and _ZGROUP is not None and _ZGROUP.available():
         slots = (y, n, *_ZERO_TAIL, *_shrink_args(p, x, x.stride(), w, batch, y, t, ys),
                  *p.tail)
@@ -821,11 +841,17 @@ def expand(y: torch.Tensor, w, batch, base_out: torch.Tensor) -> None:
         return
     p = plan_for("expand", w, t, cap=_cap(w, base_out))
     ys = (0, *y.stride())
-    if p.gluon is None and y.dim() == 3:
-        os_ = base_out.stride()
-        if _launch_pub(OP_EXPAND, "_EGROUP", p, w, batch, y, t,
-                       lambda: (*_expand_args(p, y, w, batch, base_out, os_, t, ys), *p.tail),
-                       _E_PUB, (p.grid,), (y, base_out, *ys[1:], *os_), _E_PUB_LAYOUT):
+    if y.dim() == 3:
+        g = p.gluon
+        if g is None:
+            os_ = base_out.stride()
+            if _launch_pub(OP_EXPAND, "_EGROUP", p, w, batch, y, t,
+                           lambda: (*_expand_args(p, y, w, batch, base_out, os_, t, ys),
+                                    *p.tail),
+                           _E_PUB, (p.grid,), (y, base_out, *ys[1:], *os_), _E_PUB_LAYOUT):
+                return
+        elif _gluon_expand_ok(g, base_out, w) and _pub_gluon_expand(p, y, w, batch, base_out,
+                                                                     t, ys):
             return
     _launch_expand(p, y, w, batch, base_out, t, ys)
 
@@ -874,11 +900,72 @@ _Z_PUB = (0, *(2 + len(_ZERO_TAIL) + i for i in _S_PUB))  # the fill's y, then t
 _Z_PUB_LAYOUT = (V_Y, *_S_PUB_LAYOUT)
 _E_PUB = (_E_Y, _E_OUT, *range(_E_YS.start, _E_YS.stop), *range(_E_OS.start, _E_OS.stop))
 _E_PUB_LAYOUT = (V_Y, V_O, V_YS0, V_YS1, V_YS2, V_OS0, V_OS1)
+# the same for the Gluon kernels: the shrink's x descriptor, x, y, x's strides (after the
+# fill's y where the fill runs first); the expand's out descriptor, y, out, y's strides past
+# the split one, out's row stride
+_GS_PUB = (0, 2, 3, 13, 14)
+_GS_PUB_LAYOUT = (V_XD, V_X, V_Y, V_XS0, V_XS1)
+_GZ_PUB = (0, *(2 + len(_ZERO_TAIL) + i for i in _GS_PUB))
+_GZ_PUB_LAYOUT = (V_Y, *_GS_PUB_LAYOUT)
+_GE_PUB = (0, 2, 3, 14, 15, 16, 17)
+_GE_PUB_LAYOUT = (V_OD, V_Y, V_O, V_YS0, V_YS1, V_YS2, V_OS0)
+
+
+def _gluon_pub_slots(p: ShrinkPlan, w, batch, y, t: int, ys: tuple, fill: bool) -> tuple:
+    """The public Gluon shrink's launch group slots (after the fill's where ``fill``), with
+    None at its per-call positions (:data:`_GZ_PUB` / :data:`_GS_PUB`)."""
+    g = p.gluon
+    a, b = _gluon_fixed(g, p.k_split, w, batch, y, t, ys)
+    body = (None, _a_desc(w, g.cfg), None, None, *a[1:], None, None, *b, *_GS_OPTS)
+    return (None, w.num_slices * t * w.max_rank, *_ZERO_TAIL, *body) if fill else body
+
+
+def _pub_gluon_shrink(p: ShrinkPlan, x, w, batch, y, t: int, ys: tuple,
+                      zgrid: tuple | None = None) -> bool:
+    """The public shrink's Gluon plan ``p`` through :data:`_GZGROUP` (the fill on ``zgrid``,
+    then the split-K kernel) or :data:`_GSGROUP` (one split writing its own zeros) as
+    :func:`_launch_pub` launches it, with ``x``'s descriptor encoded in C per call once armed;
+    False where nothing was launched."""
+    fill = zgrid is not None
+    if (_GZGROUP if fill else _GSGROUP) is None:
+        return False
+    g, xs = p.gluon, x.stride()
+    xd = rows_descriptor(x, t, w.in_features, xs[0], g.tile)
+    if fill:
+        return _launch_pub(OP_SHRINK, "_GZGROUP", p, w, batch, x, t,
+                           lambda: _gluon_pub_slots(p, w, batch, y, t, ys, True), _GZ_PUB,
+                           (zgrid, g.grid), (y, xd, x, y, *xs), _GZ_PUB_LAYOUT, kind=1,
+                           xt=g.tile, xi=1)
+    return _launch_pub(OP_SHRINK, "_GSGROUP", p, w, batch, x, t,
+                       lambda: _gluon_pub_slots(p, w, batch, y, t, ys, False), _GS_PUB,
+                       (g.grid,), (xd, x, y, *xs), _GS_PUB_LAYOUT, True, kind=1, xt=g.tile)
+
+
+def _gluon_expand_pub_slots(p: ExpandPlan, w, batch, t: int, ys: tuple) -> tuple:
+    """The public Gluon expand's launch group slots, with None at its per-call positions
+    (:data:`_GE_PUB`)."""
+    g = p.gluon
+    (bd, _), b = _gluon_expand_fixed(g, None, w, batch, t, ys)
+    return (None, bd, None, None, *b[:-3], None, None, None, None, *g.cx, *_GE_OPTS)
+
+
+def _pub_gluon_expand(p: ExpandPlan, y, w, batch, out, t: int, ys: tuple) -> bool:
+    """The public expand's Gluon plan through :data:`_GEGROUP` as :func:`_launch_pub`
+    launches it, with ``out``'s descriptor encoded in C per call once armed; False where
+    nothing was launched."""
+    if _GEGROUP is None:
+        return False
+    g, os0 = p.gluon, out.stride(0)
+    od = out_descriptor(out, t, w.total_out, os0, g.tile)
+    return _launch_pub(OP_EXPAND, "_GEGROUP", p, w, batch, y, t,
+                       lambda: _gluon_expand_pub_slots(p, w, batch, t, ys), _GE_PUB,
+                       (g.grid,), (od, y, out, *ys[1:], os0), _GE_PUB_LAYOUT, kind=2,
+                       ot=g.tile, base_out=out, oi=0)
 
 
 def _launch_pub(op: int, name: str, p, w, batch, x, t: int, slots,
                 varying: tuple, grids: tuple, values: tuple, layout: tuple,
-                need_ms: bool = False) -> bool:
+                need_ms: bool = False, **desc) -> bool:
     """A public shrink / expand through launch group ``name`` bound to ``slots()`` (their
     ``varying`` ones per call: ``values``; built only where it binds), arming its native
     per-call path (:func:`_install_hot`); False (nothing launched) where it does not launch:
@@ -887,7 +974,9 @@ def _launch_pub(op: int, name: str, p, w, batch, x, t: int, slots,
     The group is bound on the second consecutive Python-path call of plan ``p`` with the
     same weights (at the same version) and batch, on the GPU outside capture; the first one
     only records them (``w._fl_pub``), so calls alternating between batches never bind.
-    ``x``: the call's ``x`` (shrink) or ``y`` (expand)."""
+    ``x``: the call's ``x`` (shrink) or ``y`` (expand). ``desc``: :func:`_install_hot`'s
+    descriptor arguments (``kind``, ``xt``, ``ot``, ``base_out``, ``xi``, ``oi``) where the
+    group's kernels take descriptors of ``x`` or ``base_out``."""
     group = _G[name]
     d = getattr(w, "__dict__", None)
     if (group is None or d is None or x.get_device() < 0 or not group.available()
@@ -907,7 +996,7 @@ def _launch_pub(op: int, name: str, p, w, batch, x, t: int, slots,
     if bound is None or not group.launch_bound(bound, grids, values):
         return False
     _install_hot([None], w, e[0], weakref.ref(w), name, group, bound, grids, x, op=op, slot=0,
-                 t=t, layout=layout, need_ms=need_ms)
+                 t=t, layout=layout, need_ms=need_ms, **desc)
     return True
 
 
@@ -1196,7 +1285,8 @@ _HOT_ENTRIES = ("_hot_add", "_hot_shrink", "_hot_expand")  # their names in ops
 def _install_hot(em: list, w, batch_ref, w_ref, name: str, group, bound, grids: tuple, x,
                  kind: int = 0, xt=None, ot=None, on_decline=None, base_out=None, *,
                  op: int = OP_ADD, slot: int = 5, t: int | None = None,
-                 layout: tuple | None = None, need_ms: bool = False) -> None:
+                 layout: tuple | None = None, need_ms: bool = False, xi: int = 0,
+                 oi: int = 1) -> None:
     """``em[slot]``: a native per-call path (``launchers/hot.c``) repeating ``group``'s
     launch ``bound`` (:meth:`LaunchGroup.bind`) for the call's tensors, on this device,
     current stream and thread, at the current workspace generation; where ``w``'s backend
@@ -1210,8 +1300,8 @@ def _install_hot(em: list, w, batch_ref, w_ref, name: str, group, bound, grids: 
     slots as ``V_*`` codes (default: ``add_lora``'s for ``kind``). Where the launch is
     native, the descriptors of ``x`` (``kind & 1``) and of ``base_out`` (``kind & 2``,
     given) are passed as raw fields set in C per call (``fl_raw_desc``), not built in
-    Python. ``need_ms``: the call needs ``batch.max_slot`` known (a shrink writing its own
-    zeros)."""
+    Python; ``xi`` / ``oi``: the group's kernels that take them (their native tables).
+    ``need_ms``: the call needs ``batch.max_slot`` known (a shrink writing its own zeros)."""
     mod = _hot_native()
     pieces = None if mod is None or bound is None or bound is _UNBOUND else group.hot(bound)
     dev = x.get_device()
@@ -1225,11 +1315,11 @@ def _install_hot(em: list, w, batch_ref, w_ref, name: str, group, bound, grids: 
     xraw = oraw = None
     if kind and launch is mod.fl_launch_bound:
         if kind & 1:
-            xraw = mod.fl_raw_desc(tables[0], rows_descriptor(x, t, w.in_features,
-                                                              x.stride(0), xt))
+            xraw = mod.fl_raw_desc(tables[xi], rows_descriptor(x, t, w.in_features,
+                                                               x.stride(0), xt))
         if kind & 2 and base_out is not None:
-            oraw = mod.fl_raw_desc(tables[1], out_descriptor(base_out, t, w.total_out,
-                                                             base_out.stride(0), ot))
+            oraw = mod.fl_raw_desc(tables[oi], out_descriptor(base_out, t, w.total_out,
+                                                              base_out.stride(0), ot))
     d = getattr(w, "__dict__", None)
     sel = None if d is None else d.get("_selection")
     fn = (add_lora, shrink, expand)[op]
