@@ -534,13 +534,14 @@ def test_tma_env(monkeypatch):
 
 
 def test_shrink_ticket_env(monkeypatch):
-    """LORA_DISPATCH_SHRINK_TICKET: automatic up to 256 tokens (eager decode, measured on
-    the H200's host time), 1 everywhere, 0 never, other values name the variable."""
+    """LORA_DISPATCH_SHRINK_TICKET: automatic up to 1024 tokens (eager decode and mid-size
+    prefill, measured on the H200's and H100's hosts and GPUs), 1 everywhere, 0 never, other
+    values name the variable."""
     from lora_dispatch.devices import configs
 
     monkeypatch.delenv(configs.ENV_TICKET, raising=False)
     assert configs.shrink_ticket(H100, 1) and configs.shrink_ticket(A100, 256)
-    assert not configs.shrink_ticket(H100, 257)
+    assert configs.shrink_ticket(H100, 1024) and not configs.shrink_ticket(H100, 1025)
     monkeypatch.setenv(configs.ENV_TICKET, "1")
     assert configs.shrink_ticket(H100, 8192)
     monkeypatch.setenv(configs.ENV_TICKET, "0")

@@ -287,9 +287,9 @@ def test_cuda_graph_replay_50_batches(dtype):
         assert rel(out2.double() - base.double(), delta) <= TOL[dtype]
 
 
-@pytest.mark.parametrize("t", [1, 16, 64, 200])
+@pytest.mark.parametrize("t", [1, 16, 64, 200, 1000])
 def test_public_shrink_tickets_eager_and_graph(t):
-    """The eager public decode shrink in one launch (K splits ordered on ticket words):
+    """The eager public shrink in one launch (K splits ordered on ticket words):
     60 refills of a static batch, each call on the main or a side stream and its ``y``
     NaN-filled before it is freed (so the next call's unwritten elements show), then 300
     calls in a row, all equal the float64 reference; every ticket word is back to zero

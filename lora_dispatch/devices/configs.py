@@ -559,7 +559,13 @@ _FUSED_MAX_TOKENS: dict[str, int] = {"h100": 0, "h200": 0}
 
 # most tokens for which an eager public split-K shrink orders its K splits on ticket words
 # (one launch) instead of a zero fill before them (two launches)
-TICKET_MAX_TOKENS = 256
+# most tokens of an eager public shrink whose K splits take tickets instead of a zero fill:
+# at T = 384-1024 one ticket launch ran level to 2.5 us faster by events than the fill and
+# the split-K kernel (mean of 2 alternating rounds; rank 16: 0.9-2.5 us in 11 of 12 cells,
+# rank 64 at T <= 768: 0.0-1.6), with one launch less (host -1.6 to +6.0 us on a noisy host;
+# H100, 1-16 adapters, ab-ticket-prefill-...json); longer eager shrinks run the Gluon kernel
+# on Hopper, and the ticket kernel was not timed there on other devices
+TICKET_MAX_TOKENS = 1024
 
 
 def ticket_mode() -> str:
