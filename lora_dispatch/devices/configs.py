@@ -557,8 +557,6 @@ def fused_max_tokens(info: DeviceInfo, num_slots: int, max_rank: int) -> int:
 _FUSED_MAX_TOKENS: dict[str, int] = {"h100": 0, "h200": 0}
 
 
-# most tokens for which an eager public split-K shrink orders its K splits on ticket words
-# (one launch) instead of a zero fill before them (two launches)
 # most tokens of an eager public shrink whose K splits take tickets instead of a zero fill:
 # at T = 384-1024 one ticket launch ran level to 2.5 us faster by events than the fill and
 # the split-K kernel (mean of 2 alternating rounds; rank 16: 0.9-2.5 us in 11 of 12 cells,

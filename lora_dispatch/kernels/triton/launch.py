@@ -803,6 +803,7 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
                 _launch_shrink(p, x, w, batch, y, t, ys)
             return y
         p = _pick(plan_for("shrink", w, t, "zero_fill", split_k), x, w)
+        kind = _desc_kind(p, x, w)
         pub = False  # the fallback of a plan that writes its own zeros: not armed
     # the fill stays a plain launch before the shrink: started beside it through PDL (the
     # shrink waiting before its first store) it replayed 8% faster at T=1 but 3-4% slower at
@@ -810,7 +811,7 @@ def shrink(x: torch.Tensor, w, batch, split_k: int | None = None) -> torch.Tenso
     zgrid = (_cdiv(n, ZERO_BLOCK),)
     if kind == 2 and pub and _pub_gluon_shrink(p, x, w, batch, y, t, ys, zgrid):
         return y
-    if not _desc_kind(p, x, w) and _ZGROUP is not None and _ZGROUP.available():
+    if not kind and _ZGROUP is not None and _ZGROUP.available():
         slots = (y, n, *_ZERO_TAIL, *_shrink_args(p, x, x.stride(), w, batch, y, t, ys),
                  *p.tail)
         if pub and _launch_pub(OP_SHRINK, "_ZGROUP", p, w, batch, x, t, lambda: slots, _Z_PUB,
