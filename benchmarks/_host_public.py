@@ -4,8 +4,8 @@ native per-call paths (GPU).
     python benchmarks/_host_public.py [--json PATH] [--rounds 3]
 
 The benchmark's shrink and expand rows (qkv 4096 -> 6144, bf16, 4 adapters, rank 16 / 64)
-at prefill run the Gluon shrink (T = 1024-4096 on Hopper) and the Gluon expand (rank 64,
-T >= 4096). Paths, in alternating rounds (best of the rounds' medians):
+at prefill run the Gluon shrink (Hopper: T = 1024-4096 at rank 64, 2048-4096 at rank 16) and
+the Gluon expand (rank 64, T >= 4096). Paths, in alternating rounds (best of the rounds' medians):
 
 - ``python``: the Gluon groups (``_GZGROUP``, ``_GSGROUP``, ``_GEGROUP``) off: the fill and
   the Gluon shrink, or the Gluon expand, launch one by one from Python with descriptors

@@ -9,6 +9,7 @@ import weakref
 
 import pytest
 import torch
+from helpers import same_arg
 
 import lora_dispatch as ld
 from lora_dispatch.devices import configs
@@ -311,13 +312,6 @@ def _prefill_case(monkeypatch, gluon_shrink: bool):
     return L, w, batch, t, entry, p, ws, x, out
 
 
-def _same(a, b) -> bool:
-    if hasattr(a, "block_shape"):  # descriptors: built per call
-        return (a.base is b.base and (a.shape, a.strides, a.block_shape) ==
-                (b.shape, b.strides, b.block_shape) and a.layout == b.layout)
-    return a is b or (type(a) is int and a == b)
-
-
 @pytest.mark.parametrize("gluon_shrink", [False, True])
 def test_prefill_group_slots_follow_the_launch_argument_order(gluon_shrink, monkeypatch):
     """The bound slots of the prefill launch group (the shrink, then the Gluon expand) with
@@ -346,7 +340,7 @@ def test_prefill_group_slots_follow_the_launch_argument_order(gluon_shrink, monk
         assert slots[i] is None
         got[i] = v
     for i, (a, b) in enumerate(zip(got, want)):
-        assert _same(a, b), (i, a, b)
+        assert same_arg(a, b), (i, a, b)
 
 
 @pytest.mark.skipif(not native.available(), reason="the per-call path is native (hot.c)")

@@ -9,7 +9,7 @@ import weakref
 
 import pytest
 import torch
-from helpers import HotGroup
+from helpers import HotGroup, same_arg
 
 import lora_dispatch as ld
 from lora_dispatch.devices import configs
@@ -54,13 +54,6 @@ def _case(monkeypatch, split: int | None):
     return L, w, batch, t, p, x, y, (0, t * w.max_rank, w.max_rank, 1)
 
 
-def _same(a, b) -> bool:
-    if hasattr(a, "block_shape"):  # descriptors: built per call
-        return (a.base is b.base and (a.shape, a.strides, a.block_shape) ==
-                (b.shape, b.strides, b.block_shape) and a.layout == b.layout)
-    return a is b or (type(a) is int and a == b)
-
-
 def _put(slots, varying, values):
     got = list(slots)
     for i, v in zip(varying, values):
@@ -89,7 +82,7 @@ def test_public_gluon_shrink_slots_are_the_launch_arguments(split, monkeypatch):
         got = _put(slots, L._GS_PUB, (xd, x, y, *xs))
     assert len(got) == len(want)
     for i, (a, b) in enumerate(zip(got, want)):
-        assert _same(a, b), (i, a, b)
+        assert same_arg(a, b), (i, a, b)
 
 
 def test_public_gluon_expand_slots_are_the_launch_arguments(monkeypatch):
@@ -109,7 +102,7 @@ def test_public_gluon_expand_slots_are_the_launch_arguments(monkeypatch):
     want = (*L._gluon_expand_args(p.gluon, y, w, batch, out, t, ys), *L._GEGROUP.options(0))
     assert len(got) == len(want)
     for i, (a, b) in enumerate(zip(got, want)):
-        assert _same(a, b), (i, a, b)
+        assert same_arg(a, b), (i, a, b)
 
 
 def _scripted(L, monkeypatch, names):
