@@ -516,19 +516,23 @@ def _refill_step(batch, w, t, gen, i):
     return slots, x, base
 
 
-@pytest.mark.parametrize("t,max_rank", [(1, 128), (16, 128), (64, 128), (256, 128),
-                                        (2048, 16), (4096, 64)])
-def test_public_shrink_expand_per_call_paths_match_separate_launches(t, max_rank):
+@pytest.mark.parametrize("t,max_rank,chunks", [(1, 128, 1), (16, 128, 1), (64, 128, 1),
+                                               (256, 128, 1), (2048, 16, 1), (4096, 64, 1),
+                                               (2048, 16, 2), (4096, 64, 2)])
+def test_public_shrink_expand_per_call_paths_match_separate_launches(t, max_rank, chunks,
+                                                                     monkeypatch):
     """The public ``lora_shrink`` / ``lora_expand`` through their armed native paths
     (``launchers/hot.c``) match the separate launches (no groups, no native entries) over
     calls with a refilled static batch, fresh and strided inputs and a side stream; once
     armed, plain calls take the native path; capture and a load since arming decline. At
     T=2048 / 4096 on Hopper the shrink (and at 4096 the rank-64 expand) run the Gluon kernels,
-    whose paths encode ``x``'s / ``out``'s descriptor per call; a strided ``x`` (every fourth
-    call) takes the pointer shrink."""
+    whose paths encode ``x``'s / ``out``'s descriptor per call (with ``chunks`` 2 the
+    ``[K / 64, T, 64]`` view of ``x``); a strided ``x`` (every fourth call) takes the pointer
+    shrink."""
     from lora_dispatch import ops
     from lora_dispatch.kernels.triton import launch as tl_launch
 
+    _force_chunks(monkeypatch, chunks)
     groups = ("_ZGROUP", "_SGROUP", "_EGROUP", "_TGROUP", "_GZGROUP", "_GSGROUP", "_GEGROUP")
     if tl_launch._EGROUP is None or tl_launch.shrink_kernel.launch_tier != "native":
         pytest.skip("the per-call path needs the native launch groups")
@@ -1234,6 +1238,16 @@ def _shrink_kinds(w, x, t):
     return tl_launch._desc_kind(sp, x, w), tl_launch._desc_kind(ap.shrink, x, w)
 
 
+def _force_chunks(monkeypatch, chunks: int) -> None:
+    """Gluon shrink plans built from here on move ``chunks`` ``[rows, 64]`` chunks a stage
+    (boxes of the operands' ``[K / 64, rows, 64]`` views where ``K`` allows)."""
+    from lora_dispatch.devices import configs
+
+    monkeypatch.setattr(configs, "_gluon_chunks",
+                        lambda info, t, k, rows, atomic: chunks if k % (64 * chunks) == 0 else 1)
+
+
+@pytest.mark.parametrize("chunks", [1, 2])
 @pytest.mark.parametrize("hidden,outs,dtype,t,rank,uniform", [
     (4096, (4096, 1024, 1024), torch.bfloat16, 8192, 64, True),
     (4096, (4096, 1024, 1024), torch.float16, 2048, 16, True),
@@ -1243,12 +1257,15 @@ def _shrink_kinds(w, x, t):
     (4096, (4096,), torch.bfloat16, 37, 8, True),
     (4096, (4096, 1024, 1024), torch.bfloat16, 1, 64, True),
 ])
-def test_shrink_gluon(hidden, outs, dtype, t, rank, uniform, poison_empty, monkeypatch):
+def test_shrink_gluon(hidden, outs, dtype, t, rank, uniform, chunks, poison_empty,
+                      monkeypatch):
     """The warp-specialized Gluon shrink (LORA_DISPATCH_GLUON=1) on prefill segments with a
-    gathered tail (slot -1, an empty slot; mixed ranks up to ``rank`` where not uniform):
-    every op against float64 on NaN-poisoned outputs, the shrink against the Triton kernel;
-    a misaligned x takes the Triton path."""
+    gathered tail (slot -1, an empty slot; mixed ranks up to ``rank`` where not uniform),
+    with ``[64, 64]`` boxes and with two-chunk boxes of ``[K / 64, rows, 64]`` views: every
+    op against float64 on NaN-poisoned outputs, the shrink against the Triton kernel; a
+    misaligned x takes the Triton path."""
     _hopper_gluon()
+    _force_chunks(monkeypatch, chunks)
     gen = torch.Generator().manual_seed(t + rank)
     w = (make_uniform(6, hidden, outs, dtype, rank, seed=t) if uniform else
          make_weights(12, hidden, outs, dtype, max_rank=rank, seed=t))
@@ -1291,10 +1308,13 @@ def _gluon_split_ab(env, t, split_k, seed, monkeypatch, check_plan):
     torch.testing.assert_close(outs["1"], outs["0"], rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize("split_k", [1, 2, 3, 5])
-def test_shrink_gluon_splits(split_k, monkeypatch):
-    """add_lora with the Gluon shrink writing 1, 2, 3 (uneven) and 5 partial products: equal
-    to the Triton shrink's two-pass result."""
+@pytest.mark.parametrize("split_k,chunks", [(1, 1), (2, 1), (3, 1), (5, 1), (2, 2), (3, 2),
+                                            (5, 4)])
+def test_shrink_gluon_splits(split_k, chunks, monkeypatch):
+    """add_lora with the Gluon shrink writing 1, 2, 3 (uneven) and 5 partial products, with
+    ``[64, 64]`` boxes and two- / four-chunk boxes: equal to the Triton shrink's two-pass
+    result."""
+    _force_chunks(monkeypatch, chunks)
 
     def check(p, on):
         assert (p.shrink.gluon is not None) == on
@@ -1678,18 +1698,21 @@ def test_expand_gluon_forced_unfit(monkeypatch):
             tk.plan_for("expand", w, 4096)
 
 
-@pytest.mark.parametrize("shrink_gluon,expand_gluon,attr", [
-    ("1", "1", "_GXGROUP"), ("0", "1", "_XGROUP"), ("1", "0", "_GGROUP")])
+@pytest.mark.parametrize("shrink_gluon,expand_gluon,attr,chunks", [
+    ("1", "1", "_GXGROUP", 1), ("0", "1", "_XGROUP", 1), ("1", "0", "_GGROUP", 1),
+    ("1", "1", "_GXGROUP", 2), ("1", "0", "_GGROUP", 2)])
 def test_add_lora_prefill_groups_match_separate_launches(shrink_gluon, expand_gluon, attr,
-                                                         monkeypatch):
+                                                         chunks, monkeypatch):
     """Eager prefill add_lora on the descriptor plans (Gluon shrink and / or Gluon expand)
     issues both kernels as one bound launch group, then through the armed per-call path:
     bit for bit the separate launches' result, on fresh ``x`` / ``base_out`` each call; an
     ``x`` or ``base_out`` off the TMA contract (strided, misaligned, fp32) falls back to the
-    pointer kernels and still matches float64."""
+    pointer kernels and still matches float64. ``chunks`` 2: the Gluon shrink reads two-chunk
+    boxes of ``x``'s ``[K / 64, T, 64]`` view (its descriptor encoded per call in C)."""
     from lora_dispatch.kernels.triton import launch as tl_launch
 
     _hopper_gluon()
+    _force_chunks(monkeypatch, chunks)
     group = getattr(tl_launch, attr)
     if group is None or not tl_launch.gluon_native():
         pytest.skip("the prefill launch groups need the native tier")

@@ -668,7 +668,9 @@ class GluonShrinkConfig:
     """The warp-specialized Gluon shrink (Hopper): ``block_m`` tokens a program, ``block_k``
     K step, ``block_r`` rank rows a slice (``>=`` every loaded rank: ``max_rank`` as planned,
     cut for eager ``add_lora`` to the largest loaded rank), ``stages`` shared-memory ring
-    depth, consumer warps (4 a warpgroup: ``block_m / 16`` rows of 16 each), K splits."""
+    depth, consumer warps (4 a warpgroup: ``block_m / 16`` rows of 16 each), K splits,
+    ``chunks``: ``block_k``-wide (64) chunks a stage moves in one box of each operand's
+    ``[K / 64, rows, 64]`` view (1: plain ``[rows, block_k]`` boxes)."""
 
     block_m: int
     block_k: int
@@ -676,6 +678,7 @@ class GluonShrinkConfig:
     stages: int
     num_warps: int
     split_k: int
+    chunks: int = 1
 
     def __post_init__(self) -> None:
         if self.block_m not in (64, 128) or self.num_warps != self.block_m // 16:
@@ -690,6 +693,9 @@ class GluonShrinkConfig:
         if not 2 <= self.stages <= 8 or not 1 <= self.split_k <= 8:
             raise ValueError(f"GluonShrinkConfig: stages must be in 2..8 and split_k in 1..8, "
                              f"got {self.stages} and {self.split_k}")
+        if self.chunks not in (1, 2, 4) or (self.chunks > 1 and self.block_k != 64):
+            raise ValueError(f"GluonShrinkConfig: chunks must be 1, 2 or 4 (block_k 64 when "
+                             f"above 1), got {self.chunks} with block_k {self.block_k}")
 
 
 # families where the Gluon shrink runs automatically from this many tokens: H200 dense probe
@@ -834,7 +840,8 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
         return None
     bm = 128 if rows <= 64 and t >= 8192 and not (atomic and 2 * -(-t // 64) >= units) else 64
     bk = 64
-    stages = min(_GLUON_MAX_STAGES, _GLUON_SMEM // ((bm + rows) * bk * itemsize))
+    chunks = _gluon_chunks(info, t, k, rows, atomic)
+    stages = min(_GLUON_MAX_STAGES, _GLUON_SMEM // ((bm + rows) * bk * chunks * itemsize))
     tiles = -(-t // bm)
     split = max(1, min(4, units // tiles, k // (bk * 4)))
     if atomic and 2 * tiles >= units:
@@ -847,7 +854,13 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
         # Four stay faster at ranks 16 / 32 (H100 qkv 25.4 vs 26.4, 27.8 vs 28.7) and for one
         # slice r64 at T=1024 (H200 18.9 vs 19.7)
         split = min(split, 2)
-    return GluonShrinkConfig(bm, bk, br, stages, bm // 16, split)
+    return GluonShrinkConfig(bm, bk, br, stages, bm // 16, split, chunks)
+
+
+def _gluon_chunks(info: DeviceInfo, t: int, k: int, rows: int, atomic: bool) -> int:
+    """``[64]``-wide chunks of ``K`` a Gluon shrink stage moves in one box (1: ``[rows, 64]``
+    boxes)."""
+    return 1
 
 
 @dataclass(frozen=True)

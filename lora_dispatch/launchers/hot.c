@@ -218,16 +218,28 @@ static int tma_ok(PyObject *o, const long long *st, long long cols, long long is
 }
 
 /* The descriptor of a [rows, cols] operand o at addr with strides st (a tuple): raw set to
- * it, or where raw is None, fn(o, rows, cols, row_stride, tile). New reference, or NULL with
- * an exception set. */
+ * it, or where raw is None, fn(o, rows, cols, row_stride, tile). A rank-3 raw is x's
+ * [cols / sub, rows, sub] view (perm: the column blocks outermost) or out's
+ * [rows, cols / sub, sub] one. New reference, or NULL with an exception set. */
 static PyObject *hot_desc(PyObject *raw, uint64_t addr, PyObject *fn, PyObject *o,
-                          PyObject *rows, PyObject *cols, PyObject *st, PyObject *tile) {
+                          PyObject *rows, PyObject *cols, PyObject *st, PyObject *tile,
+                          int perm) {
     if (raw == Py_None) {
         PyObject *a[5] = {o, rows, cols, PyTuple_GET_ITEM(st, 0), tile};
         return PyObject_Vectorcall(fn, a, 5, NULL);
     }
     RawDesc *r = (RawDesc *)raw;
     r->addr = addr;
+    if (r->rank == 3 && perm) { /* [cols / sub, rows, sub], strides (sub, row stride, 1) */
+        r->shape[0] = PyLong_AsLongLong(cols) / r->shape[2];
+        r->shape[1] = PyLong_AsLongLong(rows);
+        r->strides[0] = r->shape[2];
+        r->strides[1] = PyLong_AsLongLong(PyTuple_GET_ITEM(st, 0));
+        r->strides[2] = 1;
+        if (PyErr_Occurred()) return NULL;
+        Py_INCREF(raw);
+        return raw;
+    }
     r->shape[0] = PyLong_AsLongLong(rows);
     r->strides[0] = PyLong_AsLongLong(PyTuple_GET_ITEM(st, 0));
     if (r->rank == 3) { /* [rows, cols / sub, sub]: the columns as sub-wide blocks */
@@ -371,11 +383,11 @@ static PyObject *hot_call(Hot *self, PyObject *const *args, size_t nargsf, PyObj
     }
     if ((self->kind & HOT_X_DESC) &&
         !(xd = hot_desc(self->xraw, xa, self->xdesc, x, self->t_obj, self->k_obj, xst,
-                        self->xtile)))
+                        self->xtile, 1)))
         goto done;
     if ((self->kind & HOT_OUT_DESC) &&
         !(od = hot_desc(self->oraw, oa, self->odesc, out, self->t_obj, self->n_obj, ost,
-                        self->otile)))
+                        self->otile, 0)))
         goto done;
     if (self->op == OP_SHRINK) { /* the op's result: alloc(yshape, dtype=ydtype, device=) */
         PyObject *a[3] = {self->yshape, self->ydtype, self->device};
@@ -536,13 +548,15 @@ static PyObject *fl_hot(PyObject *mod, PyObject *spec) {
         if (!(h->alloc_kw = Py_BuildValue("(ss)", "dtype", "device"))) goto fail;
     }
     if ((h->xraw != Py_None && (Py_TYPE(h->xraw) != &RawDescType ||
-                                ((RawDesc *)h->xraw)->rank != 2)) ||
+                                (((RawDesc *)h->xraw)->rank != 2 &&
+                                 (((RawDesc *)h->xraw)->rank != 3 ||
+                                  ((RawDesc *)h->xraw)->shape[2] < 1)))) ||
         (h->oraw != Py_None && (Py_TYPE(h->oraw) != &RawDescType ||
                                 (((RawDesc *)h->oraw)->rank != 2 &&
                                  (((RawDesc *)h->oraw)->rank != 3 ||
                                   ((RawDesc *)h->oraw)->shape[2] < 1))))) {
-        PyErr_SetString(PyExc_TypeError, "fl_hot: xraw must be a rank-2 RawDesc or None, "
-                        "oraw a rank-2 or rank-3 one or None");
+        PyErr_SetString(PyExc_TypeError, "fl_hot: xraw and oraw must be rank-2 or rank-3 "
+                        "RawDescs or None");
         goto fail;
     }
     if (h->sel != Py_None) {

@@ -280,7 +280,7 @@ def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.
     if k_split >= cfg.block_k:
         k_split = _cdiv(k_split, cfg.block_k) * cfg.block_k
     if gcfg is not None:
-        k_split = _cdiv(k_split, gcfg.block_k) * gcfg.block_k
+        k_split = _cdiv(k_split, gcfg.block_k * gcfg.chunks) * gcfg.block_k * gcfg.chunks
     split = _cdiv(k, k_split)
     nb = _cdiv(s * _cdiv(rcap, cfg.block_n), cfg.rank_blocks)
     tma = configs.shrink_tma(info, t)
@@ -308,7 +308,8 @@ def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.
             (_tiles(t, gcfg.block_m, w.num_slots), split), gcfg,
             (s, r, tile_index(gcfg.block_m), gcfg.stages, meta["ATOMIC"], meta["FILL"], True,
              bool(pdl)),
-            configs.gluon_mode() == "1", x_tile(gcfg.block_m, gcfg.block_k, w.dtype),
+            configs.gluon_mode() == "1",
+            x_tile(gcfg.block_m, gcfg.block_k, w.dtype, gcfg.chunks),
             configs.gluon_mode() != "1" and configs.gluon_graph_only(info, t), cap)
     return ShrinkPlan((nb * _tiles(t, cfg.block_m, w.num_slots), split), nb, k_split, split, meta,
                       *_split_meta(meta, _SHRINK_CX, 0), tma, gluon)
@@ -623,12 +624,12 @@ def _a_desc(w, c: configs.GluonShrinkConfig):
     weights object while its ``lora_a`` is the same tensor)."""
     a = w.lora_a
     d = getattr(w, "__dict__", None)
-    key = (c.block_r, c.block_k)
+    key = (c.block_r, c.block_k, c.chunks)
     if d is not None:
         memo = d.get("_gluon_a_desc")
         if memo is not None and memo[0] is a and memo[1] == key:
             return memo[2]
-    desc = a_descriptor(a.view(-1, w.in_features), c.block_r, c.block_k)
+    desc = a_descriptor(a.view(-1, w.in_features), c.block_r, c.block_k, c.chunks)
     if d is not None:
         d["_gluon_a_desc"] = (a, key, desc)
     return desc

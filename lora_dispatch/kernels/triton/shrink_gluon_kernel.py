@@ -59,7 +59,11 @@ if AVAILABLE:
     def _producer(x_desc, a_desc, x_bufs, a_bufs, ready, empty, first, ar0, ar1, ar2, k0,
                   k_iters, consec, NB: gl.constexpr, STAGES: gl.constexpr,
                   GATHER: gl.constexpr):
-        BK: gl.constexpr = x_desc.block_type.shape[1]
+        PERM: gl.constexpr = len(x_desc.block_type.shape) == 3
+        if PERM:  # [G, BM, 64] boxes of the [K / 64, T, 64] view
+            BK: gl.constexpr = x_desc.block_type.shape[0] * x_desc.block_type.shape[2]
+        else:
+            BK: gl.constexpr = x_desc.block_type.shape[1]
         a_bytes: gl.constexpr = NB * a_desc.block_type.nbytes
         x_bytes: gl.constexpr = x_desc.block_type.nbytes
         for i in range(k_iters):
@@ -68,32 +72,48 @@ if AVAILABLE:
             k = k0 + i * BK
             if not GATHER:
                 mbarrier.expect(ready.index(s), x_bytes + a_bytes)
-                tma.async_copy_global_to_shared(x_desc, [first, k], ready.index(s),
-                                                x_bufs.index(s))
+                _box(x_desc, first, k, ready.index(s), x_bufs.index(s), PERM)
             elif consec:
                 mbarrier.expect(ready.index(s), x_bytes + a_bytes)
-                tma.async_copy_global_to_shared(x_desc, [first, k], ready.index(s),
-                                                x_bufs.index(s))
+                _box(x_desc, first, k, ready.index(s), x_bufs.index(s), PERM)
             else:
                 mbarrier.expect(ready.index(s), a_bytes)
-            tma.async_copy_global_to_shared(a_desc, [ar0, k], ready.index(s),
-                                            a_bufs.index(s * NB))
+            _box(a_desc, ar0, k, ready.index(s), a_bufs.index(s * NB), PERM)
             if NB > 1:
-                tma.async_copy_global_to_shared(a_desc, [ar1, k], ready.index(s),
-                                                a_bufs.index(s * NB + 1))
+                _box(a_desc, ar1, k, ready.index(s), a_bufs.index(s * NB + 1), PERM)
             if NB > 2:
-                tma.async_copy_global_to_shared(a_desc, [ar2, k], ready.index(s),
-                                                a_bufs.index(s * NB + 2))
+                _box(a_desc, ar2, k, ready.index(s), a_bufs.index(s * NB + 2), PERM)
+
+    @gluon.jit
+    def _box(desc, row, k, bar, buf, PERM: gl.constexpr):
+        """One TMA box of rows ``row ...`` from column ``k``: ``[rows, BK]`` of a 2-D
+        descriptor, or ``[G, rows, 64]`` of a ``[K / 64, rows, 64]`` view (``PERM``)."""
+        if PERM:
+            tma.async_copy_global_to_shared(desc, [k // 64, row, 0], bar, buf)
+        else:
+            tma.async_copy_global_to_shared(desc, [row, k], bar, buf)
 
     @gluon.jit
     def ring(x_desc, a_desc, NB: gl.constexpr, STAGES: gl.constexpr):
         """The shared-memory ring: ``STAGES`` ``x`` tiles, ``STAGES * NB`` ``A`` blocks and
-        their ``ready`` / ``empty`` mbarriers (initialized, fenced for the async proxy)."""
-        BM: gl.constexpr = x_desc.block_type.shape[0]
-        BK: gl.constexpr = x_desc.block_type.shape[1]
-        BR: gl.constexpr = a_desc.block_type.shape[0]
-        x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BM, BK], x_desc.layout)
-        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES * NB, BR, BK], a_desc.layout)
+        their ``ready`` / ``empty`` mbarriers (initialized, fenced for the async proxy).
+        Boxes of ``[K / 64, rows, 64]`` views (3-D descriptors) take ``[G, rows, 64]``
+        buffers."""
+        if len(x_desc.block_type.shape) == 3:
+            G: gl.constexpr = x_desc.block_type.shape[0]
+            BM: gl.constexpr = x_desc.block_type.shape[1]
+            BR: gl.constexpr = a_desc.block_type.shape[1]
+            x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, G, BM, 64],
+                                               x_desc.layout)
+            a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES * NB, G, BR, 64],
+                                               a_desc.layout)
+        else:
+            BM: gl.constexpr = x_desc.block_type.shape[0]
+            BK: gl.constexpr = x_desc.block_type.shape[1]
+            BR: gl.constexpr = a_desc.block_type.shape[0]
+            x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BM, BK], x_desc.layout)
+            a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES * NB, BR, BK],
+                                               a_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for s in gl.static_range(STAGES):
@@ -103,31 +123,53 @@ if AVAILABLE:
         return x_bufs, a_bufs, ready, empty
 
     @gluon.jit
+    def chunks(bufs):
+        """``bufs`` as ``[n, rows, cols]`` tiles wgmma reads: 3-D buffers as they are,
+        ``[n, G, rows, 64]`` ones (boxes of a ``[K / 64, rows, 64]`` view, each ``[rows,
+        64]`` chunk swizzled on its own) as ``n * G`` tiles ``[rows, 64]``."""
+        if len(bufs.type.shape) == 4:
+            G: gl.constexpr = bufs.type.shape[1]
+            ROWS: gl.constexpr = bufs.type.shape[2]
+            return bufs._reinterpret(bufs.dtype, [bufs.type.shape[0] * G, ROWS, 64],
+                                     gl.NVMMASharedLayout.get_default_for([ROWS, 64],
+                                                                          bufs.dtype))
+        else:
+            return bufs
+
+    @gluon.jit
     def _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2, k_iters,
-                     NB: gl.constexpr, STAGES: gl.constexpr):
-        """wgmma on the ``x`` and ``A`` tiles of the ring, one stage kept in flight."""
+                     NB: gl.constexpr, STAGES: gl.constexpr, G: gl.constexpr):
+        """wgmma on the ``x`` and ``A`` tiles of the ring (``G`` chunks a stage), one stage
+        kept in flight."""
+        xc = chunks(x_bufs)
+        ac = chunks(a_bufs)
         for i in range(k_iters):
             s = i % STAGES
             mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-            xb = x_bufs.index(s)
-            acc0 = warpgroup_mma(xb, a_bufs.index(s * NB).permute((1, 0)), acc0,
-                                 is_async=True)
-            if NB > 1:
-                acc1 = warpgroup_mma(xb, a_bufs.index(s * NB + 1).permute((1, 0)), acc1,
+            for g in gl.static_range(G):
+                xb = xc.index(s * G + g)
+                acc0 = warpgroup_mma(xb, ac.index(s * NB * G + g).permute((1, 0)), acc0,
                                      is_async=True)
-            if NB > 2:
-                acc2 = warpgroup_mma(xb, a_bufs.index(s * NB + 2).permute((1, 0)), acc2,
-                                     is_async=True)
-            acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=NB, deps=(acc0, acc1, acc2))
+                if NB > 1:
+                    acc1 = warpgroup_mma(xb, ac.index((s * NB + 1) * G + g).permute((1, 0)),
+                                         acc1, is_async=True)
+                if NB > 2:
+                    acc2 = warpgroup_mma(xb, ac.index((s * NB + 2) * G + g).permute((1, 0)),
+                                         acc2, is_async=True)
+            acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=NB * G,
+                                                  deps=(acc0, acc1, acc2))
             mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
         return warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, acc2))
 
     @gluon.jit
     def _consume_gather(x_ptr, tok_ptr, a_bufs, ready, empty, acc0, acc1, acc2, start, end,
                         T, k0, k_iters, stride_xm, stride_xk, BM: gl.constexpr,
-                        NB: gl.constexpr, STAGES: gl.constexpr, layout: gl.constexpr):
-        """wgmma on ``x`` rows gathered into registers and the ``A`` tiles of the ring."""
-        BK: gl.constexpr = a_bufs.type.shape[2]
+                        NB: gl.constexpr, STAGES: gl.constexpr, G: gl.constexpr,
+                        layout: gl.constexpr):
+        """wgmma on ``x`` rows gathered into registers (``G`` chunks a stage) and the ``A``
+        tiles of the ring."""
+        ac = chunks(a_bufs)
+        BK: gl.constexpr = ac.type.shape[2]
         op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=layout, k_width=2)
         rows = start + gl.arange(0, BM, layout=gl.SliceLayout(1, op))  # [BM]
         tok = gl.load(tok_ptr + rows, mask=rows < end, other=T)  # [BM]
@@ -137,36 +179,47 @@ if AVAILABLE:
         x_ptrs = (x_ptr + tok64[:, None] * stride_xm
                   + offs_k[None, :].to(gl.int64) * stride_xk)  # [BM, BK]
         for i in range(k_iters):
-            xb = gl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, BK]
             s = i % STAGES
-            mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-            acc0 = warpgroup_mma(xb, a_bufs.index(s * NB).permute((1, 0)), acc0)
-            if NB > 1:
-                acc1 = warpgroup_mma(xb, a_bufs.index(s * NB + 1).permute((1, 0)), acc1)
-            if NB > 2:
-                acc2 = warpgroup_mma(xb, a_bufs.index(s * NB + 2).permute((1, 0)), acc2)
+            for g in gl.static_range(G):
+                xb = gl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, BK]
+                if g == 0:
+                    mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+                acc0 = warpgroup_mma(xb, ac.index(s * NB * G + g).permute((1, 0)), acc0)
+                if NB > 1:
+                    acc1 = warpgroup_mma(xb, ac.index((s * NB + 1) * G + g).permute((1, 0)),
+                                         acc1)
+                if NB > 2:
+                    acc2 = warpgroup_mma(xb, ac.index((s * NB + 2) * G + g).permute((1, 0)),
+                                         acc2)
+                x_ptrs += BK * stride_xk
             mbarrier.arrive(empty.index(s))
-            x_ptrs += BK * stride_xk
         return acc0, acc1, acc2
 
     @gluon.jit
     def _consumer(x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, start, end, T, k0, k_iters,
                   stride_xm, stride_xk, consec, BM: gl.constexpr, NB: gl.constexpr,
                   STAGES: gl.constexpr, layout: gl.constexpr, GATHER: gl.constexpr):
-        BR: gl.constexpr = a_bufs.type.shape[1]
+        PERM: gl.constexpr = len(a_bufs.type.shape) == 4
+        if PERM:
+            G: gl.constexpr = a_bufs.type.shape[1]
+            BR: gl.constexpr = a_bufs.type.shape[2]
+        else:
+            G: gl.constexpr = 1
+            BR: gl.constexpr = a_bufs.type.shape[1]
         acc0 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
         acc1 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
         acc2 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
         if not GATHER:
             acc0, acc1, acc2 = _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2,
-                                            k_iters, NB, STAGES)
+                                            k_iters, NB, STAGES, G)
         elif consec:
             acc0, acc1, acc2 = _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2,
-                                            k_iters, NB, STAGES)
+                                            k_iters, NB, STAGES, G)
         else:
             acc0, acc1, acc2 = _consume_gather(x_ptr, tok_ptr, a_bufs, ready, empty, acc0,
                                                acc1, acc2, start, end, T, k0, k_iters,
-                                               stride_xm, stride_xk, BM, NB, STAGES, layout)
+                                               stride_xm, stride_xk, BM, NB, STAGES, G,
+                                               layout)
         return acc0, acc1, acc2
 
     @gluon.jit
@@ -219,9 +272,14 @@ if AVAILABLE:
         ATOMIC: gl.constexpr, FILL: gl.constexpr, GATHER: gl.constexpr, PDL: gl.constexpr,
         num_warps: gl.constexpr,
     ):
-        BM: gl.constexpr = x_desc.block_type.shape[0]
-        BK: gl.constexpr = x_desc.block_type.shape[1]
-        BR: gl.constexpr = a_desc.block_type.shape[0]
+        if len(x_desc.block_type.shape) == 3:  # [G, BM, 64] boxes of a [K / 64, T, 64] view
+            BM: gl.constexpr = x_desc.block_type.shape[1]
+            BK: gl.constexpr = x_desc.block_type.shape[0] * 64
+            BR: gl.constexpr = a_desc.block_type.shape[1]
+        else:
+            BM: gl.constexpr = x_desc.block_type.shape[0]
+            BK: gl.constexpr = x_desc.block_type.shape[1]
+            BR: gl.constexpr = a_desc.block_type.shape[0]
         layout: gl.constexpr = gl.NVMMADistributedLayout(
             version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BR, 16])
         pid_m = gl.program_id(0)
@@ -289,30 +347,48 @@ if AVAILABLE:
         def _descriptor(base, shape: list, strides: list, block: list, layout):
             return TensorDescriptor(base, shape, strides, block, layout)
 
-    def x_descriptor(x, bm: int, bk: int):
-        """TMA descriptor of ``x [T, K]`` (16-bit, 16-byte aligned base and row stride,
-        unit column stride), tile ``[bm, bk]``, in the shared layout the kernel reads."""
-        return _descriptor(x, list(x.shape), [x.stride(0), 1], [bm, bk],
-                           _layout(bm, bk, x.dtype == torch.float16))
+    @functools.lru_cache(maxsize=1)
+    def _perm_layout():
+        # [G, rows, 64] boxes: each [rows, 64] chunk is an ordinary 128-byte-swizzled tile
+        return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
 
-    def x_tile(bm: int, bk: int, dtype: torch.dtype) -> tuple:
-        """``x``'s tile and shared layout for :func:`rows_descriptor` (once per plan)."""
+    def x_tile(bm: int, bk: int, dtype: torch.dtype, chunks: int = 1) -> tuple:
+        """``x``'s tile and shared layout for :func:`rows_descriptor` (once per plan):
+        ``[bm, bk]`` boxes, or with ``chunks > 1`` ``[chunks, bm, 64]`` boxes of the
+        ``[K / 64, T, 64]`` view (``bk`` then 64)."""
+        if chunks > 1:
+            return [chunks, bm, 64], _perm_layout()
         return [bm, bk], _layout(bm, bk, dtype == torch.float16)
 
     def rows_descriptor(x, t: int, k: int, row_stride: int, tile: tuple):
-        """:func:`x_descriptor` from values the caller already holds: ``x [t, k]`` with
-        ``row_stride``, and :func:`x_tile` (~0.5 us instead of ~1.9 on a CPU)."""
+        """TMA descriptor of ``x [t, k]`` (16-bit, 16-byte aligned base and row stride,
+        unit column stride) with ``row_stride`` and :func:`x_tile`'s tile: ``[t, k]``, or
+        for 3-D tiles the ``[k / 64, t, 64]`` view (strides ``64, row_stride, 1``)."""
+        if len(tile[0]) == 3:
+            return _descriptor(x, [k // 64, t, 64], [64, row_stride, 1], *tile)
         return _descriptor(x, [t, k], [row_stride, 1], *tile)
 
-    def a_descriptor(a, br: int, bk: int):
-        """TMA descriptor of a contiguous ``a [rows, K]`` (16-bit), tile ``[br, bk]``."""
-        return _descriptor(a, list(a.shape), [a.shape[1], 1], [br, bk],
+    def x_descriptor(x, bm: int, bk: int, chunks: int = 1):
+        """:func:`rows_descriptor` of ``x [T, K]`` for tiles ``[bm, bk]`` (or ``chunks``
+        of ``[bm, 64]``)."""
+        return rows_descriptor(x, x.shape[0], x.shape[1], x.stride(0),
+                               x_tile(bm, bk, x.dtype, chunks))
+
+    def a_descriptor(a, br: int, bk: int, chunks: int = 1):
+        """TMA descriptor of a contiguous ``a [rows, K]`` (16-bit), tile ``[br, bk]``, or
+        with ``chunks > 1`` ``[chunks, br, 64]`` boxes of its ``[K / 64, rows, 64]`` view."""
+        rows, k = a.shape
+        if chunks > 1:
+            return _descriptor(a, [k // 64, rows, 64], [64, k, 1], [chunks, br, 64],
+                               _perm_layout())
+        return _descriptor(a, [rows, k], [k, 1], [br, bk],
                            _layout(br, bk, a.dtype == torch.float16))
 
-    def gluon_descriptors(x, a, bm: int, bk: int, br: int) -> tuple:
+    def gluon_descriptors(x, a, bm: int, bk: int, br: int, chunks: int = 1) -> tuple:
         """TMA descriptors of ``x [T, K]`` (tile ``[bm, bk]``) and ``a [rows, K]`` (tile
-        ``[br, bk]``, 16-bit) in the shared layouts the kernel's wgmma reads."""
-        return x_descriptor(x, bm, bk), a_descriptor(a, br, bk)
+        ``[br, bk]``, 16-bit) in the shared layouts the kernel's wgmma reads; ``chunks > 1``:
+        ``[chunks, rows, 64]`` boxes of both operands' ``[K / 64, rows, 64]`` views."""
+        return x_descriptor(x, bm, bk, chunks), a_descriptor(a, br, bk, chunks)
 
 else:
     PRODUCER_REGS = 40

@@ -1,0 +1,224 @@
+"""The Gluon shrink's ``x`` / ``A`` boxes: ``[64, 64]`` tiles against ``[G, 64, 64]`` boxes
+of the operands' ``[K / 64, rows, 64]`` views (GPU, Hopper, Triton 3.6).
+
+    python benchmarks/ab_gluon_chunks.py [--json PATH] [--rounds 3] [--tokens 2048,8192]
+
+``probe_tma_read.py`` read ``x [8192, 4096]`` 2-4 points of the copy bandwidth faster with
+``[2, 64, 64]`` boxes of the ``[K / 64, T, 64]`` view (``perm``: 256 contiguous bytes a box
+row pair, still one 128-byte-swizzled ``[64, 64]`` tile per chunk for wgmma) than with the
+shipped kernel's ``[64, 64]`` boxes. This runs the shipped Gluon shrink both ways on the
+benchmark's rows (hidden 4096, bf16, 4 adapters, one segment each):
+
+- public ``lora_shrink`` (qkv and one slice, rank 16 / 64): the registry's pick (``auto``),
+  the Gluon shrink forced with ``chunks`` 1 / 2 / 4 and one or two K splits (two: zero fill
+  and atomics);
+- ``add_lora`` (qkv, rank 16 / 64): ``auto`` (Gluon, chunks 1 from T=2048) against chunks
+  2 / 4 at the same splits.
+
+Each variant's plan is built under its own config (a wrapper around
+``configs.shrink_gluon``), its output checked against the float64 reference (and a
+round-robin gather batch at T=1000 with mixed ranks, forced Gluon); then cold-L2 CUDA-event
+medians in alternating rounds (best round reported, every round kept) and the profiler's
+kernel time. % of the copy bandwidth from :func:`min_bytes`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+
+import torch
+
+import lora_dispatch as ld
+from lora_dispatch.bench.kernels import Problem, _build, min_bytes
+from lora_dispatch.bench.timing import (
+    copy_bandwidth_gbs,
+    env_record,
+    gpu_time_us,
+    kernel_spans_us,
+    pct_of_copy,
+    write_json,
+)
+from lora_dispatch.devices import configs
+from lora_dispatch.kernels import reference
+from lora_dispatch.kernels.triton import launch as L
+
+_ORIG = configs.shrink_gluon
+_CUR: dict = {}
+
+
+def _shrink_gluon(info, t, k, slices, max_rank, itemsize, available=True, atomic=False):
+    c = _ORIG(info, t, k, slices, max_rank, itemsize, available, atomic)
+    if c is None or not _CUR:
+        return c
+    chunks = _CUR.get("chunks", c.chunks)
+    if k % (64 * chunks):
+        chunks = 1
+    rows = slices * c.block_r
+    stages = min(configs._GLUON_MAX_STAGES,
+                 configs._GLUON_SMEM // ((c.block_m + rows) * 64 * chunks * itemsize))
+    return dataclasses.replace(c, chunks=chunks, stages=stages,
+                               split_k=_CUR.get("split", c.split_k))
+
+
+configs.shrink_gluon = _shrink_gluon
+
+# name: (LORA_DISPATCH_GLUON, overrides)
+SHRINK_VARIANTS = {
+    "auto": (None, {}),
+    "g1": ("1", {"chunks": 1}),
+    "g2": ("1", {"chunks": 2}),
+    "g4": ("1", {"chunks": 4}),
+    "g1s2": ("1", {"chunks": 1, "split": 2}),
+    "g2s2": ("1", {"chunks": 2, "split": 2}),
+}
+ADD_VARIANTS = {"auto": (None, {}), "g2": (None, {"chunks": 2}), "g4": (None, {"chunks": 4})}
+
+
+class _Env:
+    def __init__(self, gluon: str | None, over: dict) -> None:
+        self.gluon, self.over = gluon, over
+
+    def __enter__(self):
+        self.prev = os.environ.get("LORA_DISPATCH_GLUON")
+        if self.gluon is None:
+            os.environ.pop("LORA_DISPATCH_GLUON", None)
+        else:
+            os.environ["LORA_DISPATCH_GLUON"] = self.gluon
+        _CUR.clear()
+        _CUR.update(self.over)
+
+    def __exit__(self, *exc):
+        _CUR.clear()
+        if self.prev is None:
+            os.environ.pop("LORA_DISPATCH_GLUON", None)
+        else:
+            os.environ["LORA_DISPATCH_GLUON"] = self.prev
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
+    err = (got.double() - want.double()).abs().max().item()
+    return err <= 2e-2 * max(1.0, want.double().abs().max().item())
+
+
+def _case(op: str, outs: tuple, rank: int, t: int, dev, variant: tuple):
+    """(fn, check) for one variant: its own weights and batch, plan built under its env."""
+    gluon, over = variant
+    p = Problem(op, 4096, t, rank, 4, torch.bfloat16, dev, outs)
+    batch, (item,) = _build(p, 1)
+    w, x, _, out = item
+    with _Env(gluon, over):
+        if op == "shrink":
+            def fn():
+                return ld.lora_shrink(x, w, batch)
+            ok = all(_close(fn(), reference.shrink(x.double(), w, batch)) for _ in range(3))
+            plan = L._pick(L.plan_for("shrink", w, t), x, w)
+            desc = (L._desc_kind(plan, x, w), getattr(plan.gluon, "cfg", None))
+        else:
+            base = out.clone()
+            want = base.double()
+            reference.add_lora(want, x.double(), w, batch)
+            ok = True
+            for _ in range(3):
+                out.copy_(base)
+                ld.add_lora(out, x, w, batch)
+                ok &= _close(out, want)
+
+            def fn():
+                return ld.add_lora(out, x, w, batch)
+            ap = L._pick(L.plan_for("add", w, t), x, w)
+            g = ap.shrink.gluon if ap.shrink is not None else None
+            desc = (0 if g is None else 2, getattr(g, "cfg", None))
+    return fn, ok, desc, p
+
+
+def _gather_checks(dev) -> list[dict]:
+    """Round-robin (non-consecutive) tokens and mixed ranks, T=1000, forced Gluon: the
+    register-gather consumer with every box kind."""
+    rows = []
+    t = 1000
+    slots = [i % 5 - 1 for i in range(t)]  # -1 and four adapters
+    batch = ld.LoRABatch.from_segments([1] * t, slots, device=dev)
+    g = torch.Generator(device=dev).manual_seed(1)
+    for outs in ((4096, 1024, 1024), (4096,)):
+        for chunks in (1, 2, 4):
+            w = ld.LoRAWeights(4, 4096, outs, 64, dtype=torch.bfloat16, device=dev)
+            for s, r in enumerate((64, 16, 40, 0)):
+                if r == 0:
+                    continue
+                a = torch.randn(len(outs) * r, 4096, generator=g, device=dev) / 64
+                b = torch.randn(sum(outs), r, generator=g, device=dev) / r**0.5
+                w.load(s, list(a.split(r)), list(b.split(list(outs))), 0.5)
+            x = torch.randn(t, 4096, generator=g, device=dev).to(torch.bfloat16)
+            out = torch.randn(t, sum(outs), generator=g, device=dev).to(torch.bfloat16)
+            with _Env("1", {"chunks": chunks}):
+                y = ld.lora_shrink(x, w, batch)
+                ok_s = _close(y, reference.shrink(x.double(), w, batch))
+                want = out.double()
+                reference.add_lora(want, x.double(), w, batch)
+                ld.add_lora(out, x, w, batch)
+                ok_a = _close(out, want)
+            rows.append(dict(check="gather T=1000 mixed ranks", slices=len(outs), chunks=chunks,
+                             shrink_ok=ok_s, add_lora_ok=ok_a))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tokens", default="2048,4096,8192")
+    ap.add_argument("--ops", default="shrink,add_lora")
+    args = ap.parse_args(argv)
+    dev = torch.device("cuda")
+    copy = copy_bandwidth_gbs(dev)
+    print(f"copy bandwidth {copy:.0f} GB/s", flush=True)
+    checks = _gather_checks(dev)
+    cases = []
+    tokens = [int(v) for v in args.tokens.split(",")]
+    for op in args.ops.split(","):
+        variants = SHRINK_VARIANTS if op == "shrink" else ADD_VARIANTS
+        shapes = ([((4096, 1024, 1024), r) for r in (16, 64)]
+                  + ([((4096,), r) for r in (16, 64)] if op == "shrink" else []))
+        for outs, rank in shapes:
+            for t in tokens:
+                for name, v in variants.items():
+                    try:
+                        fn, ok, desc, p = _case(op, outs, rank, t, dev, v)
+                    except Exception as exc:  # a variant the launcher refuses is reported
+                        print(f"{op} {outs} r{rank} T{t} {name} failed: {exc!r}"[:400],
+                              flush=True)
+                        continue
+                    cases.append(dict(op=op, slices=len(outs), rank=rank, T=t, variant=name,
+                                      ok=ok, kind=desc[0], cfg=str(desc[1]), fn=fn, p=p,
+                                      us=[]))
+                    print(op, len(outs), rank, t, name, "ok" if ok else "WRONG", desc,
+                          flush=True)
+    for _ in range(args.rounds):
+        for c in cases:
+            c["us"].append(gpu_time_us(c["fn"], dev, warmup_ms=5, rep_ms=30))
+    rows = []
+    for c in cases:
+        fn, p = c.pop("fn"), c.pop("p")
+        us = min(c["us"])
+        k = statistics.median(kernel_spans_us(fn, dev))
+        nbytes = min_bytes(p)
+        rows.append(dict(c, us=round(us, 2), rounds=[round(u, 2) for u in c["us"]],
+                         kernel_us=round(k, 2), pct_copy=round(pct_of_copy(nbytes, us, copy), 1),
+                         pct_copy_kernel=round(pct_of_copy(nbytes, k, copy), 1)))
+        r = rows[-1]
+        print(f"{r['op']:8s} S{r['slices']} r{r['rank']:<3d} T{r['T']:<5d} {r['variant']:5s} "
+              f"kind {r['kind']} {r['us']:7.2f} us {r['pct_copy']:5.1f}%  kernel "
+              f"{r['kernel_us']:7.2f} {r['pct_copy_kernel']:5.1f}%  {r['rounds']}", flush=True)
+    if args.json:
+        write_json(args.json, {**env_record(dev), "copy_gbs": copy,
+                               "reproduce": "python benchmarks/ab_gluon_chunks.py"},
+                   checks + rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
