@@ -54,9 +54,10 @@ def _shrink_gluon(info, t, k, slices, max_rank, itemsize, available=True, atomic
     if c is None or not _CUR:
         return c
     chunks = _CUR.get("chunks", c.chunks)
-    if k % (64 * chunks):
-        chunks = 1
     rows = slices * c.block_r
+    while chunks > 1 and (k % (64 * chunks) or configs._GLUON_SMEM
+                          < 2 * (c.block_m + rows) * 64 * chunks * itemsize):
+        chunks //= 2
     stages = min(configs._GLUON_MAX_STAGES,
                  configs._GLUON_SMEM // ((c.block_m + rows) * 64 * chunks * itemsize))
     return dataclasses.replace(c, chunks=chunks, stages=stages,

@@ -841,6 +841,9 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
     bm = 128 if rows <= 64 and t >= 8192 and not (atomic and 2 * -(-t // 64) >= units) else 64
     bk = 64
     chunks = _gluon_chunks(info, t, k, rows, atomic)
+    while chunks > 1 and (k % (bk * chunks) or _GLUON_SMEM < 2 * (bm + rows) * bk * chunks
+                          * itemsize):  # K in whole boxes, two stages in the ring
+        chunks //= 2
     stages = min(_GLUON_MAX_STAGES, _GLUON_SMEM // ((bm + rows) * bk * chunks * itemsize))
     tiles = -(-t // bm)
     split = max(1, min(4, units // tiles, k // (bk * 4)))
