@@ -54,14 +54,15 @@ def _shrink_gluon(info, t, k, slices, max_rank, itemsize, available=True, atomic
     if c is None or not _CUR:
         return c
     chunks = _CUR.get("chunks", c.chunks)
+    bm = _CUR.get("bm", c.block_m)
     rows = slices * c.block_r
     while chunks > 1 and (k % (64 * chunks) or configs._GLUON_SMEM
-                          < 2 * (c.block_m + rows) * 64 * chunks * itemsize):
+                          < 2 * (bm + rows) * 64 * chunks * itemsize):
         chunks //= 2
-    stages = min(configs._GLUON_MAX_STAGES,
-                 configs._GLUON_SMEM // ((c.block_m + rows) * 64 * chunks * itemsize))
-    return dataclasses.replace(c, chunks=chunks, stages=stages,
-                               split_k=_CUR.get("split", c.split_k))
+    stages = min(_CUR.get("stages", configs._GLUON_MAX_STAGES),
+                 configs._GLUON_SMEM // ((bm + rows) * 64 * chunks * itemsize))
+    return dataclasses.replace(c, block_m=bm, num_warps=bm // 16, chunks=chunks,
+                               stages=stages, split_k=_CUR.get("split", c.split_k))
 
 
 configs.shrink_gluon = _shrink_gluon
@@ -74,6 +75,9 @@ SHRINK_VARIANTS = {
     "g4": ("1", {"chunks": 4}),
     "g1s2": ("1", {"chunks": 1, "split": 2}),
     "g2s2": ("1", {"chunks": 2, "split": 2}),
+    "g2s2st3": ("1", {"chunks": 2, "split": 2, "stages": 3}),
+    "m128s2": ("1", {"bm": 128, "split": 2}),
+    "m128g2s2": ("1", {"bm": 128, "chunks": 2, "split": 2}),
 }
 ADD_VARIANTS = {"auto": (None, {}), "g2": (None, {"chunks": 2}), "g4": (None, {"chunks": 4})}
 
@@ -173,11 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", default="2048,4096,8192")
     ap.add_argument("--ops", default="shrink,add_lora")
+    ap.add_argument("--variants", default=None, help="comma-separated names (default: all)")
+    ap.add_argument("--no-gather", action="store_true", help="skip the gather checks")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     copy = copy_bandwidth_gbs(dev)
     print(f"copy bandwidth {copy:.0f} GB/s", flush=True)
-    checks = _gather_checks(dev)
+    checks = [] if args.no_gather else _gather_checks(dev)
+    keep = None if args.variants is None else set(args.variants.split(","))
     cases = []
     tokens = [int(v) for v in args.tokens.split(",")]
     for op in args.ops.split(","):
@@ -187,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         for outs, rank in shapes:
             for t in tokens:
                 for name, v in variants.items():
+                    if keep is not None and name not in keep:
+                        continue
                     try:
                         fn, ok, desc, p = _case(op, outs, rank, t, dev, v)
                     except Exception as exc:  # a variant the launcher refuses is reported
