@@ -3,6 +3,8 @@ devices, releases and shapes take it, the configs Hopper picks, loud failure whe
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -11,6 +13,8 @@ from lora_dispatch.devices import configs
 from lora_dispatch.devices.info import DeviceInfo
 
 H200 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA H200", "sm_90", 132, 32, (9, 0))
+H100 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA H100 80GB HBM3", "sm_90", 132, 32,
+                  (9, 0))
 A100 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA A100-SXM4-80GB", "sm_80", 108, 32,
                   (8, 0))
 B200 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA B200", "sm_100", 148, 32, (10, 0))
@@ -26,6 +30,10 @@ def _triton_36(monkeypatch):
 
 def cfg_tuple(c):
     return (c.block_m, c.block_k, c.block_r, c.stages, c.num_warps, c.split_k)
+
+
+def test_h100_family():
+    assert H100.family == "h100" and H200.family == "h200"
 
 
 @pytest.mark.parametrize("t,slices,rank,want", [
@@ -61,6 +69,38 @@ def test_public_shrink_configs(t, slices, rank, want, monkeypatch):
     assert (auto is None) == (t >= 6144)  # auto: where 64-token tiles fill half the units
     monkeypatch.setenv(configs.ENV_GLUON, "1")
     assert cfg_tuple(configs.shrink_gluon(H200, t, 4096, slices, rank, 2, atomic=True)) == want
+
+
+@pytest.mark.parametrize("t,slices,rank,want", [
+    (8192, 3, 64, (64, 64, 64, 6, 4, 1, 1)),  # 192 rows: [64, 64] boxes keep 6 stages
+    (6144, 3, 16, (64, 64, 16, 6, 4, 1, 2)),  # 48 rows: two-chunk boxes, 6 stages
+    (8192, 1, 64, (64, 64, 64, 6, 4, 1, 2)),
+    (8192, 1, 16, None),  # 16 rows: the pointer shrink
+    (4096, 3, 16, (64, 64, 16, 6, 4, 2, 1)),  # two K splits: [64, 64] boxes
+    (2048, 1, 64, (64, 64, 64, 6, 4, 4, 1)),
+])
+def test_h100_public_shrink_takes_gluon_on_full_waves(t, slices, rank, want):
+    """On the H100 the public shrink keeps the Gluon kernel (one split, its own zeros) where
+    64-token tiles fill half the units, from 48 padded rank rows, and moves two 64-wide
+    chunks a stage where the ring keeps 6 stages; the H200 and add_lora's plan do not."""
+    c = configs.shrink_gluon(H100, t, 4096, slices, rank, 2, atomic=True)
+    assert (None if c is None else (*cfg_tuple(c), c.chunks)) == want
+    if c is not None:
+        assert c.stages * (c.block_m + slices * c.block_r) * 64 * c.chunks * 2 <= 224 << 10
+    if t >= 6144:
+        assert configs.shrink_gluon(H200, t, 4096, slices, rank, 2, atomic=True) is None
+    workspace = configs.shrink_gluon(H100, t, 4096, slices, rank, 2)
+    assert workspace.chunks == 1
+    assert workspace == configs.shrink_gluon(H200, t, 4096, slices, rank, 2)
+
+
+def test_chunks_fall_back_where_k_or_the_ring_does_not_fit(monkeypatch):
+    monkeypatch.setattr(configs, "_gluon_chunks", lambda *a: 4)
+    c = configs.shrink_gluon(H100, 8192, 4096, 3, 64, 2, atomic=True)
+    assert (c.chunks, c.stages) == (2, 3)  # four: one stage of 256 + 192 rows; two: three
+    c = configs.shrink_gluon(H100, 8192, 4096, 1, 16, 2)
+    assert (c.chunks, c.stages) == (4, 3)
+    assert configs.shrink_gluon(H100, 8192, 4160, 1, 16, 2).chunks == 1  # K = 65 x 64
 
 
 def test_auto_only_hopper_prefill_and_fitting_shapes():
@@ -118,7 +158,7 @@ def test_env_forces_and_turns_off(monkeypatch):
 
 @pytest.mark.parametrize("kw", [
     dict(block_m=32), dict(num_warps=8), dict(block_k=48), dict(block_r=24),
-    dict(stages=1), dict(split_k=0),
+    dict(stages=1), dict(split_k=0), dict(chunks=3), dict(chunks=2, block_k=128),
 ])
 def test_config_validated(kw):
     base = dict(block_m=64, block_k=64, block_r=64, stages=6, num_warps=4, split_k=1)
@@ -177,6 +217,35 @@ def test_pick_takes_the_gluon_plan_for_aligned_x_and_fitting_ranks(monkeypatch):
     monkeypatch.setenv(configs.ENV_GLUON, "1")
     forced = L._shrink_plan(w, 4096, atomic=False, info=H200)
     assert L._pick(forced, x[:, :256], w) is forced.alt
+
+
+def test_chunked_plan_descriptors_view_k_outermost(monkeypatch):
+    """A plan with two-chunk boxes: ``x``'s descriptor is the ``[K / 64, T, 64]`` view
+    (strides ``64, row stride, 1``, ``[2, 64, 64]`` boxes, one 128-byte swizzle), ``A``'s
+    the ``[K / 64, rows, 64]`` view of ``A [L * S * R, K]`` (memoized per box), K splits
+    in whole boxes."""
+    from lora_dispatch.kernels.triton import launch as L
+
+    if not L.GLUON_AVAILABLE:
+        pytest.skip("no Gluon in this Triton release")
+    monkeypatch.setattr(configs, "_gluon_chunks", lambda *a: 2)
+    monkeypatch.setenv(configs.ENV_GLUON, "1")
+    w = ld.LoRAWeights(3, 4096, (4096, 1024, 1024), 16, dtype=torch.bfloat16)
+    for split in (1, 3):
+        p = L._shrink_plan(w, 2048, atomic=True, split_k=split, info=H100).alt
+        assert p.gluon.cfg.chunks == 2 and p.k_split % 128 == 0 and p.split == split
+    g = p.gluon
+    buf = torch.randn(2048, 4096 + 64).to(torch.bfloat16)
+    x = buf[:, 64:]
+    xd = L.rows_descriptor(x, 2048, 4096, x.stride(0), g.tile)
+    assert (xd.shape, xd.strides, xd.block_shape) == ([64, 2048, 64], [64, 4160, 1],
+                                                      [2, 64, 64])
+    assert xd.base is x and xd.layout.rank == 3 and xd.layout.swizzle_byte_width == 128
+    ad = L._a_desc(w, g.cfg)
+    assert (ad.shape, ad.strides, ad.block_shape) == ([64, 3 * 3 * 16, 64], [64, 4096, 1],
+                                                      [2, 16, 64])
+    assert L._a_desc(w, g.cfg) is ad
+    assert L._a_desc(w, dataclasses.replace(g.cfg, chunks=1)).block_shape == [16, 64]
 
 
 def test_rank_deficit_memo_follows_loads():

@@ -1244,7 +1244,7 @@ def _force_chunks(monkeypatch, chunks: int) -> None:
     from lora_dispatch.devices import configs
 
     monkeypatch.setattr(configs, "_gluon_chunks",
-                        lambda info, t, k, rows, atomic: chunks if k % (64 * chunks) == 0 else 1)
+                        lambda info, t, k, rows, atomic, split: chunks)
 
 
 @pytest.mark.parametrize("chunks", [1, 2])

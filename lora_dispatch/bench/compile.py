@@ -190,7 +190,7 @@ def _gluon_variants(info, st: dict, sdiv: tuple):
     """The Gluon shrink with the configs Hopper picks (where this Triton release runs it):
     qkv rank 16 / 24 / 64, gate_up and one slice at rank 64 / 128, the public shrink's
     zero-writing (one split) and atomic (split-K) epilogues, the programmatic-launch trigger
-    of ``add_lora`` (qkv r64 T=8192)."""
+    of ``add_lora`` (qkv r64 T=8192), the H100 public shrink's two-chunk boxes (T >= 6144)."""
     import torch
 
     import lora_dispatch as ld
@@ -210,18 +210,22 @@ def _gluon_variants(info, st: dict, sdiv: tuple):
                                          ((4096,), 128, 2048, False, None),
                                          ((4096,), 64, 4096, True, None),
                                          ((4096, 1024, 1024), 16, 2048, True, None),
-                                         ((4096,), 16, 2048, True, 1)):
+                                         ((4096,), 16, 2048, True, 1),
+                                         ((4096,), 64, 8192, True, None),
+                                         ((4096, 1024, 1024), 16, 6144, True, None)):
         w = ld.LoRAWeights(4, 4096, outs, rank, dtype=torch.bfloat16)
         g = L._shrink_plan(w, t, atomic=bool(atomic), split_k=split,
                            pdl=2 if atomic is None else 0, info=info).alt.gluon
         c = g.cfg
         x = torch.empty(t, 4096, dtype=torch.bfloat16)
         xd, ad = gluon_descriptors(x, w.lora_a.view(-1, 4096), c.block_m, c.block_k,
-                                   c.block_r)
+                                   c.block_r, c.chunks)
         meta = dict(zip(("S", "R", "TILE", "STAGES", "ATOMIC", "FILL", "GATHER", "PDL"), g.cx),
                     num_warps=c.num_warps, num_stages=1)
         kind = "fill" if meta["FILL"] else "atomic" if meta["ATOMIC"] else "ws"
         name = f"shrink_gluon-{kind}-s{w.num_slices}-r{rank}-T{t}"
+        if c.chunks > 1:
+            name += f"-chunks{c.chunks}"
         yield (name, L.shrink_gluon_kernel,
                {**st, "x_desc": mangle_type(xd), "a_desc": mangle_type(ad)}, meta, sdiv)
 

@@ -811,10 +811,11 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
     its shared memory), so ``split_k`` tops up the programs of short batches; ``add_lora``'s
     plan (not ``atomic``) keeps at most two splits from T=2048 where the rank box is 64 or
     more, since its expand re-reads every split's partial products. The public
-    shrink (``atomic``) takes it automatically only while 64-token tiles fill under half the
-    units: at T=8192 on the H200 it lost to the Triton shrink with split-2 atomics (22.2 ->
-    24.1 us at rank 16, ``ab-gluon-...json``) and with one split (21.9 -> 23.7,
-    ``kernels-...json``); forced, it keeps one split there (no zero fill, no atomics).
+    shrink (``atomic``) takes it automatically while 64-token tiles fill under half the
+    units, and beyond only in families of ``_GLUON_PUBLIC_WIDE_ROWS`` (H100) from that many
+    padded rank rows: at T=8192 on the H200 it lost to the Triton shrink with split-2
+    atomics (22.2 -> 24.1 us at rank 16, ``ab-gluon-...json``) and with one split (21.9 ->
+    23.7, ``kernels-...json``); there it keeps one split (no zero fill, no atomics).
 
     Raises
     ------
@@ -836,15 +837,11 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
     if mode == "auto" and t < _gluon_min_tokens(info.family, rows, atomic):
         return None
     units = _units(info)
-    if mode == "auto" and atomic and 2 * -(-t // 64) >= units:
+    wide = atomic and 2 * -(-t // 64) >= units
+    if mode == "auto" and wide and rows < _GLUON_PUBLIC_WIDE_ROWS.get(info.family, 1 << 30):
         return None
-    bm = 128 if rows <= 64 and t >= 8192 and not (atomic and 2 * -(-t // 64) >= units) else 64
+    bm = 128 if rows <= 64 and t >= 8192 and not wide else 64
     bk = 64
-    chunks = _gluon_chunks(info, t, k, rows, atomic)
-    while chunks > 1 and (k % (bk * chunks) or _GLUON_SMEM < 2 * (bm + rows) * bk * chunks
-                          * itemsize):  # K in whole boxes, two stages in the ring
-        chunks //= 2
-    stages = min(_GLUON_MAX_STAGES, _GLUON_SMEM // ((bm + rows) * bk * chunks * itemsize))
     tiles = -(-t // bm)
     split = max(1, min(4, units // tiles, k // (bk * 4)))
     if atomic and 2 * tiles >= units:
@@ -857,12 +854,41 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
         # Four stay faster at ranks 16 / 32 (H100 qkv 25.4 vs 26.4, 27.8 vs 28.7) and for one
         # slice r64 at T=1024 (H200 18.9 vs 19.7)
         split = min(split, 2)
+    chunks = _gluon_chunks(info, t, k, rows, atomic, split)
+    while chunks > 1 and (k % (bk * chunks) or _GLUON_SMEM < 2 * (bm + rows) * bk * chunks
+                          * itemsize):  # K in whole boxes, two stages in the ring
+        chunks //= 2
+    stages = min(_GLUON_MAX_STAGES, _GLUON_SMEM // ((bm + rows) * bk * chunks * itemsize))
     return GluonShrinkConfig(bm, bk, br, stages, bm // 16, split, chunks)
 
 
-def _gluon_chunks(info: DeviceInfo, t: int, k: int, rows: int, atomic: bool) -> int:
-    """``[64]``-wide chunks of ``K`` a Gluon shrink stage moves in one box (1: ``[rows, 64]``
-    boxes)."""
+# families whose public shrink takes the Gluon shrink (one split, writing its own zeros) also
+# where 64-token tiles fill half the units or more, from this many padded rank rows (slices x
+# rank box). H100, events, cold L2, two machines (ab-gluon-chunks-...json), against the
+# pointer shrink with split-2 atomics: qkv r64 (192 rows) T=6144 33.0 -> 29.2 us, T=8192
+# 36.7 -> 33.9 (both runs); qkv r16 (48, two-chunk boxes) T=6144 26.1 -> 24.9, T=8192
+# 30.6 -> 30.2 and 29.7 -> 30.2; one slice r64 (64, two-chunk boxes) 24.9 -> 24.8 and
+# 30.4 -> 29.8; one slice r16 (16 rows) lost (28.5 -> 29.0 at T=8192), so it keeps the
+# pointer shrink. The H200 lost at T=8192 with one split and [64, 64] boxes (see
+# shrink_gluon's docstring).
+_GLUON_PUBLIC_WIDE_ROWS: dict[str, int] = {"h100": 48}
+# families whose public shrink with one K split moves two 64-wide chunks a stage, up to this
+# many padded rank rows (boxes of [K / 64, rows, 64] views: 256 contiguous bytes of x's rows a
+# box; the ring keeps 6 stages there). H100 (ab-gluon-chunks-...json), one split, against
+# [64, 64] boxes: one slice r64 T=8192 30.8 -> 29.7 and 31.0 -> 29.8 us, r16 30.0 -> 28.9;
+# qkv r16 30.8 -> 30.2, T=6144 25.7 -> 24.9. Where the ring drops to 3 stages (qkv r64) they
+# lost (33.9 -> 38.7), as did add_lora's workspace shrink at rank 64 (108.5 -> 112.5 us) and
+# four K splits at T=2048 (qkv r16 15.0 -> 16.0)
+_GLUON_CHUNKS_ROWS: dict[str, int] = {"h100": 64}
+
+
+def _gluon_chunks(info: DeviceInfo, t: int, k: int, rows: int, atomic: bool,
+                  split: int) -> int:
+    """``[64]``-wide chunks of ``K`` a Gluon shrink stage moves in one box of each operand's
+    ``[K / 64, rows, 64]`` view (1: ``[rows, 64]`` boxes of the 2-D operands):
+    ``_GLUON_CHUNKS_ROWS``, for the public shrink (``atomic``) with one K split."""
+    if atomic and split == 1 and rows <= _GLUON_CHUNKS_ROWS.get(info.family, 0):
+        return 2
     return 1
 
 
