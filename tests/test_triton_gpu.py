@@ -1324,36 +1324,40 @@ def test_shrink_gluon_splits(split_k, chunks, monkeypatch):
 
 def test_shrink_gluon_auto_selection(monkeypatch):
     """Automatic: uniform-rank prefill takes the Gluon shrink (the public shrink only below
-    T ~ 4096), eagerly where the native tier launches it and inside CUDA-graph capture;
+    T ~ 4096, on the H100 also above from 48 rank rows), eagerly where the native tier launches it and inside CUDA-graph capture;
     decode the Triton kernels; mixed ranks take it while the ``A`` rows past the ranks stay
     within half of ``x``'s rows, and loads are seen by the cached plan. A graph captured on
     the Gluon path replays to the eager result of the Triton kernels."""
     from lora_dispatch.kernels.triton import launch as tl_launch
 
+    from lora_dispatch.devices import configs
+
     _hopper_gluon()
     monkeypatch.delenv("LORA_DISPATCH_GLUON", raising=False)
     w = make_uniform(4, 4096, (4096, 1024, 1024), torch.bfloat16, 64)
     x = torch.randn(8192, 4096, device=DEV, dtype=torch.bfloat16)
-    assert _shrink_kinds(w, x, 8192) == ((0, 2) if tl_launch.gluon_native() else (0, 0))
+    wide = configs._GLUON_PUBLIC_WIDE_ROWS.get(devices.describe(DEV).family, 1 << 30) <= 192
+    p8 = 2 if wide else 0  # the public shrink at T=8192 (qkv, rank 64)
+    assert _shrink_kinds(w, x, 8192) == ((p8, 2) if tl_launch.gluon_native() else (0, 0))
     monkeypatch.setattr(tl_launch, "_NATIVE_DESC", [False])
     assert _shrink_kinds(w, x, 8192) == (0, 0)  # eager through Triton's JIT: not taken
     monkeypatch.setattr(tl_launch, "_capturing", lambda: True)
-    assert _shrink_kinds(w, x, 8192) == (0, 2)
+    assert _shrink_kinds(w, x, 8192) == (p8, 2)
     assert _shrink_kinds(w, x[:2048], 2048) == (2, 2)
     assert _shrink_kinds(w, x[:64], 64) == (0, 0)
     w.load(2, [torch.randn(16, 4096, device=DEV)] * 3,
            [torch.randn(o, 16, device=DEV) for o in w.out_features], 1.0)
-    assert _shrink_kinds(w, x, 8192) == (0, 2)  # 48 ranks short: 144 A rows past them
+    assert _shrink_kinds(w, x, 8192) == (p8, 2)  # 48 ranks short: 144 A rows past them
     assert _shrink_kinds(w, x[:2048], 2048) == (2, 2)
     w1 = ld.LoRAWeights(8, 4096, w.out_features, 64, dtype=torch.bfloat16, device=DEV)
     for s in range(6):  # 6 * 63 ranks short: 1134 A rows past them
         w1.load(s, [torch.randn(1, 4096, device=DEV)] * 3,
                 [torch.randn(o, 1, device=DEV) for o in w.out_features], 1.0)
     assert _shrink_kinds(w1, x[:2048], 2048) == (0, 0)  # over 2048 / 2
-    assert _shrink_kinds(w1, x, 8192) == (0, 2)
+    assert _shrink_kinds(w1, x, 8192) == (p8, 2)
     w.load(2, [torch.randn(64, 4096, device=DEV) / 64] * 3,
            [torch.randn(o, 64, device=DEV) for o in w.out_features], 1.0)
-    assert _shrink_kinds(w, x, 8192) == (0, 2)
+    assert _shrink_kinds(w, x, 8192) == (p8, 2)
     w16 = make_uniform(4, 4096, (4096, 1024, 1024), torch.bfloat16, 16)
     assert _shrink_kinds(w16, x[:512], 512)[1] == 2  # capturing: add_lora's early start
     monkeypatch.setattr(tl_launch, "_capturing", lambda: False)
