@@ -66,11 +66,13 @@ def test_hopper_configs(t, slices, rank, want):
 ])
 def test_public_shrink_configs(t, slices, rank, want, monkeypatch):
     auto = configs.shrink_gluon(H200, t, 4096, slices, rank, 2, atomic=True)
-    assert (auto is None) == (t >= 6144)  # auto: where 64-token tiles fill half the units
+    # auto: below half the units in 64-token tiles, and above from 48 padded rank rows
+    assert (auto is None) == (t >= 6144 and slices * rank < 48)
     monkeypatch.setenv(configs.ENV_GLUON, "1")
     assert cfg_tuple(configs.shrink_gluon(H200, t, 4096, slices, rank, 2, atomic=True)) == want
 
 
+@pytest.mark.parametrize("info", [H100, H200])
 @pytest.mark.parametrize("t,slices,rank,want", [
     (8192, 3, 64, (64, 64, 64, 6, 4, 1, 1)),  # 192 rows: [64, 64] boxes keep 6 stages
     (6144, 3, 16, (64, 64, 16, 6, 4, 1, 2)),  # 48 rows: two-chunk boxes, 6 stages
@@ -79,19 +81,20 @@ def test_public_shrink_configs(t, slices, rank, want, monkeypatch):
     (4096, 3, 16, (64, 64, 16, 6, 4, 2, 1)),  # two K splits: [64, 64] boxes
     (2048, 1, 64, (64, 64, 64, 6, 4, 4, 1)),
 ])
-def test_h100_public_shrink_takes_gluon_on_full_waves(t, slices, rank, want):
-    """On the H100 the public shrink keeps the Gluon kernel (one split, its own zeros) where
-    64-token tiles fill half the units, from 48 padded rank rows, and moves two 64-wide
-    chunks a stage where the ring keeps 6 stages; the H200 and add_lora's plan do not."""
-    c = configs.shrink_gluon(H100, t, 4096, slices, rank, 2, atomic=True)
+def test_public_shrink_takes_gluon_on_full_waves(info, t, slices, rank, want):
+    """Hopper's public shrink keeps the Gluon kernel (one split, its own zeros) where 64-token
+    tiles fill half the units, from 48 padded rank rows, and moves two 64-wide chunks a
+    stage where one split's ring keeps 6 stages; so does add_lora's workspace shrink with
+    one split (the same on the H100 and the H200)."""
+    c = configs.shrink_gluon(info, t, 4096, slices, rank, 2, atomic=True)
     assert (None if c is None else (*cfg_tuple(c), c.chunks)) == want
     if c is not None:
         assert c.stages * (c.block_m + slices * c.block_r) * 64 * c.chunks * 2 <= 224 << 10
-    if t >= 6144:
-        assert configs.shrink_gluon(H200, t, 4096, slices, rank, 2, atomic=True) is None
-    workspace = configs.shrink_gluon(H100, t, 4096, slices, rank, 2)
-    assert workspace.chunks == 1
-    assert workspace == configs.shrink_gluon(H200, t, 4096, slices, rank, 2)
+    workspace = configs.shrink_gluon(info, t, 4096, slices, rank, 2)
+    rows = slices * workspace.block_r
+    assert workspace.chunks == (2 if workspace.split_k == 1 and rows <= 64 else 1)
+    assert workspace == configs.shrink_gluon(H100 if info is H200 else H200, t, 4096, slices,
+                                             rank, 2)
 
 
 def test_chunks_fall_back_where_k_or_the_ring_does_not_fit(monkeypatch):
@@ -185,9 +188,11 @@ def test_plan_takes_the_gluon_split_and_keeps_the_triton_fallback(monkeypatch):
     assert g.gluon.cx == (3, 64, 2, 6, False, False, True, False) and not g.gluon.forced
     p3 = L._shrink_plan(w, 2048, atomic=True, split_k=3, info=H200).alt
     assert p3.split == 3 and p3.k_split % 64 == 0 and p3.gluon.cx[4:6] == (True, False)
-    assert L._shrink_plan(w, 8192, atomic=True, info=H200).alt is None
+    w16 = ld.LoRAWeights(5, 4096, (4096,), 16, dtype=torch.bfloat16)
+    assert L._shrink_plan(w16, 8192, atomic=True, info=H200).alt is None  # 16 rank rows
+    assert L._shrink_plan(w, 8192, atomic=True, info=H200).alt.split == 1
     monkeypatch.setenv(configs.ENV_GLUON, "1")
-    p1 = L._shrink_plan(w, 8192, atomic=True, info=H200).alt
+    p1 = L._shrink_plan(w16, 8192, atomic=True, info=H200).alt
     assert p1.split == 1 and p1.gluon.cx[4:6] == (False, True)  # one split: writes zeros
 
 

@@ -812,10 +812,11 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
     plan (not ``atomic``) keeps at most two splits from T=2048 where the rank box is 64 or
     more, since its expand re-reads every split's partial products. The public
     shrink (``atomic``) takes it automatically while 64-token tiles fill under half the
-    units, and beyond only in families of ``_GLUON_PUBLIC_WIDE_ROWS`` (H100) from that many
-    padded rank rows: at T=8192 on the H200 it lost to the Triton shrink with split-2
-    atomics (22.2 -> 24.1 us at rank 16, ``ab-gluon-...json``) and with one split (21.9 ->
-    23.7, ``kernels-...json``); there it keeps one split (no zero fill, no atomics).
+    units, and beyond from ``_GLUON_PUBLIC_WIDE_ROWS`` padded rank rows (48: qkv at rank 16,
+    one slice at rank 64), with one split (no zero fill, no atomics) and two-chunk boxes
+    where its ring keeps 6 stages (``_gluon_chunks``). With ``[64, 64]`` boxes it lost there
+    at rank 16 (H200 T=8192: 22.2 -> 24.1 us against the Triton shrink's split-2 atomics,
+    ``ab-gluon-...json``; 21.9 -> 23.7 with one split, ``kernels-...json``).
 
     Raises
     ------
@@ -864,30 +865,34 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
 
 # families whose public shrink takes the Gluon shrink (one split, writing its own zeros) also
 # where 64-token tiles fill half the units or more, from this many padded rank rows (slices x
-# rank box). H100, events, cold L2, two machines (ab-gluon-chunks-...json), against the
-# pointer shrink with split-2 atomics: qkv r64 (192 rows) T=6144 33.0 -> 29.2 us, T=8192
-# 36.7 -> 33.9 (both runs); qkv r16 (48, two-chunk boxes) T=6144 26.1 -> 24.9, T=8192
-# 30.6 -> 30.2 and 29.7 -> 30.2; one slice r64 (64, two-chunk boxes) 24.9 -> 24.8 and
-# 30.4 -> 29.8; one slice r16 (16 rows) lost (28.5 -> 29.0 at T=8192), so it keeps the
-# pointer shrink. The H200 lost at T=8192 with one split and [64, 64] boxes (see
-# shrink_gluon's docstring).
-_GLUON_PUBLIC_WIDE_ROWS: dict[str, int] = {"h100": 48}
-# families whose public shrink with one K split moves two 64-wide chunks a stage, up to this
-# many padded rank rows (boxes of [K / 64, rows, 64] views: 256 contiguous bytes of x's rows a
-# box; the ring keeps 6 stages there). H100 (ab-gluon-chunks-...json), one split, against
-# [64, 64] boxes: one slice r64 T=8192 30.8 -> 29.7 and 31.0 -> 29.8 us, r16 30.0 -> 28.9;
-# qkv r16 30.8 -> 30.2, T=6144 25.7 -> 24.9. Where the ring drops to 3 stages (qkv r64) they
-# lost (33.9 -> 38.7), as did add_lora's workspace shrink at rank 64 (108.5 -> 112.5 us) and
-# four K splits at T=2048 (qkv r16 15.0 -> 16.0)
-_GLUON_CHUNKS_ROWS: dict[str, int] = {"h100": 64}
+# rank box). Events, cold L2, against the pointer shrink with split-2 atomics
+# (ab-gluon-chunks-...json; qkv r16 and one slice r64 with two-chunk boxes):
+#   H100 (two machines): qkv r64 (192 rows) T=6144 33.0 -> 29.2 us, T=8192 36.7 -> 33.9;
+#     qkv r16 (48) T=6144 26.1 -> 24.9, T=8192 30.6 -> 30.2 and 29.7 -> 30.2; one slice r64
+#     (64) 24.9 -> 24.8, T=8192 30.4 -> 29.8;
+#   H200: qkv r64 30.0 -> 25.3, 32.1 -> 27.9; qkv r16 21.9 -> 19.9, 23.6 -> 23.3; one slice
+#     r64 20.8 -> 19.3, 23.7 -> 23.4.
+# One slice r16 (16 rows) kept the pointer shrink: H100 T=8192 28.5 -> 29.0, H200 even.
+_GLUON_PUBLIC_WIDE_ROWS: dict[str, int] = {"h100": 48, "h200": 48}
+# families whose Gluon shrink with one K split moves two 64-wide chunks a stage, up to this
+# many padded rank rows (boxes of the operands' [K / 64, rows, 64] views: 256 contiguous
+# bytes of each x row a box, the ring keeps 6 stages there). Against [64, 64] boxes, one split
+# (ab-gluon-chunks-...json): public shrink, H100 one slice r64 T=8192 30.8 -> 29.7 and 31.0 ->
+# 29.8 us, r16 30.0 -> 28.9, qkv r16 30.8 -> 30.2, T=6144 25.7 -> 24.9; H200 qkv r16 T=6144
+# 22.0 -> 19.9, T=8192 24.5 -> 23.3, one slice r64 21.8 -> 19.3, 24.3 -> 23.4; add_lora's
+# workspace shrink, H200 qkv r16 T=6144 61.1 -> 57.7 (T=8192 takes two splits). Where the
+# ring drops to 3 stages (qkv r64) they lost (H100 public 33.9 -> 38.7, add_lora 108.5 ->
+# 112.5; H200 27.9 -> 34.8, 84.5 -> 91.7), as did four K splits at T=2048 (H100 qkv r16
+# 15.0 -> 16.0)
+_GLUON_CHUNKS_ROWS: dict[str, int] = {"h100": 64, "h200": 64}
 
 
 def _gluon_chunks(info: DeviceInfo, t: int, k: int, rows: int, atomic: bool,
                   split: int) -> int:
     """``[64]``-wide chunks of ``K`` a Gluon shrink stage moves in one box of each operand's
-    ``[K / 64, rows, 64]`` view (1: ``[rows, 64]`` boxes of the 2-D operands):
-    ``_GLUON_CHUNKS_ROWS``, for the public shrink (``atomic``) with one K split."""
-    if atomic and split == 1 and rows <= _GLUON_CHUNKS_ROWS.get(info.family, 0):
+    ``[K / 64, rows, 64]`` view (1: ``[rows, 64]`` boxes of the 2-D operands): two with one
+    K split up to ``_GLUON_CHUNKS_ROWS`` padded rank rows."""
+    if split == 1 and rows <= _GLUON_CHUNKS_ROWS.get(info.family, 0):
         return 2
     return 1
 
