@@ -1323,14 +1323,14 @@ def test_shrink_gluon_splits(split_k, chunks, monkeypatch):
 
 
 def test_shrink_gluon_auto_selection(monkeypatch):
-    """Automatic: uniform-rank prefill takes the Gluon shrink (the public shrink only below
-    T ~ 4096, on the H100 also above from 48 rank rows), eagerly where the native tier launches it and inside CUDA-graph capture;
-    decode the Triton kernels; mixed ranks take it while the ``A`` rows past the ranks stay
-    within half of ``x``'s rows, and loads are seen by the cached plan. A graph captured on
+    """Automatic: uniform-rank prefill takes the Gluon shrink (the public shrink below
+    T ~ 4096, and above from 48 padded rank rows), eagerly where the native tier launches it
+    and inside CUDA-graph capture; decode the Triton kernels; mixed ranks take it while the
+    ``A`` rows past the ranks stay within half of ``x``'s rows, and loads are seen by the
+    cached plan. A graph captured on
     the Gluon path replays to the eager result of the Triton kernels."""
-    from lora_dispatch.kernels.triton import launch as tl_launch
-
     from lora_dispatch.devices import configs
+    from lora_dispatch.kernels.triton import launch as tl_launch
 
     _hopper_gluon()
     monkeypatch.delenv("LORA_DISPATCH_GLUON", raising=False)
