@@ -53,14 +53,10 @@ def _shrink_gluon(info, t, k, slices, max_rank, itemsize, available=True, atomic
     c = _ORIG(info, t, k, slices, max_rank, itemsize, available, atomic)
     if c is None or not _CUR:
         return c
-    chunks = _CUR.get("chunks", c.chunks)
     bm = _CUR.get("bm", c.block_m)
-    rows = slices * c.block_r
-    while chunks > 1 and (k % (64 * chunks) or configs._GLUON_SMEM
-                          < 2 * (bm + rows) * 64 * chunks * itemsize):
-        chunks //= 2
-    stages = min(_CUR.get("stages", configs._GLUON_MAX_STAGES),
-                 configs._GLUON_SMEM // ((bm + rows) * 64 * chunks * itemsize))
+    chunks, stages = configs.gluon_ring(k, bm, slices * c.block_r,
+                                        _CUR.get("chunks", c.chunks), itemsize,
+                                        _CUR.get("stages", configs._GLUON_MAX_STAGES))
     return dataclasses.replace(c, block_m=bm, num_warps=bm // 16, chunks=chunks,
                                stages=stages, split_k=_CUR.get("split", c.split_k))
 

@@ -1244,7 +1244,7 @@ def _force_chunks(monkeypatch, chunks: int) -> None:
     from lora_dispatch.devices import configs
 
     monkeypatch.setattr(configs, "_gluon_chunks",
-                        lambda info, t, k, rows, atomic, split: chunks)
+                        lambda info, rows, split: chunks)
 
 
 @pytest.mark.parametrize("chunks", [1, 2])

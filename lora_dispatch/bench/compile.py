@@ -190,7 +190,7 @@ def _gluon_variants(info, st: dict, sdiv: tuple):
     """The Gluon shrink with the configs Hopper picks (where this Triton release runs it):
     qkv rank 16 / 24 / 64, gate_up and one slice at rank 64 / 128, the public shrink's
     zero-writing (one split) and atomic (split-K) epilogues, the programmatic-launch trigger
-    of ``add_lora`` (qkv r64 T=8192), the H100 public shrink's two-chunk boxes (T >= 6144)."""
+    of ``add_lora`` (qkv r64 T=8192), the public shrink's two-chunk boxes on full waves."""
     import torch
 
     import lora_dispatch as ld

@@ -855,12 +855,19 @@ def shrink_gluon(info: DeviceInfo, t: int, k: int, slices: int, max_rank: int, i
         # Four stay faster at ranks 16 / 32 (H100 qkv 25.4 vs 26.4, 27.8 vs 28.7) and for one
         # slice r64 at T=1024 (H200 18.9 vs 19.7)
         split = min(split, 2)
-    chunks = _gluon_chunks(info, t, k, rows, atomic, split)
-    while chunks > 1 and (k % (bk * chunks) or _GLUON_SMEM < 2 * (bm + rows) * bk * chunks
-                          * itemsize):  # K in whole boxes, two stages in the ring
-        chunks //= 2
-    stages = min(_GLUON_MAX_STAGES, _GLUON_SMEM // ((bm + rows) * bk * chunks * itemsize))
+    chunks, stages = gluon_ring(k, bm, rows, _gluon_chunks(info, rows, split), itemsize)
     return GluonShrinkConfig(bm, bk, br, stages, bm // 16, split, chunks)
+
+
+def gluon_ring(k: int, block_m: int, rows: int, chunks: int, itemsize: int,
+               max_stages: int = _GLUON_MAX_STAGES) -> tuple[int, int]:
+    """``(chunks, stages)`` of a Gluon shrink ring for ``block_m`` tokens and ``rows`` padded
+    rank rows: ``chunks`` halved until ``K`` splits into whole boxes and two stages fit
+    ``_GLUON_SMEM``, then as many stages (up to ``max_stages``) as fit."""
+    stage = (block_m + rows) * 64 * itemsize  # one 64-wide chunk of x and A
+    while chunks > 1 and (k % (64 * chunks) or _GLUON_SMEM < 2 * stage * chunks):
+        chunks //= 2
+    return chunks, min(max_stages, _GLUON_SMEM // (stage * chunks))
 
 
 # families whose public shrink takes the Gluon shrink (one split, writing its own zeros) also
@@ -887,8 +894,7 @@ _GLUON_PUBLIC_WIDE_ROWS: dict[str, int] = {"h100": 48, "h200": 48}
 _GLUON_CHUNKS_ROWS: dict[str, int] = {"h100": 64, "h200": 64}
 
 
-def _gluon_chunks(info: DeviceInfo, t: int, k: int, rows: int, atomic: bool,
-                  split: int) -> int:
+def _gluon_chunks(info: DeviceInfo, rows: int, split: int) -> int:
     """``[64]``-wide chunks of ``K`` a Gluon shrink stage moves in one box of each operand's
     ``[K / 64, rows, 64]`` view (1: ``[rows, 64]`` boxes of the 2-D operands): two with one
     K split up to ``_GLUON_CHUNKS_ROWS`` padded rank rows."""
