@@ -2,6 +2,8 @@
 of the operands' ``[K / 64, rows, 64]`` views (GPU, Hopper, Triton 3.6).
 
     python benchmarks/ab_gluon_chunks.py [--json PATH] [--rounds 3] [--tokens 2048,8192]
+        [--ops shrink,add_lora] [--ranks 16,64] [--slices 3,2,1] [--adapters 1,4]
+        [--variants auto,g2,...] [--extra NAME:FIELD=INT,...]
 
 ``probe_tma_read.py`` read ``x [8192, 4096]`` 2-4 points of the copy bandwidth faster with
 ``[2, 64, 64]`` boxes of the ``[K / 64, T, 64]`` view (``perm``: 256 contiguous bytes a box
@@ -13,7 +15,10 @@ benchmark's rows (hidden 4096, bf16, 4 adapters, one segment each):
   the Gluon shrink forced with ``chunks`` 1 / 2 / 4 and one or two K splits (two: zero fill
   and atomics);
 - ``add_lora`` (qkv, rank 16 / 64): ``auto`` (Gluon, chunks 1 from T=2048) against chunks
-  2 / 4 at the same splits.
+  2 / 4 at the same splits, two K splits (partial planes its expand sums) and 128-token
+  tiles with one or two splits;
+- ``--extra``: variants setting other config fields (those a patch in
+  ``benchmarks/patches`` adds, e.g. ``shrink-gluon-rotate-k.patch``: ``rot:rotate=1``).
 
 Each variant's plan is built under its own config (a wrapper around
 ``configs.shrink_gluon``), its output checked against the float64 reference (and a
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import statistics
 
@@ -57,8 +63,9 @@ def _shrink_gluon(info, t, k, slices, max_rank, itemsize, available=True, atomic
     chunks, stages = configs.gluon_ring(k, bm, slices * c.block_r,
                                         _CUR.get("chunks", c.chunks), itemsize,
                                         _CUR.get("stages", configs._GLUON_MAX_STAGES))
-    return dataclasses.replace(c, block_m=bm, num_warps=bm // 16, chunks=chunks,
-                               stages=stages, split_k=_CUR.get("split", c.split_k))
+    fields = {"block_m": bm, "num_warps": bm // 16, "chunks": chunks, "stages": stages,
+              "split_k": _CUR.get("split", c.split_k), **_CUR.get("fields", {})}
+    return dataclasses.replace(c, **fields)
 
 
 configs.shrink_gluon = _shrink_gluon
@@ -74,8 +81,19 @@ SHRINK_VARIANTS = {
     "g2s2st3": ("1", {"chunks": 2, "split": 2, "stages": 3}),
     "m128s2": ("1", {"bm": 128, "split": 2}),
     "m128g2s2": ("1", {"bm": 128, "chunks": 2, "split": 2}),
+    "m128": ("1", {"bm": 128, "split": 1}),
+    "m128g2": ("1", {"bm": 128, "chunks": 2, "split": 1}),
 }
-ADD_VARIANTS = {"auto": (None, {}), "g2": (None, {"chunks": 2}), "g4": (None, {"chunks": 4})}
+# add_lora's K splits write partial planes its expand sums (no fill, no atomics)
+ADD_VARIANTS = {
+    "auto": (None, {}),
+    "g2": (None, {"chunks": 2}),
+    "g4": (None, {"chunks": 4}),
+    "s2": (None, {"split": 2}),
+    "m128": (None, {"bm": 128, "split": 1}),
+    "m128s2": (None, {"bm": 128, "split": 2}),
+    "m128g2s2": (None, {"bm": 128, "chunks": 2, "split": 2}),
+}
 
 
 class _Env:
@@ -104,10 +122,10 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
     return err <= 2e-2 * max(1.0, want.double().abs().max().item())
 
 
-def _case(op: str, outs: tuple, rank: int, t: int, dev, variant: tuple):
+def _case(op: str, outs: tuple, rank: int, t: int, dev, variant: tuple, adapters: int = 4):
     """(fn, check) for one variant: its own weights and batch, plan built under its env."""
     gluon, over = variant
-    p = Problem(op, 4096, t, rank, 4, torch.bfloat16, dev, outs)
+    p = Problem(op, 4096, t, rank, adapters, torch.bfloat16, dev, outs)
     batch, (item,) = _build(p, 1)
     w, x, _, out = item
     with _Env(gluon, over):
@@ -135,7 +153,7 @@ def _case(op: str, outs: tuple, rank: int, t: int, dev, variant: tuple):
     return fn, ok, desc, p
 
 
-def _gather_checks(dev) -> list[dict]:
+def _gather_checks(dev, extra: tuple = ()) -> list[dict]:
     """Round-robin (non-consecutive) tokens and mixed ranks, T=1000, forced Gluon: the
     register-gather consumer with every box kind."""
     rows = []
@@ -144,7 +162,7 @@ def _gather_checks(dev) -> list[dict]:
     batch = ld.LoRABatch.from_segments([1] * t, slots, device=dev)
     g = torch.Generator(device=dev).manual_seed(1)
     for outs in ((4096, 1024, 1024), (4096,)):
-        for chunks in (1, 2, 4):
+        for over in ({"chunks": 1}, {"chunks": 2}, {"chunks": 4}, *extra):
             w = ld.LoRAWeights(4, 4096, outs, 64, dtype=torch.bfloat16, device=dev)
             for s, r in enumerate((64, 16, 40, 0)):
                 if r == 0:
@@ -154,15 +172,15 @@ def _gather_checks(dev) -> list[dict]:
                 w.load(s, list(a.split(r)), list(b.split(list(outs))), 0.5)
             x = torch.randn(t, 4096, generator=g, device=dev).to(torch.bfloat16)
             out = torch.randn(t, sum(outs), generator=g, device=dev).to(torch.bfloat16)
-            with _Env("1", {"chunks": chunks}):
+            with _Env("1", over):
                 y = ld.lora_shrink(x, w, batch)
                 ok_s = _close(y, reference.shrink(x.double(), w, batch))
                 want = out.double()
                 reference.add_lora(want, x.double(), w, batch)
                 ld.add_lora(out, x, w, batch)
                 ok_a = _close(out, want)
-            rows.append(dict(check="gather T=1000 mixed ranks", slices=len(outs), chunks=chunks,
-                             shrink_ok=ok_s, add_lora_ok=ok_a))
+            rows.append(dict(check="gather T=1000 mixed ranks", slices=len(outs),
+                             over=str(over), shrink_ok=ok_s, add_lora_ok=ok_a))
             print(rows[-1], flush=True)
     return rows
 
@@ -173,36 +191,50 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", default="2048,4096,8192")
     ap.add_argument("--ops", default="shrink,add_lora")
+    ap.add_argument("--ranks", default="16,64")
+    ap.add_argument("--adapters", default="4")
+    ap.add_argument("--slices", default="3,1", help="3: qkv; shrink only: 2 gate_up, 1 one slice")
     ap.add_argument("--variants", default=None, help="comma-separated names (default: all)")
     ap.add_argument("--no-gather", action="store_true", help="skip the gather checks")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME:FIELD=INT,...",
+                    help="one more variant (both ops) setting GluonShrinkConfig fields, e.g. "
+                         "a field a patch in benchmarks/patches adds: rot:rotate=1")
     args = ap.parse_args(argv)
+    for spec in args.extra:
+        name, _, fields = spec.partition(":")
+        over = {"fields": {f: int(v) for f, v in (kv.split("=") for kv in fields.split(","))}}
+        SHRINK_VARIANTS[name] = ("1", over)
+        ADD_VARIANTS[name] = (None, over)
     dev = torch.device("cuda")
     copy = copy_bandwidth_gbs(dev)
     print(f"copy bandwidth {copy:.0f} GB/s", flush=True)
-    checks = [] if args.no_gather else _gather_checks(dev)
+    extra = tuple(SHRINK_VARIANTS[s.partition(":")[0]][1] for s in args.extra)
+    checks = [] if args.no_gather else _gather_checks(dev, extra)
     keep = None if args.variants is None else set(args.variants.split(","))
     cases = []
     tokens = [int(v) for v in args.tokens.split(",")]
     for op in args.ops.split(","):
         variants = SHRINK_VARIANTS if op == "shrink" else ADD_VARIANTS
-        shapes = ([((4096, 1024, 1024), r) for r in (16, 64)]
-                  + ([((4096,), r) for r in (16, 64)] if op == "shrink" else []))
-        for outs, rank in shapes:
-            for t in tokens:
-                for name, v in variants.items():
-                    if keep is not None and name not in keep:
-                        continue
-                    try:
-                        fn, ok, desc, p = _case(op, outs, rank, t, dev, v)
-                    except Exception as exc:  # a variant the launcher refuses is reported
-                        print(f"{op} {outs} r{rank} T{t} {name} failed: {exc!r}"[:400],
-                              flush=True)
-                        continue
-                    cases.append(dict(op=op, slices=len(outs), rank=rank, T=t, variant=name,
-                                      ok=ok, kind=desc[0], cfg=str(desc[1]), fn=fn, p=p,
-                                      us=[]))
-                    print(op, len(outs), rank, t, name, "ok" if ok else "WRONG", desc,
-                          flush=True)
+        ranks = [int(v) for v in args.ranks.split(",")]
+        slices = [int(v) for v in args.slices.split(",")]
+        shapes = ([((4096, 1024, 1024), r) for r in ranks if 3 in slices]
+                  + [((14336, 14336), r) for r in ranks if 2 in slices and op == "shrink"]
+                  + [((4096,), r) for r in ranks if 1 in slices and op == "shrink"])
+        for (outs, rank), t, n, (name, v) in itertools.product(
+                shapes, tokens, [int(a) for a in args.adapters.split(",")], variants.items()):
+            if keep is not None and name not in keep:
+                continue
+            try:
+                fn, ok, desc, p = _case(op, outs, rank, t, dev, v, n)
+            except Exception as exc:  # a variant the launcher refuses is reported
+                print(f"{op} {outs} r{rank} T{t} {name} failed: {exc!r}"[:400],
+                      flush=True)
+                continue
+            cases.append(dict(op=op, slices=len(outs), rank=rank, T=t, adapters=n,
+                              variant=name,
+                              ok=ok, kind=desc[0], cfg=str(desc[1]), fn=fn, p=p,
+                              us=[]))
+            print(op, len(outs), rank, t, n, name, "ok" if ok else "WRONG", desc, flush=True)
     for _ in range(args.rounds):
         for c in cases:
             c["us"].append(gpu_time_us(c["fn"], dev, warmup_ms=5, rep_ms=30))
@@ -216,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                          kernel_us=round(k, 2), pct_copy=round(pct_of_copy(nbytes, us, copy), 1),
                          pct_copy_kernel=round(pct_of_copy(nbytes, k, copy), 1)))
         r = rows[-1]
-        print(f"{r['op']:8s} S{r['slices']} r{r['rank']:<3d} T{r['T']:<5d} {r['variant']:5s} "
+        print(f"{r['op']:8s} S{r['slices']} r{r['rank']:<3d} T{r['T']:<5d} a{r['adapters']:<2d} "
+              f"{r['variant']:5s} "
               f"kind {r['kind']} {r['us']:7.2f} us {r['pct_copy']:5.1f}%  kernel "
               f"{r['kernel_us']:7.2f} {r['pct_copy_kernel']:5.1f}%  {r['rounds']}", flush=True)
     if args.json:
