@@ -51,6 +51,33 @@ def test_kernel_time_spans_every_launch(dev):
     assert three > 2.5 * one
 
 
+def test_kernel_time_leaves_out_host_gaps_between_launches(dev):
+    """Two launches with 60 µs of host work between them span what two back-to-back ones
+    do: the spin queued before each call covers the host (without it the span grew by the
+    host's time)."""
+    import time
+
+    x = torch.randn(1 << 16, device=dev)
+
+    def host_wait():
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 60e-6:
+            pass
+
+    def fast():
+        x.mul_(1.0)
+        x.mul_(1.0)
+
+    def slow():
+        x.mul_(1.0)
+        host_wait()
+        x.mul_(1.0)
+
+    f = sorted(timing.kernel_spans_us(fast, dev, n=11))[5]
+    s = sorted(timing.kernel_spans_us(slow, dev, n=11))[5]
+    assert s < f + 20.0, (s, f)
+
+
 def test_kernel_time_rejects_varying_work(dev):
     x = torch.randn(1 << 20, device=dev)
     calls = []

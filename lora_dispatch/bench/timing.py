@@ -194,7 +194,9 @@ def profiler_used() -> bool:
 
 def call_activities(fn: Callable[[], Any], device: torch.device, n: int = 20) -> list[list]:
     """The profiler's (CUPTI) device activities of each of ``n`` calls of ``fn``, each call
-    after an L2 eviction whose own activities are left out: one list per call, by start time.
+    after an L2 eviction and ~100 µs of GPU spinning (:func:`_busy`: the call's launches are
+    all queued before the GPU reaches them, so a slow host opens no gap between a call's
+    kernels), whose own activities are left out: one list per call, by start time.
     Host times taken after this in the same process carry the profiler's launch overhead
     (:func:`profiler_used`). ``fn`` must issue the same activities every call."""
     from torch.profiler import ProfilerActivity, profile
@@ -204,9 +206,11 @@ def call_activities(fn: Callable[[], Any], device: torch.device, n: int = 20) ->
     e = _EVICT_KERNELS.get(device)
     if e is None:
         _evict(buf)
+        _busy()
         torch.cuda.synchronize(device)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             _evict(buf)
+            _busy()
             torch.cuda.synchronize(device)
         e = _EVICT_KERNELS[device] = len(_device_events(prof))
     fn()
@@ -214,6 +218,7 @@ def call_activities(fn: Callable[[], Any], device: torch.device, n: int = 20) ->
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(n):
             _evict(buf)
+            _busy()
             fn()
         torch.cuda.synchronize(device)
     evs = _device_events(prof)
@@ -231,7 +236,10 @@ def kernel_spans_us(fn: Callable[[], Any], device: torch.device, n: int = 20) ->
     Unlike CUDA events this leaves out the launch latency and the event records around the
     call (about 3 µs per call on an H200), so it is the time the kernels themselves take:
     what a roofline compares. Kernels that overlap (programmatic dependent launch) count
-    once. ``fn`` must issue the same activities on the current stream every call.
+    once; the gaps between a call's kernels count as the GPU leaves them (the launches are
+    queued behind GPU spinning, so the host's speed adds none; up to the thirty-eighth
+    session they were not, and a two-launch call on a slow host could read longer here than
+    by events). ``fn`` must issue the same activities on the current stream every call.
     """
     return [float(max(g.time_range.end for g in grp) - min(g.time_range.start for g in grp))
             for grp in call_activities(fn, device, n)]
