@@ -109,6 +109,23 @@ def test_timed_interval_excludes_host_launch_time(dev):
     assert timing.gpu_time_us(slow, dev, warmup_ms=2, rep_ms=5) < fast + 5
 
 
+def test_timed_interval_outlasts_a_host_slower_than_the_spin(dev):
+    """300 µs of host work before the launch, three times the spin: those calls read late
+    and are timed again behind a longer spin (before, each read the host's time)."""
+    import time
+
+    x = torch.randn(1 << 16, device=dev)
+
+    def slow():
+        t_end = time.perf_counter() + 300e-6
+        while time.perf_counter() < t_end:
+            pass
+        x.mul_(1.0)
+
+    fast = timing.gpu_time_us(lambda: x.mul_(1.0), dev, warmup_ms=2, rep_ms=5)
+    assert timing.gpu_time_us(slow, dev, warmup_ms=2, rep_ms=5) < fast + 5
+
+
 def test_host_time_never_waits_on_the_gpu(dev):
     """4096 calls of ~50 µs of GPU work each (~200 ms) and a few µs of host work each.
     Where they overflow the launch queue, timing them back to back waits on the GPU;
