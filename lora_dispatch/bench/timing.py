@@ -131,8 +131,8 @@ def gpu_time_us(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 
     start event the GPU had already passed when the host finished issuing it (a host
     stall longer than the spin: its interval holds host time) is left out of the median;
     where that is more than half of them, the calls are timed again behind a 4x longer
-    spin (up to ``_MAX_CALL_SPIN_US``; the twenty-ninth to thirty-eighth sessions saw single
-    rows read 2-4x their time by such stretches).
+    spin (up to ``_MAX_CALL_SPIN_US``; without this, single benchmark rows read 2-4x their
+    time during such stretches).
     ``method="do_bench"`` uses ``triton.testing.do_bench``, whose flush *writes* 256 MB: the
     L2 is then full of dirty lines whose write-back is charged to the timed kernel, which
     understates read-heavy kernels (on an H200, a plain ``x.sum(1)`` over 64 MB reads at
@@ -263,9 +263,8 @@ def kernel_spans_us(fn: Callable[[], Any], device: torch.device, n: int = 20) ->
     call (about 3 µs per call on an H200), so it is the time the kernels themselves take:
     what a roofline compares. Kernels that overlap (programmatic dependent launch) count
     once; the gaps between a call's kernels count as the GPU leaves them (the launches are
-    queued behind GPU spinning, so the host's speed adds none; up to the thirty-eighth
-    session they were not, and a two-launch call on a slow host could read longer here than
-    by events). ``fn`` must issue the same activities on the current stream every call.
+    queued behind GPU spinning, so the host's speed adds none). ``fn`` must issue the same
+    activities on the current stream every call.
     """
     return [float(max(g.time_range.end for g in grp) - min(g.time_range.start for g in grp))
             for grp in call_activities(fn, device, n)]
