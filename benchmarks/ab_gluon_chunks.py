@@ -56,6 +56,7 @@ _CUR: dict = {}
 
 
 def _shrink_gluon(info, t, k, slices, max_rank, itemsize, available=True, atomic=False):
+    """``configs.shrink_gluon`` with the active variant's overrides (``_CUR``)."""
     c = _ORIG(info, t, k, slices, max_rank, itemsize, available, atomic)
     if c is None or not _CUR:
         return c
@@ -67,8 +68,6 @@ def _shrink_gluon(info, t, k, slices, max_rank, itemsize, available=True, atomic
               "split_k": _CUR.get("split", c.split_k), **_CUR.get("fields", {})}
     return dataclasses.replace(c, **fields)
 
-
-configs.shrink_gluon = _shrink_gluon
 
 # name: (LORA_DISPATCH_GLUON, overrides)
 SHRINK_VARIANTS = {
@@ -97,10 +96,14 @@ ADD_VARIANTS = {
 
 
 class _Env:
+    """One variant in force: ``LORA_DISPATCH_GLUON`` and ``configs.shrink_gluon`` with its
+    overrides, while plans are built (they are cached, so calls keep the variant's plan)."""
+
     def __init__(self, gluon: str | None, over: dict) -> None:
         self.gluon, self.over = gluon, over
 
     def __enter__(self):
+        configs.shrink_gluon = _shrink_gluon
         self.prev = os.environ.get("LORA_DISPATCH_GLUON")
         if self.gluon is None:
             os.environ.pop("LORA_DISPATCH_GLUON", None)
@@ -110,6 +113,7 @@ class _Env:
         _CUR.update(self.over)
 
     def __exit__(self, *exc):
+        configs.shrink_gluon = _ORIG
         _CUR.clear()
         if self.prev is None:
             os.environ.pop("LORA_DISPATCH_GLUON", None)

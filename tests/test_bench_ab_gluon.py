@@ -21,10 +21,9 @@ def ab():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "ab_gluon_chunks.py"
     spec = importlib.util.spec_from_file_location("ab_gluon_chunks", path)
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # the script wraps configs.shrink_gluon on import
-    configs.shrink_gluon = orig
+    spec.loader.exec_module(mod)
+    assert configs.shrink_gluon is orig  # importing the script changes nothing
     yield mod
-    mod._CUR.clear()
 
 
 @pytest.fixture(autouse=True)
@@ -35,12 +34,12 @@ def _triton_36(monkeypatch):
 
 
 def _cfg(ab, over: dict, t: int = 8192, slices: int = 3, rank: int = 64):
-    ab._CUR.clear()
-    ab._CUR.update(over)
+    orig = configs.shrink_gluon
     try:
-        return ab._shrink_gluon(H200, t, 4096, slices, rank, 2)
+        with ab._Env(None, over):  # as the script builds each variant's plans
+            return configs.shrink_gluon(H200, t, 4096, slices, rank, 2)
     finally:
-        ab._CUR.clear()
+        assert configs.shrink_gluon is orig and not ab._CUR
 
 
 def test_no_override_is_the_registry_pick(ab):

@@ -182,7 +182,7 @@ def _timed_calls(fn: Callable[[], Any], device: torch.device, buf: torch.Tensor,
                  spin_us: float) -> list[tuple[float, bool]]:
     """``n`` calls of ``fn``, each after an L2 eviction and ``spin_us`` of GPU spinning,
     between CUDA events: (ms, whether the GPU had reached the start event before the host
-    finished issuing the call) per call."""
+    finished issuing the call and its end event) per call."""
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     late = []
@@ -191,8 +191,8 @@ def _timed_calls(fn: Callable[[], Any], device: torch.device, buf: torch.Tensor,
         _busy(spin_us)
         starts[i].record()
         fn()
-        late.append(starts[i].query())
         ends[i].record()
+        late.append(starts[i].query())
     torch.cuda.synchronize(device)
     return [(s.elapsed_time(e), lt) for s, e, lt in zip(starts, ends, late, strict=True)]
 
