@@ -54,7 +54,8 @@ def _consumer(x_bufs, a_bufs, ready, empty, k_iters, BM: gl.constexpr, NB: gl.co
     acc0 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
     acc1 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
     acc2 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
-    return _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2, k_iters, NB, STAGES)
+    return _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2, k_iters, NB, STAGES,
+                        1, 0, 1)
 
 
 @gluon.jit
