@@ -55,7 +55,7 @@ def _consumer(x_bufs, a_bufs, ready, empty, k_iters, BM: gl.constexpr, NB: gl.co
     acc1 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
     acc2 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
     return _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2, k_iters, NB, STAGES,
-                        1, 0, 1)
+                        1)
 
 
 @gluon.jit

@@ -54,7 +54,6 @@ AVAILABLE = gluon is not None
 
 if AVAILABLE:
     PRODUCER_REGS = gl.constexpr(40)  # the TMA warp's register budget (setmaxnreg)
-    CONSUMER_REGS = gl.constexpr(216)  # the second consumer warpgroup's (CONSUMERS == 2)
 
     @gluon.jit
     def _producer(x_desc, a_desc, x_bufs, a_bufs, ready, empty, first, ar0, ar1, ar2, k0,
@@ -139,13 +138,12 @@ if AVAILABLE:
 
     @gluon.jit
     def _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2, k_iters,
-                     NB: gl.constexpr, STAGES: gl.constexpr, G: gl.constexpr,
-                     PHASE: gl.constexpr, STEP: gl.constexpr):
-        """wgmma on the ``x`` and ``A`` tiles of stages ``PHASE, PHASE + STEP, ...`` of the
-        ring (``G`` chunks a stage), one of them kept in flight."""
+                     NB: gl.constexpr, STAGES: gl.constexpr, G: gl.constexpr):
+        """wgmma on the ``x`` and ``A`` tiles of the ring (``G`` chunks a stage), one stage
+        kept in flight."""
         xc = chunks(x_bufs)
         ac = chunks(a_bufs)
-        for i in range(PHASE, k_iters, STEP):
+        for i in range(k_iters):
             s = i % STAGES
             mbarrier.wait(ready.index(s), (i // STAGES) & 1)
             for g in gl.static_range(G):
@@ -160,16 +158,16 @@ if AVAILABLE:
                                          acc2, is_async=True)
             acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=NB * G,
                                                   deps=(acc0, acc1, acc2))
-            mbarrier.arrive(empty.index((i + STAGES - STEP) % STAGES), pred=i > PHASE)
+            mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
         return warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, acc2))
 
     @gluon.jit
     def _consume_gather(x_ptr, tok_ptr, a_bufs, ready, empty, acc0, acc1, acc2, start, end,
                         T, k0, k_iters, stride_xm, stride_xk, BM: gl.constexpr,
                         NB: gl.constexpr, STAGES: gl.constexpr, G: gl.constexpr,
-                        layout: gl.constexpr, PHASE: gl.constexpr, STEP: gl.constexpr):
+                        layout: gl.constexpr):
         """wgmma on ``x`` rows gathered into registers (``G`` chunks a stage) and the ``A``
-        tiles of stages ``PHASE, PHASE + STEP, ...`` of the ring."""
+        tiles of the ring."""
         ac = chunks(a_bufs)
         BK: gl.constexpr = ac.type.shape[2]
         op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=layout, k_width=2)
@@ -177,10 +175,10 @@ if AVAILABLE:
         tok = gl.load(tok_ptr + rows, mask=rows < end, other=T)  # [BM]
         m_mask = (tok >= 0) & (tok < T)  # [BM]
         tok64 = gl.where(m_mask, tok, 0).to(gl.int64)  # [BM]
-        offs_k = k0 + PHASE * G * BK + gl.arange(0, BK, layout=gl.SliceLayout(0, op))  # [BK]
+        offs_k = k0 + gl.arange(0, BK, layout=gl.SliceLayout(0, op))  # [BK]
         x_ptrs = (x_ptr + tok64[:, None] * stride_xm
                   + offs_k[None, :].to(gl.int64) * stride_xk)  # [BM, BK]
-        for i in range(PHASE, k_iters, STEP):
+        for i in range(k_iters):
             s = i % STAGES
             for g in gl.static_range(G):
                 xb = gl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, BK]
@@ -194,16 +192,13 @@ if AVAILABLE:
                     acc2 = warpgroup_mma(xb, ac.index((s * NB + 2) * G + g).permute((1, 0)),
                                          acc2)
                 x_ptrs += BK * stride_xk
-            if STEP > 1:
-                x_ptrs += (STEP - 1) * G * BK * stride_xk
             mbarrier.arrive(empty.index(s))
         return acc0, acc1, acc2
 
     @gluon.jit
     def _consumer(x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, start, end, T, k0, k_iters,
                   stride_xm, stride_xk, consec, BM: gl.constexpr, NB: gl.constexpr,
-                  STAGES: gl.constexpr, layout: gl.constexpr, GATHER: gl.constexpr,
-                  PHASE: gl.constexpr = 0, STEP: gl.constexpr = 1):
+                  STAGES: gl.constexpr, layout: gl.constexpr, GATHER: gl.constexpr):
         PERM: gl.constexpr = len(a_bufs.type.shape) == 4
         if PERM:
             G: gl.constexpr = a_bufs.type.shape[1]
@@ -216,66 +211,16 @@ if AVAILABLE:
         acc2 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
         if not GATHER:
             acc0, acc1, acc2 = _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2,
-                                            k_iters, NB, STAGES, G, PHASE, STEP)
+                                            k_iters, NB, STAGES, G)
         elif consec:
             acc0, acc1, acc2 = _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2,
-                                            k_iters, NB, STAGES, G, PHASE, STEP)
+                                            k_iters, NB, STAGES, G)
         else:
             acc0, acc1, acc2 = _consume_gather(x_ptr, tok_ptr, a_bufs, ready, empty, acc0,
                                                acc1, acc2, start, end, T, k0, k_iters,
                                                stride_xm, stride_xk, BM, NB, STAGES, G,
-                                               layout, PHASE, STEP)
+                                               layout)
         return acc0, acc1, acc2
-
-    @gluon.jit
-    def _partials(a_bufs, NB: gl.constexpr, BM: gl.constexpr, BR: gl.constexpr):
-        """``[NB, BM, BR]`` float32 view of the ring's ``A`` buffers (free once both
-        consumers retired their last wgmma: ``STAGES * NB`` blocks of ``BR x 64`` 16-bit
-        elements hold it from two stages at ``BM = 64``)."""
-        return a_bufs._reinterpret(gl.float32, [NB, BM, BR],
-                                   gl.NVMMASharedLayout.get_default_for([BM, BR], gl.float32))
-
-    @gluon.jit
-    def _consumer_even(x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, fin, start, end, T, k0,
-                       k_iters, stride_xm, stride_xk, consec, BM: gl.constexpr,
-                       NB: gl.constexpr, STAGES: gl.constexpr, layout: gl.constexpr,
-                       GATHER: gl.constexpr):
-        """The first of two consumer warpgroups: even stages, then the other's partial
-        products added from shared memory."""
-        BR: gl.constexpr = layout.instr_shape[1]
-        acc0, acc1, acc2 = _consumer(x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, start,
-                                     end, T, k0, k_iters, stride_xm, stride_xk, consec, BM,
-                                     NB, STAGES, layout, GATHER, 0, 2)
-        mbarrier.arrive(fin.index(0))
-        mbarrier.wait(fin.index(1), 0)
-        red = _partials(a_bufs, NB, BM, BR)
-        acc0 += red.index(0).load(layout)
-        if NB > 1:
-            acc1 += red.index(1).load(layout)
-        if NB > 2:
-            acc2 += red.index(2).load(layout)
-        return acc0, acc1, acc2
-
-    @gluon.jit
-    def _consumer_odd(x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, fin, start, end, T, k0,
-                      k_iters, stride_xm, stride_xk, consec, BM: gl.constexpr,
-                      NB: gl.constexpr, STAGES: gl.constexpr, layout: gl.constexpr,
-                      GATHER: gl.constexpr):
-        """The second consumer warpgroup: odd stages, its partial products stored over the
-        ``A`` buffers once the first one has retired its last wgmma."""
-        BR: gl.constexpr = layout.instr_shape[1]
-        acc0, acc1, acc2 = _consumer(x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, start,
-                                     end, T, k0, k_iters, stride_xm, stride_xk, consec, BM,
-                                     NB, STAGES, layout, GATHER, 1, 2)
-        mbarrier.wait(fin.index(0), 0)
-        red = _partials(a_bufs, NB, BM, BR)
-        red.index(0).store(acc0)
-        if NB > 1:
-            red.index(1).store(acc1)
-        if NB > 2:
-            red.index(2).store(acc2)
-        gl.thread_barrier()
-        mbarrier.arrive(fin.index(1))
 
     @gluon.jit
     def _rows(tok_ptr, start, end, T, BM: gl.constexpr, layout: gl.constexpr):
@@ -325,7 +270,7 @@ if AVAILABLE:
         stride_xm, stride_xk, stride_yp, stride_ys, stride_yt,
         S: gl.constexpr, R: gl.constexpr, TILE: gl.constexpr, STAGES: gl.constexpr,
         ATOMIC: gl.constexpr, FILL: gl.constexpr, GATHER: gl.constexpr, PDL: gl.constexpr,
-        CONSUMERS: gl.constexpr, num_warps: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
         if len(x_desc.block_type.shape) == 3:  # [G, BM, 64] boxes of a [K / 64, T, 64] view
             BM: gl.constexpr = x_desc.block_type.shape[1]
@@ -359,31 +304,14 @@ if AVAILABLE:
         k_iters = (gl.minimum(k0 + K_SPLIT, K) - k0) // BK
 
         x_bufs, a_bufs, ready, empty = ring(x_desc, a_desc, S, STAGES)
-        if CONSUMERS == 2:
-            fin = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-            mbarrier.init(fin.index(0), count=1)
-            mbarrier.init(fin.index(1), count=1)
-            fence_async_shared()
-            acc0, acc1, acc2 = gl.warp_specialize(
-                [(_consumer_even, (x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, fin, start,
-                                   end, T, k0, k_iters, stride_xm, stride_xk, consec, BM, S,
-                                   STAGES, layout, GATHER)),
-                 (_consumer_odd, (x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, fin, start,
-                                  end, T, k0, k_iters, stride_xm, stride_xk, consec, BM, S,
-                                  STAGES, layout, GATHER)),
-                 (_producer, (x_desc, a_desc, x_bufs, a_bufs, ready, empty, first, base,
-                              base + rank, base + 2 * rank, k0, k_iters, consec, S, STAGES,
-                              GATHER))],
-                [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
-        else:
-            acc0, acc1, acc2 = gl.warp_specialize(
-                [(_consumer, (x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, start, end, T,
-                              k0, k_iters, stride_xm, stride_xk, consec, BM, S, STAGES,
-                              layout, GATHER)),
-                 (_producer, (x_desc, a_desc, x_bufs, a_bufs, ready, empty, first, base,
-                              base + rank, base + 2 * rank, k0, k_iters, consec, S, STAGES,
-                              GATHER))],
-                [1], [PRODUCER_REGS])
+        acc0, acc1, acc2 = gl.warp_specialize(
+            [(_consumer, (x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, start, end, T, k0,
+                          k_iters, stride_xm, stride_xk, consec, BM, S, STAGES, layout,
+                          GATHER)),
+             (_producer, (x_desc, a_desc, x_bufs, a_bufs, ready, empty, first, base,
+                          base + rank, base + 2 * rank, k0, k_iters, consec, S, STAGES,
+                          GATHER))],
+            [1], [PRODUCER_REGS])
 
         m_mask, tok64 = _rows(tok_ptr, start, end, T, BM, layout)
         _store(acc0, 0, rank, slot, m_mask, tok64, pid_k, scal_ptr, y_ptr, stride_yp,
