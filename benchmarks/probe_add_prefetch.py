@@ -9,8 +9,9 @@ The qkv rank-64 Gluon shrink at T=8192 moves ``x`` at about two thirds of the co
 after it is DRAM-bound (``base_out`` read and written). Here a copy of the library's Gluon
 shrink (same partitions: ring, consumer, stores; ``add_lora``'s workspace epilogue, prefill
 segments) has a producer warp that, from K step ``from * k_iters`` on, also issues
-``cp.async.bulk.prefetch.L2`` over its share of the first ``mb`` MB of ``base_out`` (program
-``m`` takes bytes ``[m * chunk, (m + 1) * chunk)``, the rows the expand's first programs
+``cp.async.bulk.prefetch.L2`` (one lane, one instruction every ``every`` K steps) over its
+share of the first ``mb`` MB of ``base_out`` (program ``m`` takes bytes ``[m * chunk, (m + 1)
+* chunk)``, the rows the expand's first programs
 read: its grid runs column groups fastest within a token tile). The library's Gluon expand
 follows as ``add_lora`` launches it.
 
@@ -23,6 +24,7 @@ two kernels. ``mb=0`` is the copy without prefetches (it should match the librar
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 
 import torch
@@ -44,20 +46,20 @@ if AVAILABLE:
     )
 
     @gluon.jit
-    def _prefetch(base, i, pf_from, per):
-        """L2 prefetch of ``per`` bytes (32 lanes, ``per / 32`` each) from ``base + (i -
-        pf_from) * per``."""
-        lane = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))  # [32]
-        sub = per // 32
-        ptrs = base + (i - pf_from).to(gl.int64) * per + lane * sub  # [32]
-        size = gl.full([32], 0, gl.int32, gl.BlockedLayout([1], [32], [1], [0])) + sub
+    def _prefetch(base, off, size):
+        """One ``cp.async.bulk.prefetch.L2`` of ``size`` bytes at ``base + off`` (lane 0)."""
+        blk: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
+        lane = gl.arange(0, 32, layout=blk)  # [32]
+        ptrs = base + off + lane * 0  # [32]
         gl.inline_asm_elementwise(
-            "cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;", "=r,l,r",
-            [ptrs, size], dtype=gl.int32, is_pure=False, pack=1)
+            "{\n\t.reg .pred p;\n\tsetp.eq.u32 p, $3, 0;\n\t"
+            "@p cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;\n\t}",
+            "=r,l,r,r", [ptrs, gl.full([32], 0, gl.int32, blk) + size, lane],
+            dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
     def _producer_pf(x_desc, a_desc, x_bufs, a_bufs, ready, empty, first, ar0, ar1, ar2, k0,
-                     k_iters, pf_base, pf_from, pf_per, NB: gl.constexpr,
+                     k_iters, pf_base, pf_from, pf_per, pf_every, NB: gl.constexpr,
                      STAGES: gl.constexpr, PF: gl.constexpr):
         BK: gl.constexpr = x_desc.block_type.shape[1]
         a_bytes: gl.constexpr = NB * a_desc.block_type.nbytes
@@ -74,15 +76,16 @@ if AVAILABLE:
             if NB > 2:
                 _box(a_desc, ar2, k, ready.index(s), a_bufs.index(s * NB + 2), False)
             if PF:
-                if i >= pf_from:
-                    _prefetch(pf_base, i, pf_from, pf_per)
+                j = i - pf_from
+                if (j >= 0) & (j % pf_every == 0):
+                    _prefetch(pf_base, j.to(gl.int64) * pf_per, pf_per * pf_every)
 
     @gluon.jit
     def shrink_pf_kernel(
         x_desc, a_desc, x_ptr, y_ptr, ranks_ptr, scal_ptr, tok_ptr, tiles_ptr,
         T, K, L, NT, K_SPLIT,
         stride_xm, stride_xk, stride_yp, stride_ys, stride_yt,
-        pf_ptr, pf_chunk, pf_from, pf_per,
+        pf_ptr, pf_chunk, pf_from, pf_per, pf_every,
         S: gl.constexpr, R: gl.constexpr, TILE: gl.constexpr, STAGES: gl.constexpr,
         ATOMIC: gl.constexpr, FILL: gl.constexpr, GATHER: gl.constexpr, PDL: gl.constexpr,
         PF: gl.constexpr, num_warps: gl.constexpr,
@@ -114,7 +117,7 @@ if AVAILABLE:
                           False)),
              (_producer_pf, (x_desc, a_desc, x_bufs, a_bufs, ready, empty, first, base,
                              base + rank, base + 2 * rank, k0, k_iters, pf_base, pf_from,
-                             pf_per, S, STAGES, PF))],
+                             pf_per, pf_every, S, STAGES, PF))],
             [1], [PRODUCER_REGS])
         m_mask, tok64 = _rows(tok_ptr, start, end, T, BM, layout)
         _store(acc0, 0, rank, slot, m_mask, tok64, pid_k, scal_ptr, y_ptr, stride_yp,
@@ -130,7 +133,8 @@ if AVAILABLE:
                                       dtype=gl.int32, is_pure=False, pack=1)
 
 
-def _shape(rank: int, t: int, mbs: list[int], froms: list[float], dev, copy: float) -> list:
+def _shape(rank: int, t: int, mbs: list[int], froms: list[float], evs: list[int], dev,
+           copy: float) -> list:
     import lora_dispatch as ld
     from lora_dispatch.bench.kernels import Problem, _build, min_bytes
     from lora_dispatch.bench.timing import gpu_time_us, kernel_spans_us, pct_of_copy
@@ -187,18 +191,19 @@ def _shape(rank: int, t: int, mbs: list[int], froms: list[float], dev, copy: flo
     print(f"r{rank} T{t}: shrink grid {gp.grid}, {k_iters} K steps, expand grid {g.grid}",
           flush=True)
     for mb in mbs:
-        for frac in froms if mb else [0.0]:
+        for frac, every in itertools.product(froms, evs) if mb else [(0.0, 1)]:
             pf_from = int(frac * k_iters)
             steps = k_iters - pf_from
-            per = (mb << 20) // programs // steps // 512 * 512  # 32 lanes x 16 bytes
+            every = min(every, steps)
+            per = (mb << 20) // programs // steps // 16 * 16
             chunk = per * steps
 
-            def pair(per=per, chunk=chunk, pf_from=pf_from, mb=mb):
-                shrink_pf_kernel[gp.grid](*head, u8, chunk, pf_from, per, **cx,
+            def pair(per=per, chunk=chunk, pf_from=pf_from, every=every, mb=mb):
+                shrink_pf_kernel[gp.grid](*head, u8, chunk, pf_from, per, every, **cx,
                                           PF=bool(mb), num_warps=gp.cfg.num_warps)
                 L.expand_gluon_kernel[g.grid](*eargs)
-            record(f"mb{mb}-from{frac:g}", pair, mb=mb, pf_from=pf_from,
-                   prefetched_mb=round(chunk * programs / 2**20, 2))
+            record(f"mb{mb}-from{frac:g}-every{every}", pair, mb=mb, pf_from=pf_from,
+                   every=every, prefetched_mb=round(chunk * programs / 2**20, 2))
     return rows
 
 
@@ -208,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", default="64:8192,16:8192,64:4096")
     ap.add_argument("--mb", default="0,8,16,24,32,48")
     ap.add_argument("--from", dest="froms", default="0,0.5")
+    ap.add_argument("--every", default="1,8,64", help="K steps a prefetch covers")
     args = ap.parse_args(argv)
 
     from lora_dispatch.bench.timing import copy_bandwidth_gbs, env_record, write_json
@@ -219,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.shapes.split(","):
         rank, t = (int(v) for v in spec.split(":"))
         rows += _shape(rank, t, [int(v) for v in args.mb.split(",")],
-                       [float(v) for v in args.froms.split(",")], dev, copy)
+                       [float(v) for v in args.froms.split(",")],
+                       [int(v) for v in args.every.split(",")], dev, copy)
         if args.json:
             write_json(args.json, {**env_record(dev), "copy_gbs": copy,
                                    "reproduce": "python benchmarks/probe_add_prefetch.py"},
