@@ -114,7 +114,7 @@ if AVAILABLE:
         acc0, acc1, acc2 = gl.warp_specialize(
             [(_consumer, (x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, start, end, T, k0,
                           k_iters, stride_xm, stride_xk, True, BM, S, STAGES, layout,
-                          False, 1)),
+                          False)),
              (_producer_pf, (x_desc, a_desc, x_bufs, a_bufs, ready, empty, first, base,
                              base + rank, base + 2 * rank, k0, k_iters, pf_base, pf_from,
                              pf_per, pf_every, S, STAGES, PF))],

@@ -84,7 +84,7 @@ def _sweep(spec: str, dev: torch.device, copy: float, rows: list[dict], path: st
         cfg = configs.GluonShrinkConfig(bm, 64, br, stages, bm // 16, split)
         p = L._shrink_plan(w, t, atomic=False, split_k=split).alt
         gp = L.GluonPlan((L._tiles(t, bm, adapters), p.split), cfg,
-                         (s, rank, tile_index(bm), stages, False, False, True, False, 1), True,
+                         (s, rank, tile_index(bm), stages, False, False, True, False), True,
                          L.x_tile(bm, 64, x.dtype))
         wsg = torch.empty(p.split, s, t, rank, device=dev)
 
@@ -117,8 +117,7 @@ def _ab(spec, cfg, w, x, batch, ref, t, s, rank, k, dev, record) -> None:
 
     p = L._shrink_plan(w, t, atomic=False, split_k=cfg.split_k).alt
     gp = L.GluonPlan((L._tiles(t, cfg.block_m, w.num_slots), p.split), cfg,
-                     (s, rank, tile_index(cfg.block_m), cfg.stages, False, False, True, False,
-                      cfg.inflight),
+                     (s, rank, tile_index(cfg.block_m), cfg.stages, False, False, True, False),
                      True, L.x_tile(cfg.block_m, cfg.block_k, x.dtype))
     wsg = torch.empty(p.split, s, t, rank, device=dev)
     name = [cfg.block_m, cfg.split_k, cfg.stages]

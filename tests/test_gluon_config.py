@@ -162,7 +162,6 @@ def test_env_forces_and_turns_off(monkeypatch):
 @pytest.mark.parametrize("kw", [
     dict(block_m=32), dict(num_warps=8), dict(block_k=48), dict(block_r=24),
     dict(stages=1), dict(split_k=0), dict(chunks=3), dict(chunks=2, block_k=128),
-    dict(inflight=0), dict(inflight=6),
 ])
 def test_config_validated(kw):
     base = dict(block_m=64, block_k=64, block_r=64, stages=6, num_warps=4, split_k=1)
@@ -186,7 +185,7 @@ def test_plan_takes_the_gluon_split_and_keeps_the_triton_fallback(monkeypatch):
     g = p.alt
     assert g.gluon is not None and g.split == g.gluon.grid[1] == 2 and g.alt is None
     assert g.gluon.grid[0] == 2048 // 64 + 5 and g.k_split == 2048
-    assert g.gluon.cx == (3, 64, 2, 6, False, False, True, False, 1) and not g.gluon.forced
+    assert g.gluon.cx == (3, 64, 2, 6, False, False, True, False) and not g.gluon.forced
     p3 = L._shrink_plan(w, 2048, atomic=True, split_k=3, info=H200).alt
     assert p3.split == 3 and p3.k_split % 64 == 0 and p3.gluon.cx[4:6] == (True, False)
     w16 = ld.LoRAWeights(5, 4096, (4096,), 16, dtype=torch.bfloat16)

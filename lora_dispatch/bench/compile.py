@@ -220,8 +220,7 @@ def _gluon_variants(info, st: dict, sdiv: tuple):
         x = torch.empty(t, 4096, dtype=torch.bfloat16)
         xd, ad = gluon_descriptors(x, w.lora_a.view(-1, 4096), c.block_m, c.block_k,
                                    c.block_r, c.chunks)
-        meta = dict(zip(("S", "R", "TILE", "STAGES", "ATOMIC", "FILL", "GATHER", "PDL",
-                         "INFLIGHT"), g.cx),
+        meta = dict(zip(("S", "R", "TILE", "STAGES", "ATOMIC", "FILL", "GATHER", "PDL"), g.cx),
                     num_warps=c.num_warps, num_stages=1)
         kind = "fill" if meta["FILL"] else "atomic" if meta["ATOMIC"] else "ws"
         name = f"shrink_gluon-{kind}-s{w.num_slices}-r{rank}-T{t}"

@@ -670,9 +670,7 @@ class GluonShrinkConfig:
     cut for eager ``add_lora`` to the largest loaded rank), ``stages`` shared-memory ring
     depth, consumer warps (4 a warpgroup: ``block_m / 16`` rows of 16 each), K splits,
     ``chunks``: ``block_k``-wide (64) chunks a stage moves in one box of each operand's
-    ``[K / 64, rows, 64]`` view (1: plain ``[rows, block_k]`` boxes), ``inflight``: ring
-    stages whose wgmmas the consumer keeps in flight (a stage is released when its wgmmas
-    retire, ``inflight`` stages later)."""
+    ``[K / 64, rows, 64]`` view (1: plain ``[rows, block_k]`` boxes)."""
 
     block_m: int
     block_k: int
@@ -681,7 +679,6 @@ class GluonShrinkConfig:
     num_warps: int
     split_k: int
     chunks: int = 1
-    inflight: int = 1
 
     def __post_init__(self) -> None:
         if self.block_m not in (64, 128) or self.num_warps != self.block_m // 16:
@@ -699,9 +696,6 @@ class GluonShrinkConfig:
         if self.chunks not in (1, 2, 4) or (self.chunks > 1 and self.block_k != 64):
             raise ValueError(f"GluonShrinkConfig: chunks must be 1, 2 or 4 (block_k 64 when "
                              f"above 1), got {self.chunks} with block_k {self.block_k}")
-        if not 1 <= self.inflight < self.stages:
-            raise ValueError(f"GluonShrinkConfig: inflight must be in 1..stages - 1, got "
-                             f"{self.inflight} with {self.stages} stages")
 
 
 # families where the Gluon shrink runs automatically from this many tokens: H200 dense probe

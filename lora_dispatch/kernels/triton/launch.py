@@ -51,7 +51,7 @@ class GluonPlan(NamedTuple):
 
     grid: tuple[int, int]
     cfg: configs.GluonShrinkConfig
-    cx: tuple  # S, R, TILE, STAGES, ATOMIC, FILL, GATHER, PDL, INFLIGHT
+    cx: tuple  # S, R, TILE, STAGES, ATOMIC, FILL, GATHER, PDL
     forced: bool  # LORA_DISPATCH_GLUON=1: for any ranks
     tile: tuple  # x's descriptor tile and layout (shrink_gluon_kernel.x_tile)
     graph_only: bool = False  # automatic, too few tokens to pay its host cost eagerly
@@ -307,7 +307,7 @@ def _shrink_plan_for(w, t: int, atomic: bool, split_k: int | None, cfg: configs.
         gluon = GluonPlan(
             (_tiles(t, gcfg.block_m, w.num_slots), split), gcfg,
             (s, r, tile_index(gcfg.block_m), gcfg.stages, meta["ATOMIC"], meta["FILL"], True,
-             bool(pdl), gcfg.inflight),
+             bool(pdl)),
             configs.gluon_mode() == "1",
             x_tile(gcfg.block_m, gcfg.block_k, w.dtype, gcfg.chunks),
             configs.gluon_mode() != "1" and configs.gluon_graph_only(info, t), cap)

@@ -138,10 +138,9 @@ if AVAILABLE:
 
     @gluon.jit
     def _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2, k_iters,
-                     NB: gl.constexpr, STAGES: gl.constexpr, G: gl.constexpr,
-                     INFLIGHT: gl.constexpr = 1):
-        """wgmma on the ``x`` and ``A`` tiles of the ring (``G`` chunks a stage),
-        ``INFLIGHT`` stages kept in flight."""
+                     NB: gl.constexpr, STAGES: gl.constexpr, G: gl.constexpr):
+        """wgmma on the ``x`` and ``A`` tiles of the ring (``G`` chunks a stage), one stage
+        kept in flight."""
         xc = chunks(x_bufs)
         ac = chunks(a_bufs)
         for i in range(k_iters):
@@ -157,9 +156,9 @@ if AVAILABLE:
                 if NB > 2:
                     acc2 = warpgroup_mma(xb, ac.index((s * NB + 2) * G + g).permute((1, 0)),
                                          acc2, is_async=True)
-            acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=INFLIGHT * NB * G,
+            acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=NB * G,
                                                   deps=(acc0, acc1, acc2))
-            mbarrier.arrive(empty.index((i + STAGES - INFLIGHT) % STAGES), pred=i >= INFLIGHT)
+            mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
         return warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, acc2))
 
     @gluon.jit
@@ -199,8 +198,7 @@ if AVAILABLE:
     @gluon.jit
     def _consumer(x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, start, end, T, k0, k_iters,
                   stride_xm, stride_xk, consec, BM: gl.constexpr, NB: gl.constexpr,
-                  STAGES: gl.constexpr, layout: gl.constexpr, GATHER: gl.constexpr,
-                  INFLIGHT: gl.constexpr):
+                  STAGES: gl.constexpr, layout: gl.constexpr, GATHER: gl.constexpr):
         PERM: gl.constexpr = len(a_bufs.type.shape) == 4
         if PERM:
             G: gl.constexpr = a_bufs.type.shape[1]
@@ -213,10 +211,10 @@ if AVAILABLE:
         acc2 = gl.zeros((BM, BR), dtype=gl.float32, layout=layout)  # [BM, BR]
         if not GATHER:
             acc0, acc1, acc2 = _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2,
-                                            k_iters, NB, STAGES, G, INFLIGHT)
+                                            k_iters, NB, STAGES, G)
         elif consec:
             acc0, acc1, acc2 = _consume_tma(x_bufs, a_bufs, ready, empty, acc0, acc1, acc2,
-                                            k_iters, NB, STAGES, G, INFLIGHT)
+                                            k_iters, NB, STAGES, G)
         else:
             acc0, acc1, acc2 = _consume_gather(x_ptr, tok_ptr, a_bufs, ready, empty, acc0,
                                                acc1, acc2, start, end, T, k0, k_iters,
@@ -272,7 +270,7 @@ if AVAILABLE:
         stride_xm, stride_xk, stride_yp, stride_ys, stride_yt,
         S: gl.constexpr, R: gl.constexpr, TILE: gl.constexpr, STAGES: gl.constexpr,
         ATOMIC: gl.constexpr, FILL: gl.constexpr, GATHER: gl.constexpr, PDL: gl.constexpr,
-        INFLIGHT: gl.constexpr, num_warps: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
         if len(x_desc.block_type.shape) == 3:  # [G, BM, 64] boxes of a [K / 64, T, 64] view
             BM: gl.constexpr = x_desc.block_type.shape[1]
@@ -309,7 +307,7 @@ if AVAILABLE:
         acc0, acc1, acc2 = gl.warp_specialize(
             [(_consumer, (x_ptr, tok_ptr, x_bufs, a_bufs, ready, empty, start, end, T, k0,
                           k_iters, stride_xm, stride_xk, consec, BM, S, STAGES, layout,
-                          GATHER, INFLIGHT)),
+                          GATHER)),
              (_producer, (x_desc, a_desc, x_bufs, a_bufs, ready, empty, first, base,
                           base + rank, base + 2 * rank, k0, k_iters, consec, S, STAGES,
                           GATHER))],
