@@ -4,9 +4,9 @@
     python benchmarks/probe_shrink_l2.py [--json PATH] [--shapes qkv:64:8192,...]
 
 Each shape (``layer:rank:T`` as in ``sweep_gluon_shrink.py``; bf16, hidden 4096, 4 adapters in
-prefill segments) runs the Gluon shrink as ``add_lora`` launches it (the registry's config,
-``LORA_DISPATCH_GLUON=1``), checked against the Triton shrink, then timed twice with the
-same grid, ring and wgmmas:
+prefill segments, built as ``bench_kernels.py`` builds its rows) runs the Gluon shrink as
+``add_lora`` launches it (the registry's config, ``LORA_DISPATCH_GLUON=1``), checked against
+the Triton shrink, then timed twice with the same grid, ring and wgmmas:
 
 - ``dram``: the batch's tile map;
 - ``l2``: a tile map in which every tile of a slot covers that slot's first ``block_m`` rows,
@@ -47,9 +47,9 @@ def _l2_tiles(tm: torch.Tensor, tile: int, bm: int) -> torch.Tensor:
     return tm
 
 
-def _probe(spec: str, dev, copy: float, g: torch.Generator) -> list[dict]:
-    import lora_dispatch as ld
+def _probe(spec: str, dev, copy: float) -> list[dict]:
     from lora_dispatch.batch import tile_index
+    from lora_dispatch.bench.kernels import Problem, _build
     from lora_dispatch.bench.timing import gpu_time_us, kernel_spans_us
     from lora_dispatch.kernels.triton import launch as L
 
@@ -57,14 +57,8 @@ def _probe(spec: str, dev, copy: float, g: torch.Generator) -> list[dict]:
     rank, t, k, adapters = int(rank), int(t), 4096, 4
     outs = OUTS[layer]
     s = len(outs)
-    w = ld.LoRAWeights(adapters, k, outs, rank, dtype=torch.bfloat16, device=dev)
-    for slot in range(adapters):
-        w.load(slot, [torch.randn(rank, k, generator=g, device=dev) / 64 for _ in outs],
-               [torch.randn(o, rank, generator=g, device=dev) for o in outs], 0.5)
-    per = -(-t // adapters)
-    batch = ld.LoRABatch.from_segments([1] * t, [min(i // per, adapters - 1) for i in range(t)],
-                                       device=dev)
-    x = torch.randn(t, k, generator=g, device=dev).to(torch.bfloat16)
+    batch, ((w, x, _, _),) = _build(Problem("shrink", k, t, rank, adapters, torch.bfloat16,
+                                            dev, outs), 1)
     os.environ["LORA_DISPATCH_GLUON"] = "0"
     base = L._shrink_plan(w, t, atomic=False)
     ws = torch.empty(base.split, s, t, rank, device=dev)
@@ -114,10 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device("cuda")
     copy = copy_bandwidth_gbs(dev)
     print(f"copy bandwidth {copy:.0f} GB/s", flush=True)
-    g = torch.Generator(device=dev).manual_seed(0)
     rows: list[dict] = []
     for spec in args.shapes.split(","):
-        rows += _probe(spec, dev, copy, g)
+        rows += _probe(spec, dev, copy)
         if args.json:
             write_json(args.json, {**env_record(dev), "copy_gbs": copy,
                                    "reproduce": "python benchmarks/probe_shrink_l2.py"}, rows)
