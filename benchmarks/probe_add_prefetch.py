@@ -40,10 +40,10 @@ if AVAILABLE:
         PRODUCER_REGS,
         _box,
         _consumer,
-        _rows,
-        _store,
+        epilogue,
         ring,
     )
+    from lora_dispatch.kernels.triton.tiles import tile_head
 
     @gluon.jit
     def _prefetch(base, off, size):
@@ -97,12 +97,7 @@ if AVAILABLE:
             version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BR, 16])
         pid_m = gl.program_id(0)
         pid_k = gl.program_id(1)
-        tile = tiles_ptr + TILE * 3 * NT + pid_m
-        slot = gl.load(tile)
-        start = gl.load(tile + NT)
-        end = gl.load(tile + 2 * NT)
-        ok = (slot >= 0) & (slot < L)
-        rank = gl.load(ranks_ptr + slot, mask=ok, other=0)
+        slot, rank, start, end = tile_head(tiles_ptr + TILE * 3 * NT + pid_m, ranks_ptr, L, NT)
         if (rank == 0) | (end <= start):
             return
         first = gl.load(tok_ptr + start)
@@ -119,18 +114,8 @@ if AVAILABLE:
                              base + rank, base + 2 * rank, k0, k_iters, pf_base, pf_from,
                              pf_per, pf_every, S, STAGES, PF))],
             [1], [PRODUCER_REGS])
-        m_mask, tok64 = _rows(tok_ptr, start, end, T, BM, layout)
-        _store(acc0, 0, rank, slot, m_mask, tok64, pid_k, scal_ptr, y_ptr, stride_yp,
-               stride_ys, stride_yt, S, R, BR, ATOMIC, FILL, layout)
-        if S > 1:
-            _store(acc1, 1, rank, slot, m_mask, tok64, pid_k, scal_ptr, y_ptr, stride_yp,
-                   stride_ys, stride_yt, S, R, BR, ATOMIC, FILL, layout)
-        if S > 2:
-            _store(acc2, 2, rank, slot, m_mask, tok64, pid_k, scal_ptr, y_ptr, stride_yp,
-                   stride_ys, stride_yt, S, R, BR, ATOMIC, FILL, layout)
-        if PDL:
-            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [],
-                                      dtype=gl.int32, is_pure=False, pack=1)
+        epilogue(acc0, acc1, acc2, rank, slot, start, end, T, pid_k, tok_ptr, scal_ptr, y_ptr,
+                 stride_yp, stride_ys, stride_yt, S, R, BM, BR, ATOMIC, FILL, PDL, layout)
 
 
 def _shape(rank: int, t: int, mbs: list[int], froms: list[float], evs: list[int], dev,

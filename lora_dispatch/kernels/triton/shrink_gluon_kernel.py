@@ -32,6 +32,7 @@ import functools
 import torch
 
 from ._jit import fast_launch
+from .tiles import tile_head
 
 try:
     from triton.experimental import gluon
@@ -255,6 +256,26 @@ if AVAILABLE:
                 gl.store(y_ptrs, acc * scale, mask=live)
 
     @gluon.jit
+    def epilogue(acc0, acc1, acc2, rank, slot, start, end, T, pid_k, tok_ptr, scal_ptr, y_ptr,
+                 stride_yp, stride_ys, stride_yt, S: gl.constexpr, R: gl.constexpr,
+                 BM: gl.constexpr, BR: gl.constexpr, ATOMIC: gl.constexpr,
+                 FILL: gl.constexpr, PDL: gl.constexpr, layout: gl.constexpr):
+        """Each slice's ``[BM, BR]`` product, scaled, into ``y`` (stored, added or with zeros
+        past the rank), then with ``PDL`` the dependent launch's trigger."""
+        m_mask, tok64 = _rows(tok_ptr, start, end, T, BM, layout)
+        _store(acc0, 0, rank, slot, m_mask, tok64, pid_k, scal_ptr, y_ptr, stride_yp,
+               stride_ys, stride_yt, S, R, BR, ATOMIC, FILL, layout)
+        if S > 1:
+            _store(acc1, 1, rank, slot, m_mask, tok64, pid_k, scal_ptr, y_ptr, stride_yp,
+                   stride_ys, stride_yt, S, R, BR, ATOMIC, FILL, layout)
+        if S > 2:
+            _store(acc2, 2, rank, slot, m_mask, tok64, pid_k, scal_ptr, y_ptr, stride_yp,
+                   stride_ys, stride_yt, S, R, BR, ATOMIC, FILL, layout)
+        if PDL:  # the expand after it may start once every program got here or ended
+            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [],
+                                      dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
     def _zero(sl, m_mask, tok64, y_ptr, stride_ys, stride_yt, R: gl.constexpr,
               BM: gl.constexpr, BR: gl.constexpr, layout: gl.constexpr):
         cols = gl.arange(0, BR, layout=gl.SliceLayout(0, layout))  # [BR]
@@ -284,12 +305,7 @@ if AVAILABLE:
             version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BR, 16])
         pid_m = gl.program_id(0)
         pid_k = gl.program_id(1)
-        tile = tiles_ptr + TILE * 3 * NT + pid_m
-        slot = gl.load(tile)
-        start = gl.load(tile + NT)
-        end = gl.load(tile + 2 * NT)
-        ok = (slot >= 0) & (slot < L)
-        rank = gl.load(ranks_ptr + slot, mask=ok, other=0)
+        slot, rank, start, end = tile_head(tiles_ptr + TILE * 3 * NT + pid_m, ranks_ptr, L, NT)
         if (rank == 0) | (end <= start):  # no slot, an empty slot or no rows
             if FILL:
                 m_mask, tok64 = _rows(tok_ptr, start, end, T, BM, layout)
@@ -312,19 +328,8 @@ if AVAILABLE:
                           base + rank, base + 2 * rank, k0, k_iters, consec, S, STAGES,
                           GATHER))],
             [1], [PRODUCER_REGS])
-
-        m_mask, tok64 = _rows(tok_ptr, start, end, T, BM, layout)
-        _store(acc0, 0, rank, slot, m_mask, tok64, pid_k, scal_ptr, y_ptr, stride_yp,
-               stride_ys, stride_yt, S, R, BR, ATOMIC, FILL, layout)
-        if S > 1:
-            _store(acc1, 1, rank, slot, m_mask, tok64, pid_k, scal_ptr, y_ptr, stride_yp,
-                   stride_ys, stride_yt, S, R, BR, ATOMIC, FILL, layout)
-        if S > 2:
-            _store(acc2, 2, rank, slot, m_mask, tok64, pid_k, scal_ptr, y_ptr, stride_yp,
-                   stride_ys, stride_yt, S, R, BR, ATOMIC, FILL, layout)
-        if PDL:  # the expand after it may start once every program got here or ended
-            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [],
-                                      dtype=gl.int32, is_pure=False, pack=1)
+        epilogue(acc0, acc1, acc2, rank, slot, start, end, T, pid_k, tok_ptr, scal_ptr, y_ptr,
+                 stride_yp, stride_ys, stride_yt, S, R, BM, BR, ATOMIC, FILL, PDL, layout)
 
     @functools.lru_cache(maxsize=64)
     def _layout(rows: int, cols: int, fp16: bool):
