@@ -22,7 +22,8 @@ A100 = DeviceInfo("cuda", torch.device("cuda", 0), "NVIDIA A100-SXM4-80GB", "sm_
 MI300X = DeviceInfo("rocm", torch.device("cuda", 0), "AMD Instinct MI300X", "gfx942", 304, 64)
 QKV = (4096, 1024, 1024)
 SHIPPED = configs.GluonExpandConfig(64, 64, 16, 5, 4, 3)  # out ring 5, B ring 3
-WIDE_BLOCKS = configs.GluonExpandConfig(64, 128, 16, 4, 4, 2)  # gate_up, H200, T >= 8192
+WIDE_BLOCKS = configs.GluonExpandConfig(64, 128, 16, 4, 4, 2)  # gate_up r64, H200
+WIDE_BLOCKS_8 = configs.GluonExpandConfig(64, 128, 8, 4, 4, 2)
 
 
 @pytest.fixture(autouse=True)
@@ -37,8 +38,14 @@ def _triton_36(monkeypatch):
     (8192, QKV, 64, SHIPPED),
     (4096, QKV, 64, SHIPPED),
     (8192, (14336, 14336), 64, WIDE_BLOCKS),
-    (4096, (14336, 14336), 64, SHIPPED),
+    (4096, (14336, 14336), 64, WIDE_BLOCKS_8),  # 1792 programs: 6.8 waves, not 3.4
+    (2048, (14336, 14336), 64, WIDE_BLOCKS),  # 448 programs, 1.7 waves of 264
+    (1024, (14336, 14336), 64, WIDE_BLOCKS),
+    (1023, (14336, 14336), 64, None),  # below the measured range
+    (2048, (14336, 14336), 16, None),  # rank 16 keeps the Triton expand
     (8192, (14336, 14336 + 64), 64, SHIPPED),  # a width off 128 keeps 64-column blocks
+    (4096, (14336, 14336 + 64), 64, SHIPPED),
+    (2048, (14336, 14336 + 64), 64, None),  # ... and the Triton expand below 4096 tokens
     (4095, QKV, 64, None),  # T=2048 lost (probe), 4096 won
     (8192, QKV, 16, None),  # rank 16 lost
     (8192, QKV, 128, None),  # not measured
@@ -76,7 +83,10 @@ SHORT = configs.GluonExpandConfig(64, 64, 8, 5, 4, 3)
     (7168, QKV, SHIPPED),  # the three tie at 85% of the last wave
     (8192, QKV, SHIPPED),  # 768 of 792
     (16384, QKV, SHIPPED),  # 3.9 waves: no fit
-    (5120, (14336, 14336), SHIPPED),  # 5.7 waves: no fit
+    (5120, (14336 + 64, 14336), SHIPPED),  # 5.7 waves: no fit
+    (5120, (14336, 14336), WIDE_BLOCKS_8),  # 128-column blocks: 8 a program fill 8.5 waves
+    (6144, (14336, 14336), WIDE_BLOCKS_8),
+    (3072, (14336, 14336), WIDE_BLOCKS),  # 16 and 8 tie (85%): the first
 ])
 def test_auto_tiling_fills_the_last_wave(t, outs, want, monkeypatch):
     assert configs.expand_gluon(H200, t, outs, 64, 2) == want

@@ -1515,6 +1515,8 @@ def _check_out_view(w, x, slots, batch, dtype, buf, cols):
     (4096, (4096, 1024, 1024), torch.float16, 2048, 16, False),
     (3584, (18944, 18944), torch.bfloat16, 4096, 64, True),
     (4096, (14336, 14336), torch.float16, 8192, 64, False),  # 128-column blocks (H200)
+    (4096, (14336, 14336), torch.bfloat16, 2048, 64, True),  # 16 of them a program
+    (4096, (14336, 14336), torch.float16, 1536, 64, False),  # 8 of them a program
     (5120, (5120,), torch.float16, 2049, 128, False),
     (4096, (4096,), torch.bfloat16, 37, 32, True),
     (4096, (4096, 1024, 1024), torch.bfloat16, 1, 64, True),
@@ -1539,7 +1541,7 @@ def test_expand_gluon(hidden, outs, dtype, t, rank, uniform, poison_empty, monke
     x = torch.randn(t, hidden, generator=gen).to(DEV, dtype)
     buf = (0.5 * torch.randn(t, n + 72, generator=gen)).to(DEV, dtype)
     assert _expand_kinds(w, x, buf[:, 64:64 + n]) == (True, True)
-    if sum(outs) > 16384 and t >= 8192 and rank == 64:  # the H200's 128-column blocks
+    if sum(outs) > 16384 and t >= 1024 and rank == 64:  # the H200's 128-column blocks
         wide = devices.describe(DEV).family == "h200"
         assert tk.plan_for("expand", w, t).gluon.cfg.block_n == (128 if wide else 64)
     _check_out_view(w, x, slots, batch, dtype, buf, slice(64, 64 + n))
@@ -1567,8 +1569,9 @@ def test_expand_gluon_auto_selection(monkeypatch):
     (eagerly where the native tier launches it, and inside CUDA-graph capture), mixed ranks
     included while the ``B`` columns past the ranks stay within a quarter of ``out``'s rows
     read and written; T = 2048, rank 16, a 4096-wide single slice and an fp32 ``base_out``
-    keep the Triton expand. The automatic add_lora on mixed ranks (both Gluon kernels,
-    programmatic launch) matches float64."""
+    keep the Triton expand; gate_up widths take it from 1024 tokens on the H200. The
+    automatic add_lora on mixed ranks (both Gluon kernels, programmatic launch) and on
+    gate_up at T=2048, and the public shrink and expand there, match float64."""
     from lora_dispatch.kernels.triton import launch as tl_launch
 
     _hopper_gluon()
@@ -1591,6 +1594,12 @@ def test_expand_gluon_auto_selection(monkeypatch):
     assert _expand_kinds(w16, x, out) == (False, False)
     w1 = make_uniform(4, 4096, (4096,), dtype, 64)
     assert _expand_kinds(w1, x, out[:, :4096]) == (False, False)
+    wg = make_uniform(2, 4096, (14336, 14336), dtype, 64)  # gate_up: from 1024 tokens (H200)
+    og = torch.empty(2048, wg.total_out, device=DEV, dtype=dtype)
+    h200 = devices.describe(DEV).family == "h200"
+    assert _expand_kinds(wg, x[:2048], og) == (h200, h200)
+    assert _expand_kinds(wg, x[:1024], og[:1024]) == (h200, h200)
+    assert _expand_kinds(wg, x[:1000], og[:1000]) == (False, False)
     w.load(2, [torch.randn(16, 4096, device=DEV) / 64] * 3,
            [torch.randn(o, 16, device=DEV) / 4 for o in w.out_features], 1.0)
     assert _expand_kinds(w, x, out) == (True, True)  # 48 B columns past the ranks
@@ -1612,6 +1621,21 @@ def test_expand_gluon_auto_selection(monkeypatch):
     w.load(2, [torch.randn(64, 4096, device=DEV) / 64] * 3,
            [torch.randn(o, 64, device=DEV) / 8 for o in w.out_features], 1.0)
     assert _expand_kinds(w, x, out) == (native, native)  # uniform again
+    t = 2048  # gate_up widths: the 128-column Gluon expand eagerly on the H200
+    wg = make_uniform(3, 4096, (14336, 14336), dtype, 64)
+    slots = _segment_slots(t, wg.num_slots, gen)
+    batch = token_batch(slots)
+    base = (0.5 * torch.randn(t, wg.total_out, generator=gen)).to(DEV, dtype)
+    h200 = devices.describe(DEV).family == "h200"
+    assert _expand_kinds(wg, x[:t], base)[1] == (native and h200)
+    delta = ref_delta(ref_y(x[:t], wg, slots.to(DEV)), wg, slots.to(DEV), t)
+    got = base.clone()
+    ld.add_lora(got, x[:t], wg, batch)
+    assert rel(got.double() - base.double(), delta) <= TOL[dtype]
+    y = ld.lora_shrink(x[:t], wg, batch)
+    got = base.clone()
+    ld.lora_expand(y, wg, batch, got)
+    assert rel(got.double() - base.double(), delta) <= TOL[dtype]
 
 
 @pytest.mark.parametrize("t", [4096, 8192])

@@ -990,7 +990,7 @@ def expand_gluon(info: DeviceInfo, t: int, widths: tuple[int, ...], max_rank: in
     ``B``'s box is ``max_rank`` wide), eagerly where the fast launcher's native tier launches
     it. ``1`` forces it for every ``T`` and any ranks (``RuntimeError`` naming the reason
     where it cannot run); ``0`` turns it off. Read when a launch plan is built. Blocks are
-    64 columns, or 128 (``_GLUON_EXPAND_WIDE_BLOCKS``: gate_up widths from 8192 tokens on
+    64 columns, or 128 (``_GLUON_EXPAND_WIDE_BLOCKS``: gate_up widths from 1024 tokens on
     the H200, rank 64); the token tile and column span fill the last wave where measured.
 
     Raises
@@ -1009,15 +1009,19 @@ def expand_gluon(info: DeviceInfo, t: int, widths: tuple[int, ...], max_rank: in
         if mode == "1":
             raise RuntimeError(f"{ENV_GLUON_EXPAND}=1 but the Gluon expand cannot run: {why}")
         return None
-    if mode == "auto" and (t < _GLUON_EXPAND_MIN_TOKENS.get(info.family, 1 << 62)
+    wide_from = _GLUON_EXPAND_WIDE_BLOCKS.get(info.family)
+    wide = (wide_from is not None and sum(widths) > wide_from[1] and max_rank == 64
+            and not any(o % 128 for o in widths))
+    least = wide_from[0] if wide else _GLUON_EXPAND_MIN_TOKENS.get(info.family, 1 << 62)
+    if mode == "auto" and (t < least
                            or max_rank not in _GLUON_EXPAND_RANKS
                            or sum(widths) < _GLUON_EXPAND_MIN_OUT
                            or sum(widths) > _GLUON_EXPAND_MAX_OUT.get(info.family, 1 << 62)):
         return None
-    wide = _GLUON_EXPAND_WIDE_BLOCKS.get(info.family)
-    if (wide is not None and t >= wide[0] and sum(widths) > wide[1] and max_rank == 64
-            and not any(o % 128 for o in widths)):
-        return GluonExpandConfig(64, 128, 16, 4, 4, 2)
+    if wide and t >= wide_from[0]:
+        ncol = _gluon_expand_wide_fit(_units(info), _smem_per_unit(info.family), t,
+                                      tuple(widths), max_rank, itemsize)
+        return GluonExpandConfig(64, 128, ncol, 4, 4, 2)  # rings: out 4, B 2 (96 KB)
     bm, ncol = 64, 16
     if info.family in _WAVE_FIT_FAMILIES and max_rank == 64:  # measured at rank 64
         bm, ncol = _gluon_expand_fit(_units(info), _smem_per_unit(info.family), t,
@@ -1045,7 +1049,29 @@ _GLUON_EXPAND_RINGS = {64: (5, 3), 128: (4, 4)}
 # lost (T=8192 60.0 -> 65.9, T=4096 30.9 -> 34.7; two 64-column B boxes a block, 3 / 2
 # rings and three programs an SM: 58.8 at T=8192 but 32.0 at T=4096, 52.1 at T=6144 against
 # 46.3)
-_GLUON_EXPAND_WIDE_BLOCKS: dict[str, tuple[int, int]] = {"h200": (8192, 16384)}
+# From 1024 tokens (H200 gate_up r64, 4 adapters, cold L2, 3 rounds, against the shipped
+# choice: the Triton expand below 4096 tokens, 64-column Gluon blocks from 4096 to 8191;
+# sweep-gluon-expand-t2048-...json, sweep-gluon-expand-wide-t-...json), 128-column blocks
+# with the col_blocks of _gluon_expand_wide_fit: T=1024 54.4 -> 40.0 us, 1536 72.6 -> 59.1,
+# 2048 77.4 -> 70.9, 2560 97.7 -> 93.4, 3072 114.1 -> 105.3, 3584 121.9 -> 115.7, 4096
+# 141.1 -> 133.7, 4608 152.7 -> 147.4, 5120 169.3 -> 167.3, 6144 201.7 -> 199.9. Rank 16
+# keeps the Triton expand (T=2048 64.0 against 65.2-72.0 us for every Gluon tiling), as do
+# qkv widths and one 4096-wide slice at T=2048 (18.5 / 14.0 us against 19.0-24.8 / 14.9-24.0)
+_GLUON_EXPAND_WIDE_BLOCKS: dict[str, tuple[int, int]] = {"h200": (1024, 16384)}
+# col_blocks of the 128-column tilings, the first kept on ties. 12 blocks (1536 columns) were
+# the fastest at T=1536 / 2560 / 5120 / 6144 (56.1, 86.9, 162.9, 193.4 us), which no wave
+# count of its programs explains (their last program of a 14336-wide slice is two thirds
+# full); they lost at T=1024 and 2048 by 10-29%, so they are left out
+_GLUON_EXPAND_WIDE_COLS = (16, 8)
+
+
+def _gluon_expand_wide_fit(units: int, smem: int, t: int, widths: tuple[int, ...], rank: int,
+                           itemsize: int) -> int:
+    """``col_blocks`` of 64-token, 128-column Gluon expand programs whose grid's last wave
+    is fullest (:data:`_GLUON_EXPAND_WIDE_COLS`; rings of 4 ``out`` and 2 ``B`` stages)."""
+    per = (4 * 64 + 2 * rank) * 128 * itemsize  # [64, 128] out boxes, [128, rank] B boxes
+    return _fullest_last_wave(_GLUON_EXPAND_WIDE_COLS, lambda n: (
+        -(-t // 64) * sum(-(-w // (128 * n)) for w in widths), units * max(1, smem // per)))
 
 
 # The Gluon kernels' work follows max_rank: a slot's A box is max_rank rows a slice (the
