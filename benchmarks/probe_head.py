@@ -41,7 +41,12 @@ def _child(args: argparse.Namespace) -> list[dict]:
     from lora_dispatch.bench.kernels import Problem, _build, min_bytes
     from lora_dispatch.bench.timing import copy_bandwidth_gbs, gpu_time_us, kernel_spans_us
     from lora_dispatch.kernels import reference
+    from lora_dispatch.kernels.triton import shrink_gluon_kernel as G
+    from lora_dispatch.kernels.triton import shrink_kernel as P
 
+    if not (hasattr(G, "_HEAD") and hasattr(P, "_HEAD")):
+        raise SystemExit("probe_head.py measures benchmarks/patches/head-one-round-trip.patch: "
+                         "apply it first (git apply), or both settings run the same kernels")
     dev = torch.device("cuda")
     copy = copy_bandwidth_gbs(dev)
     rows = []

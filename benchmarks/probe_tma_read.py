@@ -163,6 +163,37 @@ def _launch(x: torch.Tensor, out: torch.Tensor, kind: int, bm: int, bn: int, sta
                                              num_warps=4)
 
 
+def ring_reads(x: torch.Tensor, out: torch.Tensor, consumes: tuple[int, ...] = (0, 1, 2)):
+    """``(label, programs, consume, fn)`` of every :data:`VARIANTS` ring over ``x [T, K]``
+    (bf16) that compiles, with each of ``consumes`` it supports (0 wait, 1 sum, 2 mma; the
+    per-program sums go to ``out``). Shorter batches split ``K`` further, as the shrink does
+    (``8192 // T`` times; their labels say so). Each has run once, ``out`` poisoned with NaN
+    before, so ``out[:programs]`` holds its sums; a box the TMA or the compiler refuses is
+    printed and skipped."""
+    t, k = x.shape
+    scale = max(1, 8192 // t)
+    for name, (kind, bm, bn, stages, split) in VARIANTS.items():
+        split *= scale
+        if k // ((64 * bn if kind else bn) * split) < 1:
+            continue
+        mma_ok = kind == 2 or (kind == 0 and bn == 64)
+        for consume in consumes:
+            if consume == 2 and not mma_ok:
+                continue
+            label = f"{name} {('wait', 'sum', 'mma')[consume]}"
+            if scale > 1:
+                label = label.replace("split", f"x{scale} split")
+            try:
+                nprog, fn = _launch(x, out, kind, bm, bn, stages, split, consume)
+                out.fill_(float("nan"))
+                fn()
+                torch.cuda.synchronize()
+            except Exception as exc:  # a box the TMA or the compiler refuses is reported
+                print(f"{t}x{k} {label} failed: {exc!r}"[:300], flush=True)
+                continue
+            yield label, nprog, consume, fn
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -186,32 +217,13 @@ def main(argv: list[str] | None = None) -> int:
                "cublas x@A^T N=64": (1, lambda x=x, a=a64: x @ a.t()),
                "cublas x@A^T N=192": (1, lambda x=x, a=a192: x @ a.t()),
                "x.clone() (read + write)": (2, lambda x=x: x.clone())}
-        scale = max(1, 8192 // t)  # shorter batches split K further (the shrink's split)
-        for name, v in VARIANTS.items():
-            kind, bm, bn, stages, split = v
-            split *= scale
-            if k // ((64 * bn if kind else bn) * split) < 1:
-                continue
-            mma_ok = kind == 2 or (kind == 0 and bn == 64)
-            for consume in (0, 1, 2) if mma_ok else (0, 1):
-                label = f"{name} {('wait', 'sum', 'mma')[consume]}"
-                if scale > 1:
-                    label = label.replace("split", f"x{scale} split")
-                try:
-                    nprog, fn = _launch(x, out, kind, bm, bn, stages, split, consume)
-                    out.fill_(float("nan"))
-                    fn()
-                    torch.cuda.synchronize()
-                    if consume:
-                        got = out[:nprog].double().sum().item()
-                        if abs(got - want.item()) > 1e-3 * x.numel() ** 0.5 + 1e-3 * abs(
-                                want.item()):
-                            print(f"{spec} {label}: wrong sum {got} vs {want.item()}",
-                                  flush=True)
-                            continue
-                    fns[label] = (1, fn)
-                except Exception as exc:  # a box the TMA or the compiler refuses is reported
-                    print(f"{spec} {label} failed: {exc!r}"[:300], flush=True)
+        for label, nprog, consume, fn in ring_reads(x, out):
+            if consume:
+                got = out[:nprog].double().sum().item()
+                if abs(got - want.item()) > 1e-3 * x.numel() ** 0.5 + 1e-3 * abs(want.item()):
+                    print(f"{spec} {label}: wrong sum {got} vs {want.item()}", flush=True)
+                    continue
+            fns[label] = (1, fn)
         res = time_rounds({name: fn for name, (_, fn) in fns.items()}, dev)
         for name, us in res.items():
             mult = fns[name][0]

@@ -142,6 +142,28 @@ def _launch(out: torch.Tensor, three: bool, bm: int, bn: int, ncol: int, stages:
     return lambda: _ring_rmw[grid](desc, nb, ncol, stages, three, num_warps=4)
 
 
+def ring_rmws(out: torch.Tensor, base: torch.Tensor) -> dict:
+    """``{name: fn}`` of every :data:`VARIANTS` ring adding 1 to ``out [T, N]`` (bf16) in
+    place whose result, from ``base``, equals ``base + 1`` exactly; a wrong result or a box
+    the TMA or the compiler refuses is printed and left out."""
+    want = base + 1.0
+    fns = {}
+    for name, v in VARIANTS.items():
+        try:
+            fn = _launch(out, *v)
+            out.copy_(base)
+            fn()
+            torch.cuda.synchronize()
+        except Exception as exc:  # a box the TMA or the compiler refuses is reported
+            print(f"{tuple(out.shape)} {name} failed: {exc!r}"[:300], flush=True)
+            continue
+        if not torch.equal(out, want):
+            print(f"{tuple(out.shape)} {name}: wrong result", flush=True)
+            continue
+        fns[name] = fn
+    return fns
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -156,22 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.shapes.split(","):
         t, n = (int(v) for v in spec.split("x"))
         base = torch.randn(t, n, device=dev).to(torch.bfloat16)
-        want = base + 1.0
         out = base.clone()
         nbytes = 2 * out.numel() * out.element_size()
-        fns = {"torch add_": lambda o=out: o.add_(1.0)}
-        for name, v in VARIANTS.items():
-            try:
-                fn = _launch(out, *v)
-                out.copy_(base)
-                fn()
-                torch.cuda.synchronize()
-                if not torch.equal(out, want):
-                    print(f"{spec} {name}: wrong result", flush=True)
-                    continue
-                fns[name] = fn
-            except Exception as exc:  # a box the TMA or the compiler refuses is reported
-                print(f"{spec} {name} failed: {exc!r}"[:300], flush=True)
+        fns = {"torch add_": lambda o=out: o.add_(1.0), **ring_rmws(out, base)}
         for name, us in time_rounds(fns, dev).items():
             row = dict(shape=spec, variant=name, us=round(us, 2),
                        pct_copy=round(pct_of_copy(nbytes, us, copy), 1))

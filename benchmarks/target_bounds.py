@@ -17,11 +17,12 @@ kernel that moved the op's bytes and did nothing else would reach by the same ti
 - ``copy``: a device copy of the op's minimal bytes (half read, half written), the
   benchmark's ``size_copy_us``.
 
-A shrink's floor is ``read`` (its ``A`` and ``y`` bytes are counted in its minimal bytes but
+A shrink's stream is ``read`` (its ``A`` and ``y`` bytes are counted in its minimal bytes but
 not streamed), an expand's ``rmw`` of its output width, ``add_lora``'s ``read + rmw`` as two
 launches (the shipped design) and ``copy`` as one. ``verdict``: ``met`` (the op reaches 80%),
-``beyond streams`` (no stream of its bytes reaches 80%: no kernel that moves those bytes can
-under this timing), or ``gap`` (a stream does; the points between are the kernel's). The ops
+``beyond streams`` (none of these streams of its bytes reaches 80%: a kernel that moves
+those bytes would have to stream them faster than any of them), or ``gap`` (a stream
+does; the points between are the kernel's). The ops
 run through the public API with the registry's picks; each output is checked against the
 float64 reference first. Medians per round; the best round of each row is reported.
 """
@@ -43,50 +44,28 @@ OPS = ("shrink", "expand", "qkv_expand", "gate_up_expand", "add_lora")
 
 
 def _read_streams(t: int, dev: torch.device) -> dict:
-    """Callables reading ``x [t, 4096]`` (bf16) once, by name."""
+    """Callables reading ``x [t, 4096]`` (bf16) once, by name: the TMA rings waiting on each
+    box (``probe_tma_read.ring_reads``), ``x.sum(1)`` and cuBLAS ``x @ A^T``."""
     import probe_tma_read as R
 
-    k = 4096
-    x = torch.randn(t, k, device=dev).to(torch.bfloat16)
+    x = torch.randn(t, 4096, device=dev).to(torch.bfloat16)
     out = torch.empty(4 * t, device=dev, dtype=torch.float32)
-    a64 = torch.randn(64, k, device=dev, dtype=torch.bfloat16)
+    a64 = torch.randn(64, 4096, device=dev, dtype=torch.bfloat16)
     fns = {"x.sum(1)": lambda: x.sum(1), "cublas x@A^T N=64": lambda: x @ a64.t()}
-    scale = max(1, 8192 // t)
-    for name, (kind, bm, bn, stages, split) in R.VARIANTS.items():
-        split *= scale
-        if k // ((64 * bn if kind else bn) * split) < 1:
-            continue
-        try:
-            _, fn = R._launch(x, out, kind, bm, bn, stages, split, 0)
-            fn()
-            torch.cuda.synchronize()
-            fns[f"tma {name}"] = fn
-        except Exception as exc:  # a box the TMA or the compiler refuses is reported
-            print(f"read {t} {name} failed: {exc!r}"[:200], flush=True)
+    fns.update({f"tma {label}": fn for label, _, _, fn in R.ring_reads(x, out, (0,))})
     return fns
 
 
 def _rmw_streams(t: int, n: int, dev: torch.device) -> dict:
-    """Callables adding 1 to ``out [t, n]`` (bf16) in place, by name (each checked)."""
+    """Callables adding 1 to ``out [t, n]`` (bf16) in place, by name: ``out.add_(1)`` and
+    the TMA rings whose result is checked (``probe_tma_rmw.ring_rmws``)."""
     import probe_tma_rmw as W
 
     base = torch.randn(t, n, device=dev).to(torch.bfloat16)
-    want = base + 1.0
     out = base.clone()
-    fns = {"out.add_(1)": lambda: out.add_(1.0)}
-    for name, v in W.VARIANTS.items():
-        try:
-            fn = W._launch(out, *v)
-            out.copy_(base)
-            fn()
-            torch.cuda.synchronize()
-            if not torch.equal(out, want):
-                print(f"rmw {t}x{n} {name}: wrong result", flush=True)
-                continue
-            fns[f"tma {name}"] = fn
-        except Exception as exc:  # a box the TMA or the compiler refuses is reported
-            print(f"rmw {t}x{n} {name} failed: {exc!r}"[:200], flush=True)
-    return fns
+    rings = W.ring_rmws(out, base)
+    return {"out.add_(1)": lambda: out.add_(1.0),
+            **{f"tma {name}": fn for name, fn in rings.items()}}
 
 
 def _best(fns: dict, dev: torch.device, rounds: int) -> tuple[str, float]:
